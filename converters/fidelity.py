@@ -1,0 +1,50 @@
+"""Accuracy and fidelity of the int8 export: what quantization cost, and what the board computes.
+
+Figures compare the float Keras graph with the int8 graph as run by TFLM (the board oracle), and
+TFLM with LiteRT bit for bit. The supervisor's quality is its AUROC at separating correct from
+wrong predictions: a supervisor is only useful if it ranks mistakes below correct answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from converters.graph import CONFIDENCE, SCORES
+
+
+def auroc(correct: np.ndarray, confidence: np.ndarray) -> float | None:
+    """AUROC of confidence for correct-vs-wrong; None when every prediction is right (or wrong)."""
+    if correct.all() or not correct.any():
+        return None
+    return float(roc_auc_score(correct.astype(int), confidence))
+
+
+def bitexact_fraction(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """Fraction of samples whose every output is identical in ``a`` and ``b``."""
+    same = np.ones(len(a[SCORES]), dtype=bool)
+    for name in (SCORES, CONFIDENCE):
+        same &= np.all(a[name] == b[name], axis=1)
+    return float(same.mean())
+
+
+def compare(float_out: dict[str, np.ndarray], tflm_out: dict[str, np.ndarray], y: np.ndarray | None) -> dict:
+    """Float vs int8 (TFLM) top-1 agreement, and accuracy and AUROC when labels are given."""
+    float_pred = float_out[SCORES].argmax(axis=1)
+    int8_pred = tflm_out[SCORES].argmax(axis=1)
+    result = {
+        "int8_float_top1_agreement": float((float_pred == int8_pred).mean()),
+        "float_accuracy": None,
+        "int8_accuracy": None,
+        "auroc_float": None,
+        "auroc_int8": None,
+    }
+    if y is not None:
+        float_ok, int8_ok = float_pred == y, int8_pred == y
+        result |= {
+            "float_accuracy": float(float_ok.mean()),
+            "int8_accuracy": float(int8_ok.mean()),
+            "auroc_float": auroc(float_ok, float_out[CONFIDENCE].reshape(-1)),
+            "auroc_int8": auroc(int8_ok, tflm_out[CONFIDENCE].reshape(-1).astype(np.float64)),
+        }
+    return result

@@ -1,0 +1,73 @@
+"""Full-int8 conversion through a SavedModel, with TFLite builtin int8 ops only.
+
+Keras 3 models convert through ``ExportArchive`` + ``from_saved_model``: concrete functions over
+Keras 3 resource variables fail during calibration (READ_VARIABLE). The endpoint returns a dict,
+so the TFLite signature carries the output *names*; the converter reorders outputs, so callers
+map them by name (see ``tflite_model``), never by position. SELECT_TF_OPS (Flex) is never enabled:
+it cannot run on a board.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator
+
+import keras
+import numpy as np
+
+from converters.errors import ConversionError
+from converters.graph import INPUT
+from converters.quiet import capture_fd
+
+MAX_CALIBRATION_SAMPLES = 500
+
+
+def _representative(calib_x: np.ndarray) -> Iterator[list[np.ndarray]]:
+    for row in calib_x[:MAX_CALIBRATION_SAMPLES]:
+        yield [row[None].astype(np.float32)]
+
+
+def _unsupported_ops(log: str) -> list[str]:
+    ops = set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", log))
+    for line in re.findall(r"TF Select ops: ([\w, ]+)", log):
+        ops.update(op.strip() for op in line.split(","))
+    return sorted(ops)
+
+
+def _export_saved_model(model: keras.Model, directory: str) -> None:
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((1, *model.inputs[0].shape[1:]), tf.float32, name=INPUT)
+    archive.add_endpoint("serving_default", lambda x: model(x, training=False), input_signature=[spec])
+    with capture_fd(2):
+        archive.write_out(directory, verbose=False)
+
+
+def to_int8_tflite(model: keras.Model, calib_x: np.ndarray) -> bytes:
+    """Convert ``model`` to a full-int8 flatbuffer: int8 input and outputs, builtin int8 ops only."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="bisup-savedmodel-") as directory:
+        _export_saved_model(model, directory)
+        converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["serving_default"])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: _representative(calib_x)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        try:
+            with capture_fd(2) as log:
+                return converter.convert()
+        except Exception as exc:
+            text = f"{log.text}\n{exc}"
+            ops = _unsupported_ops(text)
+            if ops:
+                raise ConversionError(
+                    f"the model uses ops with no int8 TFLite builtin: {', '.join(ops)}; "
+                    "TFLM cannot run them and Flex (SELECT_TF_OPS) is never allowed"
+                ) from exc
+            last = [line for line in str(exc).splitlines() if line.strip()]
+            raise ConversionError(f"int8 conversion failed: {last[-1] if last else type(exc).__name__}") from exc
