@@ -1,0 +1,27 @@
+/* bisup application step: see bisup_app.h. */
+#include "bisup_app.h"
+
+void bisup_app_init(bisup_app *app, const bp_client_config *link, int16_t threshold_int8) {
+  bp_client_init(&app->client, link);
+  app->threshold_int8 = threshold_int8;
+  app->next_seq = 1;
+}
+
+bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint16_t count, uint16_t local_label,
+                              int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx) {
+  bisup_result result = {local_label, BP_SRC_LOCAL, false};
+  if (bp_trusted(local_confidence, app->threshold_int8)) return result;
+  if (!bp_client_request(&app->client, app->next_seq++, input, count, local_label, local_confidence)) {
+    result.source = BP_SRC_FALLBACK; /* input too large for a frame: answer locally */
+    return result;
+  }
+  uint8_t byte;
+  while (bp_client_poll(&app->client) != BP_CLIENT_DONE) {
+    if (read_byte(read_ctx, &byte)) bp_client_feed(&app->client, &byte, 1);
+  }
+  result.label = app->client.label;
+  result.source = app->client.source;
+  result.rejected = app->client.rejected;
+  bp_client_reset(&app->client);
+  return result;
+}

@@ -1,0 +1,40 @@
+/*
+ * bisup application step: the part of a device's main loop that is the same on every board.
+ *
+ * Given the local model's int8 label and confidence for an input, decide with the int8 threshold;
+ * when unsure, relay the input to the bridge and wait (deadline, retries with the same sequence
+ * number, local fallback). The board supplies the inference, the UART and a millisecond clock.
+ */
+#ifndef BISUP_APP_H_
+#define BISUP_APP_H_
+
+#include "bisup_proto.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+  bp_client client;
+  int16_t threshold_int8; /* from thresholds.json: local.threshold_int8 (128: never local) */
+  uint32_t next_seq;
+} bisup_app;
+
+typedef struct {
+  uint16_t label;
+  uint8_t source; /* bp_source */
+  bool rejected;  /* the remote supervisor refused the remote answer */
+} bisup_result;
+
+/* Polls the link for one received byte; returns false when none is waiting. */
+typedef bool (*bisup_read_byte)(void *ctx, uint8_t *byte);
+
+void bisup_app_init(bisup_app *app, const bp_client_config *link, int16_t threshold_int8);
+bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint16_t count, uint16_t local_label,
+                              int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BISUP_APP_H_ */

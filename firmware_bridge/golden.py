@@ -1,0 +1,72 @@
+"""Golden frames shared by the Python and C implementations (``vectors/golden.txt``).
+
+Each line is ``name<TAB>frame hex<TAB>expected``. ``expected`` is ``protocol.describe`` of the
+decoded message, or ``INVALID code=N seq=S`` for a frame a receiver must reject with that error.
+``python -m firmware_bridge.golden`` rewrites the file; a test checks it is up to date.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from firmware_bridge import framing
+from firmware_bridge import protocol as p
+
+GOLDEN = Path(__file__).with_name("vectors") / "golden.txt"
+HASH = bytes(range(32))
+
+
+def _valid() -> list[tuple[str, p.Message]]:
+    digits = bytes((i * 37) % 256 for i in range(64))
+    return [
+        ("hello", p.Hello(1, (1, 2, 3), HASH, "dev-01")),
+        ("infer_digits", p.Infer(7, 3, -20, digits)),
+        ("infer_zeros", p.Infer(8, 9, -128, bytes(64))),
+        ("infer_max_body", p.Infer(9, 0, 127, bytes(range(256)) * 3 + bytes(p.MAX_BODY - p.HEADER.size - 6 - 768))),
+        ("answer_remote", p.AnswerMsg(7, 5, 0.875, p.Source.REMOTE)),
+        ("answer_rejected", p.AnswerMsg(8, 9, 0.25, p.Source.FALLBACK, rejected=True)),
+        ("error_tensor", p.ErrorMsg(9, p.ErrorCode.BAD_TENSOR, 64)),
+        ("ping", p.Ping(0xFFFFFFFF)),
+        ("feed", p.Feed(17, bytes((i * 11) % 256 for i in range(64)))),
+        ("report_remote", p.Report(17, 4, p.Source.REMOTE, False, 9, -60, 1234)),
+        ("pong", p.Pong(0)),
+    ]
+
+
+def _reframe(body: bytes, crc: int | None = None) -> bytes:
+    crc = framing.crc16(body) if crc is None else crc
+    return framing.cobs.encode(body + crc.to_bytes(2, "little")) + framing.DELIMITER
+
+
+def _invalid() -> list[tuple[str, bytes, str]]:
+    infer = p.encode(p.Infer(7, 3, -20, bytes(64)))
+    bad_crc = _reframe(infer, framing.crc16(infer) ^ 0x0101)
+    return [
+        ("bad_crc", bad_crc, "INVALID code=1 seq=0"),
+        ("bad_cobs", b"\x09\x01\x02\x00", "INVALID code=2 seq=0"),
+        ("too_long", b"\x01" * (framing.MAX_FRAME + 1) + b"\x00", "INVALID code=3 seq=0"),
+        ("truncated_frame", framing.encode_frame(infer)[:20] + b"\x00", "INVALID code=1 seq=0"),  # valid COBS
+        ("short_header", _reframe(b"\x01\x10\x07"), "INVALID code=6 seq=0"),
+        ("bad_version", _reframe(b"\x02" + infer[1:]), "INVALID code=4 seq=7"),
+        ("bad_type", _reframe(infer[:1] + b"\x42" + infer[2:]), "INVALID code=5 seq=7"),
+        ("infer_count_mismatch", _reframe(infer[:-1]), "INVALID code=6 seq=7"),
+        ("answer_short", _reframe(p.encode(p.AnswerMsg(4, 1, 0.5, p.Source.REMOTE))[:-1]), "INVALID code=6 seq=4"),
+        ("hello_bad_id_length", _reframe(p.encode(p.Hello(2, (1, 0, 0), HASH, "x"))[:-1] + b""),
+         "INVALID code=6 seq=2"),
+    ]
+
+
+def vectors() -> list[tuple[str, bytes, str]]:
+    valid = [(name, framing.encode_frame(p.encode(msg)), p.describe(msg)) for name, msg in _valid()]
+    return valid + _invalid()
+
+
+def render() -> str:
+    lines = ["# bisup protocol v1 golden frames: name, frame (hex, with its 0x00 delimiter), expected"]
+    lines += [f"{name}\t{frame.hex()}\t{expected}" for name, frame, expected in vectors()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    GOLDEN.write_text(render())
+    print(f"wrote {GOLDEN}")

@@ -1,0 +1,302 @@
+/* Host test harness for the C device library; driven by tests/test_c_protocol.py.
+ *
+ *   proto_harness vectors GOLDEN      decode every golden frame, print canonical lines, re-encode
+ *   proto_harness fuzz GOLDEN N SEED  N mutated frames through the stream reader, then a resync check
+ *   proto_harness client              the request state machine against a scripted host
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bisup_app.h"
+
+#define LINE_MAX_BYTES 8192
+#define MAX_VECTORS 64
+
+typedef struct {
+  char name[64];
+  uint8_t frame[BP_MAX_FRAME + 64];
+  size_t len;
+  char expected[4096];
+} vector;
+
+static vector vectors[MAX_VECTORS];
+static size_t vector_count;
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+static void load(const char *path) {
+  static char line[LINE_MAX_BYTES];
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    perror(path);
+    exit(2);
+  }
+  while (fgets(line, sizeof(line), f) && vector_count < MAX_VECTORS) {
+    if (line[0] == '#' || line[0] == '\n') continue;
+    vector *v = &vectors[vector_count++];
+    char *name = strtok(line, "\t"), *hex = strtok(NULL, "\t"), *expected = strtok(NULL, "\n");
+    snprintf(v->name, sizeof(v->name), "%s", name);
+    snprintf(v->expected, sizeof(v->expected), "%s", expected ? expected : "");
+    for (size_t i = 0; hex[2 * i] && hex[2 * i + 1] && v->len < sizeof(v->frame); ++i) {
+      v->frame[v->len++] = (uint8_t)(hexval(hex[2 * i]) * 16 + hexval(hex[2 * i + 1]));
+    }
+  }
+  fclose(f);
+}
+
+static void put_hex(const uint8_t *data, size_t n) {
+  for (size_t i = 0; i < n; ++i) printf("%02x", data[i]);
+}
+
+static void describe(const bp_msg *m) {
+  switch (m->type) {
+    case BP_HELLO:
+      printf("HELLO seq=%lu fw=%u.%u.%u hash=", (unsigned long)m->seq, m->u.hello.fw[0], m->u.hello.fw[1],
+             m->u.hello.fw[2]);
+      put_hex(m->u.hello.hash, BP_HASH_BYTES);
+      printf(" id=%s", m->u.hello.id);
+      break;
+    case BP_INFER:
+      printf("INFER seq=%lu label=%u conf=%d dtype=%u n=%u data=", (unsigned long)m->seq, m->u.infer.label,
+             m->u.infer.confidence, m->u.infer.dtype, m->u.infer.count);
+      put_hex((const uint8_t *)m->u.infer.data, m->u.infer.count);
+      break;
+    case BP_ANSWER:
+      printf("ANSWER seq=%lu label=%u conf=%u source=%u rejected=%u", (unsigned long)m->seq, m->u.answer.label,
+             m->u.answer.confidence_q16, m->u.answer.source, m->u.answer.rejected);
+      break;
+    case BP_ERROR:
+      printf("ERROR seq=%lu code=%u detail=%u", (unsigned long)m->seq, m->u.error.code, m->u.error.detail);
+      break;
+    case BP_FEED:
+      printf("FEED seq=%lu dtype=%u n=%u data=", (unsigned long)m->seq, m->u.feed.dtype, m->u.feed.count);
+      put_hex((const uint8_t *)m->u.feed.data, m->u.feed.count);
+      break;
+    case BP_REPORT:
+      printf("REPORT seq=%lu label=%u source=%u rejected=%u local_label=%u conf=%d latency_us=%lu",
+             (unsigned long)m->seq, m->u.report.label, m->u.report.source, m->u.report.rejected,
+             m->u.report.local_label, m->u.report.local_confidence, (unsigned long)m->u.report.latency_us);
+      break;
+    default:
+      printf("%s seq=%lu", m->type == BP_PING ? "PING" : "PONG", (unsigned long)m->seq);
+  }
+}
+
+static bp_reader reader;
+
+static int run_vectors(void) {
+  static uint8_t again[BP_MAX_FRAME + 1];
+  for (size_t i = 0; i < vector_count; ++i) {
+    const vector *v = &vectors[i];
+    bp_msg m;
+    bool ready = false;
+    bp_status st = BP_OK;
+    bp_reader_init(&reader);
+    for (size_t k = 0; k < v->len && !ready; ++k) st = bp_reader_push(&reader, v->frame[k], &m, &ready);
+    printf("%s\t", v->name);
+    if (!ready) {
+      printf("NO FRAME\n");
+      continue;
+    }
+    if (st != BP_OK) {
+      printf("INVALID code=%d seq=%lu\n", (int)st, (unsigned long)m.seq);
+      continue;
+    }
+    describe(&m);
+    size_t n = bp_encode_frame(&m, again, sizeof(again));
+    printf("\t%s\n", (n == v->len && memcmp(again, v->frame, n) == 0) ? "REENCODE-OK" : "REENCODE-DIFFERS");
+  }
+  return 0;
+}
+
+static uint32_t rng_state;
+
+static uint32_t next_random(void) { /* xorshift32 */
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 17;
+  rng_state ^= rng_state << 5;
+  return rng_state;
+}
+
+static size_t mutate(uint8_t *buf, size_t len, size_t cap) {
+  int ops = 1 + (int)(next_random() % 4);
+  for (int k = 0; k < ops && len > 0; ++k) {
+    size_t at = next_random() % len;
+    switch (next_random() % 5) {
+      case 0: buf[at] ^= (uint8_t)(1u << (next_random() % 8)); break;     /* flip a bit */
+      case 1: buf[at] = (uint8_t)next_random(); break;                    /* replace a byte */
+      case 2: memmove(buf + at, buf + at + 1, len - at - 1); len--; break; /* drop a byte */
+      case 3:                                                               /* insert a byte */
+        if (len < cap) {
+          memmove(buf + at + 1, buf + at, len - at);
+          buf[at] = (uint8_t)next_random();
+          len++;
+        }
+        break;
+      default: len = at + 1; /* truncate */
+    }
+  }
+  return len;
+}
+
+static int run_fuzz(unsigned long iterations, uint32_t seed) {
+  static uint8_t buf[BP_MAX_FRAME + 256];
+  unsigned long outcomes[BP_E_NO_ROOM + 1] = {0};
+  rng_state = seed ? seed : 1u;
+  bp_reader_init(&reader);
+  for (unsigned long i = 0; i < iterations; ++i) {
+    const vector *v = &vectors[next_random() % vector_count];
+    size_t len = v->len < sizeof(buf) ? v->len : sizeof(buf);
+    memcpy(buf, v->frame, len);
+    len = mutate(buf, len, sizeof(buf));
+    for (size_t k = 0; k < len; ++k) {
+      bp_msg m;
+      bool ready;
+      bp_status st = bp_reader_push(&reader, buf[k], &m, &ready);
+      if (ready) outcomes[st]++;
+    }
+  }
+  /* after all that noise, one delimiter and a clean frame must decode */
+  bp_msg m;
+  bool ready = false;
+  bp_status st = BP_OK;
+  bp_reader_push(&reader, 0, &m, &ready);
+  for (size_t k = 0; k < vectors[0].len; ++k) st = bp_reader_push(&reader, vectors[0].frame[k], &m, &ready);
+  printf("fuzz iterations=%lu ok=%lu bad_crc=%lu bad_cobs=%lu too_long=%lu bad_length=%lu other=%lu resync=%s\n",
+         iterations, outcomes[BP_OK], outcomes[BP_E_BAD_CRC], outcomes[BP_E_BAD_COBS], outcomes[BP_E_TOO_LONG],
+         outcomes[BP_E_BAD_LENGTH], outcomes[BP_E_BAD_VERSION] + outcomes[BP_E_BAD_TYPE],
+         (ready && st == BP_OK && m.type == BP_HELLO) ? "ok" : "FAILED");
+  return 0;
+}
+
+/* --- state machine against a scripted host --- */
+static uint32_t clock_ms;
+static uint8_t sent[4][BP_MAX_FRAME + 1];
+static size_t sent_len[4], sent_count;
+
+static void capture(void *ctx, const uint8_t *data, size_t len) {
+  (void)ctx;
+  if (sent_count < 4) {
+    memcpy(sent[sent_count], data, len);
+    sent_len[sent_count] = len;
+  }
+  sent_count++;
+}
+
+static uint32_t now(void *ctx) {
+  (void)ctx;
+  return clock_ms;
+}
+
+static int failures;
+#define CHECK(cond)                                           \
+  do {                                                        \
+    if (!(cond)) {                                            \
+      printf("client FAILED line %d: %s\n", __LINE__, #cond); \
+      failures++;                                             \
+    }                                                         \
+  } while (0)
+
+static void host_says(bp_client *c, const bp_msg *m) {
+  uint8_t frame[BP_MAX_FRAME + 1];
+  size_t n = bp_encode_frame(m, frame, sizeof(frame));
+  bp_client_feed(c, frame, n);
+}
+
+static bp_msg answer(uint32_t seq, uint16_t label) {
+  bp_msg m;
+  memset(&m, 0, sizeof(m));
+  m.type = BP_ANSWER;
+  m.seq = seq;
+  m.u.answer.label = label;
+  m.u.answer.confidence_q16 = 60000;
+  m.u.answer.source = BP_SRC_REMOTE;
+  return m;
+}
+
+static bool silent_link(void *ctx, uint8_t *byte) {
+  (void)ctx;
+  (void)byte;
+  clock_ms += 10; /* time passes while nobody answers */
+  return false;
+}
+
+static int run_client(void) {
+  static bp_client c;
+  const int8_t input[64] = {1, -2, 3};
+  bp_client_config cfg = {capture, now, NULL, 100, 2};
+  /* 1: no answer -> two resends with the same bytes, then the local fallback */
+  bp_client_init(&c, &cfg);
+  clock_ms = 1000;
+  sent_count = 0;
+  CHECK(bp_client_request(&c, 41, input, 64, 7, -30));
+  CHECK(!bp_client_request(&c, 42, input, 64, 7, -30)); /* one request at a time */
+  clock_ms += 99;
+  CHECK(bp_client_poll(&c) == BP_CLIENT_WAITING && sent_count == 1);
+  clock_ms += 1;
+  CHECK(bp_client_poll(&c) == BP_CLIENT_WAITING && sent_count == 2);
+  CHECK(sent_len[1] == sent_len[0] && memcmp(sent[1], sent[0], sent_len[0]) == 0);
+  clock_ms += 100;
+  bp_client_poll(&c);
+  clock_ms += 100;
+  CHECK(bp_client_poll(&c) == BP_CLIENT_DONE && sent_count == 3 && c.resends == 2);
+  CHECK(c.source == BP_SRC_FALLBACK && c.label == 7 && !c.rejected);
+  /* 2: noise and a stale answer are ignored, the matching answer ends the request */
+  bp_client_reset(&c);
+  CHECK(bp_client_request(&c, 43, input, 64, 7, -30));
+  const uint8_t noise[] = {0x13, 0x37, 0x00, 0xFF, 0xFF, 0x00};
+  bp_client_feed(&c, noise, sizeof(noise));
+  bp_msg stale = answer(41, 1), fresh = answer(43, 5);
+  host_says(&c, &stale);
+  CHECK(c.state == BP_CLIENT_WAITING);
+  host_says(&c, &fresh);
+  CHECK(bp_client_poll(&c) == BP_CLIENT_DONE && c.source == BP_SRC_REMOTE && c.label == 5);
+  CHECK(c.bad_frames == 2);
+  /* 3: an ERROR for the pending request ends in the local fallback */
+  bp_client_reset(&c);
+  CHECK(bp_client_request(&c, 44, input, 64, 9, -1));
+  bp_msg error;
+  memset(&error, 0, sizeof(error));
+  error.type = BP_ERROR;
+  error.seq = 44;
+  error.u.error.code = BP_E_BAD_TENSOR;
+  error.u.error.detail = 64;
+  host_says(&c, &error);
+  CHECK(c.state == BP_CLIENT_DONE && c.source == BP_SRC_FALLBACK && c.label == 9);
+  /* 4: the decision step, and sequence numbers that wrap */
+  CHECK(bp_trusted(-20, -20) && !bp_trusted(-21, -20) && !bp_trusted(127, 128) && bp_trusted(-128, -128));
+  bp_client_reset(&c);
+  clock_ms = 0xFFFFFFF0u;
+  CHECK(bp_client_request(&c, 0xFFFFFFFFu, input, 64, 1, 0));
+  clock_ms += 50; /* wraps past zero; still before the deadline */
+  CHECK(bp_client_poll(&c) == BP_CLIENT_WAITING);
+  /* 5: the application step: trusted inputs stay local, unsure ones fall back when nobody answers */
+  static bisup_app app;
+  bisup_app_init(&app, &cfg, -20);
+  sent_count = 0;
+  bisup_result r = bisup_app_decide(&app, input, 64, 3, -20, silent_link, NULL);
+  CHECK(r.source == BP_SRC_LOCAL && r.label == 3 && sent_count == 0);
+  r = bisup_app_decide(&app, input, 64, 4, -21, silent_link, NULL);
+  CHECK(r.source == BP_SRC_FALLBACK && r.label == 4 && !r.rejected && sent_count == 3);
+  printf("client %s\n", failures ? "FAILED" : "ok");
+  return failures ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 3 && strcmp(argv[1], "vectors") == 0) {
+    load(argv[2]);
+    return run_vectors();
+  }
+  if (argc >= 5 && strcmp(argv[1], "fuzz") == 0) {
+    load(argv[2]);
+    return run_fuzz(strtoul(argv[3], NULL, 10), (uint32_t)strtoul(argv[4], NULL, 10));
+  }
+  if (argc >= 2 && strcmp(argv[1], "client") == 0) return run_client();
+  fprintf(stderr, "usage: %s vectors FILE | fuzz FILE N SEED | client\n", argv[0]);
+  return 2;
+}
