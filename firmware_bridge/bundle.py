@@ -1,0 +1,133 @@
+"""A device bundle as the bridge and the virtual device read it.
+
+Either a build folder with ``model.tflite`` and ``thresholds.json`` (what ``bisup export`` and
+``bisup calibrate`` write), or a ``.bisup`` archive made by ``bisup bundle``: a zip whose
+``manifest.json`` records the format version, the toolkit version and the SHA-256 and size of
+every member. An archive is verified on every load; a tampered, truncated or padded one is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from converters import tflite_model
+from firmware_bridge.device_model import LocalModel
+from firmware_bridge.relay import InputQuantization, RemoteSupervisor
+
+FORMAT_VERSION = 1
+MEMBERS = ("model.tflite", "thresholds.json", "labels.json", "input.json", "board.json")
+
+
+class BundleError(ValueError):
+    """A bundle that lacks a file, holds a malformed one, or fails verification."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_archive(path: Path) -> dict[str, bytes]:
+    """The verified members of a ``.bisup`` archive; raise BundleError naming what is wrong."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            files = {info.filename: archive.read(info) for info in archive.infolist()}
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise BundleError(f"bundle {path} is truncated or not a bisup archive ({exc})") from exc
+    except zipfile.LargeZipFile as exc:
+        raise BundleError(f"bundle {path} is too large to be a bisup bundle") from exc
+    try:
+        manifest = json.loads(files.pop("manifest.json"))
+        members = manifest["members"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BundleError(f"bundle {path} has no readable manifest.json") from exc
+    if manifest.get("format") != FORMAT_VERSION:
+        raise BundleError(f"bundle {path} has format {manifest.get('format')!r}; this bisup reads {FORMAT_VERSION}")
+    if set(files) != set(members):
+        extra, missing = sorted(set(files) - set(members)), sorted(set(members) - set(files))
+        raise BundleError(f"bundle {path} does not match its manifest (extra {extra}, missing {missing}); "
+                          "it was modified after it was built")
+    for name, entry in members.items():
+        digest = _sha256(files[name])
+        if digest != entry.get("sha256") or len(files[name]) != entry.get("size"):
+            raise BundleError(f"bundle {path}: {name} has SHA-256 {digest[:16]}... but the manifest says "
+                              f"{str(entry.get('sha256'))[:16]}...; the bundle was modified after it was built")
+    return files | {"manifest.json": json.dumps(manifest).encode()}
+
+
+@dataclass
+class Bundle:
+    path: Path
+    model: bytes
+    thresholds: dict
+
+    manifest: dict | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Bundle:
+        """A build folder or a verified ``.bisup`` archive."""
+        location = Path(path)
+        if location.is_file():
+            files = read_archive(location)
+            return cls(location, files["model.tflite"], _thresholds(files["thresholds.json"], location),
+                       json.loads(files["manifest.json"]))
+        if not location.is_dir():
+            raise BundleError(f"bundle {location} does not exist")
+        model_file, thresholds_file = location / "model.tflite", location / "thresholds.json"
+        for required, made_by in ((model_file, "bisup export"), (thresholds_file, "bisup calibrate")):
+            if not required.is_file():
+                raise BundleError(f"bundle {location} has no {required.name}; create it with "
+                                  f"`{made_by} --out {location}`")
+        return cls(location, model_file.read_bytes(), _thresholds(thresholds_file.read_bytes(), thresholds_file))
+
+    def local_model(self) -> LocalModel:
+        """The bundle's model in TFLM (an archive's model is unpacked only for the arena probe)."""
+        if self.path.is_dir():
+            return LocalModel(self.path / "model.tflite")
+        with tempfile.TemporaryDirectory(prefix="bisup-bundle-") as folder:
+            model = Path(folder) / "model.tflite"
+            model.write_bytes(self.model)
+            return LocalModel(model)
+
+    @cached_property
+    def info(self) -> tflite_model.ModelInfo:
+        return tflite_model.read(self.model)
+
+    @property
+    def model_hash(self) -> bytes:
+        """SHA-256 of the model: what a device reports in HELLO."""
+        return hashlib.sha256(self.model).digest()
+
+    @property
+    def input_elements(self) -> int:
+        return int(np.prod(self.info.inputs[0].shape))
+
+    @property
+    def quantization(self) -> InputQuantization:
+        inp = self.info.inputs[0]
+        return InputQuantization(inp.scale, inp.zero_point, tuple(inp.shape[1:]))
+
+    @property
+    def threshold_int8(self) -> int:
+        return int(self.thresholds["local"]["threshold_int8"])
+
+    @property
+    def remote_supervisor(self) -> RemoteSupervisor:
+        remote = self.thresholds["remote"]
+        return RemoteSupervisor(remote.get("supervisor", "max-softmax"), float(remote["threshold"]))
+
+
+def _thresholds(raw: bytes, where: Path) -> dict:
+    try:
+        thresholds = json.loads(raw)
+        thresholds["local"]["threshold_int8"], thresholds["remote"]["threshold"]  # noqa: B018
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{where} does not hold a bisup thresholds file: {exc}") from exc
+    return thresholds

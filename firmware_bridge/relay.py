@@ -1,0 +1,93 @@
+"""The BiSupervised decision path, shared by the demo and the bridges.
+
+Device side (``LocalDecision``): the int8 supervisor output is compared with the int8 threshold,
+exactly as the firmware does; trusted answers never leave the device. Host side (``Relay``): an
+unsure request is answered by the remote model, and the remote supervisor accepts that answer or
+rejects it, in which case the device falls back to its own label. Serial and MQTT transports carry
+``InferRequest``/``Answer`` between the two; the logic stays here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from converters.scores import score
+from firmware_bridge.protocol import Source
+from firmware_bridge.remotes import RemoteModel
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """What an unsure device sends: its int8 input and its own prediction and confidence."""
+
+    device: str
+    seq: int
+    input_int8: np.ndarray
+    local_label: int
+    local_confidence_int8: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the device ends up using. ``rejected``: the remote supervisor refused the remote answer."""
+
+    seq: int
+    label: int
+    confidence: float
+    source: Source
+    rejected: bool = False
+    remote_label: int | None = None
+
+
+@dataclass(frozen=True)
+class LocalDecision:
+    """The firmware's decision step: trust the local answer iff confidence_int8 >= threshold_int8."""
+
+    threshold_int8: int
+
+    def trusted(self, confidence_int8: int | np.ndarray) -> bool | np.ndarray:
+        return np.asarray(confidence_int8, dtype=np.int32) >= self.threshold_int8
+
+
+@dataclass(frozen=True)
+class RemoteSupervisor:
+    """Judges the remote's probabilities; accepts when the score reaches the threshold."""
+
+    kind: str
+    threshold: float
+
+    def judge(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels, confidences and accept flags for a batch of remote probabilities."""
+        confidence = score(self.kind, probs)
+        return probs.argmax(axis=1), confidence, confidence >= self.threshold
+
+
+@dataclass(frozen=True)
+class InputQuantization:
+    """The bundle's input quantization: the relay dequantizes what the device sent."""
+
+    scale: float
+    zero_point: int
+    shape: tuple[int, ...]
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return ((np.asarray(q, dtype=np.float32) - self.zero_point) * self.scale).reshape(self.shape)
+
+
+class Relay:
+    """Answers unsure requests with the remote model under the remote supervisor."""
+
+    def __init__(self, remote: RemoteModel, supervisor: RemoteSupervisor, quantization: InputQuantization):
+        self.remote = remote
+        self.supervisor = supervisor
+        self.quantization = quantization
+
+    def handle(self, request: InferRequest) -> Answer:
+        x = self.quantization.dequantize(request.input_int8)[None]
+        labels, confidence, accepted = self.supervisor.judge(self.remote.predict(x))
+        remote_label = int(labels[0])
+        if accepted[0]:
+            return Answer(request.seq, remote_label, float(confidence[0]), Source.REMOTE, remote_label=remote_label)
+        return Answer(request.seq, request.local_label, float(confidence[0]), Source.FALLBACK, True, remote_label)

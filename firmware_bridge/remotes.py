@@ -1,0 +1,115 @@
+"""Remote-model backends behind one small interface, chosen by what the spec names.
+
+A remote takes float inputs ``(N, ...)`` and returns class probabilities ``(N, K)``. In-process
+backends load a Keras file, a SavedModel directory or a float TFLite model. Network backends
+(Open Inference Protocol, TF Serving) plug in here by URL scheme.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from converters.scores import looks_like_probabilities, softmax
+
+
+class RemoteError(RuntimeError):
+    """A remote that cannot be loaded or that fails to answer; the message names which and why."""
+
+
+class RemoteModel(Protocol):
+    """What the relay needs from a remote model."""
+
+    name: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, K)`` for float inputs ``(N, ...)``."""
+
+
+def _as_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """Softmax unless the rows already are probabilities (a model may end in logits or softmax)."""
+    out = np.asarray(outputs, dtype=np.float64)
+    return out if looks_like_probabilities(out) else softmax(out)
+
+
+class KerasRemote:
+    """A ``.keras`` file or a SavedModel directory, run in this process."""
+
+    def __init__(self, path: Path):
+        import keras
+
+        self.name = str(path)
+        try:
+            if path.is_dir():
+                layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+                self._call = lambda x: _single_output(layer(x))
+            else:
+                model = keras.models.load_model(path, compile=False)
+                self._call = lambda x: model(x, training=False)
+        except Exception as exc:  # Keras raises many types for a damaged file
+            raise RemoteError(f"remote model {path} cannot be loaded: {str(exc).splitlines()[0][:160]}") from exc
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        try:
+            outputs = self._call(x)
+        except Exception as exc:  # Keras and TF raise many types for shape and dtype problems
+            raise _failed(self.name, x, exc) from exc
+        return _as_probabilities(np.asarray(outputs))
+
+
+def _failed(name: str, x: np.ndarray, exc: Exception) -> RemoteError:
+    reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    return RemoteError(f"remote model {name} failed on inputs of shape {tuple(x.shape[1:])}: {reason}")
+
+
+def _single_output(outputs):
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise RemoteError(f"remote SavedModel has outputs {sorted(outputs)}; expected one")
+        return next(iter(outputs.values()))
+    return outputs
+
+
+class TFLiteRemote:
+    """A float ``.tflite`` model run by LiteRT, one sample per invoke."""
+
+    def __init__(self, path: Path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.name = str(path)
+        try:
+            self._interpreter = Interpreter(model_path=str(path))
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise RemoteError(f"remote model {path} is not a loadable TFLite model: {exc}") from exc
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        if self._input["dtype"] != np.float32:
+            raise RemoteError(f"remote TFLite model {path} takes {self._input['dtype'].__name__}; use a float model")
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        rows = []
+        try:
+            for sample in x:
+                self._interpreter.set_tensor(self._input["index"], sample[None])
+                self._interpreter.invoke()
+                rows.append(self._interpreter.get_tensor(self._output["index"])[0])
+        except (ValueError, RuntimeError) as exc:
+            raise _failed(self.name, x, exc) from exc
+        return _as_probabilities(np.stack(rows))
+
+
+def open_remote(spec: str | Path) -> RemoteModel:
+    """A remote from a path: ``.keras``, a SavedModel directory, or a float ``.tflite``."""
+    path = Path(spec)
+    if not path.exists():
+        raise RemoteError(f"remote model {path} does not exist")
+    if path.is_dir() or path.suffix in (".keras", ".h5"):
+        return KerasRemote(path)
+    if path.suffix == ".tflite":
+        return TFLiteRemote(path)
+    raise RemoteError(f"remote model {path}: expected a .keras file, a SavedModel directory or a .tflite file")

@@ -1,0 +1,101 @@
+"""``bisup bridge --serial``: one session per port, frames in, supervised answers out.
+
+The port is any pyserial URL (a device path, ``socket://``, ``loop://``, ``spy://``, a pty). A
+port that disappears (unplug, closed socket) is reopened with exponential backoff while the
+session's dedup cache survives, so a device that retries after replugging gets its cached answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+import serial
+
+from firmware_bridge import framing
+from firmware_bridge import protocol as p
+from firmware_bridge.handler import RequestHandler
+from firmware_bridge.ptylink import PtyPort, pty_pair
+
+log = logging.getLogger("bisup.bridge")
+MIN_BACKOFF_S, MAX_BACKOFF_S = 0.05, 5.0
+
+
+class BridgeError(RuntimeError):
+    """A port that cannot be opened at start; the message names it and the fix."""
+
+
+class SerialBridge:
+    """Serves one port until ``stop`` is set."""
+
+    def __init__(self, url: str, handler: RequestHandler, baud: int = 921600,
+                 opener: Callable[..., serial.SerialBase] = serial.serial_for_url):
+        self.url, self.handler, self.baud, self._open = url, handler, baud, opener
+        self.device = f"serial:{url}"  # replaced by the id the device gives in HELLO
+        self.reopens = 0
+
+    def _reply(self, port, body: bytes | None) -> None:
+        if body is not None:
+            port.write(framing.encode_frame(body))
+
+    def _serve(self, port, stop: threading.Event) -> None:
+        reader = framing.FrameReader()
+        while not stop.is_set():
+            data = port.read(port.in_waiting or 1)
+            for item in reader.feed(data):
+                if isinstance(item, p.ProtocolError):
+                    self._reply(port, self.handler.error(item, self.device))
+                    continue
+                self._note_device(item)
+                self._reply(port, self.handler.handle(self.device, item))
+
+    def _note_device(self, body: bytes) -> None:
+        if len(body) > 1 and body[1] == p.MsgType.HELLO:
+            try:
+                self.device = p.decode(body).device_id
+            except p.ProtocolError:
+                pass  # the handler answers it with an ERROR
+
+    def run(self, stop: threading.Event, wait_for_port: bool = True) -> None:
+        """Serve until ``stop``; with ``wait_for_port`` False, a port that cannot be opened the first
+        time raises BridgeError instead of being retried (a typo should not look like a hang)."""
+        backoff, opened_once = MIN_BACKOFF_S, False
+        while not stop.is_set():
+            try:
+                port = self._open(self.url, baudrate=self.baud, timeout=0.05)
+            except (serial.SerialException, OSError, ValueError) as exc:
+                if not opened_once and not wait_for_port:
+                    raise BridgeError(f"cannot open serial port {self.url}: {exc}; check the port or pass --wait "
+                                      "to wait until it appears") from exc
+                log.warning("cannot open %s (%s); retrying in %.2f s", self.url, exc, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff, opened_once = MIN_BACKOFF_S, True
+            try:
+                self._serve(port, stop)
+            except (serial.SerialException, OSError) as exc:
+                self.reopens += 1
+                log.warning("lost %s (%s); reopening", self.url, exc)
+            finally:
+                port.close()
+
+
+@contextlib.contextmanager
+def bridge_over_pty(handler: RequestHandler) -> Iterator[PtyPort]:
+    """A serial bridge serving one end of a fresh pty pair; yields the device's end."""
+    device_port, bridge_path, slave_fd = pty_pair()
+    stop = threading.Event()
+    bridge = SerialBridge(bridge_path, handler)
+    thread = threading.Thread(target=bridge.run, args=(stop,), name="bisup-serial-bridge", daemon=True)
+    thread.start()
+    try:
+        yield device_port
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        device_port.close()
+        os.close(slave_fd)

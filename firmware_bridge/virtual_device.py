@@ -1,0 +1,109 @@
+"""A device without a board: the exported model in the TFLM interpreter, the int8 threshold, and
+the wire protocol over any serial-like port. It behaves as the C library's state machine does:
+one request at a time, resent with the same sequence number on timeout, local fallback at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from firmware_bridge import framing
+from firmware_bridge import protocol as p
+from firmware_bridge.device_model import LocalModel
+from firmware_bridge.relay import Answer, LocalDecision
+
+
+class DeviceTimeout(RuntimeError):
+    """The bridge did not answer a HELLO in time."""
+
+
+@dataclass
+class DeviceStats:
+    """What ``bisup device --json`` prints."""
+
+    requests: int = 0
+    answered: int = 0
+    remote: int = 0
+    fallback: int = 0
+    rejected: int = 0
+    resends: int = 0
+    bad_frames: int = 0
+
+
+class VirtualDevice:
+    def __init__(self, port, local: LocalModel, threshold_int8: int, device_id: str = "virtual-0",
+                 timeout_s: float = 0.5, retries: int = 3):
+        self.port, self.local, self.decision = port, local, LocalDecision(threshold_int8)
+        self.device_id, self.timeout_s, self.retries = device_id, timeout_s, retries
+        self.reader = framing.FrameReader()
+        self.stats = DeviceStats()
+        self._seq = 0
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def _send(self, msg: p.Message) -> None:
+        self.port.write(framing.encode_frame(p.encode(msg)))
+
+    def _await(self, seq: int, kinds: tuple[type, ...], deadline: float) -> p.Message | None:
+        while time.monotonic() < deadline:
+            for item in self.reader.feed(self.port.read(4096)):
+                if isinstance(item, p.ProtocolError):
+                    self.stats.bad_frames += 1
+                    continue
+                try:
+                    msg = p.decode(item)
+                except p.ProtocolError:
+                    self.stats.bad_frames += 1
+                    continue
+                if msg.seq == seq and isinstance(msg, kinds):
+                    return msg
+        return None
+
+    def hello(self, timeout_s: float = 10.0, interval_s: float = 0.25) -> p.Hello:
+        """Greet the bridge with the model hash until it answers, as a booting board does (a bridge
+        that opens its port later discards what was sent before); return its HELLO."""
+        seq = self._next_seq()
+        hello = p.Hello(seq, (0, 1, 0), self.local.model_hash, self.device_id)
+        give_up = time.monotonic() + timeout_s
+        while time.monotonic() < give_up:
+            self._send(hello)
+            reply = self._await(seq, (p.Hello,), min(give_up, time.monotonic() + interval_s))
+            if reply is not None:
+                return reply
+        raise DeviceTimeout(f"no HELLO from the bridge within {timeout_s:g} s; is `bisup bridge` serving that link?")
+
+    def ask(self, x_int8: np.ndarray, label: int, confidence: int) -> Answer:
+        """Relay one unsure input: resend with the same seq on timeout, fall back after the retries."""
+        seq = self._next_seq()
+        request = p.Infer(seq, label, confidence, x_int8.astype(np.int8).tobytes())
+        self.stats.requests += 1
+        for attempt in range(self.retries + 1):
+            self.stats.resends += attempt > 0
+            self._send(request)
+            reply = self._await(seq, (p.AnswerMsg, p.ErrorMsg), time.monotonic() + self.timeout_s)
+            if isinstance(reply, p.AnswerMsg):
+                self.stats.answered += 1
+                self.stats.remote += reply.source is p.Source.REMOTE
+                self.stats.rejected += reply.rejected
+                self.stats.fallback += reply.source is not p.Source.REMOTE
+                return Answer(seq, reply.label, reply.confidence, reply.source, reply.rejected)
+            if isinstance(reply, p.ErrorMsg):
+                break
+        self.stats.fallback += 1
+        return Answer(seq, label, 0.0, p.Source.FALLBACK)
+
+    def run(self, x: np.ndarray) -> list[Answer]:
+        """Every input as deployed: int8 inference and decision here, unsure ones over the link."""
+        x_q, labels, confidence = self.local.run(x)
+        answers = []
+        for sample, label, conf in zip(x_q, labels, confidence, strict=True):
+            if self.decision.trusted(conf):
+                answers.append(Answer(0, int(label), self.local.threshold_float(int(conf)), p.Source.LOCAL))
+            else:
+                answers.append(self.ask(sample, int(label), int(conf)))
+        return answers

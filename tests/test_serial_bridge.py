@@ -1,0 +1,235 @@
+"""The serial bridge on real links: request handling, dedup, errors, noise, unplug, and the CLIs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import serial
+from cli_errors import error_line
+from click.testing import CliRunner
+from links import NoisyProxy
+
+from firmware_bridge import framing
+from firmware_bridge import protocol as p
+from firmware_bridge.bundle import Bundle
+from firmware_bridge.device_model import LocalModel
+from firmware_bridge.handler import RelayLog, RequestHandler
+from firmware_bridge.relay import Relay
+from firmware_bridge.remotes import open_remote
+from firmware_bridge.serial_bridge import SerialBridge
+from firmware_bridge.virtual_device import VirtualDevice
+from toolkit.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+class CountingRemote:
+    """A real remote model that counts its calls (to see that duplicates never reach it)."""
+
+    def __init__(self, remote):
+        self.remote, self.calls, self.name = remote, 0, remote.name
+
+    def predict(self, x):
+        self.calls += 1
+        return self.remote.predict(x)
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir):
+    return Bundle.load(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def remote(digits_example):
+    return CountingRemote(open_remote(digits_example["model"]))
+
+
+def _handler(bundle, remote, log=None):
+    return RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle, RelayLog(log))
+
+
+def _infer(seq, n=64):
+    return p.encode(p.Infer(seq, 3, -40, bytes(range(n))))
+
+
+def test_duplicates_are_answered_from_the_cache(bundle, remote, tmp_path):
+    handler = _handler(bundle, remote, tmp_path / "relay.jsonl")
+    before = remote.calls
+    first, again = handler.handle("d1", _infer(5)), handler.handle("d1", _infer(5))
+    assert first == again and remote.calls == before + 1 and handler.counts["duplicate"] == 1
+    other_device = handler.handle("d2", _infer(5))
+    assert remote.calls == before + 2 and isinstance(p.decode(other_device), p.AnswerMsg)
+    handler.log.close()
+    entry = json.loads((tmp_path / "relay.jsonl").read_text().splitlines()[0])
+    assert {"time", "device", "seq", "local_label", "local_confidence", "remote_label", "remote_confidence",
+            "decision", "latency_ms"} <= set(entry)
+
+
+def test_bad_requests_get_error_frames(bundle, remote):
+    handler = _handler(bundle, remote)
+    wrong_size = p.decode(handler.handle("d", _infer(6, n=10)))
+    assert wrong_size == p.ErrorMsg(6, p.ErrorCode.BAD_TENSOR, bundle.input_elements)
+    wrong_version = p.decode(handler.handle("d", b"\x02" + _infer(7)[1:]))
+    assert wrong_version == p.ErrorMsg(7, p.ErrorCode.BAD_VERSION, p.VERSION)
+    assert handler.counts["error_bad_tensor"] == 1 and handler.counts["error_bad_version"] == 1
+
+
+def test_hello_and_ping(bundle, remote):
+    handler = _handler(bundle, remote)
+    hello = p.decode(handler.handle("d", p.encode(p.Hello(1, (1, 0, 0), bytes(32), "dev"))))
+    assert isinstance(hello, p.Hello) and hello.model_hash == bundle.model_hash
+    assert p.decode(handler.handle("d", p.encode(p.Ping(9)))) == p.Pong(9)
+
+
+def test_remote_failure_falls_back(bundle, tmp_path):
+    import keras
+
+    wide = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    wide.save(tmp_path / "wide.keras")
+    handler = _handler(bundle, open_remote(tmp_path / "wide.keras"))
+    answer = p.decode(handler.handle("d", _infer(3)))
+    assert answer.source is p.Source.FALLBACK and answer.label == 3 and not answer.rejected
+    assert handler.counts["remote_unavailable"] == 1
+
+
+def test_line_noise_loses_no_request(bundle, remote, digits_example):
+    """Every input is relayed (threshold 128) through a link that flips and drops bytes."""
+    local = LocalModel(bundle.path / "model.tflite")
+    x, y = np.load(digits_example["test"]).values()
+    x, y = x[:60], y[:60]
+    handler = _handler(bundle, remote)
+    stop = threading.Event()
+    with NoisyProxy(flip=0.002, drop=0.002, seed=3) as proxy:
+        bridge = threading.Thread(target=SerialBridge(proxy.path_b, handler).run, args=(stop,), daemon=True)
+        bridge.start()
+        with serial.serial_for_url(proxy.path_a, timeout=0.02) as port:
+            device = VirtualDevice(port, local, threshold_int8=128, timeout_s=0.15, retries=8)
+            answers = device.run(x)
+        stop.set()
+        bridge.join(timeout=5)
+    assert len(answers) == len(x)
+    assert all(a.source in (p.Source.REMOTE, p.Source.FALLBACK) for a in answers)
+    assert device.stats.requests == len(x) and device.stats.answered + (device.stats.fallback
+                                                                         - sum(a.rejected for a in answers)) >= len(x)
+    assert proxy.flipped + proxy.dropped > 0 and device.stats.resends > 0  # the noise really hit
+    assert handler.counts["duplicate"] + handler.counts["error_bad_crc"] + handler.counts["error_bad_cobs"] > 0
+    remote_labels = open_remote(digits_example["model"]).predict(x).argmax(axis=1)
+    for answer, expected in zip(answers, remote_labels, strict=True):
+        if answer.source is p.Source.REMOTE:
+            assert answer.label == expected
+
+
+def test_bridge_reopens_after_unplug(bundle, remote):
+    """socket:// link: the peer hangs up once; the bridge reconnects and keeps serving."""
+    server = socket.create_server(("127.0.0.1", 0))
+    url = f"socket://127.0.0.1:{server.getsockname()[1]}"
+    stop = threading.Event()
+    bridge = SerialBridge(url, _handler(bundle, remote))
+    thread = threading.Thread(target=bridge.run, args=(stop,), daemon=True)
+    thread.start()
+    pongs = []
+    try:
+        for seq in (1, 2):
+            conn, _ = server.accept()
+            conn.settimeout(0.2)
+            reader, replies = framing.FrameReader(), []
+            deadline = time.monotonic() + 10
+            # resend as a device does: pyserial drops input that arrives while it opens the port
+            while not replies and time.monotonic() < deadline:
+                conn.sendall(framing.encode_frame(p.encode(p.Ping(seq))))
+                with contextlib.suppress(TimeoutError):
+                    replies = reader.feed(conn.recv(64))
+            pongs.append(p.decode(replies[0]))
+            conn.close()  # unplug
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+    assert pongs == [p.Pong(1), p.Pong(2)] and bridge.reopens >= 1
+
+
+def test_bridge_and_device_commands(bundle_dir, digits_example, tmp_path):
+    # the test bundle's remote is the local model itself, so calibration relays nothing; raise the
+    # threshold in a copy so that the less confident inputs go over the link
+    strict = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, strict)
+    thresholds = json.loads((strict / "thresholds.json").read_text())
+    thresholds["local"]["threshold_int8"] = 120
+    (strict / "thresholds.json").write_text(json.dumps(thresholds))
+    bundle_dir, log = strict, tmp_path / "relay.jsonl"
+    with NoisyProxy() as proxy:
+        bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", proxy.path_b,
+                                   "--remote", str(digits_example["model"]), "--bundle", str(bundle_dir),
+                                   "--json-log", str(log)], stderr=subprocess.PIPE, text=True)
+        try:
+            result = CliRunner().invoke(main, ["device", "--serial", proxy.path_a, "--bundle", str(bundle_dir),
+                                               "--data", str(digits_example["test"]), "--json", "--timeout-ms", "3000"])
+        finally:
+            bridge.send_signal(signal.SIGINT)
+            _, stderr = bridge.communicate(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["inputs"] == 360 and summary["requests"] == summary["answered"] > 0
+    assert summary["local"] + summary["requests"] == 360 and summary["accuracy"] > 0.9
+    assert len(log.read_text().splitlines()) == summary["requests"]
+    assert '"remote"' in stderr  # the bridge printed its counters on exit
+
+
+def test_bridge_port_that_does_not_exist(bundle_dir, digits_example):
+    result = CliRunner().invoke(main, ["bridge", "--serial", "/dev/bisup-no-such-port", "--remote",
+                                       str(digits_example["model"]), "--bundle", str(bundle_dir)])
+    assert "cannot open serial port /dev/bisup-no-such-port" in error_line(result)
+
+
+def test_device_without_a_bundle(tmp_path, digits_example):
+    result = CliRunner().invoke(main, ["device", "--serial", "loop://", "--bundle", str(tmp_path), "--data",
+                                       str(digits_example["test"])])
+    assert "has no model.tflite" in error_line(result)
+
+
+def test_device_hello_timeout(bundle_dir, digits_example):
+    """A link where nobody answers: a clear message, not a hang."""
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        result = CliRunner().invoke(main, ["device", "--serial", f"socket://127.0.0.1:{server.getsockname()[1]}",
+                                           "--bundle", str(bundle_dir), "--data", str(digits_example["test"]),
+                                           "--hello-timeout", "1"])
+    finally:
+        server.close()
+    assert "no HELLO from the bridge within 1 s" in error_line(result)
+
+
+def test_bridge_takes_pyserial_spy_urls(bundle, remote, tmp_path):
+    """spy:// wraps the pty and writes a hex trace of both directions to a file."""
+    from firmware_bridge.ptylink import pty_pair
+
+    port, path, slave = pty_pair()
+    trace = tmp_path / "trace.txt"
+    stop = threading.Event()
+    thread = threading.Thread(target=SerialBridge(f"spy://{path}?file={trace}", _handler(bundle, remote)).run,
+                              args=(stop,), daemon=True)
+    thread.start()
+    try:
+        reader, reply = framing.FrameReader(), []
+        deadline = time.monotonic() + 10
+        while not reply and time.monotonic() < deadline:  # until the bridge has opened the port
+            port.write(framing.encode_frame(p.encode(p.Ping(77))))
+            reply = reader.feed(port.read(64))
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        port.close()
+        os.close(slave)
+    assert p.decode(reply[0]) == p.Pong(77)
+    assert "TX" in trace.read_text() and "RX" in trace.read_text()
