@@ -1,0 +1,111 @@
+"""`bisup bundle`: a versioned archive whose manifest catches tampering, truncation and padding."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+from cli_errors import error_line
+from click.testing import CliRunner
+
+from firmware_bridge.bundle import Bundle, BundleError
+from toolkit import bundles
+from toolkit.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def archive(bundle_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "digits-1.0.bisup"
+    result = CliRunner().invoke(main, ["bundle", str(bundle_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def _rewrite(source, target, change):
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            data = change(info.filename, old.read(info))
+            if data is not None:
+                new.writestr(info.filename, data)
+    return target
+
+
+def test_archive_holds_everything_with_hashes(archive, bundle_dir):
+    with zipfile.ZipFile(archive) as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("manifest.json"))
+        assert json.loads(z.read("labels.json")) == [str(i) for i in range(10)]
+        assert json.loads(z.read("input.json"))["dtype"] == "int8"
+        assert json.loads(z.read("board.json"))["board"] == "nrf52840"
+    assert names == {"manifest.json", "model.tflite", "thresholds.json", "labels.json", "input.json", "board.json"}
+    assert manifest["format"] == 1 and manifest["toolkit_version"]
+    assert manifest["members"]["model.tflite"]["size"] == (bundle_dir / "model.tflite").stat().st_size
+    verified = CliRunner().invoke(main, ["bundle", "--verify", str(archive)])
+    assert verified.exit_code == 0 and "OK, 5 members match the manifest" in verified.stdout
+
+
+def test_bridge_loads_the_archive_like_the_folder(archive, bundle_dir):
+    packed, folder = Bundle.load(archive), Bundle.load(bundle_dir)
+    assert packed.model_hash == folder.model_hash and packed.threshold_int8 == folder.threshold_int8
+    assert packed.local_model().model_hash == folder.model_hash
+
+
+def test_tampered_member_is_refused(archive, tmp_path):
+    def flip(name, data):
+        return data[:100] + bytes([data[100] ^ 1]) + data[101:] if name == "model.tflite" else data
+
+    tampered = _rewrite(archive, tmp_path / "tampered.bisup", flip)
+    result = CliRunner().invoke(main, ["bundle", "--verify", str(tampered)])
+    assert "model.tflite has SHA-256" in error_line(result) and "modified after it was built" in error_line(result)
+    with pytest.raises(BundleError, match="model.tflite has SHA-256"):
+        Bundle.load(tampered)
+
+
+def test_changed_threshold_is_refused(archive, tmp_path):
+    def loosen(name, data):
+        if name != "thresholds.json":
+            return data
+        thresholds = json.loads(data)
+        thresholds["local"]["threshold_int8"] = -128
+        return json.dumps(thresholds).encode()
+
+    with pytest.raises(BundleError, match="thresholds.json has SHA-256"):
+        bundles.verify(_rewrite(archive, tmp_path / "loose.bisup", loosen))
+
+
+def test_added_and_removed_members_are_refused(archive, tmp_path):
+    padded = _rewrite(archive, tmp_path / "padded.bisup", lambda name, data: data)
+    with zipfile.ZipFile(padded, "a") as z:
+        z.writestr("extra.bin", b"x")
+    with pytest.raises(BundleError, match=r"extra \['extra.bin'\]"):
+        bundles.verify(padded)
+    stripped = _rewrite(archive, tmp_path / "stripped.bisup",
+                        lambda name, data: None if name == "labels.json" else data)
+    with pytest.raises(BundleError, match=r"missing \['labels.json'\]"):
+        bundles.verify(stripped)
+
+
+def test_truncated_bundle_is_refused(archive, tmp_path):
+    cut = tmp_path / "cut.bisup"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    assert "truncated or not a bisup archive" in error_line(CliRunner().invoke(main, ["bundle", "--verify", str(cut)]))
+
+
+def test_build_needs_calibration_first(converted, tmp_path):
+    from boards import load_board
+    from toolkit.export import write
+
+    write(converted, load_board("esp32"), tmp_path)
+    result = CliRunner().invoke(main, ["bundle", str(tmp_path), "--out", str(tmp_path / "x.bisup")])
+    assert "has no thresholds.json; run `bisup calibrate" in error_line(result)
+
+
+def test_wrong_label_count(bundle_dir, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    result = CliRunner().invoke(main, ["bundle", str(bundle_dir), "--out", str(tmp_path / "x.bisup"),
+                                       "--labels", str(labels)])
+    assert "has 2 labels but the model has 10 classes" in error_line(result)

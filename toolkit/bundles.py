@@ -1,0 +1,86 @@
+"""``bisup bundle``: pack a build folder into a versioned, hash-checked ``.bisup`` archive.
+
+The archive holds what a device and the bridge need and nothing they must guess: the model, the
+thresholds (int8 local, remote), the labels, the input quantization and the board, plus a
+``manifest.json`` with the SHA-256 and size of every member and the toolkit version. Reading and
+verification live in ``firmware_bridge.bundle`` so the bridge needs no toolkit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import zipfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from converters import tflite_model
+from firmware_bridge.bundle import FORMAT_VERSION, BundleError, _sha256, read_archive
+
+
+def _toolkit_version() -> str:
+    try:
+        return version("bisup")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _labels(path: Path | None, count: int) -> list[str]:
+    if path is None:
+        return [str(i) for i in range(count)]
+    labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(labels) != count:
+        raise BundleError(f"{path} has {len(labels)} labels but the model has {count} classes")
+    return labels
+
+
+def members(build_dir: Path, labels_path: Path | None = None) -> dict[str, bytes]:
+    """The archive members from a folder holding model.tflite, thresholds.json and report.json."""
+    for name, made_by in (("model.tflite", "bisup export"), ("thresholds.json", "bisup calibrate"),
+                          ("report.json", "bisup export")):
+        if not (build_dir / name).is_file():
+            raise BundleError(f"{build_dir} has no {name}; run `{made_by} --out {build_dir}` first")
+    model = (build_dir / "model.tflite").read_bytes()
+    info = tflite_model.read(model)
+    report = json.loads((build_dir / "report.json").read_text())
+    scores = report["quantization"]["scores"]["shape"]
+    inp = info.inputs[0]
+    encode = lambda value: (json.dumps(value, indent=2) + "\n").encode()  # noqa: E731
+    return {
+        "model.tflite": model,
+        "thresholds.json": (build_dir / "thresholds.json").read_bytes(),
+        "labels.json": encode(_labels(labels_path, int(scores[-1]))),
+        "input.json": encode({"dtype": "int8", "shape": list(inp.shape), "scale": inp.scale,
+                              "zero_point": inp.zero_point}),
+        "board.json": encode({key: report[key] for key in ("board", "arch", "flash_bytes", "arena_bytes",
+                                                           "arena_recommended_bytes", "supervisor")}),
+    }
+
+
+def build(build_dir: str | Path, out: str | Path, labels_path: str | Path | None = None) -> dict:
+    """Write the archive atomically and return its manifest."""
+    files = members(Path(build_dir), Path(labels_path) if labels_path else None)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "toolkit_version": _toolkit_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model_sha256": _sha256(files["model.tflite"]),
+        "members": {name: {"sha256": _sha256(data), "size": len(data)} for name, data in files.items()},
+    }
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    os.close(handle)
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", json.dumps(manifest, indent=2) + "\n")
+        for name, data in files.items():
+            archive.writestr(name, data)
+    Path(partial).replace(target)
+    return manifest
+
+
+def verify(path: str | Path) -> dict:
+    """The manifest of a bundle whose every member matches it; BundleError otherwise."""
+    return json.loads(read_archive(Path(path))["manifest.json"])
