@@ -1,0 +1,66 @@
+// bisup device for ESP32-S3: TFLM inference, in-graph supervisor, int8 decision, relay over UART0.
+//
+// The model is NOT compiled in: it lives in the "model" data partition (subtype 0x40, see
+// partitions.csv) and is mapped with esp_partition_mmap, so `bisup flash` can update it without
+// rebuilding. model_data.h/.cc come from `bisup export` (for the op resolver and the constants;
+// the linker drops the unused array). BISUP_THRESHOLD_INT8 comes from thresholds.json.
+#include <cstring>
+
+#include "bisup_app.h"
+#include "driver/uart.h"
+#include "esp_partition.h"
+#include "esp_timer.h"
+#include "model_data.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+
+#ifndef BISUP_THRESHOLD_INT8
+#error "define BISUP_THRESHOLD_INT8 from thresholds.json (local.threshold_int8)"
+#endif
+
+namespace {
+constexpr uart_port_t kLink = UART_NUM_0;
+alignas(16) uint8_t g_arena[kModelDataArenaBytes];
+bisup_app g_app;
+
+void link_write(void*, const uint8_t* data, size_t len) { uart_write_bytes(kLink, data, len); }
+uint32_t now_ms(void*) { return static_cast<uint32_t>(esp_timer_get_time() / 1000); }
+bool link_read(void*, uint8_t* byte) { return uart_read_bytes(kLink, byte, 1, 0) == 1; }
+
+const void* map_model() {
+  const esp_partition_t* part = esp_partition_find_first(ESP_PARTITION_TYPE_DATA,
+                                                         static_cast<esp_partition_subtype_t>(0x40), "model");
+  const void* ptr = nullptr;
+  esp_partition_mmap_handle_t handle;
+  if (part == nullptr || esp_partition_mmap(part, 0, part->size, ESP_PARTITION_MMAP_DATA, &ptr, &handle) != ESP_OK) {
+    return nullptr;
+  }
+  return ptr;
+}
+
+// Replace with your sensor: fill `input` with kModelDataInputBytes int8 values, quantized as
+// q = round(x / kModelDataInputScale) + kModelDataInputZeroPoint.
+void acquire_input(int8_t* input) { std::memset(input, 0, kModelDataInputBytes); }
+}  // namespace
+
+extern "C" void app_main(void) {
+  uart_driver_install(kLink, 2048, 2048, 0, nullptr, 0);
+  const tflite::Model* model = tflite::GetModel(map_model());
+  ModelDataOpResolver resolver;
+  RegisterModelDataOps(resolver);
+  tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
+  if (interpreter.AllocateTensors() != kTfLiteOk) return;
+  bp_client_config link = {link_write, now_ms, nullptr, 500, 3};
+  bisup_app_init(&g_app, &link, BISUP_THRESHOLD_INT8);
+  for (;;) {
+    int8_t* input = interpreter.input(0)->data.int8;
+    acquire_input(input);
+    interpreter.Invoke();
+    const int8_t* scores = interpreter.output(kModelDataScoresOutput)->data.int8;
+    int8_t confidence = interpreter.output(kModelDataConfidenceOutput)->data.int8[0];
+    uint16_t label = 0;
+    for (uint16_t k = 1; k < kModelDataNumClasses; ++k) label = scores[k] > scores[label] ? k : label;
+    bisup_result result = bisup_app_decide(&g_app, input, kModelDataInputBytes, label, confidence, link_read, nullptr);
+    (void)result;  // act on result.label; result.source says local / remote / fallback
+  }
+}

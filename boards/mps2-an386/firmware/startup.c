@@ -1,0 +1,29 @@
+/* Minimal Cortex-M4 start-up for QEMU mps2-an386: vector table, .data/.bss set-up, then main(). */
+#include <stdint.h>
+
+extern uint32_t _estack, _sidata, _sdata, _edata, _sbss, _ebss;
+int main(void);
+void SysTick_Handler(void);
+
+void Reset_Handler(void) {
+  uint32_t *src = &_sidata;
+  for (uint32_t *dst = &_sdata; dst < &_edata;) *dst++ = *src++;
+  for (uint32_t *dst = &_sbss; dst < &_ebss;) *dst++ = 0;
+  main();
+  for (;;) {
+  }
+}
+
+void Default_Handler(void) {
+  for (;;) {
+  }
+}
+
+typedef void (*vector)(void);
+
+__attribute__((section(".vectors"), used)) const vector vectors[16] = {
+    (vector)(uintptr_t)&_estack, Reset_Handler, Default_Handler, Default_Handler, Default_Handler,
+    Default_Handler,             Default_Handler, 0,             0,               0,
+    0,                           Default_Handler, Default_Handler, 0,             Default_Handler,
+    SysTick_Handler,
+};

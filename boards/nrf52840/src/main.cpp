@@ -1,0 +1,57 @@
+// bisup device for nRF52840 (Arduino): TFLM inference, in-graph supervisor, int8 decision, relay over USB serial.
+//
+// The model is flashed separately by `bisup flash --board nrf52840` (pyocd) at BISUP_MODEL_ADDRESS,
+// the board profile's model_offset, and read in place. model_data.h/.cc come from `bisup export`;
+// BISUP_THRESHOLD_INT8 comes from thresholds.json.
+#include <Arduino.h>
+#include <TensorFlowLite.h>
+
+#include "bisup_app.h"
+#include "model_data.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+
+#ifndef BISUP_THRESHOLD_INT8
+#error "define BISUP_THRESHOLD_INT8 from thresholds.json (local.threshold_int8)"
+#endif
+
+namespace {
+alignas(16) uint8_t g_arena[kModelDataArenaBytes];
+bisup_app g_app;
+tflite::MicroInterpreter* g_interpreter = nullptr;
+
+void link_write(void*, const uint8_t* data, size_t len) { Serial.write(data, len); }
+uint32_t now_ms(void*) { return millis(); }
+bool link_read(void*, uint8_t* byte) {
+  if (Serial.available() <= 0) return false;
+  *byte = static_cast<uint8_t>(Serial.read());
+  return true;
+}
+
+// Replace with your sensor (quantize with kModelDataInputScale / kModelDataInputZeroPoint).
+void acquire_input(int8_t* input) { memset(input, 0, kModelDataInputBytes); }
+}  // namespace
+
+void setup() {
+  Serial.begin(921600);
+  static ModelDataOpResolver resolver;
+  RegisterModelDataOps(resolver);
+  const tflite::Model* model = tflite::GetModel(reinterpret_cast<const void*>(BISUP_MODEL_ADDRESS));
+  static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
+  if (interpreter.AllocateTensors() != kTfLiteOk) return;
+  g_interpreter = &interpreter;
+  bp_client_config link = {link_write, now_ms, nullptr, 500, 3};
+  bisup_app_init(&g_app, &link, BISUP_THRESHOLD_INT8);
+}
+
+void loop() {
+  if (g_interpreter == nullptr) return;
+  int8_t* input = g_interpreter->input(0)->data.int8;
+  acquire_input(input);
+  g_interpreter->Invoke();
+  const int8_t* scores = g_interpreter->output(kModelDataScoresOutput)->data.int8;
+  int8_t confidence = g_interpreter->output(kModelDataConfidenceOutput)->data.int8[0];
+  uint16_t label = 0;
+  for (uint16_t k = 1; k < kModelDataNumClasses; ++k) label = scores[k] > scores[label] ? k : label;
+  bisup_result result = bisup_app_decide(&g_app, input, kModelDataInputBytes, label, confidence, link_read, nullptr);
+  (void)result;  // act on result.label; result.source says local / remote / fallback
+}

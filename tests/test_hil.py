@@ -1,0 +1,127 @@
+"""`bisup hil --emulate mps2-an386`: the digits test split through QEMU and the serial bridge.
+
+The firmware is built from the C device library with arm-none-eabi-gcc and runs on QEMU's
+Cortex-M4; its inference step replays the host TFLM outputs (TFLM cannot be built here).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from cli_errors import error_line
+from click.testing import CliRunner
+
+from firmware_bridge.remotes import open_remote
+from toolkit import bundles, calibrate
+from toolkit.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.toolchain,
+              pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
+                                 reason="qemu-system-arm and arm-none-eabi-gcc are needed (CI installs them)")]
+
+
+@pytest.fixture(scope="module")
+def hil_setup(demo_run, tmp_path_factory):
+    """The demo's export, calibrated on the test split itself, packed as a .bisup bundle."""
+    result, _, cache = demo_run
+    out = tmp_path_factory.mktemp("hil")
+    for name in ("model.tflite", "report.json", "test.npz"):
+        shutil.copy(f"{result['out_dir']}/{name}", out / name)
+    remote_path = cache / "digits-v1-seed0" / "remote.keras"
+    calibration = calibrate.calibrate(out / "model.tflite", open_remote(remote_path), out / "test.npz",
+                                      calibrate.Mode("budget", 0.3))
+    calibrate.write(calibration, out)
+    bundles.build(out, out / "digits.bisup")
+    return out, remote_path, calibration.thresholds_json()["achieved"]
+
+
+def test_hil_on_qemu_matches_the_calibrated_figures(hil_setup):
+    out, remote_path, achieved = hil_setup
+    result = CliRunner().invoke(main, ["hil", "--emulate", "mps2-an386", "--bundle", str(out / "digits.bisup"),
+                                       "--data", str(out / "test.npz"), "--remote", str(remote_path),
+                                       "--report", str(out / "hil.json"), "--junit", str(out / "hil.xml")])
+    assert result.exit_code == 0, result.stderr + result.stdout
+    assert "inference replayed from the host TFLM oracle" in result.stdout
+    report = json.loads((out / "hil.json").read_text())
+    assert report["complete"] and report["reported"] == report["samples"] == 360
+    assert report["offline_agreement"] == 1.0 and report["device_outputs_equal_oracle"] == 1.0
+    assert report["device_outputs_replayed"] is True
+    # the same data the thresholds were calibrated on: the board must reproduce those figures exactly
+    assert report["accuracy"]["system"] == pytest.approx(achieved["accuracy"])
+    assert report["remote_fraction"] == pytest.approx(achieved["remote_fraction"])
+    assert report["rejected_fraction"] == pytest.approx(achieved["rejected_fraction"])
+    assert 0 < report["remote_fraction"] < 0.4
+    assert report["device_latency_us"]["p50"] is not None
+    suite = ET.parse(out / "hil.xml").getroot()
+    assert suite.get("tests") == "3" and suite.get("failures") == "0"
+
+
+def test_bundle_for_another_model_is_refused(hil_setup, converted, tmp_path):
+    """The board reports the hash of the model it runs; a bundle with another model is named."""
+    from firmware_bridge.bundle import Bundle
+    from toolkit import hil
+
+    out, remote_path, _ = hil_setup
+    board_bundle = Bundle.load(out / "digits.bisup")
+    other = Bundle(board_bundle.path, converted.model, board_bundle.thresholds)  # what the host expects
+    x, y = np.load(out / "test.npz").values()
+    local = board_bundle.local_model()
+    x_q, labels, conf = local.run(x[:5])
+    with pytest.raises(hil.HilError, match="the board runs model .* but the bundle holds"):
+        elf = hil.build_firmware("mps2-an386", hil.replay_header(board_bundle, x_q, labels, conf, 200, 3), tmp_path)
+        with hil.qemu("mps2-an386", elf) as url, hil.open_port(url) as port:
+            hil.HilSession(port, None).handshake(other.model_hash, 10)
+
+
+def test_port_problems_are_named(hil_setup, tmp_path):
+    out, remote_path, _ = hil_setup
+    result = CliRunner().invoke(main, ["hil", "--port", "/dev/bisup-no-such-port", "--bundle",
+                                       str(out / "digits.bisup"), "--data", str(out / "test.npz"), "--remote",
+                                       str(remote_path)])
+    assert "cannot open port /dev/bisup-no-such-port" in error_line(result)
+    both = CliRunner().invoke(main, ["hil", "--bundle", str(out), "--data", "x", "--remote", "r"])
+    assert both.exit_code == 2 and "exactly one of --port and --emulate" in both.stderr
+
+
+def test_pytest_plugin_fixtures_run_a_board(hil_setup, pytester):
+    """A user's own HIL test, with the shipped plugin's fixtures, on the emulated board."""
+    out, remote_path, _ = hil_setup
+    pytester.makepyfile(f"""
+        import numpy as np
+
+        def test_board(bisup_device, bisup_bridge):
+            data = np.load({str(out / "test.npz")!r})
+            report = bisup_device.run(data["x"][:40], data["y"][:40])
+            assert report["complete"] and report["offline_agreement"] == 1.0
+            assert sum(bisup_bridge.counts.values()) > 0
+    """)
+    # the plugin comes from the installed package's pytest11 entry point, as for a user
+    ran = pytester.runpytest("--bisup-emulate", "mps2-an386", "--bisup-bundle",
+                             str(out / "digits.bisup"), "--bisup-remote", str(remote_path))
+    ran.assert_outcomes(passed=1)
+    skipped = pytester.runpytest()
+    skipped.assert_outcomes(skipped=1)
+
+
+def test_port_already_in_use(hil_setup):
+    """Another program holds the board's port (exclusive lock): say so instead of fighting over it."""
+    import os
+
+    import serial
+
+    from firmware_bridge.ptylink import pty_pair
+
+    out, remote_path, _ = hil_setup
+    device_end, path, slave = pty_pair()
+    try:
+        with serial.Serial(path, exclusive=True):
+            result = CliRunner().invoke(main, ["hil", "--port", path, "--bundle", str(out / "digits.bisup"),
+                                               "--data", str(out / "test.npz"), "--remote", str(remote_path)])
+    finally:
+        device_end.close()
+        os.close(slave)
+    assert f"port {path} is already in use by another program" in error_line(result)
