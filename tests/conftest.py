@@ -1,0 +1,56 @@
+"""Shared fixtures: one digits model trained and converted per session, reused by the slow tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session")
+def digits_example(tmp_path_factory):
+    """The packaged example: a trained CNN plus calib/val/test/holdout .npz files."""
+    from toolkit.digits import write_example
+
+    return write_example(tmp_path_factory.mktemp("digits"), epochs=40, seed=0, progress=lambda message: None)
+
+
+@pytest.fixture(scope="session")
+def converted(digits_example):
+    """The example exported once with the default supervisor; boards are judged from it."""
+    from toolkit.export import convert
+
+    return convert(digits_example["model"], digits_example["calib"], "max-softmax", digits_example["holdout"])
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(converted, digits_example, tmp_path_factory):
+    """An export folder plus thresholds.json: what the bridge and the virtual device load."""
+    from boards import load_board
+    from firmware_bridge.remotes import open_remote
+    from toolkit import calibrate
+    from toolkit.export import write
+
+    out = tmp_path_factory.mktemp("bundle")
+    write(converted, load_board("nrf52840"), out)
+    result = calibrate.calibrate(out / "model.tflite", open_remote(digits_example["model"]), digits_example["val"],
+                                 calibrate.Mode("budget", 0.3))
+    calibrate.write(result, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`bisup demo` once per session in its own cache: (result, progress messages, cache folder)."""
+    from toolkit import demo
+
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BISUP_CACHE", str(cache))
+        messages: list[str] = []
+        result = demo.run(progress=messages.append)
+    return result, messages, cache

@@ -1,0 +1,411 @@
+"""The ``bisup`` command line (click). Heavy imports (TensorFlow) happen inside commands.
+
+Errors a user can fix arrive as one line and a non-zero exit; anything else is reported as an
+internal error without a traceback unless ``BISUP_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+EXIT_INTERNAL = 70
+
+
+class BisupGroup(click.Group):
+    """Turns the project's error types into one-line messages."""
+
+    def invoke(self, ctx: click.Context):
+        from boards import BoardError
+        from converters.errors import ConversionError
+        from firmware_bridge.bundle import BundleError
+        from firmware_bridge.remotes import RemoteError
+        from firmware_bridge.serial_bridge import BridgeError
+        from firmware_bridge.virtual_device import DeviceTimeout
+        from toolkit.datasets import DataError
+        from toolkit.hil import HilError
+        from toolkit.thresholds import ThresholdError
+
+        try:
+            return super().invoke(ctx)
+        except (BoardError, BridgeError, BundleError, ConversionError, DataError, DeviceTimeout, HilError,
+                RemoteError, ThresholdError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("bisup: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if os.environ.get("BISUP_DEBUG"):
+                raise
+            click.echo(
+                f"Error: internal error: {type(exc).__name__}: {exc}. Re-run with BISUP_DEBUG=1 for the traceback "
+                "and report it.",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+
+
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up chatter captured, before any command uses it."""
+    from converters.quiet import capture_fd
+
+    with capture_fd(2):
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+
+@click.group(cls=BisupGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bisup")
+def main() -> None:
+    """bisup: a small int8 model on a microcontroller that asks a big remote model only when unsure.
+
+    \b
+    Typical flow:
+      bisup digits build/                        # example model + data (scikit-learn digits)
+      bisup boards                               # board profiles and their budgets
+      bisup export build/digits.keras --calib build/calib.npz --board esp32s3 --out build/
+      bisup calibrate --local build/model.tflite --remote remote.keras --data build/val.npz \\
+          --max-remote-fraction 0.3 --out build/
+      bisup demo                                 # all of it, end to end, on digits
+    """
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+def boards(as_json: bool) -> None:
+    """List board profiles: architecture, clock, flash/RAM and what is left for the model.
+
+    Profiles live in the package's boards/ folder as TOML; --board also takes a path to your own
+    profile file (see README, "Adding a board").
+    """
+    from boards import all_boards
+    from toolkit.report import board_dict, boards_table
+
+    profiles = all_boards()
+    if as_json:
+        click.echo(json.dumps([board_dict(b) for b in profiles], indent=2))
+    else:
+        click.echo(boards_table(profiles))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", required=True, type=click.Path(path_type=Path),
+              help="calib.npz: x (float32, input shape without batch), optional y (int labels). >= 100 samples.")
+@click.option("--board", required=True, help="Board profile name (see `bisup boards`) or a profile .toml path.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Output folder for model.tflite, model_data.h/.cc and report.json.")
+@click.option("--supervisor", default="max-softmax", show_default=True,
+              help="max-softmax, margin, entropy, deepgini, or your own Keras layer as module:Class or file.py:Class.")
+@click.option("--eval", "eval_path", type=click.Path(path_type=Path),
+              help="Labelled .npz for the accuracy figures (default: the calibration set).")
+@click.option("--temperature", type=float, default=None,
+              help="Softmax temperature on the supervisor path (default: chosen so int8 confidences do not saturate).")
+@click.option("--symbol", default="g_model_data", show_default=True, help="C symbol of the model array.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table.")
+def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str, eval_path: Path | None,
+           temperature: float | None, symbol: str, as_json: bool) -> None:
+    """Export MODEL (.keras or SavedModel dir) with an in-graph supervisor for a board.
+
+    Writes a full-int8 model.tflite with two named outputs (scores, confidence), TFLite Micro C
+    arrays with a generated op resolver, and report.json. The int8 figures come from the
+    tflite-micro interpreter, the oracle for what the board computes. Exits non-zero, after
+    writing everything, when the model does not fit the board.
+    """
+    from boards import load_board
+
+    profile = load_board(board)
+    _quiet_tensorflow()
+    from toolkit import export as exporter
+    from toolkit.report import export_table
+
+    result = exporter.export(
+        model, calib, profile, out_dir, supervisor, eval_path, symbol, exporter.stderr_progress, temperature
+    )
+    for caveat in result["caveats"]:
+        if caveat["severity"] == "warning":
+            message = f"{caveat['message']}: {caveat['detail']}. Fix: {caveat['fix']}."
+            click.echo(f"Warning: {profile.name}: {message}", err=True)
+    click.echo(json.dumps(result, indent=2) if as_json else export_table(result))
+    if not result["fits"]:
+        raise exporter.DoesNotFit(f"model does not fit {profile.name}: {'; '.join(result['fit_problems'])}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--epochs", default=40, show_default=True, help="Training epochs for the local CNN.")
+@click.option("--seed", default=0, show_default=True, help="Seed for splits and training.")
+def digits(out_dir: Path, epochs: int, seed: int) -> None:
+    """Train the example CNN on scikit-learn's digits and write digits.keras plus calib/val/test .npz."""
+    _quiet_tensorflow()
+    from toolkit.digits import write_example
+
+    paths = write_example(out_dir, epochs=epochs, seed=seed, progress=lambda m: click.echo(f"bisup: {m}", err=True))
+    for name, path in paths.items():
+        click.echo(f"{name}: {path}")
+
+
+RISK_HELP = (
+    "Risk guarantee: the most local answers whose error rate is at most this, certified with "
+    "probability 1-DELTA over the draw of --data (Clopper-Pearson bounds, fixed-sequence testing). "
+    "Assumes validation and deployment inputs are exchangeable, e.g. i.i.d. from one distribution."
+)
+
+
+def _mode(max_remote_fraction, target_accuracy, max_local_error, delta):
+    from toolkit.calibrate import Mode
+
+    given = [(k, v) for k, v in (("budget", max_remote_fraction), ("target", target_accuracy),
+                                 ("risk", max_local_error)) if v is not None]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --max-remote-fraction, --target-accuracy, --max-local-error")
+    return Mode(given[0][0], given[0][1], delta)
+
+
+@main.command("calibrate")
+@click.option("--local", "local_path", required=True, type=click.Path(path_type=Path),
+              help="The exported int8 model.tflite (run in TFLM, as on the board).")
+@click.option("--remote", required=True, help="Remote model: a .keras file, a SavedModel directory or a float .tflite.")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Labelled validation .npz (x, y), not used for training or calibration of the int8 model.")
+@click.option("--max-remote-fraction", type=float,
+              help="Budget: the most accurate point with at most this fraction of remote calls.")
+@click.option("--target-accuracy", type=float, help="Fewest remote calls that reach this system accuracy.")
+@click.option("--max-local-error", type=float, help=RISK_HELP)
+@click.option("--delta", type=float, default=0.1, show_default=True, help="Risk mode: allowed failure probability.")
+@click.option("--max-reject", type=float, default=0.005, show_default=True,
+              help="Remote supervisor: reject the least confident remote answers, at most this fraction of all "
+                   "inputs. A rejected input falls back to the device's own label, so rejecting trades system "
+                   "accuracy for accuracy on accepted answers.")
+@click.option("--remote-target-accuracy", type=float,
+              help="Remote supervisor instead: lowest threshold whose accepted remote answers reach this accuracy.")
+@click.option("--remote-supervisor", default="max-softmax", show_default=True,
+              type=click.Choice(["max-softmax", "margin", "entropy", "deepgini"]))
+@click.option("--price-per-call", type=float, default=1.0, show_default=True, help="Cost of one remote call.")
+@click.option("--latency-ms", type=float, default=0.0, show_default=True, help="Added latency of one remote call.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for thresholds.json and tradeoff.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print thresholds.json instead of the table.")
+def calibrate_command(local_path, remote, data_path, max_remote_fraction, target_accuracy, max_local_error, delta,
+                      max_reject, remote_target_accuracy, remote_supervisor, price_per_call, latency_ms, out_dir,
+                      as_json) -> None:
+    """Choose the local (int8) and remote supervisor thresholds on a validation set.
+
+    Writes thresholds.json (the local threshold in the int8 units the firmware compares, the remote
+    threshold, and what they achieve) and tradeoff.png (accuracy and remote calls against the threshold).
+    Relayed answers the remote supervisor rejects fall back to the local label and count as rejected.
+    """
+    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta)
+    _quiet_tensorflow()
+    from firmware_bridge.remotes import open_remote
+    from toolkit import calibrate as calibration
+    from toolkit.report import calibration_table
+    from toolkit.thresholds import CostModel, RemoteRule
+
+    rule = RemoteRule(max_reject=None if remote_target_accuracy else max_reject,
+                      target_accuracy=remote_target_accuracy)
+    result = calibration.calibrate(local_path, open_remote(remote), data_path, mode, rule, remote_supervisor,
+                                   CostModel(price_per_call, latency_ms / 1000), _progress)
+    paths = calibration.write(result, out_dir)
+    thresholds = result.thresholds_json()
+    click.echo(json.dumps(thresholds, indent=2) if as_json else calibration_table(thresholds))
+    _progress(f"wrote {paths['thresholds']} and {paths['plot']}")
+
+
+def _progress(message: str) -> None:
+    click.echo(f"bisup: {message}", err=True)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the exported model, thresholds and plot go (default: the cache folder's demo/).")
+@click.option("--board", default="esp32s3", show_default=True, help="Board to export the local model for.")
+@click.option("--max-remote-fraction", default=0.3, show_default=True, help="Remote-call budget for calibration.")
+@click.option("--max-reject", default=0.005, show_default=True, help="Most inputs the remote supervisor may reject.")
+@click.option("--seed", default=0, show_default=True, help="Seed for splits and training.")
+@click.option("--retrain", is_flag=True, help="Train the models again instead of using the cache.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]} instead of the table.')
+def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, as_json) -> None:
+    """Run BiSupervised end to end on scikit-learn's digits: no server, board or download needed.
+
+    Trains (once, then cached in $BISUP_CACHE or ~/.cache/bisup) a small local CNN and a larger remote
+    CNN, exports the local one, calibrates both supervisors on the validation split, and sends the test
+    split through the device decision (int8, TFLM) and the relay (remote model + remote supervisor).
+    """
+    _quiet_tensorflow()
+    from boards import load_board
+    from toolkit import demo as demo_run
+    from toolkit.report import rows_table
+
+    load_board(board)
+    result = demo_run.run(out_dir, seed, board, max_remote_fraction, max_reject, retrain=retrain, progress=_progress)
+    if as_json:
+        click.echo(json.dumps({"rows": result["rows"]}, indent=2))
+    else:
+        click.echo(rows_table(result["rows"]))
+        local = result["thresholds"]["local"]
+        click.echo(f"\nlocal threshold int8 {local['threshold_int8']}, remote threshold "
+                   f"{result['thresholds']['remote']['threshold']:.4f}; artefacts in {result['out_dir']}")
+
+
+@main.command()
+@click.option("--serial", "serial_url", required=True,
+              help="Port as a pyserial URL: /dev/ttyUSB0, socket://host:port, spy://..., a pty path.")
+@click.option("--remote", required=True, help="Remote model: .keras, SavedModel directory or float .tflite.")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder with model.tflite (bisup export) and thresholds.json (bisup calibrate).")
+@click.option("--baud", default=921600, show_default=True, help="Baud rate for real UARTs.")
+@click.option("--json-log", type=click.Path(path_type=Path, dir_okay=False),
+              help="Append one JSON line per relay: time, device, seq, labels, confidences, decision, latency.")
+@click.option("--wait", is_flag=True, help="Wait for the port to appear instead of failing at once.")
+def bridge(serial_url, remote, bundle_dir, baud, json_log, wait) -> None:
+    """Serve a device on a serial port: relay unsure inputs to the remote model, supervise the answers.
+
+    Frames are COBS + CRC-16 (firmware_bridge/PROTOCOL.md). Retried requests are answered from a cache
+    without a second remote call; frames that cannot be parsed get an ERROR frame; a port that goes away
+    is reopened with backoff. Stop with Ctrl-C; the counters are printed on exit.
+    """
+    import threading
+
+    _quiet_tensorflow()
+    from firmware_bridge.bundle import Bundle
+    from firmware_bridge.handler import RelayLog, RequestHandler
+    from firmware_bridge.relay import Relay
+    from firmware_bridge.remotes import open_remote
+    from firmware_bridge.serial_bridge import SerialBridge
+
+    loaded = Bundle.load(bundle_dir)
+    handler = RequestHandler(Relay(open_remote(remote), loaded.remote_supervisor, loaded.quantization), loaded,
+                             RelayLog(json_log))
+    stop = threading.Event()
+    _progress(f"serving {serial_url} with bundle {bundle_dir} (Ctrl-C to stop)")
+    try:
+        SerialBridge(serial_url, handler, baud).run(stop, wait_for_port=wait)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        handler.log.close()
+        click.echo(json.dumps(dict(handler.counts), sort_keys=True), err=True)
+
+
+@main.command()
+@click.option("--serial", "serial_url", required=True, help="Port as a pyserial URL (see `bisup bridge`).")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder with model.tflite and thresholds.json.")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help=".npz with x (and y for the accuracy).")
+@click.option("--device-id", default="virtual-0", show_default=True)
+@click.option("--timeout-ms", default=500, show_default=True, help="Wait per attempt before resending.")
+@click.option("--retries", default=3, show_default=True, help="Resends (same sequence number) before falling back.")
+@click.option("--hello-timeout", default=10.0, show_default=True, help="Seconds to wait for the bridge's HELLO.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def device(serial_url, bundle_dir, data_path, device_id, timeout_ms, retries, hello_timeout, as_json) -> None:
+    """Be a device without a board: run the bundle's model in TFLM, decide with the int8 threshold,
+    and relay unsure inputs over the serial link to a `bisup bridge`."""
+    import serial
+
+    from firmware_bridge.bundle import Bundle
+    from firmware_bridge.virtual_device import VirtualDevice
+    from toolkit import datasets
+
+    loaded = Bundle.load(bundle_dir)
+    x, y = datasets.load_npz(data_path)
+    local = loaded.local_model()
+    datasets.check_matches(x, y, local.quantization.shape, local.num_classes, data_path)
+    try:
+        port = serial.serial_for_url(serial_url, baudrate=921600, timeout=0.05)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot open serial port {serial_url}: {exc}") from None
+    with port:
+        unit = VirtualDevice(port, local, loaded.threshold_int8, device_id, timeout_ms / 1000, retries)
+        reply = unit.hello(hello_timeout)
+        if reply.model_hash != local.model_hash:
+            _progress("warning: the bridge serves a different model (hash mismatch); answers may not fit")
+        answers = unit.run(x)
+    summary = vars(unit.stats) | {"inputs": len(x), "local": sum(a.source == 0 for a in answers)}
+    if y is not None:
+        summary["accuracy"] = float(sum(a.label == t for a, t in zip(answers, y, strict=True)) / len(y))
+    click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+@main.command("bundle")
+@click.argument("build_dir", required=False, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Archive to write, e.g. dist/digits-1.0.bisup.")
+@click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), help="Class names, one per line.")
+@click.option("--verify", "verify_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Check an archive against its manifest instead of building one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def bundle_command(build_dir, out, labels, verify_path, as_json) -> None:
+    """Pack BUILD_DIR (model.tflite, thresholds.json, report.json) into a versioned .bisup archive.
+
+    The manifest records the SHA-256 and size of every member and the toolkit version; --verify checks
+    them, and every load (bisup bridge, bisup device) verifies again, so a tampered or truncated bundle is
+    refused with the member that does not match.
+    """
+    from toolkit import bundles
+
+    if verify_path is not None:
+        manifest = bundles.verify(verify_path)
+        message = f"{verify_path}: OK, {len(manifest['members'])} members match the manifest"
+    elif build_dir is None or out is None:
+        raise click.UsageError("give BUILD_DIR and --out to build, or --verify FILE to check")
+    else:
+        manifest = bundles.build(build_dir, out, labels)
+        message = f"wrote {out} (model sha256 {manifest['model_sha256'][:16]}...)"
+    click.echo(json.dumps(manifest, indent=2) if as_json else message)
+
+
+@main.command()
+@click.option("--port", "port_url", help="The board's port as a pyserial URL.")
+@click.option("--emulate", type=click.Choice(["mps2-an386"]), help="Run the firmware in QEMU instead of a board.")
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
+              help="The .bisup bundle (or build folder) the board runs.")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Labelled .npz (x, y).")
+@click.option("--remote", required=True, help="Remote model for the bridge side.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JSON here.")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for HELLO and for each report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def hil(port_url, emulate, bundle_path, data_path, remote, report_path, junit_path, timeout, as_json) -> None:
+    """Hardware-in-the-loop: run a labelled set through a board (or QEMU) and the bridge.
+
+    The host feeds each input; the board infers, decides with its int8 threshold, asks the bridge when
+    unsure, and reports. The report gives local-only / remote-only / system accuracy, remote calls,
+    rejections, cost saved, device latency p50/p95, agreement with the host TFLM oracle, and agreement
+    with the offline decisions. With --emulate, inference on the board is replayed from the host oracle.
+    Exits 1 when a check fails.
+    """
+    if (port_url is None) == (emulate is None):
+        raise click.UsageError("give exactly one of --port and --emulate")
+    _quiet_tensorflow()
+    from firmware_bridge.bundle import Bundle
+    from firmware_bridge.remotes import open_remote
+    from toolkit import datasets
+    from toolkit import hil as runner
+
+    loaded = Bundle.load(bundle_path)
+    x, y = datasets.load_npz(data_path)
+    if y is None:
+        raise datasets.DataError(f"{data_path} has no labels 'y'; a HIL run needs a labelled set")
+    handler = runner.bridge_handler(loaded, open_remote(remote))
+    result = runner.run(loaded, x, y, handler, port_url, emulate, timeout, _progress)
+    if report_path:
+        report_path.write_text(json.dumps(result, indent=2) + "\n")
+    if junit_path:
+        junit_path.write_text(runner.junit(result))
+    click.echo(json.dumps(result, indent=2) if as_json else runner.table(result))
+    if not (result["complete"] and result["offline_agreement"] == 1.0 and result["device_outputs_equal_oracle"] == 1.0):
+        raise click.ClickException("HIL checks failed; see the report")
+
+
+if __name__ == "__main__":
+    main()
