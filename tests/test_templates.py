@@ -10,17 +10,29 @@ import pytest
 
 from boards import PROFILE_DIR, load_board
 from converters import c_arrays, tflite_model
+from toolkit import esp_partitions
 
 TEMPLATES = {"esp32s3": PROFILE_DIR / "esp32s3" / "main" / "main.cc",
              "nrf52840": PROFILE_DIR / "nrf52840" / "src" / "main.cpp"}
 
 
-def test_esp32s3_model_partition_is_where_the_profile_says():
-    rows = [line.split(",") for line in (PROFILE_DIR / "esp32s3" / "partitions.csv").read_text().splitlines()
-            if line and not line.startswith("#")]
-    model = next(r for r in rows if r[0].strip() == "model")
-    assert model[1].strip() == "data" and int(model[2], 0) == 0x40
-    assert int(model[3], 0) == load_board("esp32s3").model_offset
+def test_esp32s3_partitions_csv_is_the_one_bisup_flash_writes():
+    """The firmware builds with this CSV and `bisup flash` writes the table made from the profile."""
+    text = (PROFILE_DIR / "esp32s3" / "partitions.csv").read_text()
+    assert text == esp_partitions.to_csv(esp_partitions.for_board(load_board("esp32s3")))
+    model = next(line.split(",") for line in text.splitlines() if line.startswith("model"))
+    assert int(model[2], 0) == 0x40 and int(model[3], 0) == load_board("esp32s3").model_offset
+
+
+def test_templates_build_every_c_source_they_include():
+    """A header included by a template needs its .c file in that template's build."""
+    builds = {"esp32s3": PROFILE_DIR / "esp32s3" / "main" / "CMakeLists.txt",
+              "nrf52840": PROFILE_DIR / "nrf52840" / "platformio.ini"}
+    for board, template in TEMPLATES.items():
+        included = re.findall(r'#include "(bisup_\w+)\.h"', template.read_text())
+        assert "bisup_image" in included, board
+        build = builds[board].read_text()
+        assert all(f"{name}.c" in build for name in included), (board, included)
 
 
 def test_nrf52840_model_address_is_where_the_profile_says():

@@ -29,12 +29,13 @@ class BisupGroup(click.Group):
         from firmware_bridge.serial_bridge import BridgeError
         from firmware_bridge.virtual_device import DeviceTimeout
         from toolkit.datasets import DataError
+        from toolkit.flash import FlashError
         from toolkit.hil import HilError
         from toolkit.thresholds import ThresholdError
 
         try:
             return super().invoke(ctx)
-        except (BoardError, BridgeError, BundleError, ConversionError, DataError, DeviceTimeout, HilError,
+        except (BoardError, BridgeError, BundleError, ConversionError, DataError, DeviceTimeout, FlashError, HilError,
                 RemoteError, ThresholdError) as exc:
             raise click.ClickException(str(exc)) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -405,6 +406,49 @@ def hil(port_url, emulate, bundle_path, data_path, remote, report_path, junit_pa
     click.echo(json.dumps(result, indent=2) if as_json else runner.table(result))
     if not (result["complete"] and result["offline_agreement"] == 1.0 and result["device_outputs_equal_oracle"] == 1.0):
         raise click.ClickException("HIL checks failed; see the report")
+
+
+@main.command()
+@click.argument("bundle_path", type=click.Path(path_type=Path))
+@click.option("--board", help="Board profile name or .toml path [default: the board the bundle was exported for].")
+@click.option("--port", help="Serial port of an ESP32 board, e.g. /dev/ttyUSB0 (esptool boards).")
+@click.option("--probe", help="Debug probe id for Cortex-M boards (pyocd); default: the only one attached.")
+@click.option("--baud", default=460_800, show_default=True, help="esptool's baud rate once connected.")
+@click.option("--dry-run", is_flag=True, help="Print what would be written where, and touch no hardware.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Also save the images (and partitions.csv) here, e.g. for flashing by hand.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def flash(bundle_path, board, port, probe, baud, dry_run, out_dir, as_json) -> None:
+    """Write a bundle's model image to a board, so a new model needs no firmware rebuild.
+
+    The image is a 64-byte header (model size, int8 threshold, SHA-256) and the model. ESP32 boards
+    (esptool): the partition table from the board profile goes to 0x8000 and the image, in an ESP image
+    container that `esptool image-info` checks, to the `model` data partition, which the firmware maps
+    with esp_partition_mmap. Cortex-M boards (pyocd): the image goes to the profile's model_offset.
+
+    \b
+      bisup flash dist/digits.bisup --board esp32s3 --port /dev/ttyUSB0
+      bisup flash dist/digits.bisup --board nrf52840 --dry-run --out flash/
+    """
+    from boards import load_board
+    from firmware_bridge.bundle import Bundle
+    from toolkit import flash as flashing
+
+    loaded = Bundle.load(bundle_path)
+    exported_for = flashing.bundle_board(loaded)
+    if not (board or exported_for):
+        raise click.UsageError(f"{bundle_path} does not say which board it is for; pass --board (see `bisup boards`)")
+    profile = load_board(board or exported_for)
+    if exported_for and exported_for != profile.name:
+        click.echo(f"warning: the bundle was exported for {exported_for}, not {profile.name}; its memory and "
+                   "kernel checks do not cover this board", err=True)
+    plan = flashing.plan(loaded, profile)
+    if out_dir:
+        plan.save(out_dir)
+    click.echo(json.dumps(plan.describe(), indent=2) if as_json else flashing.table(plan, port or "PORT"))
+    if not dry_run:
+        flashing.run(plan, port, baud, probe, say=lambda line: click.echo(line, err=True))
+        click.echo(f"flashed {loaded.path} to {profile.name}", err=True)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,20 @@
 // bisup device for ESP32-S3: TFLM inference, in-graph supervisor, int8 decision, relay over UART0.
 //
-// The model is NOT compiled in: it lives in the "model" data partition (subtype 0x40, see
-// partitions.csv) and is mapped with esp_partition_mmap, so `bisup flash` can update it without
-// rebuilding. model_data.h/.cc come from `bisup export` (for the op resolver and the constants;
-// the linker drops the unused array). BISUP_THRESHOLD_INT8 comes from thresholds.json.
+// The model is NOT compiled in: `bisup flash` writes a bisup model image (model, int8 threshold,
+// SHA-256) into the "model" data partition (subtype 0x40, see partitions.csv, which bisup generates
+// from the board profile); it is mapped with esp_partition_mmap, so a new model needs no rebuild.
+// model_data.h/.cc come from `bisup export` (for the op resolver and the constants; the linker
+// drops the unused array).
 #include <cstring>
 
 #include "bisup_app.h"
+#include "bisup_image.h"
 #include "driver/uart.h"
 #include "esp_partition.h"
 #include "esp_timer.h"
 #include "model_data.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/schema/schema_generated.h"
-
-#ifndef BISUP_THRESHOLD_INT8
-#error "define BISUP_THRESHOLD_INT8 from thresholds.json (local.threshold_int8)"
-#endif
 
 namespace {
 constexpr uart_port_t kLink = UART_NUM_0;
@@ -27,15 +25,15 @@ void link_write(void*, const uint8_t* data, size_t len) { uart_write_bytes(kLink
 uint32_t now_ms(void*) { return static_cast<uint32_t>(esp_timer_get_time() / 1000); }
 bool link_read(void*, uint8_t* byte) { return uart_read_bytes(kLink, byte, 1, 0) == 1; }
 
-const void* map_model() {
+bool map_model(bisup_image* image) {
   const esp_partition_t* part = esp_partition_find_first(ESP_PARTITION_TYPE_DATA,
                                                          static_cast<esp_partition_subtype_t>(0x40), "model");
   const void* ptr = nullptr;
   esp_partition_mmap_handle_t handle;
   if (part == nullptr || esp_partition_mmap(part, 0, part->size, ESP_PARTITION_MMAP_DATA, &ptr, &handle) != ESP_OK) {
-    return nullptr;
+    return false;
   }
-  return ptr;
+  return bisup_image_open(static_cast<const uint8_t*>(ptr), part->size, image) == BISUP_IMAGE_OK;
 }
 
 // Replace with your sensor: fill `input` with kModelDataInputBytes int8 values, quantized as
@@ -45,13 +43,15 @@ void acquire_input(int8_t* input) { std::memset(input, 0, kModelDataInputBytes);
 
 extern "C" void app_main(void) {
   uart_driver_install(kLink, 2048, 2048, 0, nullptr, 0);
-  const tflite::Model* model = tflite::GetModel(map_model());
+  bisup_image image;
+  if (!map_model(&image)) return;  // nothing flashed yet: run `bisup flash`
+  const tflite::Model* model = tflite::GetModel(image.model);
   ModelDataOpResolver resolver;
   RegisterModelDataOps(resolver);
   tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
   if (interpreter.AllocateTensors() != kTfLiteOk) return;
   bp_client_config link = {link_write, now_ms, nullptr, 500, 3};
-  bisup_app_init(&g_app, &link, BISUP_THRESHOLD_INT8);
+  bisup_app_init(&g_app, &link, image.threshold_int8);
   for (;;) {
     int8_t* input = interpreter.input(0)->data.int8;
     acquire_input(input);

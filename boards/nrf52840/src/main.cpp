@@ -1,18 +1,15 @@
 // bisup device for nRF52840 (Arduino): TFLM inference, in-graph supervisor, int8 decision, relay over USB serial.
 //
-// The model is flashed separately by `bisup flash --board nrf52840` (pyocd) at BISUP_MODEL_ADDRESS,
-// the board profile's model_offset, and read in place. model_data.h/.cc come from `bisup export`;
-// BISUP_THRESHOLD_INT8 comes from thresholds.json.
+// The model image (model, int8 threshold, SHA-256) is flashed separately by `bisup flash --board
+// nrf52840` (pyocd) at BISUP_MODEL_ADDRESS, the board profile's model_offset, and read in place, so
+// a new model needs no rebuild. model_data.h/.cc come from `bisup export`.
 #include <Arduino.h>
 #include <TensorFlowLite.h>
 
 #include "bisup_app.h"
+#include "bisup_image.h"
 #include "model_data.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
-
-#ifndef BISUP_THRESHOLD_INT8
-#error "define BISUP_THRESHOLD_INT8 from thresholds.json (local.threshold_int8)"
-#endif
 
 namespace {
 alignas(16) uint8_t g_arena[kModelDataArenaBytes];
@@ -35,12 +32,18 @@ void setup() {
   Serial.begin(921600);
   static ModelDataOpResolver resolver;
   RegisterModelDataOps(resolver);
-  const tflite::Model* model = tflite::GetModel(reinterpret_cast<const void*>(BISUP_MODEL_ADDRESS));
+  static bisup_image image;
+  // The image's size is checked against the rest of flash from BISUP_MODEL_ADDRESS.
+  if (bisup_image_open(reinterpret_cast<const uint8_t*>(BISUP_MODEL_ADDRESS), 0x100000u - BISUP_MODEL_ADDRESS,
+                       &image) != BISUP_IMAGE_OK) {
+    return;  // nothing flashed yet: run `bisup flash`
+  }
+  const tflite::Model* model = tflite::GetModel(image.model);
   static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
   if (interpreter.AllocateTensors() != kTfLiteOk) return;
   g_interpreter = &interpreter;
   bp_client_config link = {link_write, now_ms, nullptr, 500, 3};
-  bisup_app_init(&g_app, &link, BISUP_THRESHOLD_INT8);
+  bisup_app_init(&g_app, &link, image.threshold_int8);
 }
 
 void loop() {
