@@ -89,7 +89,7 @@ def main() -> None:
     from firmware_bridge.relay import Relay
     from firmware_bridge.remotes import open_remote
     from firmware_bridge.serial_bridge import bridge_over_pty
-    from firmware_bridge.virtual_device import VirtualDevice
+    from firmware_bridge.virtual_device import SerialLink, VirtualDevice
     from toolkit import demo, digits
 
     out = demo.cache_root() / "demo"
@@ -113,7 +113,7 @@ def main() -> None:
 
     handler = RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle)
     with bridge_over_pty(handler) as port:
-        device = VirtualDevice(port, local, bundle.threshold_int8, timeout_s=2.0, retries=0)
+        device = VirtualDevice(SerialLink(port), local, bundle.threshold_int8, timeout_s=2.0, retries=0)
         device.hello()
         times = []
         for _ in range(args.requests):

@@ -1,6 +1,7 @@
-"""The bridge's per-request logic, independent of the transport (serial now, MQTT next).
+"""The bridge's per-request logic, independent of the transport (serial or MQTT).
 
-Every body gets an outcome: an answer, a cached answer for a retried sequence number, an ERROR
+Every body gets an outcome: an answer, a cached answer for a retried sequence number (kept for a
+TTL, so that a sequence number reused much later is a new request), an ERROR
 frame naming what was wrong, or (for frames the device should never send) a counted, logged drop.
 Each relay is logged as a JSON line; that log is also the labelled set of hard inputs.
 """
@@ -45,17 +46,22 @@ class RequestHandler:
     """Turns a request body from a device into the reply body (or None when nothing is owed)."""
 
     def __init__(self, relay: Relay, bundle: Bundle, log: RelayLog | None = None, cache_size: int = 4096,
-                 bridge_id: str = "bisup-bridge"):
+                 bridge_id: str = "bisup-bridge", cache_ttl_s: float = 600.0):
         self.relay, self.bundle, self.log = relay, bundle, log or RelayLog(None)
         self.bridge_id = bridge_id
         self.counts: Counter[str] = Counter()
-        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[str, int], tuple[float, bytes]] = OrderedDict()
+        self._cache_size, self._cache_ttl_s = cache_size, cache_ttl_s
+        self._inflight: dict[tuple[str, int], threading.Event] = {}
+        self._lock, self._count_lock = threading.Lock(), threading.Lock()
+
+    def _count(self, name: str) -> None:
+        with self._count_lock:  # worker threads of the MQTT bridge count concurrently
+            self.counts[name] += 1
 
     def error(self, exc: p.ProtocolError, device: str) -> bytes:
         """The ERROR reply for a frame or body that could not be accepted (counted and logged)."""
-        self.counts[f"error_{exc.code.name.lower()}"] += 1
+        self._count(f"error_{exc.code.name.lower()}")
         self.log.write({"time": time.time(), "device": device, "seq": exc.seq, "error": exc.code.name,
                         "detail": str(exc)})
         return p.encode(p.ErrorMsg(exc.seq, exc.code, exc.detail))
@@ -66,14 +72,14 @@ class RequestHandler:
         except p.ProtocolError as exc:
             return self.error(exc, device)
         if isinstance(msg, p.Hello):
-            self.counts["hello"] += 1
+            self._count("hello")
             return p.encode(p.Hello(msg.seq, FIRMWARE, self.bundle.model_hash, self.bridge_id))
         if isinstance(msg, p.Ping):
-            self.counts["ping"] += 1
+            self._count("ping")
             return p.encode(p.Pong(msg.seq))
         if isinstance(msg, p.Infer):
             return self._infer(device, msg)
-        self.counts[f"ignored_{type(msg).__name__.lower()}"] += 1  # devices do not send these
+        self._count(f"ignored_{type(msg).__name__.lower()}")  # devices do not send these
         return None
 
     def _infer(self, device: str, msg: p.Infer) -> bytes:
@@ -83,17 +89,36 @@ class RequestHandler:
                                               f"elements; the bundle takes int8 x {expected}", msg.seq, expected),
                               device)
         key = (device, msg.seq)
-        with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None:
-            self.counts["duplicate"] += 1
-            return cached
-        reply = self._relay(device, msg)
-        with self._lock:
-            self._cache[key] = reply
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        while True:
+            with self._lock:
+                cached, running = self._cached(key), self._inflight.get(key)
+                if cached is None and running is None:
+                    self._inflight[key] = threading.Event()
+                    break
+            if cached is not None:
+                self._count("duplicate")
+                return cached
+            running.wait()  # a resend while the first copy is with the remote: answer both from one call
+        try:
+            reply = self._relay(device, msg)
+            with self._lock:
+                self._cache[key] = (time.monotonic(), reply)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        finally:
+            with self._lock:
+                self._inflight.pop(key).set()
         return reply
+
+    def _cached(self, key: tuple[str, int]) -> bytes | None:
+        """The stored answer for a retried (device, seq), while it is younger than the TTL (lock held)."""
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[0] > self._cache_ttl_s:
+            del self._cache[key]  # a wrapped-around seq long after: a new request, not a retry
+            return None
+        return entry[1]
 
     def _relay(self, device: str, msg: p.Infer) -> bytes:
         start = time.perf_counter()
@@ -104,11 +129,11 @@ class RequestHandler:
         try:
             answer = self.relay.handle(request)
         except RemoteError as exc:
-            self.counts["remote_unavailable"] += 1
+            self._count("remote_unavailable")
             self.log.write(entry | {"decision": "fallback-remote-unavailable", "error": str(exc)})
             return p.encode(p.AnswerMsg(msg.seq, msg.local_label, 0.0, p.Source.FALLBACK))
         decision = "remote" if answer.source is p.Source.REMOTE else "fallback-rejected"
-        self.counts[decision] += 1
+        self._count(decision)
         self.log.write(entry | {"remote_label": answer.remote_label, "remote_confidence": answer.confidence,
                                 "decision": decision, "latency_ms": 1000 * (time.perf_counter() - start)})
         return p.encode(p.AnswerMsg(msg.seq, answer.label, answer.confidence, answer.source, answer.rejected))

@@ -1,12 +1,14 @@
 """A device without a board: the exported model in the TFLM interpreter, the int8 threshold, and
-the wire protocol over any serial-like port. It behaves as the C library's state machine does:
-one request at a time, resent with the same sequence number on timeout, local fallback at the end.
+the wire protocol over a link (a serial-like port, or MQTT through ``mqtt_link.DeviceLink``). It
+behaves as the C library's state machine does: one request at a time, resent with the same
+sequence number on timeout, local fallback at the end.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -33,12 +35,35 @@ class DeviceStats:
     bad_frames: int = 0
 
 
+class Link(Protocol):
+    """Carries whole protocol bodies between a device and the bridge."""
+
+    def send(self, body: bytes) -> None: ...
+
+    def receive(self, timeout_s: float) -> list[bytes | p.ProtocolError]: ...
+
+
+class SerialLink:
+    """A serial-like port (pyserial object or pty) with COBS + CRC framing."""
+
+    def __init__(self, port):
+        self.port, self.reader = port, framing.FrameReader()
+
+    def send(self, body: bytes) -> None:
+        self.port.write(framing.encode_frame(body))
+
+    def receive(self, timeout_s: float) -> list[bytes | p.ProtocolError]:
+        return self.reader.feed(self.port.read(4096))  # the port's own read timeout bounds the wait
+
+    def close(self) -> None:
+        self.port.close()
+
+
 class VirtualDevice:
-    def __init__(self, port, local: LocalModel, threshold_int8: int, device_id: str = "virtual-0",
+    def __init__(self, link: Link, local: LocalModel, threshold_int8: int, device_id: str = "virtual-0",
                  timeout_s: float = 0.5, retries: int = 3):
-        self.port, self.local, self.decision = port, local, LocalDecision(threshold_int8)
+        self.link, self.local, self.decision = link, local, LocalDecision(threshold_int8)
         self.device_id, self.timeout_s, self.retries = device_id, timeout_s, retries
-        self.reader = framing.FrameReader()
         self.stats = DeviceStats()
         self._seq = 0
 
@@ -47,11 +72,11 @@ class VirtualDevice:
         return self._seq
 
     def _send(self, msg: p.Message) -> None:
-        self.port.write(framing.encode_frame(p.encode(msg)))
+        self.link.send(p.encode(msg))
 
     def _await(self, seq: int, kinds: tuple[type, ...], deadline: float) -> p.Message | None:
-        while time.monotonic() < deadline:
-            for item in self.reader.feed(self.port.read(4096)):
+        while (left := deadline - time.monotonic()) > 0:
+            for item in self.link.receive(left):
                 if isinstance(item, p.ProtocolError):
                     self.stats.bad_frames += 1
                     continue

@@ -28,7 +28,7 @@ from firmware_bridge.handler import RelayLog, RequestHandler
 from firmware_bridge.relay import Relay
 from firmware_bridge.remotes import open_remote
 from firmware_bridge.serial_bridge import SerialBridge
-from firmware_bridge.virtual_device import VirtualDevice
+from firmware_bridge.virtual_device import SerialLink, VirtualDevice
 from toolkit.cli import main
 
 pytestmark = pytest.mark.slow
@@ -114,7 +114,7 @@ def test_line_noise_loses_no_request(bundle, remote, digits_example):
         bridge = threading.Thread(target=SerialBridge(proxy.path_b, handler).run, args=(stop,), daemon=True)
         bridge.start()
         with serial.serial_for_url(proxy.path_a, timeout=0.02) as port:
-            device = VirtualDevice(port, local, threshold_int8=128, timeout_s=0.15, retries=8)
+            device = VirtualDevice(SerialLink(port), local, threshold_int8=128, timeout_s=0.15, retries=8)
             answers = device.run(x)
         stop.set()
         bridge.join(timeout=5)

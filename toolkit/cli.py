@@ -25,6 +25,7 @@ class BisupGroup(click.Group):
         from boards import BoardError
         from converters.errors import ConversionError
         from firmware_bridge.bundle import BundleError
+        from firmware_bridge.mqtt_link import MqttError
         from firmware_bridge.remotes import RemoteError
         from firmware_bridge.serial_bridge import BridgeError
         from firmware_bridge.virtual_device import DeviceTimeout
@@ -36,7 +37,7 @@ class BisupGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (BoardError, BridgeError, BundleError, ConversionError, DataError, DeviceTimeout, FlashError, HilError,
-                RemoteError, ThresholdError) as exc:
+                MqttError, RemoteError, ThresholdError) as exc:
             raise click.ClickException(str(exc)) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -257,84 +258,181 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, as_json
                    f"{result['thresholds']['remote']['threshold']:.4f}; artefacts in {result['out_dir']}")
 
 
+def _mqtt_options(command):
+    """Broker options shared by `bisup bridge` and `bisup device`."""
+    for option in reversed([
+        click.option("--mqtt", "mqtt_url", help="Broker URL: mqtt://host:1883 or mqtts://host:8883."),
+        click.option("--tls-ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                     help="CA certificate that signed the broker's (implies TLS)."),
+        click.option("--username", help="MQTT username (`bisup broker --secure` prints them)."),
+        click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                     help="File holding the MQTT password (kept off the command line)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _broker(mqtt_url, tls_ca, username, password_file):
+    from firmware_bridge.mqtt_link import Broker
+
+    password = password_file.read_text().strip() if password_file else None
+    return Broker.from_url(mqtt_url, username, password, tls_ca)
+
+
+def _one_transport(serial_url, mqtt_url) -> None:
+    if (serial_url is None) == (mqtt_url is None):
+        raise click.UsageError("give exactly one of --serial and --mqtt")
+
+
 @main.command()
-@click.option("--serial", "serial_url", required=True,
+@click.option("--serial", "serial_url",
               help="Port as a pyserial URL: /dev/ttyUSB0, socket://host:port, spy://..., a pty path.")
+@_mqtt_options
 @click.option("--remote", required=True, help="Remote model: .keras, SavedModel directory or float .tflite.")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder with model.tflite (bisup export) and thresholds.json (bisup calibrate).")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
+              help="A .bisup bundle, or a folder with model.tflite (bisup export) and thresholds.json.")
 @click.option("--baud", default=921600, show_default=True, help="Baud rate for real UARTs.")
 @click.option("--json-log", type=click.Path(path_type=Path, dir_okay=False),
               help="Append one JSON line per relay: time, device, seq, labels, confidences, decision, latency.")
-@click.option("--wait", is_flag=True, help="Wait for the port to appear instead of failing at once.")
-def bridge(serial_url, remote, bundle_dir, baud, json_log, wait) -> None:
-    """Serve a device on a serial port: relay unsure inputs to the remote model, supervise the answers.
+@click.option("--wait", is_flag=True, help="Serial: wait for the port to appear instead of failing at once.")
+@click.option("--workers", default=1, show_default=True, help="MQTT: worker clients in this process.")
+@click.option("--threads", default=16, show_default=True, help="MQTT: concurrent requests per worker.")
+@click.option("--group", default="bisup", show_default=True, help="MQTT: shared-subscription group.")
+@click.option("--name", "worker_name", default=None,
+              help="MQTT: stable worker name, part of the client id [default: this host's name].")
+@click.option("--session-expiry", default=5, show_default=True,
+              help="MQTT: seconds the broker keeps a dead worker's session and its queued requests.")
+def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle_dir, baud, json_log, wait, workers,
+           threads, group, worker_name, session_expiry) -> None:
+    """Serve devices: relay unsure inputs to the remote model and supervise the answers.
 
-    Frames are COBS + CRC-16 (firmware_bridge/PROTOCOL.md). Retried requests are answered from a cache
-    without a second remote call; frames that cannot be parsed get an ERROR frame; a port that goes away
-    is reopened with backoff. Stop with Ctrl-C; the counters are printed on exit.
+    \b
+    Serial (--serial): frames are COBS + CRC-16 (firmware_bridge/PROTOCOL.md); a port that goes
+    away is reopened with backoff.
+    MQTT (--mqtt): devices publish to bisup/v1/<id>/req and get answers on bisup/v1/<id>/resp.
+    Workers share $share/<group>/bisup/v1/+/req, so more workers (here or on other machines, same
+    --group, different --name) share the load. QoS 1 both ways; a request is acked only after its
+    answer is published. A worker that dies strands its queued requests for --session-expiry
+    seconds; devices whose retries outlast that lose nothing.
+    Both: retried requests are answered from a cache without a second remote call; malformed ones
+    get an ERROR reply. Stop with Ctrl-C; the counters are printed on exit.
     """
-    import threading
-
+    _one_transport(serial_url, mqtt_url)
     _quiet_tensorflow()
     from firmware_bridge.bundle import Bundle
     from firmware_bridge.handler import RelayLog, RequestHandler
     from firmware_bridge.relay import Relay
     from firmware_bridge.remotes import open_remote
-    from firmware_bridge.serial_bridge import SerialBridge
 
     loaded = Bundle.load(bundle_dir)
     handler = RequestHandler(Relay(open_remote(remote), loaded.remote_supervisor, loaded.quantization), loaded,
                              RelayLog(json_log))
-    stop = threading.Event()
-    _progress(f"serving {serial_url} with bundle {bundle_dir} (Ctrl-C to stop)")
     try:
-        SerialBridge(serial_url, handler, baud).run(stop, wait_for_port=wait)
-    except KeyboardInterrupt:
-        stop.set()
+        if serial_url:
+            _serve_serial(serial_url, handler, baud, wait)
+        else:
+            broker = _broker(mqtt_url, tls_ca, username, password_file)
+            _serve_mqtt(broker, handler, workers, threads, group, worker_name, session_expiry)
     finally:
         handler.log.close()
         click.echo(json.dumps(dict(handler.counts), sort_keys=True), err=True)
 
 
+def _serve_serial(serial_url, handler, baud, wait) -> None:
+    import threading
+
+    from firmware_bridge.serial_bridge import SerialBridge
+
+    stop = threading.Event()
+    _progress(f"serving {serial_url} (Ctrl-C to stop)")
+    try:
+        SerialBridge(serial_url, handler, baud).run(stop, wait_for_port=wait)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+def _serve_mqtt(broker, handler, workers, threads, group, worker_name, session_expiry) -> None:
+    import signal
+    import socket
+    import threading
+
+    from firmware_bridge.mqtt_bridge import start_workers
+
+    prefix = f"{worker_name or socket.gethostname()}-w"
+    running = start_workers(broker, handler, workers, group, threads, session_expiry, prefix)
+    _progress(f"{workers} worker(s) serving {broker.url} as group {group!r}: "
+              f"{', '.join(w.client_id for w in running)} (Ctrl-C to stop)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for worker in running:
+            worker.stop()
+
+
 @main.command()
-@click.option("--serial", "serial_url", required=True, help="Port as a pyserial URL (see `bisup bridge`).")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder with model.tflite and thresholds.json.")
+@click.option("--serial", "serial_url", help="Port as a pyserial URL (see `bisup bridge`).")
+@_mqtt_options
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
+              help="A .bisup bundle, or a folder with model.tflite and thresholds.json.")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help=".npz with x (and y for the accuracy).")
-@click.option("--device-id", default="virtual-0", show_default=True)
+@click.option("--device-id", default="virtual-0", show_default=True,
+              help="The device's id; over MQTT also its topics bisup/v1/<id>/req|resp.")
 @click.option("--timeout-ms", default=500, show_default=True, help="Wait per attempt before resending.")
 @click.option("--retries", default=3, show_default=True, help="Resends (same sequence number) before falling back.")
 @click.option("--hello-timeout", default=10.0, show_default=True, help="Seconds to wait for the bridge's HELLO.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def device(serial_url, bundle_dir, data_path, device_id, timeout_ms, retries, hello_timeout, as_json) -> None:
+def device(serial_url, mqtt_url, tls_ca, username, password_file, bundle_dir, data_path, device_id, timeout_ms,
+           retries, hello_timeout, as_json) -> None:
     """Be a device without a board: run the bundle's model in TFLM, decide with the int8 threshold,
-    and relay unsure inputs over the serial link to a `bisup bridge`."""
-    import serial
-
+    and relay unsure inputs to a `bisup bridge` over a serial link (--serial) or MQTT (--mqtt)."""
+    _one_transport(serial_url, mqtt_url)
     from firmware_bridge.bundle import Bundle
-    from firmware_bridge.virtual_device import VirtualDevice
     from toolkit import datasets
 
     loaded = Bundle.load(bundle_dir)
     x, y = datasets.load_npz(data_path)
     local = loaded.local_model()
     datasets.check_matches(x, y, local.quantization.shape, local.num_classes, data_path)
+    with _device_link(serial_url, mqtt_url, tls_ca, username, password_file, device_id) as link:
+        stats, answers = _run_device(link, local, loaded.threshold_int8, device_id, timeout_ms, retries,
+                                     hello_timeout, x)
+    summary = vars(stats) | {"inputs": len(x), "local": sum(a.source == 0 for a in answers)}
+    if y is not None:
+        summary["accuracy"] = float(sum(a.label == t for a, t in zip(answers, y, strict=True)) / len(y))
+    click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+def _device_link(serial_url, mqtt_url, tls_ca, username, password_file, device_id):
+    import contextlib
+
+    from firmware_bridge.virtual_device import SerialLink
+
+    if mqtt_url:
+        from firmware_bridge.mqtt_link import DeviceLink
+
+        return contextlib.closing(DeviceLink(_broker(mqtt_url, tls_ca, username, password_file), device_id))
+    import serial
+
     try:
         port = serial.serial_for_url(serial_url, baudrate=921600, timeout=0.05)
     except (serial.SerialException, OSError, ValueError) as exc:
         raise click.ClickException(f"cannot open serial port {serial_url}: {exc}") from None
-    with port:
-        unit = VirtualDevice(port, local, loaded.threshold_int8, device_id, timeout_ms / 1000, retries)
-        reply = unit.hello(hello_timeout)
-        if reply.model_hash != local.model_hash:
-            _progress("warning: the bridge serves a different model (hash mismatch); answers may not fit")
-        answers = unit.run(x)
-    summary = vars(unit.stats) | {"inputs": len(x), "local": sum(a.source == 0 for a in answers)}
-    if y is not None:
-        summary["accuracy"] = float(sum(a.label == t for a, t in zip(answers, y, strict=True)) / len(y))
-    click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return contextlib.closing(SerialLink(port))
+
+
+def _run_device(link, local, threshold_int8, device_id, timeout_ms, retries, hello_timeout, x):
+    from firmware_bridge.virtual_device import VirtualDevice
+
+    unit = VirtualDevice(link, local, threshold_int8, device_id, timeout_ms / 1000, retries)
+    reply = unit.hello(hello_timeout)
+    if reply.model_hash != local.model_hash:
+        _progress("warning: the bridge serves a different model (hash mismatch); answers may not fit")
+    return unit.stats, unit.run(x)
 
 
 @main.command("bundle")

@@ -24,7 +24,7 @@ from firmware_bridge.handler import RequestHandler
 from firmware_bridge.relay import Answer, Relay, RemoteSupervisor, Source
 from firmware_bridge.remotes import RemoteModel, open_remote
 from firmware_bridge.serial_bridge import bridge_over_pty
-from firmware_bridge.virtual_device import VirtualDevice
+from firmware_bridge.virtual_device import SerialLink, VirtualDevice
 from toolkit import calibrate, digits, export
 from toolkit.thresholds import DEFAULT_COST, CostModel, RemoteRule, figures
 
@@ -91,7 +91,7 @@ def through_the_path(local: LocalModel, bundle: Bundle, relay: Relay, x: np.ndar
     """Each input as deployed: a virtual device (TFLM int8 + threshold) on one end of a pty, the
     serial bridge (relay + remote supervisor) on the other, speaking the wire protocol."""
     with bridge_over_pty(RequestHandler(relay, bundle)) as port:
-        device = VirtualDevice(port, local, bundle.threshold_int8, device_id="demo")
+        device = VirtualDevice(SerialLink(port), local, bundle.threshold_int8, device_id="demo")
         device.hello()
         return device.run(x)
 

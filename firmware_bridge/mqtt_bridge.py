@@ -1,0 +1,111 @@
+"""``bisup bridge --mqtt``: bridge workers on a shared subscription, QoS 1 both ways, acks after answers.
+
+Each worker is one MQTT v5 client with a fixed client id and a persistent session (clean_start
+false, a session expiry), subscribed to ``$share/<group>/bisup/v1/+/req``. The broker spreads
+requests over the group's workers, so throughput grows by adding workers, in this process or on
+other machines (a clustered broker such as EMQX, HiveMQ or VerneMQ takes it past one broker).
+
+Delivery: paho acks nothing by itself (``manual_ack``); a request is acked only once its answer is
+published, so a worker that dies loses nothing the broker will not deliver again. The network loop
+only queues messages; the remote call runs on a worker thread. Dedup by (device, seq) is the
+handler's TTL cache. Dispatch happens in ``on_message``: paho's ``message_callback_add`` does not
+match ``$share/...`` filters.
+
+Sessions and failover: the broker keeps routing a share of requests to a dead worker's session
+until it returns (then they are answered) or its session expires (then the broker drops them).
+Devices resend with the same seq, so as long as a device's retries outlast ``session_expiry_s``,
+every request is answered even if a worker never comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from firmware_bridge.handler import RequestHandler
+from firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, connect, device_of, make_client, response_topic
+
+log = logging.getLogger("bisup.mqtt")
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class MqttWorker:
+    """One member of the bridge's shared subscription."""
+
+    def __init__(self, broker: Broker, handler: RequestHandler, name: str = "w1", group: str = "bisup",
+                 threads: int = 16, session_expiry_s: int = 5):
+        self.broker, self.handler, self.group, self.session_expiry_s = broker, handler, group, session_expiry_s
+        self.client_id = f"bisup-bridge-{group}-{name}"
+        self.client = make_client(broker, self.client_id, manual_ack=True)
+        self.client.on_connect = self._subscribe
+        self.client.on_message = self._dispatch
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"bisup-{name}")
+        self.served = 0
+        self._lock = threading.Lock()
+
+    @property
+    def subscription(self) -> str:
+        return f"$share/{self.group}/{TOPIC_ROOT}/+/req"
+
+    def start(self, timeout_s: float = 10.0) -> MqttWorker:
+        connect(self.client, self.broker, clean_start=False, session_expiry_s=self.session_expiry_s,
+                timeout_s=timeout_s)
+        return self
+
+    def _subscribe(self, client, userdata, flags, reason_code, properties) -> None:
+        client.subscribe(self.subscription, qos=1)  # idempotent; also restores a session the broker lost
+
+    def _dispatch(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        self._pool.submit(self._serve, message)
+
+    def _serve(self, message: mqtt.MQTTMessage) -> None:
+        device = device_of(message.topic)
+        try:
+            reply = self.handler.handle(device, message.payload) if device else None
+            if reply is not None and not self._publish(device, reply, message):
+                return  # not acked: the broker delivers the request again after a reconnect
+        except Exception:  # a bug must not kill the pool thread silently; the request is redelivered
+            log.exception("worker %s failed on a request from %s", self.client_id, device)
+            return
+        self.client.ack(message.mid, message.qos)
+        with self._lock:
+            self.served += 1
+
+    def _publish(self, device: str, reply: bytes, request: mqtt.MQTTMessage) -> bool:
+        topic, props = response_topic(device), None
+        asked = getattr(request, "properties", None)
+        if asked is not None and getattr(asked, "ResponseTopic", None):
+            topic, props = asked.ResponseTopic, Properties(PacketTypes.PUBLISH)
+            if getattr(asked, "CorrelationData", None) is not None:
+                props.CorrelationData = asked.CorrelationData
+        info = self.client.publish(topic, reply, qos=1, properties=props)
+        try:
+            info.wait_for_publish(PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError) as exc:  # paho raises these when the connection is gone
+            log.warning("answer to %s not published (%s); leaving the request unacked", device, exc)
+            return False
+        return info.is_published()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_workers(broker: Broker, handler: RequestHandler, count: int = 1, group: str = "bisup",
+                  threads: int = 16, session_expiry_s: int = 5, prefix: str = "w") -> list[MqttWorker]:
+    """``count`` workers in this process, sharing the handler (and so its dedup cache)."""
+    workers: list[MqttWorker] = []
+    try:
+        for i in range(count):
+            workers.append(MqttWorker(broker, handler, f"{prefix}{i + 1}", group, threads, session_expiry_s).start())
+    except Exception:
+        for worker in workers:
+            worker.stop()
+        raise
+    return workers
