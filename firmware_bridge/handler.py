@@ -55,13 +55,13 @@ class RequestHandler:
         self._inflight: dict[tuple[str, int], threading.Event] = {}
         self._lock, self._count_lock = threading.Lock(), threading.Lock()
 
-    def _count(self, name: str) -> None:
+    def count(self, name: str) -> None:
         with self._count_lock:  # worker threads of the MQTT bridge count concurrently
             self.counts[name] += 1
 
     def error(self, exc: p.ProtocolError, device: str) -> bytes:
         """The ERROR reply for a frame or body that could not be accepted (counted and logged)."""
-        self._count(f"error_{exc.code.name.lower()}")
+        self.count(f"error_{exc.code.name.lower()}")
         self.log.write({"time": time.time(), "device": device, "seq": exc.seq, "error": exc.code.name,
                         "detail": str(exc)})
         return p.encode(p.ErrorMsg(exc.seq, exc.code, exc.detail))
@@ -72,14 +72,14 @@ class RequestHandler:
         except p.ProtocolError as exc:
             return self.error(exc, device)
         if isinstance(msg, p.Hello):
-            self._count("hello")
+            self.count("hello")
             return p.encode(p.Hello(msg.seq, FIRMWARE, self.bundle.model_hash, self.bridge_id))
         if isinstance(msg, p.Ping):
-            self._count("ping")
+            self.count("ping")
             return p.encode(p.Pong(msg.seq))
         if isinstance(msg, p.Infer):
             return self._infer(device, msg)
-        self._count(f"ignored_{type(msg).__name__.lower()}")  # devices do not send these
+        self.count(f"ignored_{type(msg).__name__.lower()}")  # devices do not send these
         return None
 
     def _infer(self, device: str, msg: p.Infer) -> bytes:
@@ -96,7 +96,7 @@ class RequestHandler:
                     self._inflight[key] = threading.Event()
                     break
             if cached is not None:
-                self._count("duplicate")
+                self.count("duplicate")
                 return cached
             running.wait()  # a resend while the first copy is with the remote: answer both from one call
         try:
@@ -129,11 +129,11 @@ class RequestHandler:
         try:
             answer = self.relay.handle(request)
         except RemoteError as exc:
-            self._count("remote_unavailable")
+            self.count("remote_unavailable")
             self.log.write(entry | {"decision": "fallback-remote-unavailable", "error": str(exc)})
             return p.encode(p.AnswerMsg(msg.seq, msg.local_label, 0.0, p.Source.FALLBACK))
         decision = "remote" if answer.source is p.Source.REMOTE else "fallback-rejected"
-        self._count(decision)
+        self.count(decision)
         self.log.write(entry | {"remote_label": answer.remote_label, "remote_confidence": answer.confidence,
                                 "decision": decision, "latency_ms": 1000 * (time.perf_counter() - start)})
         return p.encode(p.AnswerMsg(msg.seq, answer.label, answer.confidence, answer.source, answer.rejected))

@@ -44,6 +44,8 @@ class MqttWorker:
         self.client = make_client(broker, self.client_id, manual_ack=True)
         self.client.on_connect = self._subscribe
         self.client.on_message = self._dispatch
+        self.client.on_publish = self._published
+        self._refused: dict[int, str] = {}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"bisup-{name}")
         self.served = 0
         self._lock = threading.Lock()
@@ -76,25 +78,45 @@ class MqttWorker:
         with self._lock:
             self.served += 1
 
+    def _published(self, client, userdata, mid, reason_code, properties) -> None:
+        """Remember PUBACKs that refuse an answer (an ACL, say): paho still calls those published."""
+        if reason_code.is_failure:
+            with self._lock:
+                self._refused[mid] = str(reason_code)
+
     def _publish(self, device: str, reply: bytes, request: mqtt.MQTTMessage) -> bool:
-        topic, props = response_topic(device), None
-        asked = getattr(request, "properties", None)
-        if asked is not None and getattr(asked, "ResponseTopic", None):
-            topic, props = asked.ResponseTopic, Properties(PacketTypes.PUBLISH)
-            if getattr(asked, "CorrelationData", None) is not None:
-                props.CorrelationData = asked.CorrelationData
+        topic, props = _reply_route(device, getattr(request, "properties", None))
         info = self.client.publish(topic, reply, qos=1, properties=props)
         try:
             info.wait_for_publish(PUBLISH_TIMEOUT_S)
         except (RuntimeError, ValueError) as exc:  # paho raises these when the connection is gone
             log.warning("answer to %s not published (%s); leaving the request unacked", device, exc)
             return False
+        with self._lock:
+            refused = self._refused.pop(info.mid, None)
+        if refused is not None:  # redelivery would be refused again: ack, and the device falls back
+            self.handler.count("answer_refused")
+            log.error("the broker refused the answer to %s on %s: %s", device, topic, refused)
         return info.is_published()
 
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _reply_route(device: str, asked) -> tuple[str, Properties | None]:
+    """Where an answer goes: the device's resp topic, or an MQTT 5 ResponseTopic below it (never another
+    device's topic), with the request's CorrelationData when it has one."""
+    own = response_topic(device)
+    wanted = getattr(asked, "ResponseTopic", None) if asked is not None else None
+    correlation = getattr(asked, "CorrelationData", None) if asked is not None else None
+    topic = wanted if wanted and (wanted == own or wanted.startswith(own + "/")) else own
+    if correlation is None:
+        return topic, None
+    props = Properties(PacketTypes.PUBLISH)
+    props.CorrelationData = correlation
+    return topic, props
 
 
 def start_workers(broker: Broker, handler: RequestHandler, count: int = 1, group: str = "bisup",

@@ -4,7 +4,8 @@
 Topics: a device publishes request bodies to ``bisup/v1/<device_id>/req`` and receives answers on
 ``bisup/v1/<device_id>/resp``. The payload is the protocol body exactly as on serial (without
 COBS and CRC, which TCP and MQTT make redundant); the sequence number inside it is the correlation
-id, so MQTT 3.1.1 devices work. MQTT 5 ResponseTopic and CorrelationData are honoured when present.
+id, so MQTT 3.1.1 devices work. MQTT 5 CorrelationData is echoed, and a ResponseTopic is honoured when
+it lies below the device's own resp topic (never another device's: a device must not route answers).
 
 paho does not set TCP_NODELAY; with Nagle's algorithm and delayed ACKs a QoS 1 round trip on
 loopback costs about 44 ms instead of about 1.3 ms. Every client made here sets it on each socket.

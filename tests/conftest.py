@@ -54,3 +54,21 @@ def demo_run(tmp_path_factory):
         messages: list[str] = []
         result = demo.run(progress=messages.append)
     return result, messages, cache
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A plain local mosquitto on a free port; per test, so that a test may restart it or leave it broken."""
+    from toolkit.broker import run_broker
+
+    with run_broker(tmp_path / "mosquitto") as broker:
+        yield broker
+
+
+@pytest.fixture
+def secure_mosquitto(tmp_path):
+    """A TLS mosquitto with passwords and ACLs for devices d1 and d2 and the bridge user."""
+    from toolkit.broker import run_broker
+
+    with run_broker(tmp_path / "mosquitto-secure", secure=True, devices=("d1", "d2")) as broker:
+        yield broker

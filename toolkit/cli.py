@@ -29,6 +29,7 @@ class BisupGroup(click.Group):
         from firmware_bridge.remotes import RemoteError
         from firmware_bridge.serial_bridge import BridgeError
         from firmware_bridge.virtual_device import DeviceTimeout
+        from toolkit.broker import BrokerError
         from toolkit.datasets import DataError
         from toolkit.flash import FlashError
         from toolkit.hil import HilError
@@ -36,9 +37,9 @@ class BisupGroup(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (BoardError, BridgeError, BundleError, ConversionError, DataError, DeviceTimeout, FlashError, HilError,
-                MqttError, RemoteError, ThresholdError) as exc:
-            raise click.ClickException(str(exc)) from None
+        except (BoardError, BridgeError, BrokerError, BundleError, ConversionError, DataError, DeviceTimeout,
+                FlashError, HilError, MqttError, RemoteError, ThresholdError) as exc:
+            raise click.ClickException(str(exc).splitlines()[0]) from None  # details (a log tail) stay in logs
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
@@ -547,6 +548,40 @@ def flash(bundle_path, board, port, probe, baud, dry_run, out_dir, as_json) -> N
     if not dry_run:
         flashing.run(plan, port, baud, probe, say=lambda line: click.echo(line, err=True))
         click.echo(f"flashed {loaded.path} to {profile.name}", err=True)
+
+
+@main.command()
+@click.option("--port", default=None, type=int, help="Port to listen on [default: 1883, or 8883 with --secure].")
+@click.option("--secure", is_flag=True,
+              help="TLS with a generated CA, a password per device and an ACL keeping devices apart.")
+@click.option("--device", "devices", multiple=True, default=("d1", "d2"), show_default=True,
+              help="Device id to create credentials for (repeat the option).")
+@click.option("--dir", "workdir", type=click.Path(path_type=Path, file_okay=False), default=Path("mosquitto"),
+              show_default=True, help="Where the config, log, persistence, CA and credentials live.")
+def broker(port, secure, devices, workdir) -> None:
+    """Start a local mosquitto with a generated config, for trying the MQTT bridge (Ctrl-C stops it).
+
+    \b
+    Plain: anonymous, loopback only. --secure: TLS (CA and server certificate generated into --dir),
+    passwords hashed with mosquitto_passwd, and an ACL by which device %u may only publish
+    bisup/v1/%u/req and only read bisup/v1/%u/resp. The bridge user reads every request and
+    writes every answer, under a shared-subscription group name that devices are not told
+    (pass it to `bisup bridge --group`). Persistence is on, so QoS 1 sessions survive a restart.
+    Both set TCP_NODELAY (a QoS 1 round trip on loopback: about 1.3 ms instead of 44 ms).
+    """
+    from toolkit.broker import run_broker
+
+    chosen = port or (8883 if secure else 1883)
+    with run_broker(workdir, chosen, secure, devices) as running:
+        for line in running.describe():
+            _progress(line)
+        _progress(f"bridge: bisup bridge --mqtt {running.url} --group {running.bridge_group} ..."
+                  + (f" --tls-ca {running.ca_path} --username bisup-bridge --password-file "
+                     f"{running.config.password_file('bisup-bridge')}" if secure else ""))
+        try:
+            running.process.wait()
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

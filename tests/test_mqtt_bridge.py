@@ -1,0 +1,251 @@
+"""The MQTT bridge on a real mosquitto: several virtual devices (TFLM) through bridge workers on a
+shared subscription, exactly-once answers equal to the offline decisions, a worker killed and a
+broker restarted mid-run, bad payloads, MQTT 5 response topics, and an unreachable broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from cli_errors import error_line
+from click.testing import CliRunner
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from firmware_bridge import protocol as p
+from firmware_bridge.bundle import Bundle
+from firmware_bridge.handler import RequestHandler
+from firmware_bridge.mqtt_bridge import start_workers
+from firmware_bridge.mqtt_link import Broker, DeviceLink, connect, make_client, request_topic
+from firmware_bridge.relay import InferRequest, Relay
+from firmware_bridge.remotes import RemoteError, open_remote
+from firmware_bridge.virtual_device import VirtualDevice
+from toolkit.cli import main
+
+pytestmark = pytest.mark.slow
+DEVICES = ("d1", "d2", "d3")
+
+
+@pytest.fixture(scope="module")
+def relay_bundle(bundle_dir, tmp_path_factory):
+    """A copy of the test bundle; `setup` moves its threshold so that the bridge has work."""
+    out = tmp_path_factory.mktemp("mqtt-bundle")
+    for name in ("model.tflite", "report.json", "thresholds.json"):
+        (out / name).write_bytes((bundle_dir / name).read_bytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(relay_bundle, digits_example):
+    """Bundle (threshold at the 1/3 quantile of the test confidences), remote, test set, offline answers."""
+    bundle = Bundle.load(relay_bundle)
+    x, y = np.load(digits_example["test"]).values()
+    local = bundle.local_model()
+    x_q, labels, conf = local.run(x)
+    threshold = int(np.quantile(conf.astype(int), 1 / 3)) + 1
+    thresholds = bundle.thresholds
+    thresholds["local"]["threshold_int8"] = threshold
+    (relay_bundle / "thresholds.json").write_text(json.dumps(thresholds))
+    bundle = Bundle.load(relay_bundle)
+    remote = open_remote(digits_example["model"])
+    relay = Relay(remote, bundle.remote_supervisor, bundle.quantization)
+    offline = [int(label) if c >= threshold else relay.handle(InferRequest("x", 0, q, int(label), int(c))).label
+               for q, label, c in zip(x_q, labels, conf, strict=True)]
+    assert 0.15 < np.mean(conf < threshold) < 0.6
+    return bundle, remote, x, y, np.array(offline), local
+
+
+def _handler(setup) -> RequestHandler:
+    bundle, remote = setup[0], setup[1]
+    return RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle)
+
+
+def _run_devices(broker: Broker, setup, timeout_s=0.5, retries=3, during=None) -> dict:
+    """Each device runs its third of the test set in its own thread; returns answers and stats."""
+    bundle, _, x, _, _, local = setup
+    parts = np.array_split(np.arange(len(x)), len(DEVICES))
+    results: dict[str, tuple] = {}
+
+    def one(device_id, index):
+        link = DeviceLink(broker, device_id)
+        try:
+            unit = VirtualDevice(link, local, bundle.threshold_int8, device_id, timeout_s, retries)
+            unit.hello(10)
+            results[device_id] = (index, unit.run(x[index]), unit.stats)
+        finally:
+            link.close()
+
+    threads = [threading.Thread(target=one, args=(d, i)) for d, i in zip(DEVICES, parts, strict=True)]
+    for thread in threads:
+        thread.start()
+    if during is not None:
+        during()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert sorted(results) == sorted(DEVICES), "a device did not finish"
+    return results
+
+
+def _check_exactly_once(results, offline) -> int:
+    relayed = 0
+    for index, answers, stats in results.values():
+        wrong = [(int(i), a, int(o)) for i, a, o in zip(index, answers, offline[index], strict=True) if a.label != o]
+        assert not wrong, f"{stats}: answers that differ from the offline decisions: {wrong[:3]}"
+        assert stats.answered == stats.requests and stats.fallback == stats.rejected  # no timeout fallback
+        relayed += stats.requests
+    return relayed
+
+
+def test_three_devices_two_workers_answer_exactly_once(mosquitto, setup):
+    broker = Broker.from_url(mosquitto.url)
+    handler = _handler(setup)
+    workers = start_workers(broker, handler, count=2, prefix="t1-")
+    try:
+        results = _run_devices(broker, setup)
+    finally:
+        for worker in workers:
+            worker.stop()
+    relayed = _check_exactly_once(results, setup[4])
+    assert sum(s.resends for _, _, s in results.values()) == 0
+    assert handler.counts["remote"] + handler.counts["fallback-rejected"] == relayed  # one remote call each
+    assert handler.counts["duplicate"] == 0
+    assert all(worker.served > 0 for worker in workers), "the shared subscription should spread the load"
+
+
+def _bridge_process(url: str, bundle, remote_path, name: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--mqtt", url, "--remote",
+                             str(remote_path), "--bundle", str(bundle.path), "--name", name, "--session-expiry", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_serving(process: subprocess.Popen) -> None:
+    line = process.stderr.readline()
+    assert "serving" in line, line + process.stderr.read()
+
+
+def test_killing_a_worker_mid_run_loses_nothing(mosquitto, setup, digits_example):
+    """Two bridge processes; one is SIGKILLed mid-run. Its queued requests die with its session after
+    1 s; the devices' resends (same seq) outlast that and reach the survivor."""
+    broker = Broker.from_url(mosquitto.url)
+    bridges = [_bridge_process(mosquitto.url, setup[0], digits_example["model"], n) for n in ("ka", "kb")]
+    try:
+        for process in bridges:
+            _wait_serving(process)
+        results = _run_devices(broker, setup, timeout_s=0.5, retries=20,
+                               during=lambda: (time.sleep(1.0), os.killpg(bridges[0].pid, signal.SIGKILL)))
+    finally:
+        for process in bridges:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=20)
+    _check_exactly_once(results, setup[4])
+    counts = json.loads(bridges[1].stderr.read().strip().splitlines()[-1])
+    assert counts.get("remote", 0) + counts.get("fallback-rejected", 0) > 0
+
+
+def test_broker_restart_mid_run_loses_nothing(mosquitto, setup):
+    broker = Broker.from_url(mosquitto.url)
+    workers = start_workers(broker, _handler(setup), count=2, prefix="t3-")
+    try:
+        results = _run_devices(broker, setup, timeout_s=0.5, retries=12,
+                               during=lambda: (time.sleep(0.5), mosquitto.restart()))
+    finally:
+        for worker in workers:
+            worker.stop()
+    _check_exactly_once(results, setup[4])
+
+
+class _Down:
+    """A remote that is down (stands in for a network remote that refuses connections)."""
+
+    name = "down"
+
+    def predict(self, x):
+        raise RemoteError("remote down refused the connection")
+
+
+def _ask(broker: Broker, body: bytes, properties: Properties | None = None, topic=None) -> tuple[bytes, object]:
+    got, done = {}, threading.Event()
+    client = make_client(broker, "probe")
+    client.on_message = lambda c, u, m: (got.update(payload=m.payload, props=m.properties), done.set())
+    connect(client, broker)
+    try:
+        client.subscribe(topic or "bisup/v1/probe/resp", qos=1)
+        time.sleep(0.2)
+        client.publish(request_topic("probe"), body, qos=1, properties=properties)
+        assert done.wait(10), "no answer"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got["payload"], got["props"]
+
+
+def test_bad_tensor_and_remote_outage_get_immediate_replies(mosquitto, setup):
+    broker = Broker.from_url(mosquitto.url)
+    bundle = setup[0]
+    handler = RequestHandler(Relay(_Down(), bundle.remote_supervisor, bundle.quantization), bundle)
+    workers = start_workers(broker, handler, prefix="t4-")
+    try:
+        reply, _ = _ask(broker, p.encode(p.Infer(7, 3, -100, b"\x00" * 5)))
+        error = p.decode(reply)
+        assert isinstance(error, p.ErrorMsg) and error.code is p.ErrorCode.BAD_TENSOR and error.seq == 7
+        reply, _ = _ask(broker, p.encode(p.Infer(8, 3, -100, b"\x00" * bundle.input_elements)))
+        answer = p.decode(reply)
+        assert answer.source is p.Source.FALLBACK and answer.label == 3 and answer.seq == 8
+    finally:
+        workers[0].stop()
+    assert handler.counts["error_bad_tensor"] == 1 and handler.counts["remote_unavailable"] == 1
+
+
+@pytest.mark.parametrize("asked, answered_on", [
+    ("bisup/v1/probe/resp/call-42", "bisup/v1/probe/resp/call-42"),
+    ("bisup/v1/other-device/resp", "bisup/v1/probe/resp"),  # a device cannot route answers to another
+])
+def test_mqtt5_response_topic_and_correlation_data(mosquitto, setup, asked, answered_on):
+    broker = Broker.from_url(mosquitto.url)
+    workers = start_workers(broker, _handler(setup), prefix="t5-")
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic, props.CorrelationData = asked, b"corr-42"
+    try:
+        reply, got = _ask(broker, p.encode(p.Ping(5)), props, topic=answered_on)
+    finally:
+        workers[0].stop()
+    assert p.decode(reply) == p.Pong(5) and got.CorrelationData == b"corr-42"
+
+
+def test_clients_set_tcp_nodelay(mosquitto):
+    """paho leaves Nagle on (about 44 ms per QoS 1 round trip on loopback); ours must not."""
+    client = make_client(Broker.from_url(mosquitto.url), "nodelay-probe")
+    connect(client, Broker.from_url(mosquitto.url))
+    try:
+        assert client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_broker_is_one_line(relay_bundle, digits_example):
+    url = f"mqtt://127.0.0.1:{_closed_port()}"
+    for args in (["device", "--mqtt", url, "--bundle", str(relay_bundle), "--data", str(digits_example["test"])],
+                 ["bridge", "--mqtt", url, "--bundle", str(relay_bundle), "--remote", str(digits_example["model"])]):
+        line = error_line(CliRunner().invoke(main, args))
+        assert f"cannot reach the MQTT broker at {url}" in line and "bisup broker" in line
+
+
+def test_serial_and_mqtt_are_exclusive(relay_bundle, digits_example):
+    result = CliRunner().invoke(main, ["device", "--bundle", str(relay_bundle), "--data", str(digits_example["test"])])
+    assert result.exit_code == 2 and "exactly one of --serial and --mqtt" in result.stderr

@@ -1,0 +1,400 @@
+"""``bisup broker``: a local mosquitto with a generated config, for trying the MQTT bridge and for tests.
+
+Everything lives in one work folder: ``mosquitto.conf`` (rewritten by ``run_broker``), ``mosquitto.log``
+(the broker's stderr, appended) and ``mosquitto.db`` (persistence, so persistent sessions and their
+queued QoS 1 messages survive ``restart()``). The listener is on loopback with TCP_NODELAY, because
+Nagle's algorithm costs tens of milliseconds per QoS 1 round trip.
+
+``secure=True`` adds TLS (a throwaway CA whose key is never written, and a server certificate for
+localhost/127.0.0.1/::1), a password file made by ``mosquitto_passwd``, one random password per device
+plus a bridge user, and an ACL: device ``%u`` may only write ``bisup/v1/%u/req`` and read
+``bisup/v1/%u/resp``; the bridge user reads every ``req`` and writes every ``resp``. The CA, server
+certificate and passwords are reused when the folder already has them, so devices keep working across
+runs.
+
+Shared subscriptions and ACLs in mosquitto 2.0: the ``acl_file`` check never refuses a SUBSCRIBE (not
+even ``$share/...``); read access is checked per message, against the message's real topic, when it is
+delivered. A device's subscription to another device's topic is therefore granted but receives nothing.
+The catch is a shared group: a message the broker hands to a group member without read access is
+dropped for the whole group, so a device joining the bridge's group would silently eat a share of all
+requests. Secure mode therefore gives the bridge a random group name (``bridge_group``) that devices
+are never told.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, MqttError, connect, make_client
+
+DEFAULT_DEVICES = ("d1", "d2")
+BRIDGE_USER = "bisup-bridge"
+PLAIN_GROUP = "bisup"
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+LOG_TAIL_LINES = 15
+CERT_DAYS = 825  # the longest validity that Apple's and browsers' TLS stacks accept for a server certificate
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # safe as a topic level, password-file user and ACL user
+_SBIN = "/usr/sbin:/usr/local/sbin"  # mosquitto is in sbin on Debian, which is not on every user's PATH
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be set up or started; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """What to generate: one loopback listener on ``port``, plain or TLS with per-user passwords and ACLs."""
+
+    workdir: Path
+    port: int
+    secure: bool = False
+    devices: tuple[str, ...] = DEFAULT_DEVICES
+    bridge_user: str = BRIDGE_USER
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.secure else 'mqtt'}://{host}:{self.port}"
+
+    @property
+    def conf_path(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.workdir / "ca.pem"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.workdir / "credentials.json"
+
+    def password_file(self, user: str) -> Path:
+        """One user's password alone, as ``--password-file`` takes it (kept off command lines)."""
+        return self.workdir / "secrets" / user
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Secure mode's secrets: every user's password and the bridge's unguessable shared-subscription group."""
+
+    passwords: dict[str, str] = field(default_factory=dict)
+    bridge_group: str = PLAIN_GROUP
+
+
+def write_config(config: BrokerConfig) -> Credentials:
+    """Write mosquitto.conf and, in secure mode, the TLS files, password file, ACL and credentials."""
+    _check_names(config)
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    lines = _common_lines(config)
+    credentials = Credentials()
+    if config.secure:
+        credentials = _write_security(config)
+        lines += [f"certfile {config.workdir / 'server.pem'}", f"keyfile {config.workdir / 'server.key'}",
+                  "tls_version tlsv1.2", "allow_anonymous false", f"password_file {config.workdir / 'passwd'}",
+                  f"acl_file {config.workdir / 'acl'}"]
+    else:
+        lines.append("allow_anonymous true")
+    header = "# generated by `bisup broker` (toolkit/broker.py); rewritten on each run"
+    config.conf_path.write_text("\n".join([header, *lines]) + "\n")
+    return credentials
+
+
+def _check_names(config: BrokerConfig) -> None:
+    users = [*config.devices, config.bridge_user]
+    bad = [user for user in users if not _NAME.fullmatch(user)]
+    if bad:
+        raise BrokerError(f"bad device or user name(s) {bad}: use letters, digits, '.', '_' and '-' (at most 64)")
+    if len(set(users)) != len(users):
+        raise BrokerError(f"device and bridge user names must all differ: {users}")
+
+
+def _common_lines(config: BrokerConfig) -> list[str]:
+    """Settings for both modes; ``user`` is us so that a root run keeps access to the work folder."""
+    return [
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+        "per_listener_settings false",
+        f"listener {config.port} {config.host}",
+        "set_tcp_nodelay true",
+        "persistence true",
+        f"persistence_location {config.workdir}",
+        "persistence_file mosquitto.db",
+        "autosave_interval 60",
+        "max_inflight_messages 100",  # per client; bridge workers hold requests unacked while the remote answers
+        "max_queued_messages 10000",  # a restarted worker or a reconnecting device finds its backlog
+        "log_dest stderr",  # start() appends stderr to mosquitto.log, so early errors land there too
+        "log_type error", "log_type warning", "log_type notice", "log_type information",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+    ]
+
+
+def _write_security(config: BrokerConfig) -> Credentials:
+    if not all((config.workdir / name).exists() for name in ("ca.pem", "server.pem", "server.key")):
+        _write_certificates(config)
+    credentials = _credentials(config)
+    _write_private(config.credentials_path, json.dumps({
+        "url": config.url, "ca": str(config.ca_path), "bridge_user": config.bridge_user,
+        "bridge_group": credentials.bridge_group, "passwords": credentials.passwords}, indent=2) + "\n")
+    for user, password in credentials.passwords.items():
+        config.password_file(user).parent.mkdir(mode=0o700, exist_ok=True)
+        _write_private(config.password_file(user), password + "\n")
+    _write_password_file(config.workdir / "passwd", credentials.passwords)
+    (config.workdir / "acl").write_text(_acl(config.bridge_user))
+    return credentials
+
+
+def _credentials(config: BrokerConfig) -> Credentials:
+    """Passwords (and the group) from an earlier run where there are any, new random ones for new users."""
+    old = json.loads(config.credentials_path.read_text()) if config.credentials_path.exists() else {}
+    known = old.get("passwords", {})
+    users = [config.bridge_user, *config.devices]
+    passwords = {user: known.get(user) or secrets.token_urlsafe(18) for user in users}
+    return Credentials(passwords, old.get("bridge_group") or f"bisup-{secrets.token_hex(8)}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create the file 0600 before any secret is in it."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+def _write_password_file(path: Path, passwords: dict[str, str]) -> None:
+    """mosquitto's own tool hashes the file, so the format is always the one this mosquitto reads."""
+    _write_private(path, "".join(f"{user}:{password}\n" for user, password in passwords.items()))
+    done = subprocess.run([_find("mosquitto_passwd"), "-U", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BrokerError(f"mosquitto_passwd -U {path} failed: {(done.stderr or done.stdout).strip()}")
+
+
+def _acl(bridge_user: str) -> str:
+    root = TOPIC_ROOT
+    return (f"# devices: each only its own request (write) and answer (read) topics; resp/# leaves room for\n"
+            f"# MQTT 5 ResponseTopics below the device's own, the only ones the bridge honours\n"
+            f"pattern write {root}/%u/req\npattern read {root}/%u/resp/#\n\n"
+            f"# the bridge: every device's requests (also through $share/<group>/...) and answers\n"
+            f"user {bridge_user}\ntopic read {root}/+/req\ntopic write {root}/+/resp/#\n")
+
+
+def _write_certificates(config: BrokerConfig) -> None:
+    """A CA that signs one loopback server certificate; its key is discarded, so it can never sign more."""
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bisup local broker CA")])
+    start = datetime.now(UTC) - timedelta(hours=1)  # tolerate a little clock skew between machines
+    ca = (_builder(ca_name, ca_name, ca_key.public_key(), start)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    server = (_builder(server_name, ca_name, key.public_key(), start)
+              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+              .add_extension(x509.SubjectAlternativeName(_alt_names(config.host)), critical=False)
+              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    config.ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (config.workdir / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    _write_private(config.workdir / "server.key", key_pem.decode())
+
+
+def _builder(subject, issuer, public_key, start: datetime):
+    """Common fields; a subject key id on both, which strict verifiers (Python 3.13's default) require."""
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + timedelta(days=CERT_DAYS))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
+
+
+def _alt_names(host: str) -> list:
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+             x509.IPAddress(ipaddress.ip_address("::1"))]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return names + [x509.DNSName(host)] if host != "localhost" else names
+    return names if address.is_loopback or address.is_unspecified else names + [x509.IPAddress(address)]
+
+
+def _find(program: str) -> str:
+    found = shutil.which(program) or shutil.which(program, path=_SBIN)
+    if not found:
+        raise BrokerError(f"{program} is not installed (looked on PATH and in {_SBIN}): apt-get install mosquitto")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the kernel's pick), for a broker that needs no fixed port."""
+    with socket.socket(_family(host)) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before starting: otherwise the readiness probe could reach whatever already listens there.
+
+    SO_REUSEADDR as mosquitto sets it, so a port left in TIME_WAIT by a stopped broker counts as free."""
+    with socket.socket(_family(host)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen()
+        except OSError as exc:
+            raise BrokerError(f"port {port} on {host} is already in use ({exc.strerror}); stop what listens there "
+                              f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another port") from exc
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class LocalBroker:
+    """A mosquitto process for one ``BrokerConfig``; ``restart()`` keeps the port and the persistence file."""
+
+    config: BrokerConfig
+    credentials: Credentials
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def ca_path(self) -> Path | None:
+        return self.config.ca_path if self.config.secure else None
+
+    @property
+    def bridge_group(self) -> str:
+        """The shared-subscription group the bridge must use (``--group``); random and private in secure mode."""
+        return self.credentials.bridge_group
+
+    def endpoint(self, user: str | None = None) -> Broker:
+        """How a client (``mqtt_link.make_client``/``connect``) reaches this broker as ``user``."""
+        if self.config.secure and user not in self.credentials.passwords:
+            raise BrokerError(f"no user {user!r} on this broker; users: {sorted(self.credentials.passwords)}")
+        password = self.credentials.passwords.get(user) if user else None
+        return Broker.from_url(self.url, user, password, self.ca_path)
+
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> LocalBroker:
+        """Start mosquitto and return once it accepts an MQTT connection; BrokerError with its log otherwise."""
+        _check_port_free(self.config.host, self.port)
+        log_path = self.config.log_path
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen([_find("mosquitto"), "-c", str(self.config.conf_path)],
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        try:
+            self._wait_ready(time.monotonic() + timeout_s, offset)
+        except BaseException:  # also Ctrl-C while waiting: never leave a mosquitto behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, deadline: float, log_offset: int) -> None:
+        """Listening first (cheap to poll), then a real MQTT CONNECT, which also proves TLS and passwords."""
+        where = f"{self.config.host}:{self.port}"
+        while not _accepts(self.config.host, self.port):
+            if self.process.poll() is not None:
+                raise self._failure(f"mosquitto exited (code {self.process.returncode}) before listening on {where}",
+                                    log_offset)
+            if time.monotonic() > deadline:
+                raise self._failure(f"mosquitto did not listen on {where} in time", log_offset)
+            time.sleep(0.02)
+        probe_user = self.config.bridge_user if self.config.secure else None
+        endpoint = self.endpoint(probe_user)
+        probe = make_client(endpoint, f"bisup-broker-probe-{secrets.token_hex(4)}")
+        try:
+            connect(probe, endpoint, timeout_s=max(deadline - time.monotonic(), 1.0))
+        except MqttError as exc:
+            raise self._failure(f"mosquitto on {where} does not accept connections: {exc}", log_offset) from exc
+        probe.disconnect()
+        probe.loop_stop()
+
+    def _failure(self, message: str, log_offset: int) -> BrokerError:
+        with self.config.log_path.open("rb") as log:
+            log.seek(log_offset)
+            lines = log.read().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        tail = "\n".join(f"  {line}" for line in lines) or "  (empty)"
+        return BrokerError(f"{message}\nmosquitto log ({self.config.log_path}):\n{tail}")
+
+    def stop(self) -> None:
+        """SIGTERM, so that mosquitto writes its persistence file; SIGKILL only if it hangs."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Stop and start on the same port; persistent sessions and their queued messages come back."""
+        self.stop()
+        self.start(timeout_s)
+
+    def describe(self) -> list[str]:
+        """What a user needs to connect, one line each (passwords stay in files)."""
+        lines = [f"mosquitto on {self.url} (config, log and persistence in {self.config.workdir})"]
+        if self.config.secure:
+            lines += [f"TLS CA certificate: {self.ca_path}",
+                      f"credentials (mode 0600): {self.config.credentials_path}; one password per file in "
+                      f"{self.config.password_file(self.config.bridge_user).parent}",
+                      f"users: bridge {self.config.bridge_user!r} (group {self.bridge_group!r}), "
+                      f"devices {', '.join(self.config.devices)}"]
+        return lines
+
+
+@contextmanager
+def run_broker(workdir: str | Path, port: int = 0, secure: bool = False, devices: Iterable[str] = DEFAULT_DEVICES,
+               host: str = "127.0.0.1", bridge_user: str = BRIDGE_USER,
+               timeout_s: float = READY_TIMEOUT_S) -> Iterator[LocalBroker]:
+    """A started broker (``port=0``: a free one) that is stopped when the block ends, whatever happens."""
+    config = BrokerConfig(Path(workdir).resolve(), port or free_port(host), secure, tuple(devices), bridge_user, host)
+    broker = LocalBroker(config, write_config(config))
+    try:
+        yield broker.start(timeout_s)
+    finally:
+        broker.stop()
