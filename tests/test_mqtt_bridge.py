@@ -249,3 +249,20 @@ def test_unreachable_broker_is_one_line(relay_bundle, digits_example):
 def test_serial_and_mqtt_are_exclusive(relay_bundle, digits_example):
     result = CliRunner().invoke(main, ["device", "--bundle", str(relay_bundle), "--data", str(digits_example["test"])])
     assert result.exit_code == 2 and "exactly one of --serial and --mqtt" in result.stderr
+
+
+def test_secure_broker_end_to_end(secure_mosquitto, setup):
+    """TLS, passwords and ACLs: the bridge user serves device d1 through its hidden shared group."""
+    bundle, _, x, _, offline, local = setup
+    workers = start_workers(secure_mosquitto.endpoint("bisup-bridge"), _handler(setup),
+                            group=secure_mosquitto.bridge_group, prefix="t6-")
+    link = DeviceLink(secure_mosquitto.endpoint("d1"), "d1")
+    try:
+        unit = VirtualDevice(link, local, bundle.threshold_int8, "d1", 2.0, 2)
+        unit.hello(10)
+        answers = unit.run(x[:40])
+    finally:
+        link.close()
+        workers[0].stop()
+    assert unit.stats.requests > 0 and unit.stats.answered == unit.stats.requests
+    assert [a.label for a in answers] == offline[:40].tolist()
