@@ -70,14 +70,14 @@ def _handler(setup) -> RequestHandler:
 
 def _run_devices(broker: Broker, setup, timeout_s=0.5, retries=3, during=None) -> dict:
     """Each device runs its third of the test set in its own thread; returns answers and stats."""
-    bundle, _, x, _, _, local = setup
+    bundle, x = setup[0], setup[2]
     parts = np.array_split(np.arange(len(x)), len(DEVICES))
     results: dict[str, tuple] = {}
 
     def one(device_id, index):
         link = DeviceLink(broker, device_id)
-        try:
-            unit = VirtualDevice(link, local, bundle.threshold_int8, device_id, timeout_s, retries)
+        try:  # one TFLM interpreter per device: an interpreter is not thread-safe
+            unit = VirtualDevice(link, bundle.local_model(), bundle.threshold_int8, device_id, timeout_s, retries)
             unit.hello(10)
             results[device_id] = (index, unit.run(x[index]), unit.stats)
         finally:

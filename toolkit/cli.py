@@ -289,7 +289,7 @@ def _one_transport(serial_url, mqtt_url) -> None:
 @click.option("--serial", "serial_url",
               help="Port as a pyserial URL: /dev/ttyUSB0, socket://host:port, spy://..., a pty path.")
 @_mqtt_options
-@click.option("--remote", required=True, help="Remote model: .keras, SavedModel directory or float .tflite.")
+@click.option("--remote", required=True, help="Remote model: a path (.keras, SavedModel dir, .tflite) or a server URL.")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
               help="A .bisup bundle, or a folder with model.tflite (bisup export) and thresholds.json.")
 @click.option("--baud", default=921600, show_default=True, help="Baud rate for real UARTs.")
@@ -303,8 +303,17 @@ def _one_transport(serial_url, mqtt_url) -> None:
               help="MQTT: stable worker name, part of the client id [default: this host's name].")
 @click.option("--session-expiry", default=5, show_default=True,
               help="MQTT: seconds the broker keeps a dead worker's session and its queued requests.")
+@click.option("--max-batch", default=32, show_default=True, help="Remote: most requests in one batched call (1: none).")
+@click.option("--max-delay-ms", default=2.0, show_default=True, help="Remote: longest wait to fill a batch.")
+@click.option("--deadline-ms", default=2000.0, show_default=True,
+              help="Remote: give up on a request after this long; the device gets `fallback` (its own label).")
+@click.option("--breaker-failures", default=5, show_default=True,
+              help="Remote: consecutive failures that open the circuit breaker (0: no breaker).")
+@click.option("--breaker-cooldown", default=10.0, show_default=True,
+              help="Remote: seconds the breaker answers `fallback` at once before it tries the remote again.")
 def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle_dir, baud, json_log, wait, workers,
-           threads, group, worker_name, session_expiry) -> None:
+           threads, group, worker_name, session_expiry, max_batch, max_delay_ms, deadline_ms, breaker_failures,
+           breaker_cooldown) -> None:
     """Serve devices: relay unsure inputs to the remote model and supervise the answers.
 
     \b
@@ -316,7 +325,15 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
     answer is published. A worker that dies strands its queued requests for --session-expiry
     seconds; devices whose retries outlast that lose nothing.
     Both: retried requests are answered from a cache without a second remote call; malformed ones
-    get an ERROR reply. Stop with Ctrl-C; the counters are printed on exit.
+    get an ERROR reply. Concurrent requests are batched into one remote call; a request past its
+    deadline, or any request while the circuit breaker is open, is answered `fallback` at once.
+    Stop with Ctrl-C; the counters are printed on exit.
+
+    \b
+    --remote: remote.keras | savedmodel/ | remote.tflite
+              oip+http://host:8080/v2/models/<name>       (Open Inference Protocol V2: MLServer,
+                                                           KServe, Triton)
+              tfserving+http://host:8501/v1/models/<name> (TF Serving REST)
     """
     _one_transport(serial_url, mqtt_url)
     _quiet_tensorflow()
@@ -324,10 +341,11 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
     from firmware_bridge.handler import RelayLog, RequestHandler
     from firmware_bridge.relay import Relay
     from firmware_bridge.remotes import open_remote
+    from firmware_bridge.resilience import resilient
 
     loaded = Bundle.load(bundle_dir)
-    handler = RequestHandler(Relay(open_remote(remote), loaded.remote_supervisor, loaded.quantization), loaded,
-                             RelayLog(json_log))
+    guarded = resilient(open_remote(remote), max_batch, max_delay_ms, deadline_ms, breaker_failures, breaker_cooldown)
+    handler = RequestHandler(Relay(guarded, loaded.remote_supervisor, loaded.quantization), loaded, RelayLog(json_log))
     try:
         if serial_url:
             _serve_serial(serial_url, handler, baud, wait)
@@ -335,6 +353,7 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
             broker = _broker(mqtt_url, tls_ca, username, password_file)
             _serve_mqtt(broker, handler, workers, threads, group, worker_name, session_expiry)
     finally:
+        guarded.close()
         handler.log.close()
         click.echo(json.dumps(dict(handler.counts), sort_keys=True), err=True)
 
