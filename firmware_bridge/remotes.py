@@ -104,7 +104,15 @@ class TFLiteRemote:
 
 
 def open_remote(spec: str | Path) -> RemoteModel:
-    """A remote from a path: ``.keras``, a SavedModel directory, or a float ``.tflite``."""
+    """A remote from a path (``.keras``, a SavedModel directory, a float ``.tflite``) or a model server URL.
+
+    URLs (``oip+http://``, ``tfserving+http://``, see ``net_remotes``) are told apart by their ``://``,
+    which no path the bridge is given contains.
+    """
+    if "://" in str(spec):
+        from firmware_bridge.net_remotes import open_url
+
+        return open_url(str(spec))
     path = Path(spec)
     if not path.exists():
         raise RemoteError(f"remote model {path} does not exist")
