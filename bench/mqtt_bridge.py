@@ -1,0 +1,221 @@
+"""MQTT bridge on a real mosquitto, against a raw paho echo on the same broker in the same run.
+
+    python bench/mqtt_bridge.py [--requests 1000] [--devices 64] [--seconds 10]
+
+Baseline: a paho client on the same shared subscription that republishes each request body to the
+device's resp topic at QoS 1 (no decoding, no handler). Subject: a bridge worker (decode,
+validate, dedup cache, handler, publish QoS 1, ack after the answer is published).
+
+1. Round trip at QoS 1, one device, one request at a time: PING (the bridge path without a model)
+   and INFER (with the demo's remote CNN as a float TFLite model, whose own time is printed).
+2. Throughput: 16 devices, each one request at a time, PING, bridge vs echo.
+3. Batching: 64 devices send INFER to a Keras remote (the demo's remote CNN), one request at a time
+   each; per-request remote calls vs the bridge's dynamic batching.
+All clients set TCP_NODELAY (and the broker config sets set_tcp_nodelay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def _summary(name: str, seconds: list[float], wall: float | None = None) -> dict:
+    ms = np.array(seconds) * 1000
+    rps = len(ms) / (wall if wall else ms.sum() / 1000)
+    result = {"name": name, "rps": rps, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    print(f"{name:44s} {rps:8.0f} req/s   p50 {result['p50_ms']:7.3f} ms   p99 {result['p99_ms']:7.3f} ms")
+    return result
+
+
+class Echo:
+    """The baseline: raw paho, same topics, same QoS, answers from the network thread."""
+
+    def __init__(self, broker):
+        from firmware_bridge.mqtt_link import connect, make_client, response_topic
+
+        self.client = make_client(broker, "bench-echo")
+        self.client.on_message = lambda c, u, m: c.publish(response_topic(m.topic.split("/")[2]), m.payload, qos=1)
+        connect(self.client, broker)
+        self.client.subscribe("$share/bench-echo/bisup/v1/+/req", qos=1)
+        time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Device:
+    """One client that sends a body and waits for the reply on its resp topic."""
+
+    def __init__(self, broker, device_id: str):
+        from firmware_bridge.mqtt_link import connect, make_client, request_topic, response_topic
+
+        self.topic, self.reply = request_topic(device_id), threading.Event()
+        self.client = make_client(broker, f"bench-{device_id}")
+        self.client.on_message = lambda c, u, m: self.reply.set()
+        connect(self.client, broker)
+        self.client.subscribe(response_topic(device_id), qos=1)
+
+    def ask(self, body: bytes) -> float:
+        self.reply.clear()
+        start = time.perf_counter()
+        self.client.publish(self.topic, body, qos=1)
+        if not self.reply.wait(10):
+            raise RuntimeError("no reply within 10 s")
+        return time.perf_counter() - start
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _sequential(broker, body: Callable[[], bytes], count: int) -> list[float]:
+    device = Device(broker, "seq")
+    try:
+        for _ in range(20):
+            device.ask(body())  # warm-up
+        return [device.ask(body()) for _ in range(count)]
+    finally:
+        device.stop()
+
+
+def _concurrent(broker, body: Callable[[], bytes], devices: int, seconds: float) -> tuple[list[float], float]:
+    clients = [Device(broker, f"c{i}") for i in range(devices)]
+    times: list[float] = []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def loop(device: Device) -> None:
+        mine = []
+        while not stop.is_set():
+            mine.append(device.ask(body()))
+        with lock:
+            times.extend(mine)
+
+    threads = [threading.Thread(target=loop, args=(c,)) for c in clients]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    for client in clients:
+        client.stop()
+    return times, wall
+
+
+def _with_bridge(broker, handler, threads: int, work):
+    from firmware_bridge.mqtt_bridge import start_workers
+
+    # Session expiry 0: a stopped worker must not keep a share of the next measurement's requests.
+    workers = start_workers(broker, handler, 1, threads=threads, session_expiry_s=0, prefix="bench-")
+    time.sleep(0.2)
+    try:
+        return work()
+    finally:
+        workers[0].stop()
+
+
+def _with_echo(broker, work):
+    echo = Echo(broker)
+    try:
+        return work()
+    finally:
+        echo.stop()
+
+
+def _ratio(name: str, subject: dict, baseline: dict) -> None:
+    p50, p99 = subject["p50_ms"] / baseline["p50_ms"], subject["p99_ms"] / baseline["p99_ms"]
+    print(f"  {name}: p50 {p50:.2f}x, p99 {p99:.2f}x, throughput {subject['rps'] / baseline['rps']:.2f}x of the echo")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--devices", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+
+    from bench.serial_roundtrip import _float_remote
+    from firmware_bridge import protocol as p
+    from firmware_bridge.bundle import Bundle
+    from firmware_bridge.device_model import LocalModel
+    from firmware_bridge.handler import RequestHandler
+    from firmware_bridge.mqtt_link import Broker
+    from firmware_bridge.relay import Relay
+    from firmware_bridge.remotes import open_remote
+    from firmware_bridge.resilience import BatchingRemote
+    from toolkit import demo, digits
+    from toolkit.broker import run_broker
+
+    out = demo.cache_root() / "demo"
+    if not (out / "thresholds.json").is_file():
+        demo.run(progress=lambda m: print(f"setup: {m}", file=sys.stderr))
+    bundle = Bundle.load(out)
+    cache = demo.cache_root() / f"{demo.MODEL_VERSION}-seed0"
+    local = LocalModel(out / "model.tflite")
+    x_q, labels, conf = local.run(digits.splits(0)["test"][0][:1])
+    seq = iter(range(1, 1 << 31))
+    lock = threading.Lock()
+
+    def infer() -> bytes:  # a new seq each time, so no answer comes from the dedup cache
+        with lock:
+            number = next(seq)
+        return p.encode(p.Infer(number, int(labels[0]), int(conf[0]), x_q[0].tobytes()))
+
+    def ping() -> bytes:
+        return p.encode(p.Ping(1))
+    tflite = open_remote(_float_remote(cache))
+    keras_remote = open_remote(cache / "remote.keras")
+
+    def handler(remote) -> RequestHandler:
+        return RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle, cache_size=16)
+
+    with tempfile.TemporaryDirectory() as work, run_broker(Path(work)) as running:
+        broker = Broker.from_url(running.url)
+        print(f"mosquitto at {broker.url}; {args.requests} sequential requests; QoS 1 both ways\n")
+        echo = _summary("raw paho echo (baseline)",
+                        _with_echo(broker, lambda: _sequential(broker, ping, args.requests)))
+        bridge = _summary("bridge, PING", _with_bridge(broker, handler(tflite), 16,
+                                                       lambda: _sequential(broker, ping, args.requests)))
+        _ratio("bridge PING vs echo", bridge, echo)
+        inf = _summary("bridge, INFER (TFLite remote)", _with_bridge(
+            broker, handler(tflite), 16, lambda: _sequential(broker, infer, args.requests)))
+        _ratio("bridge INFER vs echo", inf, echo)
+
+        print(f"\n16 devices, {args.seconds:g} s each")
+        e_t, e_w = _with_echo(broker, lambda: _concurrent(broker, ping, 16, args.seconds))
+        echo16 = _summary("raw paho echo, 16 devices", e_t, e_w)
+        b_t, b_w = _with_bridge(broker, handler(tflite), 16, lambda: _concurrent(broker, ping, 16, args.seconds))
+        bridge16 = _summary("bridge PING, 16 devices", b_t, b_w)
+        _ratio("bridge vs echo", bridge16, echo16)
+
+        print(f"\n{args.devices} devices sending INFER to the Keras remote, {args.seconds:g} s each")
+        plain = _summary("per-request remote calls", *_with_bridge(
+            broker, handler(keras_remote), args.devices, lambda: _concurrent(broker, infer, args.devices,
+                                                                             args.seconds)))
+        batching = BatchingRemote(keras_remote, max_batch=args.devices, max_delay_ms=2.0)
+        try:
+            batched = _summary("dynamic batching (max 64, 2 ms)", *_with_bridge(
+                broker, handler(batching), args.devices, lambda: _concurrent(broker, infer, args.devices,
+                                                                             args.seconds)))
+        finally:
+            batching.close()
+        print(f"  batching gain: {batched['rps'] / plain['rps']:.1f}x throughput")
+
+
+if __name__ == "__main__":
+    main()
