@@ -207,3 +207,39 @@ def test_bad_device_names_are_refused(tmp_path):
     with pytest.raises(BrokerError, match="bad device or user name"):
         with run_broker(tmp_path, secure=True, devices=("d1", "+")):
             pass
+
+
+def test_cli_broker_serves_until_interrupted(tmp_path):
+    """`bisup broker` prints where it listens, serves, and takes mosquitto down with it on Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    from toolkit.broker import free_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "broker", "--port", str(port), "--dir",
+                                str(tmp_path / "b")], stderr=subprocess.PIPE, text=True)
+    try:
+        assert f"mosquitto on mqtt://127.0.0.1:{port}" in process.stderr.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def test_cli_broker_on_a_taken_port_is_one_line(tmp_path):
+    from cli_errors import error_line
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["broker", "--port", str(port), "--dir", str(tmp_path / "b")])
+    assert str(port) in error_line(result)
