@@ -73,11 +73,13 @@ def _run_devices(broker: Broker, setup, timeout_s=0.5, retries=3, during=None) -
     bundle, x = setup[0], setup[2]
     parts = np.array_split(np.arange(len(x)), len(DEVICES))
     results: dict[str, tuple] = {}
+    units: dict[str, VirtualDevice] = {}
 
     def one(device_id, index):
         link = DeviceLink(broker, device_id)
         try:  # one TFLM interpreter per device: an interpreter is not thread-safe
             unit = VirtualDevice(link, bundle.local_model(), bundle.threshold_int8, device_id, timeout_s, retries)
+            units[device_id] = unit
             unit.hello(10)
             results[device_id] = (index, unit.run(x[index]), unit.stats)
         finally:
@@ -87,7 +89,7 @@ def _run_devices(broker: Broker, setup, timeout_s=0.5, retries=3, during=None) -
     for thread in threads:
         thread.start()
     if during is not None:
-        during()
+        during(units)
     for thread in threads:
         thread.join(timeout=180)
     assert sorted(results) == sorted(DEVICES), "a device did not finish"
@@ -126,6 +128,16 @@ def _bridge_process(url: str, bundle, remote_path, name: str) -> subprocess.Pope
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def _after_requests(units: dict, count: int, action) -> int:
+    """Run ``action`` once the devices have sent ``count`` requests; return how many they had sent."""
+    deadline = time.monotonic() + 60
+    while sum(u.stats.requests for u in list(units.values())) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sent = sum(u.stats.requests for u in list(units.values()))
+    action()
+    return sent
+
+
 def _wait_serving(process: subprocess.Popen) -> None:
     line = process.stderr.readline()
     assert "serving" in line, line + process.stderr.read()
@@ -139,14 +151,16 @@ def test_killing_a_worker_mid_run_loses_nothing(mosquitto, setup, digits_example
     try:
         for process in bridges:
             _wait_serving(process)
-        results = _run_devices(broker, setup, timeout_s=0.5, retries=20,
-                               during=lambda: (time.sleep(1.0), os.killpg(bridges[0].pid, signal.SIGKILL)))
+        at_kill = []
+        results = _run_devices(broker, setup, timeout_s=0.5, retries=20, during=lambda units: at_kill.append(
+            _after_requests(units, 15, lambda: os.killpg(bridges[0].pid, signal.SIGKILL))))
     finally:
         for process in bridges:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGINT)
             process.wait(timeout=20)
-    _check_exactly_once(results, setup[4])
+    relayed = _check_exactly_once(results, setup[4])
+    assert relayed > at_kill[0] + 20, "the kill should land mid-run"
     counts = json.loads(bridges[1].stderr.read().strip().splitlines()[-1])
     assert counts.get("remote", 0) + counts.get("fallback-rejected", 0) > 0
 
@@ -155,12 +169,13 @@ def test_broker_restart_mid_run_loses_nothing(mosquitto, setup):
     broker = Broker.from_url(mosquitto.url)
     workers = start_workers(broker, _handler(setup), count=2, prefix="t3-")
     try:
-        results = _run_devices(broker, setup, timeout_s=0.5, retries=12,
-                               during=lambda: (time.sleep(0.5), mosquitto.restart()))
+        at_restart = []
+        results = _run_devices(broker, setup, timeout_s=0.5, retries=12, during=lambda units: at_restart.append(
+            _after_requests(units, 15, mosquitto.restart)))
     finally:
         for worker in workers:
             worker.stop()
-    _check_exactly_once(results, setup[4])
+    assert _check_exactly_once(results, setup[4]) > at_restart[0] + 20, "the restart should land mid-run"
 
 
 class _Down:
