@@ -149,37 +149,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
 
-    from bench.serial_roundtrip import _float_remote
+    from bench.demo_setup import demo_setup
     from firmware_bridge import protocol as p
-    from firmware_bridge.bundle import Bundle
-    from firmware_bridge.device_model import LocalModel
     from firmware_bridge.handler import RequestHandler
     from firmware_bridge.mqtt_link import Broker
     from firmware_bridge.relay import Relay
     from firmware_bridge.remotes import open_remote
     from firmware_bridge.resilience import BatchingRemote
-    from toolkit import demo, digits
     from toolkit.broker import run_broker
 
-    out = demo.cache_root() / "demo"
-    if not (out / "thresholds.json").is_file():
-        demo.run(progress=lambda m: print(f"setup: {m}", file=sys.stderr))
-    bundle = Bundle.load(out)
-    cache = demo.cache_root() / f"{demo.MODEL_VERSION}-seed0"
-    local = LocalModel(out / "model.tflite")
-    x_q, labels, conf = local.run(digits.splits(0)["test"][0][:1])
+    setup = demo_setup()
+    bundle = setup.bundle
     seq = iter(range(1, 1 << 31))
     lock = threading.Lock()
 
     def infer() -> bytes:  # a new seq each time, so no answer comes from the dedup cache
         with lock:
             number = next(seq)
-        return p.encode(p.Infer(number, int(labels[0]), int(conf[0]), x_q[0].tobytes()))
+        return p.encode(p.Infer(number, setup.label, setup.confidence, setup.x_q.tobytes()))
 
     def ping() -> bytes:
         return p.encode(p.Ping(1))
-    tflite = open_remote(_float_remote(cache))
-    keras_remote = open_remote(cache / "remote.keras")
+    tflite = open_remote(setup.float_remote())
+    keras_remote = open_remote(setup.cache / "remote.keras")
 
     def handler(remote) -> RequestHandler:
         return RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle, cache_size=16)

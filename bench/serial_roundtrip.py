@@ -65,45 +65,30 @@ def _echo_baseline(frame: bytes, count: int) -> list[float]:
     return times
 
 
-def _float_remote(cache: Path) -> Path:
-    path = cache / "remote-float.tflite"
-    if not path.is_file():
-        import keras
-        import tensorflow as tf
-
-        keras.models.load_model(cache / "remote.keras").export(cache / "remote-savedmodel", verbose=False)
-        path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(cache / "remote-savedmodel")).convert())
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
 
+    from bench.demo_setup import demo_setup
     from firmware_bridge import framing
     from firmware_bridge import protocol as p
-    from firmware_bridge.bundle import Bundle
     from firmware_bridge.device_model import LocalModel
     from firmware_bridge.handler import RequestHandler
     from firmware_bridge.relay import Relay
     from firmware_bridge.remotes import open_remote
     from firmware_bridge.serial_bridge import bridge_over_pty
     from firmware_bridge.virtual_device import SerialLink, VirtualDevice
-    from toolkit import demo, digits
 
-    out = demo.cache_root() / "demo"
-    if not (out / "thresholds.json").is_file():
-        demo.run(progress=lambda m: print(f"setup: {m}", file=sys.stderr))
-    bundle = Bundle.load(out)
-    remote = open_remote(_float_remote(demo.cache_root() / f"{demo.MODEL_VERSION}-seed0"))
-    local = LocalModel(out / "model.tflite")
-    x_q, labels, conf = local.run(digits.splits(0)["test"][0][:1])
-    frame = framing.encode_frame(p.encode(p.Infer(1, int(labels[0]), int(conf[0]), x_q[0].tobytes())))
+    setup = demo_setup()
+    bundle = setup.bundle
+    remote = open_remote(setup.float_remote())
+    local = LocalModel(bundle.path / "model.tflite")
+    frame = framing.encode_frame(p.encode(p.Infer(1, setup.label, setup.confidence, setup.x_q.tobytes())))
 
     print(f"{args.requests} requests, INFER frame of {len(frame)} bytes, answer frame of 13 bytes")
     baseline = _summary("raw pty echo (baseline)", _echo_baseline(frame, args.requests))
-    x = bundle.quantization.dequantize(x_q[0])[None]
+    x = bundle.quantization.dequantize(setup.x_q)[None]
     remote_only: list[float] = []
     for _ in range(200):
         start = time.perf_counter()
@@ -118,7 +103,7 @@ def main() -> None:
         times = []
         for _ in range(args.requests):
             start = time.perf_counter()
-            device.ask(x_q[0], int(labels[0]), int(conf[0]))
+            device.ask(setup.x_q, setup.label, setup.confidence)
             times.append(time.perf_counter() - start)
     bridge = _summary("device -> bridge -> answer", times)
     assert device.stats.answered == args.requests, device.stats

@@ -44,6 +44,19 @@ def bundle_dir(converted, digits_example, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def archive(bundle_dir, tmp_path_factory):
+    """`bisup bundle` of the test bundle; tests that tamper with it work on copies."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    out = tmp_path_factory.mktemp("dist") / "digits-1.0.bisup"
+    result = CliRunner().invoke(main, ["bundle", str(bundle_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """`bisup demo` once per session in its own cache: (result, progress messages, cache folder)."""
     from toolkit import demo

@@ -16,14 +16,6 @@ from toolkit.cli import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def archive(bundle_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "digits-1.0.bisup"
-    result = CliRunner().invoke(main, ["bundle", str(bundle_dir), "--out", str(out)])
-    assert result.exit_code == 0, result.stderr
-    return out
-
-
 def _rewrite(source, target, change):
     with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
         for info in old.infolist():

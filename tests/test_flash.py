@@ -95,14 +95,6 @@ def c_reader(tmp_path_factory):
     return lambda path: subprocess.run([str(exe), str(path)], check=True, capture_output=True, text=True).stdout
 
 
-@pytest.fixture(scope="module")
-def archive(bundle_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "digits.bisup"
-    result = CliRunner().invoke(main, ["bundle", str(bundle_dir), "--out", str(out)])
-    assert result.exit_code == 0, result.stderr
-    return out
-
-
 def _dry_run(archive: Path, board: str, out: Path) -> dict:
     result = CliRunner().invoke(main, ["flash", str(archive), "--board", board, "--dry-run", "--out", str(out),
                                        "--json"])
