@@ -57,14 +57,11 @@ class FlashPlan:
         return {"board": self.board.name, "tool": self.tool, "target": self.board.flash_target,
                 "writes": [w.describe() for w in self.writes]}
 
-    def save(self, folder: Path) -> list[Path]:
+    def save(self, folder: Path) -> None:
         """Write each image (and the partition CSV) to ``folder`` for inspection or manual flashing."""
         folder.mkdir(parents=True, exist_ok=True)
-        paths = []
         for name, data in [(w.file, w.data) for w in self.writes] + list(self.extra_files):
             (folder / name).write_bytes(data)
-            paths.append(folder / name)
-        return paths
 
     def command(self, port: str) -> str:
         """The equivalent manual command, for users who flash with the vendors' tools."""
@@ -77,23 +74,18 @@ class FlashPlan:
 
 def esp_container(payload: bytes, chip: str) -> bytes:
     """The payload as one flash-mapped (DROM) segment of an ESP firmware image for ``chip``."""
+    from esptool.bin_image import ImageSegment
     from esptool.targets import CHIP_DEFS
 
     rom = CHIP_DEFS[chip]
     image = rom.BOOTLOADER_IMAGE()
     image.chip_id = rom.IMAGE_CHIP_ID
     # Load address 0x20 past the DROM window start keeps the segment at file offset 32, no padding.
-    image.segments = [_segment(rom.DROM_MAP_START + 0x20, payload)]
+    image.segments = [ImageSegment(rom.DROM_MAP_START + 0x20, payload)]
     with tempfile.TemporaryDirectory(prefix="bisup-esp-") as folder:  # esptool saves to a path only
         path = Path(folder) / "model.bin"
         image.save(str(path))
         return path.read_bytes()
-
-
-def _segment(address: int, data: bytes):
-    from esptool.bin_image import ImageSegment
-
-    return ImageSegment(address, data)
 
 
 def plan(bundle: Bundle, board: BoardProfile) -> FlashPlan:
@@ -209,8 +201,8 @@ def table(flash_plan: FlashPlan, port: str) -> str:
     """The human view of a plan: every write with offset, end, size and SHA-256."""
     lines = [f"{flash_plan.board.name} via {flash_plan.tool} ({flash_plan.board.flash_target})",
              f"{'offset':>10}  {'end':>10}  {'bytes':>9}  {'sha256':<16}  what"]
-    for w in flash_plan.writes:
-        lines.append(f"{w.offset:#10x}  {w.offset + len(w.data):#10x}  {len(w.data):>9,}  "
-                     f"{hashlib.sha256(w.data).hexdigest()[:16]}  {w.what} ({w.file})")
+    for w in (write.describe() for write in flash_plan.writes):
+        lines.append(f"{w['offset']:#10x}  {w['end']:#10x}  {w['bytes']:>9,}  {w['sha256'][:16]}  {w['what']} "
+                     f"({w['file']})")
     lines.append(f"same as: {flash_plan.command(port)}")
     return "\n".join(lines)
