@@ -1,13 +1,17 @@
 """The bridge's per-request logic, independent of the transport (serial or MQTT).
 
-Every body gets an outcome: an answer, a cached answer for a retried sequence number (kept for a
-TTL, so that a sequence number reused much later is a new request), an ERROR
-frame naming what was wrong, or (for frames the device should never send) a counted, logged drop.
+Every body gets an outcome: an answer, a cached answer for a retried request, an ERROR frame
+naming what was wrong, or (for frames the device should never send) a counted, logged drop.
+
+A retry is the same device, the same boot id, the same sequence number *and* the same payload
+(its digest is part of the key), within a TTL. Sequence numbers restart after a reboot, but the
+boot id does not repeat, so a rebooted device never gets another input's answer from the cache.
 Each relay is logged as a JSON line; that log is also the labelled set of hard inputs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -22,7 +26,8 @@ from firmware_bridge.bundle import Bundle
 from firmware_bridge.relay import InferRequest, Relay
 from firmware_bridge.remotes import RemoteError
 
-FIRMWARE = (0, 1, 0)
+FIRMWARE = (0, 2, 0)
+CacheKey = tuple[str, int, int, bytes]  # device, boot id, seq, payload digest
 
 
 class RelayLog:
@@ -50,9 +55,9 @@ class RequestHandler:
         self.relay, self.bundle, self.log = relay, bundle, log or RelayLog(None)
         self.bridge_id = bridge_id
         self.counts: Counter[str] = Counter()
-        self._cache: OrderedDict[tuple[str, int], tuple[float, bytes]] = OrderedDict()
+        self._cache: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
         self._cache_size, self._cache_ttl_s = cache_size, cache_ttl_s
-        self._inflight: dict[tuple[str, int], threading.Event] = {}
+        self._inflight: dict[CacheKey, threading.Event] = {}
         self._lock, self._count_lock = threading.Lock(), threading.Lock()
 
     def count(self, name: str) -> None:
@@ -62,9 +67,9 @@ class RequestHandler:
     def error(self, exc: p.ProtocolError, device: str) -> bytes:
         """The ERROR reply for a frame or body that could not be accepted (counted and logged)."""
         self.count(f"error_{exc.code.name.lower()}")
-        self.log.write({"time": time.time(), "device": device, "seq": exc.seq, "error": exc.code.name,
-                        "detail": str(exc)})
-        return p.encode(p.ErrorMsg(exc.seq, exc.code, exc.detail))
+        self.log.write({"time": time.time(), "device": device, "boot": exc.boot, "seq": exc.seq,
+                        "error": exc.code.name, "detail": str(exc)})
+        return p.encode_error(exc)
 
     def handle(self, device: str, body: bytes) -> bytes | None:
         try:
@@ -73,22 +78,22 @@ class RequestHandler:
             return self.error(exc, device)
         if isinstance(msg, p.Hello):
             self.count("hello")
-            return p.encode(p.Hello(msg.seq, FIRMWARE, self.bundle.model_hash, self.bridge_id))
+            return p.encode(p.Hello(msg.seq, FIRMWARE, self.bundle.model_hash, self.bridge_id, boot=msg.boot))
         if isinstance(msg, p.Ping):
             self.count("ping")
-            return p.encode(p.Pong(msg.seq))
+            return p.encode(p.Pong(msg.seq, boot=msg.boot))
         if isinstance(msg, p.Infer):
-            return self._infer(device, msg)
+            return self._infer(device, msg, hashlib.blake2b(body[p.HEADER.size :], digest_size=16).digest())
         self.count(f"ignored_{type(msg).__name__.lower()}")  # devices do not send these
         return None
 
-    def _infer(self, device: str, msg: p.Infer) -> bytes:
+    def _infer(self, device: str, msg: p.Infer, digest: bytes) -> bytes:
         expected = self.bundle.input_elements
         if msg.dtype != p.DTYPE_INT8 or len(msg.data) != expected:
             return self.error(p.ProtocolError(p.ErrorCode.BAD_TENSOR, f"dtype {msg.dtype} with {len(msg.data)} "
-                                              f"elements; the bundle takes int8 x {expected}", msg.seq, expected),
-                              device)
-        key = (device, msg.seq)
+                                              f"elements; the bundle takes int8 x {expected}", msg.seq, expected,
+                                              msg.boot), device)
+        key = (device, msg.boot, msg.seq, digest)
         while True:
             with self._lock:
                 cached, running = self._cached(key), self._inflight.get(key)
@@ -110,8 +115,8 @@ class RequestHandler:
                 self._inflight.pop(key).set()
         return reply
 
-    def _cached(self, key: tuple[str, int]) -> bytes | None:
-        """The stored answer for a retried (device, seq), while it is younger than the TTL (lock held)."""
+    def _cached(self, key: CacheKey) -> bytes | None:
+        """The stored answer for a retried request, while it is younger than the TTL (lock held)."""
         entry = self._cache.get(key)
         if entry is None:
             return None
@@ -124,16 +129,17 @@ class RequestHandler:
         start = time.perf_counter()
         request = InferRequest(device, msg.seq, np.frombuffer(msg.data, dtype=np.int8), msg.local_label,
                                msg.local_confidence)
-        entry = {"time": time.time(), "device": device, "seq": msg.seq, "local_label": msg.local_label,
-                 "local_confidence": msg.local_confidence}
+        entry = {"time": time.time(), "device": device, "boot": msg.boot, "seq": msg.seq,
+                 "local_label": msg.local_label, "local_confidence": msg.local_confidence}
         try:
             answer = self.relay.handle(request)
         except RemoteError as exc:
             self.count("remote_unavailable")
             self.log.write(entry | {"decision": "fallback-remote-unavailable", "error": str(exc)})
-            return p.encode(p.AnswerMsg(msg.seq, msg.local_label, 0.0, p.Source.FALLBACK))
+            return p.encode(p.AnswerMsg(msg.seq, msg.local_label, 0.0, p.Source.FALLBACK, boot=msg.boot))
         decision = "remote" if answer.source is p.Source.REMOTE else "fallback-rejected"
         self.count(decision)
         self.log.write(entry | {"remote_label": answer.remote_label, "remote_confidence": answer.confidence,
                                 "decision": decision, "latency_ms": 1000 * (time.perf_counter() - start)})
-        return p.encode(p.AnswerMsg(msg.seq, answer.label, answer.confidence, answer.source, answer.rejected))
+        return p.encode(p.AnswerMsg(msg.seq, answer.label, answer.confidence, answer.source, answer.rejected,
+                                    boot=msg.boot))

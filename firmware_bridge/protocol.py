@@ -1,19 +1,25 @@
-"""Message bodies of the bisup wire protocol, version 1 (see PROTOCOL.md).
+"""Message bodies of the bisup wire protocol, version 2 (see PROTOCOL.md).
 
 The body is transport-neutral: serial wraps it in COBS + CRC (``framing``), MQTT carries it as is.
 ``decode`` never raises anything but ``ProtocolError``, whose code and sequence number let the
 receiver answer with an ERROR frame instead of dropping the frame silently.
+
+Version 2 puts the device's boot id in every header: a device draws a new one at every boot, the
+host echoes it, and every cache key includes it, so sequence numbers that restart at 1 after a
+reboot can never be answered with another boot's answers.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
-VERSION = 1
-MAX_BODY = 1024
-HEADER = struct.Struct("<BBI")
+VERSION = 2
+LEGACY_VERSION = 1
+MAX_BODY = 262_144  # the host's limit; a device states its own (a compile-time macro) in HELLO
+HEADER = struct.Struct("<BBII")  # version, type, seq, boot: seq sits at offset 2 in every version
+LEGACY_HEADER = struct.Struct("<BBI")
 HASH_BYTES = 32
 MAX_ID = 32
 DTYPE_INT8 = 1
@@ -48,11 +54,13 @@ class Source(IntEnum):
 
 
 class ProtocolError(ValueError):
-    """A body or frame that cannot be accepted; ``seq`` is 0 when the header cannot be trusted."""
+    """A body or frame that cannot be accepted; ``seq`` and ``boot`` are 0 when the header cannot be
+    trusted. ``peer_version`` is the version the sender spoke, so the ERROR reply can be laid out in it."""
 
-    def __init__(self, code: ErrorCode, message: str, seq: int = 0, detail: int = 0):
+    def __init__(self, code: ErrorCode, message: str, seq: int = 0, detail: int = 0, boot: int = 0,
+                 peer_version: int = VERSION):
         super().__init__(f"{code.name}: {message}")
-        self.code, self.seq, self.detail = code, seq, detail
+        self.code, self.seq, self.detail, self.boot, self.peer_version = code, seq, detail, boot, peer_version
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class Hello:
     firmware: tuple[int, int, int]
     model_hash: bytes
     device_id: str
+    max_body: int = MAX_BODY
+    boot: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class Infer:
     local_confidence: int
     data: bytes
     dtype: int = DTYPE_INT8
+    boot: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class AnswerMsg:
     confidence: float
     source: Source
     rejected: bool = False
+    boot: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -86,16 +98,19 @@ class ErrorMsg:
     seq: int
     code: ErrorCode
     detail: int = 0
+    boot: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
 class Ping:
     seq: int
+    boot: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
 class Pong:
     seq: int
+    boot: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,7 @@ class Feed:
     seq: int
     data: bytes
     dtype: int = DTYPE_INT8
+    boot: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,7 @@ class Report:
     local_label: int
     local_confidence: int
     latency_us: int
+    boot: int = field(default=0, kw_only=True)
 
 
 Message = Hello | Infer | AnswerMsg | ErrorMsg | Ping | Pong | Feed | Report
@@ -127,34 +144,50 @@ def _q16(value: float) -> int:
     return max(0, min(65535, round(value * 65535)))
 
 
+INFER_FIXED = struct.Struct("<HbBI")  # local label, local confidence, dtype, element count
+FEED_FIXED = struct.Struct("<BI")  # dtype, element count
+ANSWER_FMT, ERROR_FMT, REPORT_FMT, MAX_BODY_FMT = "<HHBB", "<BI", "<HBBHbI", "<I"
+
+
 def _payload(msg: Message) -> tuple[MsgType, bytes]:
     if isinstance(msg, Hello):
         ident = msg.device_id.encode("ascii")
         if not 1 <= len(ident) <= MAX_ID or len(msg.model_hash) != HASH_BYTES:
             raise ValueError(f"device id must be 1..{MAX_ID} ASCII bytes and the hash {HASH_BYTES} bytes")
-        return MsgType.HELLO, bytes(msg.firmware) + msg.model_hash + bytes([len(ident)]) + ident
+        return MsgType.HELLO, (bytes(msg.firmware) + msg.model_hash + struct.pack(MAX_BODY_FMT, msg.max_body)
+                               + bytes([len(ident)]) + ident)
     if isinstance(msg, Infer):
-        return MsgType.INFER, struct.pack("<HbBH", msg.local_label, msg.local_confidence, msg.dtype,
-                                          len(msg.data)) + msg.data
+        fixed = INFER_FIXED.pack(msg.local_label, msg.local_confidence, msg.dtype, len(msg.data))
+        return MsgType.INFER, fixed + msg.data
     if isinstance(msg, AnswerMsg):
-        return MsgType.ANSWER, struct.pack("<HHBB", msg.label, _q16(msg.confidence), msg.source, int(msg.rejected))
+        return MsgType.ANSWER, struct.pack(ANSWER_FMT, msg.label, _q16(msg.confidence), msg.source,
+                                           int(msg.rejected))
     if isinstance(msg, ErrorMsg):
-        return MsgType.ERROR, struct.pack("<BH", msg.code, msg.detail)
+        return MsgType.ERROR, struct.pack(ERROR_FMT, msg.code, msg.detail)
     if isinstance(msg, Feed):
-        return MsgType.FEED, struct.pack("<BH", msg.dtype, len(msg.data)) + msg.data
+        return MsgType.FEED, FEED_FIXED.pack(msg.dtype, len(msg.data)) + msg.data
     if isinstance(msg, Report):
-        return MsgType.REPORT, struct.pack("<HBBHbI", msg.label, msg.source, int(msg.rejected), msg.local_label,
+        return MsgType.REPORT, struct.pack(REPORT_FMT, msg.label, msg.source, int(msg.rejected), msg.local_label,
                                            msg.local_confidence, msg.latency_us)
     return (MsgType.PING if isinstance(msg, Ping) else MsgType.PONG), b""
 
 
-def encode(msg: Message) -> bytes:
-    """The body of ``msg``; raises ValueError when it would exceed ``MAX_BODY``."""
+def encode(msg: Message, max_body: int = MAX_BODY) -> bytes:
+    """The body of ``msg``; raises ValueError when it would exceed ``max_body`` (the receiver's limit)."""
     kind, payload = _payload(msg)
-    body = HEADER.pack(VERSION, kind, msg.seq) + payload
-    if len(body) > MAX_BODY:
-        raise ValueError(f"message body of {len(body)} bytes exceeds the protocol maximum of {MAX_BODY}")
+    body = HEADER.pack(VERSION, kind, msg.seq, msg.boot) + payload
+    if len(body) > max_body:
+        raise ValueError(f"message body of {len(body)} bytes exceeds the limit of {max_body}")
     return body
+
+
+def encode_error(exc: ProtocolError) -> bytes:
+    """The ERROR reply to a body that raised ``exc``, laid out in the version its sender speaks: a
+    version-1 device can read a version-1 ERROR, so it ends its request with its own local answer."""
+    if exc.peer_version == LEGACY_VERSION:
+        return LEGACY_HEADER.pack(LEGACY_VERSION, MsgType.ERROR, exc.seq) + struct.pack("<BH", exc.code,
+                                                                                       min(exc.detail, 0xFFFF))
+    return encode(ErrorMsg(exc.seq, exc.code, exc.detail, boot=exc.boot))
 
 
 def _fixed(payload: bytes, fmt: str, seq: int, kind: MsgType) -> tuple:
@@ -164,82 +197,105 @@ def _fixed(payload: bytes, fmt: str, seq: int, kind: MsgType) -> tuple:
     return struct.unpack(fmt, payload)
 
 
-def _hello(payload: bytes, seq: int) -> Hello:
-    fixed = 3 + HASH_BYTES + 1
+def _hello(payload: bytes, seq: int, boot: int) -> Hello:
+    fixed = 3 + HASH_BYTES + 4 + 1
     if len(payload) < fixed or len(payload) != fixed + payload[fixed - 1] or not 1 <= payload[fixed - 1] <= MAX_ID:
         raise ProtocolError(ErrorCode.BAD_LENGTH, f"HELLO payload of {len(payload)} bytes is malformed", seq)
     ident = payload[fixed:]
     if not ident.isascii():
         raise ProtocolError(ErrorCode.BAD_LENGTH, "HELLO device id is not ASCII", seq)
-    return Hello(seq, tuple(payload[:3]), payload[3 : 3 + HASH_BYTES], ident.decode("ascii"))
+    (max_body,) = struct.unpack_from(MAX_BODY_FMT, payload, 3 + HASH_BYTES)
+    return Hello(seq, tuple(payload[:3]), payload[3 : 3 + HASH_BYTES], ident.decode("ascii"), max_body, boot=boot)
 
 
-def _infer(payload: bytes, seq: int) -> Infer:
-    if len(payload) < 6:
-        raise ProtocolError(ErrorCode.BAD_LENGTH, f"INFER payload of {len(payload)} bytes is truncated", seq)
-    label, confidence, dtype, count = struct.unpack_from("<HbBH", payload)
-    if len(payload) != 6 + count:
-        raise ProtocolError(ErrorCode.BAD_LENGTH, f"INFER declares {count} elements but carries {len(payload) - 6}",
-                            seq)
-    return Infer(seq, label, confidence, payload[6:], dtype)
+def _tensor(payload: bytes, fixed: struct.Struct, seq: int, kind: MsgType) -> tuple:
+    """The fixed fields of an INFER or FEED, checked against the element count it declares."""
+    if len(payload) < fixed.size:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"{kind.name} payload of {len(payload)} bytes is truncated", seq)
+    fields = fixed.unpack_from(payload)
+    if len(payload) != fixed.size + fields[-1]:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"{kind.name} declares {fields[-1]} elements but carries "
+                            f"{len(payload) - fixed.size}", seq)
+    return fields
+
+
+def _source(value: int, seq: int, kind: MsgType) -> Source:
+    if value not in Source._value2member_map_:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"{kind.name} source {value} is not 0, 1 or 2", seq)
+    return Source(value)
+
+
+def _header(body: bytes) -> tuple[int, int, int]:
+    """Version, type and seq of a body, or a ProtocolError that a reply can be built from."""
+    if len(body) < LEGACY_HEADER.size:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"body of {len(body)} bytes is shorter than the header")
+    version, kind, seq = LEGACY_HEADER.unpack_from(body)
+    if version != VERSION:
+        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {version}, this side speaks {VERSION}", seq,
+                            VERSION, peer_version=version)
+    if len(body) < HEADER.size:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"body of {len(body)} bytes is shorter than the header", seq)
+    return version, kind, seq
 
 
 def decode(body: bytes) -> Message:
-    """Parse a body; raise ``ProtocolError`` with the code to answer with."""
-    if len(body) < HEADER.size:
-        raise ProtocolError(ErrorCode.BAD_LENGTH, f"body of {len(body)} bytes is shorter than the header")
+    """Parse a body; raise ``ProtocolError`` with the code (and seq and boot, where readable) to answer with."""
     if len(body) > MAX_BODY:
         raise ProtocolError(ErrorCode.TOO_LONG, f"body of {len(body)} bytes exceeds {MAX_BODY}")
-    version, kind, seq = HEADER.unpack_from(body)
-    payload = body[HEADER.size :]
-    if version != VERSION:
-        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {version}, this side speaks {VERSION}", seq,
-                            VERSION)
+    _, kind, seq = _header(body)
+    boot = HEADER.unpack_from(body)[3]
+    try:
+        return _message(kind, body[HEADER.size :], seq, boot)
+    except ProtocolError as exc:
+        exc.boot = boot
+        raise
+
+
+def _message(kind: int, payload: bytes, seq: int, boot: int) -> Message:
     if kind == MsgType.HELLO:
-        return _hello(payload, seq)
+        return _hello(payload, seq, boot)
     if kind == MsgType.INFER:
-        return _infer(payload, seq)
+        label, confidence, dtype, count = _tensor(payload, INFER_FIXED, seq, MsgType.INFER)
+        return Infer(seq, label, confidence, payload[INFER_FIXED.size :], dtype, boot=boot)
     if kind == MsgType.ANSWER:
-        label, confidence, source, flags = _fixed(payload, "<HHBB", seq, MsgType.ANSWER)
-        if source not in Source._value2member_map_:
-            raise ProtocolError(ErrorCode.BAD_LENGTH, f"ANSWER source {source} is not 0, 1 or 2", seq)
-        return AnswerMsg(seq, label, confidence / 65535, Source(source), bool(flags & 1))
+        label, confidence, source, flags = _fixed(payload, ANSWER_FMT, seq, MsgType.ANSWER)
+        return AnswerMsg(seq, label, confidence / 65535, _source(source, seq, MsgType.ANSWER), bool(flags & 1),
+                         boot=boot)
     if kind == MsgType.ERROR:
-        code, detail = _fixed(payload, "<BH", seq, MsgType.ERROR)
+        code, detail = _fixed(payload, ERROR_FMT, seq, MsgType.ERROR)
         if code not in ErrorCode._value2member_map_:
             raise ProtocolError(ErrorCode.BAD_LENGTH, f"ERROR code {code} is unknown", seq)
-        return ErrorMsg(seq, ErrorCode(code), detail)
+        return ErrorMsg(seq, ErrorCode(code), detail, boot=boot)
     if kind == MsgType.FEED:
-        if len(payload) < 3 or len(payload) != 3 + struct.unpack_from("<H", payload, 1)[0]:
-            raise ProtocolError(ErrorCode.BAD_LENGTH, f"FEED payload of {len(payload)} bytes is malformed", seq)
-        return Feed(seq, payload[3:], payload[0])
+        dtype, _ = _tensor(payload, FEED_FIXED, seq, MsgType.FEED)
+        return Feed(seq, payload[FEED_FIXED.size :], dtype, boot=boot)
     if kind == MsgType.REPORT:
-        label, source, rejected, local_label, confidence, latency = _fixed(payload, "<HBBHbI", seq, MsgType.REPORT)
-        if source not in Source._value2member_map_:
-            raise ProtocolError(ErrorCode.BAD_LENGTH, f"REPORT source {source} is not 0, 1 or 2", seq)
-        return Report(seq, label, Source(source), bool(rejected & 1), local_label, confidence, latency)
+        label, source, rejected, local_label, confidence, latency = _fixed(payload, REPORT_FMT, seq, MsgType.REPORT)
+        return Report(seq, label, _source(source, seq, MsgType.REPORT), bool(rejected & 1), local_label, confidence,
+                      latency, boot=boot)
     if kind in (MsgType.PING, MsgType.PONG):
         _fixed(payload, "<", seq, MsgType(kind))
-        return Ping(seq) if kind == MsgType.PING else Pong(seq)
+        return Ping(seq, boot=boot) if kind == MsgType.PING else Pong(seq, boot=boot)
     raise ProtocolError(ErrorCode.BAD_TYPE, f"unknown message type 0x{kind:02x}", seq, kind)
 
 
 def describe(msg: Message) -> str:
     """A canonical one-line form, shared with the C test harness for the golden vectors."""
+    head = f"{type(msg).__name__.upper().removesuffix('MSG')} seq={msg.seq} boot={msg.boot}"
     if isinstance(msg, Hello):
         fw = ".".join(map(str, msg.firmware))
-        return f"HELLO seq={msg.seq} fw={fw} hash={msg.model_hash.hex()} id={msg.device_id}"
+        return f"{head} fw={fw} hash={msg.model_hash.hex()} max_body={msg.max_body} id={msg.device_id}"
     if isinstance(msg, Infer):
-        return (f"INFER seq={msg.seq} label={msg.local_label} conf={msg.local_confidence} dtype={msg.dtype} "
-                f"n={len(msg.data)} data={msg.data.hex()}")
+        return (f"{head} label={msg.local_label} conf={msg.local_confidence} dtype={msg.dtype} n={len(msg.data)} "
+                f"data={msg.data.hex()}")
     if isinstance(msg, AnswerMsg):
-        return (f"ANSWER seq={msg.seq} label={msg.label} conf={_q16(msg.confidence)} source={int(msg.source)} "
+        return (f"{head} label={msg.label} conf={_q16(msg.confidence)} source={int(msg.source)} "
                 f"rejected={int(msg.rejected)}")
     if isinstance(msg, ErrorMsg):
-        return f"ERROR seq={msg.seq} code={int(msg.code)} detail={msg.detail}"
+        return f"{head} code={int(msg.code)} detail={msg.detail}"
     if isinstance(msg, Feed):
-        return f"FEED seq={msg.seq} dtype={msg.dtype} n={len(msg.data)} data={msg.data.hex()}"
+        return f"{head} dtype={msg.dtype} n={len(msg.data)} data={msg.data.hex()}"
     if isinstance(msg, Report):
-        return (f"REPORT seq={msg.seq} label={msg.label} source={int(msg.source)} rejected={int(msg.rejected)} "
+        return (f"{head} label={msg.label} source={int(msg.source)} rejected={int(msg.rejected)} "
                 f"local_label={msg.local_label} conf={msg.local_confidence} latency_us={msg.latency_us}")
-    return f"{type(msg).__name__.upper()} seq={msg.seq}"
+    return head

@@ -1,11 +1,13 @@
 """A device without a board: the exported model in the TFLM interpreter, the int8 threshold, and
 the wire protocol over a link (a serial-like port, or MQTT through ``mqtt_link.DeviceLink``). It
 behaves as the C library's state machine does: one request at a time, resent with the same
-sequence number on timeout, local fallback at the end.
+sequence number on timeout, local fallback at the end. Each instance is one boot: it draws a fresh
+random boot id, stamps it on every message and ignores replies addressed to another boot.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -65,6 +67,7 @@ class VirtualDevice:
         self.link, self.local, self.decision = link, local, LocalDecision(threshold_int8)
         self.device_id, self.timeout_s, self.retries = device_id, timeout_s, retries
         self.stats = DeviceStats()
+        self.boot = secrets.randbits(32)  # a new identity per boot, as firmware draws from its RNG
         self._seq = 0
 
     def _next_seq(self) -> int:
@@ -85,7 +88,7 @@ class VirtualDevice:
                 except p.ProtocolError:
                     self.stats.bad_frames += 1
                     continue
-                if msg.seq == seq and isinstance(msg, kinds):
+                if msg.seq == seq and msg.boot == self.boot and isinstance(msg, kinds):
                     return msg
         return None
 
@@ -93,7 +96,7 @@ class VirtualDevice:
         """Greet the bridge with the model hash until it answers, as a booting board does (a bridge
         that opens its port later discards what was sent before); return its HELLO."""
         seq = self._next_seq()
-        hello = p.Hello(seq, (0, 1, 0), self.local.model_hash, self.device_id)
+        hello = p.Hello(seq, (0, 2, 0), self.local.model_hash, self.device_id, boot=self.boot)
         give_up = time.monotonic() + timeout_s
         while time.monotonic() < give_up:
             self._send(hello)
@@ -105,7 +108,7 @@ class VirtualDevice:
     def ask(self, x_int8: np.ndarray, label: int, confidence: int) -> Answer:
         """Relay one unsure input: resend with the same seq on timeout, fall back after the retries."""
         seq = self._next_seq()
-        request = p.Infer(seq, label, confidence, x_int8.astype(np.int8).tobytes())
+        request = p.Infer(seq, label, confidence, x_int8.astype(np.int8).tobytes(), boot=self.boot)
         self.stats.requests += 1
         for attempt in range(self.retries + 1):
             self.stats.resends += attempt > 0

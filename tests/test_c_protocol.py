@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "firmware_bridge" / "c"
 HARNESS = ROOT / "tests" / "c" / "proto_harness.c"
 FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+HOST_MAX_BODY = 32768  # the harness carries the golden 96x96x3 INFER (27,666-byte body)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def harness(tmp_path_factory):
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed (CI installs it)")
     exe = tmp_path_factory.mktemp("c") / "proto_harness"
-    subprocess.run(["gcc", *FLAGS, "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", f"-I{LIB}",
+    subprocess.run(["gcc", *FLAGS, f"-DBP_MAX_BODY={HOST_MAX_BODY}u", "-g", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=all", f"-I{LIB}",
                     str(LIB / "bisup_proto.c"), str(LIB / "bisup_app.c"), str(HARNESS), "-o", str(exe)], check=True)
     return exe
 

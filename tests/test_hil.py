@@ -72,7 +72,8 @@ def test_bundle_for_another_model_is_refused(hil_setup, converted, tmp_path):
     local = board_bundle.local_model()
     x_q, labels, conf = local.run(x[:5])
     with pytest.raises(hil.HilError, match="the board runs model .* but the bundle holds"):
-        elf = hil.build_firmware("mps2-an386", hil.replay_header(board_bundle, x_q, labels, conf, 200, 3), tmp_path)
+        elf = hil.build_firmware("mps2-an386", hil.replay_header(board_bundle, x_q, labels, conf, 200, 3), tmp_path,
+                                 x_q[0].size)
         with hil.qemu("mps2-an386", elf) as url, hil.open_port(url) as port:
             hil.HilSession(port, None).handshake(other.model_hash, 10)
 
@@ -125,3 +126,23 @@ def test_port_already_in_use(hil_setup):
         device_end.close()
         os.close(slave)
     assert f"port {path} is already in use by another program" in error_line(result)
+
+
+def test_each_boot_of_the_emulated_board_has_its_own_id(hil_setup, tmp_path):
+    """The boot id comes from the board's entropy (QEMU's loader plays the TRNG), so a reset board
+    never reuses the id under which the bridge cached its previous answers."""
+    from firmware_bridge.bundle import Bundle
+    from toolkit import hil
+
+    out, _, _ = hil_setup
+    board_bundle = Bundle.load(out / "digits.bisup")
+    x, _ = np.load(out / "test.npz").values()
+    x_q, labels, conf = board_bundle.local_model().run(x[:2])
+    elf = hil.build_firmware("mps2-an386", hil.replay_header(board_bundle, x_q, labels, conf, 200, 3), tmp_path,
+                             x_q[0].size)
+    boots = []
+    for _ in range(2):
+        with hil.qemu("mps2-an386", elf) as url, hil.open_port(url) as port:
+            hello = hil.HilSession(port, None).handshake(board_bundle.model_hash, 10)
+            boots.append(hello.boot)
+    assert boots[0] != boots[1] and hello.max_body >= x_q[0].size

@@ -46,24 +46,53 @@ def test_crc_is_xmodem():
 
 
 def test_body_limit_is_enforced_on_both_sides():
-    with pytest.raises(ValueError, match="exceeds the protocol maximum"):
+    with pytest.raises(ValueError, match="exceeds the limit of 262144"):
         p.encode(p.Infer(1, 0, 0, bytes(p.MAX_BODY)))
+    with pytest.raises(ValueError, match="exceeds the limit of 1040"):  # a device's limit, from its HELLO
+        p.encode(p.Feed(1, bytes(1040)), max_body=1040)
     assert _outcome(b"\x01" * (framing.MAX_FRAME + 1) + b"\x00") == "INVALID code=3 seq=0"
 
 
+def test_a_96x96x3_image_goes_through_a_frame():
+    image = bytes(range(256)) * 108  # 27,648 int8 elements
+    msg = p.Infer(3, 1, -5, image, boot=77)
+    items = framing.FrameReader().feed(framing.encode_frame(p.encode(msg)))
+    assert p.decode(items[0]) == msg
+
+
+def test_a_version_1_peer_gets_an_error_it_can_read():
+    """An old device's INFER is refused with BAD_VERSION in the v1 layout (6-byte header), carrying its
+    seq and our version: its state machine then ends the request with its own local answer."""
+    legacy = p.LEGACY_HEADER.pack(1, p.MsgType.INFER, 41) + bytes([3, 0, 0xEC, 1, 4, 0]) + bytes(4)
+    with pytest.raises(p.ProtocolError) as caught:
+        p.decode(legacy)
+    reply = p.encode_error(caught.value)
+    assert reply == bytes([1, 0x7F]) + (41).to_bytes(4, "little") + bytes([p.ErrorCode.BAD_VERSION, 2, 0])
+
+
+def test_seq_and_boot_survive_a_payload_error():
+    body = bytearray(p.encode(p.Infer(9, 1, 2, bytes(8), boot=0xDEADBEEF)))
+    body[-1:] = b""
+    with pytest.raises(p.ProtocolError) as caught:
+        p.decode(bytes(body))
+    assert (caught.value.seq, caught.value.boot, caught.value.code) == (9, 0xDEADBEEF, p.ErrorCode.BAD_LENGTH)
+    assert p.decode(p.encode_error(caught.value)) == p.ErrorMsg(9, p.ErrorCode.BAD_LENGTH, 0, boot=0xDEADBEEF)
+
+
+U32 = st.integers(0, 2**32 - 1)
+TENSOR = st.one_of(st.binary(max_size=900), st.binary(min_size=27_648, max_size=30_000))
 messages = st.one_of(
-    st.builds(p.Hello, st.integers(0, 2**32 - 1), st.tuples(*[st.integers(0, 255)] * 3), st.binary(min_size=32,
-              max_size=32), st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=32)),
-    st.builds(p.Infer, st.integers(0, 2**32 - 1), st.integers(0, 65535), st.integers(-128, 127),
-              st.binary(max_size=900)),
-    st.builds(p.AnswerMsg, st.integers(0, 2**32 - 1), st.integers(0, 65535),
-              st.integers(0, 65535).map(lambda q: q / 65535), st.sampled_from(list(p.Source)), st.booleans()),
-    st.builds(p.ErrorMsg, st.integers(0, 2**32 - 1), st.sampled_from(list(p.ErrorCode)), st.integers(0, 65535)),
-    st.builds(p.Ping, st.integers(0, 2**32 - 1)),
-    st.builds(p.Pong, st.integers(0, 2**32 - 1)),
-    st.builds(p.Feed, st.integers(0, 2**32 - 1), st.binary(max_size=900)),
-    st.builds(p.Report, st.integers(0, 2**32 - 1), st.integers(0, 65535), st.sampled_from(list(p.Source)),
-              st.booleans(), st.integers(0, 65535), st.integers(-128, 127), st.integers(0, 2**32 - 1)),
+    st.builds(p.Hello, U32, st.tuples(*[st.integers(0, 255)] * 3), st.binary(min_size=32, max_size=32),
+              st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=32), U32, boot=U32),
+    st.builds(p.Infer, U32, st.integers(0, 65535), st.integers(-128, 127), TENSOR, boot=U32),
+    st.builds(p.AnswerMsg, U32, st.integers(0, 65535), st.integers(0, 65535).map(lambda q: q / 65535),
+              st.sampled_from(list(p.Source)), st.booleans(), boot=U32),
+    st.builds(p.ErrorMsg, U32, st.sampled_from(list(p.ErrorCode)), U32, boot=U32),
+    st.builds(p.Ping, U32, boot=U32),
+    st.builds(p.Pong, U32, boot=U32),
+    st.builds(p.Feed, U32, TENSOR, boot=U32),
+    st.builds(p.Report, U32, st.integers(0, 65535), st.sampled_from(list(p.Source)), st.booleans(),
+              st.integers(0, 65535), st.integers(-128, 127), U32, boot=U32),
 )
 
 

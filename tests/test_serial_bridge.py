@@ -59,8 +59,8 @@ def _handler(bundle, remote, log=None):
     return RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle, RelayLog(log))
 
 
-def _infer(seq, n=64):
-    return p.encode(p.Infer(seq, 3, -40, bytes(range(n))))
+def _infer(seq, n=64, boot=1):
+    return p.encode(p.Infer(seq, 3, -40, bytes(range(n)), boot=boot))
 
 
 def test_duplicates_are_answered_from_the_cache(bundle, remote, tmp_path):
@@ -76,11 +76,27 @@ def test_duplicates_are_answered_from_the_cache(bundle, remote, tmp_path):
             "decision", "latency_ms"} <= set(entry)
 
 
+def test_a_rebooted_device_never_gets_another_inputs_answer(bundle, remote, digits_example):
+    """Sequence numbers restart at 1 after a reboot. The cache is keyed by boot id and payload digest,
+    so only a true retry (same boot, seq and input) is served from it."""
+    x, y = np.load(digits_example["test"]).values()
+    two = [int(np.flatnonzero(y == label)[0]) for label in (0, 7)]
+    x_q = bundle.local_model().run(x[two])[0]
+    handler = _handler(bundle, remote)
+    ask = lambda boot, row: p.decode(handler.handle("d1", p.encode(p.Infer(1, 3, -40, x_q[row].tobytes(),  # noqa: E731
+                                                                          boot=boot))))
+    before = remote.calls
+    first, rebooted, same_boot_new_input, retry = ask(0xA, 0), ask(0xB, 1), ask(0xA, 1), ask(0xB, 1)
+    assert (first.label, rebooted.label, same_boot_new_input.label) == (0, 7, 7)
+    assert (first.boot, rebooted.boot) == (0xA, 0xB)  # every answer names the boot it is for
+    assert retry == rebooted and remote.calls == before + 3 and handler.counts["duplicate"] == 1
+
+
 def test_bad_requests_get_error_frames(bundle, remote):
     handler = _handler(bundle, remote)
     wrong_size = p.decode(handler.handle("d", _infer(6, n=10)))
-    assert wrong_size == p.ErrorMsg(6, p.ErrorCode.BAD_TENSOR, bundle.input_elements)
-    wrong_version = p.decode(handler.handle("d", b"\x02" + _infer(7)[1:]))
+    assert wrong_size == p.ErrorMsg(6, p.ErrorCode.BAD_TENSOR, bundle.input_elements, boot=1)
+    wrong_version = p.decode(handler.handle("d", b"\x03" + _infer(7)[1:]))
     assert wrong_version == p.ErrorMsg(7, p.ErrorCode.BAD_VERSION, p.VERSION)
     assert handler.counts["error_bad_tensor"] == 1 and handler.counts["error_bad_version"] == 1
 
@@ -89,7 +105,7 @@ def test_hello_and_ping(bundle, remote):
     handler = _handler(bundle, remote)
     hello = p.decode(handler.handle("d", p.encode(p.Hello(1, (1, 0, 0), bytes(32), "dev"))))
     assert isinstance(hello, p.Hello) and hello.model_hash == bundle.model_hash
-    assert p.decode(handler.handle("d", p.encode(p.Ping(9)))) == p.Pong(9)
+    assert p.decode(handler.handle("d", p.encode(p.Ping(9, boot=4)))) == p.Pong(9, boot=4)
 
 
 def test_remote_failure_falls_back(bundle, tmp_path):
@@ -168,22 +184,31 @@ def test_bridge_and_device_commands(bundle_dir, digits_example, tmp_path):
     thresholds["local"]["threshold_int8"] = 120
     (strict / "thresholds.json").write_text(json.dumps(thresholds))
     bundle_dir, log = strict, tmp_path / "relay.jsonl"
+    x, y = np.load(digits_example["test"]).values()
+    reversed_set = tmp_path / "reversed.npz"
+    np.savez(reversed_set, x=x[::-1], y=y[::-1])
+    runs = []
     with NoisyProxy() as proxy:
         bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", proxy.path_b,
                                    "--remote", str(digits_example["model"]), "--bundle", str(bundle_dir),
                                    "--json-log", str(log)], stderr=subprocess.PIPE, text=True)
-        try:
-            result = CliRunner().invoke(main, ["device", "--serial", proxy.path_a, "--bundle", str(bundle_dir),
-                                               "--data", str(digits_example["test"]), "--json", "--timeout-ms", "3000"])
+        try:  # two boots of one device, on other orders of the data: seqs restart at 1 in the second
+            for data in (digits_example["test"], reversed_set):
+                runs.append(CliRunner().invoke(main, ["device", "--serial", proxy.path_a, "--bundle",
+                                                      str(bundle_dir), "--data", str(data), "--json",
+                                                      "--timeout-ms", "3000"]))
         finally:
             bridge.send_signal(signal.SIGINT)
             _, stderr = bridge.communicate(timeout=30)
-    assert result.exit_code == 0, result.stderr
-    summary = json.loads(result.stdout)
+    assert all(run.exit_code == 0 for run in runs), [run.stderr for run in runs]
+    summary, second = (json.loads(run.stdout) for run in runs)
     assert summary["inputs"] == 360 and summary["requests"] == summary["answered"] > 0
     assert summary["local"] + summary["requests"] == 360 and summary["accuracy"] > 0.9
-    assert len(log.read_text().splitlines()) == summary["requests"]
-    assert '"remote"' in stderr  # the bridge printed its counters on exit
+    assert second["accuracy"] == summary["accuracy"]  # before boot ids: 0.880 instead of 0.9805
+    assert len(log.read_text().splitlines()) == summary["requests"] + second["requests"]
+    counters = json.loads(stderr.strip().splitlines()[-1])  # the bridge prints its counters on exit
+    assert counters["remote"] + counters.get("fallback-rejected", 0) == 2 * summary["requests"]
+    assert counters.get("duplicate", 0) == 0
 
 
 def test_bridge_port_that_does_not_exist(bundle_dir, digits_example):

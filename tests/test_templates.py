@@ -50,3 +50,13 @@ def test_templates_use_only_what_the_generated_header_declares(board, converted,
     assert used, "the template should use the generated constants"
     missing = sorted(name for name in used if not re.search(rf"\b{name}\b", header))
     assert not missing, f"{Path(TEMPLATES[board]).name} uses {missing}, which model_data.h does not declare"
+
+
+def test_templates_draw_a_boot_id_from_the_hardware_rng():
+    """Protocol v2: a template that left the boot id out (0 on every boot) would let the bridge answer
+    a rebooted board from the previous boot's cache."""
+    rng = {"esp32s3": "esp_random()", "nrf52840": "boot_id()"}
+    for board, template in TEMPLATES.items():
+        config = re.search(r"bp_client_config link = \{([^}]*)\}", template.read_text()).group(1)
+        fields = [field.strip() for field in config.split(",")]
+        assert len(fields) == 6 and fields[-1] == rng[board], (board, fields)

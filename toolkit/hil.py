@@ -14,6 +14,7 @@ outputs (TFLM's sources are not installable here); the report says so.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import socket
 import subprocess
@@ -40,6 +41,7 @@ Progress = Callable[[str], None]
 MACHINES = {"mps2-an386": PROFILE_DIR / "mps2-an386" / "firmware"}
 C_LIBRARY = Path(__file__).resolve().parents[1] / "firmware_bridge" / "c"
 DEVICE_ID = "qemu-mps2-an386"
+BOOT_ENTROPY_ADDRESS = 0x20000000 + 4 * 1024 * 1024 - 4  # _boot_entropy in the firmware's link.ld
 
 
 class HilError(RuntimeError):
@@ -69,8 +71,10 @@ static const uint8_t kModelHash[32] = {{{join(bundle.model_hash)}}};
 """
 
 
-def build_firmware(machine: str, header: str, workdir: Path) -> Path:
-    """Compile the emulated board's firmware with the C device library; return the ELF."""
+def build_firmware(machine: str, header: str, workdir: Path, input_bytes: int) -> Path:
+    """Compile the emulated board's firmware with the C device library, its frames sized for the
+    model's input (FEED and INFER carry it whole); return the ELF."""
+    max_body = max(1024, p.HEADER.size + p.INFER_FIXED.size + input_bytes)
     if shutil.which("arm-none-eabi-gcc") is None:
         raise HilError("arm-none-eabi-gcc is not installed; apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi")
     source = MACHINES[machine]
@@ -78,7 +82,8 @@ def build_firmware(machine: str, header: str, workdir: Path) -> Path:
     elf = workdir / "firmware.elf"
     cmd = ["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft", "-O2", "-std=c99", "-Wall",
            "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-nostartfiles",
-           "--specs=nano.specs", "--specs=nosys.specs", f"-I{workdir}", f"-I{C_LIBRARY}", "-T",
+           "--specs=nano.specs", "--specs=nosys.specs", f"-DBP_MAX_BODY={max_body}u", f"-I{workdir}", f"-I{C_LIBRARY}",
+           "-T",
            str(source / "link.ld"), str(source / "startup.c"), str(source / "main.c"), str(C_LIBRARY / "bisup_proto.c"),
            str(C_LIBRARY / "bisup_app.c"),
            "-o", str(elf)]
@@ -100,8 +105,10 @@ def qemu(machine: str, elf: Path) -> Iterator[str]:
     if shutil.which("qemu-system-arm") is None:
         raise HilError("qemu-system-arm is not installed; apt-get install qemu-system-arm")
     port = _free_port()
+    entropy = f"loader,addr={BOOT_ENTROPY_ADDRESS:#x},data={secrets.randbits(32):#x},data-len=4"  # the board's TRNG
     process = subprocess.Popen(["qemu-system-arm", "-machine", machine, "-nographic", "-monitor", "none",
-                                "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on", "-kernel", str(elf)],
+                                "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on", "-kernel", str(elf),
+                                "-device", entropy],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -139,6 +146,7 @@ class HilSession:
     def __init__(self, port, handler: RequestHandler | None):
         """`handler` may be None for a session that only checks the handshake and answers nothing."""
         self.port, self.handler, self.reader = port, handler, framing.FrameReader()
+        self.board: p.Hello | None = None  # the board's HELLO: its boot id and largest body
 
     def _frames(self, deadline: float) -> Iterator[bytes]:
         while time.monotonic() < deadline:
@@ -160,22 +168,34 @@ class HilSession:
     def handshake(self, model_hash: bytes, timeout_s: float) -> p.Hello:
         for body in self._frames(time.monotonic() + timeout_s):
             if body[1:2] == bytes([p.MsgType.HELLO]):
-                hello = p.decode(body)
+                try:
+                    hello = p.decode(body)
+                except p.ProtocolError as exc:
+                    raise HilError(f"the board's HELLO cannot be read ({exc}); flash firmware built with this bisup "
+                                   f"(protocol v{p.VERSION})") from exc
                 if hello.model_hash != model_hash:
                     raise HilError(f"the board runs model {hello.model_hash.hex()[:16]}... but the bundle holds "
                                    f"{model_hash.hex()[:16]}...; flash the bundle first")
                 self._serve(body)
+                self.board = hello
                 return hello
         raise HilError(f"the board did not send HELLO within {timeout_s:g} s; check the port, the baud rate and "
                        "that the bisup firmware is flashed")
 
     def feed(self, index: int, x_q: np.ndarray, timeout_s: float) -> p.Report | p.ErrorMsg | None:
-        self.port.write(framing.encode_frame(p.encode(p.Feed(index, x_q.tobytes()))))
+        assert self.board is not None, "handshake first"
+        feed = p.Feed(index, x_q.tobytes(), boot=self.board.boot)
+        try:
+            body = p.encode(feed, max_body=self.board.max_body)
+        except ValueError as exc:
+            raise HilError(f"input {index} does not fit the board's frames ({exc}); rebuild its firmware with "
+                           f"-DBP_MAX_BODY={p.HEADER.size + p.FEED_FIXED.size + x_q.size} or more") from exc
+        self.port.write(framing.encode_frame(body))
         for body in self._frames(time.monotonic() + timeout_s):
             kind = body[1] if len(body) > 1 else -1
             if kind in (p.MsgType.REPORT, p.MsgType.ERROR):
                 msg = p.decode(body)
-                if msg.seq == index:
+                if msg.seq == index and msg.boot == self.board.boot:
                     return msg
             else:
                 self._serve(body)
@@ -231,7 +251,7 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
                 raise HilError(f"unknown emulated board {emulate!r}; choose one of {', '.join(MACHINES)}")
             progress(f"building the {emulate} firmware (inference replayed from the host TFLM oracle)")
             elf = build_firmware(emulate, replay_header(bundle, x_q, o.local_pred, o.confidence_int8, 200, 3),
-                                 Path(workdir))
+                                 Path(workdir), x_q[0].size)
             port_url = stack.enter_context(qemu(emulate, elf))
         port = stack.enter_context(open_port(port_url))
         session = HilSession(port, handler)

@@ -7,7 +7,7 @@ void bisup_app_init(bisup_app *app, const bp_client_config *link, int16_t thresh
   app->next_seq = 1;
 }
 
-bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint16_t count, uint16_t local_label,
+bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint32_t count, uint16_t local_label,
                               int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx) {
   bisup_result result = {local_label, BP_SRC_LOCAL, false};
   if (bp_trusted(local_confidence, app->threshold_int8)) return result;

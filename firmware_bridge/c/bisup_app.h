@@ -30,7 +30,7 @@ typedef struct {
 typedef bool (*bisup_read_byte)(void *ctx, uint8_t *byte);
 
 void bisup_app_init(bisup_app *app, const bp_client_config *link, int16_t threshold_int8);
-bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint16_t count, uint16_t local_label,
+bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint32_t count, uint16_t local_label,
                               int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx);
 
 #ifdef __cplusplus

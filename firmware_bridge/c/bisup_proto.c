@@ -3,40 +3,16 @@
 
 #include <string.h>
 
-uint16_t bp_crc16(const uint8_t *data, size_t len) {
-  uint16_t crc = 0; /* CRC-16/XMODEM: poly 0x1021, init 0, no reflection */
-  for (size_t i = 0; i < len; ++i) {
-    crc ^= (uint16_t)((uint16_t)data[i] << 8);
-    for (int bit = 0; bit < 8; ++bit) {
-      crc = (crc & 0x8000u) ? (uint16_t)((crc << 1) ^ 0x1021u) : (uint16_t)(crc << 1);
-    }
-  }
+static uint16_t crc_update(uint16_t crc, uint8_t byte) { /* CRC-16/XMODEM: poly 0x1021, init 0 */
+  crc ^= (uint16_t)((uint16_t)byte << 8);
+  for (int bit = 0; bit < 8; ++bit) crc = (crc & 0x8000u) ? (uint16_t)((crc << 1) ^ 0x1021u) : (uint16_t)(crc << 1);
   return crc;
 }
 
-size_t bp_cobs_encode(const uint8_t *in, size_t len, uint8_t *out, size_t cap) {
-  size_t code_at = 0, pos = 1;
-  uint8_t code = 1;
-  if (cap == 0) return 0;
-  for (size_t i = 0; i < len; ++i) {
-    if (in[i] == 0) {
-      out[code_at] = code;
-      code_at = pos++;
-      code = 1;
-    } else {
-      if (pos >= cap) return 0;
-      out[pos++] = in[i];
-      if (++code == 0xFF) {
-        out[code_at] = code;
-        code_at = pos++;
-        code = 1;
-      }
-    }
-    if (pos > cap) return 0;
-  }
-  if (code_at >= cap) return 0;
-  out[code_at] = code;
-  return pos;
+uint16_t bp_crc16(const uint8_t *data, size_t len) {
+  uint16_t crc = 0;
+  for (size_t i = 0; i < len; ++i) crc = crc_update(crc, data[i]);
+  return crc;
 }
 
 bp_status bp_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len) {
@@ -74,73 +50,147 @@ static uint32_t get32(const uint8_t *p) {
   return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-static size_t payload_size(const bp_msg *m) {
-  switch (m->type) {
-    case BP_HELLO: return 3u + BP_HASH_BYTES + 1u + m->u.hello.id_len;
-    case BP_INFER: return 6u + m->u.infer.count;
-    case BP_ANSWER: return 6u;
-    case BP_ERROR: return 3u;
-    case BP_FEED: return 3u + m->u.feed.count;
-    case BP_REPORT: return 11u;
-    default: return 0u;
-  }
-}
+/* A body is a small head (header and fixed fields, at most BP_HEAD_MAX bytes) and, for INFER and
+ * FEED, the elements, which stay in the caller's buffer. */
+#define BP_HEAD_MAX (BP_HEADER_BYTES + 3u + BP_HASH_BYTES + 4u + 1u + BP_MAX_ID)
 
-static void put_payload(const bp_msg *m, uint8_t *p) {
+static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_t *count) {
+  size_t n = BP_HEADER_BYTES;
+  p[0] = (uint8_t)BP_VERSION;
+  p[1] = m->type;
+  put32(p + 2, m->seq);
+  put32(p + 6, m->boot);
+  *data = NULL;
+  *count = 0;
   switch (m->type) {
     case BP_HELLO:
-      memcpy(p, m->u.hello.fw, 3);
-      memcpy(p + 3, m->u.hello.hash, BP_HASH_BYTES);
-      p[3 + BP_HASH_BYTES] = m->u.hello.id_len;
-      memcpy(p + 4 + BP_HASH_BYTES, m->u.hello.id, m->u.hello.id_len);
-      break;
+      memcpy(p + n, m->u.hello.fw, 3);
+      memcpy(p + n + 3, m->u.hello.hash, BP_HASH_BYTES);
+      put32(p + n + 3 + BP_HASH_BYTES, m->u.hello.max_body);
+      p[n + 7 + BP_HASH_BYTES] = m->u.hello.id_len;
+      memcpy(p + n + 8 + BP_HASH_BYTES, m->u.hello.id, m->u.hello.id_len);
+      return n + 8u + BP_HASH_BYTES + m->u.hello.id_len;
     case BP_INFER:
-      put16(p, m->u.infer.label);
-      p[2] = (uint8_t)m->u.infer.confidence;
-      p[3] = m->u.infer.dtype;
-      put16(p + 4, m->u.infer.count);
-      if (m->u.infer.count) memcpy(p + 6, m->u.infer.data, m->u.infer.count);
-      break;
+      put16(p + n, m->u.infer.label);
+      p[n + 2] = (uint8_t)m->u.infer.confidence;
+      p[n + 3] = m->u.infer.dtype;
+      put32(p + n + 4, m->u.infer.count);
+      *data = m->u.infer.data;
+      *count = m->u.infer.count;
+      return n + BP_INFER_FIXED_BYTES;
     case BP_ANSWER:
-      put16(p, m->u.answer.label);
-      put16(p + 2, m->u.answer.confidence_q16);
-      p[4] = m->u.answer.source;
-      p[5] = m->u.answer.rejected ? 1u : 0u;
-      break;
+      put16(p + n, m->u.answer.label);
+      put16(p + n + 2, m->u.answer.confidence_q16);
+      p[n + 4] = m->u.answer.source;
+      p[n + 5] = m->u.answer.rejected ? 1u : 0u;
+      return n + 6u;
     case BP_ERROR:
-      p[0] = m->u.error.code;
-      put16(p + 1, m->u.error.detail);
-      break;
+      p[n] = m->u.error.code;
+      put32(p + n + 1, m->u.error.detail);
+      return n + 5u;
     case BP_FEED:
-      p[0] = m->u.feed.dtype;
-      put16(p + 1, m->u.feed.count);
-      if (m->u.feed.count) memcpy(p + 3, m->u.feed.data, m->u.feed.count);
-      break;
+      p[n] = m->u.feed.dtype;
+      put32(p + n + 1, m->u.feed.count);
+      *data = m->u.feed.data;
+      *count = m->u.feed.count;
+      return n + 5u;
     case BP_REPORT:
-      put16(p, m->u.report.label);
-      p[2] = m->u.report.source;
-      p[3] = m->u.report.rejected ? 1u : 0u;
-      put16(p + 4, m->u.report.local_label);
-      p[6] = (uint8_t)m->u.report.local_confidence;
-      put32(p + 7, m->u.report.latency_us);
-      break;
-    default: break;
+      put16(p + n, m->u.report.label);
+      p[n + 2] = m->u.report.source;
+      p[n + 3] = m->u.report.rejected ? 1u : 0u;
+      put16(p + n + 4, m->u.report.local_label);
+      p[n + 6] = (uint8_t)m->u.report.local_confidence;
+      put32(p + n + 7, m->u.report.latency_us);
+      return n + 11u;
+    default: return n;
   }
 }
 
-size_t bp_encode_body(const bp_msg *m, uint8_t *out, size_t cap) {
-  if (m->type == BP_HELLO && (m->u.hello.id_len < 1 || m->u.hello.id_len > BP_MAX_ID)) return 0;
-  size_t total = BP_HEADER_BYTES + payload_size(m);
-  if (total > BP_MAX_BODY || total > cap) return 0;
-  out[0] = (uint8_t)BP_VERSION;
-  out[1] = m->type;
-  put32(out + 2, m->seq);
-  put_payload(m, out + BP_HEADER_BYTES);
-  return total;
+/* The head of m's body, its elements, and whether the whole body fits max_body. */
+static bool body_parts(const bp_msg *m, uint32_t max_body, uint8_t head[BP_HEAD_MAX], size_t *head_len,
+                       const int8_t **data, uint32_t *count) {
+  if (m->type == BP_HELLO && (m->u.hello.id_len < 1 || m->u.hello.id_len > BP_MAX_ID)) return false;
+  *head_len = put_head(m, head, data, count);
+  if (*count > 0 && *data == NULL) return false;
+  return *count <= max_body && *head_len <= max_body - *count;
+}
+
+/* Streaming COBS: one pending block of at most 254 data bytes behind its code byte. */
+typedef struct {
+  bp_write_fn write;
+  void *ctx;
+  uint8_t block[255];
+  uint8_t n;
+  uint16_t crc;
+} cobs_stream;
+
+static void flush_block(cobs_stream *s) {
+  s->block[0] = (uint8_t)(s->n + 1u);
+  s->write(s->ctx, s->block, (size_t)s->n + 1u);
+  s->n = 0;
+}
+
+static void stream_bytes(cobs_stream *s, const uint8_t *data, size_t len) {
+  for (size_t i = 0; i < len; ++i) {
+    if (data[i] == 0) {
+      flush_block(s);
+      continue;
+    }
+    s->block[1u + s->n++] = data[i];
+    if (s->n == 254u) flush_block(s); /* code 0xFF: a full block, no implied zero */
+  }
+}
+
+static void stream_body(cobs_stream *s, const uint8_t *data, size_t len) {
+  for (size_t i = 0; i < len; ++i) s->crc = crc_update(s->crc, data[i]);
+  stream_bytes(s, data, len);
+}
+
+bool bp_send_frame(const bp_msg *m, uint32_t max_body, bp_write_fn write, void *ctx) {
+  uint8_t head[BP_HEAD_MAX], trailer[BP_CRC_BYTES];
+  size_t head_len;
+  const int8_t *data;
+  uint32_t count;
+  static const uint8_t delimiter = 0;
+  if (!body_parts(m, max_body, head, &head_len, &data, &count)) return false;
+  cobs_stream s;
+  s.write = write;
+  s.ctx = ctx;
+  s.n = 0;
+  s.crc = 0;
+  stream_body(&s, head, head_len);
+  stream_body(&s, (const uint8_t *)data, count);
+  put16(trailer, s.crc);
+  stream_bytes(&s, trailer, BP_CRC_BYTES);
+  flush_block(&s);
+  write(ctx, &delimiter, 1);
+  return true;
+}
+
+typedef struct {
+  uint8_t *out;
+  size_t cap, len;
+  bool overflow;
+} buffer_sink;
+
+static void to_buffer(void *ctx, const uint8_t *data, size_t len) {
+  buffer_sink *b = (buffer_sink *)ctx;
+  if (b->overflow || len > b->cap - b->len) {
+    b->overflow = true;
+    return;
+  }
+  memcpy(b->out + b->len, data, len);
+  b->len += len;
+}
+
+size_t bp_encode_frame(const bp_msg *m, uint8_t *out, size_t cap) {
+  buffer_sink sink = {out, cap, 0, false};
+  if (!bp_send_frame(m, BP_MAX_BODY, to_buffer, &sink) || sink.overflow) return 0;
+  return sink.len;
 }
 
 static bp_status decode_hello(const uint8_t *p, size_t n, bp_msg *m) {
-  const size_t fixed = 3u + BP_HASH_BYTES + 1u;
+  const size_t fixed = 3u + BP_HASH_BYTES + 4u + 1u;
   if (n < fixed) return BP_E_BAD_LENGTH;
   uint8_t id_len = p[fixed - 1];
   if (id_len < 1 || id_len > BP_MAX_ID || n != fixed + id_len) return BP_E_BAD_LENGTH;
@@ -149,6 +199,7 @@ static bp_status decode_hello(const uint8_t *p, size_t n, bp_msg *m) {
   }
   memcpy(m->u.hello.fw, p, 3);
   memcpy(m->u.hello.hash, p + 3, BP_HASH_BYTES);
+  m->u.hello.max_body = get32(p + 3 + BP_HASH_BYTES);
   m->u.hello.id_len = id_len;
   memcpy(m->u.hello.id, p + fixed, id_len);
   m->u.hello.id[id_len] = '\0';
@@ -159,12 +210,12 @@ static bp_status decode_payload(const uint8_t *p, size_t n, bp_msg *m) {
   switch (m->type) {
     case BP_HELLO: return decode_hello(p, n, m);
     case BP_INFER:
-      if (n < 6u || n != 6u + get16(p + 4)) return BP_E_BAD_LENGTH;
+      if (n < BP_INFER_FIXED_BYTES || n - BP_INFER_FIXED_BYTES != get32(p + 4)) return BP_E_BAD_LENGTH;
       m->u.infer.label = get16(p);
       m->u.infer.confidence = (int8_t)p[2];
       m->u.infer.dtype = p[3];
-      m->u.infer.count = get16(p + 4);
-      m->u.infer.data = (const int8_t *)(p + 6);
+      m->u.infer.count = get32(p + 4);
+      m->u.infer.data = (const int8_t *)(p + BP_INFER_FIXED_BYTES);
       return BP_OK;
     case BP_ANSWER:
       if (n != 6u || p[4] > BP_SRC_FALLBACK) return BP_E_BAD_LENGTH;
@@ -174,15 +225,15 @@ static bp_status decode_payload(const uint8_t *p, size_t n, bp_msg *m) {
       m->u.answer.rejected = (uint8_t)(p[5] & 1u);
       return BP_OK;
     case BP_ERROR:
-      if (n != 3u || p[0] < BP_E_BAD_CRC || p[0] > BP_E_REMOTE_UNAVAILABLE) return BP_E_BAD_LENGTH;
+      if (n != 5u || p[0] < BP_E_BAD_CRC || p[0] > BP_E_REMOTE_UNAVAILABLE) return BP_E_BAD_LENGTH;
       m->u.error.code = p[0];
-      m->u.error.detail = get16(p + 1);
+      m->u.error.detail = get32(p + 1);
       return BP_OK;
     case BP_FEED:
-      if (n < 3u || n != 3u + get16(p + 1)) return BP_E_BAD_LENGTH;
+      if (n < 5u || n - 5u != get32(p + 1)) return BP_E_BAD_LENGTH;
       m->u.feed.dtype = p[0];
-      m->u.feed.count = get16(p + 1);
-      m->u.feed.data = (const int8_t *)(p + 3);
+      m->u.feed.count = get32(p + 1);
+      m->u.feed.data = (const int8_t *)(p + 5);
       return BP_OK;
     case BP_REPORT:
       if (n != 11u || p[2] > BP_SRC_FALLBACK) return BP_E_BAD_LENGTH;
@@ -201,24 +252,14 @@ static bp_status decode_payload(const uint8_t *p, size_t n, bp_msg *m) {
 
 bp_status bp_decode_body(const uint8_t *body, size_t len, bp_msg *m) {
   memset(m, 0, sizeof(*m));
-  if (len < BP_HEADER_BYTES) return BP_E_BAD_LENGTH;
+  if (len < 6u) return BP_E_BAD_LENGTH; /* version 1's header: seq at offset 2 in every version */
   if (len > BP_MAX_BODY) return BP_E_TOO_LONG;
   m->type = body[1];
   m->seq = get32(body + 2);
   if (body[0] != BP_VERSION) return BP_E_BAD_VERSION;
+  if (len < BP_HEADER_BYTES) return BP_E_BAD_LENGTH;
+  m->boot = get32(body + 6);
   return decode_payload(body + BP_HEADER_BYTES, len - BP_HEADER_BYTES, m);
-}
-
-size_t bp_encode_frame(const bp_msg *m, uint8_t *out, size_t cap) {
-  uint8_t raw[BP_MAX_BODY + BP_CRC_BYTES];
-  size_t n = bp_encode_body(m, raw, BP_MAX_BODY);
-  if (n == 0) return 0;
-  put16(raw + n, bp_crc16(raw, n));
-  if (cap < 1) return 0;
-  size_t enc = bp_cobs_encode(raw, n + BP_CRC_BYTES, out, cap - 1);
-  if (enc == 0) return 0;
-  out[enc] = 0;
-  return enc + 1;
 }
 
 bp_status bp_decode_frame(const uint8_t *frame, size_t len, uint8_t *scratch, size_t cap, bp_msg *m) {
@@ -259,7 +300,7 @@ bp_status bp_reader_push(bp_reader *r, uint8_t byte, bp_msg *m, bool *ready) {
   }
   if (len == 0) return BP_OK; /* idle line */
   *ready = true;
-  return bp_decode_frame(r->buf, len, r->body, sizeof(r->body), m);
+  return bp_decode_frame(r->buf, len, r->buf, sizeof(r->buf), m); /* in place */
 }
 
 void bp_client_init(bp_client *c, const bp_client_config *cfg) {
@@ -276,35 +317,37 @@ static void finish(bp_client *c, uint16_t label, uint16_t conf, uint8_t source, 
   c->state = BP_CLIENT_DONE;
 }
 
-bool bp_client_request(bp_client *c, uint32_t seq, const int8_t *input, uint16_t count, uint16_t local_label,
+static void send_request(bp_client *c) {
+  bp_send_frame(&c->request, BP_MAX_BODY, c->cfg.write, c->cfg.ctx); /* size checked by bp_client_request */
+}
+
+bool bp_client_request(bp_client *c, uint32_t seq, const int8_t *input, uint32_t count, uint16_t local_label,
                        int8_t local_confidence) {
   if (c->state == BP_CLIENT_WAITING) return false;
-  bp_msg m;
-  memset(&m, 0, sizeof(m));
-  m.type = BP_INFER;
-  m.seq = seq;
-  m.u.infer.label = local_label;
-  m.u.infer.confidence = local_confidence;
-  m.u.infer.dtype = BP_DTYPE_INT8;
-  m.u.infer.count = count;
-  m.u.infer.data = input;
-  c->frame_len = bp_encode_frame(&m, c->frame, sizeof(c->frame));
-  if (c->frame_len == 0) return false;
-  c->seq = seq;
-  c->local_label = local_label;
+  if (count > BP_MAX_BODY - BP_HEADER_BYTES - BP_INFER_FIXED_BYTES) return false;
+  memset(&c->request, 0, sizeof(c->request));
+  c->request.type = BP_INFER;
+  c->request.seq = seq;
+  c->request.boot = c->cfg.boot_id;
+  c->request.u.infer.label = local_label;
+  c->request.u.infer.confidence = local_confidence;
+  c->request.u.infer.dtype = BP_DTYPE_INT8;
+  c->request.u.infer.count = count;
+  c->request.u.infer.data = input;
   c->retries_left = c->cfg.max_retries;
   c->state = BP_CLIENT_WAITING;
   c->deadline = c->cfg.now_ms(c->cfg.ctx) + c->cfg.timeout_ms;
-  c->cfg.write(c->cfg.ctx, c->frame, c->frame_len);
+  send_request(c);
   return true;
 }
 
 static void on_message(bp_client *c, const bp_msg *m) {
-  if (c->state != BP_CLIENT_WAITING || m->seq != c->seq) return; /* stale or unrelated */
+  /* stale (another request, or an answer addressed to a previous boot) or unrelated */
+  if (c->state != BP_CLIENT_WAITING || m->seq != c->request.seq || m->boot != c->request.boot) return;
   if (m->type == BP_ANSWER) {
     finish(c, m->u.answer.label, m->u.answer.confidence_q16, m->u.answer.source, m->u.answer.rejected != 0);
   } else if (m->type == BP_ERROR) {
-    finish(c, c->local_label, 0, BP_SRC_FALLBACK, false);
+    finish(c, c->request.u.infer.label, 0, BP_SRC_FALLBACK, false);
   }
 }
 
@@ -330,9 +373,9 @@ bp_client_state bp_client_poll(bp_client *c) {
     c->retries_left--;
     c->resends++;
     c->deadline = now + c->cfg.timeout_ms;
-    c->cfg.write(c->cfg.ctx, c->frame, c->frame_len);
+    send_request(c);
   } else {
-    finish(c, c->local_label, 0, BP_SRC_FALLBACK, false);
+    finish(c, c->request.u.infer.label, 0, BP_SRC_FALLBACK, false);
   }
   return c->state;
 }

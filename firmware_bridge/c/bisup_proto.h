@@ -1,10 +1,16 @@
 /*
- * bisup device library: wire protocol v1 (see firmware_bridge/PROTOCOL.md).
+ * bisup device library: wire protocol v2 (see firmware_bridge/PROTOCOL.md).
  *
  * Portable C99, no heap, no stdio. It encodes and decodes every message, frames them with
  * COBS + CRC-16/XMODEM, resynchronizes after line noise, decides whether the local answer is
- * trusted, and runs the request state machine (deadline, retry with the same sequence number,
- * fallback to the local answer).
+ * trusted, and runs the request state machine (deadline, retry with the same sequence number and
+ * boot id, fallback to the local answer).
+ *
+ * Memory: the only frame-sized buffer is the stream reader's (BP_MAX_FRAME bytes, decoded in
+ * place). Frames are sent through a streaming COBS encoder with a 255-byte block, so a request is
+ * re-encoded from the caller's input on every resend instead of being kept in a second buffer.
+ * Define BP_MAX_BODY (bytes) before including this header, or with -DBP_MAX_BODY=..., to carry
+ * larger inputs: a body is 10 header bytes, 8 INFER bytes, then the elements.
  */
 #ifndef BISUP_PROTO_H_
 #define BISUP_PROTO_H_
@@ -17,10 +23,14 @@
 extern "C" {
 #endif
 
-#define BP_VERSION 1u
+#define BP_VERSION 2u
+#define BP_LEGACY_VERSION 1u
+#ifndef BP_MAX_BODY
 #define BP_MAX_BODY 1024u
+#endif
 #define BP_CRC_BYTES 2u
-#define BP_HEADER_BYTES 6u
+#define BP_HEADER_BYTES 10u    /* version u8, type u8, seq u32, boot u32 */
+#define BP_INFER_FIXED_BYTES 8u /* label u16, confidence i8, dtype u8, count u32 */
 #define BP_HASH_BYTES 32u
 #define BP_MAX_ID 32u
 #define BP_DTYPE_INT8 1u
@@ -56,10 +66,12 @@ typedef enum { BP_SRC_LOCAL = 0, BP_SRC_REMOTE = 1, BP_SRC_FALLBACK = 2 } bp_sou
 typedef struct {
   uint8_t type;
   uint32_t seq;
+  uint32_t boot; /* the device's boot id: drawn at boot, echoed by the host */
   union {
     struct {
       uint8_t fw[3];
       uint8_t hash[BP_HASH_BYTES];
+      uint32_t max_body; /* the sender's largest body (BP_MAX_BODY on a device) */
       uint8_t id_len;
       char id[BP_MAX_ID + 1];
     } hello;
@@ -67,7 +79,7 @@ typedef struct {
       uint16_t label;
       int8_t confidence;
       uint8_t dtype;
-      uint16_t count;
+      uint32_t count;
       const int8_t *data; /* points into the caller's buffer; no copy */
     } infer;
     struct {
@@ -78,11 +90,11 @@ typedef struct {
     } answer;
     struct {
       uint8_t code;
-      uint16_t detail;
+      uint32_t detail;
     } error;
     struct {
       uint8_t dtype;
-      uint16_t count;
+      uint32_t count;
       const int8_t *data; /* points into the caller's buffer; no copy */
     } feed;
     struct {
@@ -98,23 +110,27 @@ typedef struct {
 
 uint16_t bp_crc16(const uint8_t *data, size_t len);
 
-/* COBS without the delimiter. Encode returns the length written, or 0 if cap is too small. */
-size_t bp_cobs_encode(const uint8_t *in, size_t len, uint8_t *out, size_t cap);
+/* COBS without the delimiter; out may be in (decoding never overtakes reading). */
 bp_status bp_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len);
 
-/* Bodies. Decode sets m->seq whenever the header is readable, even on error. */
-size_t bp_encode_body(const bp_msg *m, uint8_t *out, size_t cap);
+/* Bodies. Decode sets m->seq (and m->boot) whenever the header is readable, even on error. */
 bp_status bp_decode_body(const uint8_t *body, size_t len, bp_msg *m);
 
-/* Frames: COBS(body || crc16_le) 0x00. Encode returns the length including the delimiter. */
+/* Where frames go: a UART write, a socket send, a buffer. */
+typedef void (*bp_write_fn)(void *ctx, const uint8_t *data, size_t len);
+
+/* Frames: COBS(body || crc16_le) 0x00. bp_send_frame streams one through `write` in blocks of at
+ * most 255 bytes; it returns false, writing nothing, when the body would exceed max_body. */
+bool bp_send_frame(const bp_msg *m, uint32_t max_body, bp_write_fn write, void *ctx);
+/* The same frame into a buffer; returns the length including the delimiter, or 0 if it does not fit. */
 size_t bp_encode_frame(const bp_msg *m, uint8_t *out, size_t cap);
-/* `frame` excludes the delimiter; `scratch` receives the decoded bytes (infer data points there). */
+/* `frame` excludes the delimiter; `scratch` receives the decoded bytes (infer data points there).
+ * `scratch` may be `frame` itself: COBS decodes in place. */
 bp_status bp_decode_frame(const uint8_t *frame, size_t len, uint8_t *scratch, size_t cap, bp_msg *m);
 
-/* Byte-stream reader: resynchronizes at each 0x00, bounded memory. */
+/* Byte-stream reader: resynchronizes at each 0x00, bounded memory, decodes in place. */
 typedef struct {
   uint8_t buf[BP_MAX_FRAME];
-  uint8_t body[BP_MAX_FRAME];
   size_t len;
   bool overflow;
 } bp_reader;
@@ -128,13 +144,16 @@ bp_status bp_reader_push(bp_reader *r, uint8_t byte, bp_msg *m, bool *ready);
  * threshold 128 means never). */
 static inline bool bp_trusted(int8_t confidence, int16_t threshold) { return (int16_t)confidence >= threshold; }
 
-/* Request state machine. */
+/* Request state machine. boot_id: a value drawn anew at every boot (a hardware RNG, or a persisted
+ * boot counter mixed with a device secret); the host keys its retry cache on it, and answers for
+ * another boot id are ignored, so sequence numbers may restart at 1 after a reset. */
 typedef struct {
-  void (*write)(void *ctx, const uint8_t *data, size_t len);
+  bp_write_fn write;
   uint32_t (*now_ms)(void *ctx);
   void *ctx;
   uint32_t timeout_ms;
   uint8_t max_retries;
+  uint32_t boot_id;
 } bp_client_config;
 
 typedef enum { BP_CLIENT_IDLE = 0, BP_CLIENT_WAITING = 1, BP_CLIENT_DONE = 2 } bp_client_state;
@@ -143,12 +162,9 @@ typedef struct {
   bp_client_config cfg;
   bp_client_state state;
   bp_reader reader;
-  uint8_t frame[BP_MAX_FRAME + 1];
-  size_t frame_len;
-  uint32_t seq;
+  bp_msg request; /* re-sent as is; its input stays the caller's until the request is DONE */
   uint32_t deadline;
   uint8_t retries_left;
-  uint16_t local_label;
   /* result, valid in BP_CLIENT_DONE */
   uint16_t label;
   uint16_t confidence_q16;
@@ -160,8 +176,9 @@ typedef struct {
 } bp_client;
 
 void bp_client_init(bp_client *c, const bp_client_config *cfg);
-/* Sends INFER and starts waiting. Returns false if a request is pending or the input is too big. */
-bool bp_client_request(bp_client *c, uint32_t seq, const int8_t *input, uint16_t count, uint16_t local_label,
+/* Sends INFER and starts waiting. Returns false if a request is pending or the input is too big.
+ * `input` must stay valid and unchanged until the request is DONE (resends read it again). */
+bool bp_client_request(bp_client *c, uint32_t seq, const int8_t *input, uint32_t count, uint16_t local_label,
                        int8_t local_confidence);
 /* Bytes received from the host. */
 void bp_client_feed(bp_client *c, const uint8_t *data, size_t len);

@@ -11,6 +11,7 @@
 #include "bisup_image.h"
 #include "driver/uart.h"
 #include "esp_partition.h"
+#include "esp_random.h"
 #include "esp_timer.h"
 #include "model_data.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
@@ -50,7 +51,9 @@ extern "C" void app_main(void) {
   RegisterModelDataOps(resolver);
   tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
   if (interpreter.AllocateTensors() != kTfLiteOk) return;
-  bp_client_config link = {link_write, now_ms, nullptr, 500, 3};
+  // A new boot id per boot from the hardware RNG: the bridge never answers this boot from the cache of
+  // the last one, although sequence numbers restart at 1 (firmware_bridge/PROTOCOL.md, "Boot id").
+  bp_client_config link = {link_write, now_ms, nullptr, 500, 3, esp_random()};
   bisup_app_init(&g_app, &link, image.threshold_int8);
   for (;;) {
     int8_t* input = interpreter.input(0)->data.int8;

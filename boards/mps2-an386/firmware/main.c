@@ -9,6 +9,10 @@
  * Everything else runs for real on the emulated Cortex-M4: the CMSDK UART, COBS framing and the
  * CRC, the int8 threshold decision, and the request state machine with its deadline, retries
  * (same sequence number) and local fallback, all from the C device library.
+ *
+ * Boot id: the MPS2 has no TRNG, so `bisup hil` plays one: QEMU's generic loader writes a random
+ * word at _boot_entropy (the last word of RAM, outside .data/.bss and below no stack) before the
+ * CPU starts. A real board draws it from its RNG (esp_random, the nRF RNG peripheral).
  */
 #include <stdint.h>
 #include <string.h>
@@ -60,14 +64,19 @@ static bool uart_read(void *ctx, uint8_t *byte) {
   return true;
 }
 
-static uint8_t tx[BP_MAX_FRAME + 1];
+extern const volatile uint32_t _boot_entropy; /* link.ld: written by QEMU's loader */
+
 static bp_reader rx;
 static bisup_app app;
 static int8_t input[REPLAY_INPUT_BYTES];
+static uint32_t boot_id;
 
-static void send(const bp_msg *m) { uart_write(NULL, tx, bp_encode_frame(m, tx, sizeof(tx))); }
+static void send(bp_msg *m) {
+  m->boot = boot_id;
+  bp_send_frame(m, BP_MAX_BODY, uart_write, NULL);
+}
 
-static void send_error(uint32_t seq, uint8_t code, uint16_t detail) {
+static void send_error(uint32_t seq, uint8_t code, uint32_t detail) {
   bp_msg m;
   memset(&m, 0, sizeof(m));
   m.type = BP_ERROR;
@@ -82,7 +91,8 @@ static void send_hello(uint32_t seq) {
   memset(&m, 0, sizeof(m));
   m.type = BP_HELLO;
   m.seq = seq;
-  m.u.hello.fw[1] = 1;
+  m.u.hello.fw[1] = 2;
+  m.u.hello.max_body = BP_MAX_BODY;
   memcpy(m.u.hello.hash, kModelHash, BP_HASH_BYTES);
   m.u.hello.id_len = (uint8_t)(sizeof(DEVICE_ID) - 1);
   memcpy(m.u.hello.id, DEVICE_ID, sizeof(DEVICE_ID) - 1);
@@ -104,8 +114,7 @@ static void handshake(void) {
 }
 
 static void on_feed(const bp_msg *m) {
-  uint32_t start = now_us(), i = m->seq;
-  uint16_t count = m->u.feed.count;
+  uint32_t start = now_us(), i = m->seq, count = m->u.feed.count;
   if (i >= REPLAY_COUNT || count != REPLAY_INPUT_BYTES || m->u.feed.dtype != BP_DTYPE_INT8 ||
       bp_crc16((const uint8_t *)m->u.feed.data, count) != kReplayInputCrc[i]) {
     send_error(i, BP_E_BAD_TENSOR, REPLAY_INPUT_BYTES);
@@ -134,7 +143,8 @@ int main(void) {
   SYST_RVR = TICKS_PER_MS - 1u;
   SYST_CVR = 0u;
   SYST_CSR = 7u; /* processor clock, interrupt, enable */
-  bp_client_config link = {uart_write, now_ms, NULL, REQUEST_TIMEOUT_MS, REQUEST_RETRIES};
+  boot_id = _boot_entropy;
+  bp_client_config link = {uart_write, now_ms, NULL, REQUEST_TIMEOUT_MS, REQUEST_RETRIES, boot_id};
   bisup_app_init(&app, &link, THRESHOLD_INT8);
   bp_reader_init(&rx);
   handshake();

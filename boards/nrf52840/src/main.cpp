@@ -24,6 +24,22 @@ bool link_read(void*, uint8_t* byte) {
   return true;
 }
 
+// A new boot id per boot from the nRF52840's RNG peripheral (thermal noise), so the bridge never answers
+// this boot from the cache of the last one (firmware_bridge/PROTOCOL.md, "Boot id").
+uint32_t boot_id() {
+  uint32_t id = 0;
+  NRF_RNG->CONFIG = RNG_CONFIG_DERCEN_Msk;  // bias correction
+  NRF_RNG->TASKS_START = 1;
+  for (int i = 0; i < 4; ++i) {
+    NRF_RNG->EVENTS_VALRDY = 0;
+    while (NRF_RNG->EVENTS_VALRDY == 0) {
+    }
+    id = (id << 8) | NRF_RNG->VALUE;
+  }
+  NRF_RNG->TASKS_STOP = 1;
+  return id;
+}
+
 // Replace with your sensor (quantize with kModelDataInputScale / kModelDataInputZeroPoint).
 void acquire_input(int8_t* input) { memset(input, 0, kModelDataInputBytes); }
 }  // namespace
@@ -42,7 +58,7 @@ void setup() {
   static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
   if (interpreter.AllocateTensors() != kTfLiteOk) return;
   g_interpreter = &interpreter;
-  bp_client_config link = {link_write, now_ms, nullptr, 500, 3};
+  bp_client_config link = {link_write, now_ms, nullptr, 500, 3, boot_id()};
   bisup_app_init(&g_app, &link, image.threshold_int8);
 }
 
