@@ -10,12 +10,14 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from converters.errors import BisupError
+
 PROFILE_DIR = Path(__file__).resolve().parent
 _CAVEATS_FILE = PROFILE_DIR / "caveats.toml"
 _REQUIRED = ("name", "title", "arch", "cpu_mhz", "flash_bytes", "ram_bytes", "flash_method")
 
 
-class BoardError(ValueError):
+class BoardError(BisupError, ValueError):
     """An unknown board or a malformed profile; the message names the fix."""
 
 

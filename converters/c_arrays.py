@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from converters.errors import ConversionError
-from converters.graph import CONFIDENCE, SCORES
+from converters.signature import CONFIDENCE, SCORES
 from converters.tflite_model import ModelInfo
 from converters.tflm_ops import RESOLVER_METHODS
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from converters.errors import ConversionError
-from converters.graph import CONFIDENCE, SCORES
+from converters.signature import CONFIDENCE, SCORES
 from converters.tflite_model import ModelInfo
 from converters.tflm_ops import RESOLVER_METHODS
 

@@ -1,8 +1,16 @@
-"""The one exception type the converters raise for bad input; its message is the user's error."""
+"""The project's one error base, and the converters' own error.
+
+``BisupError`` is the root of every error a user can fix, in every package (converters, boards,
+firmware_bridge, toolkit), so the CLI maps exactly one type to one ``Error:`` line. It lives here,
+in the lowest layer, because every other package may import ``converters`` and this module imports
+nothing.
+"""
 
 
-class ConversionError(ValueError):
-    """A model, calibration set or graph the exporter cannot turn into a board-ready model.
+class BisupError(Exception):
+    """Bad input or a missing prerequisite the user can fix. The first line of the message names the
+    input and, where there is one, the fix; further lines (a log tail) are detail."""
 
-    The message is a single line that names the bad input and, where there is one, the fix.
-    """
+
+class ConversionError(BisupError, ValueError):
+    """A model, calibration set or graph the exporter cannot turn into a board-ready model."""

@@ -17,10 +17,9 @@ import numpy as np
 
 from converters.errors import ConversionError
 from converters.scores import looks_like_probabilities
+from converters.signature import CONFIDENCE, SCORES
 from converters.supervisors import Supervisor
 
-SCORES = "scores"
-CONFIDENCE = "confidence"
 INPUT = "input"
 
 

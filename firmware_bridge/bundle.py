@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from converters import tflite_model
+from converters.errors import BisupError
 from firmware_bridge.device_model import LocalModel
 from firmware_bridge.relay import InputQuantization, RemoteSupervisor
 
@@ -26,7 +27,7 @@ FORMAT_VERSION = 1
 MEMBERS = ("model.tflite", "thresholds.json", "labels.json", "input.json", "board.json")
 
 
-class BundleError(ValueError):
+class BundleError(BisupError, ValueError):
     """A bundle that lacks a file, holds a malformed one, or fails verification."""
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from converters import arena, tflite_model
 from converters.errors import ConversionError
-from converters.graph import CONFIDENCE, SCORES
 from converters.runners import TflmRunner, dequantize, quantize
+from converters.signature import CONFIDENCE, SCORES
 from firmware_bridge.relay import InputQuantization
 
 

@@ -24,13 +24,15 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from converters.errors import BisupError
+
 MAGIC = b"BSUP"
 VERSION = 1
 HEADER_BYTES = 64
 _HEADER = struct.Struct("<4sHHIhH32s16x")
 
 
-class ImageError(ValueError):
+class ImageError(BisupError, ValueError):
     """Bytes that are not a valid bisup model image; the message says what is wrong."""
 
 

@@ -24,12 +24,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from converters.errors import BisupError
 from firmware_bridge import protocol as p
 
 TOPIC_ROOT = "bisup/v1"
 
 
-class MqttError(RuntimeError):
+class MqttError(BisupError, RuntimeError):
     """A broker that cannot be reached or refuses us; the message names the broker and the fix."""
 
 

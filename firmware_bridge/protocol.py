@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from converters.errors import BisupError
+
 VERSION = 2
 LEGACY_VERSION = 1
 MAX_BODY = 262_144  # the host's limit; a device states its own (a compile-time macro) in HELLO
@@ -53,7 +55,7 @@ class Source(IntEnum):
     FALLBACK = 2
 
 
-class ProtocolError(ValueError):
+class ProtocolError(BisupError, ValueError):
     """A body or frame that cannot be accepted; ``seq`` and ``boot`` are 0 when the header cannot be
     trusted. ``peer_version`` is the version the sender spoke, so the ERROR reply can be laid out in it."""
 

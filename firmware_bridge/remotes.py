@@ -7,15 +7,17 @@ backends load a Keras file, a SavedModel directory or a float TFLite model. Netw
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from converters.errors import BisupError
 from converters.scores import looks_like_probabilities, softmax
 
 
-class RemoteError(RuntimeError):
+class RemoteError(BisupError, RuntimeError):
     """A remote that cannot be loaded or that fails to answer; the message names which and why."""
 
 
@@ -38,7 +40,10 @@ class KerasRemote:
     """A ``.keras`` file or a SavedModel directory, run in this process."""
 
     def __init__(self, path: Path):
-        import keras
+        from converters.quiet import capture_fd
+
+        with capture_fd(2):  # TensorFlow's C++ start-up chatter, not the user's business
+            import keras
 
         self.name = str(path)
         try:
@@ -101,6 +106,22 @@ class TFLiteRemote:
         except (ValueError, RuntimeError) as exc:
             raise _failed(self.name, x, exc) from exc
         return _as_probabilities(np.stack(rows))
+
+
+class DeferredRemote:
+    """A network remote that was down when the bridge started. Every call tries to open it again; until
+    that works each call raises ``RemoteError``, which the bridge answers with ``fallback`` (the
+    device keeps its own label), so a model server that starts late needs no bridge restart."""
+
+    def __init__(self, spec: str):
+        self.name, self._remote = spec, None
+        self._lock = threading.Lock()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            if self._remote is None:
+                self._remote = open_remote(self.name)
+        return self._remote.predict(x)
 
 
 def open_remote(spec: str | Path) -> RemoteModel:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import serial
 
+from converters.errors import BisupError
 from firmware_bridge import framing
 from firmware_bridge import protocol as p
 from firmware_bridge.handler import RequestHandler
@@ -24,7 +25,7 @@ log = logging.getLogger("bisup.bridge")
 MIN_BACKOFF_S, MAX_BACKOFF_S = 0.05, 5.0
 
 
-class BridgeError(RuntimeError):
+class BridgeError(BisupError, RuntimeError):
     """A port that cannot be opened at start; the message names it and the fix."""
 
 

@@ -14,13 +14,14 @@ from typing import Protocol
 
 import numpy as np
 
+from converters.errors import BisupError
 from firmware_bridge import framing
 from firmware_bridge import protocol as p
 from firmware_bridge.device_model import LocalModel
 from firmware_bridge.relay import Answer, LocalDecision
 
 
-class DeviceTimeout(RuntimeError):
+class DeviceTimeout(BisupError, RuntimeError):
     """The bridge did not answer a HELLO in time."""
 
 

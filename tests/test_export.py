@@ -9,8 +9,8 @@ import pytest
 
 from boards import all_boards, load_board
 from converters import arena, coverage, tflite_model
-from converters.graph import CONFIDENCE, SCORES
 from converters.runners import TflmRunner, dequantize
+from converters.signature import CONFIDENCE, SCORES
 from converters.tflm_ops import RESOLVER_METHODS
 from toolkit import export as exporter
 

@@ -258,3 +258,41 @@ def test_bridge_takes_pyserial_spy_urls(bundle, remote, tmp_path):
         os.close(slave)
     assert p.decode(reply[0]) == p.Pong(77)
     assert "TX" in trace.read_text() and "RX" in trace.read_text()
+
+
+def test_bridge_that_fails_at_start_prints_only_its_error(bundle_dir, digits_example):
+    result = CliRunner().invoke(main, ["bridge", "--serial", "/dev/bisup-no-such-port", "--remote",
+                                       str(digits_example["model"]), "--bundle", str(bundle_dir)])
+    assert result.exit_code == 1 and "{}" not in result.stderr  # no counters: it never served
+
+
+def test_remote_deadline_must_leave_the_device_time(bundle_dir, digits_example):
+    result = CliRunner().invoke(main, ["bridge", "--serial", "loop://", "--remote", str(digits_example["model"]),
+                                       "--bundle", str(bundle_dir), "--deadline-ms", "2000"])
+    assert result.exit_code == 2 and "not shorter than the devices' wait of 2000 ms" in result.stderr
+
+
+def test_a_model_server_that_is_down_at_start_gets_fallbacks(bundle_dir, digits_example, tmp_path):
+    """The README promises `fallback` answers when the remote fails; that holds from the first request."""
+    strict = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, strict)
+    thresholds = json.loads((strict / "thresholds.json").read_text())
+    thresholds["local"]["threshold_int8"] = 120  # relay most inputs
+    (strict / "thresholds.json").write_text(json.dumps(thresholds))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        down = f"oip+http://127.0.0.1:{probe.getsockname()[1]}/v2/models/digits"  # nothing listens there
+    with NoisyProxy() as proxy:
+        bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", proxy.path_b,
+                                   "--remote", down, "--bundle", str(strict)], stderr=subprocess.PIPE, text=True)
+        try:
+            result = CliRunner().invoke(main, ["device", "--serial", proxy.path_a, "--bundle", str(strict), "--data",
+                                               str(digits_example["test"]), "--json"])
+        finally:
+            bridge.send_signal(signal.SIGINT)
+            _, stderr = bridge.communicate(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["requests"] == summary["answered"] == summary["fallback"] > 0 and summary["remote"] == 0
+    assert "answering `fallback` until it responds" in stderr
+    assert json.loads(stderr.strip().splitlines()[-1])["remote_unavailable"] == summary["requests"]

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from converters.errors import BisupError
 from firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, MqttError, connect, make_client
 
 DEFAULT_DEVICES = ("d1", "d2")
@@ -57,7 +58,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # safe as a topic level,
 _SBIN = "/usr/sbin:/usr/local/sbin"  # mosquitto is in sbin on Debian, which is not on every user's PATH
 
 
-class BrokerError(RuntimeError):
+class BrokerError(BisupError, RuntimeError):
     """The local broker could not be set up or started; the message says why and what to do."""
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from converters.errors import BisupError
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 EXIT_INTERNAL = 70
@@ -22,23 +24,9 @@ class BisupGroup(click.Group):
     """Turns the project's error types into one-line messages."""
 
     def invoke(self, ctx: click.Context):
-        from boards import BoardError
-        from converters.errors import ConversionError
-        from firmware_bridge.bundle import BundleError
-        from firmware_bridge.mqtt_link import MqttError
-        from firmware_bridge.remotes import RemoteError
-        from firmware_bridge.serial_bridge import BridgeError
-        from firmware_bridge.virtual_device import DeviceTimeout
-        from toolkit.broker import BrokerError
-        from toolkit.datasets import DataError
-        from toolkit.flash import FlashError
-        from toolkit.hil import HilError
-        from toolkit.thresholds import ThresholdError
-
         try:
             return super().invoke(ctx)
-        except (BoardError, BridgeError, BrokerError, BundleError, ConversionError, DataError, DeviceTimeout,
-                FlashError, HilError, MqttError, RemoteError, ThresholdError) as exc:
+        except BisupError as exc:  # every error a user can fix, from any package
             raise click.ClickException(str(exc).splitlines()[0]) from None  # details (a log tail) stay in logs
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -305,15 +293,20 @@ def _one_transport(serial_url, mqtt_url) -> None:
               help="MQTT: seconds the broker keeps a dead worker's session and its queued requests.")
 @click.option("--max-batch", default=32, show_default=True, help="Remote: most requests in one batched call (1: none).")
 @click.option("--max-delay-ms", default=2.0, show_default=True, help="Remote: longest wait to fill a batch.")
-@click.option("--deadline-ms", default=2000.0, show_default=True,
-              help="Remote: give up on a request after this long; the device gets `fallback` (its own label).")
+@click.option("--device-wait-ms", default=2000.0, show_default=True,
+              help="How long devices wait for an answer in all, over every resend (`bisup device` and the "
+                   "firmware templates: 500 ms x 4 attempts). The remote deadline is derived from it.")
+@click.option("--deadline-ms", type=float, default=None,
+              help="Remote: give up on a request after this long and answer `fallback` (the device keeps its own "
+                   "label) [default: --device-wait-ms less a quarter, so the fallback arrives while the device "
+                   "still waits].")
 @click.option("--breaker-failures", default=5, show_default=True,
               help="Remote: consecutive failures that open the circuit breaker (0: no breaker).")
 @click.option("--breaker-cooldown", default=10.0, show_default=True,
               help="Remote: seconds the breaker answers `fallback` at once before it tries the remote again.")
 def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle_dir, baud, json_log, wait, workers,
-           threads, group, worker_name, session_expiry, max_batch, max_delay_ms, deadline_ms, breaker_failures,
-           breaker_cooldown) -> None:
+           threads, group, worker_name, session_expiry, max_batch, max_delay_ms, device_wait_ms, deadline_ms,
+           breaker_failures, breaker_cooldown) -> None:
     """Serve devices: relay unsure inputs to the remote model and supervise the answers.
 
     \b
@@ -336,15 +329,15 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
               tfserving+http://host:8501/v1/models/<name> (TF Serving REST)
     """
     _one_transport(serial_url, mqtt_url)
-    _quiet_tensorflow()
     from firmware_bridge.bundle import Bundle
     from firmware_bridge.handler import RelayLog, RequestHandler
     from firmware_bridge.relay import Relay
-    from firmware_bridge.remotes import open_remote
     from firmware_bridge.resilience import resilient
 
     loaded = Bundle.load(bundle_dir)
-    guarded = resilient(open_remote(remote), max_batch, max_delay_ms, deadline_ms, breaker_failures, breaker_cooldown)
+    deadline_ms = _remote_deadline_ms(deadline_ms, device_wait_ms)
+    guarded = resilient(_open_bridge_remote(remote), max_batch, max_delay_ms, deadline_ms, breaker_failures,
+                        breaker_cooldown)
     handler = RequestHandler(Relay(guarded, loaded.remote_supervisor, loaded.quantization), loaded, RelayLog(json_log))
     try:
         if serial_url:
@@ -355,7 +348,33 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
     finally:
         guarded.close()
         handler.log.close()
-        click.echo(json.dumps(dict(handler.counts), sort_keys=True), err=True)
+    click.echo(json.dumps(dict(handler.counts), sort_keys=True), err=True)  # after serving; not on a failed start
+
+
+def _remote_deadline_ms(deadline_ms: float | None, device_wait_ms: float) -> float:
+    """The remote deadline: a quarter of the devices' wait is left for the answer's way back."""
+    if device_wait_ms <= 0:
+        raise click.BadParameter(f"{device_wait_ms:g} must be positive", param_hint="--device-wait-ms")
+    if deadline_ms is None:
+        return 0.75 * device_wait_ms
+    if deadline_ms >= device_wait_ms:
+        raise click.BadParameter(f"{deadline_ms:g} ms is not shorter than the devices' wait of {device_wait_ms:g} ms, "
+                                 "so a fallback would arrive after the device gave up; lower it or leave it out",
+                                 param_hint="--deadline-ms")
+    return deadline_ms
+
+
+def _open_bridge_remote(spec: str):
+    """The remote; a model server that is down now is served with fallbacks until it answers."""
+    from firmware_bridge.remotes import DeferredRemote, RemoteError, open_remote
+
+    try:
+        return open_remote(spec)
+    except RemoteError as exc:
+        if "://" not in spec:
+            raise  # a file the user must fix
+        _progress(f"warning: {exc}; answering `fallback` until it responds")
+        return DeferredRemote(spec)
 
 
 def _serve_serial(serial_url, handler, baud, wait) -> None:

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.errors import BisupError
+
 MIN_CALIBRATION_SAMPLES = 100  # full-int8 calibration wants 100-500 representative inputs
 
 
-class DataError(ValueError):
+class DataError(BisupError, ValueError):
     """A data file that is missing, unreadable or does not match the model."""
 
 

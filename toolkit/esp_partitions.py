@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from boards import BoardProfile
+from converters.errors import BisupError
 
 TABLE_OFFSET = 0x8000
 TABLE_BYTES = 0xC00
@@ -30,7 +31,7 @@ _SUBTYPES = {"app": {"factory": 0x00}, "data": {"phy": 0x01, "nvs": 0x02}}
 _APP_ALIGN, _DATA_ALIGN = 0x10000, 0x1000
 
 
-class PartitionError(ValueError):
+class PartitionError(BisupError, ValueError):
     """A partition table that the bootloader would refuse; the message names the entry."""
 
 

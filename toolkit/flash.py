@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from boards import BoardProfile
+from converters.errors import BisupError
 from firmware_bridge.bundle import Bundle, read_archive
 from firmware_bridge.image import ModelImage
 from toolkit import esp_partitions
 
 
-class FlashError(RuntimeError):
+class FlashError(BisupError, RuntimeError):
     """A plan that cannot be made or a write that failed; the message names the fix."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import serial
 
 from boards import PROFILE_DIR
+from converters.errors import BisupError
 from firmware_bridge import framing
 from firmware_bridge import protocol as p
 from firmware_bridge.bundle import Bundle
@@ -44,7 +45,7 @@ DEVICE_ID = "qemu-mps2-an386"
 BOOT_ENTROPY_ADDRESS = 0x20000000 + 4 * 1024 * 1024 - 4  # _boot_entropy in the firmware's link.ld
 
 
-class HilError(RuntimeError):
+class HilError(BisupError, RuntimeError):
     """A board that cannot be reached or does not fit the bundle; the message says what to do."""
 
 

@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import beta
 
+from converters.errors import BisupError
+
 NEVER_TRUST = 128  # above every int8 code: all inputs go to the remote
 
 
-class ThresholdError(ValueError):
+class ThresholdError(BisupError, ValueError):
     """A target that the data cannot reach or cannot certify; the message says what can."""
 
 

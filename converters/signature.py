@@ -1,0 +1,5 @@
+"""Names of the exported model's outputs, shared by the exporter that writes them and the runtime
+that reads them (apart from ``graph`` so that reading a model never imports Keras)."""
+
+SCORES = "scores"
+CONFIDENCE = "confidence"
