@@ -66,14 +66,18 @@ class MqttWorker:
         self._pool.submit(self._serve, message)
 
     def _serve(self, message: mqtt.MQTTMessage) -> None:
+        """Answer one request, then ack it, whatever it held: a request that can never be answered (a bug,
+        an unusable ResponseTopic) must not stay unacked, or it would fill the broker's in-flight window
+        for this worker and stop every device's requests. Only an answer lost with the connection is left
+        unacked, so that the broker delivers the request again."""
         device = device_of(message.topic)
         try:
             reply = self.handler.handle(device, message.payload) if device else None
             if reply is not None and not self._publish(device, reply, message):
-                return  # not acked: the broker delivers the request again after a reconnect
-        except Exception:  # a bug must not kill the pool thread silently; the request is redelivered
-            log.exception("worker %s failed on a request from %s", self.client_id, device)
-            return
+                return
+        except Exception:  # a bug must neither kill the pool thread silently nor block the worker
+            self.handler.count("internal_error")
+            log.exception("worker %s failed on a request from %s; acking it", self.client_id, device)
         self.client.ack(message.mid, message.qos)
         with self._lock:
             self.served += 1
@@ -105,13 +109,22 @@ class MqttWorker:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _concrete_below(wanted: str | None, own: str) -> bool:
+    """A ResponseTopic the bridge may publish to: the device's own resp topic or a concrete topic below
+    it, with no wildcard, no empty level and no NUL (paho refuses to publish to those)."""
+    if not wanted or not (wanted == own or wanted.startswith(own + "/")):
+        return False
+    levels = wanted.split("/")
+    return all(levels) and not any(c in wanted for c in "+#\0") and len(wanted.encode()) <= 65535
+
+
 def _reply_route(device: str, asked) -> tuple[str, Properties | None]:
-    """Where an answer goes: the device's resp topic, or an MQTT 5 ResponseTopic below it (never another
-    device's topic), with the request's CorrelationData when it has one."""
+    """Where an answer goes: the device's resp topic, or a concrete MQTT 5 ResponseTopic below it (never
+    another device's topic, never a filter), with the request's CorrelationData when it has one."""
     own = response_topic(device)
     wanted = getattr(asked, "ResponseTopic", None) if asked is not None else None
     correlation = getattr(asked, "CorrelationData", None) if asked is not None else None
-    topic = wanted if wanted and (wanted == own or wanted.startswith(own + "/")) else own
+    topic = wanted if _concrete_below(wanted, own) else own
     if correlation is None:
         return topic, None
     props = Properties(PacketTypes.PUBLISH)

@@ -42,6 +42,11 @@ def response_topic(device_id: str) -> str:
     return f"{TOPIC_ROOT}/{device_id}/resp"
 
 
+def device_client_id(device_id: str) -> str:
+    """The client id a device connects with; `bisup broker --secure` binds it to the device's user."""
+    return f"bisup-device-{device_id}"
+
+
 def device_of(topic: str) -> str | None:
     """The device id in a request topic, or None for a topic that is not one."""
     parts = topic.split("/")
@@ -136,10 +141,18 @@ class DeviceLink:
     def __init__(self, broker: Broker, device_id: str, timeout_s: float = 10.0):
         self.device_id = device_id
         self._inbox: queue.Queue[bytes] = queue.Queue()
-        self._client = make_client(broker, f"bisup-device-{device_id}")
+        self._client = make_client(broker, device_client_id(device_id))
         self._client.on_connect = self._subscribe
         self._client.on_message = lambda client, userdata, message: self._inbox.put(message.payload)
-        connect(self._client, broker, timeout_s=timeout_s)
+        try:
+            connect(self._client, broker, timeout_s=timeout_s)
+        except MqttError as exc:
+            if broker.username and broker.username != device_id and "refused" in str(exc):
+                raise MqttError(f"the MQTT broker at {broker.url} refused device {device_id!r} logged in as "
+                                f"{broker.username!r}: a device's --device-id must equal its --username, which "
+                                f"`bisup broker --secure` binds to client id {device_client_id(broker.username)!r}"
+                                ) from exc
+            raise
 
     def _subscribe(self, client, userdata, flags, reason_code, properties) -> None:
         client.subscribe(response_topic(self.device_id), qos=1)  # again after every reconnect

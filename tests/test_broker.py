@@ -8,7 +8,9 @@ allowed one is in, the forbidden one would have been too.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import socket
 import stat
@@ -17,7 +19,17 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from firmware_bridge.mqtt_link import Broker, MqttError, connect, make_client, request_topic, response_topic
+from firmware_bridge.mqtt_link import (
+    TOPIC_ROOT,
+    Broker,
+    DeviceLink,
+    MqttError,
+    connect,
+    device_client_id,
+    make_client,
+    request_topic,
+    response_topic,
+)
 from toolkit.broker import BrokerError, run_broker
 
 WAIT_S = 3.0
@@ -122,10 +134,11 @@ def test_devices_see_only_their_own_topics_and_reach_the_bridge(secure_mosquitto
     bridge_inbox, a_inbox, b_inbox = Inbox(), Inbox(), Inbox()
     bridge = clients.connect(broker.endpoint("bisup-bridge"), "bridge", bridge_inbox)
     assert _subscribe(bridge, f"$share/{broker.bridge_group}/bisup/v1/+/req") == 1
-    device_a = clients.connect(broker.endpoint("d1"), "d1", a_inbox)
-    device_b = clients.connect(broker.endpoint("d2"), "d2", b_inbox)
+    device_a = clients.connect(broker.endpoint("d1"), device_client_id("d1"), a_inbox)
+    device_b = clients.connect(broker.endpoint("d2"), device_client_id("d2"), b_inbox)
     assert _subscribe(device_b, response_topic("d2")) == 1
-    _subscribe(device_a, response_topic("d2"))  # mosquitto 2.0 grants it but delivers nothing (checked below)
+    assert _subscribe(device_a, response_topic("d2")) == NOT_AUTHORIZED
+    assert _subscribe(device_a, f"{TOPIC_ROOT}/#") == NOT_AUTHORIZED
     assert _subscribe(device_a, response_topic("d1")) == 1
 
     assert _publish(device_a, request_topic("d2"), b"posing as d2") == NOT_AUTHORIZED
@@ -138,17 +151,35 @@ def test_devices_see_only_their_own_topics_and_reach_the_bridge(secure_mosquitto
     assert b_inbox.wait_for(1) == [(response_topic("d2"), b"for d2")]
 
 
-def test_a_device_in_the_guessable_group_takes_no_requests(secure_mosquitto, clients):
-    """A group member without read access makes mosquitto drop the message for the whole group; a device
-    can only join groups whose names it knows, and the bridge's is random."""
-    broker, bridge_inbox = secure_mosquitto, Inbox()
+def test_a_device_that_learns_the_group_name_cannot_join_it(secure_mosquitto, clients):
+    """A shared-group member without read access would make mosquitto drop requests for the whole group.
+    The dynamic-security plugin refuses a device every subscription but its own answers, so even the
+    bridge's real group name gets it nothing, and every request reaches the bridge."""
+    broker, bridge_inbox, spy_inbox = secure_mosquitto, Inbox(), Inbox()
     bridge = clients.connect(broker.endpoint("bisup-bridge"), "bridge", bridge_inbox)
     assert _subscribe(bridge, f"$share/{broker.bridge_group}/bisup/v1/+/req") == 1
-    device = clients.connect(broker.endpoint("d1"), "d1")
-    _subscribe(device, "$share/bisup/bisup/v1/+/req")
+    device = clients.connect(broker.endpoint("d1"), device_client_id("d1"), spy_inbox)
+    for group in (broker.bridge_group, "bisup"):
+        assert _subscribe(device, f"$share/{group}/bisup/v1/+/req") == NOT_AUTHORIZED
+    other = clients.connect(broker.endpoint("d2"), device_client_id("d2"))
     for n in range(4):
-        assert _publish(device, request_topic("d1"), bytes([n])) == 0
-    assert bridge_inbox.wait_for(4) == [(request_topic("d1"), bytes([n])) for n in range(4)]
+        assert _publish(other, request_topic("d2"), bytes([n])) == 0
+    assert bridge_inbox.wait_for(4) == [(request_topic("d2"), bytes([n])) for n in range(4)]
+    assert spy_inbox.wait_for(1, timeout_s=0.5) == []
+
+
+def test_a_device_cannot_take_another_devices_client_id(secure_mosquitto, clients):
+    """Client ids are bound to credentials: d1's password with d2's client id is refused, and d2 stays on."""
+    broker, inbox = secure_mosquitto, Inbox()
+    victim = clients.connect(broker.endpoint("d2"), device_client_id("d2"), inbox)
+    assert _subscribe(victim, response_topic("d2")) == 1
+    with pytest.raises(MqttError, match="Not authorized"):
+        connect(make_client(broker.endpoint("d1"), device_client_id("d2")), broker.endpoint("d1"), timeout_s=WAIT_S)
+    with pytest.raises(MqttError, match="--device-id must equal its --username"):
+        DeviceLink(broker.endpoint("d1"), "d2", timeout_s=WAIT_S)
+    assert victim.is_connected()
+    assert _publish(clients.connect(broker.endpoint("bisup-bridge"), "bridge"), response_topic("d2"), b"ok") == 0
+    assert inbox.wait_for(1) == [(response_topic("d2"), b"ok")]
 
 
 def test_wrong_password_anonymous_plain_tcp_and_unknown_ca_are_refused(secure_mosquitto):
@@ -170,8 +201,13 @@ def test_credentials_are_private_hashed_and_reused(tmp_path):
     for path in (tmp_path / "credentials.json", tmp_path / "server.key", broker.config.password_file("d1")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert broker.config.password_file("d1").read_text().strip() == saved["passwords"]["d1"]
-    hashed = (tmp_path / "passwd").read_text()
-    assert "d1:$7$" in hashed and saved["passwords"]["d1"] not in hashed
+    assert stat.S_IMODE((tmp_path / "dynamic-security.json").stat().st_mode) == 0o600
+    stored = json.loads((tmp_path / "dynamic-security.json").read_text())
+    d1 = next(client for client in stored["clients"] if client["username"] == "d1")
+    assert d1["clientid"] == device_client_id("d1") and saved["passwords"]["d1"] not in json.dumps(stored)
+    expected = hashlib.pbkdf2_hmac("sha512", saved["passwords"]["d1"].encode(), base64.b64decode(d1["salt"]),
+                                   d1["iterations"])
+    assert base64.b64decode(d1["password"]) == expected
     with run_broker(tmp_path, secure=True, devices=("d1", "d2")) as again:
         assert again.ca_path.read_bytes() == ca and again.bridge_group == broker.bridge_group
         assert again.credentials.passwords["d1"] == saved["passwords"]["d1"] and "d2" in again.credentials.passwords
@@ -209,8 +245,10 @@ def test_bad_device_names_are_refused(tmp_path):
             pass
 
 
-def test_cli_broker_serves_until_interrupted(tmp_path):
-    """`bisup broker` prints where it listens, serves, and takes mosquitto down with it on Ctrl-C."""
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_cli_broker_serves_until_interrupted(tmp_path, stop):
+    """`bisup broker` prints where it listens, serves, and takes mosquitto down with it on Ctrl-C and on
+    `kill` (SIGTERM), so no orphaned mosquitto keeps the port."""
     import signal
     import subprocess
     import sys
@@ -225,7 +263,7 @@ def test_cli_broker_serves_until_interrupted(tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(getattr(signal, stop))
         process.wait(timeout=15)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1)

@@ -223,6 +223,9 @@ def test_bad_tensor_and_remote_outage_get_immediate_replies(mosquitto, setup):
 @pytest.mark.parametrize("asked, answered_on", [
     ("bisup/v1/probe/resp/call-42", "bisup/v1/probe/resp/call-42"),
     ("bisup/v1/other-device/resp", "bisup/v1/probe/resp"),  # a device cannot route answers to another
+    ("bisup/v1/probe/resp/#", "bisup/v1/probe/resp"),  # a filter is no topic: paho would refuse to publish
+    ("bisup/v1/probe/resp/+/x", "bisup/v1/probe/resp"),
+    ("bisup/v1/probe/resp//x", "bisup/v1/probe/resp"),
 ])
 def test_mqtt5_response_topic_and_correlation_data(mosquitto, setup, asked, answered_on):
     broker = Broker.from_url(mosquitto.url)
@@ -234,6 +237,37 @@ def test_mqtt5_response_topic_and_correlation_data(mosquitto, setup, asked, answ
     finally:
         workers[0].stop()
     assert p.decode(reply) == p.Pong(5) and got.CorrelationData == b"corr-42"
+
+
+def test_requests_a_worker_cannot_answer_are_still_acked(mosquitto, setup):
+    """Unacked requests fill mosquitto's in-flight window (100 per client) and then the worker receives
+    nothing more, for every device. 150 requests whose handling fails are acked all the same."""
+
+    class Broken:
+        counts = {}
+
+        def count(self, name):
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+        def handle(self, device, body):
+            raise RuntimeError("a bug in the handler")
+
+    broker = Broker.from_url(mosquitto.url)
+    broken = Broken()
+    worker = start_workers(broker, broken, prefix="t6-")[0]
+    sender = make_client(broker, "flooder")
+    connect(sender, broker)
+    try:
+        for n in range(150):
+            sender.publish(request_topic("flooder"), p.encode(p.Ping(n)), qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while broken.counts.get("internal_error", 0) < 150 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert broken.counts.get("internal_error", 0) == 150 and worker.served == 150
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        worker.stop()
 
 
 def test_clients_set_tcp_nodelay(mosquitto):
