@@ -12,6 +12,7 @@ import hashlib
 import json
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from converters import tflite_model
 from converters.errors import BisupError
+from converters.signature import SCORES
 from firmware_bridge.device_model import LocalModel
 from firmware_bridge.relay import InputQuantization, RemoteSupervisor
 
@@ -37,9 +39,10 @@ def _sha256(data: bytes) -> str:
 
 def read_archive(path: Path) -> dict[str, bytes]:
     """The verified members of a ``.bisup`` archive; raise BundleError naming what is wrong."""
+    _check_no_trailing_bytes(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            files = {info.filename: archive.read(info) for info in archive.infolist()}
+            files = {info.filename: _member(archive, info, path) for info in archive.infolist()}
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise BundleError(f"bundle {path} is truncated or not a bisup archive ({exc})") from exc
     except zipfile.LargeZipFile as exc:
@@ -61,6 +64,38 @@ def read_archive(path: Path) -> dict[str, bytes]:
             raise BundleError(f"bundle {path}: {name} has SHA-256 {digest[:16]}... but the manifest says "
                               f"{str(entry.get('sha256'))[:16]}...; the bundle was modified after it was built")
     return files | {"manifest.json": json.dumps(manifest).encode()}
+
+
+END_OF_ARCHIVE = b"PK\x05\x06"  # the zip end-of-central-directory record; bisup writes no archive comment
+END_RECORD_BYTES = 22
+TAIL_SCAN_BYTES = 65_536 + END_RECORD_BYTES  # how far back a reader looks for the end record
+
+
+def _check_no_trailing_bytes(path: Path) -> None:
+    """A bisup archive ends with its 22-byte end record (no comment); zipfile would accept bytes appended
+    after it, and the manifest cannot see them."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(0, size - TAIL_SCAN_BYTES))
+            tail = handle.read()
+    except OSError as exc:
+        raise BundleError(f"bundle {path} cannot be read: {exc.strerror}") from exc
+    at = tail.rfind(END_OF_ARCHIVE)
+    if at < 0:
+        raise BundleError(f"bundle {path} is truncated or not a bisup archive (no zip end record)")
+    extra = len(tail) - at - END_RECORD_BYTES
+    if extra != 0 or tail[-2:] != b"\x00\x00":
+        raise BundleError(f"bundle {path} has {max(extra, 0)} bytes after the end of the archive; it was modified "
+                          "after it was built: rebuild it with `bisup bundle`")
+
+
+def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:
+    try:
+        return archive.read(info)
+    except (zlib.error, zipfile.BadZipFile, EOFError) as exc:
+        raise BundleError(f"bundle {path}: member {info.filename} is corrupt ({exc}); the bundle was modified "
+                          "after it was built: rebuild it with `bisup bundle`") from exc
 
 
 @dataclass
@@ -109,6 +144,10 @@ class Bundle:
     @property
     def input_elements(self) -> int:
         return int(np.prod(self.info.inputs[0].shape))
+
+    @property
+    def num_classes(self) -> int:
+        return int(np.prod(self.info.output(SCORES).shape))
 
     @property
     def quantization(self) -> InputQuantization:

@@ -26,7 +26,11 @@ class LocalModel:
         if not self.path.is_file():
             raise ConversionError(f"local model {self.path} does not exist")
         self.model = self.path.read_bytes()
-        self.info = tflite_model.read(self.model)
+        try:
+            self.info = tflite_model.read(self.model)
+        except ConversionError as exc:
+            raise ConversionError(f"local model {self.path}: {exc}; give the int8 model.tflite that `bisup export "
+                                  "--out DIR` writes (DIR/model.tflite), not a .keras file") from exc
         missing = {SCORES, CONFIDENCE} - set(self.info.output_positions)
         if missing:
             names = " or ".join(sorted(missing))

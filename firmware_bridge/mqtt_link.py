@@ -120,7 +120,8 @@ def connect(client: mqtt.Client, broker: Broker, clean_start: bool = True, sessi
     client.loop_start()
     if not done.wait(timeout_s):
         _give_up(client)
-        raise MqttError(f"the MQTT broker at {broker.url} did not answer CONNECT within {timeout_s:g} s")
+        hint = "" if broker.tls else "; if that port speaks TLS (8883 usually does), use mqtts:// with --tls-ca"
+        raise MqttError(f"the MQTT broker at {broker.url} did not answer CONNECT within {timeout_s:g} s{hint}")
     if outcome["reason"].is_failure:
         _give_up(client)
         raise MqttError(f"the MQTT broker at {broker.url} refused the connection: {outcome['reason']}; check the "

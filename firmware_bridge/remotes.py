@@ -8,6 +8,7 @@ backends load a Keras file, a SavedModel directory or a float TFLite model. Netw
 from __future__ import annotations
 
 import threading
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -46,6 +47,9 @@ class KerasRemote:
             import keras
 
         self.name = str(path)
+        if path.is_file() and path.suffix == ".keras" and not zipfile.is_zipfile(path):
+            raise RemoteError(f"remote model {path} is not a .keras archive (truncated or corrupt); save it again "
+                              "with model.save(path)")
         try:
             if path.is_dir():
                 layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")

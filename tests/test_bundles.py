@@ -86,6 +86,27 @@ def test_truncated_bundle_is_refused(archive, tmp_path):
     assert "truncated or not a bisup archive" in error_line(CliRunner().invoke(main, ["bundle", "--verify", str(cut)]))
 
 
+def test_padded_bundle_is_refused(archive, tmp_path):
+    """zipfile itself accepts bytes after the end record; the bundle check does not."""
+    padded = tmp_path / "padded.bisup"
+    padded.write_bytes(archive.read_bytes() + bytes(100))
+    assert "has 100 bytes after the end of the archive" in error_line(
+        CliRunner().invoke(main, ["bundle", "--verify", str(padded)]))
+
+
+def test_a_flipped_byte_inside_a_compressed_member_is_named(archive, tmp_path):
+    """A flipped byte in deflated data breaks decompression before any hash check: still one clear line."""
+    with zipfile.ZipFile(archive) as zipped:
+        info = zipped.getinfo("thresholds.json")
+    data = bytearray(archive.read_bytes())
+    data[info.header_offset + 30 + len(info.filename) + info.compress_size // 2] ^= 0xFF  # inside the data
+    flipped = tmp_path / "flipped.bisup"
+    flipped.write_bytes(bytes(data))
+    for command in (["bundle", "--verify", str(flipped)], ["flash", str(flipped), "--dry-run"]):
+        line = error_line(CliRunner().invoke(main, command))
+        assert "thresholds.json" in line and "internal error" not in line
+
+
 def test_build_needs_calibration_first(converted, tmp_path):
     from boards import load_board
     from toolkit.export import write

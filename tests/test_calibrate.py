@@ -110,6 +110,24 @@ def test_class_count_mismatch(exported, digits_example, tmp_path):
     assert "local model has 10 classes but the remote has 12" in error_line(result)
 
 
+def test_local_must_be_the_exported_tflite(digits_example, tmp_path):
+    """--local takes the exported int8 model; a .keras file or a damaged file is named, with the fix."""
+    (tmp_path / "broken.tflite").write_bytes(b"\x00" * 64)
+    for wrong in (digits_example["model"], tmp_path / "broken.tflite"):
+        result = _cli("calibrate", "--local", wrong, "--remote", digits_example["model"], "--data",
+                      digits_example["val"], "--max-remote-fraction", "0.3", "--out", tmp_path)
+        line = error_line(result)
+        assert f"local model {wrong}" in line and "DIR/model.tflite" in line
+
+
+def test_corrupt_keras_remote_is_named_as_corrupt(exported, digits_example, tmp_path):
+    corrupt = tmp_path / "remote.keras"
+    corrupt.write_bytes(digits_example["model"].read_bytes()[:500])
+    result = _cli("calibrate", "--local", exported, "--remote", corrupt, "--data", digits_example["val"],
+                  "--max-remote-fraction", "0.3", "--out", tmp_path)
+    assert f"remote model {corrupt} is not a .keras archive (truncated or corrupt)" in error_line(result)
+
+
 def test_exactly_one_mode(exported, digits_example, tmp_path):
     result = _cli("calibrate", "--local", exported, "--remote", digits_example["model"], "--data",
                   digits_example["val"], "--out", tmp_path)

@@ -108,6 +108,14 @@ def test_pytest_plugin_fixtures_run_a_board(hil_setup, pytester):
     skipped.assert_outcomes(skipped=1)
 
 
+def test_data_of_the_wrong_shape_is_named(hil_setup, tmp_path):
+    out, remote_path, _ = hil_setup
+    np.savez(tmp_path / "wide.npz", x=np.zeros((4, 8, 9, 1), np.float32), y=np.zeros(4, np.int64))
+    result = CliRunner().invoke(main, ["hil", "--emulate", "mps2-an386", "--bundle", str(out / "digits.bisup"),
+                                       "--data", str(tmp_path / "wide.npz"), "--remote", str(remote_path)])
+    assert "samples have shape (8, 9, 1) but the model takes (8, 8, 1)" in error_line(result)
+
+
 def test_port_already_in_use(hil_setup):
     """Another program holds the board's port (exclusive lock): say so instead of fighting over it."""
     import os

@@ -534,6 +534,7 @@ def hil(port_url, emulate, bundle_path, data_path, remote, report_path, junit_pa
     x, y = datasets.load_npz(data_path)
     if y is None:
         raise datasets.DataError(f"{data_path} has no labels 'y'; a HIL run needs a labelled set")
+    datasets.check_matches(x, y, loaded.quantization.shape, loaded.num_classes, data_path)
     handler = runner.bridge_handler(loaded, open_remote(remote))
     result = runner.run(loaded, x, y, handler, port_url, emulate, timeout, _progress)
     if report_path:
