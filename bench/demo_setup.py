@@ -32,12 +32,15 @@ class DemoSetup:
 
 def demo_setup() -> DemoSetup:
     """Run `bisup demo` once if its artefacts are not cached, then load them."""
+    from converters.errors import BisupError
     from firmware_bridge.bundle import Bundle
     from firmware_bridge.device_model import LocalModel
     from toolkit import demo, digits
 
     out = demo.cache_root() / "demo"
-    if not (out / "thresholds.json").is_file():
+    try:
+        Bundle.load(out)
+    except BisupError:  # not run yet, or written by an older bisup
         demo.run(progress=lambda m: print(f"setup: {m}", file=sys.stderr))
     x_q, labels, conf = LocalModel(out / "model.tflite").run(digits.splits(0)["test"][0][:1])
     return DemoSetup(Bundle.load(out), demo.cache_root() / f"{demo.MODEL_VERSION}-seed0", x_q[0], int(labels[0]),

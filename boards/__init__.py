@@ -7,10 +7,12 @@ also point at their own profile file by path wherever a board name is taken.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from converters.artefacts import BoardProfile, Caveat
 from converters.errors import BisupError
+
+__all__ = ["BoardError", "BoardProfile", "Caveat", "PROFILE_DIR", "all_boards", "board_names", "load_board"]
 
 PROFILE_DIR = Path(__file__).resolve().parent
 _CAVEATS_FILE = PROFILE_DIR / "caveats.toml"
@@ -19,48 +21,6 @@ _REQUIRED = ("name", "title", "arch", "cpu_mhz", "flash_bytes", "ram_bytes", "fl
 
 class BoardError(BisupError, ValueError):
     """An unknown board or a malformed profile; the message names the fix."""
-
-
-@dataclass(frozen=True)
-class Caveat:
-    """A known kernel problem on some boards; `check` names the model inspection that detects it."""
-
-    id: str
-    check: str
-    severity: str
-    message: str
-    fix: str
-    source: str
-
-
-@dataclass(frozen=True)
-class BoardProfile:
-    """What the exporter needs to know about a board to say whether a model fits and runs right."""
-
-    name: str
-    title: str
-    arch: str
-    cpu_mhz: int
-    flash_bytes: int
-    ram_bytes: int
-    flash_method: str
-    reserved_flash_bytes: int = 0
-    reserved_ram_bytes: int = 0
-    kernels: str = "reference"
-    flash_target: str = ""
-    model_offset: int = 0
-    notes: tuple[str, ...] = ()
-    caveats: tuple[Caveat, ...] = field(default_factory=tuple)
-
-    @property
-    def model_flash_budget(self) -> int:
-        """Flash left for the model once the firmware image is accounted for."""
-        return self.flash_bytes - self.reserved_flash_bytes
-
-    @property
-    def arena_ram_budget(self) -> int:
-        """RAM left for the tensor arena once stacks, heap and radio stacks are accounted for."""
-        return self.ram_bytes - self.reserved_ram_bytes
 
 
 def _load_caveats() -> dict[str, Caveat]:

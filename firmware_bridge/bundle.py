@@ -9,7 +9,6 @@ every member. An archive is verified on every load; a tampered, truncated or pad
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 import zipfile
 import zlib
@@ -20,25 +19,26 @@ from pathlib import Path
 import numpy as np
 
 from converters import tflite_model
+from converters.artefacts import BundleManifest, ExportReport, Thresholds
 from converters.errors import BisupError
 from converters.signature import SCORES
 from firmware_bridge.device_model import LocalModel
 from firmware_bridge.relay import InputQuantization, RemoteSupervisor
 
-FORMAT_VERSION = 1
-MEMBERS = ("model.tflite", "thresholds.json", "labels.json", "input.json", "board.json")
+MEMBERS = ("model.tflite", "thresholds.json", "labels.json", "input.json", "report.json")
 
 
 class BundleError(BisupError, ValueError):
     """A bundle that lacks a file, holds a malformed one, or fails verification."""
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
+    """How the manifest names a member's content."""
     return hashlib.sha256(data).hexdigest()
 
 
-def read_archive(path: Path) -> dict[str, bytes]:
-    """The verified members of a ``.bisup`` archive; raise BundleError naming what is wrong."""
+def read_archive(path: Path) -> tuple[dict[str, bytes], BundleManifest]:
+    """The verified members of a ``.bisup`` archive and its manifest; raise BundleError naming what is wrong."""
     _check_no_trailing_bytes(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -47,23 +47,19 @@ def read_archive(path: Path) -> dict[str, bytes]:
         raise BundleError(f"bundle {path} is truncated or not a bisup archive ({exc})") from exc
     except zipfile.LargeZipFile as exc:
         raise BundleError(f"bundle {path} is too large to be a bisup bundle") from exc
-    try:
-        manifest = json.loads(files.pop("manifest.json"))
-        members = manifest["members"]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise BundleError(f"bundle {path} has no readable manifest.json") from exc
-    if manifest.get("format") != FORMAT_VERSION:
-        raise BundleError(f"bundle {path} has format {manifest.get('format')!r}; this bisup reads {FORMAT_VERSION}")
-    if set(files) != set(members):
-        extra, missing = sorted(set(files) - set(members)), sorted(set(members) - set(files))
+    if "manifest.json" not in files:
+        raise BundleError(f"bundle {path} has no manifest.json; build bundles with `bisup bundle`")
+    manifest = BundleManifest.from_json(files.pop("manifest.json"), f"bundle {path}: manifest.json")
+    if set(files) != set(manifest.members):
+        extra, missing = sorted(set(files) - set(manifest.members)), sorted(set(manifest.members) - set(files))
         raise BundleError(f"bundle {path} does not match its manifest (extra {extra}, missing {missing}); "
                           "it was modified after it was built")
-    for name, entry in members.items():
-        digest = _sha256(files[name])
-        if digest != entry.get("sha256") or len(files[name]) != entry.get("size"):
+    for name, entry in manifest.members.items():
+        digest = sha256_hex(files[name])
+        if digest != entry.sha256 or len(files[name]) != entry.size:
             raise BundleError(f"bundle {path}: {name} has SHA-256 {digest[:16]}... but the manifest says "
-                              f"{str(entry.get('sha256'))[:16]}...; the bundle was modified after it was built")
-    return files | {"manifest.json": json.dumps(manifest).encode()}
+                              f"{entry.sha256[:16]}...; the bundle was modified after it was built")
+    return files, manifest
 
 
 END_OF_ARCHIVE = b"PK\x05\x06"  # the zip end-of-central-directory record; bisup writes no archive comment
@@ -102,18 +98,19 @@ def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> byte
 class Bundle:
     path: Path
     model: bytes
-    thresholds: dict
-
-    manifest: dict | None = None
+    thresholds: Thresholds
+    report: ExportReport | None = None  # None for a build folder whose model was exported elsewhere
+    manifest: BundleManifest | None = None  # archives only
 
     @classmethod
     def load(cls, path: str | Path) -> Bundle:
         """A build folder or a verified ``.bisup`` archive."""
         location = Path(path)
         if location.is_file():
-            files = read_archive(location)
-            return cls(location, files["model.tflite"], _thresholds(files["thresholds.json"], location),
-                       json.loads(files["manifest.json"]))
+            files, manifest = read_archive(location)
+            return cls(location, files["model.tflite"],
+                       Thresholds.from_json(files["thresholds.json"], f"bundle {location}: thresholds.json"),
+                       ExportReport.from_json(files["report.json"], f"bundle {location}: report.json"), manifest)
         if not location.is_dir():
             raise BundleError(f"bundle {location} does not exist")
         model_file, thresholds_file = location / "model.tflite", location / "thresholds.json"
@@ -121,16 +118,19 @@ class Bundle:
             if not required.is_file():
                 raise BundleError(f"bundle {location} has no {required.name}; create it with "
                                   f"`{made_by} --out {location}`")
-        return cls(location, model_file.read_bytes(), _thresholds(thresholds_file.read_bytes(), thresholds_file))
+        report = location / "report.json"
+        return cls(location, model_file.read_bytes(), Thresholds.read(thresholds_file),
+                   ExportReport.read(report) if report.is_file() else None)
 
     def local_model(self) -> LocalModel:
-        """The bundle's model in TFLM (an archive's model is unpacked only for the arena probe)."""
+        """The bundle's model in TFLM, with the arena export measured (searched only when no report says)."""
+        arena = self.report.arena_recommended_bytes if self.report else None
         if self.path.is_dir():
-            return LocalModel(self.path / "model.tflite")
+            return LocalModel(self.path / "model.tflite", arena)
         with tempfile.TemporaryDirectory(prefix="bisup-bundle-") as folder:
             model = Path(folder) / "model.tflite"
             model.write_bytes(self.model)
-            return LocalModel(model)
+            return LocalModel(model, arena)
 
     @cached_property
     def info(self) -> tflite_model.ModelInfo:
@@ -156,18 +156,8 @@ class Bundle:
 
     @property
     def threshold_int8(self) -> int:
-        return int(self.thresholds["local"]["threshold_int8"])
+        return self.thresholds.local.threshold_int8
 
     @property
     def remote_supervisor(self) -> RemoteSupervisor:
-        remote = self.thresholds["remote"]
-        return RemoteSupervisor(remote.get("supervisor", "max-softmax"), float(remote["threshold"]))
-
-
-def _thresholds(raw: bytes, where: Path) -> dict:
-    try:
-        thresholds = json.loads(raw)
-        thresholds["local"]["threshold_int8"], thresholds["remote"]["threshold"]  # noqa: B018
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{where} does not hold a bisup thresholds file: {exc}") from exc
-    return thresholds
+        return RemoteSupervisor(self.thresholds.remote.supervisor, float(self.thresholds.remote.threshold))

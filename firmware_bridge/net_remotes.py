@@ -21,7 +21,7 @@ import urllib.parse
 
 import numpy as np
 
-from firmware_bridge.remotes import RemoteError, RemoteModel, _as_probabilities
+from firmware_bridge.remote_base import RemoteError, RemoteModel, as_probabilities
 
 DEFAULT_TIMEOUT_S = 10.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -122,7 +122,7 @@ class _RestRemote:
             raise self._error(f"{what} is not numeric: {_one_line(str(exc))}") from exc
         if out.ndim < 2 or out.shape[0] != n:
             raise self._error(f"{what} has shape {list(out.shape)}; expected class scores [{n}, K] for {n} inputs")
-        return _as_probabilities(out.reshape(n, -1))
+        return as_probabilities(out.reshape(n, -1))
 
 
 def _server_reason(raw: bytes) -> str:

@@ -18,6 +18,11 @@ class PtyPort:
     def __init__(self, fd: int, timeout: float = 0.05):
         self.fd, self.timeout = fd, timeout
 
+    @property
+    def in_waiting(self) -> int:
+        """Unknown for a pty master; ``read`` takes whatever is there (pyserial's callers read max(n, 1))."""
+        return 0
+
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         while view:
@@ -31,6 +36,27 @@ class PtyPort:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class PtyServer:
+    """A pty whose master a bridge serves and whose slave path a device opens (``bisup bridge --serial pty``).
+
+    The bridge keeps the slave open too, so the pty outlives each device run: a device can come and go
+    (a new ``bisup device`` per boot) without the master seeing end-of-file."""
+
+    def __init__(self):
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(self.slave)
+        self.device_path = os.ttyname(self.slave)
+
+    def open(self, *args, **kwargs) -> PtyPort:
+        """A pyserial-style opener for ``SerialBridge``: a fresh handle on the master each time."""
+        return PtyPort(os.dup(self.master))
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
 
 
 def pty_pair() -> tuple[PtyPort, str, int]:

@@ -1,7 +1,7 @@
 """The BiSupervised decision path, shared by the demo and the bridges.
 
-Device side (``LocalDecision``): the int8 supervisor output is compared with the int8 threshold,
-exactly as the firmware does; trusted answers never leave the device. Host side (``Relay``): an
+Device side (``converters.artefacts.trusted``, the one rule): the int8 supervisor output is compared
+with the int8 threshold, exactly as the firmware does; trusted answers never leave the device. Host side (``Relay``): an
 unsure request is answered by the remote model, and the remote supervisor accepts that answer or
 rejects it, in which case the device falls back to its own label. Serial and MQTT transports carry
 ``InferRequest``/``Answer`` between the two; the logic stays here.
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converters.artefacts import accepted
 from converters.scores import score
 from firmware_bridge.protocol import Source
 from firmware_bridge.remotes import RemoteModel
@@ -42,16 +43,6 @@ class Answer:
 
 
 @dataclass(frozen=True)
-class LocalDecision:
-    """The firmware's decision step: trust the local answer iff confidence_int8 >= threshold_int8."""
-
-    threshold_int8: int
-
-    def trusted(self, confidence_int8: int | np.ndarray) -> bool | np.ndarray:
-        return np.asarray(confidence_int8, dtype=np.int32) >= self.threshold_int8
-
-
-@dataclass(frozen=True)
 class RemoteSupervisor:
     """Judges the remote's probabilities; accepts when the score reaches the threshold."""
 
@@ -61,7 +52,7 @@ class RemoteSupervisor:
     def judge(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Labels, confidences and accept flags for a batch of remote probabilities."""
         confidence = score(self.kind, probs)
-        return probs.argmax(axis=1), confidence, confidence >= self.threshold
+        return probs.argmax(axis=1), confidence, accepted(confidence, self.threshold)
 
 
 @dataclass(frozen=True)

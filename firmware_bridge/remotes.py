@@ -10,31 +10,13 @@ from __future__ import annotations
 import threading
 import zipfile
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from converters.errors import BisupError
-from converters.scores import looks_like_probabilities, softmax
+from firmware_bridge.net_remotes import open_url
+from firmware_bridge.remote_base import RemoteError, RemoteModel, as_probabilities
 
-
-class RemoteError(BisupError, RuntimeError):
-    """A remote that cannot be loaded or that fails to answer; the message names which and why."""
-
-
-class RemoteModel(Protocol):
-    """What the relay needs from a remote model."""
-
-    name: str
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, K)`` for float inputs ``(N, ...)``."""
-
-
-def _as_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """Softmax unless the rows already are probabilities (a model may end in logits or softmax)."""
-    out = np.asarray(outputs, dtype=np.float64)
-    return out if looks_like_probabilities(out) else softmax(out)
+__all__ = ["DeferredRemote", "KerasRemote", "RemoteError", "RemoteModel", "TFLiteRemote", "open_remote"]
 
 
 class KerasRemote:
@@ -66,7 +48,7 @@ class KerasRemote:
             outputs = self._call(x)
         except Exception as exc:  # Keras and TF raise many types for shape and dtype problems
             raise _failed(self.name, x, exc) from exc
-        return _as_probabilities(np.asarray(outputs))
+        return as_probabilities(np.asarray(outputs))
 
 
 def _failed(name: str, x: np.ndarray, exc: Exception) -> RemoteError:
@@ -109,7 +91,7 @@ class TFLiteRemote:
                 rows.append(self._interpreter.get_tensor(self._output["index"])[0])
         except (ValueError, RuntimeError) as exc:
             raise _failed(self.name, x, exc) from exc
-        return _as_probabilities(np.stack(rows))
+        return as_probabilities(np.stack(rows))
 
 
 class DeferredRemote:
@@ -135,8 +117,6 @@ def open_remote(spec: str | Path) -> RemoteModel:
     which no path the bridge is given contains.
     """
     if "://" in str(spec):
-        from firmware_bridge.net_remotes import open_url
-
         return open_url(str(spec))
     path = Path(spec)
     if not path.exists():

@@ -14,11 +14,12 @@ from typing import Protocol
 
 import numpy as np
 
+from converters.artefacts import trusted
 from converters.errors import BisupError
 from firmware_bridge import framing
 from firmware_bridge import protocol as p
 from firmware_bridge.device_model import LocalModel
-from firmware_bridge.relay import Answer, LocalDecision
+from firmware_bridge.relay import Answer
 
 
 class DeviceTimeout(BisupError, RuntimeError):
@@ -65,7 +66,7 @@ class SerialLink:
 class VirtualDevice:
     def __init__(self, link: Link, local: LocalModel, threshold_int8: int, device_id: str = "virtual-0",
                  timeout_s: float = 0.5, retries: int = 3):
-        self.link, self.local, self.decision = link, local, LocalDecision(threshold_int8)
+        self.link, self.local, self.threshold_int8 = link, local, threshold_int8
         self.device_id, self.timeout_s, self.retries = device_id, timeout_s, retries
         self.stats = DeviceStats()
         self.boot = secrets.randbits(32)  # a new identity per boot, as firmware draws from its RNG
@@ -131,7 +132,7 @@ class VirtualDevice:
         x_q, labels, confidence = self.local.run(x)
         answers = []
         for sample, label, conf in zip(x_q, labels, confidence, strict=True):
-            if self.decision.trusted(conf):
+            if trusted(conf, self.threshold_int8):
                 answers.append(Answer(0, int(label), self.local.threshold_float(int(conf)), p.Source.LOCAL))
             else:
                 answers.append(self.ask(sample, int(label), int(conf)))

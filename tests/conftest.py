@@ -16,7 +16,8 @@ def digits_example(tmp_path_factory):
     """The packaged example: a trained CNN plus calib/val/test/holdout .npz files."""
     from toolkit.digits import write_example
 
-    return write_example(tmp_path_factory.mktemp("digits"), epochs=40, seed=0, progress=lambda message: None)
+    return write_example(tmp_path_factory.mktemp("digits"), epochs=40, seed=0, progress=lambda message: None,
+                         remote_epochs=None)  # the tests use the local CNN as their remote; test_cli trains one
 
 
 @pytest.fixture(scope="session")

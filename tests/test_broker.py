@@ -15,6 +15,8 @@ import json
 import socket
 import stat
 import threading
+import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -258,6 +260,12 @@ def test_cli_broker_serves_until_interrupted(tmp_path, stop):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "broker", "--port", str(port), "--dir",
                                 str(tmp_path / "b")], stderr=subprocess.PIPE, text=True)
+    if stop == "SIGTERM":  # at once: the handler must be in place before mosquitto starts
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+        assert not _listening(port), "SIGTERM during start-up orphaned mosquitto"
+        return
     try:
         assert f"mosquitto on mqtt://127.0.0.1:{port}" in process.stderr.readline()
         with socket.create_connection(("127.0.0.1", port), timeout=5):
@@ -267,6 +275,28 @@ def test_cli_broker_serves_until_interrupted(tmp_path, stop):
         process.wait(timeout=15)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_secure_broker_prints_commands_that_work_as_printed(tmp_path):
+    """`bisup broker --secure` prints complete bridge and device commands; a device started from its
+    printed line connects (the rest of the line is the README's walk-through paths)."""
+    with run_broker(tmp_path, secure=True, devices=("d1", "d2")) as broker:
+        bridge, *devices = broker.commands("b.bisup", "r.keras", "t.npz")
+        assert "..." not in bridge and f"--group {broker.bridge_group}" in bridge and "--bundle b.bisup" in bridge
+        assert len(devices) == 2 and "--device-id d2" in devices[1]
+        words = devices[0].split()
+        option = {words[i]: words[i + 1] for i in range(2, len(words) - 1, 2)}
+        password = Path(option["--password-file"]).read_text().strip()
+        endpoint = Broker.from_url(option["--mqtt"], option["--username"], password, option["--tls-ca"])
+        DeviceLink(endpoint, option["--device-id"]).close()  # connects: the printed credentials are right
 
 
 def test_cli_broker_on_a_taken_port_is_one_line(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
 
+from converters.artefacts import ExportReport
 from firmware_bridge.bundle import Bundle, BundleError
 from toolkit import bundles
 from toolkit.cli import main
@@ -31,17 +32,25 @@ def test_archive_holds_everything_with_hashes(archive, bundle_dir):
         manifest = json.loads(z.read("manifest.json"))
         assert json.loads(z.read("labels.json")) == [str(i) for i in range(10)]
         assert json.loads(z.read("input.json"))["dtype"] == "int8"
-        assert json.loads(z.read("board.json"))["board"] == "nrf52840"
-    assert names == {"manifest.json", "model.tflite", "thresholds.json", "labels.json", "input.json", "board.json"}
-    assert manifest["format"] == 1 and manifest["toolkit_version"]
+        report = ExportReport.from_json(z.read("report.json"))
+    assert report.board == "nrf52840" and report.arena_recommended_bytes > report.arena_bytes > 0
+    assert names == {"manifest.json", "model.tflite", "thresholds.json", "labels.json", "input.json", "report.json"}
+    assert manifest["format"] == 2 and manifest["toolkit_version"]
     assert manifest["members"]["model.tflite"]["size"] == (bundle_dir / "model.tflite").stat().st_size
     verified = CliRunner().invoke(main, ["bundle", "--verify", str(archive)])
     assert verified.exit_code == 0 and "OK, 5 members match the manifest" in verified.stdout
 
 
-def test_bridge_loads_the_archive_like_the_folder(archive, bundle_dir):
+def test_bridge_loads_the_archive_like_the_folder(archive, bundle_dir, monkeypatch):
     packed, folder = Bundle.load(archive), Bundle.load(bundle_dir)
     assert packed.model_hash == folder.model_hash and packed.threshold_int8 == folder.threshold_int8
+    assert packed.report == folder.report and packed.thresholds == folder.thresholds
+    from converters import arena
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the arena was searched again although the export report stores it")
+
+    monkeypatch.setattr(arena, "minimum_arena", no_search)  # stands in for 13 subprocess probes
     assert packed.local_model().model_hash == folder.model_hash
 
 
@@ -105,6 +114,19 @@ def test_a_flipped_byte_inside_a_compressed_member_is_named(archive, tmp_path):
     for command in (["bundle", "--verify", str(flipped)], ["flash", str(flipped), "--dry-run"]):
         line = error_line(CliRunner().invoke(main, command))
         assert "thresholds.json" in line and "internal error" not in line
+
+
+def test_a_bundle_of_another_format_says_what_to_do(archive, tmp_path):
+    def downgrade(name, data):
+        if name != "manifest.json":
+            return data
+        manifest = json.loads(data)
+        manifest["format"] = 1
+        return json.dumps(manifest).encode()
+
+    old = _rewrite(archive, tmp_path / "old.bisup", downgrade)
+    line = error_line(CliRunner().invoke(main, ["bundle", "--verify", str(old)]))
+    assert "format 1, from an older bisup" in line and "rebuild the bundle with `bisup bundle`" in line
 
 
 def test_build_needs_calibration_first(converted, tmp_path):

@@ -55,6 +55,18 @@ def test_export_table_and_caveat_warning(digits_example, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "int8 top-1 (TFLM)" in result.stdout and "AUROC float / int8" in result.stdout
     assert "Warning: esp32s3: esp-nn's per-channel FULLY_CONNECTED" in result.stderr
+    assert "(on the calibration set: pass --eval for held-out figures)" in result.stdout  # no --eval given
+
+
+@pytest.mark.slow
+def test_digits_writes_the_remote_model_the_walkthrough_uses(tmp_path):
+    result = _run("digits", tmp_path, "--epochs", "1", "--remote-epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    from firmware_bridge.remotes import open_remote
+
+    remote = open_remote(tmp_path / "remote.keras")
+    x = np.load(tmp_path / "test.npz")["x"][:4]
+    assert remote.predict(x).shape == (4, 10) and f"remote: {tmp_path / 'remote.keras'}" in result.stdout
 
 
 @pytest.mark.slow

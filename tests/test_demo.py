@@ -35,8 +35,8 @@ def test_path_answers_equal_the_offline_decisions(demo_run):
     remote = demo.open_remote(cache / f"{demo.MODEL_VERSION}-seed0" / "remote.keras")
     chosen = result["thresholds"]
     o, _ = calibrate.outcomes(local, remote, "max-softmax", x, y)
-    r = chosen["remote"]["threshold"]
-    label, relayed, rejected = thresholds.answers(o, chosen["local"]["threshold_int8"], r)
+    r = chosen.remote.threshold
+    label, relayed, rejected = thresholds.answers(o, chosen.local.threshold_int8, r)
     relay = demo.Relay(remote, demo.RemoteSupervisor("max-softmax", r), local.quantization)
     answers = demo.through_the_path(local, demo.Bundle.load(result["out_dir"]), relay, x)
     assert [a.label for a in answers] == label.tolist()

@@ -9,6 +9,7 @@ import pytest
 
 from boards import all_boards, load_board
 from converters import arena, coverage, tflite_model
+from converters.artefacts import ExportReport
 from converters.runners import TflmRunner, dequantize
 from converters.signature import CONFIDENCE, SCORES
 from converters.tflm_ops import RESOLVER_METHODS
@@ -26,10 +27,11 @@ def test_every_board_gets_all_artefacts(converted, tmp_path, board):
     report = exporter.write(converted, load_board(board), tmp_path)
     for name in ("model.tflite", "model_data.h", "model_data.cc", "report.json"):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert REPORT_KEYS <= set(report)
-    assert json.loads((tmp_path / "report.json").read_text()) == report
-    assert report["board"] == board and report["fits"] is True
-    assert report["flash_bytes"] == len((tmp_path / "model.tflite").read_bytes())
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert REPORT_KEYS <= set(written) and written["format"] == ExportReport.FORMAT
+    assert ExportReport.read(tmp_path / "report.json") == report
+    assert report.board == board and report.fits is True
+    assert report.flash_bytes == len((tmp_path / "model.tflite").read_bytes())
 
 
 def test_graph_is_full_int8_with_named_outputs(converted):
@@ -93,9 +95,9 @@ def test_tflm_with_reported_arena_reproduces_the_confidence(converted, digits_ex
 def test_esp32s3_warns_about_its_fully_connected_caveat(converted):
     s3 = exporter.report(converted, load_board("esp32s3"))
     plain = exporter.report(converted, load_board("esp32"))
-    hit = [c for c in s3["caveats"] if c["id"] == "esp-nn-fc-per-channel-width"]
+    hit = [c for c in s3.caveats if c["id"] == "esp-nn-fc-per-channel-width"]
     assert hit and "output width 10" in hit[0]["detail"]
-    assert not [c for c in plain["caveats"] if c["id"] == "esp-nn-fc-per-channel-width"]
+    assert not [c for c in plain.caveats if c["id"] == "esp-nn-fc-per-channel-width"]
 
 
 def test_savedmodel_directory_exports_like_the_keras_file(digits_example, converted, tmp_path):

@@ -36,7 +36,7 @@ def hil_setup(demo_run, tmp_path_factory):
                                       calibrate.Mode("budget", 0.3))
     calibrate.write(calibration, out)
     bundles.build(out, out / "digits.bisup")
-    return out, remote_path, calibration.thresholds_json()["achieved"]
+    return out, remote_path, calibration.thresholds().achieved
 
 
 def test_hil_on_qemu_matches_the_calibrated_figures(hil_setup):

@@ -4,6 +4,7 @@ broker restarted mid-run, bad payloads, MQTT 5 response topics, and an unreachab
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from converters.artefacts import dumps
 from firmware_bridge import protocol as p
 from firmware_bridge.bundle import Bundle
 from firmware_bridge.handler import RequestHandler
@@ -51,9 +53,8 @@ def setup(relay_bundle, digits_example):
     local = bundle.local_model()
     x_q, labels, conf = local.run(x)
     threshold = int(np.quantile(conf.astype(int), 1 / 3)) + 1
-    thresholds = bundle.thresholds
-    thresholds["local"]["threshold_int8"] = threshold
-    (relay_bundle / "thresholds.json").write_text(json.dumps(thresholds))
+    moved = dataclasses.replace(bundle.thresholds.local, threshold_int8=threshold)
+    (relay_bundle / "thresholds.json").write_text(dumps(dataclasses.replace(bundle.thresholds, local=moved)))
     bundle = Bundle.load(relay_bundle)
     remote = open_remote(digits_example["model"])
     relay = Relay(remote, bundle.remote_supervisor, bundle.quantization)

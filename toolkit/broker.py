@@ -428,6 +428,19 @@ class LocalBroker:
                       f"devices {', '.join(self.config.devices)}"]
         return lines
 
+    def commands(self, bundle: str, remote: str, data: str) -> list[str]:
+        """Complete `bisup bridge` and `bisup device` command lines for this broker, ready to paste."""
+        def login(user: str) -> str:
+            if not self.config.secure:
+                return ""
+            return f" --tls-ca {self.ca_path} --username {user} --password-file {self.config.password_file(user)}"
+
+        bridge = (f"bisup bridge --mqtt {self.url} --group {self.bridge_group}{login(self.config.bridge_user)} "
+                  f"--bundle {bundle} --remote {remote}")
+        devices = [f"bisup device --mqtt {self.url}{login(device)} --device-id {device} --bundle {bundle} "
+                   f"--data {data}" for device in self.config.devices]
+        return [bridge, *devices]
+
 
 @contextmanager
 def run_broker(workdir: str | Path, port: int = 0, secure: bool = False, devices: Iterable[str] = DEFAULT_DEVICES,

@@ -7,7 +7,6 @@ remote model sees what the bridge will hand it: the device's int8 input, dequant
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.artefacts import ExportReport, LocalThreshold, RemoteThreshold, Thresholds, dumps
 from converters.errors import ConversionError
 from converters.runners import dequantize
 from converters.scores import KINDS
@@ -26,7 +26,6 @@ from toolkit import datasets, thresholds
 from toolkit.thresholds import CostModel, Outcomes, Point, RemoteRule
 
 Progress = Callable[[str], None]
-FORMAT_VERSION = 1
 
 
 def _quiet(message: str) -> None:
@@ -77,32 +76,18 @@ class Calibration:
     data: str = ""
     baselines: dict = field(default_factory=dict)
 
-    def thresholds_json(self) -> dict:
+    def thresholds(self) -> Thresholds:
+        """What ``thresholds.json`` holds: the chosen thresholds, how they were chosen, what they achieve."""
         c = self.chosen
-        return {
-            "format": FORMAT_VERSION,
-            "local": {
-                "supervisor": self.local_supervisor,
-                "threshold_int8": c.threshold_int8,
-                "threshold": self.local.threshold_float(c.threshold_int8),
-                "confidence_scale": self.local.confidence.scale,
-                "confidence_zero_point": self.local.confidence.zero_point,
-                "rule": "answer locally when confidence_int8 >= threshold_int8 (128: never)",
-            },
-            "remote": {
-                "supervisor": self.remote_supervisor,
-                "threshold": _finite(c.remote_threshold),
-                "rule": "accept the remote answer when its score >= threshold (scores lie in [0, 1])",
-                **({"max_reject": self.rule.max_reject} if self.rule.target_accuracy is None else
-                   {"target_accuracy": self.rule.target_accuracy}),
-            },
-            "selection": self.mode.describe(),
-            "guarantee": self.guarantee,
-            "achieved": c.as_dict() | thresholds.cost_figures(c, self.cost),
-            "baselines": self.baselines,
-            "cost_model": {"price_per_call": self.cost.price_per_call, "latency_s": self.cost.latency_s},
-            "validation": {"data": self.data, "samples": len(self.outcomes)},
-        }
+        local = LocalThreshold(self.local_supervisor, c.threshold_int8, self.local.threshold_float(c.threshold_int8),
+                               self.local.confidence.scale, self.local.confidence.zero_point)
+        remote = RemoteThreshold(self.remote_supervisor, _finite(c.remote_threshold),
+                                 max_reject=self.rule.max_reject if self.rule.target_accuracy is None else None,
+                                 target_accuracy=self.rule.target_accuracy)
+        return Thresholds(local, remote, self.mode.describe(), self.guarantee,
+                          c.as_dict() | thresholds.cost_figures(c, self.cost), self.baselines,
+                          {"price_per_call": self.cost.price_per_call, "latency_s": self.cost.latency_s},
+                          {"data": self.data, "samples": len(self.outcomes)})
 
 
 def _finite(value: float) -> float:
@@ -121,12 +106,10 @@ def _choose(o: Outcomes, mode: Mode, rule: RemoteRule, points: list[Point]) -> t
     return point, thresholds.guarantee_text(mode.value, mode.delta)
 
 
-def _local_supervisor(model_path: Path) -> str:
-    report = model_path.with_name("report.json")
-    try:
-        return json.loads(report.read_text()).get("supervisor", "unknown")
-    except (OSError, ValueError):
-        return "unknown"
+def export_report(model_path: Path) -> ExportReport | None:
+    """The export report beside an exported model (None for a model exported elsewhere)."""
+    report = Path(model_path).with_name("report.json")
+    return ExportReport.read(report) if report.is_file() else None
 
 
 def calibrate(
@@ -143,7 +126,8 @@ def calibrate(
     """Choose thresholds on the labelled set at ``data_path``; see the module docstring."""
     if remote_supervisor not in KINDS:
         raise thresholds.ThresholdError(f"unknown remote supervisor {remote_supervisor!r}; choose one of {KINDS}")
-    local = local or LocalModel(local_path)
+    report = export_report(Path(local_path))
+    local = local or LocalModel(local_path, report.arena_recommended_bytes if report else None)
     x, y = datasets.load_npz(data_path)
     if y is None:
         raise datasets.DataError(f"{data_path} has no labels 'y'; calibration needs a labelled validation set")
@@ -157,7 +141,7 @@ def calibrate(
         "remote_only_accuracy": float((o.remote_pred == y).mean()),
     }
     return Calibration(chosen, points, mode, rule, remote_supervisor, cost, local, o,
-                       _local_supervisor(Path(local_path)), guarantee, str(data_path), baselines)
+                       report.supervisor if report else "unknown", guarantee, str(data_path), baselines)
 
 
 def write(calibration: Calibration, out_dir: str | Path) -> dict[str, Path]:
@@ -168,8 +152,7 @@ def write(calibration: Calibration, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"thresholds": out / "thresholds.json", "plot": out / "tradeoff.png"}
     with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".tmp") as handle:
-        json.dump(calibration.thresholds_json(), handle, indent=2)
-        handle.write("\n")
+        handle.write(dumps(calibration.thresholds()))
     Path(handle.name).replace(paths["thresholds"])
     tradeoff(calibration, paths["plot"])
     return paths

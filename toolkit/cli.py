@@ -78,11 +78,11 @@ def boards(as_json: bool) -> None:
     profile file (see README, "Adding a board").
     """
     from boards import all_boards
-    from toolkit.report import board_dict, boards_table
+    from toolkit.report import boards_table
 
     profiles = all_boards()
     if as_json:
-        click.echo(json.dumps([board_dict(b) for b in profiles], indent=2))
+        click.echo(json.dumps([b.to_json() for b in profiles], indent=2))
     else:
         click.echo(boards_table(profiles))
 
@@ -121,25 +121,29 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     result = exporter.export(
         model, calib, profile, out_dir, supervisor, eval_path, symbol, exporter.stderr_progress, temperature
     )
-    for caveat in result["caveats"]:
+    for caveat in result.caveats:
         if caveat["severity"] == "warning":
             message = f"{caveat['message']}: {caveat['detail']}. Fix: {caveat['fix']}."
             click.echo(f"Warning: {profile.name}: {message}", err=True)
-    click.echo(json.dumps(result, indent=2) if as_json else export_table(result))
-    if not result["fits"]:
-        raise exporter.DoesNotFit(f"model does not fit {profile.name}: {'; '.join(result['fit_problems'])}")
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else export_table(result))
+    if not result.fits:
+        raise exporter.DoesNotFit(f"model does not fit {profile.name}: {'; '.join(result.fit_problems)}")
 
 
 @main.command()
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--epochs", default=40, show_default=True, help="Training epochs for the local CNN.")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits and training.")
-def digits(out_dir: Path, epochs: int, seed: int) -> None:
-    """Train the example CNN on scikit-learn's digits and write digits.keras plus calib/val/test .npz."""
+@click.option("--remote-epochs", default=40, show_default=True,
+              help="Training epochs for the larger remote CNN (remote.keras); 0 skips it.")
+def digits(out_dir: Path, epochs: int, seed: int, remote_epochs: int) -> None:
+    """Train the example CNNs on scikit-learn's digits: digits.keras (the local model, for export),
+    remote.keras (the big remote model, for calibrate, bridge and hil), and calib/val/test/holdout .npz."""
     _quiet_tensorflow()
     from toolkit.digits import write_example
 
-    paths = write_example(out_dir, epochs=epochs, seed=seed, progress=lambda m: click.echo(f"bisup: {m}", err=True))
+    paths = write_example(out_dir, epochs=epochs, seed=seed, progress=lambda m: click.echo(f"bisup: {m}", err=True),
+                          remote_epochs=remote_epochs or None)
     for name, path in paths.items():
         click.echo(f"{name}: {path}")
 
@@ -206,8 +210,8 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
     result = calibration.calibrate(local_path, open_remote(remote), data_path, mode, rule, remote_supervisor,
                                    CostModel(price_per_call, latency_ms / 1000), _progress)
     paths = calibration.write(result, out_dir)
-    thresholds = result.thresholds_json()
-    click.echo(json.dumps(thresholds, indent=2) if as_json else calibration_table(thresholds))
+    thresholds = result.thresholds()
+    click.echo(json.dumps(thresholds.to_json(), indent=2) if as_json else calibration_table(thresholds))
     _progress(f"wrote {paths['thresholds']} and {paths['plot']}")
 
 
@@ -242,9 +246,9 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, as_json
         click.echo(json.dumps({"rows": result["rows"]}, indent=2))
     else:
         click.echo(rows_table(result["rows"]))
-        local = result["thresholds"]["local"]
-        click.echo(f"\nlocal threshold int8 {local['threshold_int8']}, remote threshold "
-                   f"{result['thresholds']['remote']['threshold']:.4f}; artefacts in {result['out_dir']}")
+        chosen = result["thresholds"]
+        click.echo(f"\nlocal threshold int8 {chosen.local.threshold_int8}, remote threshold "
+                   f"{chosen.remote.threshold:.4f}; artefacts in {result['out_dir']}")
 
 
 def _mqtt_options(command):
@@ -275,7 +279,8 @@ def _one_transport(serial_url, mqtt_url) -> None:
 
 @main.command()
 @click.option("--serial", "serial_url",
-              help="Port as a pyserial URL: /dev/ttyUSB0, socket://host:port, spy://..., a pty path.")
+              help="Port as a pyserial URL: /dev/ttyUSB0, socket://host:port, spy://..., a pty path; or `pty` "
+                   "to make a pseudo-terminal and print the path a `bisup device --serial PATH` opens.")
 @_mqtt_options
 @click.option("--remote", required=True, help="Remote model: a path (.keras, SavedModel dir, .tflite) or a server URL.")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
@@ -329,87 +334,21 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
               tfserving+http://host:8501/v1/models/<name> (TF Serving REST)
     """
     _one_transport(serial_url, mqtt_url)
-    from firmware_bridge.bundle import Bundle
-    from firmware_bridge.handler import RelayLog, RequestHandler
-    from firmware_bridge.relay import Relay
-    from firmware_bridge.resilience import resilient
+    from toolkit import serve
 
-    loaded = Bundle.load(bundle_dir)
-    deadline_ms = _remote_deadline_ms(deadline_ms, device_wait_ms)
-    guarded = resilient(_open_bridge_remote(remote), max_batch, max_delay_ms, deadline_ms, breaker_failures,
-                        breaker_cooldown)
-    handler = RequestHandler(Relay(guarded, loaded.remote_supervisor, loaded.quantization), loaded, RelayLog(json_log))
+    options = serve.RemoteOptions(max_batch, max_delay_ms, device_wait_ms, deadline_ms, breaker_failures,
+                                  breaker_cooldown)
+    handler, guarded = serve.make_handler(bundle_dir, remote, options, json_log, _progress)
     try:
         if serial_url:
-            _serve_serial(serial_url, handler, baud, wait)
+            serve.serve_serial(serial_url, handler, baud, wait, _progress)
         else:
             broker = _broker(mqtt_url, tls_ca, username, password_file)
-            _serve_mqtt(broker, handler, workers, threads, group, worker_name, session_expiry)
+            serve.serve_mqtt(broker, handler, workers, threads, group, worker_name, session_expiry, _progress)
     finally:
         guarded.close()
         handler.log.close()
     click.echo(json.dumps(dict(handler.counts), sort_keys=True), err=True)  # after serving; not on a failed start
-
-
-def _remote_deadline_ms(deadline_ms: float | None, device_wait_ms: float) -> float:
-    """The remote deadline: a quarter of the devices' wait is left for the answer's way back."""
-    if device_wait_ms <= 0:
-        raise click.BadParameter(f"{device_wait_ms:g} must be positive", param_hint="--device-wait-ms")
-    if deadline_ms is None:
-        return 0.75 * device_wait_ms
-    if deadline_ms >= device_wait_ms:
-        raise click.BadParameter(f"{deadline_ms:g} ms is not shorter than the devices' wait of {device_wait_ms:g} ms, "
-                                 "so a fallback would arrive after the device gave up; lower it or leave it out",
-                                 param_hint="--deadline-ms")
-    return deadline_ms
-
-
-def _open_bridge_remote(spec: str):
-    """The remote; a model server that is down now is served with fallbacks until it answers."""
-    from firmware_bridge.remotes import DeferredRemote, RemoteError, open_remote
-
-    try:
-        return open_remote(spec)
-    except RemoteError as exc:
-        if "://" not in spec:
-            raise  # a file the user must fix
-        _progress(f"warning: {exc}; answering `fallback` until it responds")
-        return DeferredRemote(spec)
-
-
-def _serve_serial(serial_url, handler, baud, wait) -> None:
-    import threading
-
-    from firmware_bridge.serial_bridge import SerialBridge
-
-    stop = threading.Event()
-    _progress(f"serving {serial_url} (Ctrl-C to stop)")
-    try:
-        SerialBridge(serial_url, handler, baud).run(stop, wait_for_port=wait)
-    except KeyboardInterrupt:
-        stop.set()
-
-
-def _serve_mqtt(broker, handler, workers, threads, group, worker_name, session_expiry) -> None:
-    import signal
-    import socket
-    import threading
-
-    from firmware_bridge.mqtt_bridge import start_workers
-
-    prefix = f"{worker_name or socket.gethostname()}-w"
-    running = start_workers(broker, handler, workers, group, threads, session_expiry, prefix)
-    _progress(f"{workers} worker(s) serving {broker.url} as group {group!r}: "
-              f"{', '.join(w.client_id for w in running)} (Ctrl-C to stop)")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for worker in running:
-            worker.stop()
 
 
 @main.command()
@@ -430,48 +369,12 @@ def device(serial_url, mqtt_url, tls_ca, username, password_file, bundle_dir, da
     """Be a device without a board: run the bundle's model in TFLM, decide with the int8 threshold,
     and relay unsure inputs to a `bisup bridge` over a serial link (--serial) or MQTT (--mqtt)."""
     _one_transport(serial_url, mqtt_url)
-    from firmware_bridge.bundle import Bundle
-    from toolkit import datasets
+    from toolkit import device as virtual
 
-    loaded = Bundle.load(bundle_dir)
-    x, y = datasets.load_npz(data_path)
-    local = loaded.local_model()
-    datasets.check_matches(x, y, local.quantization.shape, local.num_classes, data_path)
-    with _device_link(serial_url, mqtt_url, tls_ca, username, password_file, device_id) as link:
-        stats, answers = _run_device(link, local, loaded.threshold_int8, device_id, timeout_ms, retries,
-                                     hello_timeout, x)
-    summary = vars(stats) | {"inputs": len(x), "local": sum(a.source == 0 for a in answers)}
-    if y is not None:
-        summary["accuracy"] = float(sum(a.label == t for a, t in zip(answers, y, strict=True)) / len(y))
+    broker = _broker(mqtt_url, tls_ca, username, password_file) if mqtt_url else None
+    summary = virtual.run(bundle_dir, data_path, serial_url, broker, device_id, timeout_ms, retries, hello_timeout,
+                          _progress)
     click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
-
-
-def _device_link(serial_url, mqtt_url, tls_ca, username, password_file, device_id):
-    import contextlib
-
-    from firmware_bridge.virtual_device import SerialLink
-
-    if mqtt_url:
-        from firmware_bridge.mqtt_link import DeviceLink
-
-        return contextlib.closing(DeviceLink(_broker(mqtt_url, tls_ca, username, password_file), device_id))
-    import serial
-
-    try:
-        port = serial.serial_for_url(serial_url, baudrate=921600, timeout=0.05)
-    except (serial.SerialException, OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot open serial port {serial_url}: {exc}") from None
-    return contextlib.closing(SerialLink(port))
-
-
-def _run_device(link, local, threshold_int8, device_id, timeout_ms, retries, hello_timeout, x):
-    from firmware_bridge.virtual_device import VirtualDevice
-
-    unit = VirtualDevice(link, local, threshold_int8, device_id, timeout_ms / 1000, retries)
-    reply = unit.hello(hello_timeout)
-    if reply.model_hash != local.model_hash:
-        _progress("warning: the bridge serves a different model (hash mismatch); answers may not fit")
-    return unit.stats, unit.run(x)
 
 
 @main.command("bundle")
@@ -493,13 +396,13 @@ def bundle_command(build_dir, out, labels, verify_path, as_json) -> None:
 
     if verify_path is not None:
         manifest = bundles.verify(verify_path)
-        message = f"{verify_path}: OK, {len(manifest['members'])} members match the manifest"
+        message = f"{verify_path}: OK, {len(manifest.members)} members match the manifest"
     elif build_dir is None or out is None:
         raise click.UsageError("give BUILD_DIR and --out to build, or --verify FILE to check")
     else:
         manifest = bundles.build(build_dir, out, labels)
-        message = f"wrote {out} (model sha256 {manifest['model_sha256'][:16]}...)"
-    click.echo(json.dumps(manifest, indent=2) if as_json else message)
+        message = f"wrote {out} (model sha256 {manifest.model_sha256[:16]}...)"
+    click.echo(json.dumps(manifest.to_json(), indent=2) if as_json else message)
 
 
 @main.command()
@@ -601,7 +504,12 @@ def _interrupt(signum, frame) -> None:
               help="Device id to create credentials for (repeat the option).")
 @click.option("--dir", "workdir", type=click.Path(path_type=Path, file_okay=False), default=Path("mosquitto"),
               show_default=True, help="Where the config, log, persistence, CA and credentials live.")
-def broker(port, secure, devices, workdir) -> None:
+@click.option("--bundle", default="build/digits.bisup", show_default=True,
+              help="Bundle named in the printed bridge and device commands (the README's walk-through).")
+@click.option("--remote", default="build/remote.keras", show_default=True,
+              help="Remote model named in the printed bridge command.")
+@click.option("--data", default="build/test.npz", show_default=True, help="Data named in the printed device commands.")
+def broker(port, secure, devices, workdir, bundle, remote, data) -> None:
     """Start a local mosquitto with a generated config, for trying the MQTT bridge (Ctrl-C stops it).
 
     \b
@@ -612,19 +520,21 @@ def broker(port, secure, devices, workdir) -> None:
     writes every answer, under a shared-subscription group name that devices are not told
     (pass it to `bisup bridge --group`). Persistence is on, so QoS 1 sessions survive a restart.
     Both set TCP_NODELAY (a QoS 1 round trip on loopback: about 1.3 ms instead of 44 ms).
+    It prints complete `bisup bridge` and `bisup device` commands (one per --device) to paste.
     """
     import signal
 
     from toolkit.broker import run_broker
 
     chosen = port or (8883 if secure else 1883)
+    signal.signal(signal.SIGTERM, _interrupt)  # before mosquitto starts: `kill` must never orphan it
     with run_broker(workdir, chosen, secure, devices) as running:
         for line in running.describe():
             _progress(line)
-        _progress(f"bridge: bisup bridge --mqtt {running.url} --group {running.bridge_group} ..."
-                  + (f" --tls-ca {running.ca_path} --username bisup-bridge --password-file "
-                     f"{running.config.password_file('bisup-bridge')}" if secure else ""))
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops mosquitto as Ctrl-C does, never orphans it
+        bridge_command, *device_commands = running.commands(str(bundle), str(remote), str(data))
+        _progress(f"bridge: {bridge_command}")
+        for command in device_commands:
+            _progress(f"device: {command}")
         try:
             running.process.wait()
         except KeyboardInterrupt:

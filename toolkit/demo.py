@@ -42,27 +42,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bisup"
 
 
-def remote_cnn(num_classes: int = 10):
-    """The 'big' remote model: about 30x the local CNN's parameters, with dropout."""
-    import keras
-
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
-            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(num_classes),
-        ],
-        name="digits_remote_cnn",
-    )
-
-
 def _train_and_save(build, path: Path, parts, epochs: int, label: str, seed: int, progress: Progress) -> None:
     digits.seed_everything(seed)
     model = digits.train(build(), *parts["train"], epochs=epochs, label=label, progress=progress)
@@ -78,7 +57,7 @@ def models(cache: Path, parts, seed: int, retrain: bool, progress: Progress) -> 
     local, remote = folder / "local.keras", folder / "remote.keras"
     for path, build, epochs, label in (
         (local, digits.local_cnn, LOCAL_EPOCHS, "local CNN"),
-        (remote, remote_cnn, REMOTE_EPOCHS, "remote CNN"),
+        (remote, digits.remote_cnn, REMOTE_EPOCHS, "remote CNN"),
     ):
         if path.is_file() and not retrain:
             progress(f"{label}: cached at {path}")
@@ -136,7 +115,7 @@ def run(
         np.savez(out / f"{name}.npz", x=parts[name][0], y=parts[name][1])
     report = export.export(local_keras, out / "train.npz", load_board(board), out, eval_path=out / "val.npz",
                            progress=progress)
-    local = LocalModel(out / "model.tflite", report["arena_recommended_bytes"])
+    local = LocalModel(out / "model.tflite", report.arena_recommended_bytes)
     remote = open_remote(remote_keras)
     progress(f"calibrating on {len(parts['val'][1])} validation samples: at most {max_remote_fraction:.0%} remote "
              f"calls, at most {max_reject:.1%} rejected")
@@ -149,5 +128,5 @@ def run(
     x_test, y_test = parts["test"]
     progress(f"sending {len(y_test)} test inputs from a virtual device over a pty through the serial bridge")
     answers = through_the_path(local, Bundle.load(out), relay, x_test)
-    return {"rows": rows(local, remote, answers, x_test, y_test), "thresholds": result.thresholds_json(),
+    return {"rows": rows(local, remote, answers, x_test, y_test), "thresholds": result.thresholds(),
             "out_dir": str(out)}

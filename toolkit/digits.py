@@ -45,6 +45,27 @@ def local_cnn(num_classes: int = 10):
     )
 
 
+def remote_cnn(num_classes: int = 10):
+    """The 'big' remote model: about 30x the local CNN's parameters, with dropout."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
+            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(num_classes),
+        ],
+        name="digits_remote_cnn",
+    )
+
+
 def _epoch_reporter(total: int, label: str, progress: Progress):
     import keras
 
@@ -82,8 +103,10 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def write_example(out_dir: Path, epochs: int = 40, seed: int = 0, progress: Progress = _stderr) -> dict[str, Path]:
-    """Train the local CNN and write ``digits.keras`` and the splits as ``.npz``.
+def write_example(out_dir: Path, epochs: int = 40, seed: int = 0, progress: Progress = _stderr,
+                  remote_epochs: int | None = 40) -> dict[str, Path]:
+    """Train the local CNN and write ``digits.keras`` and the splits as ``.npz``; with ``remote_epochs``
+    (None: skip) also the larger remote CNN as ``remote.keras``, which calibrate, bridge and hil take.
 
     ``calib`` is the training split, ``val`` and ``test`` the held-out halves, and ``holdout`` their
     union: the export's figures use it because AUROC over a few dozen errors needs every sample.
@@ -94,6 +117,11 @@ def write_example(out_dir: Path, epochs: int = 40, seed: int = 0, progress: Prog
     model = train(local_cnn(), *parts["train"], epochs=epochs, label="local CNN", progress=progress)
     paths = {"model": out_dir / "digits.keras"}
     model.save(paths["model"])
+    if remote_epochs:
+        seed_everything(seed)
+        remote = train(remote_cnn(), *parts["train"], epochs=remote_epochs, label="remote CNN", progress=progress)
+        paths["remote"] = out_dir / "remote.keras"
+        remote.save(paths["remote"])
     for name, file in (("train", "calib"), ("val", "val"), ("test", "test")):
         paths[file] = out_dir / f"{file}.npz"
         x, y = parts[name]

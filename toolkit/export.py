@@ -7,7 +7,6 @@ of boards: ``convert`` does the board-independent work (conversion, checks, aren
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from boards import BoardProfile
 from converters import (
     arena,
     c_arrays,
@@ -29,9 +27,11 @@ from converters import (
     temperature,
     tflite_model,
 )
+from converters.artefacts import BoardProfile, ExportReport, dumps
 from converters.errors import ConversionError
 from converters.runners import LiteRTRunner, TflmRunner
 from converters.runners import quantize as quantize_input
+from converters.signature import CONFIDENCE, SCORES
 from toolkit import datasets
 
 Progress = Callable[[str], None]
@@ -117,7 +117,8 @@ def convert(
         minimum = arena.minimum_arena(Path(handle.name))
     recommended = arena.recommended(minimum)
     metrics = _evaluate(supervised, flatbuffer, info, eval_x, eval_y, recommended, progress)
-    samples = {"calibration": len(calib_x), "evaluation": len(eval_x), "evaluation_set": str(eval_path or calib_path)}
+    samples = {"calibration": len(calib_x), "evaluation": len(eval_x), "evaluation_set": str(eval_path or calib_path),
+               "on_calibration": eval_path is None}
     return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, recommended, metrics, chosen, samples)
 
 
@@ -149,51 +150,51 @@ def fit_problems(converted: Converted, board: BoardProfile) -> list[str]:
     return problems
 
 
-def report(converted: Converted, board: BoardProfile) -> dict:
+def report(converted: Converted, board: BoardProfile) -> ExportReport:
     """The board-specific report (``report.json``)."""
     info, metrics = converted.info, converted.metrics
     problems = fit_problems(converted, board)
-    return {
-        "board": board.name,
-        "board_title": board.title,
-        "arch": board.arch,
-        "cpu_mhz": board.cpu_mhz,
-        "kernels": board.kernels,
-        "supervisor": converted.supervisor,
-        "supervisor_temperature": converted.temperature,
-        "ops": info.ops,
-        "flash_bytes": len(converted.model),
-        "flash_budget_bytes": board.model_flash_budget,
-        "arena_bytes": converted.arena_bytes,
-        "arena_recommended_bytes": converted.arena_recommended_bytes,
-        "arena_budget_bytes": board.arena_ram_budget,
-        "arena_margin": ARENA_MARGIN,
-        "float_accuracy": metrics["float_accuracy"],
-        "int8_accuracy": metrics["int8_accuracy"],
-        "int8_float_top1_agreement": metrics["int8_float_top1_agreement"],
-        "tflm_vs_litert_bitexact": metrics["tflm_vs_litert_bitexact"],
-        "supervisor_auroc": {"float": metrics["auroc_float"], "int8": metrics["auroc_int8"]},
-        "fits": not problems,
-        "fit_problems": problems,
-        "caveats": caveats.findings(info, board.caveats),
-        "quantization": {
+    return ExportReport(
+        board=board.name,
+        board_title=board.title,
+        arch=board.arch,
+        cpu_mhz=board.cpu_mhz,
+        kernels=board.kernels,
+        supervisor=converted.supervisor,
+        supervisor_temperature=converted.temperature,
+        ops=list(info.ops),
+        flash_bytes=len(converted.model),
+        flash_budget_bytes=board.model_flash_budget,
+        arena_bytes=converted.arena_bytes,
+        arena_recommended_bytes=converted.arena_recommended_bytes,
+        arena_budget_bytes=board.arena_ram_budget,
+        arena_margin=ARENA_MARGIN,
+        float_accuracy=metrics["float_accuracy"],
+        int8_accuracy=metrics["int8_accuracy"],
+        int8_float_top1_agreement=metrics["int8_float_top1_agreement"],
+        tflm_vs_litert_bitexact=metrics["tflm_vs_litert_bitexact"],
+        supervisor_auroc={"float": metrics["auroc_float"], "int8": metrics["auroc_int8"]},
+        fits=not problems,
+        fit_problems=problems,
+        caveats=caveats.findings(info, board.caveats),
+        quantization={
             "input": _quant(info.inputs[0]),
-            graph.SCORES: _quant(info.output(graph.SCORES), info.output_positions[graph.SCORES]),
-            graph.CONFIDENCE: _quant(info.output(graph.CONFIDENCE), info.output_positions[graph.CONFIDENCE]),
+            SCORES: _quant(info.output(SCORES), info.output_positions[SCORES]),
+            CONFIDENCE: _quant(info.output(CONFIDENCE), info.output_positions[CONFIDENCE]),
         },
-        "samples": converted.samples,
-        "oracle": "int8 figures come from the tflite-micro host interpreter; LiteRT is compared, not the device",
-    }
+        samples=converted.samples,
+        oracle="int8 figures come from the tflite-micro host interpreter; LiteRT is compared, not the device",
+    )
 
 
-def write(converted: Converted, board: BoardProfile, out_dir: str | Path, symbol: str = "g_model_data") -> dict:
+def write(converted: Converted, board: BoardProfile, out_dir: str | Path, symbol: str = "g_model_data") -> ExportReport:
     """Write ``model.tflite``, ``model_data.h/.cc`` and ``report.json``; return the report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.tflite").write_bytes(converted.model)
     c_arrays.write(converted.model, converted.info, out, converted.arena_recommended_bytes, symbol)
     result = report(converted, board)
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "report.json").write_text(dumps(result))
     return result
 
 
@@ -207,7 +208,7 @@ def export(
     symbol: str = "g_model_data",
     progress: Progress = _quiet,
     temperature_value: float | None = None,
-) -> dict:
+) -> ExportReport:
     """Convert, write the artefacts for ``board``, and return the report (see ``write``)."""
     converted = convert(model_path, calib_path, supervisor, eval_path, progress, temperature_value)
     return write(converted, board, out_dir, symbol)

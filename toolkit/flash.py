@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from boards import BoardProfile
 from converters.errors import BisupError
-from firmware_bridge.bundle import Bundle, read_archive
+from firmware_bridge.bundle import Bundle
 from firmware_bridge.image import ModelImage
 from toolkit import esp_partitions
 
@@ -191,11 +190,8 @@ def _run_pyocd(flash_plan: FlashPlan, probe: str | None, say: Callable[[str], No
 
 
 def bundle_board(bundle: Bundle) -> str | None:
-    """The board an archive's model was exported for (None for a build folder without report.json)."""
-    if bundle.path.is_file():
-        return json.loads(read_archive(bundle.path)["board.json"])["board"]
-    report = bundle.path / "report.json"
-    return json.loads(report.read_text())["board"] if report.is_file() else None
+    """The board a bundle's model was exported for (None for a build folder without report.json)."""
+    return bundle.report.board if bundle.report else None
 
 
 def table(flash_plan: FlashPlan, port: str) -> str:

@@ -232,7 +232,7 @@ def summarize(reports: list, bundle: Bundle, o: Outcomes, replayed: bool) -> dic
         "device_outputs_equal_oracle": _rate(device_outputs),
         "device_outputs_replayed": replayed,
         "offline_agreement": _rate((final == offline[0]) & (relayed == offline[1]) & (rejected == offline[2])),
-        "calibrated": bundle.thresholds.get("achieved", {}),
+        "calibrated": bundle.thresholds.achieved,
         "complete": len(got) == len(o),
     }
 

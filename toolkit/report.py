@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from boards import BoardProfile
+from converters.artefacts import BoardProfile, ExportReport, Thresholds
 
 
 def _pct(value: float | None) -> str:
@@ -18,29 +18,31 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {key.ljust(width)}  {value}" for key, value in rows)
 
 
-def export_table(report: dict) -> str:
+def export_table(report: ExportReport) -> str:
     """The export report as a two-column table, int8 figures labelled as the TFLM oracle's."""
-    bitexact = report["tflm_vs_litert_bitexact"]
-    auroc = report["supervisor_auroc"]
-    verdict = "yes" if report["fits"] else "NO: " + "; ".join(report["fit_problems"])
+    bitexact = report.tflm_vs_litert_bitexact
+    auroc = report.supervisor_auroc
+    verdict = "yes" if report.fits else "NO: " + "; ".join(report.fit_problems)
+    evaluated = report.samples.get("evaluation_set", "")
+    on = " (on the calibration set: pass --eval for held-out figures)" if report.samples.get("on_calibration") else ""
     rows = [
-        ("board", f"{report['board']} ({report['arch']}, {report['cpu_mhz']} MHz, {report['kernels']} kernels)"),
-        ("ops", f"{len(report['ops'])}: {', '.join(report['ops'])}"),
-        ("flash (model)", f"{report['flash_bytes']:,} B of {report['flash_budget_bytes']:,} B budget"),
-        ("arena (measured min)", f"{report['arena_bytes']:,} B"),
-        ("arena (recommended)",
-         f"{report['arena_recommended_bytes']:,} B of {report['arena_budget_bytes']:,} B budget"),
-        ("float top-1", _pct(report["float_accuracy"])),
-        ("int8 top-1 (TFLM)", _pct(report["int8_accuracy"])),
-        ("int8 = float top-1", _pct(report["int8_float_top1_agreement"])),
+        ("board", f"{report.board} ({report.arch}, {report.cpu_mhz} MHz, {report.kernels} kernels)"),
+        ("ops", f"{len(report.ops)}: {', '.join(report.ops)}"),
+        ("flash (model)", f"{report.flash_bytes:,} B of {report.flash_budget_bytes:,} B budget"),
+        ("arena (measured min)", f"{report.arena_bytes:,} B"),
+        ("arena (recommended)", f"{report.arena_recommended_bytes:,} B of {report.arena_budget_bytes:,} B budget"),
+        ("evaluated on", f"{report.samples.get('evaluation', '?')} samples of {evaluated}{on}"),
+        ("float top-1", _pct(report.float_accuracy)),
+        ("int8 top-1 (TFLM)", _pct(report.int8_accuracy)),
+        ("int8 = float top-1", _pct(report.int8_float_top1_agreement)),
         ("TFLM = LiteRT XNNPACK", f"{_pct(bitexact['xnnpack'])} of samples bit-exact"),
         ("TFLM = LiteRT reference", f"{_pct(bitexact['reference'])} of samples bit-exact"),
-        ("supervisor", f"{report['supervisor']} (temperature {report['supervisor_temperature']:g})"),
+        ("supervisor", f"{report.supervisor} (temperature {report.supervisor_temperature:g})"),
         ("AUROC float / int8", f"{_num(auroc['float'])} / {_num(auroc['int8'])}"),
         ("fits", verdict),
     ]
     lines = [_table(rows)]
-    for caveat in report["caveats"]:
+    for caveat in report.caveats:
         lines.append(f"  {caveat['severity']}: {caveat['message']} ({caveat['detail']}); fix: {caveat['fix']}")
     return "\n".join(lines)
 
@@ -65,22 +67,6 @@ def boards_table(profiles: list[BoardProfile]) -> str:
     return "\n".join(lines)
 
 
-def board_dict(board: BoardProfile) -> dict:
-    return {
-        "name": board.name,
-        "title": board.title,
-        "arch": board.arch,
-        "cpu_mhz": board.cpu_mhz,
-        "flash_bytes": board.flash_bytes,
-        "ram_bytes": board.ram_bytes,
-        "model_flash_budget_bytes": board.model_flash_budget,
-        "arena_ram_budget_bytes": board.arena_ram_budget,
-        "kernels": board.kernels,
-        "flash_method": board.flash_method,
-        "caveats": [c.id for c in board.caveats],
-    }
-
-
 def rows_table(rows: list[dict]) -> str:
     """The demo's comparison table: one row per strategy, fractions as percentages."""
     header = ("", "accuracy", "remote calls", "rejected", "accepted acc.", "cost saved")
@@ -101,21 +87,21 @@ def rows_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def calibration_table(thresholds: dict) -> str:
+def calibration_table(thresholds: Thresholds) -> str:
     """``bisup calibrate``'s summary: the chosen thresholds and what they achieve on validation."""
-    local, remote, achieved = thresholds["local"], thresholds["remote"], thresholds["achieved"]
+    local, remote, achieved = thresholds.local, thresholds.remote, thresholds.achieved
     rows = [
-        ("selection", ", ".join(f"{k}={v}" for k, v in thresholds["selection"].items())),
-        ("local threshold", f"int8 {local['threshold_int8']} (= {local['threshold']:.4f} {local['supervisor']})"),
-        ("remote threshold", f"{remote['threshold']:.4f} ({remote['supervisor']})"),
+        ("selection", ", ".join(f"{k}={v}" for k, v in thresholds.selection.items())),
+        ("local threshold", f"int8 {local.threshold_int8} (= {local.threshold:.4f} {local.supervisor})"),
+        ("remote threshold", f"{remote.threshold:.4f} ({remote.supervisor})"),
         ("system accuracy", f"{100 * achieved['accuracy']:.2f} %"),
         ("remote calls", f"{100 * achieved['remote_fraction']:.1f} %"),
         ("rejected", f"{100 * achieved['rejected_fraction']:.1f} %"),
         ("accepted accuracy", f"{100 * achieved['accepted_accuracy']:.2f} %"),
         ("cost saved", f"{100 * achieved['cost_saved']:.1f} % vs remote-only"),
-        ("local-only / remote-only", f"{100 * thresholds['baselines']['local_only_accuracy']:.2f} % / "
-                                     f"{100 * thresholds['baselines']['remote_only_accuracy']:.2f} %"),
+        ("local-only / remote-only", f"{100 * thresholds.baselines['local_only_accuracy']:.2f} % / "
+                                     f"{100 * thresholds.baselines['remote_only_accuracy']:.2f} %"),
     ]
-    if thresholds["guarantee"]:
-        rows.append(("guarantee", thresholds["guarantee"]))
+    if thresholds.guarantee:
+        rows.append(("guarantee", thresholds.guarantee))
     return _table(rows)

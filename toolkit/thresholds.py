@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import beta
 
+from converters.artefacts import NEVER_TRUST, Decision, trusted
 from converters.errors import BisupError
-
-NEVER_TRUST = 128  # above every int8 code: all inputs go to the remote
 
 
 class ThresholdError(BisupError, ValueError):
@@ -81,8 +80,9 @@ class Point:
 
 def answers(o: Outcomes, t: int, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The label the device ends up with, and the relayed and rejected masks, at ``(t, r)``."""
-    relayed = o.confidence_int8 < t
-    rejected = relayed & (o.remote_confidence < r)
+    decision = Decision(t, r)
+    relayed = ~decision.trusted(o.confidence_int8)
+    rejected = relayed & ~decision.accepted(o.remote_confidence)
     label = np.where(relayed & ~rejected, o.remote_pred, o.local_pred)
     return label, relayed, rejected
 
@@ -140,7 +140,7 @@ def _threshold_for_accuracy(o: Outcomes, relayed: np.ndarray, target: float) -> 
 def sweep(o: Outcomes, rule: RemoteRule) -> list[Point]:
     """Every operating point, in increasing local threshold (so increasing remote fraction)."""
     candidates = sorted({int(c) for c in np.unique(o.confidence_int8)} | {-128, NEVER_TRUST})
-    return [evaluate(o, t, remote_threshold(o, o.confidence_int8 < t, rule)) for t in candidates]
+    return [evaluate(o, t, remote_threshold(o, ~trusted(o.confidence_int8, t), rule)) for t in candidates]
 
 
 def choose_budget(points: list[Point], max_remote_fraction: float) -> Point:
@@ -186,7 +186,7 @@ def certified_threshold(confidence_int8: np.ndarray, correct: np.ndarray, max_ri
     needed = samples_needed(max_risk, delta)
     chosen = NEVER_TRUST
     for t in sorted({int(c) for c in np.unique(confidence_int8)}, reverse=True):
-        accepted = confidence_int8 >= t
+        accepted = trusted(confidence_int8, t)
         count = int(accepted.sum())
         if count < needed:
             continue
@@ -216,7 +216,7 @@ def choose_risk(o: Outcomes, rule: RemoteRule, max_risk: float, delta: float) ->
             f"at confidence {1 - delta:.0%} needs at least {needed}"
         )
     t = certified_threshold(o.confidence_int8, o.local_pred == o.y, max_risk, delta)
-    return evaluate(o, t, remote_threshold(o, o.confidence_int8 < t, rule))
+    return evaluate(o, t, remote_threshold(o, ~trusted(o.confidence_int8, t), rule))
 
 
 def cost_figures(point: Point, cost: CostModel) -> dict:

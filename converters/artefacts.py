@@ -1,0 +1,299 @@
+"""Typed artefacts: every file one bisup stage writes for another to read, and the one decision rule.
+
+``thresholds.json`` (calibrate → bridge, device, hil, bundle), ``report.json`` (export → calibrate,
+bundle, flash, device), the bundle's ``manifest.json`` (bundle → every reader of a ``.bisup``) and a
+board profile are dataclasses here, each with ``to_json``/``from_json``. Writers build them, readers
+parse them; no other module reads these files by string keys. Every file carries a ``format``
+version that ``from_json`` checks: an older or newer format, or a file that is not the artefact at
+all, is an ``ArtefactError`` naming the file and what to do.
+
+This module sits in ``converters`` (the lowest layer, which imports no other package) so that
+``boards``, ``firmware_bridge`` and ``toolkit`` can all import it; it imports neither Keras nor
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from converters.errors import BisupError
+
+NEVER_TRUST = 128  # a local threshold above every int8 code: every input goes to the remote
+
+
+class ArtefactError(BisupError, ValueError):
+    """A bisup file that is missing, malformed, or of a format this bisup does not read."""
+
+
+def trusted(confidence_int8, threshold_int8: int):
+    """The device's rule, exactly as the firmware's ``bp_trusted``: answer locally iff the int8
+    confidence reaches the int8 threshold (``NEVER_TRUST`` means never)."""
+    return np.asarray(confidence_int8, dtype=np.int32) >= threshold_int8
+
+
+def accepted(remote_score, remote_threshold: float):
+    """The remote supervisor's rule: keep the remote answer iff its score reaches the threshold."""
+    return np.asarray(remote_score) >= remote_threshold
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Both rules with their thresholds: what a deployment decides for every input."""
+
+    threshold_int8: int
+    remote_threshold: float
+
+    def trusted(self, confidence_int8):
+        return trusted(confidence_int8, self.threshold_int8)
+
+    def accepted(self, remote_score):
+        return accepted(remote_score, self.remote_threshold)
+
+
+def _document(raw: bytes | str | dict, where: str) -> dict:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtefactError(f"{where} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ArtefactError(f"{where} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _versioned(raw: bytes | str | dict, where: str, kind: str, current: int, rewrite: str) -> dict:
+    """The document, once its format is the one this bisup reads."""
+    data = _document(raw, where)
+    version = data.get("format")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArtefactError(f"{where} is not a bisup {kind} (it has no format version); {rewrite}")
+    if version > current:
+        raise ArtefactError(f"{where} is a {kind} of format {version}, from a newer bisup; this one reads format "
+                            f"{current}: upgrade bisup (pip install -U bisup)")
+    if version < current:
+        raise ArtefactError(f"{where} is a {kind} of format {version}, from an older bisup; this one reads format "
+                            f"{current}: {rewrite}")
+    return data
+
+
+def _build(cls, data: dict, where: str, **converted):
+    """``cls`` from the document's fields (unknown keys are ignored; missing required ones are named)."""
+    names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in data.items() if k in names} | converted
+    required = [f.name for f in fields(cls)
+                if f.default is MISSING and f.default_factory is MISSING and f.name not in values]
+    if required:
+        raise ArtefactError(f"{where} lacks {', '.join(required)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ArtefactError(f"{where} is malformed: {exc}") from exc
+
+
+def _read(path: Path, kind: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ArtefactError(f"{kind} {path} cannot be read: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True)
+class LocalThreshold:
+    supervisor: str
+    threshold_int8: int
+    threshold: float
+    confidence_scale: float
+    confidence_zero_point: int
+    rule: str = "answer locally when confidence_int8 >= threshold_int8 (128: never)"
+
+    def __post_init__(self):
+        if not isinstance(self.threshold_int8, int) or not -128 <= self.threshold_int8 <= NEVER_TRUST:
+            raise ValueError(f"local threshold_int8 {self.threshold_int8!r} is not an int8 code or 128")
+
+
+@dataclass(frozen=True)
+class RemoteThreshold:
+    supervisor: str
+    threshold: float
+    max_reject: float | None = None
+    target_accuracy: float | None = None
+    rule: str = "accept the remote answer when its score >= threshold (scores lie in [0, 1])"
+
+    def __post_init__(self):
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float):
+            raise ValueError(f"remote threshold {self.threshold!r} is not a number")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """``thresholds.json``: both thresholds, how they were chosen, and what they achieved."""
+
+    FORMAT = 1
+    local: LocalThreshold
+    remote: RemoteThreshold
+    selection: dict = field(default_factory=dict)
+    guarantee: str | None = None
+    achieved: dict = field(default_factory=dict)
+    baselines: dict = field(default_factory=dict)
+    cost_model: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+
+    @property
+    def decision(self) -> Decision:
+        return Decision(self.local.threshold_int8, self.remote.threshold)
+
+    def to_json(self) -> dict:
+        local, remote = asdict(self.local), {k: v for k, v in asdict(self.remote).items() if v is not None}
+        return {"format": self.FORMAT, **asdict(self) | {"local": local, "remote": remote}}
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | dict, where: str = "thresholds.json") -> Thresholds:
+        data = _versioned(raw, where, "thresholds file", cls.FORMAT, "run `bisup calibrate` again to rewrite it")
+        local, remote = data.get("local"), data.get("remote")
+        if not isinstance(local, dict) or not isinstance(remote, dict):
+            raise ArtefactError(f"{where} lacks its local and remote sections; run `bisup calibrate` again")
+        return _build(cls, data, where, local=_build(LocalThreshold, local, f"{where} (local)"),
+                      remote=_build(RemoteThreshold, remote, f"{where} (remote)"))
+
+    @classmethod
+    def read(cls, path: str | Path) -> Thresholds:
+        return cls.from_json(_read(Path(path), "thresholds file"), str(path))
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """``report.json``: what ``bisup export`` measured for one board."""
+
+    FORMAT = 1
+    board: str
+    board_title: str
+    arch: str
+    cpu_mhz: int
+    kernels: str
+    supervisor: str
+    supervisor_temperature: float
+    ops: list
+    flash_bytes: int
+    flash_budget_bytes: int
+    arena_bytes: int
+    arena_recommended_bytes: int
+    arena_budget_bytes: int
+    arena_margin: str
+    float_accuracy: float | None
+    int8_accuracy: float | None
+    int8_float_top1_agreement: float
+    tflm_vs_litert_bitexact: dict
+    supervisor_auroc: dict
+    fits: bool
+    fit_problems: list
+    caveats: list
+    quantization: dict
+    samples: dict
+    oracle: str
+
+    @property
+    def num_classes(self) -> int:
+        return int(np.prod(self.quantization["scores"]["shape"]))
+
+    def to_json(self) -> dict:
+        return {"format": self.FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | dict, where: str = "report.json") -> ExportReport:
+        return _build(cls, _versioned(raw, where, "export report", cls.FORMAT, "run `bisup export` again"), where)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ExportReport:
+        return cls.from_json(_read(Path(path), "export report"), str(path))
+
+
+@dataclass(frozen=True)
+class Member:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """A ``.bisup`` archive's ``manifest.json``: the SHA-256 and size of every other member."""
+
+    FORMAT = 2  # 2: report.json replaced board.json, so readers get the measured arena and the board
+    toolkit_version: str
+    created: str
+    model_sha256: str
+    members: dict[str, Member]
+
+    def to_json(self) -> dict:
+        return {"format": self.FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | dict, where: str = "manifest.json") -> BundleManifest:
+        data = _versioned(raw, where, "bundle manifest", cls.FORMAT, "rebuild the bundle with `bisup bundle`")
+        members = data.get("members")
+        if not isinstance(members, dict):
+            raise ArtefactError(f"{where} lacks its members table; rebuild the bundle with `bisup bundle`")
+        return _build(cls, data, where, members={name: _build(Member, entry if isinstance(entry, dict) else {},
+                                                              f"{where} ({name})") for name, entry in members.items()})
+
+
+@dataclass(frozen=True)
+class Caveat:
+    """A known kernel problem on some boards; ``check`` names the model inspection that detects it."""
+
+    id: str
+    check: str
+    severity: str
+    message: str
+    fix: str
+    source: str
+
+
+@dataclass(frozen=True)
+class BoardProfile:
+    """What the exporter needs to know about a board to say whether a model fits and runs right."""
+
+    FORMAT = 1
+    name: str
+    title: str
+    arch: str
+    cpu_mhz: int
+    flash_bytes: int
+    ram_bytes: int
+    flash_method: str
+    reserved_flash_bytes: int = 0
+    reserved_ram_bytes: int = 0
+    kernels: str = "reference"
+    flash_target: str = ""
+    model_offset: int = 0
+    notes: tuple[str, ...] = ()
+    caveats: tuple[Caveat, ...] = ()
+
+    @property
+    def model_flash_budget(self) -> int:
+        """Flash left for the model once the firmware image is accounted for."""
+        return self.flash_bytes - self.reserved_flash_bytes
+
+    @property
+    def arena_ram_budget(self) -> int:
+        """RAM left for the tensor arena once stacks, heap and radio stacks are accounted for."""
+        return self.ram_bytes - self.reserved_ram_bytes
+
+    def to_json(self) -> dict:
+        budgets = {"model_flash_budget": self.model_flash_budget, "arena_ram_budget": self.arena_ram_budget}
+        return {"format": self.FORMAT, **asdict(self), **budgets}
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | dict, where: str = "board profile") -> BoardProfile:
+        data = _versioned(raw, where, "board profile", cls.FORMAT, "export it again with `bisup boards --json`")
+        caveats = tuple(_build(Caveat, c, f"{where} (caveat)") for c in data.get("caveats", ()))
+        return _build(cls, data, where, caveats=caveats, notes=tuple(data.get("notes", ())))
+
+
+def dumps(artefact: Thresholds | ExportReport | BundleManifest | BoardProfile) -> str:
+    """The file text of an artefact, as every writer writes it."""
+    return json.dumps(artefact.to_json(), indent=2) + "\n"

@@ -1,0 +1,52 @@
+"""``bisup device``: a device without a board, over a serial link or MQTT, as a summary a user reads.
+
+The bundle's model runs in TFLM (the stored arena, no search), the int8 threshold decides, and unsure
+inputs go over the link with the same state machine as the C library (``VirtualDevice``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from firmware_bridge.bundle import Bundle
+from firmware_bridge.mqtt_link import Broker, DeviceLink
+from firmware_bridge.protocol import Source
+from firmware_bridge.serial_bridge import BridgeError
+from firmware_bridge.virtual_device import SerialLink, VirtualDevice
+from toolkit import datasets
+
+Progress = Callable[[str], None]
+
+
+def open_link(serial_url: str | None, broker: Broker | None, device_id: str):
+    """The device's link, closed on exit: MQTT when a broker is given, otherwise the serial URL."""
+    if broker is not None:
+        return contextlib.closing(DeviceLink(broker, device_id))
+    import serial
+
+    try:
+        port = serial.serial_for_url(serial_url, baudrate=921600, timeout=0.05)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise BridgeError(f"cannot open serial port {serial_url}: {exc}") from None
+    return contextlib.closing(SerialLink(port))
+
+
+def run(bundle_path: str | Path, data_path: str | Path, serial_url: str | None, broker: Broker | None,
+        device_id: str, timeout_ms: int, retries: int, hello_timeout_s: float, progress: Progress) -> dict:
+    """Greet the bridge, run every input as deployed, and return the summary `bisup device` prints."""
+    loaded = Bundle.load(bundle_path)
+    x, y = datasets.load_npz(data_path)
+    local = loaded.local_model()
+    datasets.check_matches(x, y, local.quantization.shape, local.num_classes, data_path)
+    with open_link(serial_url, broker, device_id) as link:
+        unit = VirtualDevice(link, local, loaded.threshold_int8, device_id, timeout_ms / 1000, retries)
+        reply = unit.hello(hello_timeout_s)
+        if reply.model_hash != local.model_hash:
+            progress("warning: the bridge serves a different model (hash mismatch); answers may not fit")
+        answers = unit.run(x)
+    summary = vars(unit.stats) | {"inputs": len(x), "local": sum(a.source is Source.LOCAL for a in answers)}
+    if y is not None:
+        summary["accuracy"] = float(sum(a.label == t for a, t in zip(answers, y, strict=True)) / len(y))
+    return summary

@@ -1,0 +1,128 @@
+"""``bisup bridge``: build the request handler from a bundle and a remote, and serve a serial port or
+MQTT until stopped. The CLI only parses options; the orchestration lives here.
+
+The remote deadline is derived from how long devices wait in all (``device_wait_ms``: 500 ms x 4
+attempts for `bisup device` and the firmware templates), so that a fallback always arrives while
+the device still waits. A network remote that is down at start is served with fallbacks until it
+answers, as the README promises for any remote failure.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from converters.errors import BisupError
+from firmware_bridge.bundle import Bundle
+from firmware_bridge.handler import RelayLog, RequestHandler
+from firmware_bridge.mqtt_link import Broker
+from firmware_bridge.relay import Relay
+from firmware_bridge.remotes import DeferredRemote, RemoteError, RemoteModel, open_remote
+from firmware_bridge.resilience import resilient
+
+Progress = Callable[[str], None]
+RETURN_SHARE = 0.25  # of the devices' wait, left for the answer's way back
+
+
+class OptionError(BisupError, ValueError):
+    """Bridge options that contradict each other; the message names the option."""
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How the bridge guards the remote: batching, the deadline, the circuit breaker."""
+
+    max_batch: int = 32
+    max_delay_ms: float = 2.0
+    device_wait_ms: float = 2000.0
+    deadline_ms: float | None = None
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 10.0
+
+    def deadline(self) -> float:
+        """The remote deadline: given, or the devices' wait less the share for the way back."""
+        if self.device_wait_ms <= 0:
+            raise OptionError(f"--device-wait-ms {self.device_wait_ms:g} must be positive")
+        if self.deadline_ms is None:
+            return (1 - RETURN_SHARE) * self.device_wait_ms
+        if self.deadline_ms >= self.device_wait_ms:
+            raise OptionError(f"--deadline-ms {self.deadline_ms:g} ms is not shorter than the devices' wait of "
+                              f"{self.device_wait_ms:g} ms, so a fallback would arrive after the device gave up; "
+                              "lower it or leave it out")
+        return self.deadline_ms
+
+
+def open_bridge_remote(spec: str, progress: Progress) -> RemoteModel:
+    """The remote; a model server that is down now is served with fallbacks until it answers."""
+    try:
+        return open_remote(spec)
+    except RemoteError as exc:
+        if "://" not in spec:
+            raise  # a file the user must fix
+        progress(f"warning: {exc}; answering `fallback` until it responds")
+        return DeferredRemote(spec)
+
+
+def make_handler(bundle_path: str | Path, remote_spec: str, options: RemoteOptions, json_log: Path | None,
+                 progress: Progress):
+    """The handler every transport serves, and the guarded remote (close it when done)."""
+    loaded = Bundle.load(bundle_path)
+    deadline = options.deadline()
+    guarded = resilient(open_bridge_remote(remote_spec, progress), options.max_batch, options.max_delay_ms, deadline,
+                        options.breaker_failures, options.breaker_cooldown_s)
+    relay = Relay(guarded, loaded.remote_supervisor, loaded.quantization)
+    return RequestHandler(relay, loaded, RelayLog(json_log)), guarded
+
+
+PTY = "pty"  # --serial pty: a pseudo-terminal for trying the bridge without a board
+
+
+def serve_serial(url: str, handler: RequestHandler, baud: int, wait: bool, progress: Progress) -> None:
+    """Serve one port until Ctrl-C or SIGTERM. ``url`` "pty" makes a pseudo-terminal and prints the path
+    a device (`bisup device --serial PATH`) opens, so no board and no socat are needed."""
+    from firmware_bridge.ptylink import PtyServer
+    from firmware_bridge.serial_bridge import SerialBridge
+
+    stop = _stop_on_signals()
+    pty = PtyServer() if url == PTY else None
+    bridge = SerialBridge(url, handler, baud, opener=pty.open) if pty else SerialBridge(url, handler, baud)
+    if pty:
+        progress(f"device end of the pty: {pty.device_path} (bisup device --serial {pty.device_path} ...)")
+    progress(f"serving {pty.device_path if pty else url} (Ctrl-C to stop)")
+    try:
+        bridge.run(stop, wait_for_port=wait)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        if pty:
+            pty.close()
+
+
+def serve_mqtt(broker: Broker, handler: RequestHandler, workers: int, threads: int, group: str, name: str | None,
+               session_expiry_s: int, progress: Progress) -> None:
+    """Run ``workers`` shared-subscription workers until Ctrl-C or SIGTERM."""
+    from firmware_bridge.mqtt_bridge import start_workers
+
+    prefix = f"{name or socket.gethostname()}-w"
+    running = start_workers(broker, handler, workers, group, threads, session_expiry_s, prefix)
+    progress(f"{workers} worker(s) serving {broker.url} as group {group!r}: "
+             f"{', '.join(w.client_id for w in running)} (Ctrl-C to stop)")
+    stop = _stop_on_signals()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for worker in running:
+            worker.stop()
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGTERM sets (Ctrl-C arrives as KeyboardInterrupt)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
