@@ -20,8 +20,14 @@ def quantize(x: np.ndarray, tensor: Tensor) -> np.ndarray:
     return np.clip(q, -128, 127).astype(np.int8)
 
 
+def dequantize_affine(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """int8 to real values in float64: the one dequantizer, so that calibration hands the remote exactly
+    the floats the bridge will (both cast this to float32)."""
+    return (np.asarray(q, dtype=np.float64) - zero_point) * scale
+
+
 def dequantize(q: np.ndarray, tensor: Tensor) -> np.ndarray:
-    return (np.asarray(q, dtype=np.float64) - tensor.zero_point) * tensor.scale
+    return dequantize_affine(q, tensor.scale, tensor.zero_point)
 
 
 class TflmRunner:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from converters.artefacts import accepted
+from converters.runners import dequantize_affine
 from converters.scores import score
 from firmware_bridge.protocol import Source
 from firmware_bridge.remotes import RemoteModel
@@ -64,7 +65,8 @@ class InputQuantization:
     shape: tuple[int, ...]
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return ((np.asarray(q, dtype=np.float32) - self.zero_point) * self.scale).reshape(self.shape)
+        """What the remote sees: the same float32 values calibration gave it for this input."""
+        return dequantize_affine(q, self.scale, self.zero_point).astype(np.float32).reshape(self.shape)
 
 
 class Relay:
