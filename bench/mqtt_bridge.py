@@ -137,6 +137,44 @@ def _with_echo(broker, work):
         echo.stop()
 
 
+def _figures(seconds: list[float], wall: float | None = None) -> dict:
+    ms = np.array(seconds) * 1000
+    return {"rps": len(ms) / (wall if wall else ms.sum() / 1000), "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
+def _median_of_rounds(cases: list[Callable], rounds: int) -> list[dict]:
+    """Each case once per round, the cases interleaved (so drift hits all alike); the median per figure."""
+    runs: list[list[dict]] = [[] for _ in cases]
+    for _ in range(rounds):
+        for i, case in enumerate(cases):
+            result = case()
+            runs[i].append(_figures(*result) if isinstance(result, tuple) else _figures(result))
+    return [{key: float(np.median([r[key] for r in case_runs])) for key in case_runs[0]} for case_runs in runs]
+
+
+def _show(name: str, result: dict) -> None:
+    print(f"{name:44s} {result['rps']:8.0f} req/s   p50 {result['p50_ms']:7.3f} ms   p99 {result['p99_ms']:7.3f} ms")
+
+
+def _predict_times(remote, x, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        remote.predict(x)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _log_disconnects(log: Path) -> None:
+    """Why any client lost its connection during the run, from mosquitto's own log."""
+    lines = [line for line in log.read_text(errors="replace").splitlines()
+             if "disconnect" in line.lower() and "bench-" in line and "disconnected." not in line]
+    print(f"\nunexpected disconnects in mosquitto's log: {len(lines)}")
+    for line in lines[:5]:
+        print(f"  {line}")
+
+
 def _ratio(name: str, subject: dict, baseline: dict) -> None:
     p50, p99 = subject["p50_ms"] / baseline["p50_ms"], subject["p99_ms"] / baseline["p99_ms"]
     print(f"  {name}: p50 {p50:.2f}x, p99 {p99:.2f}x, throughput {subject['rps'] / baseline['rps']:.2f}x of the echo")
@@ -146,7 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--devices", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
 
     from bench.demo_setup import demo_setup
@@ -178,23 +217,31 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as work, run_broker(Path(work)) as running:
         broker = Broker.from_url(running.url)
-        print(f"mosquitto at {broker.url}; {args.requests} sequential requests; QoS 1 both ways\n")
-        echo = _summary("raw paho echo (baseline)",
-                        _with_echo(broker, lambda: _sequential(broker, ping, args.requests)))
-        bridge = _summary("bridge, PING", _with_bridge(broker, handler(tflite), 16,
-                                                       lambda: _sequential(broker, ping, args.requests)))
+        print(f"mosquitto at {broker.url}; {args.requests} sequential requests; QoS 1 both ways; "
+              f"{args.rounds} interleaved rounds, medians\n")
+        x = bundle.quantization.dequantize(setup.x_q)[None]
+        predict = _median_of_rounds([lambda: _predict_times(tflite, x, args.requests)], args.rounds)[0]
+        print(f"{'remote predict alone (TFLite, one input)':44s} p50 {predict['p50_ms']:7.3f} ms")
+        echo, bridge, inf = _median_of_rounds([
+            lambda: _with_echo(broker, lambda: _sequential(broker, ping, args.requests)),
+            lambda: _with_bridge(broker, handler(tflite), 16, lambda: _sequential(broker, ping, args.requests)),
+            lambda: _with_bridge(broker, handler(tflite), 16, lambda: _sequential(broker, infer, args.requests)),
+        ], args.rounds)
+        _show("raw paho echo (baseline)", echo)
+        _show("bridge, PING", bridge)
         _ratio("bridge PING vs echo", bridge, echo)
-        inf = _summary("bridge, INFER (TFLite remote)", _with_bridge(
-            broker, handler(tflite), 16, lambda: _sequential(broker, infer, args.requests)))
-        _ratio("bridge INFER vs echo", inf, echo)
-
+        _show("bridge, INFER (TFLite remote)", inf)
+        target = echo["p50_ms"] + predict["p50_ms"]
+        print(f"  bridge INFER vs echo + remote predict ({target:.3f} ms): p50 {inf['p50_ms'] / target:.2f}x")
         print(f"\n16 devices, {args.seconds:g} s each")
-        e_t, e_w = _with_echo(broker, lambda: _concurrent(broker, ping, 16, args.seconds))
-        echo16 = _summary("raw paho echo, 16 devices", e_t, e_w)
-        b_t, b_w = _with_bridge(broker, handler(tflite), 16, lambda: _concurrent(broker, ping, 16, args.seconds))
-        bridge16 = _summary("bridge PING, 16 devices", b_t, b_w)
+        echo16, bridge16 = _median_of_rounds([
+            lambda: _with_echo(broker, lambda: _concurrent(broker, ping, 16, args.seconds)),
+            lambda: _with_bridge(broker, handler(tflite), 16, lambda: _concurrent(broker, ping, 16, args.seconds)),
+        ], args.rounds)
+        _show("raw paho echo, 16 devices", echo16)
+        _show("bridge PING, 16 devices", bridge16)
         _ratio("bridge vs echo", bridge16, echo16)
-
+        _log_disconnects(Path(work) / "mosquitto.log")
         print(f"\n{args.devices} devices sending INFER to the Keras remote, {args.seconds:g} s each")
         plain = _summary("per-request remote calls", *_with_bridge(
             broker, handler(keras_remote), args.devices, lambda: _concurrent(broker, infer, args.devices,

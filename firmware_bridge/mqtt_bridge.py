@@ -26,16 +26,24 @@ from concurrent.futures import ThreadPoolExecutor
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
+from firmware_bridge import protocol as p
 from firmware_bridge.handler import RequestHandler
 from firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, connect, device_of, make_client, response_topic
 
 log = logging.getLogger("bisup.mqtt")
-PUBLISH_TIMEOUT_S = 10.0
+INFER_TYPE = bytes([p.MsgType.INFER])  # the one request type that waits for a model
 
 
 class MqttWorker:
-    """One member of the bridge's shared subscription."""
+    """One member of the bridge's shared subscription.
+
+    Requests that need the remote (INFER) run on a thread pool, so the network loop never waits for a
+    model; everything else (PING, HELLO, malformed bodies) is answered on the network thread, which
+    saves a thread hop. No thread waits for a PUBACK: a request is acked from ``on_publish`` when the
+    broker has taken its answer.
+    """
 
     def __init__(self, broker: Broker, handler: RequestHandler, name: str = "w1", group: str = "bisup",
                  threads: int = 16, session_expiry_s: int = 5):
@@ -45,10 +53,11 @@ class MqttWorker:
         self.client.on_connect = self._subscribe
         self.client.on_message = self._dispatch
         self.client.on_publish = self._published
-        self._refused: dict[int, str] = {}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"bisup-{name}")
         self.served = 0
         self._lock = threading.Lock()
+        self._awaiting: dict[int, mqtt.MQTTMessage] = {}  # answer mid -> the request to ack on its PUBACK
+        self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat the registration of their answer
 
     @property
     def subscription(self) -> str:
@@ -60,53 +69,71 @@ class MqttWorker:
         return self
 
     def _subscribe(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._lock:  # answers in flight died with the old connection; their requests come again
+            self._awaiting.clear()
+            self._early.clear()
         client.subscribe(self.subscription, qos=1)  # idempotent; also restores a session the broker lost
 
     def _dispatch(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self._pool.submit(self._serve, message)
+        if message.payload[1:2] == INFER_TYPE:
+            self._pool.submit(self._serve, message)
+        else:
+            self._serve(message)
 
     def _serve(self, message: mqtt.MQTTMessage) -> None:
-        """Answer one request, then ack it, whatever it held: a request that can never be answered (a bug,
-        an unusable ResponseTopic) must not stay unacked, or it would fill the broker's in-flight window
-        for this worker and stop every device's requests. Only an answer lost with the connection is left
-        unacked, so that the broker delivers the request again."""
+        """Answer one request; it is acked once the broker has its answer, or at once if there is none.
+        Every request is acked, whatever it held: one that can never be answered (a bug, an unusable
+        ResponseTopic) must not stay unacked, or it would fill the broker's in-flight window for this
+        worker and stop every device's requests. Only an answer lost with the connection leaves its
+        request unacked, so that the broker delivers the request again."""
         device = device_of(message.topic)
         try:
             reply = self.handler.handle(device, message.payload) if device else None
-            if reply is not None and not self._publish(device, reply, message):
+            if reply is not None:
+                self._publish(device, reply, message)
                 return
         except Exception:  # a bug must neither kill the pool thread silently nor block the worker
             self.handler.count("internal_error")
             log.exception("worker %s failed on a request from %s; acking it", self.client_id, device)
+        self._ack(message)
+
+    def _publish(self, device: str, reply: bytes, request: mqtt.MQTTMessage) -> None:
+        topic, props = _reply_route(device, getattr(request, "properties", None))
+        info = self.client.publish(topic, reply, qos=1, properties=props)
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            log.warning("answer to %s not sent (no connection); the broker delivers the request again", device)
+            return
+        with self._lock:
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._awaiting[info.mid] = request
+        if early is not None:
+            self._answered(request, early, device, topic)
+
+    def _published(self, client, userdata, mid, reason_code, properties) -> None:
+        """The broker took an answer (or refused it: an ACL, say): ack its request."""
+        with self._lock:
+            request = self._awaiting.pop(mid, None)
+            if request is None:
+                self._early[mid] = reason_code
+                return
+        self._answered(request, reason_code, device_of(request.topic), "")
+
+    def _answered(self, request: mqtt.MQTTMessage, reason_code: ReasonCode, device: str | None, topic: str) -> None:
+        if reason_code.is_failure:  # redelivery would be refused again: ack, and the device falls back
+            self.handler.count("answer_refused")
+            log.error("the broker refused the answer to %s %s: %s", device, topic, reason_code)
+        self._ack(request)
+
+    def _ack(self, message: mqtt.MQTTMessage) -> None:
         self.client.ack(message.mid, message.qos)
         with self._lock:
             self.served += 1
 
-    def _published(self, client, userdata, mid, reason_code, properties) -> None:
-        """Remember PUBACKs that refuse an answer (an ACL, say): paho still calls those published."""
-        if reason_code.is_failure:
-            with self._lock:
-                self._refused[mid] = str(reason_code)
-
-    def _publish(self, device: str, reply: bytes, request: mqtt.MQTTMessage) -> bool:
-        topic, props = _reply_route(device, getattr(request, "properties", None))
-        info = self.client.publish(topic, reply, qos=1, properties=props)
-        try:
-            info.wait_for_publish(PUBLISH_TIMEOUT_S)
-        except (RuntimeError, ValueError) as exc:  # paho raises these when the connection is gone
-            log.warning("answer to %s not published (%s); leaving the request unacked", device, exc)
-            return False
-        with self._lock:
-            refused = self._refused.pop(info.mid, None)
-        if refused is not None:  # redelivery would be refused again: ack, and the device falls back
-            self.handler.count("answer_refused")
-            log.error("the broker refused the answer to %s on %s: %s", device, topic, refused)
-        return info.is_published()
-
     def stop(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)  # let running requests publish and be acked
         self.client.disconnect()
         self.client.loop_stop()
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _concrete_below(wanted: str | None, own: str) -> bool:
