@@ -129,5 +129,12 @@ def attach_supervisor(
         sup_probs = probs
     takes_logits = isinstance(supervisor, Supervisor) or "logits" in inspect.signature(supervisor.call).parameters
     confidence = supervisor(sup_probs, logits=logits) if takes_logits else supervisor(sup_probs)
+    per_row = tuple(confidence.shape[1:])
+    if int(np.prod([d if d is not None else 2 for d in per_row])) != 1:
+        raise ConversionError(
+            f"the {type(supervisor).__name__} supervisor returns shape {tuple(confidence.shape)}, {per_row} per "
+            "input; a supervisor returns one confidence per input, shape (batch,) or (batch, 1): reduce over the "
+            "classes (e.g. keras.ops.max(probs, axis=-1))"
+        )
     confidence = keras.ops.reshape(confidence, (-1, 1))
     return keras.Model(inputs, {SCORES: probs, CONFIDENCE: confidence}, name="bisup_supervised")

@@ -133,6 +133,20 @@ def test_supervisor_with_unsupported_op_is_named(digits_example, tmp_path):
     _assert_clean_error(result, "TOPK_V2")
 
 
+@pytest.mark.slow
+def test_supervisor_that_returns_a_row_per_class_is_named(digits_example, tmp_path):
+    source = tmp_path / "wide_sup.py"
+    source.write_text(
+        "import keras\n"
+        "class PerClass(keras.layers.Layer):\n"
+        "    def call(self, probs):\n"
+        "        return probs * 2.0\n"
+    )
+    result = _run("export", digits_example["model"], "--calib", digits_example["calib"], "--board", "esp32",
+                  "--out", tmp_path / "o", "--supervisor", f"{source}:PerClass")
+    _assert_clean_error(result, "PerClass supervisor returns shape (None, 10)", "one confidence per input")
+
+
 def test_help_teaches_the_flow():
     result = _run("--help")
     assert "bisup export" in result.stdout and "bisup boards" in result.stdout

@@ -162,6 +162,7 @@ def test_dry_run_table_names_every_write(archive):
 def test_flash_failures_are_one_line(archive, args, message):
     result = CliRunner().invoke(main, ["flash", str(archive), *args])
     assert message in error_line(result)
+    assert "\x1b[" not in result.output  # no tool's own coloured lines around ours
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from firmware_bridge.mqtt_bridge import start_workers
 from firmware_bridge.mqtt_link import Broker, DeviceLink, connect, make_client, request_topic
 from firmware_bridge.relay import InferRequest, Relay
 from firmware_bridge.remotes import RemoteError, open_remote
+from firmware_bridge.resilience import resilient
 from firmware_bridge.virtual_device import VirtualDevice
 from toolkit.cli import main
 
@@ -269,6 +270,45 @@ def test_requests_a_worker_cannot_answer_are_still_acked(mosquitto, setup):
         sender.disconnect()
         sender.loop_stop()
         worker.stop()
+
+
+class _Hanging:
+    """A model server that accepted the request and never answers (stands in for a hung KServe pod)."""
+
+    name = "hanging"
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def predict(self, x):
+        self.release.wait(30)  # released at the end of the test, so the batching thread can stop
+
+
+def test_a_hung_remote_still_answers_before_the_device_gives_up(mosquitto, setup):
+    """The bridge's default remote deadline is derived from the devices' wait (500 ms x 4 attempts), so
+    the fallback ANSWER arrives while the device still waits: no request ends in the device's own
+    timeout. Before, the deadline equalled the whole wait and the fallback came just too late."""
+    from toolkit.serve import RemoteOptions
+
+    bundle, x = setup[0], setup[2]
+    options = RemoteOptions()  # the bridge's defaults
+    hanging = _Hanging()
+    guarded = resilient(hanging, options.max_batch, options.max_delay_ms, options.deadline(),
+                        options.breaker_failures, options.breaker_cooldown_s)
+    handler = RequestHandler(Relay(guarded, bundle.remote_supervisor, bundle.quantization), bundle)
+    worker = start_workers(Broker.from_url(mosquitto.url), handler, prefix="t7-")[0]
+    link = DeviceLink(Broker.from_url(mosquitto.url), "hung")
+    try:
+        unit = VirtualDevice(link, bundle.local_model(), 128, "hung", timeout_s=0.5, retries=3)  # relay all
+        unit.hello(10)
+        answers = unit.run(x[:3])
+    finally:
+        hanging.release.set()
+        link.close()
+        worker.stop()
+        guarded.close()
+    assert unit.stats.requests == unit.stats.answered == 3  # every fallback came as an ANSWER, in time
+    assert all(a.source is p.Source.FALLBACK for a in answers) and handler.counts["remote_unavailable"] == 3
 
 
 def test_clients_set_tcp_nodelay(mosquitto):

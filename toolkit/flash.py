@@ -13,6 +13,7 @@ A plan is a list of writes (flash offset, bytes, what it is), made without touch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import tempfile
@@ -174,8 +175,9 @@ def _run_pyocd(flash_plan: FlashPlan, probe: str | None, say: Callable[[str], No
 
     target = flash_plan.board.flash_target
     try:
-        session = ConnectHelper.session_with_chosen_probe(blocking=False, unique_id=probe,
-                                                          options={"target_override": target})
+        with contextlib.redirect_stdout(io.StringIO()):  # pyocd prints its own coloured "no probe" line
+            session = ConnectHelper.session_with_chosen_probe(blocking=False, unique_id=probe,
+                                                              options={"target_override": target})
         if session is None:
             raise FlashError(f"no debug probe found{f' with id {probe}' if probe else ''}; connect a CMSIS-DAP, "
                              "J-Link or ST-Link probe to the board (`pyocd list` shows what is attached)")
