@@ -119,32 +119,18 @@ def test_missing_calibration_file(digits_example, tmp_path):
 
 
 @pytest.mark.slow
-def test_supervisor_with_unsupported_op_is_named(digits_example, tmp_path):
-    source = tmp_path / "topk_sup.py"
-    source.write_text(
-        "import keras\n"
-        "class TopKMargin(keras.layers.Layer):\n"
-        "    def call(self, probs):\n"
-        "        values, _ = keras.ops.top_k(probs, 2)\n"
-        "        return values[:, :1] - values[:, 1:]\n"
-    )
+@pytest.mark.parametrize(("name", "body", "fragments"), [
+    ("TopKMargin", "values, _ = keras.ops.top_k(probs, 2)\n        return values[:, :1] - values[:, 1:]",
+     ("TOPK_V2",)),
+    ("PerClass", "return probs * 2.0",
+     ("PerClass supervisor returns shape (None, 10)", "one confidence per input")),
+])
+def test_a_custom_supervisor_the_board_cannot_run_is_named(digits_example, tmp_path, name, body, fragments):
+    source = tmp_path / "custom_sup.py"
+    source.write_text(f"import keras\nclass {name}(keras.layers.Layer):\n    def call(self, probs):\n        {body}\n")
     result = _run("export", digits_example["model"], "--calib", digits_example["calib"], "--board", "esp32",
-                  "--out", tmp_path / "o", "--supervisor", f"{source}:TopKMargin")
-    _assert_clean_error(result, "TOPK_V2")
-
-
-@pytest.mark.slow
-def test_supervisor_that_returns_a_row_per_class_is_named(digits_example, tmp_path):
-    source = tmp_path / "wide_sup.py"
-    source.write_text(
-        "import keras\n"
-        "class PerClass(keras.layers.Layer):\n"
-        "    def call(self, probs):\n"
-        "        return probs * 2.0\n"
-    )
-    result = _run("export", digits_example["model"], "--calib", digits_example["calib"], "--board", "esp32",
-                  "--out", tmp_path / "o", "--supervisor", f"{source}:PerClass")
-    _assert_clean_error(result, "PerClass supervisor returns shape (None, 10)", "one confidence per input")
+                  "--out", tmp_path / "o", "--supervisor", f"{source}:{name}")
+    _assert_clean_error(result, *fragments)
 
 
 def test_help_teaches_the_flow():

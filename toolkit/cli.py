@@ -199,7 +199,6 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
     Relayed answers the remote supervisor rejects fall back to the local label and count as rejected.
     """
     mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta)
-    _quiet_tensorflow()
     from firmware_bridge.remotes import open_remote
     from toolkit import calibrate as calibration
     from toolkit.report import calibration_table
@@ -427,7 +426,6 @@ def hil(port_url, emulate, bundle_path, data_path, remote, report_path, junit_pa
     """
     if (port_url is None) == (emulate is None):
         raise click.UsageError("give exactly one of --port and --emulate")
-    _quiet_tensorflow()
     from firmware_bridge.bundle import Bundle
     from firmware_bridge.remotes import open_remote
     from toolkit import datasets
