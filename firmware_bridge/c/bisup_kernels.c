@@ -1,0 +1,401 @@
+/* bisup int8 kernels: see bisup_kernels.h. */
+#include "bisup_kernels.h"
+
+#include <stddef.h>
+
+#define BK_INT32_MIN (-2147483647 - 1)
+#define BK_INT32_MAX 2147483647
+
+static int32_t clamp32(int32_t x, int32_t lo, int32_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+int32_t bk_saturating_rounding_doubling_high_mul(int32_t a, int32_t b) {
+  if (a == b && a == BK_INT32_MIN) return BK_INT32_MAX; /* the one product that overflows */
+  int64_t ab = (int64_t)a * (int64_t)b;
+  int32_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
+  return (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C division truncates toward zero */
+}
+
+int32_t bk_rounding_divide_by_pot(int32_t x, int exponent) {
+  int32_t mask = (int32_t)(((int64_t)1 << exponent) - 1);
+  int32_t remainder = x & mask;
+  int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return (x >> exponent) + (remainder > threshold ? 1 : 0); /* round half away from zero */
+}
+
+int32_t bk_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int shift) {
+  int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+  int32_t scaled = (int32_t)((uint32_t)x << left); /* wraps as TFLM's int32 multiply does */
+  return bk_rounding_divide_by_pot(bk_saturating_rounding_doubling_high_mul(scaled, multiplier), right);
+}
+
+static int32_t offset4(const bk_shape *s, int32_t b, int32_t y, int32_t x, int32_t c) {
+  return ((b * s->height + y) * s->width + x) * s->depth + c;
+}
+
+static int8_t requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t output_offset, int32_t lo,
+                         int32_t hi) {
+  acc = bk_multiply_by_quantized_multiplier(acc, multiplier, (int)shift) + output_offset;
+  return (int8_t)clamp32(acc, lo, hi);
+}
+
+void bk_conv2d(const bk_conv_params *p, const int8_t *input, int8_t *output) {
+  const bk_shape *in = &p->input, *out = &p->output;
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t oy = 0; oy < out->height; ++oy) {
+      for (int32_t ox = 0; ox < out->width; ++ox) {
+        const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+        for (int32_t oc = 0; oc < out->depth; ++oc) {
+          const int8_t *filter = p->filter + (size_t)oc * p->filter_height * p->filter_width * in->depth;
+          int32_t acc = 0;
+          for (int32_t fy = 0; fy < p->filter_height; ++fy) {
+            const int32_t iy = y0 + p->dilation_height * fy;
+            if (iy < 0 || iy >= in->height) continue;
+            for (int32_t fx = 0; fx < p->filter_width; ++fx) {
+              const int32_t ix = x0 + p->dilation_width * fx;
+              if (ix < 0 || ix >= in->width) continue;
+              const int8_t *pixel = input + offset4(in, b, iy, ix, 0);
+              const int8_t *taps = filter + (fy * p->filter_width + fx) * in->depth;
+              for (int32_t ic = 0; ic < in->depth; ++ic) acc += taps[ic] * (pixel[ic] + p->input_offset);
+            }
+          }
+          if (p->bias) acc += p->bias[oc];
+          output[offset4(out, b, oy, ox, oc)] =
+              requantize(acc, p->multiplier[oc], p->shift[oc], p->output_offset, p->activation_min, p->activation_max);
+        }
+      }
+    }
+  }
+}
+
+void bk_depthwise_conv2d(const bk_depthwise_params *p, const int8_t *input, int8_t *output) {
+  const bk_shape *in = &p->input, *out = &p->output;
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t oy = 0; oy < out->height; ++oy) {
+      for (int32_t ox = 0; ox < out->width; ++ox) {
+        const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+        for (int32_t ic = 0; ic < in->depth; ++ic) {
+          for (int32_t m = 0; m < p->depth_multiplier; ++m) {
+            const int32_t oc = ic * p->depth_multiplier + m;
+            int32_t acc = 0;
+            for (int32_t fy = 0; fy < p->filter_height; ++fy) {
+              const int32_t iy = y0 + p->dilation_height * fy;
+              if (iy < 0 || iy >= in->height) continue;
+              for (int32_t fx = 0; fx < p->filter_width; ++fx) {
+                const int32_t ix = x0 + p->dilation_width * fx;
+                if (ix < 0 || ix >= in->width) continue;
+                int32_t tap = p->filter[(fy * p->filter_width + fx) * out->depth + oc];
+                acc += tap * (input[offset4(in, b, iy, ix, ic)] + p->input_offset);
+              }
+            }
+            if (p->bias) acc += p->bias[oc];
+            output[offset4(out, b, oy, ox, oc)] = requantize(acc, p->multiplier[oc], p->shift[oc], p->output_offset,
+                                                             p->activation_min, p->activation_max);
+          }
+        }
+      }
+    }
+  }
+}
+
+void bk_fully_connected(const bk_fully_connected_params *p, const int8_t *input, int8_t *output) {
+  for (int32_t b = 0; b < p->batches; ++b) {
+    const int8_t *row = input + (size_t)b * p->input_depth;
+    for (int32_t oc = 0; oc < p->output_depth; ++oc) {
+      const int8_t *weights = p->filter + (size_t)oc * p->input_depth;
+      int32_t acc = 0;
+      for (int32_t i = 0; i < p->input_depth; ++i) acc += weights[i] * (row[i] + p->input_offset);
+      if (p->bias) acc += p->bias[oc];
+      const int32_t k = p->per_channel ? oc : 0;
+      output[(size_t)b * p->output_depth + oc] =
+          requantize(acc, p->multiplier[k], p->shift[k], p->output_offset, p->activation_min, p->activation_max);
+    }
+  }
+}
+
+void bk_max_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) {
+  const bk_shape *in = &p->input, *out = &p->output;
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t oy = 0; oy < out->height; ++oy) {
+      for (int32_t ox = 0; ox < out->width; ++ox) {
+        const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+        const int32_t fy0 = y0 < 0 ? -y0 : 0, fx0 = x0 < 0 ? -x0 : 0;
+        const int32_t fy1 = p->filter_height < in->height - y0 ? p->filter_height : in->height - y0;
+        const int32_t fx1 = p->filter_width < in->width - x0 ? p->filter_width : in->width - x0;
+        for (int32_t c = 0; c < out->depth; ++c) {
+          int32_t best = -128;
+          for (int32_t fy = fy0; fy < fy1; ++fy) {
+            for (int32_t fx = fx0; fx < fx1; ++fx) {
+              int32_t v = input[offset4(in, b, y0 + fy, x0 + fx, c)];
+              best = v > best ? v : best;
+            }
+          }
+          output[offset4(out, b, oy, ox, c)] = (int8_t)clamp32(best, p->activation_min, p->activation_max);
+        }
+      }
+    }
+  }
+}
+
+/* Index of a broadcast operand: a dimension of 1 stays at 0. */
+static int32_t broadcast_offset(const bk_shape *s, int32_t b, int32_t y, int32_t x, int32_t c) {
+  return offset4(s, s->batches == 1 ? 0 : b, s->height == 1 ? 0 : y, s->width == 1 ? 0 : x, s->depth == 1 ? 0 : c);
+}
+
+void bk_mul(const bk_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
+  const bk_shape *out = &p->output;
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t y = 0; y < out->height; ++y) {
+      for (int32_t x = 0; x < out->width; ++x) {
+        for (int32_t c = 0; c < out->depth; ++c) {
+          int32_t a = p->input1_offset + input1[broadcast_offset(&p->input1, b, y, x, c)];
+          int32_t v = p->input2_offset + input2[broadcast_offset(&p->input2, b, y, x, c)];
+          output[offset4(out, b, y, x, c)] =
+              requantize(a * v, p->multiplier, p->shift, p->output_offset, p->activation_min, p->activation_max);
+        }
+      }
+    }
+  }
+}
+
+static int32_t scale_down(int32_t x, int32_t multiplier, int32_t shift) { /* shift <= 0 */
+  return bk_rounding_divide_by_pot(bk_saturating_rounding_doubling_high_mul(x, multiplier), (int)-shift);
+}
+
+static void add_or_sub(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
+                       int32_t sign) {
+  const bk_shape *out = &p->output;
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t y = 0; y < out->height; ++y) {
+      for (int32_t x = 0; x < out->width; ++x) {
+        for (int32_t c = 0; c < out->depth; ++c) {
+          int32_t a = p->input1_offset + input1[broadcast_offset(&p->input1, b, y, x, c)];
+          int32_t v = p->input2_offset + input2[broadcast_offset(&p->input2, b, y, x, c)];
+          int32_t sa = scale_down((int32_t)((uint32_t)a << p->left_shift), p->input1_multiplier, p->input1_shift);
+          int32_t sv = scale_down((int32_t)((uint32_t)v << p->left_shift), p->input2_multiplier, p->input2_shift);
+          int32_t raw = scale_down(sa + sign * sv, p->output_multiplier, p->output_shift) + p->output_offset;
+          output[offset4(out, b, y, x, c)] = (int8_t)clamp32(raw, p->activation_min, p->activation_max);
+        }
+      }
+    }
+  }
+}
+
+void bk_add(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
+  add_or_sub(p, input1, input2, output, 1);
+}
+
+void bk_sub(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
+  add_or_sub(p, input1, input2, output, -1);
+}
+
+void bk_sum(const bk_sum_params *p, const int8_t *input, int8_t *output) {
+  const bk_reduce_params *s = &p->shape;
+  for (int32_t o = 0; o < s->outer; ++o) {
+    for (int32_t i = 0; i < s->inner; ++i) {
+      int32_t sum = 0;
+      for (int32_t r = 0; r < s->reduced; ++r) sum += input[((size_t)o * s->reduced + r) * s->inner + i];
+      sum -= p->input_zero_point * s->reduced;
+      int32_t q = bk_multiply_by_quantized_multiplier(sum, p->multiplier, (int)p->shift) + p->output_zero_point;
+      output[(size_t)o * s->inner + i] = (int8_t)clamp32(q, -128, 127);
+    }
+  }
+}
+
+/* --- softmax: gemmlowp fixed point, as TFLM's reference int8 softmax uses it ------------------- */
+
+/* x * 2^exponent for exponent > 0, saturating (gemmlowp's SaturatingRoundingMultiplyByPOT). */
+static int32_t saturating_shift_left(int32_t x, int exponent) {
+  const int32_t threshold = (int32_t)(((int64_t)1 << (31 - exponent)) - 1);
+  if (x > threshold) return BK_INT32_MAX;
+  if (x < -threshold) return BK_INT32_MIN;
+  return (int32_t)((uint32_t)x << exponent);
+}
+
+/* exp(a) for a in [-1/4, 0), a and the result in Q0.31. */
+static int32_t exp_on_quarter_interval(int32_t a) {
+  const int32_t constant_term = 1895147668; /* exp(-1/8) */
+  const int32_t one_third = 715827883;
+  const int32_t x = a + (1 << 28); /* Taylor expansion around -1/8 */
+  const int32_t x2 = bk_saturating_rounding_doubling_high_mul(x, x);
+  const int32_t x3 = bk_saturating_rounding_doubling_high_mul(x2, x);
+  const int32_t x4 = bk_saturating_rounding_doubling_high_mul(x2, x2);
+  const int32_t x4_over_4 = bk_rounding_divide_by_pot(x4, 2);
+  const int32_t poly = bk_rounding_divide_by_pot(
+      bk_saturating_rounding_doubling_high_mul(x4_over_4 + x3, one_third) + x2, 1);
+  return constant_term + bk_saturating_rounding_doubling_high_mul(constant_term, x + poly);
+}
+
+/* exp(a) for a <= 0 in Q5.26 (5 integer bits); the result in Q0.31. */
+static int32_t exp_on_negative_values_q5(int32_t a) {
+  static const int32_t multipliers[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242};
+  const int32_t one_quarter = 1 << 24, fraction_bits = 26;
+  const int32_t a_mod_quarter_minus_quarter = (a & (one_quarter - 1)) - one_quarter;
+  int32_t result = exp_on_quarter_interval(saturating_shift_left(a_mod_quarter_minus_quarter, 5));
+  const int32_t remainder = a_mod_quarter_minus_quarter - a;
+  for (int k = 0; k < 7; ++k) { /* exp(-1/4), exp(-1/2), ..., exp(-16) for the bits of the remainder */
+    if (remainder & ((int32_t)1 << (fraction_bits - 2 + k))) {
+      result = bk_saturating_rounding_doubling_high_mul(result, multipliers[k]);
+    }
+  }
+  return a == 0 ? BK_INT32_MAX : result;
+}
+
+static int32_t rounding_half_sum(int32_t a, int32_t b) {
+  int64_t sum = (int64_t)a + (int64_t)b;
+  return (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);
+}
+
+/* 1 / (1 + a) for a in [0, 1) in Q0.31, by Newton-Raphson in Q2.29 (gemmlowp's constants). */
+static int32_t one_over_one_plus_x(int32_t a) {
+  const int32_t half_denominator = rounding_half_sum(a, BK_INT32_MAX);
+  const int32_t one_q2 = 1 << 29;
+  int32_t x = 1515870810 + bk_saturating_rounding_doubling_high_mul(half_denominator, -1010580540);
+  for (int i = 0; i < 3; ++i) {
+    const int32_t product = bk_saturating_rounding_doubling_high_mul(half_denominator, x);
+    x = x + saturating_shift_left(bk_saturating_rounding_doubling_high_mul(x, one_q2 - product), 2);
+  }
+  return saturating_shift_left(x, 1);
+}
+
+static int count_leading_zeros(uint32_t x) {
+  int n = 0;
+  if (x == 0) return 32;
+  while (!(x & 0x80000000u)) {
+    x <<= 1;
+    ++n;
+  }
+  return n;
+}
+
+void bk_softmax(const bk_softmax_params *p, const int8_t *input, int8_t *output) {
+  for (int32_t row = 0; row < p->outer; ++row) {
+    const int8_t *in = input + (size_t)row * p->depth;
+    int8_t *out = output + (size_t)row * p->depth;
+    int32_t max = -128;
+    for (int32_t c = 0; c < p->depth; ++c) max = in[c] > max ? in[c] : max;
+    int32_t sum = 0; /* Q12.19 */
+    for (int32_t c = 0; c < p->depth; ++c) {
+      const int32_t diff = in[c] - max;
+      if (diff < p->diff_min) continue;
+      const int32_t scaled = bk_saturating_rounding_doubling_high_mul(
+          (int32_t)((uint32_t)diff << p->input_left_shift), p->input_multiplier);
+      sum += bk_rounding_divide_by_pot(exp_on_negative_values_q5(scaled), 12);
+    }
+    const int headroom_plus_one = count_leading_zeros((uint32_t)sum);
+    const int bits_over_unit = 12 - headroom_plus_one;
+    const int32_t shifted_sum_minus_one = (int32_t)(((uint32_t)sum << headroom_plus_one) - ((uint32_t)1 << 31));
+    const int32_t reciprocal = one_over_one_plus_x(shifted_sum_minus_one);
+    const int exponent = bits_over_unit + 31 - 8;
+    for (int32_t c = 0; c < p->depth; ++c) {
+      const int32_t diff = in[c] - max;
+      if (diff < p->diff_min) {
+        out[c] = -128;
+        continue;
+      }
+      const int32_t scaled = bk_saturating_rounding_doubling_high_mul(
+          (int32_t)((uint32_t)diff << p->input_left_shift), p->input_multiplier);
+      const int32_t e = exp_on_negative_values_q5(scaled);
+      const int32_t q = bk_rounding_divide_by_pot(bk_saturating_rounding_doubling_high_mul(reciprocal, e), exponent);
+      out[c] = (int8_t)clamp32(q - 128, -128, 127);
+    }
+  }
+}
+
+static int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+
+static int32_t saturating_add(int32_t a, int32_t b) {
+  int64_t sum = (int64_t)a + b;
+  return sum > BK_INT32_MAX ? BK_INT32_MAX : (sum < BK_INT32_MIN ? BK_INT32_MIN : (int32_t)sum);
+}
+
+static int32_t saturating_sub(int32_t a, int32_t b) {
+  int64_t diff = (int64_t)a - b;
+  return diff > BK_INT32_MAX ? BK_INT32_MAX : (diff < BK_INT32_MIN ? BK_INT32_MIN : (int32_t)diff);
+}
+
+static int32_t shift_left_or_keep(int32_t x, int exponent) { return exponent == 0 ? x : saturating_shift_left(x, exponent); }
+
+/* log(x) for x >= 1 given in Q12.19; the result in Q5.26 (TFLM's log_x_for_x_greater_than_or_equal_to_1
+ * with 5 output and 12 input integer bits: a rational approximation around sqrt(sqrt(2))). */
+static int32_t log_q12_to_q5(int32_t z_a) {
+  const int32_t log_2 = 1488522236, sqrt_sqrt_half = 1805811301, sqrt_half = 1518500250;
+  const int32_t alpha_n = 117049297, alpha_d = 127690142, alpha_i = 1057819769, alpha_f = 638450708;
+  const int input_bits = 12, accum_bits = 6;
+  const int32_t shifted_quarter = bk_rounding_divide_by_pot(536870912, accum_bits); /* 1/4 in Q6.25 */
+  const int z_a_headroom_plus_1 = count_leading_zeros((uint32_t)z_a);
+  const int32_t r_a_tmp = shift_left_or_keep(z_a, z_a_headroom_plus_1 - 1);
+  const int32_t r_a = shift_left_or_keep(bk_saturating_rounding_doubling_high_mul(r_a_tmp, sqrt_half), 1);
+  const int32_t z_a_pow_2_adj =
+      saturating_add(shift_left_or_keep(input_bits - z_a_headroom_plus_1, 31 - accum_bits), shifted_quarter);
+  const int32_t z_b = bk_saturating_rounding_doubling_high_mul(z_a, sqrt_half);
+  const int z_b_headroom = count_leading_zeros((uint32_t)z_b) - 1;
+  const int32_t r_b = shift_left_or_keep(z_a, z_b_headroom);
+  const int32_t z_b_pow_2_adj =
+      saturating_sub(shift_left_or_keep(input_bits - z_b_headroom, 31 - accum_bits), shifted_quarter);
+  const int32_t r = r_a < r_b ? r_a : r_b;
+  const int32_t z_pow_2_adj = z_a_pow_2_adj > z_b_pow_2_adj ? z_a_pow_2_adj : z_b_pow_2_adj;
+  const int32_t p = rounding_half_sum(r, sqrt_sqrt_half);
+  int32_t q = wrapping_add(r, -sqrt_sqrt_half);
+  q = wrapping_add(q, q);
+  const int32_t common_sq = bk_saturating_rounding_doubling_high_mul(q, q);
+  const int32_t num = wrapping_add(
+      bk_saturating_rounding_doubling_high_mul(q, r),
+      bk_saturating_rounding_doubling_high_mul(bk_saturating_rounding_doubling_high_mul(q, common_sq), alpha_n));
+  const int32_t denom_minus_one = wrapping_add(
+      bk_saturating_rounding_doubling_high_mul(
+          p, wrapping_add(wrapping_add(alpha_i, q), bk_saturating_rounding_doubling_high_mul(alpha_d, common_sq))),
+      bk_saturating_rounding_doubling_high_mul(alpha_f, q));
+  const int32_t recip_denom = one_over_one_plus_x(denom_minus_one);
+  const int32_t num_scaled = bk_rounding_divide_by_pot(num, accum_bits);
+  const int32_t result = wrapping_add(bk_saturating_rounding_doubling_high_mul(z_pow_2_adj, log_2),
+                                      bk_saturating_rounding_doubling_high_mul(num_scaled, recip_denom));
+  return saturating_shift_left(result, 1); /* Q6 to Q5 */
+}
+
+void bk_log_softmax(const bk_log_softmax_params *p, const int8_t *input, int8_t *output) {
+  for (int32_t row = 0; row < p->outer; ++row) {
+    const int8_t *in = input + (size_t)row * p->depth;
+    int8_t *out = output + (size_t)row * p->depth;
+    int32_t max = -128;
+    for (int32_t c = 0; c < p->depth; ++c) max = in[c] > max ? in[c] : max;
+    int32_t sum = 0; /* Q12.19 */
+    for (int32_t c = 0; c < p->depth; ++c) {
+      const int32_t diff = in[c] - max;
+      if (diff < p->diff_min) continue;
+      const int32_t scaled = bk_multiply_by_quantized_multiplier(diff, p->input_multiplier, (int)p->input_left_shift);
+      sum = wrapping_add(sum, bk_rounding_divide_by_pot(exp_on_negative_values_q5(scaled), 12));
+    }
+    const int32_t log_sum = log_q12_to_q5(sum);
+    const int32_t reversed = bk_multiply_by_quantized_multiplier(wrapping_add(log_sum, BK_INT32_MIN),
+                                                                 p->reverse_scaling_divisor,
+                                                                 (int)p->reverse_scaling_left_shift);
+    const int32_t adjusted_diff_min = p->diff_min - 1 > reversed ? p->diff_min - 1 : reversed;
+    for (int32_t c = 0; c < p->depth; ++c) {
+      const int32_t diff = in[c] - max;
+      if (diff <= adjusted_diff_min) {
+        out[c] = -128;
+        continue;
+      }
+      const int32_t scaled = bk_multiply_by_quantized_multiplier(diff, p->input_multiplier, (int)p->input_left_shift);
+      const int32_t q = bk_rounding_divide_by_pot(scaled - log_sum, 31 - 5 - 4) + 127;
+      out[c] = (int8_t)clamp32(q, -128, 127);
+    }
+  }
+}
+
+static void reduce(const bk_reduce_params *p, const int8_t *input, int8_t *output, int take_max) {
+  for (int32_t o = 0; o < p->outer; ++o) {
+    for (int32_t i = 0; i < p->inner; ++i) {
+      int32_t best = take_max ? -128 : 127;
+      for (int32_t r = 0; r < p->reduced; ++r) {
+        int32_t v = input[((size_t)o * p->reduced + r) * p->inner + i];
+        best = take_max ? (v > best ? v : best) : (v < best ? v : best);
+      }
+      output[(size_t)o * p->inner + i] = (int8_t)best;
+    }
+  }
+}
+
+void bk_reduce_max(const bk_reduce_params *p, const int8_t *input, int8_t *output) { reduce(p, input, output, 1); }
+
+void bk_reduce_min(const bk_reduce_params *p, const int8_t *input, int8_t *output) { reduce(p, input, output, 0); }

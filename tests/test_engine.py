@@ -1,0 +1,123 @@
+"""The interpreter-free C engine: generated code against the tflite-micro interpreter, byte for byte.
+
+The generated model_infer.c and the kernels are compiled with the host gcc under ASan/UBSan and
+-Wall -Wextra -Werror, and with arm-none-eabi-gcc for a Cortex-M4; every input of the digits
+holdout split goes through both the C engine and TFLM, and every output byte must match.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters import engine, tflite_model
+from converters.runners import TflmRunner, quantize
+from converters.signature import CONFIDENCE, SCORES
+
+pytestmark = [pytest.mark.slow, pytest.mark.toolchain]
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ROOT / "firmware_bridge" / "c"
+HARNESS = ROOT / "tests" / "c" / "engine_harness.c"
+WARNINGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+
+def build_host(generated_dir: Path) -> Path:
+    """The generated model plus the kernels and the stdin/stdout harness, under the sanitizers."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed (CI installs it)")
+    exe = generated_dir / "engine_harness"
+    subprocess.run(["gcc", *WARNINGS, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                    f"-I{generated_dir}", f"-I{KERNELS}", str(generated_dir / "model_infer.c"),
+                    str(KERNELS / "bisup_kernels.c"), str(HARNESS), "-o", str(exe)], check=True)
+    return exe
+
+
+def run_c(exe: Path, x_q: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    out = subprocess.run([str(exe)], input=x_q.tobytes(), capture_output=True, check=True).stdout
+    rows = np.frombuffer(out, dtype=np.int8).reshape(len(x_q), classes + 1)
+    return rows[:, :classes], rows[:, classes]
+
+
+def run_tflm(model: bytes, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    info = tflite_model.read(model)
+    out = TflmRunner(model, info, 65536).run(x_q)
+    return out[SCORES].reshape(len(x_q), -1), out[CONFIDENCE].reshape(len(x_q))
+
+
+@pytest.fixture(scope="module", params=["max-softmax", "margin", "entropy", "deepgini"])
+def supervised(request, digits_example, converted):
+    """The digits CNN exported with each supervisor (max-softmax is the session's shared export)."""
+    if request.param == "max-softmax":
+        return converted.model
+    from toolkit.export import convert
+
+    return convert(digits_example["model"], digits_example["calib"], request.param, digits_example["holdout"]).model
+
+
+def test_generated_code_is_byte_equal_to_tflm(supervised, digits_example, tmp_path):
+    info = tflite_model.read(supervised)
+    x = np.load(digits_example["holdout"])["x"]
+    x_q = quantize(x, info.inputs[0])
+    generated = engine.write(supervised, tmp_path)
+    scores, confidence = run_c(build_host(tmp_path), x_q, generated.classes)
+    want_scores, want_confidence = run_tflm(supervised, x_q)
+    assert len(x_q) == 719
+    assert np.array_equal(scores, want_scores), f"{np.mean(np.any(scores != want_scores, axis=1)):.1%} rows differ"
+    assert np.array_equal(confidence, want_confidence), f"{np.mean(confidence != want_confidence):.1%} differ"
+
+
+def test_the_arena_is_the_lower_bound_of_the_schedule(converted):
+    """Planned offsets never put two tensors alive at once in the same bytes, and the digits model's
+    arena equals the largest set of tensors alive together (640 B; TFLM needs about 3.9 KB)."""
+    generated = engine.generate(converted.model)
+    plan = generated.plan
+    assert plan.arena_bytes <= 1.05 * plan.lower_bound_bytes
+    assert plan.arena_bytes <= 0.5 * converted.arena_bytes  # TFLM's measured minimum arena
+
+
+def test_cortex_m4_build_is_warning_free(converted, tmp_path):
+    if shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("arm-none-eabi-gcc not installed (CI installs it)")
+    engine.write(converted.model, tmp_path)
+    for source in (tmp_path / "model_infer.c", KERNELS / "bisup_kernels.c"):
+        subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-O2", *WARNINGS, f"-I{tmp_path}",
+                        f"-I{KERNELS}", "-c", str(source), "-o", str(tmp_path / f"{source.stem}.o")], check=True)
+
+
+def test_an_unsupported_op_is_named_with_its_position(converted):
+    """A model the engine cannot run exactly is refused, naming the op and where it is."""
+    import ai_edge_litert.schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(converted.model), 0)
+    codes = model.operatorCodes
+    pool = next(i for i, c in enumerate(codes) if max(c.builtinCode, c.deprecatedBuiltinCode) == 17)
+    codes[pool].builtinCode = codes[pool].deprecatedBuiltinCode = schema.BuiltinOperator.AVERAGE_POOL_2D
+    import flatbuffers
+
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    with pytest.raises(engine.EngineError, match=r"op 1 \(AVERAGE_POOL_2D\) is not supported by the C engine"):
+        engine.generate(bytes(builder.Output()))
+
+
+@pytest.mark.parametrize(("real", "expected"), [
+    (0.5, (1 << 30, 0)),
+    (1.0, (1 << 30, 1)),
+    (0.75, (3 << 29, 0)),
+    (2.0 ** -40, (0, 0)),  # below 2^-31: flushed to zero, as TFLM does
+    (0.999999999999, (1 << 30, 1)),  # rounds up to 2^31: halved, shift + 1
+])
+def test_quantize_multiplier_follows_tflm(real, expected):
+    assert engine.quantize_multiplier(real) == expected
+
+
+def test_activation_ranges_use_float32_division():
+    assert engine.activation_range(0, 0.1, 3) == (-128, 127)
+    assert engine.activation_range(1, 0.1, -5) == (-5, 127)
+    assert engine.activation_range(3, 0.05, -128) == (-128, -8)  # 6 / 0.05 = 120
+    assert engine.tflm_round(2.5) == 3 and engine.tflm_round(-2.5) == -3
