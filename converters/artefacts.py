@@ -195,6 +195,7 @@ class ExportReport:
     quantization: dict
     samples: dict
     oracle: str
+    engine: dict = field(default_factory=dict)  # the generated C: arena, flash, per-layer (empty: not generated)
 
     @property
     def num_classes(self) -> int:

@@ -184,8 +184,9 @@ class _Builder:
                               "full-int8 models (int16 activations are not supported)")
 
     def requant(self, name: str, x: int, w: int, y: int, bias: int | None, where: str,
-                float32_product: bool = False) -> tuple[list[str], bool]:
-        """Per-channel (or per-tensor) multipliers and shifts, as TFLM's Prepare computes them."""
+                float32_product: bool = False, channels: int = 1) -> tuple[list[str], bool]:
+        """Per-channel (or per-tensor) multipliers and shifts, as TFLM's Prepare computes them. Convolutions
+        get one per output channel even for per-tensor weights, as TFLM fills its per-channel arrays."""
         filter_scales, in_scale, out_scale = self.g.scales(w), self.g.scale(x), self.g.scale(y)
         if not filter_scales:
             raise EngineError(f"{where}: weights {w} ({self.g.name(w)}) are not quantized")
@@ -199,6 +200,8 @@ class _Builder:
                 reals.append(float(np.float32(in_scale) * np.float32(s)) / float(np.float32(out_scale)))
             else:
                 reals.append(float(np.float32(in_scale)) * float(np.float32(s)) / float(np.float32(out_scale)))
+        if len(reals) == 1:
+            reals = reals * channels
         pairs = [quantize_multiplier(r) for r in reals]
         defs = [_c_array("int32_t", f"{name}_multiplier", [m for m, _ in pairs]),
                 _c_array("int32_t", f"{name}_shift", [s for _, s in pairs])]
@@ -235,7 +238,7 @@ class _Builder:
             raise EngineError(f"{where}: grouped convolution ({c} input channels, filter depth {ic}) is not supported")
         out_h, pad_h = same_or_valid(o.padding, o.strideH, o.dilationHFactor, h, fh)
         out_w, pad_w = same_or_valid(o.padding, o.strideW, o.dilationWFactor, wd, fw)
-        defs, _ = self.requant(name, x, w, y, bias, where)
+        defs, _ = self.requant(name, x, w, y, bias, where, channels=oc)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
         params = (f"static const bk_conv_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
                   f"{_shape_c(self.g.shape(y), where)}, {fh}, {fw}, {o.strideH}, {o.strideW}, {o.dilationHFactor}, "
@@ -256,7 +259,7 @@ class _Builder:
         _, fh, fw, oc = self.g.shape(w)
         out_h, pad_h = same_or_valid(o.padding, o.strideH, o.dilationHFactor, h, fh)
         out_w, pad_w = same_or_valid(o.padding, o.strideW, o.dilationWFactor, wd, fw)
-        defs, _ = self.requant(name, x, w, y, bias, where)
+        defs, _ = self.requant(name, x, w, y, bias, where, channels=oc)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
         params = (f"static const bk_depthwise_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
                   f"{_shape_c(self.g.shape(y), where)}, {fh}, {fw}, {oc // c}, {o.strideH}, {o.strideW}, "
@@ -498,6 +501,7 @@ class Generated:
     steps: list[Step]
     input_bytes: int
     classes: int
+    sizes: dict[int, int]
 
 
 def generate(flatbuffer: bytes) -> Generated:
@@ -516,7 +520,7 @@ def generate(flatbuffer: bytes) -> Generated:
     plan = plan_arena(steps, sizes, inputs, [scores, confidence])
     header = _header(info, g, plan, sizes[inputs[0]], sizes[scores])
     source = _source(steps, plan, inputs[0], scores, confidence, sizes)
-    return Generated(header, source, plan, steps, sizes[inputs[0]], sizes[scores])
+    return Generated(header, source, plan, steps, sizes[inputs[0]], sizes[scores], sizes)
 
 
 def _header(info, g: Graph, plan: Plan, input_bytes: int, classes: int) -> str:
@@ -576,6 +580,57 @@ int bisup_model_infer(const int8_t *input, int8_t *scores, int8_t *confidence) {
   return 0;
 }}
 """
+
+
+KERNELS_DIR = Path(__file__).resolve().parents[1] / "firmware_bridge" / "c"
+_CPUS = {"cortex-m0plus": "cortex-m0plus", "cortex-m4": "cortex-m4", "cortex-m4f": "cortex-m4",
+         "cortex-m7": "cortex-m7", "cortex-m33": "cortex-m33"}
+# TFLM's interpreter code cannot be built here; its own documentation gives the size of the core runtime.
+TFLM_RUNTIME_BYTES = 16 * 1024
+TFLM_RUNTIME_SOURCE = ("TensorFlow Lite for Microcontrollers overview: 'The core runtime just fits in 16 KB on an Arm "
+                       "Cortex M3' (op kernels not included)")
+
+
+def measure_flash(out_dir: str | Path, arch: str) -> dict:
+    """Flash of the generated model plus the kernels, from arm-none-eabi-size of objects compiled for the
+    board's core (-Os, unused functions dropped at link time are still counted: an upper bound)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    cpu = _CPUS.get(arch, "cortex-m4")
+    measured_for = cpu if arch in _CPUS else f"cortex-m4 (no {arch} toolchain here)"
+    if shutil.which("arm-none-eabi-gcc") is None:
+        return {"flash_bytes": None, "flash_measured_for": "not measured: install gcc-arm-none-eabi"}
+    total = 0
+    with tempfile.TemporaryDirectory() as work:
+        for source in (Path(out_dir) / "model_infer.c", KERNELS_DIR / "bisup_kernels.c"):
+            obj = Path(work) / f"{source.stem}.o"
+            subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-Os", "-std=c99", "-ffunction-sections",
+                            "-fdata-sections", f"-I{out_dir}", f"-I{KERNELS_DIR}", "-c", str(source), "-o", str(obj)],
+                           check=True, capture_output=True)
+            text, data = subprocess.run(["arm-none-eabi-size", str(obj)], check=True, capture_output=True,
+                                        text=True).stdout.splitlines()[1].split()[:2]
+            total += int(text) + int(data)
+    return {"flash_bytes": total, "flash_measured_for": measured_for}
+
+
+def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> dict:
+    """The export report's engine section: memory against the lower bound and against TFLM, per op."""
+    plan = generated.plan
+    return {
+        "generated": True,
+        "arena_bytes": plan.arena_bytes,
+        "arena_lower_bound_bytes": plan.lower_bound_bytes,
+        "arena_vs_lower_bound": plan.ratio,
+        "tflm_arena_bytes": tflm_arena_bytes,
+        "arena_vs_tflm": plan.arena_bytes / tflm_arena_bytes,
+        "tflm_flash_bytes": model_bytes + TFLM_RUNTIME_BYTES,
+        "tflm_flash_source": f"the flatbuffer ({model_bytes:,} B) plus {TFLM_RUNTIME_SOURCE}",
+        "layers": [{"op": step.op, "macs": step.macs, "parameters": step.parameters,
+                    "output_bytes": sum(generated.sizes[t] for t in step.outputs),
+                    "arena_offset": plan.offsets.get(step.outputs[0])} for step in generated.steps],
+    }
 
 
 def write(flatbuffer: bytes, out_dir: str | Path) -> Generated:

@@ -33,7 +33,7 @@ def _valid() -> list[tuple[str, p.Message]]:
         ("error_tensor", p.ErrorMsg(9, p.ErrorCode.BAD_TENSOR, IMAGE_96X96X3 * 3, boot=BOOT)),
         ("ping", p.Ping(0xFFFFFFFF, boot=1)),
         ("feed", p.Feed(17, bytes((i * 11) % 256 for i in range(64)), boot=BOOT)),
-        ("report_remote", p.Report(17, 4, p.Source.REMOTE, False, 9, -60, 1234, boot=BOOT)),
+        ("report_remote", p.Report(17, 4, p.Source.REMOTE, False, 9, -60, 1234, 56789, boot=BOOT)),
         ("pong", p.Pong(0, boot=BOOT)),
     ]
 

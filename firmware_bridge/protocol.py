@@ -136,6 +136,7 @@ class Report:
     local_label: int
     local_confidence: int
     latency_us: int
+    infer_cycles: int = 0  # SysTick cycles of the local inference alone (on QEMU with -icount: instructions / 40)
     boot: int = field(default=0, kw_only=True)
 
 
@@ -148,7 +149,7 @@ def _q16(value: float) -> int:
 
 INFER_FIXED = struct.Struct("<HbBI")  # local label, local confidence, dtype, element count
 FEED_FIXED = struct.Struct("<BI")  # dtype, element count
-ANSWER_FMT, ERROR_FMT, REPORT_FMT, MAX_BODY_FMT = "<HHBB", "<BI", "<HBBHbI", "<I"
+ANSWER_FMT, ERROR_FMT, REPORT_FMT, MAX_BODY_FMT = "<HHBB", "<BI", "<HBBHbII", "<I"
 
 
 def _payload(msg: Message) -> tuple[MsgType, bytes]:
@@ -170,7 +171,7 @@ def _payload(msg: Message) -> tuple[MsgType, bytes]:
         return MsgType.FEED, FEED_FIXED.pack(msg.dtype, len(msg.data)) + msg.data
     if isinstance(msg, Report):
         return MsgType.REPORT, struct.pack(REPORT_FMT, msg.label, msg.source, int(msg.rejected), msg.local_label,
-                                           msg.local_confidence, msg.latency_us)
+                                           msg.local_confidence, msg.latency_us, msg.infer_cycles)
     return (MsgType.PING if isinstance(msg, Ping) else MsgType.PONG), b""
 
 
@@ -272,9 +273,10 @@ def _message(kind: int, payload: bytes, seq: int, boot: int) -> Message:
         dtype, _ = _tensor(payload, FEED_FIXED, seq, MsgType.FEED)
         return Feed(seq, payload[FEED_FIXED.size :], dtype, boot=boot)
     if kind == MsgType.REPORT:
-        label, source, rejected, local_label, confidence, latency = _fixed(payload, REPORT_FMT, seq, MsgType.REPORT)
+        label, source, rejected, local_label, confidence, latency, cycles = _fixed(payload, REPORT_FMT, seq,
+                                                                                   MsgType.REPORT)
         return Report(seq, label, _source(source, seq, MsgType.REPORT), bool(rejected & 1), local_label, confidence,
-                      latency, boot=boot)
+                      latency, cycles, boot=boot)
     if kind in (MsgType.PING, MsgType.PONG):
         _fixed(payload, "<", seq, MsgType(kind))
         return Ping(seq, boot=boot) if kind == MsgType.PING else Pong(seq, boot=boot)
@@ -299,5 +301,6 @@ def describe(msg: Message) -> str:
         return f"{head} dtype={msg.dtype} n={len(msg.data)} data={msg.data.hex()}"
     if isinstance(msg, Report):
         return (f"{head} label={msg.label} source={int(msg.source)} rejected={int(msg.rejected)} "
-                f"local_label={msg.local_label} conf={msg.local_confidence} latency_us={msg.latency_us}")
+                f"local_label={msg.local_label} conf={msg.local_confidence} latency_us={msg.latency_us} "
+                f"infer_cycles={msg.infer_cycles}")
     return head

@@ -7,6 +7,7 @@ holdout split goes through both the C engine and TFLM, and every output byte mus
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,3 +122,35 @@ def test_activation_ranges_use_float32_division():
     assert engine.activation_range(1, 0.1, -5) == (-5, 127)
     assert engine.activation_range(3, 0.05, -128) == (-128, -8)  # 6 / 0.05 = 120
     assert engine.tflm_round(2.5) == 3 and engine.tflm_round(-2.5) == -3
+
+
+RANDOM_MODELS = int(os.environ.get("BISUP_ENGINE_MODELS", "200"))  # more locally: BISUP_ENGINE_MODELS=2000
+RANDOM_SEED = int(os.environ.get("BISUP_ENGINE_SEED", "0"))
+
+
+def test_random_models_are_byte_equal_to_tflm(tmp_path):
+    """Random op sequences, shapes, strides, padding, per-channel and per-tensor scales, zero points and
+    fused activations (tests/random_models.py), each compiled under UBSan and fed random int8 inputs."""
+    from collections import Counter
+
+    from random_models import random_model
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed (CI installs it)")
+    seen: Counter[str] = Counter()
+    for seed in range(RANDOM_SEED, RANDOM_SEED + RANDOM_MODELS):
+        model, shape = random_model(seed)
+        folder = tmp_path / str(seed)
+        folder.mkdir()
+        generated = engine.write(model, folder)
+        exe = folder / "engine_harness"
+        subprocess.run(["gcc", *WARNINGS, "-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all", f"-I{folder}",
+                        f"-I{KERNELS}", str(folder / "model_infer.c"), str(KERNELS / "bisup_kernels.c"), str(HARNESS),
+                        "-o", str(exe)], check=True)
+        x_q = np.random.default_rng(seed).integers(-128, 128, size=(8, *shape[1:]), dtype=np.int8)
+        scores, confidence = run_c(exe, x_q, generated.classes)
+        want_scores, want_confidence = run_tflm(model, x_q)
+        assert np.array_equal(scores, want_scores) and np.array_equal(confidence, want_confidence), (
+            f"model seed {seed}: {[step.op for step in generated.steps]}")
+        seen.update(step.op for step in generated.steps)
+    assert set(seen) == engine.SUPPORTED, f"ops the random models never drew: {engine.SUPPORTED - set(seen)}"

@@ -406,7 +406,8 @@ def bundle_command(build_dir, out, labels, verify_path, as_json) -> None:
 
 @main.command()
 @click.option("--port", "port_url", help="The board's port as a pyserial URL.")
-@click.option("--emulate", type=click.Choice(["mps2-an386"]), help="Run the firmware in QEMU instead of a board.")
+@click.option("--emulate", type=click.Choice(["mps2-an386", "mps2-an500", "mps2-an505"]),
+              help="Run the firmware in QEMU instead of a board: Cortex-M4, M7 or M33.")
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
               help="The .bisup bundle (or build folder) the board runs.")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Labelled .npz (x, y).")
@@ -421,7 +422,8 @@ def hil(port_url, emulate, bundle_path, data_path, remote, report_path, junit_pa
     The host feeds each input; the board infers, decides with its int8 threshold, asks the bridge when
     unsure, and reports. The report gives local-only / remote-only / system accuracy, remote calls,
     rejections, cost saved, device latency p50/p95, agreement with the host TFLM oracle, and agreement
-    with the offline decisions. With --emulate, inference on the board is replayed from the host oracle.
+    with the offline decisions. With --emulate, QEMU runs the firmware with the model as generated C
+    and counts the instructions one inference takes.
     Exits 1 when a check fails.
     """
     if (port_url is None) == (emulate is None):

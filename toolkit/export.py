@@ -7,6 +7,7 @@ of boards: ``convert`` does the board-independent work (conversion, checks, aren
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from converters import (
     c_arrays,
     caveats,
     coverage,
+    engine,
     fidelity,
     graph,
     quantize,
@@ -193,9 +195,22 @@ def write(converted: Converted, board: BoardProfile, out_dir: str | Path, symbol
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.tflite").write_bytes(converted.model)
     c_arrays.write(converted.model, converted.info, out, converted.arena_recommended_bytes, symbol)
-    result = report(converted, board)
+    result = dataclasses.replace(report(converted, board), engine=_engine(converted, board, out))
     (out / "report.json").write_text(dumps(result))
     return result
+
+
+def _engine(converted: Converted, board: BoardProfile, out: Path) -> dict:
+    """model_infer.c/.h (the interpreter-free engine) when it can run the model exactly; otherwise the
+    reason, and the TFLM export above is the way to deploy it."""
+    try:
+        generated = engine.write(converted.model, out)
+    except engine.EngineError as exc:
+        for stale in ("model_infer.c", "model_infer.h"):
+            (out / stale).unlink(missing_ok=True)
+        return {"generated": False, "reason": str(exc)}
+    return engine.summary(generated, converted.arena_bytes, len(converted.model)) | engine.measure_flash(out,
+                                                                                                       board.arch)
 
 
 def export(

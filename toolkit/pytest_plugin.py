@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+EMULATED = ["mps2-an386", "mps2-an500", "mps2-an505"]  # toolkit.hil.MACHINES, without importing it at load
+
 
 def pytest_addoption(parser) -> None:
     group = parser.getgroup("bisup", "bisup hardware-in-the-loop")
     group.addoption("--bisup-port", help="The board's port as a pyserial URL.")
-    group.addoption("--bisup-emulate", choices=["mps2-an386"], help="Run the firmware in QEMU instead.")
+    group.addoption("--bisup-emulate", choices=EMULATED, help="Run the firmware in QEMU instead.")
     group.addoption("--bisup-bundle", help="The .bisup bundle (or build folder) the board runs.")
     group.addoption("--bisup-remote", help="Remote model for the bridge role.")
     group.addoption("--bisup-timeout", type=float, default=10.0, help="Seconds to wait for HELLO and each report.")

@@ -101,7 +101,8 @@ static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_
       put16(p + n + 4, m->u.report.local_label);
       p[n + 6] = (uint8_t)m->u.report.local_confidence;
       put32(p + n + 7, m->u.report.latency_us);
-      return n + 11u;
+      put32(p + n + 11, m->u.report.infer_cycles);
+      return n + 15u;
     default: return n;
   }
 }
@@ -236,13 +237,14 @@ static bp_status decode_payload(const uint8_t *p, size_t n, bp_msg *m) {
       m->u.feed.data = (const int8_t *)(p + 5);
       return BP_OK;
     case BP_REPORT:
-      if (n != 11u || p[2] > BP_SRC_FALLBACK) return BP_E_BAD_LENGTH;
+      if (n != 15u || p[2] > BP_SRC_FALLBACK) return BP_E_BAD_LENGTH;
       m->u.report.label = get16(p);
       m->u.report.source = p[2];
       m->u.report.rejected = (uint8_t)(p[3] & 1u);
       m->u.report.local_label = get16(p + 4);
       m->u.report.local_confidence = (int8_t)p[6];
       m->u.report.latency_us = get32(p + 7);
+      m->u.report.infer_cycles = get32(p + 11);
       return BP_OK;
     case BP_PING:
     case BP_PONG: return n == 0 ? BP_OK : BP_E_BAD_LENGTH;

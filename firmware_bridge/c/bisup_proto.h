@@ -104,6 +104,7 @@ typedef struct {
       uint16_t local_label;
       int8_t local_confidence;
       uint32_t latency_us;
+      uint32_t infer_cycles; /* SysTick cycles of the local inference alone */
     } report;
   } u;
 } bp_msg;

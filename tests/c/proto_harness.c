@@ -81,9 +81,11 @@ static void describe(const bp_msg *m) {
       put_hex((const uint8_t *)m->u.feed.data, m->u.feed.count);
       break;
     case BP_REPORT:
-      printf("REPORT seq=%lu boot=%lu label=%u source=%u rejected=%u local_label=%u conf=%d latency_us=%lu",
+      printf("REPORT seq=%lu boot=%lu label=%u source=%u rejected=%u local_label=%u conf=%d latency_us=%lu "
+             "infer_cycles=%lu",
              (unsigned long)m->seq, (unsigned long)m->boot, m->u.report.label, m->u.report.source, m->u.report.rejected,
-             m->u.report.local_label, m->u.report.local_confidence, (unsigned long)m->u.report.latency_us);
+             m->u.report.local_label, m->u.report.local_confidence, (unsigned long)m->u.report.latency_us,
+             (unsigned long)m->u.report.infer_cycles);
       break;
     default:
       printf("%s seq=%lu boot=%lu", m->type == BP_PING ? "PING" : "PONG", (unsigned long)m->seq,

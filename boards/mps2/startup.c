@@ -1,4 +1,4 @@
-/* Minimal Cortex-M4 start-up for QEMU mps2-an386: vector table, .data/.bss set-up, then main(). */
+/* Minimal Cortex-M start-up for the QEMU MPS2 boards: vector table, .data/.bss set-up, then main(). */
 #include <stdint.h>
 
 extern uint32_t _estack, _sidata, _sdata, _edata, _sbss, _ebss;

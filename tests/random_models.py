@@ -1,0 +1,227 @@
+"""Random small full-int8 TFLite models, built as flatbuffers with the schema's object API (no TensorFlow).
+
+Each model is input -> a random sequence of CONV_2D / DEPTHWISE_CONV_2D / MAX_POOL_2D / MUL / ADD / SUB
+(random shapes, strides, SAME/VALID padding, per-channel or per-tensor weights, zero points, fused
+RELU/RELU6) -> RESHAPE -> FULLY_CONNECTED -> SOFTMAX ("scores") and a random supervisor head
+("confidence": REDUCE_MAX, REDUCE_MIN, SUM of squares, LOG_SOFTMAX + SUM, or max - min). The quantization
+rules TFLM enforces hold (softmax and log-softmax output scales, equal reduce-max/min scales), so the
+tflite-micro interpreter accepts every model and is the oracle the generated C is compared with.
+"""
+
+from __future__ import annotations
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as s
+
+OP = s.BuiltinOperator
+INT8, INT32 = s.TensorType.INT8, s.TensorType.INT32
+
+
+class _Model:
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.tensors: list = []
+        self.buffers: list = [s.BufferT()]
+        self.operators: list = []
+        self.codes: dict[int, int] = {}
+
+    def tensor(self, shape, scale, zero_point, dtype=INT8, data: np.ndarray | None = None, axis: int = 0) -> int:
+        t = s.TensorT()
+        t.shape, t.type, t.name = list(shape), dtype, f"t{len(self.tensors)}".encode()
+        q = s.QuantizationParametersT()
+        scales = np.atleast_1d(np.asarray(scale, dtype=np.float32))
+        q.scale, q.zeroPoint = [float(v) for v in scales], [int(zero_point)] * len(scales)
+        q.quantizedDimension = axis
+        t.quantization = q
+        if data is not None:
+            buffer = s.BufferT()
+            buffer.data = list(np.ascontiguousarray(data).tobytes())
+            self.buffers.append(buffer)
+            t.buffer = len(self.buffers) - 1
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def activation(self, shape) -> int:
+        return self.tensor(shape, self.rng.uniform(0.005, 0.2), int(self.rng.integers(-128, 100)))
+
+    def op(self, code: int, inputs, outputs, options_type=0, options=None) -> None:
+        if code not in self.codes:
+            self.codes[code] = len(self.codes)
+        o = s.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = self.codes[code], list(inputs), list(outputs)
+        o.builtinOptionsType, o.builtinOptions = options_type, options
+        self.operators.append(o)
+
+    def shape(self, index: int) -> list[int]:
+        return list(self.tensors[index].shape)
+
+    def scale(self, index: int) -> float:
+        return self.tensors[index].quantization.scale[0]
+
+    def weights(self, shape, per_channel_axis: int | None, in_scale: float, channels: int):
+        filt = self.rng.integers(-127, 128, size=shape, dtype=np.int8)
+        if per_channel_axis is None:
+            w_scale = np.float32(self.rng.uniform(0.002, 0.05))
+            scales = np.full(channels, w_scale, dtype=np.float32)
+            w = self.tensor(shape, w_scale, 0, data=filt)
+        else:
+            scales = self.rng.uniform(0.002, 0.05, size=channels).astype(np.float32)
+            w = self.tensor(shape, scales, 0, data=filt, axis=per_channel_axis)
+        bias_scales = (np.float32(in_scale) * scales).astype(np.float32)
+        bias_values = self.rng.integers(-3000, 3000, size=channels).astype(np.int32)
+        b = self.tensor([channels], bias_scales if per_channel_axis is not None else bias_scales[0], 0, INT32,
+                        bias_values)
+        return w, b
+
+    def activation_code(self) -> int:
+        return int(self.rng.choice([0, 0, 1, 3]))
+
+    def finish(self, inputs: list[int], scores: int, confidence: int) -> bytes:
+        model = s.ModelT()
+        model.version = 3
+        codes = []
+        for code, _ in sorted(self.codes.items(), key=lambda kv: kv[1]):
+            c = s.OperatorCodeT()
+            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+            codes.append(c)
+        model.operatorCodes = codes
+        graph = s.SubGraphT()
+        graph.tensors, graph.inputs, graph.outputs, graph.operators = self.tensors, inputs, [scores, confidence], \
+            self.operators
+        model.subgraphs, model.buffers = [graph], self.buffers
+        signature = s.SignatureDefT()
+        signature.signatureKey, signature.subgraphIndex = b"serving_default", 0
+        signature.inputs = [_tensor_map(b"input", inputs[0])]
+        signature.outputs = [_tensor_map(b"scores", scores), _tensor_map(b"confidence", confidence)]
+        model.signatureDefs = [signature]
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+
+def _tensor_map(name: bytes, index: int):
+    m = s.TensorMapT()
+    m.name, m.tensorIndex = name, index
+    return m
+
+
+def _conv(m: _Model, x: int, depthwise: bool) -> int:
+    rng = m.rng
+    _, h, w, c = m.shape(x)
+    fh, fw = int(rng.integers(1, min(h, 3) + 1)), int(rng.integers(1, min(w, 3) + 1))
+    stride, padding = int(rng.integers(1, 3)), int(rng.integers(0, 2))
+    if depthwise:
+        multiplier = int(rng.integers(1, 3))
+        oc = c * multiplier
+        wt, b = m.weights([1, fh, fw, oc], 3 if rng.random() < 0.8 else None, m.scale(x), oc)
+    else:
+        oc = int(rng.integers(1, 9))
+        wt, b = m.weights([oc, fh, fw, c], 0 if rng.random() < 0.8 else None, m.scale(x), oc)
+    out_h = (h + stride - 1) // stride if padding == s.Padding.SAME else (h - fh + stride) // stride
+    out_w = (w + stride - 1) // stride if padding == s.Padding.SAME else (w - fw + stride) // stride
+    y = m.activation([1, out_h, out_w, oc])
+    if depthwise:
+        o = s.DepthwiseConv2DOptionsT()
+        o.padding, o.strideW, o.strideH, o.depthMultiplier = padding, stride, stride, multiplier
+        o.dilationWFactor = o.dilationHFactor = 1
+        o.fusedActivationFunction = m.activation_code()
+        m.op(OP.DEPTHWISE_CONV_2D, [x, wt, b], [y], s.BuiltinOptions.DepthwiseConv2DOptions, o)
+    else:
+        o = s.Conv2DOptionsT()
+        o.padding, o.strideW, o.strideH = padding, stride, stride
+        o.dilationWFactor = o.dilationHFactor = 1
+        o.fusedActivationFunction = m.activation_code()
+        m.op(OP.CONV_2D, [x, wt, b], [y], s.BuiltinOptions.Conv2DOptions, o)
+    return y
+
+
+def _pool(m: _Model, x: int) -> int:
+    _, h, w, c = m.shape(x)
+    size = int(m.rng.integers(1, min(h, w, 2) + 1))
+    o = s.Pool2DOptionsT()
+    o.padding, o.strideW, o.strideH, o.filterWidth, o.filterHeight = int(m.rng.integers(0, 2)), size, size, size, size
+    o.fusedActivationFunction = m.activation_code()
+    out_h = (h + size - 1) // size if o.padding == s.Padding.SAME else (h - size + size) // size
+    out_w = (w + size - 1) // size if o.padding == s.Padding.SAME else (w - size + size) // size
+    y = m.tensor([1, out_h, out_w, c], m.scale(x), m.tensors[x].quantization.zeroPoint[0])  # pooling keeps quant
+    m.op(OP.MAX_POOL_2D, [x], [y], s.BuiltinOptions.Pool2DOptions, o)
+    return y
+
+
+def _binary(m: _Model, x: int, code: int) -> int:
+    shape = m.shape(x)
+    const_shape = [1, 1, 1, shape[-1]] if m.rng.random() < 0.5 else [1]
+    const = m.tensor(const_shape, m.rng.uniform(0.005, 0.1), int(m.rng.integers(-50, 50)),
+                     data=m.rng.integers(-128, 128, size=const_shape, dtype=np.int8))
+    y = m.activation(shape)
+    options = {OP.MUL: (s.BuiltinOptions.MulOptions, s.MulOptionsT()), OP.ADD: (s.BuiltinOptions.AddOptions,
+               s.AddOptionsT()), OP.SUB: (s.BuiltinOptions.SubOptions, s.SubOptionsT())}[code]
+    options[1].fusedActivationFunction = m.activation_code()
+    operands = [x, const] if m.rng.random() < 0.7 else [const, x]
+    m.op(code, operands, [y], *options)
+    return y
+
+
+def _confidence(m: _Model, logits: int, probs: int, classes: int) -> int:
+    axis = m.tensor([1], 1.0, 0, INT32, np.array([-1], dtype=np.int32))
+    reducer = s.ReducerOptionsT()
+    reducer.keepDims = True
+    head = int(m.rng.integers(0, 5))
+    if head in (0, 1):  # REDUCE_MAX / REDUCE_MIN of the probabilities (quantization kept)
+        y = m.tensor([1, 1], 1 / 256, -128)
+        m.op(OP.REDUCE_MAX if head == 0 else OP.REDUCE_MIN, [probs, axis], [y], s.BuiltinOptions.ReducerOptions,
+             reducer)
+        return y
+    if head == 2:  # SUM of squares (DeepGini)
+        square = m.activation([1, classes])
+        m.op(OP.MUL, [probs, probs], [square], s.BuiltinOptions.MulOptions, s.MulOptionsT())
+        y = m.activation([1, 1])
+        m.op(OP.SUM, [square, axis], [y], s.BuiltinOptions.ReducerOptions, reducer)
+        return y
+    if head == 3:  # LOG_SOFTMAX, then SUM (entropy-like)
+        log_probs = m.tensor([1, classes], 16 / 256, 127)
+        m.op(OP.LOG_SOFTMAX, [logits], [log_probs], s.BuiltinOptions.LogSoftmaxOptions, s.LogSoftmaxOptionsT())
+        y = m.activation([1, 1])
+        m.op(OP.SUM, [log_probs, axis], [y], s.BuiltinOptions.ReducerOptions, reducer)
+        return y
+    top, bottom = m.tensor([1, 1], 1 / 256, -128), m.tensor([1, 1], 1 / 256, -128)  # margin: max - min
+    m.op(OP.REDUCE_MAX, [probs, axis], [top], s.BuiltinOptions.ReducerOptions, reducer)
+    m.op(OP.REDUCE_MIN, [probs, axis], [bottom], s.BuiltinOptions.ReducerOptions, reducer)
+    y = m.activation([1, 1])
+    m.op(OP.SUB, [top, bottom], [y], s.BuiltinOptions.SubOptions, s.SubOptionsT())
+    return y
+
+
+def random_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
+    """A random model and its input shape (batch 1)."""
+    m = _Model(np.random.default_rng(seed))
+    rng = m.rng
+    shape = [1, int(rng.integers(2, 9)), int(rng.integers(2, 9)), int(rng.integers(1, 5))]
+    x = inp = m.activation(shape)
+    for _ in range(int(rng.integers(1, 5))):
+        kind = rng.choice(["conv", "depthwise", "pool", "mul", "add", "sub"])
+        if kind in ("conv", "depthwise"):
+            x = _conv(m, x, kind == "depthwise")
+        elif kind == "pool" and min(m.shape(x)[1:3]) >= 2:
+            x = _pool(m, x)
+        elif kind in ("mul", "add", "sub"):
+            x = _binary(m, x, {"mul": OP.MUL, "add": OP.ADD, "sub": OP.SUB}[kind])
+    flat = int(np.prod(m.shape(x)))
+    new_shape = m.tensor([2], 1.0, 0, INT32, np.array([1, flat], dtype=np.int32))
+    flat_x = m.tensor([1, flat], m.scale(x), m.tensors[x].quantization.zeroPoint[0])
+    reshape = s.ReshapeOptionsT()
+    reshape.newShape = [1, flat]
+    m.op(OP.RESHAPE, [x, new_shape], [flat_x], s.BuiltinOptions.ReshapeOptions, reshape)
+    classes = int(rng.integers(2, 11))
+    wt, b = m.weights([classes, flat], 0 if rng.random() < 0.5 else None, m.scale(flat_x), classes)
+    logits = m.activation([1, classes])
+    fc = s.FullyConnectedOptionsT()
+    fc.fusedActivationFunction = 0
+    m.op(OP.FULLY_CONNECTED, [flat_x, wt, b], [logits], s.BuiltinOptions.FullyConnectedOptions, fc)
+    probs = m.tensor([1, classes], 1 / 256, -128)
+    softmax = s.SoftmaxOptionsT()
+    softmax.beta = float(rng.choice([1.0, 1.0, 0.5, 2.0]))
+    m.op(OP.SOFTMAX, [logits], [probs], s.BuiltinOptions.SoftmaxOptions, softmax)
+    confidence = _confidence(m, logits, probs, classes)
+    return m.finish([inp], probs, confidence), tuple(shape)
