@@ -226,7 +226,9 @@ class _Builder:
         where = self.where(position, kind)
         for index in [ins[0], *outs]:
             self.int8(index, where)
-        return handler(f"op{position}", op, ins, outs, where)
+        step = handler(f"op{position}", op, ins, outs, where)
+        step.op = kind  # the flatbuffer's name (PADV2 shares PAD's kernel)
+        return step
 
     def _conv_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         x, w, y = ins[0], ins[1], outs[0]
@@ -300,6 +302,57 @@ class _Builder:
                   f"{_shape_c(self.g.shape(y), where)}, {o.filterHeight}, {o.filterWidth}, {o.strideH}, "
                   f"{o.strideW}, {pad_h}, {pad_w}, {lo}, {hi}}};")
         return Step("MAX_POOL_2D", [x], [y], [params], f"bk_max_pool(&{name}, ${x}, ${y});")
+
+    def _same_quantization(self, x: int, y: int, where: str, kind: str) -> None:
+        if self.g.scale(x) != self.g.scale(y) or self.g.zero_point(x) != self.g.zero_point(y):
+            raise EngineError(f"{where}: input {x} and output {y} are quantized differently; TFLM's int8 {kind} "
+                              "needs them equal")
+
+    def _average_pool_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+        self._same_quantization(ins[0], outs[0], where, "AVERAGE_POOL_2D")
+        step = self._max_pool_2d(name, op, ins, outs, where)
+        step.call = step.call.replace("bk_max_pool", "bk_average_pool")
+        return step
+
+    def _pad(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+        x, y = ins[0], outs[0]
+        self._same_quantization(x, y, where, "PAD")
+        paddings = np.asarray(self.g.data(ins[1])).reshape(-1, 2)
+        before = [0] * (4 - len(paddings)) + [int(b) for b in paddings[:, 0]]
+        value = self.g.zero_point(y)
+        if len(ins) > 2 and ins[2] >= 0:  # PADV2: an explicit constant
+            value = int(np.asarray(self.g.data(ins[2])).ravel()[0])
+        params = (f"static const bk_pad_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
+                  f"{_shape_c(self.g.shape(y), where)}, {', '.join(map(str, before))}, {value}}};")
+        return Step("PAD", [x], [y], [params], f"bk_pad(&{name}, ${x}, ${y});")
+
+    _padv2 = _pad
+
+    def _concatenation(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+        y = outs[0]
+        shape = self.g.shape(y)
+        axis = op.builtinOptions.axis % len(shape)
+        if op.builtinOptions.fusedActivationFunction != 0:
+            raise EngineError(f"{where}: a fused activation on CONCATENATION is not supported")
+        outer, output_inner, offset, defs, calls = int(np.prod(shape[:axis])), int(np.prod(shape[axis:])), 0, [], []
+        for k, x in enumerate(ins):
+            self.int8(x, where)
+            self._same_quantization(x, y, where, "CONCATENATION")
+            if self.g.data(x) is not None:
+                raise EngineError(f"{where}: constant input {x} to CONCATENATION is not supported")
+            inner = int(np.prod(self.g.shape(x)[axis:]))
+            defs.append(f"static const bk_concat_params {name}_{k} = {{{outer}, {inner}, {output_inner}, {offset}}};")
+            calls.append(f"bk_concat(&{name}_{k}, ${x}, ${y});")
+            offset += inner
+        return Step("CONCATENATION", list(ins), [y], defs, " ".join(calls))
+
+    def _quantize(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+        x, y = ins[0], outs[0]
+        real = float(np.float32(self.g.scale(x))) / float(np.float32(self.g.scale(y)))
+        multiplier, shift = quantize_multiplier(real)
+        params = (f"static const bk_requantize_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
+                  f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
+        return Step("QUANTIZE", [x], [y], [params], f"bk_requantize(&{name}, ${x}, ${y});")
 
     def _reshape(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         return Step("RESHAPE", [ins[0]], [outs[0]], alias=True)
@@ -434,8 +487,9 @@ class _Builder:
         return self._reduce("REDUCE_MIN", name, ins, outs, where)
 
 
-SUPPORTED = {"ADD", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "LOG_SOFTMAX", "MAX_POOL_2D", "MUL",
-             "REDUCE_MAX", "REDUCE_MIN", "RESHAPE", "SOFTMAX", "SUB", "SUM"}
+SUPPORTED = {"ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
+             "LOG_SOFTMAX", "MAX_POOL_2D", "MUL", "PAD", "PADV2", "QUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RESHAPE",
+             "SOFTMAX", "SUB", "SUM"}
 
 
 # --- the arena plan ---------------------------------------------------------------------------------

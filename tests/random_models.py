@@ -1,10 +1,10 @@
 """Random small full-int8 TFLite models, built as flatbuffers with the schema's object API (no TensorFlow).
 
-Each model is input -> a random sequence of CONV_2D / DEPTHWISE_CONV_2D / MAX_POOL_2D / MUL / ADD / SUB
-(random shapes, strides, SAME/VALID padding, per-channel or per-tensor weights, zero points, fused
-RELU/RELU6) -> RESHAPE -> FULLY_CONNECTED -> SOFTMAX ("scores") and a random supervisor head
-("confidence": REDUCE_MAX, REDUCE_MIN, SUM of squares, LOG_SOFTMAX + SUM, or max - min). The quantization
-rules TFLM enforces hold (softmax and log-softmax output scales, equal reduce-max/min scales), so the
+Each model is input -> a random sequence of CONV_2D / DEPTHWISE_CONV_2D / MAX_POOL_2D / AVERAGE_POOL_2D /
+MUL / ADD / SUB / PAD(V2) / CONCATENATION / QUANTIZE (random shapes, strides, SAME/VALID padding,
+per-channel or per-tensor weights, zero points, fused RELU/RELU6) -> RESHAPE -> FULLY_CONNECTED -> SOFTMAX
+("scores") and a random supervisor head ("confidence": REDUCE_MAX, REDUCE_MIN, SUM of squares, LOG_SOFTMAX
++ SUM, or max - min). The quantization rules TFLM enforces hold (softmax and log-softmax output scales, equal reduce-max/min scales), so the
 tflite-micro interpreter accepts every model and is the oracle the generated C is compared with.
 """
 
@@ -136,7 +136,7 @@ def _conv(m: _Model, x: int, depthwise: bool) -> int:
     return y
 
 
-def _pool(m: _Model, x: int) -> int:
+def _pool(m: _Model, x: int, code: int = OP.MAX_POOL_2D) -> int:
     _, h, w, c = m.shape(x)
     size = int(m.rng.integers(1, min(h, w, 2) + 1))
     o = s.Pool2DOptionsT()
@@ -145,7 +145,42 @@ def _pool(m: _Model, x: int) -> int:
     out_h = (h + size - 1) // size if o.padding == s.Padding.SAME else (h - size + size) // size
     out_w = (w + size - 1) // size if o.padding == s.Padding.SAME else (w - size + size) // size
     y = m.tensor([1, out_h, out_w, c], m.scale(x), m.tensors[x].quantization.zeroPoint[0])  # pooling keeps quant
-    m.op(OP.MAX_POOL_2D, [x], [y], s.BuiltinOptions.Pool2DOptions, o)
+    m.op(code, [x], [y], s.BuiltinOptions.Pool2DOptions, o)
+    return y
+
+
+def _pad(m: _Model, x: int) -> int:
+    shape = m.shape(x)
+    pads = np.zeros((4, 2), dtype=np.int32)
+    pads[1:3] = m.rng.integers(0, 3, size=(2, 2))
+    pads[3] = m.rng.integers(0, 2, size=2)
+    paddings = m.tensor([4, 2], 1.0, 0, INT32, pads)
+    y = m.tensor([d + int(a + b) for d, (a, b) in zip(shape, pads, strict=True)], m.scale(x),
+                 m.tensors[x].quantization.zeroPoint[0])
+    if m.rng.random() < 0.3:  # PADV2: an explicit pad value
+        value = m.tensor([1], m.scale(x), m.tensors[x].quantization.zeroPoint[0],
+                         data=m.rng.integers(-128, 128, size=[1], dtype=np.int8))
+        m.op(OP.PADV2, [x, paddings, value], [y], s.BuiltinOptions.PadV2Options, s.PadV2OptionsT())
+    else:
+        m.op(OP.PAD, [x, paddings], [y], s.BuiltinOptions.PadOptions, s.PadOptionsT())
+    return y
+
+
+def _concat(m: _Model, x: int) -> int:
+    shape = m.shape(x)
+    axis = int(m.rng.integers(1, 4))
+    out = list(shape)
+    out[axis] *= 2
+    y = m.tensor(out, m.scale(x), m.tensors[x].quantization.zeroPoint[0])
+    o = s.ConcatenationOptionsT()
+    o.axis, o.fusedActivationFunction = axis, 0
+    m.op(OP.CONCATENATION, [x, x], [y], s.BuiltinOptions.ConcatenationOptions, o)
+    return y
+
+
+def _requantize(m: _Model, x: int) -> int:
+    y = m.activation(m.shape(x))
+    m.op(OP.QUANTIZE, [x], [y])
     return y
 
 
@@ -200,11 +235,17 @@ def random_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
     shape = [1, int(rng.integers(2, 9)), int(rng.integers(2, 9)), int(rng.integers(1, 5))]
     x = inp = m.activation(shape)
     for _ in range(int(rng.integers(1, 5))):
-        kind = rng.choice(["conv", "depthwise", "pool", "mul", "add", "sub"])
+        kind = rng.choice(["conv", "depthwise", "pool", "average", "mul", "add", "sub", "pad", "concat", "quantize"])
         if kind in ("conv", "depthwise"):
             x = _conv(m, x, kind == "depthwise")
-        elif kind == "pool" and min(m.shape(x)[1:3]) >= 2:
-            x = _pool(m, x)
+        elif kind in ("pool", "average") and min(m.shape(x)[1:3]) >= 2:
+            x = _pool(m, x, OP.MAX_POOL_2D if kind == "pool" else OP.AVERAGE_POOL_2D)
+        elif kind == "pad":
+            x = _pad(m, x)
+        elif kind == "concat" and int(np.prod(m.shape(x))) <= 512:
+            x = _concat(m, x)
+        elif kind == "quantize":
+            x = _requantize(m, x)
         elif kind in ("mul", "add", "sub"):
             x = _binary(m, x, {"mul": OP.MUL, "add": OP.ADD, "sub": OP.SUB}[kind])
     flat = int(np.prod(m.shape(x)))

@@ -136,6 +136,61 @@ void bk_max_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) {
   }
 }
 
+void bk_average_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) {
+  const bk_shape *in = &p->input, *out = &p->output;
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t oy = 0; oy < out->height; ++oy) {
+      for (int32_t ox = 0; ox < out->width; ++ox) {
+        const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+        const int32_t fy0 = y0 < 0 ? -y0 : 0, fx0 = x0 < 0 ? -x0 : 0;
+        const int32_t fy1 = p->filter_height < in->height - y0 ? p->filter_height : in->height - y0;
+        const int32_t fx1 = p->filter_width < in->width - x0 ? p->filter_width : in->width - x0;
+        for (int32_t c = 0; c < out->depth; ++c) {
+          int32_t sum = 0, count = 0;
+          for (int32_t fy = fy0; fy < fy1; ++fy) {
+            for (int32_t fx = fx0; fx < fx1; ++fx, ++count) sum += input[offset4(in, b, y0 + fy, x0 + fx, c)];
+          }
+          if (count == 0) count = 1; /* TFLM refuses such a window at run time; the generator never plans one */
+          sum = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count; /* round half away from zero */
+          output[offset4(out, b, oy, ox, c)] = (int8_t)clamp32(sum, p->activation_min, p->activation_max);
+        }
+      }
+    }
+  }
+}
+
+void bk_pad(const bk_pad_params *p, const int8_t *input, int8_t *output) {
+  const bk_shape *in = &p->input, *out = &p->output;
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t y = 0; y < out->height; ++y) {
+      for (int32_t x = 0; x < out->width; ++x) {
+        for (int32_t c = 0; c < out->depth; ++c) {
+          const int32_t ib = b - p->before_batches, iy = y - p->before_height, ix = x - p->before_width,
+                        ic = c - p->before_depth;
+          const int inside = ib >= 0 && ib < in->batches && iy >= 0 && iy < in->height && ix >= 0 &&
+                             ix < in->width && ic >= 0 && ic < in->depth;
+          output[offset4(out, b, y, x, c)] = inside ? input[offset4(in, ib, iy, ix, ic)] : p->value;
+        }
+      }
+    }
+  }
+}
+
+void bk_concat(const bk_concat_params *p, const int8_t *input, int8_t *output) {
+  for (int32_t o = 0; o < p->outer; ++o) {
+    const int8_t *from = input + (size_t)o * p->inner;
+    int8_t *to = output + (size_t)o * p->output_inner + p->offset;
+    for (int32_t i = 0; i < p->inner; ++i) to[i] = from[i];
+  }
+}
+
+void bk_requantize(const bk_requantize_params *p, const int8_t *input, int8_t *output) {
+  for (int32_t i = 0; i < p->count; ++i) {
+    int32_t q = bk_multiply_by_quantized_multiplier(input[i] - p->input_zero_point, p->multiplier, (int)p->shift);
+    output[i] = (int8_t)clamp32(q + p->output_zero_point, -128, 127);
+  }
+}
+
 /* Index of a broadcast operand: a dimension of 1 stays at 0. */
 static int32_t broadcast_offset(const bk_shape *s, int32_t b, int32_t y, int32_t x, int32_t c) {
   return offset4(s, s->batches == 1 ? 0 : b, s->height == 1 ? 0 : y, s->width == 1 ? 0 : x, s->depth == 1 ? 0 : c);

@@ -64,6 +64,23 @@ typedef struct {
   int32_t activation_min, activation_max;
 } bk_pool_params;
 
+/* PAD: input placed at (before_*) inside the output, every other element = value. */
+typedef struct {
+  bk_shape input, output;
+  int32_t before_batches, before_height, before_width, before_depth;
+  int8_t value;
+} bk_pad_params;
+
+/* One input's share of a CONCATENATION: `outer` slices of `inner` bytes, placed at `offset` within each
+ * output slice of `output_inner` bytes (TFLM's int8 concatenation needs equal quantization: a copy). */
+typedef struct {
+  int32_t outer, inner, output_inner, offset;
+} bk_concat_params;
+
+typedef struct {
+  int32_t count, input_zero_point, output_zero_point, multiplier, shift;
+} bk_requantize_params;
+
 /* Elementwise binary ops over shapes broadcast to 4-D (a dimension of 1 repeats). */
 typedef struct {
   bk_shape input1, input2, output;
@@ -103,6 +120,10 @@ void bk_conv2d(const bk_conv_params *p, const int8_t *input, int8_t *output);
 void bk_depthwise_conv2d(const bk_depthwise_params *p, const int8_t *input, int8_t *output);
 void bk_fully_connected(const bk_fully_connected_params *p, const int8_t *input, int8_t *output);
 void bk_max_pool(const bk_pool_params *p, const int8_t *input, int8_t *output);
+void bk_average_pool(const bk_pool_params *p, const int8_t *input, int8_t *output);
+void bk_pad(const bk_pad_params *p, const int8_t *input, int8_t *output);
+void bk_concat(const bk_concat_params *p, const int8_t *input, int8_t *output);
+void bk_requantize(const bk_requantize_params *p, const int8_t *input, int8_t *output);
 void bk_mul(const bk_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 void bk_add(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 void bk_sub(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
