@@ -5,7 +5,8 @@ MUL / ADD / SUB / PAD(V2) / CONCATENATION / QUANTIZE (random shapes, strides, SA
 per-channel or per-tensor weights, zero points, fused RELU/RELU6) -> RESHAPE -> FULLY_CONNECTED -> SOFTMAX
 ("scores") and a random supervisor head ("confidence": REDUCE_MAX, REDUCE_MIN, SUM of squares, LOG_SOFTMAX
 + SUM, or max - min). The quantization rules TFLM enforces hold (softmax and log-softmax output scales,
-equal scales where TFLM copies or reduces int8 values), so the tflite-micro interpreter accepts every model and is the oracle the generated C is compared with.
+equal scales where TFLM copies or reduces int8 values), so the tflite-micro interpreter accepts every
+model and is the oracle the generated C is compared with.
 """
 
 from __future__ import annotations
