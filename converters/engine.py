@@ -500,7 +500,12 @@ class Plan:
 
     offsets: dict[int, int]  # tensor -> byte offset (aliases share their root's)
     arena_bytes: int
-    lower_bound_bytes: int  # the largest set of tensors live at once: no plan can use less
+    live_bytes: list[int]  # bytes live at each point: before the first op, during each op, after the last
+
+    @property
+    def lower_bound_bytes(self) -> int:
+        """The largest set of tensors live at once: no plan for this schedule can use less."""
+        return max(self.live_bytes)
 
     @property
     def ratio(self) -> float:
@@ -541,8 +546,8 @@ def plan_arena(steps: list[Step], sizes: dict[int, int], graph_inputs: list[int]
         placed.append((offset, size, t))
         offsets[t] = offset
     arena = max((o + s for o, s, _ in placed), default=0)
-    lower = max(sum(sizes[t] for t in first if first[t] <= p <= last[t]) for p in range(-1, len(steps) + 1))
-    return Plan({t: offsets[find(t)] for t in set(sizes) if find(t) in offsets}, arena, lower)
+    live = [sum(sizes[t] for t in first if first[t] <= p <= last[t]) for p in range(-1, len(steps) + 1)]
+    return Plan({t: offsets[find(t)] for t in set(sizes) if find(t) in offsets}, arena, live)
 
 
 # --- the generated files ----------------------------------------------------------------------------
@@ -558,8 +563,19 @@ class Generated:
     sizes: dict[int, int]
 
 
-def generate(flatbuffer: bytes) -> Generated:
-    """``model_infer.h`` and ``model_infer.c`` for the exported model; EngineError if it cannot."""
+def _check_fits(plan: Plan, steps: list[Step], arena_limit: int | None) -> None:
+    """A planned arena larger than the board allows is an error naming the op where memory peaks."""
+    if arena_limit is None or plan.arena_bytes <= arena_limit:
+        return
+    peak = max(range(len(steps)), key=lambda p: plan.live_bytes[p + 1])
+    raise EngineError(f"the planned arena of {plan.arena_bytes:,} B exceeds the {arena_limit:,} B the board leaves "
+                      f"for it; memory peaks at op {peak} ({steps[peak].op}) with {plan.live_bytes[peak + 1]:,} B "
+                      "live: use a board with more RAM, or shrink that layer (fewer channels, a stride, pooling)")
+
+
+def generate(flatbuffer: bytes, arena_limit: int | None = None) -> Generated:
+    """``model_infer.h`` and ``model_infer.c`` for the exported model; EngineError if it cannot, or if its
+    arena would exceed ``arena_limit`` bytes."""
     info = read_info(flatbuffer)
     missing = {SCORES, CONFIDENCE} - set(info.output_positions)
     if missing:
@@ -572,6 +588,7 @@ def generate(flatbuffer: bytes) -> Generated:
     sizes = {t: int(np.prod(g.shape(t))) for step in steps for t in step.inputs + step.outputs}
     sizes.update({t: int(np.prod(g.shape(t))) for t in inputs})
     plan = plan_arena(steps, sizes, inputs, [scores, confidence])
+    _check_fits(plan, steps, arena_limit)
     header = _header(info, g, plan, sizes[inputs[0]], sizes[scores])
     source = _source(steps, plan, inputs[0], scores, confidence, sizes)
     return Generated(header, source, plan, steps, sizes[inputs[0]], sizes[scores], sizes)
@@ -687,9 +704,9 @@ def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> di
     }
 
 
-def write(flatbuffer: bytes, out_dir: str | Path) -> Generated:
+def write(flatbuffer: bytes, out_dir: str | Path, arena_limit: int | None = None) -> Generated:
     """Write ``model_infer.h`` and ``model_infer.c`` into ``out_dir``."""
-    generated = generate(flatbuffer)
+    generated = generate(flatbuffer, arena_limit)
     out = Path(out_dir)
     (out / "model_infer.h").write_text(generated.header)
     (out / "model_infer.c").write_text(generated.source)

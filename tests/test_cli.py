@@ -73,11 +73,15 @@ def test_digits_writes_the_remote_model_the_walkthrough_uses(tmp_path):
 def test_model_that_does_not_fit_names_number_and_limit(digits_example, tmp_path):
     tiny = tmp_path / "tiny.toml"
     tiny.write_text('name = "tiny"\ntitle = "Tiny"\narch = "cortex-m0plus"\ncpu_mhz = 48\n'
-                    'flash_bytes = 4096\nram_bytes = 2048\nflash_method = "pyocd"\n')
+                    'flash_bytes = 4096\nram_bytes = 512\nflash_method = "pyocd"\n')
     result = _run("export", digits_example["model"], "--calib", digits_example["calib"], "--board", tiny,
                   "--out", tmp_path / "out")
     _assert_clean_error(result, "does not fit tiny", "leaves 4,096 B", "of flash")
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["fits"] is False  # nothing is lost
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["fits"] is False and (tmp_path / "out" / "model_data.cc").is_file()  # nothing is lost
+    assert report["engine"]["generated"] is False  # 512 B of RAM: not even the engine's 640 B arena fits
+    assert "memory peaks at op 1 (MAX_POOL_2D) with 640 B live" in report["engine"]["reason"]
+    assert "Warning: no model_infer.c (the C engine): the planned arena of 640 B exceeds" in result.stderr
 
 
 def test_corrupt_model_file(tmp_path):

@@ -121,6 +121,8 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     result = exporter.export(
         model, calib, profile, out_dir, supervisor, eval_path, symbol, exporter.stderr_progress, temperature
     )
+    if result.engine and not result.engine["generated"]:
+        click.echo(f"Warning: no model_infer.c (the C engine): {result.engine['reason']}", err=True)
     for caveat in result.caveats:
         if caveat["severity"] == "warning":
             message = f"{caveat['message']}: {caveat['detail']}. Fix: {caveat['fix']}."

@@ -204,7 +204,7 @@ def _engine(converted: Converted, board: BoardProfile, out: Path) -> dict:
     """model_infer.c/.h (the interpreter-free engine) when it can run the model exactly; otherwise the
     reason, and the TFLM export above is the way to deploy it."""
     try:
-        generated = engine.write(converted.model, out)
+        generated = engine.write(converted.model, out, board.arena_ram_budget)
     except engine.EngineError as exc:
         for stale in ("model_infer.c", "model_infer.h"):
             (out / stale).unlink(missing_ok=True)
