@@ -41,15 +41,36 @@ def test_nrf52840_model_address_is_where_the_profile_says():
     assert address == load_board("nrf52840").model_offset
 
 
+def test_the_c_engine_builds_compile_the_generated_model_and_the_kernels():
+    """With BISUP_ENGINE=C (ESP-IDF) or env nano33ble_engine_c (PlatformIO) the build takes model_infer.c
+    and bisup_kernels.c and defines BISUP_ENGINE_C; the TFLM builds leave them out."""
+    cmake = (PROFILE_DIR / "esp32s3" / "main" / "CMakeLists.txt").read_text()
+    c_branch = cmake.split('if(BISUP_ENGINE STREQUAL "C")')[1].split("else()")[0]
+    assert "model_infer.c" in c_branch and "bisup_kernels.c" in c_branch and "BISUP_ENGINE_C" in c_branch
+    assert "model_data.cc" not in c_branch
+    ini = (PROFILE_DIR / "nrf52840" / "platformio.ini").read_text()
+    engine_c = ini.split("[env:nano33ble_engine_c]")[1]
+    assert "-DBISUP_ENGINE_C" in engine_c and "bisup_kernels.c" in engine_c and "-<model_data.cc>" in engine_c
+    assert "-<model_infer.c>" in ini.split("[env:nano33ble]")[1].split("[env:")[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("board", sorted(TEMPLATES))
-def test_templates_use_only_what_the_generated_header_declares(board, converted, tmp_path):
+def test_templates_use_only_what_the_generated_headers_declare(board, converted, tmp_path):
+    """Both engines: every generated name a template uses is declared by model_data.h (TFLM) or
+    model_infer.h (the C engine), as bisup export writes them."""
+    from converters import engine
+
     c_arrays.write(converted.model, tflite_model.read(converted.model), tmp_path, converted.arena_recommended_bytes)
-    header = (tmp_path / "model_data.h").read_text()
-    used = set(re.findall(r"\b(kModelData\w+|ModelData\w+|RegisterModelDataOps)\b", TEMPLATES[board].read_text()))
-    assert used, "the template should use the generated constants"
-    missing = sorted(name for name in used if not re.search(rf"\b{name}\b", header))
-    assert not missing, f"{Path(TEMPLATES[board]).name} uses {missing}, which model_data.h does not declare"
+    engine.write(converted.model, tmp_path)
+    source = TEMPLATES[board].read_text()
+    for header_name, pattern in (("model_data.h", r"\b(kModelData\w+|ModelData\w+|RegisterModelDataOps)\b"),
+                                 ("model_infer.h", r"\b(BISUP_MODEL_\w+|bisup_model_infer)\b")):
+        header = (tmp_path / header_name).read_text()
+        used = set(re.findall(pattern, source)) - {"BISUP_MODEL_ADDRESS"}  # a build flag (platformio.ini)
+        assert used, f"the template should use what {header_name} declares"
+        missing = sorted(name for name in used if not re.search(rf"\b{name}\b", header))
+        assert not missing, f"{Path(TEMPLATES[board]).name} uses {missing}, which {header_name} does not declare"
 
 
 def test_templates_draw_a_boot_id_from_the_hardware_rng():
