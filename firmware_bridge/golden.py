@@ -35,6 +35,7 @@ def _valid() -> list[tuple[str, p.Message]]:
         ("feed", p.Feed(17, bytes((i * 11) % 256 for i in range(64)), boot=BOOT)),
         ("report_remote", p.Report(17, 4, p.Source.REMOTE, False, 9, -60, 1234, 56789, boot=BOOT)),
         ("pong", p.Pong(0, boot=BOOT)),
+        ("profile", p.Profile(17, (4608, 0, 70000, 1), boot=BOOT)),
     ]
 
 

@@ -35,6 +35,7 @@ class MsgType(IntEnum):
     PONG = 0x21
     FEED = 0x30
     REPORT = 0x31
+    PROFILE = 0x32
     ERROR = 0x7F
 
 
@@ -140,7 +141,16 @@ class Report:
     boot: int = field(default=0, kw_only=True)
 
 
-Message = Hello | Infer | AnswerMsg | ErrorMsg | Ping | Pong | Feed | Report
+@dataclass(frozen=True)
+class Profile:
+    """HIL: SysTick cycles of each layer of the inference of input ``seq`` (at most 255 layers)."""
+
+    seq: int
+    cycles: tuple[int, ...]
+    boot: int = field(default=0, kw_only=True)
+
+
+Message = Hello | Infer | AnswerMsg | ErrorMsg | Ping | Pong | Feed | Report | Profile
 
 
 def _q16(value: float) -> int:
@@ -172,6 +182,10 @@ def _payload(msg: Message) -> tuple[MsgType, bytes]:
     if isinstance(msg, Report):
         return MsgType.REPORT, struct.pack(REPORT_FMT, msg.label, msg.source, int(msg.rejected), msg.local_label,
                                            msg.local_confidence, msg.latency_us, msg.infer_cycles)
+    if isinstance(msg, Profile):
+        if len(msg.cycles) > 255:
+            raise ValueError(f"a PROFILE carries at most 255 layers, not {len(msg.cycles)}")
+        return MsgType.PROFILE, bytes([len(msg.cycles)]) + struct.pack(f"<{len(msg.cycles)}I", *msg.cycles)
     return (MsgType.PING if isinstance(msg, Ping) else MsgType.PONG), b""
 
 
@@ -277,6 +291,10 @@ def _message(kind: int, payload: bytes, seq: int, boot: int) -> Message:
                                                                                    MsgType.REPORT)
         return Report(seq, label, _source(source, seq, MsgType.REPORT), bool(rejected & 1), local_label, confidence,
                       latency, cycles, boot=boot)
+    if kind == MsgType.PROFILE:
+        if not payload or len(payload) != 1 + 4 * payload[0]:
+            raise ProtocolError(ErrorCode.BAD_LENGTH, f"PROFILE payload of {len(payload)} bytes is malformed", seq)
+        return Profile(seq, struct.unpack(f"<{payload[0]}I", payload[1:]), boot=boot)
     if kind in (MsgType.PING, MsgType.PONG):
         _fixed(payload, "<", seq, MsgType(kind))
         return Ping(seq, boot=boot) if kind == MsgType.PING else Pong(seq, boot=boot)
@@ -303,4 +321,6 @@ def describe(msg: Message) -> str:
         return (f"{head} label={msg.label} source={int(msg.source)} rejected={int(msg.rejected)} "
                 f"local_label={msg.local_label} conf={msg.local_confidence} latency_us={msg.latency_us} "
                 f"infer_cycles={msg.infer_cycles}")
+    if isinstance(msg, Profile):
+        return f"{head} n={len(msg.cycles)} cycles={','.join(map(str, msg.cycles))}"
     return head

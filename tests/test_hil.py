@@ -54,6 +54,9 @@ def test_each_emulated_board_runs_the_model_itself(hil_setup, machine, tmp_path)
     cost = report["device_inference"]
     assert 10_000 < cost["instructions_p50"] < 5_000_000 and cost["macs"] > 20_000
     assert "instructions (p50" in result.stdout
+    layers = report["device_layers"]  # measured per layer, and they add up to the whole inference
+    assert [layer["op"] for layer in layers][:3] == ["CONV_2D", "MAX_POOL_2D", "CONV_2D"]
+    assert sum(layer["instructions_p50"] for layer in layers) == pytest.approx(cost["instructions_p50"], rel=0.05)
 
 
 def test_hil_on_qemu_matches_the_calibrated_figures(hil_setup):

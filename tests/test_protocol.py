@@ -93,6 +93,7 @@ messages = st.one_of(
     st.builds(p.Feed, U32, TENSOR, boot=U32),
     st.builds(p.Report, U32, st.integers(0, 65535), st.sampled_from(list(p.Source)), st.booleans(),
               st.integers(0, 65535), st.integers(-128, 127), U32, U32, boot=U32),
+    st.builds(p.Profile, U32, st.lists(U32, max_size=255).map(tuple), boot=U32),
 )
 
 

@@ -115,7 +115,8 @@ def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int 
     cmd = ["arm-none-eabi-gcc", f"-mcpu={board.cpu}", "-mthumb", "-mfloat-abi=soft", "-O2", "-std=c99", "-Wall",
            "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-nostartfiles",
            "--specs=nano.specs", "--specs=nosys.specs", f"-DBP_MAX_BODY={max_body}u", f"-DUART0_BASE={board.uart0:#x}u",
-           f"-DCPU_HZ={board.cpu_hz}u", f"-I{workdir}", f"-I{C_LIBRARY}", "-T", str(workdir / "link.ld"),
+           f"-DCPU_HZ={board.cpu_hz}u", "-DBISUP_MODEL_PROFILE_MARKS", f"-I{workdir}", f"-I{C_LIBRARY}", "-T",
+           str(workdir / "link.ld"),
            str(FIRMWARE / "startup.c"), str(FIRMWARE / "main.c"), str(workdir / "model_infer.c"),
            str(C_LIBRARY / "bisup_kernels.c"), str(C_LIBRARY / "bisup_proto.c"), str(C_LIBRARY / "bisup_app.c"),
            "-o", str(elf)]
@@ -180,6 +181,7 @@ class HilSession:
         """`handler` may be None for a session that only checks the handshake and answers nothing."""
         self.port, self.handler, self.reader = port, handler, framing.FrameReader()
         self.board: p.Hello | None = None  # the board's HELLO: its id, boot id and largest body
+        self.profiles: dict[int, tuple[int, ...]] = {}  # cycles per layer, by input
 
     @property
     def device(self) -> str:
@@ -231,7 +233,10 @@ class HilSession:
         self.port.write(framing.encode_frame(body))
         for body in self._frames(time.monotonic() + timeout_s):
             kind = body[1] if len(body) > 1 else -1
-            if kind in (p.MsgType.REPORT, p.MsgType.ERROR):
+            if kind == p.MsgType.PROFILE:
+                profile = p.decode(body)
+                self.profiles[profile.seq] = profile.cycles
+            elif kind in (p.MsgType.REPORT, p.MsgType.ERROR):
                 msg = p.decode(body)
                 if msg.seq == index and msg.boot == self.board.boot:
                     return msg
@@ -259,11 +264,34 @@ def _device_cost(got: list, machine: Machine | None, macs: int) -> dict:
     return cost
 
 
+def _layers(bundle: Bundle, profiles: dict[int, tuple[int, ...]], machine: Machine | None) -> list[dict]:
+    """Per kernel call of the generated model: op, MACs, parameters, arena place, and the instructions the
+    emulated board measured (median over the inputs; cycles on a real board)."""
+    generated = engine.generate(bundle.model)
+    steps = [step for step in generated.steps if step.call]
+    cycles = np.array([c for c in profiles.values() if len(c) == len(steps)], dtype=np.float64)
+    layers = []
+    for k, step in enumerate(steps):
+        entry = {"op": step.op, "macs": step.macs, "parameters": step.parameters,
+                 "output_bytes": sum(generated.sizes[t] for t in step.outputs),
+                 "arena_offset": generated.plan.offsets.get(step.outputs[0])}
+        if len(cycles):
+            median = float(np.median(cycles[:, k]))
+            entry["cycles_p50"] = median
+            if machine is not None:
+                instructions = median * machine.nanoseconds_per_cycle
+                entry["instructions_p50"] = instructions
+                entry["instructions_per_mac"] = instructions / step.macs if step.macs else None
+        layers.append(entry)
+    return layers
+
+
 def _macs(bundle: Bundle) -> int:
     return sum(step.macs for step in engine.generate(bundle.model).steps)
 
 
-def summarize(reports: list, bundle: Bundle, o: Outcomes, machine: Machine | None = None) -> dict:
+def summarize(reports: list, bundle: Bundle, o: Outcomes, machine: Machine | None = None,
+              profiles: dict[int, tuple[int, ...]] | None = None) -> dict:
     """The HIL report: strategies, latency, device cost, oracle agreement, and the offline comparison."""
     got = [r for r in reports if isinstance(r, p.Report)]
     final = np.array([r.label if isinstance(r, p.Report) else -1 for r in reports])
@@ -286,6 +314,7 @@ def summarize(reports: list, bundle: Bundle, o: Outcomes, machine: Machine | Non
         "device_latency_us": {"p50": float(np.percentile(latency, 50)) if len(latency) else None,
                               "p95": float(np.percentile(latency, 95)) if len(latency) else None},
         "device_inference": _device_cost(got, machine, _macs(bundle) if machine else 0),
+        "device_layers": _layers(bundle, profiles, machine) if profiles else [],
         "device_outputs_equal_oracle": _rate(device_outputs),
         "offline_agreement": _rate((final == offline[0]) & (relayed == offline[1]) & (rejected == offline[2])),
         "calibrated": bundle.thresholds.achieved,
@@ -314,7 +343,7 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
         session.handshake(bundle.model_hash, timeout_s)
         progress(f"board answered HELLO on {port_url}; feeding {len(x)} inputs")
         reports = [session.feed(i, x_q[i], timeout_s) for i in range(len(x))]
-    report = summarize(reports, bundle, o, MACHINES.get(emulate) if emulate else None)
+    report = summarize(reports, bundle, o, MACHINES.get(emulate) if emulate else None, session.profiles)
     report["board"] = emulate or port_url
     return report
 
@@ -337,7 +366,20 @@ def table(report: dict) -> str:
         ("answers = offline decisions", f"{100 * report['offline_agreement']:.1f} %"),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+    return "\n".join([f"  {k.ljust(width)}  {v}" for k, v in rows] + _layer_lines(report["device_layers"]))
+
+
+def _layer_lines(layers: list[dict]) -> list[str]:
+    """The per-layer profile under the table, when the board sent one."""
+    if not layers or "instructions_p50" not in layers[0]:
+        return []
+    lines = ["", f"  {'layer':<18}{'MACs':>8}{'params':>8}{'out B':>7}{'arena @':>9}{'instructions':>14}{'per MAC':>9}"]
+    for k, layer in enumerate(layers):
+        per_mac = f"{layer['instructions_per_mac']:.1f}" if layer["instructions_per_mac"] else "-"
+        lines.append(f"  {k:>2} {layer['op']:<15}{layer['macs']:>8,}{layer['parameters']:>8,}"
+                     f"{layer['output_bytes']:>7,}{layer['arena_offset']:>9,}{layer['instructions_p50']:>14,.0f}"
+                     f"{per_mac:>9}")
+    return lines
 
 
 def _cost_line(cost: dict) -> str:

@@ -122,6 +122,29 @@ static void handshake(void) {
   }
 }
 
+/* Cycles of each layer of the current inference (model_infer.c is built with -DBISUP_MODEL_PROFILE_MARKS). */
+static uint32_t layer_start, layer_cycles[BISUP_MODEL_LAYERS];
+
+void bisup_model_profile_mark(int layer) {
+  uint32_t now = now_cycles();
+  layer_cycles[layer] = now - layer_start;
+  layer_start = now;
+}
+
+static void send_profile(uint32_t seq) {
+  static uint8_t cycles_le[4 * BISUP_MODEL_LAYERS];
+  for (int i = 0; i < BISUP_MODEL_LAYERS; ++i) {
+    for (int k = 0; k < 4; ++k) cycles_le[4 * i + k] = (uint8_t)(layer_cycles[i] >> (8 * k));
+  }
+  bp_msg m;
+  memset(&m, 0, sizeof(m));
+  m.type = BP_PROFILE;
+  m.seq = seq;
+  m.u.profile.count = BISUP_MODEL_LAYERS;
+  m.u.profile.cycles_le = cycles_le;
+  send(&m);
+}
+
 static void on_feed(const bp_msg *m) {
   uint32_t start = now_us(), count = m->u.feed.count;
   if (count != BISUP_MODEL_INPUT_BYTES || m->u.feed.dtype != BP_DTYPE_INT8) {
@@ -131,8 +154,10 @@ static void on_feed(const bp_msg *m) {
   memcpy(input, m->u.feed.data, count); /* the reader reuses its buffer while we wait */
   int8_t scores[BISUP_MODEL_CLASSES], confidence;
   uint32_t before = now_cycles();
+  layer_start = before;
   bisup_model_infer(input, scores, &confidence);
   uint32_t cycles = now_cycles() - before;
+  send_profile(m->seq);
   uint16_t local_label = 0;
   for (uint16_t k = 1; k < BISUP_MODEL_CLASSES; ++k) local_label = scores[k] > scores[local_label] ? k : local_label;
   bp_msg r;

@@ -52,7 +52,7 @@ static uint32_t get32(const uint8_t *p) {
 
 /* A body is a small head (header and fixed fields, at most BP_HEAD_MAX bytes) and, for INFER and
  * FEED, the elements, which stay in the caller's buffer. */
-#define BP_HEAD_MAX (BP_HEADER_BYTES + 3u + BP_HASH_BYTES + 4u + 1u + BP_MAX_ID)
+#define BP_HEAD_MAX (BP_HEADER_BYTES + 3u + BP_HASH_BYTES + 4u + 1u + BP_MAX_ID) /* HELLO's */
 
 static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_t *count) {
   size_t n = BP_HEADER_BYTES;
@@ -103,6 +103,11 @@ static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_
       put32(p + n + 7, m->u.report.latency_us);
       put32(p + n + 11, m->u.report.infer_cycles);
       return n + 15u;
+    case BP_PROFILE:
+      p[n] = m->u.profile.count;
+      *data = (const int8_t *)m->u.profile.cycles_le; /* streamed like tensor data: no copy in the head */
+      *count = 4u * m->u.profile.count;
+      return n + 1u;
     default: return n;
   }
 }
@@ -245,6 +250,11 @@ static bp_status decode_payload(const uint8_t *p, size_t n, bp_msg *m) {
       m->u.report.local_confidence = (int8_t)p[6];
       m->u.report.latency_us = get32(p + 7);
       m->u.report.infer_cycles = get32(p + 11);
+      return BP_OK;
+    case BP_PROFILE:
+      if (n < 1u || n != 1u + 4u * p[0]) return BP_E_BAD_LENGTH;
+      m->u.profile.count = p[0];
+      m->u.profile.cycles_le = p + 1;
       return BP_OK;
     case BP_PING:
     case BP_PONG: return n == 0 ? BP_OK : BP_E_BAD_LENGTH;

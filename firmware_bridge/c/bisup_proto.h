@@ -45,6 +45,7 @@ typedef enum {
   BP_PONG = 0x21,
   BP_FEED = 0x30,   /* HIL: host -> device, test input number seq */
   BP_REPORT = 0x31, /* HIL: device -> host, what the device made of it */
+  BP_PROFILE = 0x32, /* HIL: device -> host, cycles per layer of that inference */
   BP_ERROR = 0x7F
 } bp_type;
 
@@ -106,6 +107,10 @@ typedef struct {
       uint32_t latency_us;
       uint32_t infer_cycles; /* SysTick cycles of the local inference alone */
     } report;
+    struct {
+      uint8_t count;
+      const uint8_t *cycles_le; /* count x u32, little-endian; points into the caller's buffer */
+    } profile;
   } u;
 } bp_msg;
 

@@ -87,6 +87,15 @@ static void describe(const bp_msg *m) {
              m->u.report.local_label, m->u.report.local_confidence, (unsigned long)m->u.report.latency_us,
              (unsigned long)m->u.report.infer_cycles);
       break;
+    case BP_PROFILE:
+      printf("PROFILE seq=%lu boot=%lu n=%u cycles=", (unsigned long)m->seq, (unsigned long)m->boot,
+             m->u.profile.count);
+      for (unsigned i = 0; i < m->u.profile.count; ++i) {
+        const uint8_t *v = m->u.profile.cycles_le + 4u * i;
+        printf("%s%lu", i ? "," : "", (unsigned long)v[0] | ((unsigned long)v[1] << 8) | ((unsigned long)v[2] << 16) |
+                                          ((unsigned long)v[3] << 24));
+      }
+      break;
     default:
       printf("%s seq=%lu boot=%lu", m->type == BP_PING ? "PING" : "PONG", (unsigned long)m->seq,
              (unsigned long)m->boot);
