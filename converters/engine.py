@@ -432,6 +432,31 @@ class _Builder:
                   f"{self.g.zero_point(y)}, {multiplier}, {shift}}};")
         return Step("SUM", [x], [y], [params], f"bk_sum(&{name}, ${x}, ${y});")
 
+    def _mean(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+        """TFLM's int8 MEAN is its SUM with the multiplier divided by the element count (QuantizedMeanOrSum)."""
+        x, y = ins[0], outs[0]
+        outer, reduced, inner = self._axes(x, ins[1], where)
+        multiplier, shift = quantize_multiplier(float(np.float32(self.g.scale(x))) / float(np.float32(self.g.scale(y))))
+        extra = min(reduced.bit_length() - 1, 32, 31 + shift)
+        multiplier, shift = (multiplier << extra) // reduced, shift - extra
+        params = (f"static const bk_sum_params {name} = {{{{{outer}, {reduced}, {inner}}}, {self.g.zero_point(x)}, "
+                  f"{self.g.zero_point(y)}, {multiplier}, {shift}}};")
+        return Step("MEAN", [x], [y], [params], f"bk_sum(&{name}, ${x}, ${y});")
+
+    def _logistic(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+        x, y = ins[0], outs[0]
+        if self.g.zero_point(y) != -128 or self.g.scale(y) != np.float32(1 / 256):
+            raise EngineError(f"{where}: int8 LOGISTIC output must have zero point -128 and scale 1/256 (TFLM's rule)")
+        real = float(np.float32(self.g.scale(x))) * float(1 << 27)
+        significand, left_shift = math.frexp(real)
+        multiplier = tflm_round(significand * (1 << 31))
+        multiplier = (multiplier + (1 << 31)) % (1 << 32) - (1 << 31)  # TFLM casts to int32 without the fix-up
+        radius = math.floor(1.0 * ((1 << 4) - 1) * (1 << 27) / (1 << left_shift)) if left_shift >= 0 else \
+            math.floor(1.0 * ((1 << 4) - 1) * (1 << 27) * (1 << -left_shift))
+        params = (f"static const bk_logistic_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
+                  f"{self.g.zero_point(x)}, {radius}, {multiplier}, {left_shift}}};")
+        return Step("LOGISTIC", [x], [y], [params], f"bk_logistic(&{name}, ${x}, ${y});")
+
     def _axes(self, x: int, axes_tensor: int, where: str) -> tuple[int, int, int]:
         """(outer, reduced, inner) for a reduction over contiguous axes."""
         shape = self.g.shape(x)
@@ -489,8 +514,8 @@ class _Builder:
 
 
 SUPPORTED = {"ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
-             "LOG_SOFTMAX", "MAX_POOL_2D", "MUL", "PAD", "PADV2", "QUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RESHAPE",
-             "SOFTMAX", "SUB", "SUM"}
+             "LOGISTIC", "LOG_SOFTMAX", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "QUANTIZE", "REDUCE_MAX",
+             "REDUCE_MIN", "RESHAPE", "SOFTMAX", "SUB", "SUM"}
 
 
 # --- the arena plan ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Random small full-int8 TFLite models, built as flatbuffers with the schema's object API (no TensorFlow).
 
 Each model is input -> a random sequence of CONV_2D / DEPTHWISE_CONV_2D / MAX_POOL_2D / AVERAGE_POOL_2D /
-MUL / ADD / SUB / PAD(V2) / CONCATENATION / QUANTIZE (random shapes, strides, SAME/VALID padding,
+MUL / ADD / SUB / PAD(V2) / CONCATENATION / QUANTIZE / MEAN / LOGISTIC (random shapes, strides, SAME/VALID padding,
 per-channel or per-tensor weights, zero points, fused RELU/RELU6) -> RESHAPE -> FULLY_CONNECTED -> SOFTMAX
 ("scores") and a random supervisor head ("confidence": REDUCE_MAX, REDUCE_MIN, SUM of squares, LOG_SOFTMAX
 + SUM, or max - min). The quantization rules TFLM enforces hold (softmax and log-softmax output scales,
@@ -179,6 +179,22 @@ def _concat(m: _Model, x: int) -> int:
     return y
 
 
+def _mean(m: _Model, x: int) -> int:
+    """Global average pooling: MEAN over height and width, kept as [1, 1, 1, C], requantized."""
+    axes = m.tensor([2], 1.0, 0, INT32, np.array([1, 2], dtype=np.int32))
+    y = m.activation([1, 1, 1, m.shape(x)[3]])
+    reducer = s.ReducerOptionsT()
+    reducer.keepDims = True
+    m.op(OP.MEAN, [x, axes], [y], s.BuiltinOptions.ReducerOptions, reducer)
+    return y
+
+
+def _logistic(m: _Model, x: int) -> int:
+    y = m.tensor(m.shape(x), 1 / 256, -128)
+    m.op(OP.LOGISTIC, [x], [y])
+    return y
+
+
 def _requantize(m: _Model, x: int) -> int:
     y = m.activation(m.shape(x))
     m.op(OP.QUANTIZE, [x], [y])
@@ -236,7 +252,8 @@ def random_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
     shape = [1, int(rng.integers(2, 9)), int(rng.integers(2, 9)), int(rng.integers(1, 5))]
     x = inp = m.activation(shape)
     for _ in range(int(rng.integers(1, 5))):
-        kind = rng.choice(["conv", "depthwise", "pool", "average", "mul", "add", "sub", "pad", "concat", "quantize"])
+        kind = rng.choice(["conv", "depthwise", "pool", "average", "mul", "add", "sub", "pad", "concat", "quantize",
+                           "mean", "logistic"])
         if kind in ("conv", "depthwise"):
             x = _conv(m, x, kind == "depthwise")
         elif kind in ("pool", "average") and min(m.shape(x)[1:3]) >= 2:
@@ -247,6 +264,10 @@ def random_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
             x = _concat(m, x)
         elif kind == "quantize":
             x = _requantize(m, x)
+        elif kind == "mean":
+            x = _mean(m, x)
+        elif kind == "logistic":
+            x = _logistic(m, x)
         elif kind in ("mul", "add", "sub"):
             x = _binary(m, x, {"mul": OP.MUL, "add": OP.ADD, "sub": OP.SUB}[kind])
     flat = int(np.prod(m.shape(x)))

@@ -280,20 +280,26 @@ static int32_t exp_on_quarter_interval(int32_t a) {
   return constant_term + bk_saturating_rounding_doubling_high_mul(constant_term, x + poly);
 }
 
-/* exp(a) for a <= 0 in Q5.26 (5 integer bits); the result in Q0.31. */
-static int32_t exp_on_negative_values_q5(int32_t a) {
+/* exp(a) for a <= 0 given with `integer_bits` integer bits (softmax: 5, logistic: 4); the result in
+ * Q0.31: gemmlowp's exp_on_negative_values, a barrel shifter over the bits of -a above 1/4. */
+static int32_t exp_on_negative_values(int32_t a, int integer_bits) {
   static const int32_t multipliers[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242};
-  const int32_t one_quarter = 1 << 24, fraction_bits = 26;
+  const int fraction_bits = 31 - integer_bits;
+  const int32_t one_quarter = (int32_t)1 << (fraction_bits - 2);
   const int32_t a_mod_quarter_minus_quarter = (a & (one_quarter - 1)) - one_quarter;
-  int32_t result = exp_on_quarter_interval(saturating_shift_left(a_mod_quarter_minus_quarter, 5));
+  int32_t result = exp_on_quarter_interval(saturating_shift_left(a_mod_quarter_minus_quarter, integer_bits));
   const int32_t remainder = a_mod_quarter_minus_quarter - a;
   for (int k = 0; k < 7; ++k) { /* exp(-1/4), exp(-1/2), ..., exp(-16) for the bits of the remainder */
-    if (remainder & ((int32_t)1 << (fraction_bits - 2 + k))) {
+    const int exponent = k - 2;
+    if (integer_bits > exponent && (remainder & ((int32_t)1 << (fraction_bits + exponent)))) {
       result = bk_saturating_rounding_doubling_high_mul(result, multipliers[k]);
     }
   }
+  if (integer_bits > 5 && a < -((int32_t)1 << (36 - integer_bits))) result = 0; /* below -32 */
   return a == 0 ? BK_INT32_MAX : result;
 }
+
+static int32_t exp_on_negative_values_q5(int32_t a) { return exp_on_negative_values(a, 5); }
 
 static int32_t rounding_half_sum(int32_t a, int32_t b) {
   int64_t sum = (int64_t)a + (int64_t)b;
@@ -310,6 +316,26 @@ static int32_t one_over_one_plus_x(int32_t a) {
     x = x + saturating_shift_left(bk_saturating_rounding_doubling_high_mul(x, one_q2 - product), 2);
   }
   return saturating_shift_left(x, 1);
+}
+
+void bk_logistic(const bk_logistic_params *p, const int8_t *input, int8_t *output) {
+  for (int32_t i = 0; i < p->count; ++i) {
+    const int32_t x = input[i] - p->input_zero_point;
+    if (x <= -p->input_range_radius) {
+      output[i] = -128;
+    } else if (x >= p->input_range_radius) {
+      output[i] = 127;
+    } else {
+      const int32_t q4 = bk_multiply_by_quantized_multiplier(x, p->input_multiplier, (int)p->input_left_shift);
+      int32_t result = 1 << 30; /* logistic(0) = 1/2 */
+      if (q4 != 0) {
+        const int32_t magnitude = q4 > 0 ? q4 : -q4;
+        const int32_t positive = one_over_one_plus_x(exp_on_negative_values(-magnitude, 4));
+        result = q4 > 0 ? positive : BK_INT32_MAX - positive;
+      }
+      output[i] = (int8_t)clamp32(bk_rounding_divide_by_pot(result, 31 - 8) - 128, -128, 127);
+    }
+  }
 }
 
 static int count_leading_zeros(uint32_t x) {

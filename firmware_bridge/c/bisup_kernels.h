@@ -106,6 +106,10 @@ typedef struct {
   int32_t input_multiplier, input_left_shift, reverse_scaling_divisor, reverse_scaling_left_shift, diff_min;
 } bk_log_softmax_params; /* output: zero point 127, scale 16/256 */
 
+typedef struct {
+  int32_t count, input_zero_point, input_range_radius, input_multiplier, input_left_shift;
+} bk_logistic_params; /* output: zero point -128, scale 1/256 */
+
 /* A reduction over the middle of [outer][reduced][inner], the layout every contiguous axis set has. */
 typedef struct {
   int32_t outer, reduced, inner;
@@ -129,7 +133,8 @@ void bk_add(const bk_add_params *p, const int8_t *input1, const int8_t *input2, 
 void bk_sub(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 void bk_softmax(const bk_softmax_params *p, const int8_t *input, int8_t *output);
 void bk_log_softmax(const bk_log_softmax_params *p, const int8_t *input, int8_t *output);
-void bk_sum(const bk_sum_params *p, const int8_t *input, int8_t *output);
+void bk_logistic(const bk_logistic_params *p, const int8_t *input, int8_t *output);
+void bk_sum(const bk_sum_params *p, const int8_t *input, int8_t *output); /* MEAN too: its multiplier divides */
 void bk_reduce_max(const bk_reduce_params *p, const int8_t *input, int8_t *output);
 void bk_reduce_min(const bk_reduce_params *p, const int8_t *input, int8_t *output);
 /* RESHAPE moves no data: the generated code gives input and output one place in the arena. */
