@@ -154,3 +154,28 @@ def test_random_models_are_byte_equal_to_tflm(tmp_path):
             f"model seed {seed}: {[step.op for step in generated.steps]}")
         seen.update(step.op for step in generated.steps)
     assert set(seen) == engine.SUPPORTED, f"ops the random models never drew: {engine.SUPPORTED - set(seen)}"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("int16", r"op 0 \(CONV_2D\): tensor 0 \(t0\) is not int8; the C engine runs full-int8 models"),
+    ("asymmetric", r"op 0 \(CONV_2D\): weights .* are asymmetric \(zero point != 0\)"),
+])
+def test_an_unsupported_quantization_is_named(change, message):
+    """int16 activations or asymmetric weights: refused with the op and tensor, never compiled into wrong code."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    from random_models import random_model
+
+    seed = next(s for s in range(100) if engine.generate(random_model(s)[0]).steps[0].op == "CONV_2D")
+    model = schema.ModelT.InitFromPackedBuf(bytearray(random_model(seed)[0]), 0)
+    graph = model.subgraphs[0]
+    conv = graph.operators[0]
+    if change == "int16":
+        graph.tensors[conv.inputs[0]].type = schema.TensorType.INT16
+    else:
+        weights = graph.tensors[conv.inputs[1]].quantization
+        weights.zeroPoint = [3] * len(weights.zeroPoint)
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    with pytest.raises(engine.EngineError, match=message):
+        engine.generate(bytes(builder.Output()))
