@@ -112,7 +112,8 @@ void bk_fully_connected(const bk_fully_connected_params *p, const int8_t *input,
   }
 }
 
-void bk_max_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) {
+/* MAX_POOL_2D and AVERAGE_POOL_2D: the window is clipped to the input, as TFLM clips it. */
+static void pool(const bk_pool_params *p, const int8_t *input, int8_t *output, int average) {
   const bk_shape *in = &p->input, *out = &p->output;
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t oy = 0; oy < out->height; ++oy) {
@@ -122,42 +123,27 @@ void bk_max_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) {
         const int32_t fy1 = p->filter_height < in->height - y0 ? p->filter_height : in->height - y0;
         const int32_t fx1 = p->filter_width < in->width - x0 ? p->filter_width : in->width - x0;
         for (int32_t c = 0; c < out->depth; ++c) {
-          int32_t best = -128;
+          int32_t best = -128, sum = 0, count = 0;
           for (int32_t fy = fy0; fy < fy1; ++fy) {
-            for (int32_t fx = fx0; fx < fx1; ++fx) {
-              int32_t v = input[offset4(in, b, y0 + fy, x0 + fx, c)];
+            for (int32_t fx = fx0; fx < fx1; ++fx, ++count) {
+              const int32_t v = input[offset4(in, b, y0 + fy, x0 + fx, c)];
               best = v > best ? v : best;
+              sum += v;
             }
           }
-          output[offset4(out, b, oy, ox, c)] = (int8_t)clamp32(best, p->activation_min, p->activation_max);
+          if (count == 0) count = 1; /* TFLM refuses such a window at run time; the generator never plans one */
+          const int32_t mean = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count; /* half away */
+          output[offset4(out, b, oy, ox, c)] = (int8_t)clamp32(average ? mean : best, p->activation_min,
+                                                               p->activation_max);
         }
       }
     }
   }
 }
 
-void bk_average_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) {
-  const bk_shape *in = &p->input, *out = &p->output;
-  for (int32_t b = 0; b < out->batches; ++b) {
-    for (int32_t oy = 0; oy < out->height; ++oy) {
-      for (int32_t ox = 0; ox < out->width; ++ox) {
-        const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
-        const int32_t fy0 = y0 < 0 ? -y0 : 0, fx0 = x0 < 0 ? -x0 : 0;
-        const int32_t fy1 = p->filter_height < in->height - y0 ? p->filter_height : in->height - y0;
-        const int32_t fx1 = p->filter_width < in->width - x0 ? p->filter_width : in->width - x0;
-        for (int32_t c = 0; c < out->depth; ++c) {
-          int32_t sum = 0, count = 0;
-          for (int32_t fy = fy0; fy < fy1; ++fy) {
-            for (int32_t fx = fx0; fx < fx1; ++fx, ++count) sum += input[offset4(in, b, y0 + fy, x0 + fx, c)];
-          }
-          if (count == 0) count = 1; /* TFLM refuses such a window at run time; the generator never plans one */
-          sum = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count; /* round half away from zero */
-          output[offset4(out, b, oy, ox, c)] = (int8_t)clamp32(sum, p->activation_min, p->activation_max);
-        }
-      }
-    }
-  }
-}
+void bk_max_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) { pool(p, input, output, 0); }
+
+void bk_average_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) { pool(p, input, output, 1); }
 
 void bk_pad(const bk_pad_params *p, const int8_t *input, int8_t *output) {
   const bk_shape *in = &p->input, *out = &p->output;
