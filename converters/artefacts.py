@@ -15,10 +15,10 @@ TensorFlow.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 
 from converters.errors import BisupError
 
@@ -32,11 +32,15 @@ class ArtefactError(BisupError, ValueError):
 def trusted(confidence_int8, threshold_int8: int):
     """The device's rule, exactly as the firmware's ``bp_trusted``: answer locally iff the int8
     confidence reaches the int8 threshold (``NEVER_TRUST`` means never)."""
+    import numpy as np  # here, not at import: `bisup boards` and `--help` read artefacts without numpy
+
     return np.asarray(confidence_int8, dtype=np.int32) >= threshold_int8
 
 
 def accepted(remote_score, remote_threshold: float):
     """The remote supervisor's rule: keep the remote answer iff its score reaches the threshold."""
+    import numpy as np
+
     return np.asarray(remote_score) >= remote_threshold
 
 
@@ -199,7 +203,7 @@ class ExportReport:
 
     @property
     def num_classes(self) -> int:
-        return int(np.prod(self.quantization["scores"]["shape"]))
+        return math.prod(self.quantization["scores"]["shape"])
 
     def to_json(self) -> dict:
         return {"format": self.FORMAT, **asdict(self)}

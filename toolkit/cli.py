@@ -123,13 +123,18 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     )
     if result.engine and not result.engine["generated"]:
         click.echo(f"Warning: no model_infer.c (the C engine): {result.engine['reason']}", err=True)
-    for caveat in result.caveats:
-        if caveat["severity"] == "warning":
-            message = f"{caveat['message']}: {caveat['detail']}. Fix: {caveat['fix']}."
-            click.echo(f"Warning: {profile.name}: {message}", err=True)
+    _warn_caveats(profile.name, result)
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else export_table(result))
     if not result.fits:
         raise exporter.DoesNotFit(f"model does not fit {profile.name}: {'; '.join(result.fit_problems)}")
+
+
+def _warn_caveats(board: str, report) -> None:
+    """A board's known kernel problems that this model hits, one line each (export and demo alike)."""
+    for caveat in report.caveats:
+        if caveat["severity"] == "warning":
+            message = f"{caveat['message']}: {caveat['detail']}. Fix: {caveat['fix']}."
+            click.echo(f"Warning: {board}: {message}", err=True)
 
 
 @main.command()
@@ -223,7 +228,7 @@ def _progress(message: str) -> None:
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the exported model, thresholds and plot go (default: the cache folder's demo/).")
-@click.option("--board", default="esp32s3", show_default=True, help="Board to export the local model for.")
+@click.option("--board", default="nrf52840", show_default=True, help="Board to export the local model for.")
 @click.option("--max-remote-fraction", default=0.3, show_default=True, help="Remote-call budget for calibration.")
 @click.option("--max-reject", default=0.005, show_default=True, help="Most inputs the remote supervisor may reject.")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits and training.")
@@ -238,11 +243,13 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, as_json
     """
     _quiet_tensorflow()
     from boards import load_board
+    from converters.artefacts import ExportReport
     from toolkit import demo as demo_run
     from toolkit.report import rows_table
 
-    load_board(board)
+    profile = load_board(board)
     result = demo_run.run(out_dir, seed, board, max_remote_fraction, max_reject, retrain=retrain, progress=_progress)
+    _warn_caveats(profile.name, ExportReport.read(Path(result["out_dir"]) / "report.json"))
     if as_json:
         click.echo(json.dumps({"rows": result["rows"]}, indent=2))
     else:
