@@ -19,7 +19,6 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-
 from converters.errors import BisupError
 
 NEVER_TRUST = 128  # a local threshold above every int8 code: every input goes to the remote
