@@ -243,11 +243,13 @@ class _Builder:
         out_w, pad_w = same_or_valid(o.padding, o.strideW, o.dilationWFactor, wd, fw)
         defs, _ = self.requant(name, x, w, y, bias, where, channels=oc)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
+        sums = self.g.data(w).reshape(oc, -1).astype(np.int64).sum(axis=1)
+        defs.append(_c_array("int32_t", f"{name}_filter_sums", sums))
         params = (f"static const bk_conv_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
                   f"{_shape_c(self.g.shape(y), where)}, {fh}, {fw}, {o.strideH}, {o.strideW}, {o.dilationHFactor}, "
                   f"{o.dilationWFactor}, {pad_h}, {pad_w}, {-self.g.zero_point(x)}, {self.g.zero_point(y)}, {lo}, "
                   f"{hi}, {name}_filter, {f'{name}_bias' if bias is not None else 'NULL'}, {name}_multiplier, "
-                  f"{name}_shift}};")
+                  f"{name}_shift, {name}_filter_sums}};")
         if (out_h, out_w) != self.g.shape(y)[1:3]:
             raise EngineError(f"{where}: output shape {self.g.shape(y)} does not follow from the padding")
         return Step("CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
@@ -282,12 +284,17 @@ class _Builder:
         out_depth, in_depth = self.g.shape(w)
         batches = int(np.prod(self.g.shape(x))) // in_depth
         per_channel = len(self.g.scales(w)) > 1
-        defs, _ = self.requant(name, x, w, y, bias, where, float32_product=not per_channel)
+        defs, _ = self.requant(name, x, w, y, None, where, float32_product=not per_channel)
+        # bias + input_offset * sum(weights): TFLM's sum(w * (x + offset)) + bias, as the same integer
+        folded = (self.g.data(bias).astype(np.int64) if bias is not None else np.zeros(out_depth, np.int64)) + \
+            -self.g.zero_point(x) * self.g.data(w).astype(np.int64).sum(axis=1)
+        if np.abs(folded).max(initial=0) >= 1 << 31:
+            raise EngineError(f"{where}: the folded bias overflows int32 (weights too large for this input offset)")
+        defs.append(_c_array("int32_t", f"{name}_bias", folded))
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
         params = (f"static const bk_fully_connected_params {name} = {{{batches}, {in_depth}, {out_depth}, "
-                  f"{-self.g.zero_point(x)}, {self.g.zero_point(y)}, {lo}, {hi}, {name}_filter, "
-                  f"{f'{name}_bias' if bias is not None else 'NULL'}, {name}_multiplier, {name}_shift, "
-                  f"{int(per_channel)}}};")
+                  f"{self.g.zero_point(y)}, {lo}, {hi}, {name}_filter, {name}_bias, {name}_multiplier, "
+                  f"{name}_shift, {int(per_channel)}}};")
         return Step("FULLY_CONNECTED", [x], [y], [self.weights(name, w, where), *defs, params],
                     f"bk_fully_connected(&{name}, ${x}, ${y});", macs=batches * out_depth * in_depth,
                     parameters=out_depth * in_depth + (out_depth if bias is not None else 0))

@@ -112,6 +112,8 @@ def _conv(m: _Model, x: int, depthwise: bool) -> int:
     _, h, w, c = m.shape(x)
     fh, fw = int(rng.integers(1, min(h, 3) + 1)), int(rng.integers(1, min(w, 3) + 1))
     stride, padding = int(rng.integers(1, 3)), int(rng.integers(0, 2))
+    dilation = 2 if rng.random() < 0.4 and h >= 2 * fh - 1 and w >= 2 * fw - 1 else 1
+    eh, ew = (fh - 1) * dilation + 1, (fw - 1) * dilation + 1  # the effective filter
     if depthwise:
         multiplier = int(rng.integers(1, 3))
         oc = c * multiplier
@@ -119,19 +121,19 @@ def _conv(m: _Model, x: int, depthwise: bool) -> int:
     else:
         oc = int(rng.integers(1, 9))
         wt, b = m.weights([oc, fh, fw, c], 0 if rng.random() < 0.8 else None, m.scale(x), oc)
-    out_h = (h + stride - 1) // stride if padding == s.Padding.SAME else (h - fh + stride) // stride
-    out_w = (w + stride - 1) // stride if padding == s.Padding.SAME else (w - fw + stride) // stride
+    out_h = (h + stride - 1) // stride if padding == s.Padding.SAME else (h - eh + stride) // stride
+    out_w = (w + stride - 1) // stride if padding == s.Padding.SAME else (w - ew + stride) // stride
     y = m.activation([1, out_h, out_w, oc])
     if depthwise:
         o = s.DepthwiseConv2DOptionsT()
         o.padding, o.strideW, o.strideH, o.depthMultiplier = padding, stride, stride, multiplier
-        o.dilationWFactor = o.dilationHFactor = 1
+        o.dilationWFactor = o.dilationHFactor = dilation
         o.fusedActivationFunction = m.activation_code()
         m.op(OP.DEPTHWISE_CONV_2D, [x, wt, b], [y], s.BuiltinOptions.DepthwiseConv2DOptions, o)
     else:
         o = s.Conv2DOptionsT()
         o.padding, o.strideW, o.strideH = padding, stride, stride
-        o.dilationWFactor = o.dilationHFactor = 1
+        o.dilationWFactor = o.dilationHFactor = dilation
         o.fusedActivationFunction = m.activation_code()
         m.op(OP.CONV_2D, [x, wt, b], [y], s.BuiltinOptions.Conv2DOptions, o)
     return y

@@ -38,28 +38,51 @@ static int8_t requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t
   return (int8_t)clamp32(acc, lo, hi);
 }
 
+/* The filter taps that fall inside the input along one axis: [*first, *end). */
+static void valid_taps(int32_t origin, int32_t dilation, int32_t taps, int32_t size, int32_t *first, int32_t *end) {
+  int32_t lo = origin < 0 ? (-origin + dilation - 1) / dilation : 0;
+  int32_t hi = size - origin <= 0 ? 0 : (size - origin + dilation - 1) / dilation;
+  *first = lo;
+  *end = hi < taps ? hi : taps;
+}
+
+/* sum(w * (x + offset)) = sum(w * x) + offset * sum(w): the same integer, with one add per MAC fewer.
+ * A window inside the input takes sum(w) precomputed; one clipped by padding sums the taps it uses. */
 void bk_conv2d(const bk_conv_params *p, const int8_t *input, int8_t *output) {
   const bk_shape *in = &p->input, *out = &p->output;
+  const int32_t depth = in->depth, taps_per_row = p->filter_width * depth, pixel_step = p->dilation_width * depth;
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t oy = 0; oy < out->height; ++oy) {
+      const int32_t y0 = oy * p->stride_height - p->pad_height;
+      int32_t fy0, fy1;
+      valid_taps(y0, p->dilation_height, p->filter_height, in->height, &fy0, &fy1);
       for (int32_t ox = 0; ox < out->width; ++ox) {
-        const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+        const int32_t x0 = ox * p->stride_width - p->pad_width;
+        int32_t fx0, fx1;
+        valid_taps(x0, p->dilation_width, p->filter_width, in->width, &fx0, &fx1);
+        const int inside = fy0 == 0 && fy1 == p->filter_height && fx0 == 0 && fx1 == p->filter_width;
+        int8_t *result = output + offset4(out, b, oy, ox, 0);
         for (int32_t oc = 0; oc < out->depth; ++oc) {
-          const int8_t *filter = p->filter + (size_t)oc * p->filter_height * p->filter_width * in->depth;
-          int32_t acc = 0;
-          for (int32_t fy = 0; fy < p->filter_height; ++fy) {
-            const int32_t iy = y0 + p->dilation_height * fy;
-            if (iy < 0 || iy >= in->height) continue;
-            for (int32_t fx = 0; fx < p->filter_width; ++fx) {
-              const int32_t ix = x0 + p->dilation_width * fx;
-              if (ix < 0 || ix >= in->width) continue;
-              const int8_t *pixel = input + offset4(in, b, iy, ix, 0);
-              const int8_t *taps = filter + (fy * p->filter_width + fx) * in->depth;
-              for (int32_t ic = 0; ic < in->depth; ++ic) acc += taps[ic] * (pixel[ic] + p->input_offset);
+          const int8_t *filter = p->filter + (size_t)oc * p->filter_height * taps_per_row;
+          int32_t acc = 0, filter_sum = 0;
+          for (int32_t fy = fy0; fy < fy1; ++fy) {
+            const int8_t *row = input + offset4(in, b, y0 + p->dilation_height * fy, x0 + p->dilation_width * fx0, 0);
+            const int8_t *row_taps = filter + fy * taps_per_row + fx0 * depth;
+            for (int32_t fx = 0; fx < fx1 - fx0; ++fx) { /* indices, not pointers run past the end */
+              const int8_t *pixel = row + fx * pixel_step, *taps = row_taps + fx * depth;
+              if (inside) {
+                for (int32_t ic = 0; ic < depth; ++ic) acc += taps[ic] * pixel[ic];
+              } else {
+                for (int32_t ic = 0; ic < depth; ++ic) {
+                  acc += taps[ic] * pixel[ic];
+                  filter_sum += taps[ic];
+                }
+              }
             }
           }
+          acc += p->input_offset * (inside ? p->filter_sums[oc] : filter_sum);
           if (p->bias) acc += p->bias[oc];
-          output[offset4(out, b, oy, ox, oc)] =
+          result[oc] =
               requantize(acc, p->multiplier[oc], p->shift[oc], p->output_offset, p->activation_min, p->activation_max);
         }
       }
@@ -102,9 +125,12 @@ void bk_fully_connected(const bk_fully_connected_params *p, const int8_t *input,
     const int8_t *row = input + (size_t)b * p->input_depth;
     for (int32_t oc = 0; oc < p->output_depth; ++oc) {
       const int8_t *weights = p->filter + (size_t)oc * p->input_depth;
-      int32_t acc = 0;
-      for (int32_t i = 0; i < p->input_depth; ++i) acc += weights[i] * (row[i] + p->input_offset);
-      if (p->bias) acc += p->bias[oc];
+      int32_t acc = p->bias[oc], i = 0; /* the input offset is folded into the bias */
+      for (; i + 4 <= p->input_depth; i += 4) {
+        acc += weights[i] * row[i] + weights[i + 1] * row[i + 1] + weights[i + 2] * row[i + 2] +
+               weights[i + 3] * row[i + 3];
+      }
+      for (; i < p->input_depth; ++i) acc += weights[i] * row[i];
       const int32_t k = p->per_channel ? oc : 0;
       output[(size_t)b * p->output_depth + oc] =
           requantize(acc, p->multiplier[k], p->shift[k], p->output_offset, p->activation_min, p->activation_max);
@@ -123,18 +149,23 @@ static void pool(const bk_pool_params *p, const int8_t *input, int8_t *output, i
         const int32_t fy1 = p->filter_height < in->height - y0 ? p->filter_height : in->height - y0;
         const int32_t fx1 = p->filter_width < in->width - x0 ? p->filter_width : in->width - x0;
         for (int32_t c = 0; c < out->depth; ++c) {
-          int32_t best = -128, sum = 0, count = 0;
-          for (int32_t fy = fy0; fy < fy1; ++fy) {
-            for (int32_t fx = fx0; fx < fx1; ++fx, ++count) {
-              const int32_t v = input[offset4(in, b, y0 + fy, x0 + fx, c)];
-              best = v > best ? v : best;
-              sum += v;
+          int32_t value = -128, count = (fy1 - fy0) * (fx1 - fx0);
+          if (average) {
+            int32_t sum = 0;
+            for (int32_t fy = fy0; fy < fy1; ++fy) {
+              for (int32_t fx = fx0; fx < fx1; ++fx) sum += input[offset4(in, b, y0 + fy, x0 + fx, c)];
+            }
+            if (count <= 0) count = 1; /* TFLM refuses such a window at run time; the generator never plans one */
+            value = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count; /* half away from zero */
+          } else {
+            for (int32_t fy = fy0; fy < fy1; ++fy) {
+              for (int32_t fx = fx0; fx < fx1; ++fx) {
+                const int32_t v = input[offset4(in, b, y0 + fy, x0 + fx, c)];
+                value = v > value ? v : value;
+              }
             }
           }
-          if (count == 0) count = 1; /* TFLM refuses such a window at run time; the generator never plans one */
-          const int32_t mean = sum > 0 ? (sum + count / 2) / count : (sum - count / 2) / count; /* half away */
-          output[offset4(out, b, oy, ox, c)] = (int8_t)clamp32(average ? mean : best, p->activation_min,
-                                                               p->activation_max);
+          output[offset4(out, b, oy, ox, c)] = (int8_t)clamp32(value, p->activation_min, p->activation_max);
         }
       }
     }

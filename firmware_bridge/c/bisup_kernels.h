@@ -37,6 +37,7 @@ typedef struct {
   const int8_t *filter;
   const int32_t *bias; /* may be NULL */
   const int32_t *multiplier, *shift; /* one per output channel */
+  const int32_t *filter_sums; /* per output channel: windows inside the input add input_offset x this */
 } bk_conv_params;
 
 typedef struct {
@@ -51,9 +52,9 @@ typedef struct {
 
 typedef struct {
   int32_t batches, input_depth, output_depth;
-  int32_t input_offset, output_offset, activation_min, activation_max;
+  int32_t output_offset, activation_min, activation_max;
   const int8_t *filter; /* [output_depth][input_depth] */
-  const int32_t *bias;
+  const int32_t *bias;  /* with input_offset x sum(filter row) folded in at export: exact integer algebra */
   const int32_t *multiplier, *shift; /* per channel, or one entry when per_channel is 0 */
   int32_t per_channel;
 } bk_fully_connected_params;
