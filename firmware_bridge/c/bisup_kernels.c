@@ -365,20 +365,38 @@ static int count_leading_zeros(uint32_t x) {
   return n;
 }
 
+static int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+
+/* The softmax family's shared steps (TFLM's softmax and log-softmax compute them alike): the row's
+ * maximum, a difference to it in Q5.26, and the sum of exponentials in Q12.19. */
+static int32_t row_max(const int8_t *in, int32_t depth) {
+  int32_t max = -128;
+  for (int32_t c = 0; c < depth; ++c) max = in[c] > max ? in[c] : max;
+  return max;
+}
+
+static int32_t diff_q5(int32_t diff, int32_t multiplier, int32_t left_shift) {
+  return bk_multiply_by_quantized_multiplier(diff, multiplier, (int)left_shift); /* left_shift >= 0 */
+}
+
+static int32_t sum_of_exps_q12(const int8_t *in, int32_t depth, int32_t max, int32_t diff_min, int32_t multiplier,
+                               int32_t left_shift) {
+  int32_t sum = 0;
+  for (int32_t c = 0; c < depth; ++c) {
+    const int32_t diff = in[c] - max;
+    if (diff < diff_min) continue;
+    sum = wrapping_add(sum, bk_rounding_divide_by_pot(exp_on_negative_values_q5(diff_q5(diff, multiplier, left_shift)),
+                                                      12));
+  }
+  return sum;
+}
+
 void bk_softmax(const bk_softmax_params *p, const int8_t *input, int8_t *output) {
   for (int32_t row = 0; row < p->outer; ++row) {
     const int8_t *in = input + (size_t)row * p->depth;
     int8_t *out = output + (size_t)row * p->depth;
-    int32_t max = -128;
-    for (int32_t c = 0; c < p->depth; ++c) max = in[c] > max ? in[c] : max;
-    int32_t sum = 0; /* Q12.19 */
-    for (int32_t c = 0; c < p->depth; ++c) {
-      const int32_t diff = in[c] - max;
-      if (diff < p->diff_min) continue;
-      const int32_t scaled = bk_saturating_rounding_doubling_high_mul(
-          (int32_t)((uint32_t)diff << p->input_left_shift), p->input_multiplier);
-      sum += bk_rounding_divide_by_pot(exp_on_negative_values_q5(scaled), 12);
-    }
+    const int32_t max = row_max(in, p->depth);
+    const int32_t sum = sum_of_exps_q12(in, p->depth, max, p->diff_min, p->input_multiplier, p->input_left_shift);
     const int headroom_plus_one = count_leading_zeros((uint32_t)sum);
     const int bits_over_unit = 12 - headroom_plus_one;
     const int32_t shifted_sum_minus_one = (int32_t)(((uint32_t)sum << headroom_plus_one) - ((uint32_t)1 << 31));
@@ -390,16 +408,12 @@ void bk_softmax(const bk_softmax_params *p, const int8_t *input, int8_t *output)
         out[c] = -128;
         continue;
       }
-      const int32_t scaled = bk_saturating_rounding_doubling_high_mul(
-          (int32_t)((uint32_t)diff << p->input_left_shift), p->input_multiplier);
-      const int32_t e = exp_on_negative_values_q5(scaled);
+      const int32_t e = exp_on_negative_values_q5(diff_q5(diff, p->input_multiplier, p->input_left_shift));
       const int32_t q = bk_rounding_divide_by_pot(bk_saturating_rounding_doubling_high_mul(reciprocal, e), exponent);
       out[c] = (int8_t)clamp32(q - 128, -128, 127);
     }
   }
 }
-
-static int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
 
 static int32_t saturating_add(int32_t a, int32_t b) {
   int64_t sum = (int64_t)a + b;
@@ -454,16 +468,9 @@ void bk_log_softmax(const bk_log_softmax_params *p, const int8_t *input, int8_t 
   for (int32_t row = 0; row < p->outer; ++row) {
     const int8_t *in = input + (size_t)row * p->depth;
     int8_t *out = output + (size_t)row * p->depth;
-    int32_t max = -128;
-    for (int32_t c = 0; c < p->depth; ++c) max = in[c] > max ? in[c] : max;
-    int32_t sum = 0; /* Q12.19 */
-    for (int32_t c = 0; c < p->depth; ++c) {
-      const int32_t diff = in[c] - max;
-      if (diff < p->diff_min) continue;
-      const int32_t scaled = bk_multiply_by_quantized_multiplier(diff, p->input_multiplier, (int)p->input_left_shift);
-      sum = wrapping_add(sum, bk_rounding_divide_by_pot(exp_on_negative_values_q5(scaled), 12));
-    }
-    const int32_t log_sum = log_q12_to_q5(sum);
+    const int32_t max = row_max(in, p->depth);
+    const int32_t log_sum = log_q12_to_q5(
+        sum_of_exps_q12(in, p->depth, max, p->diff_min, p->input_multiplier, p->input_left_shift));
     const int32_t reversed = bk_multiply_by_quantized_multiplier(wrapping_add(log_sum, BK_INT32_MIN),
                                                                  p->reverse_scaling_divisor,
                                                                  (int)p->reverse_scaling_left_shift);
@@ -474,8 +481,8 @@ void bk_log_softmax(const bk_log_softmax_params *p, const int8_t *input, int8_t 
         out[c] = -128;
         continue;
       }
-      const int32_t scaled = bk_multiply_by_quantized_multiplier(diff, p->input_multiplier, (int)p->input_left_shift);
-      const int32_t q = bk_rounding_divide_by_pot(scaled - log_sum, 31 - 5 - 4) + 127;
+      const int32_t q =
+          bk_rounding_divide_by_pot(diff_q5(diff, p->input_multiplier, p->input_left_shift) - log_sum, 31 - 5 - 4) + 127;
       out[c] = (int8_t)clamp32(q, -128, 127);
     }
   }
