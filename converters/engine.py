@@ -74,6 +74,11 @@ def activation_range(code: int, scale: float, zero_point: int) -> tuple[int, int
     raise ValueError(code)
 
 
+def input_radius(integer_bits: int, left_shift: int) -> int:
+    """CalculateInputRadius: the largest input difference the fixed-point path represents (31 total bits)."""
+    return math.floor(((1 << integer_bits) - 1) * (1 << (31 - integer_bits)) * 2.0 ** -left_shift)
+
+
 def same_or_valid(padding: int, stride: int, dilation: int, size: int, filter_size: int) -> tuple[int, int]:
     """ComputePaddingHeightWidth for one axis: (output size, padding before)."""
     effective = (filter_size - 1) * dilation + 1
@@ -178,6 +183,18 @@ class _Builder:
 
     def where(self, position: int, op: str) -> str:
         return f"op {position} ({op})"
+
+    def rescale(self, x: int, y: int) -> tuple[int, int]:
+        """The multiplier from x's scale to y's, in double from the float32 scales (TFLM's Prepare)."""
+        return quantize_multiplier(float(np.float32(self.g.scale(x))) / float(np.float32(self.g.scale(y))))
+
+    def softmax_scaling(self, x: int, beta: float, where: str) -> tuple[int, int, int]:
+        """PreprocessSoftmaxScaling with 5 integer bits, and the input radius: multiplier, left shift, radius."""
+        real = min(beta * float(np.float32(self.g.scale(x))) * (1 << 26), (1 << 31) - 1.0)
+        multiplier, left_shift = quantize_multiplier(real)
+        if left_shift < 0:
+            raise EngineError(f"{where}: input scale {self.g.scale(x)} is too small for TFLM's int8 path")
+        return multiplier, left_shift, input_radius(5, left_shift)
 
     def int8(self, index: int, where: str) -> None:
         if self.g.tensor(index).type != schema.TensorType.INT8:
@@ -356,8 +373,7 @@ class _Builder:
 
     def _quantize(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
-        real = float(np.float32(self.g.scale(x))) / float(np.float32(self.g.scale(y)))
-        multiplier, shift = quantize_multiplier(real)
+        multiplier, shift = self.rescale(x, y)
         params = (f"static const bk_requantize_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
                   f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
         return Step("QUANTIZE", [x], [y], [params], f"bk_requantize(&{name}, ${x}, ${y});")
@@ -433,8 +449,7 @@ class _Builder:
     def _sum(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         outer, reduced, inner = self._axes(x, ins[1], where)
-        real = float(np.float32(self.g.scale(x))) / float(np.float32(self.g.scale(y)))
-        multiplier, shift = quantize_multiplier(real)
+        multiplier, shift = self.rescale(x, y)
         params = (f"static const bk_sum_params {name} = {{{{{outer}, {reduced}, {inner}}}, {self.g.zero_point(x)}, "
                   f"{self.g.zero_point(y)}, {multiplier}, {shift}}};")
         return Step("SUM", [x], [y], [params], f"bk_sum(&{name}, ${x}, ${y});")
@@ -443,7 +458,7 @@ class _Builder:
         """TFLM's int8 MEAN is its SUM with the multiplier divided by the element count (QuantizedMeanOrSum)."""
         x, y = ins[0], outs[0]
         outer, reduced, inner = self._axes(x, ins[1], where)
-        multiplier, shift = quantize_multiplier(float(np.float32(self.g.scale(x))) / float(np.float32(self.g.scale(y))))
+        multiplier, shift = self.rescale(x, y)
         extra = min(reduced.bit_length() - 1, 32, 31 + shift)
         multiplier, shift = (multiplier << extra) // reduced, shift - extra
         params = (f"static const bk_sum_params {name} = {{{{{outer}, {reduced}, {inner}}}, {self.g.zero_point(x)}, "
@@ -458,8 +473,7 @@ class _Builder:
         significand, left_shift = math.frexp(real)
         multiplier = tflm_round(significand * (1 << 31))
         multiplier = (multiplier + (1 << 31)) % (1 << 32) - (1 << 31)  # TFLM casts to int32 without the fix-up
-        radius = math.floor(1.0 * ((1 << 4) - 1) * (1 << 27) / (1 << left_shift)) if left_shift >= 0 else \
-            math.floor(1.0 * ((1 << 4) - 1) * (1 << 27) * (1 << -left_shift))
+        radius = input_radius(4, left_shift)
         params = (f"static const bk_logistic_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
                   f"{self.g.zero_point(x)}, {radius}, {multiplier}, {left_shift}}};")
         return Step("LOGISTIC", [x], [y], [params], f"bk_logistic(&{name}, ${x}, ${y});")
@@ -477,12 +491,7 @@ class _Builder:
         x, y = ins[0], outs[0]
         if self.g.zero_point(y) != -128 or self.g.scale(y) != np.float32(1 / 256):
             raise EngineError(f"{where}: int8 SOFTMAX output must have zero point -128 and scale 1/256 (TFLM's rule)")
-        beta = float(np.float32(op.builtinOptions.beta))
-        real = min(beta * float(np.float32(self.g.scale(x))) * (1 << 26), (1 << 31) - 1.0)
-        multiplier, left_shift = quantize_multiplier(real)
-        if left_shift < 0:
-            raise EngineError(f"{where}: softmax input scale {self.g.scale(x)} is too small for TFLM's int8 path")
-        radius = math.floor(1.0 * ((1 << 5) - 1) * (1 << 26) / (1 << left_shift))
+        multiplier, left_shift, radius = self.softmax_scaling(x, float(np.float32(op.builtinOptions.beta)), where)
         shape = self.g.shape(x)
         depth = shape[-1]
         params = (f"static const bk_softmax_params {name} = {{{int(np.prod(shape)) // depth}, {depth}, "
@@ -494,12 +503,10 @@ class _Builder:
         if self.g.zero_point(y) != 127 or self.g.scale(y) != np.float32(16 / 256):
             raise EngineError(f"{where}: int8 LOG_SOFTMAX output must have zero point 127 and scale 16/256 "
                               "(TFLM's rule)")
-        real = min(1.0 * float(np.float32(self.g.scale(x))) * (1 << 26), (1 << 31) - 1.0)
-        multiplier, left_shift = quantize_multiplier(real)
+        multiplier, left_shift, radius = self.softmax_scaling(x, 1.0, where)
         reverse, reverse_shift = quantize_multiplier((1 << (31 - left_shift)) / float(multiplier))
-        if left_shift < 0 or reverse_shift > 0:
+        if reverse_shift > 0:
             raise EngineError(f"{where}: log-softmax input scale {self.g.scale(x)} is outside TFLM's int8 range")
-        radius = math.floor(1.0 * ((1 << 5) - 1) * (1 << 26) / (1 << left_shift))
         shape = self.g.shape(x)
         params = (f"static const bk_log_softmax_params {name} = {{{int(np.prod(shape)) // shape[-1]}, {shape[-1]}, "
                   f"{multiplier}, {left_shift}, {reverse}, {reverse_shift}, {-radius}}};")
