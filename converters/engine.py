@@ -752,10 +752,16 @@ def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> di
         "arena_vs_tflm": plan.arena_bytes / tflm_arena_bytes,
         "tflm_flash_bytes": model_bytes + TFLM_RUNTIME_BYTES,
         "tflm_flash_source": f"the flatbuffer ({model_bytes:,} B) plus {TFLM_RUNTIME_SOURCE}",
-        "layers": [{"op": step.op, "macs": step.macs, "parameters": step.parameters,
-                    "output_bytes": sum(generated.sizes[t] for t in step.outputs),
-                    "arena_offset": plan.offsets.get(step.outputs[0])} for step in generated.steps],
+        "layers": layers(generated),
     }
+
+
+def layers(generated: Generated) -> list[dict]:
+    """One entry per kernel call (the BISUP_MODEL_LAYERS the profile marks count; RESHAPE moves nothing):
+    op, MACs, parameters, output bytes and where the output sits in the arena."""
+    return [{"op": step.op, "macs": step.macs, "parameters": step.parameters,
+             "output_bytes": sum(generated.sizes[t] for t in step.outputs),
+             "arena_offset": generated.plan.offsets.get(step.outputs[0])} for step in generated.steps if step.call]
 
 
 def write(flatbuffer: bytes, out_dir: str | Path, arena_limit: int | None = None) -> Generated:

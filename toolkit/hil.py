@@ -264,30 +264,17 @@ def _device_cost(got: list, machine: Machine | None, macs: int) -> dict:
     return cost
 
 
-def _layers(bundle: Bundle, profiles: dict[int, tuple[int, ...]], machine: Machine | None) -> list[dict]:
-    """Per kernel call of the generated model: op, MACs, parameters, arena place, and the instructions the
-    emulated board measured (median over the inputs; cycles on a real board)."""
-    generated = engine.generate(bundle.model)
-    steps = [step for step in generated.steps if step.call]
-    cycles = np.array([c for c in profiles.values() if len(c) == len(steps)], dtype=np.float64)
-    layers = []
-    for k, step in enumerate(steps):
-        entry = {"op": step.op, "macs": step.macs, "parameters": step.parameters,
-                 "output_bytes": sum(generated.sizes[t] for t in step.outputs),
-                 "arena_offset": generated.plan.offsets.get(step.outputs[0])}
-        if len(cycles):
-            median = float(np.median(cycles[:, k]))
-            entry["cycles_p50"] = median
-            if machine is not None:
-                instructions = median * machine.nanoseconds_per_cycle
-                entry["instructions_p50"] = instructions
-                entry["instructions_per_mac"] = instructions / step.macs if step.macs else None
-        layers.append(entry)
-    return layers
-
-
-def _macs(bundle: Bundle) -> int:
-    return sum(step.macs for step in engine.generate(bundle.model).steps)
+def _layers(generated: engine.Generated, profiles: dict[int, tuple[int, ...]], machine: Machine | None) -> list[dict]:
+    """The generated model's layers with what the board measured for each (median over the inputs):
+    cycles, and on an emulated board instructions and instructions per MAC."""
+    entries = engine.layers(generated)
+    cycles = np.array([c for c in profiles.values() if len(c) == len(entries)], dtype=np.float64)
+    for k, entry in enumerate(entries if len(cycles) else []):
+        entry["cycles_p50"] = float(np.median(cycles[:, k]))
+        if machine is not None:
+            entry["instructions_p50"] = entry["cycles_p50"] * machine.nanoseconds_per_cycle
+            entry["instructions_per_mac"] = entry["instructions_p50"] / entry["macs"] if entry["macs"] else None
+    return entries
 
 
 def summarize(reports: list, bundle: Bundle, o: Outcomes, machine: Machine | None = None,
@@ -302,6 +289,7 @@ def summarize(reports: list, bundle: Bundle, o: Outcomes, machine: Machine | Non
                                r.local_confidence == o.confidence_int8[i] for i, r in enumerate(reports)])
     latency = np.array([r.latency_us for r in got], dtype=np.float64)
     system = figures(final, o.y, relayed, rejected)
+    generated = engine.generate(bundle.model) if machine or profiles else None  # once: it parses the model
     return {
         "samples": len(o),
         "reported": len(got),
@@ -313,8 +301,8 @@ def summarize(reports: list, bundle: Bundle, o: Outcomes, machine: Machine | Non
         "cost_saved": system["cost_saved"],
         "device_latency_us": {"p50": float(np.percentile(latency, 50)) if len(latency) else None,
                               "p95": float(np.percentile(latency, 95)) if len(latency) else None},
-        "device_inference": _device_cost(got, machine, _macs(bundle) if machine else 0),
-        "device_layers": _layers(bundle, profiles, machine) if profiles else [],
+        "device_inference": _device_cost(got, machine, sum(s.macs for s in generated.steps) if machine else 0),
+        "device_layers": _layers(generated, profiles, machine) if profiles else [],
         "device_outputs_equal_oracle": _rate(device_outputs),
         "offline_agreement": _rate((final == offline[0]) & (relayed == offline[1]) & (rejected == offline[2])),
         "calibrated": bundle.thresholds.achieved,
