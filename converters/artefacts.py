@@ -217,6 +217,64 @@ class ExportReport:
 
 
 @dataclass(frozen=True)
+class StageEntry:
+    """One stage of a multi-exit export: its model file and what the export measured for it."""
+
+    file: str
+    sha256: str
+    cut: str | None  # the layer whose output this stage hands on (None: the last stage)
+    macs: int
+    engine_arena_bytes: int
+    tflm_arena_bytes: int
+    model_bytes: int
+    input: dict  # shape, scale, zero_point
+    activation: dict | None  # shape, scale, zero_point, bytes (None: the last stage)
+    temperature: float
+    exit_float_accuracy: float
+    exit_int8_accuracy: float
+
+
+@dataclass(frozen=True)
+class StageTable:
+    """``stages.json``: a multi-exit export, stage by stage (see ``converters.stages``)."""
+
+    FORMAT = 1
+    board: str
+    supervisor: str
+    classes: int
+    stages: list[StageEntry]
+    fits: bool
+    fit_problems: list
+    samples: dict
+    flash_bytes: int | None = None  # generated C of every stage plus the kernels (arm-none-eabi-size)
+
+    @property
+    def cumulative_macs(self) -> list[int]:
+        """Device MACs to reach each exit (exit i runs stages 1..i)."""
+        total, out = 0, []
+        for stage in self.stages:
+            total += stage.macs
+            out.append(total)
+        return out
+
+    def to_json(self) -> dict:
+        return {"format": self.FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | dict, where: str = "stages.json") -> StageTable:
+        data = _versioned(raw, where, "stage table", cls.FORMAT, "run `bisup export` on the multi-exit model again")
+        rows = data.get("stages")
+        if not isinstance(rows, list) or not rows:
+            raise ArtefactError(f"{where} lists no stages; run `bisup export` on the multi-exit model again")
+        return _build(cls, data, where, stages=[_build(StageEntry, row if isinstance(row, dict) else {},
+                                                       f"{where} (stage {i})") for i, row in enumerate(rows, 1)])
+
+    @classmethod
+    def read(cls, path: str | Path) -> StageTable:
+        return cls.from_json(_read(Path(path), "stage table"), str(path))
+
+
+@dataclass(frozen=True)
 class Member:
     sha256: str
     size: int

@@ -122,6 +122,13 @@ def attach_supervisor(
             f"the {type(supervisor).__name__} supervisor needs logits (entropy or a temperature), but the model "
             "ends in probabilities bisup cannot undo; export a model whose last layer gives logits"
         )
+    confidence = supervise(supervisor, probs, logits, temperature)
+    return keras.Model(inputs, {SCORES: probs, CONFIDENCE: confidence}, name="bisup_supervised")
+
+
+def supervise(supervisor: keras.layers.Layer, probs, logits, temperature: float = 1.0):
+    """The supervisor's ``(batch, 1)`` confidence for one head: shared by the single-exit export and every
+    exit of a multi-exit one. ``logits`` may be None (a model ending in probabilities)."""
     if temperature != 1.0:
         logits = logits * np.float32(1.0 / temperature)
         sup_probs = keras.ops.softmax(logits, axis=-1)
@@ -137,4 +144,4 @@ def attach_supervisor(
             "classes (e.g. keras.ops.max(probs, axis=-1))"
         )
     confidence = keras.ops.reshape(confidence, (-1, 1))
-    return keras.Model(inputs, {SCORES: probs, CONFIDENCE: confidence}, name="bisup_supervised")
+    return confidence

@@ -3,3 +3,4 @@ that reads them (apart from ``graph`` so that reading a model never imports Kera
 
 SCORES = "scores"
 CONFIDENCE = "confidence"
+ACTIVATION = "activation"  # a stage of a multi-exit model: the cut, for the next stage or the cloud
