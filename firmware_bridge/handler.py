@@ -82,16 +82,25 @@ class RequestHandler:
         if isinstance(msg, p.Ping):
             self.count("ping")
             return p.encode(p.Pong(msg.seq, boot=msg.boot))
-        if isinstance(msg, p.Infer):
+        if isinstance(msg, p.Infer | p.Split):
             return self._infer(device, msg, hashlib.blake2b(body[p.HEADER.size :], digest_size=16).digest())
         self.count(f"ignored_{type(msg).__name__.lower()}")  # devices do not send these
         return None
 
-    def _infer(self, device: str, msg: p.Infer, digest: bytes) -> bytes:
-        expected = self.bundle.input_elements
-        if msg.dtype != p.DTYPE_INT8 or len(msg.data) != expected:
+    def _expected(self, msg: p.Infer | p.Split) -> tuple[int, str]:
+        """The element count a request must carry, and what takes it (0 for a stage with no remote tail)."""
+        if isinstance(msg, p.Infer):
+            return self.bundle.input_elements, "the bundle takes"
+        tail = self.relay.tails.get(msg.stage)
+        if tail is None:
+            return 0, f"this bridge has no remote tail for stage {msg.stage} (tails: {sorted(self.relay.tails)});"
+        return tail.elements, f"stage {msg.stage}'s tail takes"
+
+    def _infer(self, device: str, msg: p.Infer | p.Split, digest: bytes) -> bytes:
+        expected, what = self._expected(msg)
+        if msg.dtype != p.DTYPE_INT8 or len(msg.data) != expected or not expected:
             return self.error(p.ProtocolError(p.ErrorCode.BAD_TENSOR, f"dtype {msg.dtype} with {len(msg.data)} "
-                                              f"elements; the bundle takes int8 x {expected}", msg.seq, expected,
+                                              f"elements; {what} int8 x {expected}", msg.seq, expected,
                                               msg.boot), device)
         key = (device, msg.boot, msg.seq, digest)
         while True:
@@ -125,11 +134,12 @@ class RequestHandler:
             return None
         return entry[1]
 
-    def _relay(self, device: str, msg: p.Infer) -> bytes:
+    def _relay(self, device: str, msg: p.Infer | p.Split) -> bytes:
         start = time.perf_counter()
+        stage = msg.stage if isinstance(msg, p.Split) else 0
         request = InferRequest(device, msg.seq, np.frombuffer(msg.data, dtype=np.int8), msg.local_label,
-                               msg.local_confidence)
-        entry = {"time": time.time(), "device": device, "boot": msg.boot, "seq": msg.seq,
+                               msg.local_confidence, stage)
+        entry = {"time": time.time(), "device": device, "boot": msg.boot, "seq": msg.seq, "stage": stage,
                  "local_label": msg.local_label, "local_confidence": msg.local_confidence}
         try:
             answer = self.relay.handle(request)

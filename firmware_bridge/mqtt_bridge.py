@@ -33,13 +33,13 @@ from firmware_bridge.handler import RequestHandler
 from firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, connect, device_of, make_client, response_topic
 
 log = logging.getLogger("bisup.mqtt")
-INFER_TYPE = bytes([p.MsgType.INFER])  # the one request type that waits for a model
+REMOTE_TYPES = (bytes([p.MsgType.INFER]), bytes([p.MsgType.SPLIT]))  # the request types that wait for a model
 
 
 class MqttWorker:
     """One member of the bridge's shared subscription.
 
-    Requests that need the remote (INFER) run on a thread pool, so the network loop never waits for a
+    Requests that need the remote (INFER, SPLIT) run on a thread pool, so the network loop never waits for a
     model; everything else (PING, HELLO, malformed bodies) is answered on the network thread, which
     saves a thread hop. No thread waits for a PUBACK: a request is acked from ``on_publish`` when the
     broker has taken its answer.
@@ -75,7 +75,7 @@ class MqttWorker:
         client.subscribe(self.subscription, qos=1)  # idempotent; also restores a session the broker lost
 
     def _dispatch(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        if message.payload[1:2] == INFER_TYPE:
+        if message.payload[1:2] in REMOTE_TYPES:
             self._pool.submit(self._serve, message)
         else:
             self._serve(message)

@@ -31,6 +31,7 @@ class MsgType(IntEnum):
     HELLO = 0x01
     INFER = 0x10
     ANSWER = 0x11
+    SPLIT = 0x12
     PING = 0x20
     PONG = 0x21
     FEED = 0x30
@@ -79,6 +80,20 @@ class Hello:
 @dataclass(frozen=True)
 class Infer:
     seq: int
+    local_label: int
+    local_confidence: int
+    data: bytes
+    dtype: int = DTYPE_INT8
+    boot: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Split computing: an unsure multi-exit device relays the int8 activation at the cut after stage
+    ``stage`` (1-based); the bridge's remote tail for that cut finishes the network. Answered by ANSWER."""
+
+    seq: int
+    stage: int
     local_label: int
     local_confidence: int
     data: bytes
@@ -150,7 +165,7 @@ class Profile:
     boot: int = field(default=0, kw_only=True)
 
 
-Message = Hello | Infer | AnswerMsg | ErrorMsg | Ping | Pong | Feed | Report | Profile
+Message = Hello | Infer | Split | AnswerMsg | ErrorMsg | Ping | Pong | Feed | Report | Profile
 
 
 def _q16(value: float) -> int:
@@ -159,6 +174,7 @@ def _q16(value: float) -> int:
 
 INFER_FIXED = struct.Struct("<HbBI")  # local label, local confidence, dtype, element count
 FEED_FIXED = struct.Struct("<BI")  # dtype, element count
+SPLIT_FIXED = struct.Struct("<BHbBI")  # stage, local label, local confidence, dtype, element count
 ANSWER_FMT, ERROR_FMT, REPORT_FMT, MAX_BODY_FMT = "<HHBB", "<BI", "<HBBHbII", "<I"
 
 
@@ -172,6 +188,9 @@ def _payload(msg: Message) -> tuple[MsgType, bytes]:
     if isinstance(msg, Infer):
         fixed = INFER_FIXED.pack(msg.local_label, msg.local_confidence, msg.dtype, len(msg.data))
         return MsgType.INFER, fixed + msg.data
+    if isinstance(msg, Split):
+        fixed = SPLIT_FIXED.pack(msg.stage, msg.local_label, msg.local_confidence, msg.dtype, len(msg.data))
+        return MsgType.SPLIT, fixed + msg.data
     if isinstance(msg, AnswerMsg):
         return MsgType.ANSWER, struct.pack(ANSWER_FMT, msg.label, _q16(msg.confidence), msg.source,
                                            int(msg.rejected))
@@ -226,7 +245,7 @@ def _hello(payload: bytes, seq: int, boot: int) -> Hello:
 
 
 def _tensor(payload: bytes, fixed: struct.Struct, seq: int, kind: MsgType) -> tuple:
-    """The fixed fields of an INFER or FEED, checked against the element count it declares."""
+    """The fixed fields of an INFER, SPLIT or FEED, checked against the element count it declares."""
     if len(payload) < fixed.size:
         raise ProtocolError(ErrorCode.BAD_LENGTH, f"{kind.name} payload of {len(payload)} bytes is truncated", seq)
     fields = fixed.unpack_from(payload)
@@ -274,6 +293,9 @@ def _message(kind: int, payload: bytes, seq: int, boot: int) -> Message:
     if kind == MsgType.INFER:
         label, confidence, dtype, count = _tensor(payload, INFER_FIXED, seq, MsgType.INFER)
         return Infer(seq, label, confidence, payload[INFER_FIXED.size :], dtype, boot=boot)
+    if kind == MsgType.SPLIT:
+        stage, label, confidence, dtype, _ = _tensor(payload, SPLIT_FIXED, seq, MsgType.SPLIT)
+        return Split(seq, stage, label, confidence, payload[SPLIT_FIXED.size :], dtype, boot=boot)
     if kind == MsgType.ANSWER:
         label, confidence, source, flags = _fixed(payload, ANSWER_FMT, seq, MsgType.ANSWER)
         return AnswerMsg(seq, label, confidence / 65535, _source(source, seq, MsgType.ANSWER), bool(flags & 1),
@@ -310,6 +332,9 @@ def describe(msg: Message) -> str:
     if isinstance(msg, Infer):
         return (f"{head} label={msg.local_label} conf={msg.local_confidence} dtype={msg.dtype} n={len(msg.data)} "
                 f"data={msg.data.hex()}")
+    if isinstance(msg, Split):
+        return (f"{head} stage={msg.stage} label={msg.local_label} conf={msg.local_confidence} dtype={msg.dtype} "
+                f"n={len(msg.data)} data={msg.data.hex()}")
     if isinstance(msg, AnswerMsg):
         return (f"{head} label={msg.label} conf={_q16(msg.confidence)} source={int(msg.source)} "
                 f"rejected={int(msg.rejected)}")

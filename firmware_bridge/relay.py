@@ -29,6 +29,7 @@ class InferRequest:
     input_int8: np.ndarray
     local_label: int
     local_confidence_int8: int
+    stage: int = 0  # split computing: the activation at the cut after this stage (0: the raw input)
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,39 @@ class InputQuantization:
         return dequantize_affine(q, self.scale, self.zero_point).astype(np.float32).reshape(self.shape)
 
 
-class Relay:
-    """Answers unsure requests with the remote model under the remote supervisor."""
+@dataclass(frozen=True)
+class Tail:
+    """Split computing: the rest of a multi-exit network after one cut, the quantization of the activation
+    the device sends at that cut, and the remote supervisor's threshold for the tail's answers."""
 
-    def __init__(self, remote: RemoteModel, supervisor: RemoteSupervisor, quantization: InputQuantization):
+    remote: RemoteModel
+    quantization: InputQuantization
+    supervisor: RemoteSupervisor
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.quantization.shape))
+
+
+class Relay:
+    """Answers unsure requests with the remote model under the remote supervisor; a SPLIT request goes to
+    the remote tail of its stage."""
+
+    def __init__(self, remote: RemoteModel, supervisor: RemoteSupervisor, quantization: InputQuantization,
+                 tails: dict[int, Tail] | None = None):
         self.remote = remote
         self.supervisor = supervisor
         self.quantization = quantization
+        self.tails = tails or {}
 
     def handle(self, request: InferRequest) -> Answer:
-        x = self.quantization.dequantize(request.input_int8)[None]
-        labels, confidence, accepted = self.supervisor.judge(self.remote.predict(x))
+        if request.stage:
+            tail = self.tails[request.stage]
+            remote, quantization, supervisor = tail.remote, tail.quantization, tail.supervisor
+        else:
+            remote, quantization, supervisor = self.remote, self.quantization, self.supervisor
+        x = quantization.dequantize(request.input_int8)[None]
+        labels, confidence, accepted = supervisor.judge(remote.predict(x))
         remote_label = int(labels[0])
         if accepted[0]:
             return Answer(request.seq, remote_label, float(confidence[0]), Source.REMOTE, remote_label=remote_label)

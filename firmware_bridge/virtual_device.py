@@ -107,10 +107,13 @@ class VirtualDevice:
                 return reply
         raise DeviceTimeout(f"no HELLO from the bridge within {timeout_s:g} s; is `bisup bridge` serving that link?")
 
-    def ask(self, x_int8: np.ndarray, label: int, confidence: int) -> Answer:
-        """Relay one unsure input: resend with the same seq on timeout, fall back after the retries."""
+    def ask(self, x_int8: np.ndarray, label: int, confidence: int, stage: int = 0) -> Answer:
+        """Relay one unsure input (with ``stage``, the activation at that stage's cut, as SPLIT): resend with
+        the same seq on timeout, fall back after the retries."""
         seq = self._next_seq()
-        request = p.Infer(seq, label, confidence, x_int8.astype(np.int8).tobytes(), boot=self.boot)
+        data = x_int8.astype(np.int8).tobytes()
+        request = (p.Split(seq, stage, label, confidence, data, boot=self.boot) if stage
+                   else p.Infer(seq, label, confidence, data, boot=self.boot))
         self.stats.requests += 1
         for attempt in range(self.retries + 1):
             self.stats.resends += attempt > 0

@@ -78,6 +78,15 @@ static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_
       *data = m->u.infer.data;
       *count = m->u.infer.count;
       return n + BP_INFER_FIXED_BYTES;
+    case BP_SPLIT:
+      p[n] = m->u.infer.stage;
+      put16(p + n + 1, m->u.infer.label);
+      p[n + 3] = (uint8_t)m->u.infer.confidence;
+      p[n + 4] = m->u.infer.dtype;
+      put32(p + n + 5, m->u.infer.count);
+      *data = m->u.infer.data;
+      *count = m->u.infer.count;
+      return n + BP_SPLIT_FIXED_BYTES;
     case BP_ANSWER:
       put16(p + n, m->u.answer.label);
       put16(p + n + 2, m->u.answer.confidence_q16);
@@ -222,6 +231,16 @@ static bp_status decode_payload(const uint8_t *p, size_t n, bp_msg *m) {
       m->u.infer.dtype = p[3];
       m->u.infer.count = get32(p + 4);
       m->u.infer.data = (const int8_t *)(p + BP_INFER_FIXED_BYTES);
+      m->u.infer.stage = 0;
+      return BP_OK;
+    case BP_SPLIT:
+      if (n < BP_SPLIT_FIXED_BYTES || n - BP_SPLIT_FIXED_BYTES != get32(p + 5)) return BP_E_BAD_LENGTH;
+      m->u.infer.stage = p[0];
+      m->u.infer.label = get16(p + 1);
+      m->u.infer.confidence = (int8_t)p[3];
+      m->u.infer.dtype = p[4];
+      m->u.infer.count = get32(p + 5);
+      m->u.infer.data = (const int8_t *)(p + BP_SPLIT_FIXED_BYTES);
       return BP_OK;
     case BP_ANSWER:
       if (n != 6u || p[4] > BP_SRC_FALLBACK) return BP_E_BAD_LENGTH;
@@ -333,24 +352,36 @@ static void send_request(bp_client *c) {
   bp_send_frame(&c->request, BP_MAX_BODY, c->cfg.write, c->cfg.ctx); /* size checked by bp_client_request */
 }
 
-bool bp_client_request(bp_client *c, uint32_t seq, const int8_t *input, uint32_t count, uint16_t local_label,
-                       int8_t local_confidence) {
+static bool start_request(bp_client *c, uint8_t type, uint8_t stage, uint32_t seq, const int8_t *data,
+                          uint32_t count, uint16_t local_label, int8_t local_confidence) {
+  uint32_t fixed = type == BP_SPLIT ? BP_SPLIT_FIXED_BYTES : BP_INFER_FIXED_BYTES;
   if (c->state == BP_CLIENT_WAITING) return false;
-  if (count > BP_MAX_BODY - BP_HEADER_BYTES - BP_INFER_FIXED_BYTES) return false;
+  if (count > BP_MAX_BODY - BP_HEADER_BYTES - fixed) return false;
   memset(&c->request, 0, sizeof(c->request));
-  c->request.type = BP_INFER;
+  c->request.type = type;
   c->request.seq = seq;
   c->request.boot = c->cfg.boot_id;
   c->request.u.infer.label = local_label;
   c->request.u.infer.confidence = local_confidence;
   c->request.u.infer.dtype = BP_DTYPE_INT8;
   c->request.u.infer.count = count;
-  c->request.u.infer.data = input;
+  c->request.u.infer.data = data;
+  c->request.u.infer.stage = stage;
   c->retries_left = c->cfg.max_retries;
   c->state = BP_CLIENT_WAITING;
   c->deadline = c->cfg.now_ms(c->cfg.ctx) + c->cfg.timeout_ms;
   send_request(c);
   return true;
+}
+
+bool bp_client_request(bp_client *c, uint32_t seq, const int8_t *input, uint32_t count, uint16_t local_label,
+                       int8_t local_confidence) {
+  return start_request(c, BP_INFER, 0, seq, input, count, local_label, local_confidence);
+}
+
+bool bp_client_request_split(bp_client *c, uint32_t seq, uint8_t stage, const int8_t *activation, uint32_t count,
+                             uint16_t local_label, int8_t local_confidence) {
+  return stage > 0 && start_request(c, BP_SPLIT, stage, seq, activation, count, local_label, local_confidence);
 }
 
 static void on_message(bp_client *c, const bp_msg *m) {

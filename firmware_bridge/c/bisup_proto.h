@@ -31,6 +31,7 @@ extern "C" {
 #define BP_CRC_BYTES 2u
 #define BP_HEADER_BYTES 10u    /* version u8, type u8, seq u32, boot u32 */
 #define BP_INFER_FIXED_BYTES 8u /* label u16, confidence i8, dtype u8, count u32 */
+#define BP_SPLIT_FIXED_BYTES 9u /* stage u8, then INFER's fixed fields */
 #define BP_HASH_BYTES 32u
 #define BP_MAX_ID 32u
 #define BP_DTYPE_INT8 1u
@@ -41,6 +42,7 @@ typedef enum {
   BP_HELLO = 0x01,
   BP_INFER = 0x10,
   BP_ANSWER = 0x11,
+  BP_SPLIT = 0x12, /* split computing: the activation at the cut after `stage`, for the remote tail */
   BP_PING = 0x20,
   BP_PONG = 0x21,
   BP_FEED = 0x30,   /* HIL: host -> device, test input number seq */
@@ -82,6 +84,7 @@ typedef struct {
       uint8_t dtype;
       uint32_t count;
       const int8_t *data; /* points into the caller's buffer; no copy */
+      uint8_t stage;      /* BP_SPLIT only (INFER and SPLIT share this struct): the cut's stage, 1-based */
     } infer;
     struct {
       uint16_t label;
@@ -186,6 +189,12 @@ void bp_client_init(bp_client *c, const bp_client_config *cfg);
  * `input` must stay valid and unchanged until the request is DONE (resends read it again). */
 bool bp_client_request(bp_client *c, uint32_t seq, const int8_t *input, uint32_t count, uint16_t local_label,
                        int8_t local_confidence);
+/* Sends SPLIT (split computing): the int8 activation at the cut after `stage` (1-based), which the host's
+ * remote tail finishes. Same rules as bp_client_request. A DONE request with source BP_SRC_FALLBACK (the
+ * link is gone, or the remote supervisor rejected the answer) tells a multi-exit device to finish locally
+ * at its last exit. */
+bool bp_client_request_split(bp_client *c, uint32_t seq, uint8_t stage, const int8_t *activation, uint32_t count,
+                             uint16_t local_label, int8_t local_confidence);
 /* Bytes received from the host. */
 void bp_client_feed(bp_client *c, const uint8_t *data, size_t len);
 /* Checks the deadline: resends with the same seq, or ends in the local fallback. */

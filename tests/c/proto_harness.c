@@ -66,6 +66,12 @@ static void describe(const bp_msg *m) {
              (unsigned long)m->u.infer.count);
       put_hex((const uint8_t *)m->u.infer.data, m->u.infer.count);
       break;
+    case BP_SPLIT:
+      printf("SPLIT seq=%lu boot=%lu stage=%u label=%u conf=%d dtype=%u n=%lu data=", (unsigned long)m->seq,
+             (unsigned long)m->boot, m->u.infer.stage, m->u.infer.label, m->u.infer.confidence, m->u.infer.dtype,
+             (unsigned long)m->u.infer.count);
+      put_hex((const uint8_t *)m->u.infer.data, m->u.infer.count);
+      break;
     case BP_ANSWER:
       printf("ANSWER seq=%lu boot=%lu label=%u conf=%u source=%u rejected=%u", (unsigned long)m->seq,
              (unsigned long)m->boot, m->u.answer.label, m->u.answer.confidence_q16, m->u.answer.source,
