@@ -113,6 +113,10 @@ class Bundle:
                        ExportReport.from_json(files["report.json"], f"bundle {location}: report.json"), manifest)
         if not location.is_dir():
             raise BundleError(f"bundle {location} does not exist")
+        if (location / "stages.json").is_file() and not (location / "model.tflite").is_file():
+            raise BundleError(f"{location} is a multi-exit export (stages.json): a single-exit device or bridge "
+                              "cannot run it; run its stages with the multi-exit device (`bisup demo --exits` shows "
+                              "one), or export the model without exits for a single-exit device")
         model_file, thresholds_file = location / "model.tflite", location / "thresholds.json"
         for required, made_by in ((model_file, "bisup export"), (thresholds_file, "bisup calibrate")):
             if not required.is_file():

@@ -116,7 +116,12 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     profile = load_board(board)
     _quiet_tensorflow()
     from toolkit import export as exporter
+    from toolkit import staged
     from toolkit.report import export_table
+
+    if staged.is_multi_exit(model):
+        _export_stages(model, calib, profile, out_dir, supervisor, eval_path, as_json)
+        return
 
     result = exporter.export(
         model, calib, profile, out_dir, supervisor, eval_path, symbol, exporter.stderr_progress, temperature
@@ -127,6 +132,53 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else export_table(result))
     if not result.fits:
         raise exporter.DoesNotFit(f"model does not fit {profile.name}: {'; '.join(result.fit_problems)}")
+
+
+def _export_stages(model, calib, profile, out_dir, supervisor, eval_path, as_json) -> None:
+    """A multi-exit model (from `bisup exits`): one stage per exit, the stage table, and the fit verdict."""
+    from converters.artefacts import dumps
+    from toolkit import export as exporter
+    from toolkit import staged
+    from toolkit.report import stages_table
+
+    table = staged.export(model, calib, profile, out_dir, supervisor, eval_path, exporter.stderr_progress)
+    click.echo(dumps(table) if as_json else stages_table(table))
+    if not table.fits:
+        raise exporter.DoesNotFit(f"the stages do not fit {profile.name}: {'; '.join(table.fit_problems)}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--at", "at", required=True,
+              help="Comma-separated layer names to put an exit after (see the model's summary), e.g. conv2d,pool.")
+@click.option("--train", "train_path", required=True, type=click.Path(path_type=Path),
+              help="Labelled .npz (x, y) to train the exit heads on.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for exits.keras and the remote tails tail0.keras ... tailN.keras.")
+@click.option("--epochs", default=30, show_default=True, help="Training epochs.")
+@click.option("--joint", is_flag=True,
+              help="Fine-tune the backbone too, with EENet's exit-weighted loss and distillation from the final exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the exits' training accuracies as JSON.")
+def exits(model: Path, at: str, train_path: Path, out_dir: Path, epochs: int, joint: bool, as_json: bool) -> None:
+    """Add early exits to MODEL (SPINN / EENet): one small head (pooling + dense) after each --at layer.
+
+    The backbone stays frozen unless --joint. Writes exits.keras (export it with `bisup export` to get
+    one int8 stage per exit) and the remote tails the bridge serves for split computing: tail0.keras
+    (the whole network, for a relayed raw input) and tailS.keras (the rest after cut S). A layer that a
+    skip connection jumps over cannot be a cut; the error names it.
+    """
+    _quiet_tensorflow()
+    from toolkit import multi_exit
+
+    layers = [name.strip() for name in at.split(",") if name.strip()]
+    accuracy = multi_exit.build(model, layers, train_path, out_dir, epochs, joint, _progress)
+    if as_json:
+        click.echo(json.dumps({"train_accuracy": accuracy, "out_dir": str(out_dir)}, indent=2))
+    else:
+        for name, value in accuracy.items():
+            click.echo(f"{name:8s} train accuracy {100 * value:.2f} %")
+        model_out = out_dir / "exits.keras"
+        click.echo(f"wrote {model_out} and the remote tails; next: bisup export {model_out} --calib ... --board ...")
 
 
 def _warn_caveats(board: str, report) -> None:
@@ -174,8 +226,10 @@ def _mode(max_remote_fraction, target_accuracy, max_local_error, delta):
 
 @main.command("calibrate")
 @click.option("--local", "local_path", required=True, type=click.Path(path_type=Path),
-              help="The exported int8 model.tflite (run in TFLM, as on the board).")
-@click.option("--remote", required=True, help="Remote model: a .keras file, a SavedModel directory or a float .tflite.")
+              help="The exported int8 model.tflite (run in TFLM, as on the board); or a multi-exit export's folder "
+                   "(with stages.json) to choose an exit policy.")
+@click.option("--remote", required=True, help="Remote model: a .keras file, a SavedModel directory or a float .tflite; "
+                                               "for a multi-exit export, the folder `bisup exits` wrote the tails to.")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="Labelled validation .npz (x, y), not used for training or calibration of the int8 model.")
 @click.option("--max-remote-fraction", type=float,
@@ -193,18 +247,34 @@ def _mode(max_remote_fraction, target_accuracy, max_local_error, delta):
               type=click.Choice(["max-softmax", "margin", "entropy", "deepgini"]))
 @click.option("--price-per-call", type=float, default=1.0, show_default=True, help="Cost of one remote call.")
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="Added latency of one remote call.")
+@click.option("--max-device-fraction", type=float,
+              help="Multi-exit: average device cost budget, as a fraction of the whole network's MACs.")
+@click.option("--bandwidth-kbps", type=float, default=1000.0, show_default=True,
+              help="Multi-exit: link bandwidth, to choose between relaying the raw input and an activation.")
+@click.option("--cloud-gmacs", type=float, default=1.0, show_default=True,
+              help="Multi-exit: the cloud's speed (GMAC/s) at finishing the network, the other side of that choice.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder for thresholds.json and tradeoff.png.")
+              help="Folder for thresholds.json and tradeoff.png (multi-exit: policy.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print thresholds.json instead of the table.")
 def calibrate_command(local_path, remote, data_path, max_remote_fraction, target_accuracy, max_local_error, delta,
-                      max_reject, remote_target_accuracy, remote_supervisor, price_per_call, latency_ms, out_dir,
-                      as_json) -> None:
+                      max_reject, remote_target_accuracy, remote_supervisor, max_device_fraction, bandwidth_kbps,
+                      cloud_gmacs, out_dir, price_per_call, latency_ms, as_json) -> None:
     """Choose the local (int8) and remote supervisor thresholds on a validation set.
 
     Writes thresholds.json (the local threshold in the int8 units the firmware compares, the remote
     threshold, and what they achieve) and tradeoff.png (accuracy and remote calls against the threshold).
     Relayed answers the remote supervisor rejects fall back to the local label and count as rejected.
+
+    Given a multi-exit export (--local DIR with stages.json), it chooses the exit policy instead: the
+    per-exit-threshold baseline and EENet's learned scorers, each the most accurate within
+    --max-device-fraction and --max-remote-fraction, written to policy-thresholds.json and policy.json.
     """
+    from toolkit import multi_exit
+
+    if multi_exit.is_staged(local_path):
+        _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_remote_fraction, max_reject,
+                         remote_supervisor, bandwidth_kbps, cloud_gmacs, out_dir, as_json)
+        return
     mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta)
     from firmware_bridge.remotes import open_remote
     from toolkit import calibrate as calibration
@@ -221,6 +291,36 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
     _progress(f"wrote {paths['thresholds']} and {paths['plot']}")
 
 
+def _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_remote_fraction, max_reject,
+                     remote_supervisor, bandwidth_kbps, cloud_gmacs, out_dir, as_json) -> None:
+    if max_device_fraction is None or max_remote_fraction is None:
+        raise click.UsageError("a multi-exit export needs both budgets: --max-device-fraction and "
+                               "--max-remote-fraction")
+    _quiet_tensorflow()
+    from toolkit import multi_exit
+    from toolkit.policy import LinkCost
+
+    folder = multi_exit.stage_dir(local_path)
+    tails = multi_exit.open_tail_dir(remote, _stage_table(folder))
+    chosen = multi_exit.calibrate(folder, tails, data_path, max_device_fraction, max_remote_fraction, max_reject,
+                                  LinkCost(bandwidth_kbps * 1000, cloud_gmacs * 1e9), remote_supervisor, _progress,
+                                  out_dir)
+    if as_json:
+        click.echo(json.dumps({k: v.to_json() for k, v in chosen.items()}, indent=2))
+        return
+    for kind, found in chosen.items():
+        a = found.achieved
+        click.echo(f"{kind:10s} depth {found.depth}, split {found.split}: accuracy {100 * a['accuracy']:.2f} %, "
+                   f"remote {100 * a['remote_fraction']:.1f} %, device {a['mean_device_macs']:,.0f} MACs, "
+                   f"{a['mean_bytes_sent']:.1f} B sent per input")
+
+
+def _stage_table(folder: Path):
+    from converters.artefacts import StageTable
+
+    return StageTable.read(folder / "stages.json")
+
+
 def _progress(message: str) -> None:
     click.echo(f"bisup: {message}", err=True)
 
@@ -233,15 +333,27 @@ def _progress(message: str) -> None:
 @click.option("--max-reject", default=0.005, show_default=True, help="Most inputs the remote supervisor may reject.")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits and training.")
 @click.option("--retrain", is_flag=True, help="Train the models again instead of using the cache.")
+@click.option("--exits", "with_exits", is_flag=True,
+              help="SPINN/EENet instead: early exits on the remote CNN, split computing, learned exit policy.")
+@click.option("--max-device-fraction", default=0.6, show_default=True,
+              help="--exits: average device cost budget, as a fraction of the whole network's MACs.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]} instead of the table.')
-def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, as_json) -> None:
+def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_exits, max_device_fraction,
+         as_json) -> None:
     """Run BiSupervised end to end on scikit-learn's digits: no server, board or download needed.
 
     Trains (once, then cached in $BISUP_CACHE or ~/.cache/bisup) a small local CNN and a larger remote
     CNN, exports the local one, calibrates both supervisors on the validation split, and sends the test
     split through the device decision (int8, TFLM) and the relay (remote model + remote supervisor).
+
+    With --exits: three early exits on the remote CNN, one int8 stage per exit for the board, exit
+    policies calibrated for --max-device-fraction and --max-remote-fraction (default 0.4 here), and the
+    test split through a multi-exit virtual device that relays raw inputs (INFER) or activations (SPLIT).
     """
     _quiet_tensorflow()
+    if with_exits:
+        _demo_exits(out_dir, board, max_device_fraction, max_remote_fraction, max_reject, seed, retrain, as_json)
+        return
     from boards import load_board
     from converters.artefacts import ExportReport
     from toolkit import demo as demo_run
@@ -257,6 +369,23 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, as_json
         chosen = result["thresholds"]
         click.echo(f"\nlocal threshold int8 {chosen.local.threshold_int8}, remote threshold "
                    f"{chosen.remote.threshold:.4f}; artefacts in {result['out_dir']}")
+
+
+def _demo_exits(out_dir, board, max_device_fraction, max_remote_fraction, max_reject, seed, retrain, as_json):
+    from toolkit import demo_exits
+    from toolkit.report import exit_rows_table, stages_table
+
+    remote_budget = max_remote_fraction if click.get_current_context().get_parameter_source(
+        "max_remote_fraction").name != "DEFAULT" else 0.4
+    result = demo_exits.run(out_dir, seed, board, max_device_fraction, remote_budget, max_reject, retrain, _progress)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+        return
+    click.echo(stages_table(result["table"]))
+    click.echo()
+    click.echo(exit_rows_table(result["rows"]))
+    click.echo(f"\ndevice budget {result['device_budget_macs']:,.0f} MACs ({max_device_fraction:.0%} of "
+               f"{result['full_macs']:,}), remote budget {remote_budget:.0%}; artefacts in {result['out_dir']}")
 
 
 def _mqtt_options(command):

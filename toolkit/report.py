@@ -67,6 +67,33 @@ def boards_table(profiles: list[BoardProfile]) -> str:
     return "\n".join(lines)
 
 
+def _grid(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
+    lines = ("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in (header, *cells))
+    return "\n".join(lines)
+
+
+def exit_rows_table(rows: list[dict]) -> str:
+    """``bisup demo --exits``: one row per strategy, with device cost and bytes on the link."""
+    header = ("", "accuracy", "remote calls", "device MACs", "bytes sent", "bytes/relay", "rejected")
+    cells = [(r["name"], f"{100 * r['accuracy']:.2f} %", f"{100 * r['remote_fraction']:.1f} %",
+              f"{r['mean_device_macs']:,.0f}", f"{r['mean_bytes_sent']:.1f}", f"{r['bytes_per_relay']:.0f}",
+              f"{100 * r['rejected_fraction']:.1f} %") for r in rows]
+    return _grid(header, cells)
+
+
+def stages_table(table) -> str:
+    """``bisup export`` of a multi-exit model: the stage table (``stages.json``)."""
+    header = ("stage", "cut", "MACs", "arena (C)", "arena (TFLM)", "activation B", "model B", "exit int8 acc.")
+    cells = [(str(i), s.cut or "(final)", f"{s.macs:,}", f"{s.engine_arena_bytes:,}", f"{s.tflm_arena_bytes:,}",
+              f"{s.activation['bytes']:,}" if s.activation else "-", f"{s.model_bytes:,}",
+              f"{100 * s.exit_int8_accuracy:.2f} %") for i, s in enumerate(table.stages, 1)]
+    fits = "fits" if table.fits else "DOES NOT FIT: " + "; ".join(table.fit_problems)
+    flash = f", C engine flash {table.flash_bytes:,} B" if table.flash_bytes else ""
+    return _grid(header, cells) + f"\n{table.board}: {fits}{flash}"
+
+
 def rows_table(rows: list[dict]) -> str:
     """The demo's comparison table: one row per strategy, fractions as percentages."""
     header = ("", "accuracy", "remote calls", "rejected", "accepted acc.", "cost saved")

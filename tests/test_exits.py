@@ -1,0 +1,280 @@
+"""Early exits, staged export, split computing and exit policies (SPINN, EENet).
+
+The end-to-end fixture runs ``bisup demo --exits`` once (on the demo session's cached models): exits
+trained on the remote CNN, stages exported for nrf52840, policies calibrated, and the test split sent
+through a multi-exit virtual device and the serial bridge over a pty.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ROOT / "firmware_bridge" / "c"
+
+
+def _residual():
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="inner")(a)
+    joined = keras.layers.Add(name="join")([a, b])
+    x = keras.layers.Flatten(name="flat")(joined)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("nope", "the model has no layer 'nope'; its layers are stem, inner, join, flat, logits"),
+    ("inner", "layer 'inner' cannot be a cut: a branch (e.g. a skip connection) crosses it"),
+    ("logits", "layer 'logits' is the model's last layer"),
+])
+def test_a_layer_that_cannot_carry_an_exit_is_named(layer, message):
+    from converters import exits
+
+    with pytest.raises(exits.ExitError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        exits.attach(_residual(), [layer])
+
+
+def test_exits_go_in_depth_order_and_the_cut_is_recovered_from_the_graph(tmp_path):
+    import keras
+
+    from converters import exits
+
+    multi = exits.attach(_residual(), ["join", "stem"])
+    assert exits.exit_names(multi) == ["exit1", "exit2", "final"]
+    multi.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert exits.cuts(loaded) == ["stem", "join"]
+    assert exits.tail(loaded, 2).input.shape[1:] == (8, 8, 4)
+
+
+def test_a_plain_model_is_not_taken_for_a_multi_exit_one():
+    from converters import exits
+
+    with pytest.raises(exits.ExitError, match="is not a multi-exit model made by `bisup exits`"):
+        exits.exit_names(_residual())
+
+
+@pytest.fixture(scope="module")
+def exits_run(demo_run, tmp_path_factory):
+    """`bisup demo --exits` once, on the models the demo session trained."""
+    from toolkit import demo_exits
+
+    _, _, cache = demo_run
+    out = tmp_path_factory.mktemp("exits")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BISUP_CACHE", str(cache))
+        return demo_exits.run(out)
+
+
+def _outcomes(out: Path, split: str, thresholds):
+    from firmware_bridge.stage_model import StagedModel
+    from toolkit import multi_exit
+
+    model = StagedModel(out)
+    tails = multi_exit.open_tails(out, len(model))
+    data = np.load(out / f"{split}.npz")
+    o, conf = multi_exit.outcomes(model, tails, data["x"], data["y"])
+    return multi_exit.with_remote_rule(o, conf, np.asarray(thresholds)), model, tails
+
+
+@pytest.mark.slow
+def test_the_deployed_device_does_what_calibration_simulated(exits_run):
+    """Every policy row, sent through the virtual device and the bridge, equals the policy applied to the
+    same outcomes offline: the device's integer rule, the split and the lost-answer path are the ones
+    calibration assumed."""
+    from converters.exit_policy import Policy
+    from toolkit import policy
+
+    out = Path(exits_run["out_dir"])
+    any_policy = Policy.from_json(exits_run["policies"]["learned (EENet)"])
+    o, _, _ = _outcomes(out, "test", any_policy.remote_thresholds)
+    deployed = {row["name"]: row for row in exits_run["rows"]}
+    for name, raw in exits_run["policies"].items():
+        simulated = policy.apply(Policy.from_json(raw), o).figures(o.y)
+        for key, value in simulated.items():
+            assert deployed[name][key] == pytest.approx(value), (name, key)
+
+
+@pytest.mark.slow
+def test_the_device_budget_holds_on_the_test_split(exits_run):
+    budget = exits_run["device_budget_macs"]
+    for row in exits_run["rows"]:
+        if row["name"] in ("per-exit thresholds", "learned (EENet)"):
+            assert row["mean_device_macs"] <= 1.05 * budget, row
+
+
+@pytest.mark.slow
+def test_a_split_relays_the_activation_and_a_raw_relay_the_input(exits_run):
+    rows = {row["name"]: row for row in exits_run["rows"]}
+    stages = exits_run["stages"]
+    split = exits_run["policies"]["per-exit thresholds, split"]["split"]
+    assert split >= 1
+    assert rows["per-exit thresholds, split"]["bytes_per_relay"] == stages[split - 1]["activation"]["bytes"]
+    assert rows["per-exit thresholds"]["bytes_per_relay"] == np.prod(stages[0]["input"]["shape"])
+
+
+@pytest.mark.slow
+def test_stage_models_chain_to_the_whole_graph_in_tflm(exits_run):
+    from converters import stages, tflite_model
+    from converters.runners import TflmRunner
+    from firmware_bridge.stage_model import StagedModel
+
+    out = Path(exits_run["out_dir"])
+    model = StagedModel(out)
+    run = model.run_all(np.load(out / "test.npz")["x"][:60])
+    full = (out / "staged.tflite").read_bytes()
+    whole = TflmRunner(full, tflite_model.read(full), 1 << 20).run(run.x_q)
+    for index in range(len(model)):
+        assert np.array_equal(run.scores[index], whole[stages.output_name("scores", index + 1)])
+        assert np.array_equal(run.confidence[index], whole[stages.output_name("confidence", index + 1)][:, 0])
+
+
+def _chain_harness(stages: int) -> str:
+    includes = "\n".join(f'#include "stage{i}_infer.h"' for i in range(1, stages + 1))
+    body = []
+    for i in range(1, stages + 1):
+        m = f"BISUP_STAGE{i}"
+        previous = "input" if i == 1 else f"act{i - 1}"
+        if i < stages:
+            body.append(f"    static int8_t act{i}[{m}_ACTIVATION_BYTES];\n"
+                        f"    int8_t s{i}[{m}_CLASSES], c{i}[1];\n"
+                        f"    if (bisup_stage{i}_infer({previous}, s{i}, c{i}, act{i})) return 1;\n"
+                        f"    fwrite(s{i}, 1, sizeof(s{i}), stdout); fwrite(c{i}, 1, 1, stdout);\n"
+                        f"    fwrite(act{i}, 1, sizeof(act{i}), stdout);")
+        else:
+            body.append(f"    int8_t s{i}[{m}_CLASSES], c{i}[1];\n"
+                        f"    if (bisup_stage{i}_infer({previous}, s{i}, c{i})) return 1;\n"
+                        f"    fwrite(s{i}, 1, sizeof(s{i}), stdout); fwrite(c{i}, 1, 1, stdout);")
+    return f"""#include <stdio.h>
+{includes}
+void bisup_model_profile_mark(int layer) {{ (void)layer; }}
+int main(void) {{
+  static int8_t input[BISUP_STAGE1_INPUT_BYTES];
+  while (fread(input, 1, sizeof(input), stdin) == sizeof(input)) {{
+{chr(10).join(body)}
+  }}
+  return 0;
+}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_generated_stages_in_c_match_tflm_byte_for_byte(exits_run, tmp_path):
+    """Each stage's generated C (host gcc, sanitizers on), chained through its activations, against TFLM."""
+    from firmware_bridge.stage_model import StagedModel
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed (CI installs it)")
+    out = Path(exits_run["out_dir"])
+    model = StagedModel(out)
+    n = len(model)
+    (tmp_path / "chain.c").write_text(_chain_harness(n))
+    exe = tmp_path / "chain"
+    sources = [str(out / f"stage{i}_infer.c") for i in range(1, n + 1)]
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=all", f"-I{out}", f"-I{KERNELS}", *sources, str(KERNELS / "bisup_kernels.c"),
+                    str(tmp_path / "chain.c"), "-o", str(exe)], check=True)
+    run = model.run_all(np.load(out / "test.npz")["x"])
+    expected = []
+    for sample in range(len(run.x_q)):
+        for index in range(n):
+            expected.append(run.scores[index][sample].astype(np.int8).tobytes())
+            expected.append(np.int8(run.confidence[index][sample]).tobytes())
+            if index < n - 1:
+                expected.append(run.activation[index][sample].astype(np.int8).tobytes())
+    got = subprocess.run([str(exe)], input=run.x_q.tobytes(), capture_output=True, check=True).stdout
+    assert got == b"".join(expected)
+
+
+@pytest.mark.slow
+def test_a_lost_link_finishes_locally_at_the_last_exit(exits_run):
+    """The bridge is stopped mid-run: every later relay times out and the device answers with its last
+    exit (not the weak exit it stopped at), without hanging."""
+    from converters.exit_policy import Policy
+    from firmware_bridge.handler import RequestHandler
+    from firmware_bridge.protocol import Source
+    from firmware_bridge.serial_bridge import SerialBridge, pty_pair
+    from firmware_bridge.stage_model import StagedIdentity
+    from firmware_bridge.staged_device import StagedDevice
+    from firmware_bridge.virtual_device import SerialLink
+    from toolkit import demo_exits
+
+    out = Path(exits_run["out_dir"])
+    chosen = Policy.from_json(exits_run["policies"]["learned (EENet)"])
+    o, model, tails = _outcomes(out, "test", chosen.remote_thresholds)
+    x = np.load(out / "test.npz")["x"]
+    relay = demo_exits.relay_for(model, tails, chosen, "max-softmax")
+    device_port, bridge_path, slave_fd = pty_pair()
+    stop = threading.Event()
+    bridge = threading.Thread(target=SerialBridge(bridge_path, RequestHandler(relay, StagedIdentity.of(model))).run,
+                              args=(stop,), daemon=True)
+    bridge.start()
+    try:
+        device = StagedDevice(SerialLink(device_port), model, chosen, timeout_s=0.05, retries=1)
+        device.hello()
+        answers = [device.infer_one(s) for s in model.quantize(x[:100])]
+        stop.set()  # the bridge dies; the device's port stays open, and nobody answers on it any more
+        bridge.join(timeout=5)
+        answers += [device.infer_one(s) for s in model.quantize(x[100:])]
+    finally:
+        device_port.close()
+        os.close(slave_fd)
+    last = o.exits - 1
+    late = answers[100:]
+    relayed_late = [i for i, a in enumerate(late, 100) if a.exit_taken == last and a.answer.source is Source.FALLBACK]
+    assert relayed_late, "the policy relays some test inputs, so some must have met the dead link"
+    for i in relayed_late:
+        assert answers[i].answer.label == o.labels[last, i]
+        assert answers[i].device_macs == o.cumulative_macs[last]
+    assert all(a.answer.source is not Source.REMOTE for a in late)
+    assert any(a.answer.source is Source.REMOTE for a in answers[:100])
+
+
+def test_a_split_for_a_stage_without_a_tail_is_refused_by_name():
+    from firmware_bridge import protocol as p
+    from firmware_bridge.handler import RequestHandler
+    from firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor, Tail
+    from firmware_bridge.stage_model import StagedIdentity
+
+    class Never:
+        name = "never"
+
+        def predict(self, x):
+            raise AssertionError("a refused request must not reach the remote")
+
+    quant = InputQuantization(0.1, 0, (4, 4, 2))
+    relay = Relay(Never(), RemoteSupervisor("max-softmax", 0.0), InputQuantization(0.1, 0, (8, 8, 1)),
+                  {2: Tail(Never(), quant, RemoteSupervisor("max-softmax", 0.0))})
+    handler = RequestHandler(relay, StagedIdentity(bytes(32), 64))
+    for stage, size, detail in ((1, 32, 0), (2, 31, 32)):
+        reply = p.decode(handler.handle("d", p.encode(p.Split(5, stage, 1, 0, bytes(size), boot=9))))
+        assert isinstance(reply, p.ErrorMsg) and reply.code is p.ErrorCode.BAD_TENSOR and reply.detail == detail
+        assert reply.seq == 5 and reply.boot == 9
+    assert handler.counts["error_bad_tensor"] == 2
+
+
+def test_a_device_budget_below_the_first_exit_names_the_smallest_feasible_one():
+    from toolkit import policy
+
+    o = policy.ExitOutcomes(np.zeros((2, 4), int), np.zeros((2, 4), int), [np.zeros((4, 3))] * 2, np.zeros(4, int),
+                            np.zeros((2, 4), int), np.ones((2, 4), bool), [1000, 5000], [64, 256])
+    with pytest.raises(policy.PolicyError, match="the smallest feasible budget is 1,000 MACs"):
+        policy.search(o, "thresholds", 999, 0.5)
+
+
+def test_a_single_exit_device_is_told_a_multi_exit_export_is_not_its_kind(tmp_path):
+    from firmware_bridge.bundle import Bundle, BundleError
+
+    (tmp_path / "stages.json").write_text("{}")
+    with pytest.raises(BundleError, match="is a multi-exit export"):
+        Bundle.load(tmp_path)

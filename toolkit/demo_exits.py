@@ -1,0 +1,128 @@
+"""``bisup demo --exits``: SPINN and EENet on digits, deployed, next to BiSupervised.
+
+The demo's remote CNN (the network too big to run whole on every input) gets three early exits.
+Its stages are exported for the board, the exit policies are calibrated on the validation split for
+an average device budget and a remote-call budget, and the test split goes through the deployed
+path: a multi-exit virtual device (every stage in TFLM, the integer exit rule) speaking the wire
+protocol over a pty to the serial bridge, which serves the remote tails for INFER and SPLIT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from boards import load_board
+from converters.exit_policy import NEVER, Policy
+from firmware_bridge.handler import RequestHandler
+from firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor, Tail
+from firmware_bridge.remotes import RemoteModel
+from firmware_bridge.serial_bridge import bridge_over_pty
+from firmware_bridge.stage_model import StagedIdentity, StagedModel
+from firmware_bridge.staged_device import StagedAnswer, StagedDevice
+from firmware_bridge.virtual_device import SerialLink
+from toolkit import demo, digits, multi_exit, policy, staged
+from toolkit.policy import ExitOutcomes
+
+Progress = Callable[[str], None]
+EXITS_AT = ["conv2d_2", "max_pooling2d_1", "conv2d_4"]  # the remote CNN's cuts (see digits.remote_cnn)
+EXIT_EPOCHS = 20
+
+
+def _quant(entry: dict) -> InputQuantization:
+    return InputQuantization(entry["scale"], entry["zero_point"], tuple(entry["shape"][1:]))
+
+
+def relay_for(model: StagedModel, tails: dict[int, RemoteModel], chosen: Policy, supervisor: str) -> Relay:
+    """The bridge's relay: tail 0 answers INFER (raw input), tail ``s`` answers SPLIT at cut ``s``."""
+    table, thresholds = model.table, chosen.remote_thresholds
+    judges = [RemoteSupervisor(supervisor, t) for t in thresholds]
+    cut_tails = {s: Tail(tails[s], _quant(table.stages[s - 1].activation), judges[s]) for s in range(1, len(tails))}
+    return Relay(tails[0], judges[0], _quant(table.stages[0].input), cut_tails)
+
+
+def through_the_path(model: StagedModel, relay: Relay, chosen: Policy, x: np.ndarray) -> list[StagedAnswer]:
+    """Each input as deployed: the multi-exit virtual device and the serial bridge over a pty."""
+    with bridge_over_pty(RequestHandler(relay, StagedIdentity.of(model))) as port:
+        device = StagedDevice(SerialLink(port), model, chosen, device_id="demo-exits")
+        device.hello()
+        return device.run_staged(x)
+
+
+def deployed_row(name: str, answers: list[StagedAnswer], y: np.ndarray) -> dict:
+    relayed = np.array([a.sent_bytes > 0 or a.exit_taken < 0 for a in answers])
+    sent = np.array([a.sent_bytes for a in answers])
+    return {"name": name, "accuracy": float((np.array([a.answer.label for a in answers]) == y).mean()),
+            "remote_fraction": float(relayed.mean()),
+            "rejected_fraction": float(np.mean([a.answer.rejected for a in answers])),
+            "mean_device_macs": float(np.mean([a.device_macs for a in answers])),
+            "mean_bytes_sent": float(sent.mean()),
+            "bytes_per_relay": float(sent[relayed].mean()) if relayed.any() else 0.0}
+
+
+def single_exit(o: ExitOutcomes, max_remote_fraction: float, thresholds: list[float]) -> Policy:
+    """BiSupervised on the last exit alone: the whole network on the device, one threshold, raw input relayed."""
+    last = o.exits - 1
+    best = None
+    for t in sorted({int(c) for c in np.unique(o.confidence[last])} | {NEVER}):
+        candidate = Policy("thresholds", o.exits, [NEVER] * last + [t], True, 0, [], thresholds)
+        fig = policy.apply(candidate, o).figures(o.y)
+        if fig["remote_fraction"] <= max_remote_fraction + 1e-12:
+            key = (fig["accuracy"], -fig["remote_fraction"])
+            if best is None or key > best[0]:
+                best = (key, candidate)
+    return best[1]
+
+
+def _outcomes(model, tails, path: Path, thresholds: np.ndarray) -> ExitOutcomes:
+    data = np.load(path)
+    o, conf = multi_exit.outcomes(model, tails, data["x"], data["y"])
+    return multi_exit.with_remote_rule(o, conf, thresholds)
+
+
+def run(out_dir: Path | None = None, seed: int = 0, board: str = demo.DEFAULT_BOARD,
+        max_device_fraction: float = 0.6, max_remote_fraction: float = 0.4, max_reject: float = 0.005,
+        retrain: bool = False, progress: Progress = lambda message: None) -> dict:
+    """Run the demo; return ``{"rows": [...], "policies": {...}, "stages": [...], "out_dir": ...}``."""
+    cache = demo.cache_root()
+    out = out_dir or cache / "demo-exits"
+    out.mkdir(parents=True, exist_ok=True)
+    parts = digits.splits(seed)
+    _, backbone = demo.models(cache, parts, seed, retrain, progress)
+    for name in ("train", "val", "test"):
+        np.savez(out / f"{name}.npz", x=parts[name][0], y=parts[name][1])
+    multi_exit.build(backbone, EXITS_AT, out / "train.npz", out, EXIT_EPOCHS, progress=progress)
+    table = staged.export(out / "exits.keras", out / "train.npz", load_board(board), out, eval_path=out / "val.npz",
+                          progress=progress)
+    model = StagedModel(out)
+    tails = multi_exit.open_tails(out, len(table.stages))
+    policies = multi_exit.calibrate(out, tails, out / "val.npz", max_device_fraction, max_remote_fraction,
+                                    max_reject, progress=progress)
+    thresholds = np.array(policies["learned"].remote_thresholds)
+    val = _outcomes(model, tails, out / "val.npz", thresholds)
+    budget = max_device_fraction * table.cumulative_macs[-1]
+    forced, _ = policy.search(val, "thresholds", budget, max_remote_fraction,
+                              split=min(policies["thresholds"].depth, len(table.stages) - 1))
+    chosen = {"bisupervised (single exit)": single_exit(val, max_remote_fraction, list(thresholds)),
+              "per-exit thresholds, split": replace(forced, remote_thresholds=list(thresholds)),
+              "per-exit thresholds": policies["thresholds"],
+              "learned (EENet)": policies["learned"]}
+    test = _outcomes(model, tails, out / "test.npz", thresholds)
+    y = parts["test"][1]
+    macs = table.cumulative_macs
+    rows = [{"name": "local-only (last exit)", "accuracy": float((test.labels[-1] == y).mean()), "remote_fraction": 0.0,
+             "rejected_fraction": 0.0, "mean_device_macs": float(macs[-1]), "mean_bytes_sent": 0.0,
+             "bytes_per_relay": 0.0},
+            {"name": "remote-only", "accuracy": float((test.remote_labels[0] == y).mean()), "remote_fraction": 1.0,
+             "rejected_fraction": 0.0, "mean_device_macs": 0.0, "mean_bytes_sent": float(test.sent_bytes[0]),
+             "bytes_per_relay": float(test.sent_bytes[0])}]
+    for name, chosen_policy in chosen.items():
+        progress(f"{name}: sending {len(y)} test inputs through a multi-exit virtual device and the serial bridge")
+        relay = relay_for(model, tails, chosen_policy, "max-softmax")
+        rows.append(deployed_row(name, through_the_path(model, relay, chosen_policy, parts["test"][0]), y))
+    return {"rows": rows, "policies": {k: v.to_json() for k, v in chosen.items()},
+            "stages": [s.__dict__ for s in table.stages], "table": table, "full_macs": macs[-1],
+            "device_budget_macs": budget, "out_dir": str(out)}
