@@ -115,7 +115,11 @@ def attach(model: keras.Model, at: list[str]) -> keras.Model:
 
 def exit_names(multi: keras.Model) -> list[str]:
     """``exit1`` .. ``exitN``, then ``final``; ExitError when ``multi`` is not a multi-exit model."""
-    names = list(multi.output.keys()) if isinstance(multi.output, dict) else []
+    try:
+        output = multi.output
+    except AttributeError:  # a Sequential that was never called: certainly not ours
+        output = None
+    names = list(output.keys()) if isinstance(output, dict) else []
     exits = [exit_name(i) for i in range(1, len(names))]
     if FINAL not in names or sorted(names) != sorted(exits + [FINAL]):
         raise ExitError(f"model {multi.name!r} is not a multi-exit model made by `bisup exits` "

@@ -7,6 +7,7 @@ through a multi-exit virtual device and the serial bridge over a pty.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -278,3 +279,81 @@ def test_a_single_exit_device_is_told_a_multi_exit_export_is_not_its_kind(tmp_pa
     (tmp_path / "stages.json").write_text("{}")
     with pytest.raises(BundleError, match="is a multi-exit export"):
         Bundle.load(tmp_path)
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_exits_export_and_calibrate_from_the_command_line(digits_example, tmp_path):
+    """The user's flow on the local digits CNN: exits after its first two layers, stages for a board, a policy."""
+    import keras
+    from cli_errors import error_line
+
+    layers = [layer.name for layer in keras.models.load_model(digits_example["model"]).layers]
+    bad = _cli("exits", digits_example["model"], "--at", "nope", "--train", digits_example["calib"], "--out", tmp_path)
+    assert "has no layer 'nope'; its layers are " + ", ".join(layers) in error_line(bad)
+
+    made = _cli("exits", digits_example["model"], "--at", f"{layers[0]},{layers[1]}", "--train",
+                digits_example["calib"], "--out", tmp_path / "m", "--epochs", "3", "--json")
+    assert made.exit_code == 0, made.stderr
+    assert set(json.loads(made.stdout)["train_accuracy"]) == {"exit1", "exit2", "final"}
+    assert all((tmp_path / "m" / f"tail{s}.keras").is_file() for s in range(3))
+
+    exported = _cli("export", tmp_path / "m" / "exits.keras", "--calib", digits_example["calib"], "--board",
+                    "nrf52840", "--out", tmp_path / "e", "--eval", digits_example["val"], "--json")
+    assert exported.exit_code == 0, exported.stderr
+    table = json.loads(exported.stdout)
+    assert [s["cut"] for s in table["stages"]] == [layers[0], layers[1], None]
+    assert table["stages"][0]["activation"]["bytes"] == int(np.prod(table["stages"][1]["input"]["shape"]))
+
+    first = table["stages"][0]["macs"]
+    full = sum(s["macs"] for s in table["stages"])
+    too_small = _cli("calibrate", "--local", tmp_path / "e", "--remote", tmp_path / "m", "--data",
+                     digits_example["val"], "--max-device-fraction", 0.5 * first / full, "--max-remote-fraction", 0.3,
+                     "--out", tmp_path / "e")
+    assert f"the smallest feasible budget is {first:,} MACs" in error_line(too_small)
+
+    calibrated = _cli("calibrate", "--local", tmp_path / "e", "--remote", tmp_path / "m", "--data",
+                      digits_example["val"], "--max-device-fraction", 0.8, "--max-remote-fraction", 0.3,
+                      "--out", tmp_path / "e", "--json")
+    assert calibrated.exit_code == 0, calibrated.stderr
+    for kind, found in json.loads(calibrated.stdout).items():
+        assert found["achieved"]["remote_fraction"] <= 0.3
+        assert found["achieved"]["mean_device_macs"] <= 0.8 * full
+        assert (tmp_path / "e" / ("policy.json" if kind == "learned" else "policy-thresholds.json")).is_file()
+
+
+@pytest.mark.slow
+def test_a_tail_served_by_kserve_answers_split_requests(exits_run, tmp_path):
+    """Split computing against a real model server: the stage's tail (a plain .keras file that `bisup exits`
+    wrote) behind KServe's Open Inference Protocol V2, answering SPLIT requests through the bridge's handler
+    exactly as the in-process tail does."""
+    from test_net_remotes import MODEL, _free_port, _kserve
+
+    from converters.exit_policy import Policy
+    from firmware_bridge import protocol as p
+    from firmware_bridge.handler import RequestHandler
+    from firmware_bridge.remotes import open_remote
+    from firmware_bridge.stage_model import StagedIdentity
+    from toolkit import demo_exits
+
+    out = Path(exits_run["out_dir"])
+    chosen = Policy.from_json(exits_run["policies"]["learned (EENet)"])
+    _, model, tails = _outcomes(out, "val", chosen.remote_thresholds)
+    run = model.run_all(np.load(out / "test.npz")["x"][:20])
+    split = 2
+    local = RequestHandler(demo_exits.relay_for(model, tails, chosen, "max-softmax"), StagedIdentity.of(model))
+    with _kserve(out / f"tail{split}.keras", _free_port(), tmp_path / "kserve.log") as address:
+        served = dict(tails) | {split: open_remote(f"oip+http://{address}/v2/models/{MODEL}")}
+        remote = RequestHandler(demo_exits.relay_for(model, served, chosen, "max-softmax"), StagedIdentity.of(model))
+        for seq, activation in enumerate(run.activation[split - 1], start=1):
+            body = p.encode(p.Split(seq, split, 0, 0, activation.astype(np.int8).tobytes(), boot=3))
+            expected, got = p.decode(local.handle("d", body)), p.decode(remote.handle("d", body))
+            assert isinstance(got, p.AnswerMsg) and got.source is not p.Source.FALLBACK or got.rejected
+            assert (got.label, got.source, got.rejected) == (expected.label, expected.source, expected.rejected)

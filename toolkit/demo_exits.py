@@ -28,8 +28,18 @@ from toolkit import demo, digits, multi_exit, policy, staged
 from toolkit.policy import ExitOutcomes
 
 Progress = Callable[[str], None]
-EXITS_AT = ["conv2d_2", "max_pooling2d_1", "conv2d_4"]  # the remote CNN's cuts (see digits.remote_cnn)
+# The remote CNN's cuts by position (see digits.remote_cnn): its first convolution, the pooling, the third
+# convolution. By position, because Keras numbers layer names per process (conv2d_2 in a fresh one).
+EXITS_AT = (0, 2, 3)
 EXIT_EPOCHS = 20
+
+
+def cut_names(backbone: Path) -> list[str]:
+    """The names of the remote CNN's layers at ``EXITS_AT``."""
+    from converters import graph
+
+    layers = graph.load_model(backbone).layers
+    return [layers[i].name for i in EXITS_AT]
 
 
 def _quant(entry: dict) -> InputQuantization:
@@ -94,7 +104,7 @@ def run(out_dir: Path | None = None, seed: int = 0, board: str = demo.DEFAULT_BO
     _, backbone = demo.models(cache, parts, seed, retrain, progress)
     for name in ("train", "val", "test"):
         np.savez(out / f"{name}.npz", x=parts[name][0], y=parts[name][1])
-    multi_exit.build(backbone, EXITS_AT, out / "train.npz", out, EXIT_EPOCHS, progress=progress)
+    multi_exit.build(backbone, cut_names(backbone), out / "train.npz", out, EXIT_EPOCHS, progress=progress)
     table = staged.export(out / "exits.keras", out / "train.npz", load_board(board), out, eval_path=out / "val.npz",
                           progress=progress)
     model = StagedModel(out)
