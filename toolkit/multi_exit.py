@@ -43,12 +43,12 @@ def build(model_path: str | Path, at: list[str], train_path: str | Path, out_dir
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = graph.load_model(model_path)
+    seed_everything(0)  # before the heads exist: their initial weights are drawn when they are built
     multi = exits.attach(model, at)
     x, y = datasets.load_npz(train_path)
     if y is None:
         raise datasets.DataError(f"{train_path} has no labels 'y'; training exits needs labels")
     datasets.check_matches(x, y, graph.input_shape(multi), int(multi.output[exits.FINAL].shape[-1]), train_path)
-    seed_everything(0)
     progress(f"training {len(at)} exit head(s) on {len(x)} samples"
              + (" jointly with the backbone (EENet loss)" if joint else " with the backbone frozen"))
     exits.train(multi, x, y, epochs, joint, progress)
