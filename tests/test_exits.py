@@ -357,3 +357,28 @@ def test_a_tail_served_by_kserve_answers_split_requests(exits_run, tmp_path):
             expected, got = p.decode(local.handle("d", body)), p.decode(remote.handle("d", body))
             assert isinstance(got, p.AnswerMsg) and got.source is not p.Source.FALLBACK or got.rejected
             assert (got.label, got.source, got.rejected) == (expected.label, expected.source, expected.rejected)
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_the_emulated_board_runs_the_stages_and_decides_as_the_policy_offline(exits_run):
+    """`bisup hil` on a multi-exit export: QEMU's Cortex-M4 runs every stage as generated C and the learned
+    integer exit rule in C, relays INFER or SPLIT to the tails, and must take the same exit and give the same
+    label as the policy applied offline to the host's TFLM outcomes, input by input."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("qemu-system-arm and gcc-arm-none-eabi are not installed (CI installs them)")
+    out = Path(exits_run["out_dir"])
+    data = np.load(out / "test.npz")
+    subset = out / "hil.npz"
+    np.savez(subset, x=data["x"][:80], y=data["y"][:80])
+    result = CliRunner().invoke(main, ["hil", "--emulate", "mps2-an386", "--bundle", str(out), "--remote", str(out),
+                                       "--data", str(subset), "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["agreement_with_offline_policy"] == {"label": 1.0, "exit": 1.0}
+    assert sum(report["exit_histogram"].values()) == 80
+    assert report["stages"][0]["runs"] == 80 and report["stages"][0]["instructions_p50"] > report["stages"][0]["macs"]

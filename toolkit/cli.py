@@ -547,14 +547,18 @@ def bundle_command(build_dir, out, labels, verify_path, as_json) -> None:
 @click.option("--emulate", type=click.Choice(["mps2-an386", "mps2-an500", "mps2-an505"]),
               help="Run the firmware in QEMU instead of a board: Cortex-M4, M7 or M33.")
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
-              help="The .bisup bundle (or build folder) the board runs.")
+              help="The .bisup bundle (or build folder) the board runs; or a multi-exit export's folder (stages.json).")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Labelled .npz (x, y).")
-@click.option("--remote", required=True, help="Remote model for the bridge side.")
+@click.option("--remote", required=True,
+              help="Remote model for the bridge side (multi-exit: the folder with the tails from `bisup exits`).")
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Multi-exit: the exit policy [default: policy.json in the --bundle folder].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JSON here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for HELLO and for each report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def hil(port_url, emulate, bundle_path, data_path, remote, report_path, junit_path, timeout, as_json) -> None:
+def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, junit_path, timeout,
+        as_json) -> None:
     """Hardware-in-the-loop: run a labelled set through a board (or QEMU) and the bridge.
 
     The host feeds each input; the board infers, decides with its int8 threshold, asks the bridge when
@@ -562,10 +566,18 @@ def hil(port_url, emulate, bundle_path, data_path, remote, report_path, junit_pa
     rejections, cost saved, device latency p50/p95, agreement with the host TFLM oracle, and agreement
     with the offline decisions. With --emulate, QEMU runs the firmware with the model as generated C
     and counts the instructions one inference takes.
-    Exits 1 when a check fails.
+
+    Given a multi-exit export, the board runs the stages and the exit policy, relaying INFER or SPLIT to
+    the tails; the report gives the exit histogram, instructions per stage and agreement, input by
+    input, with the policy applied offline. Exits 1 when a check fails.
     """
     if (port_url is None) == (emulate is None):
         raise click.UsageError("give exactly one of --port and --emulate")
+    from toolkit import multi_exit
+
+    if multi_exit.is_staged(bundle_path):
+        _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json)
+        return
     from firmware_bridge.bundle import Bundle
     from firmware_bridge.remotes import open_remote
     from toolkit import datasets
@@ -584,6 +596,27 @@ def hil(port_url, emulate, bundle_path, data_path, remote, report_path, junit_pa
         junit_path.write_text(runner.junit(result))
     click.echo(json.dumps(result, indent=2) if as_json else runner.table(result))
     if not (result["complete"] and result["offline_agreement"] == 1.0 and result["device_outputs_equal_oracle"] == 1.0):
+        raise click.ClickException("HIL checks failed; see the report")
+
+
+def _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json):
+    _quiet_tensorflow()
+    from converters.exit_policy import Policy
+    from toolkit import datasets, hil_stages, multi_exit
+
+    folder = multi_exit.stage_dir(bundle_path)
+    table = _stage_table(folder)
+    chosen = Policy.read(policy_path or folder / "policy.json")
+    x, y = datasets.load_npz(data_path)
+    if y is None:
+        raise datasets.DataError(f"{data_path} has no labels 'y'; a HIL run needs a labelled set")
+    datasets.check_matches(x, y, tuple(table.stages[0].input["shape"][1:]), table.classes, data_path)
+    tails = multi_exit.open_tail_dir(remote, table)
+    result = hil_stages.run(folder, chosen, x, y, tails, emulate, port_url, timeout, _progress)
+    if report_path:
+        report_path.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(json.dumps(result, indent=2) if as_json else hil_stages.table(result))
+    if not hil_stages.passed(result):
         raise click.ClickException("HIL checks failed; see the report")
 
 

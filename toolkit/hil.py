@@ -101,28 +101,37 @@ static const uint8_t kModelHash[32] = {{{join(bundle.model_hash)}}};
 def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int = 200, retries: int = 3) -> Path:
     """Compile the emulated board's firmware with the bundle's model as generated C and the C device
     library, its frames sized for the model's input (FEED and INFER carry it whole); return the ELF."""
-    if shutil.which("arm-none-eabi-gcc") is None:
-        raise HilError("arm-none-eabi-gcc is not installed; apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi")
-    board = MACHINES[machine]
     try:
         generated = engine.write(bundle.model, workdir)
     except engine.EngineError as exc:
         raise HilError(f"the emulated board runs the model as generated C, and this model cannot be: {exc}") from exc
     (workdir / "hil_config.h").write_text(config_header(bundle, f"qemu-{machine}", timeout_ms, retries))
-    (workdir / "link.ld").write_text((FIRMWARE / "link.ld.in").read_text().format(**vars(board)))
     max_body = max(1024, p.HEADER.size + p.INFER_FIXED.size + generated.input_bytes)
+    return compile_firmware(machine, workdir, [workdir / "model_infer.c"], max_body, [])
+
+
+def compile_firmware(machine: str, workdir: Path, model_sources: list[Path], max_body: int, defines: list[str],
+                     include: Path | None = None) -> Path:
+    """``boards/mps2`` firmware with the C device library and ``model_sources`` (``workdir`` holds the
+    generated headers); return the ELF."""
+    if shutil.which("arm-none-eabi-gcc") is None:
+        raise HilError("arm-none-eabi-gcc is not installed; apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi")
+    board = MACHINES[machine]
+    (workdir / "link.ld").write_text((FIRMWARE / "link.ld.in").read_text().format(**vars(board)))
     elf = workdir / "firmware.elf"
+    includes = [f"-I{workdir}", f"-I{C_LIBRARY}"] + ([f"-I{include}"] if include else [])
     cmd = ["arm-none-eabi-gcc", f"-mcpu={board.cpu}", "-mthumb", "-mfloat-abi=soft", "-O2", "-std=c99", "-Wall",
            "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-nostartfiles",
            "--specs=nano.specs", "--specs=nosys.specs", f"-DBP_MAX_BODY={max_body}u", f"-DUART0_BASE={board.uart0:#x}u",
-           f"-DCPU_HZ={board.cpu_hz}u", "-DBISUP_MODEL_PROFILE_MARKS", f"-I{workdir}", f"-I{C_LIBRARY}", "-T",
-           str(workdir / "link.ld"),
-           str(FIRMWARE / "startup.c"), str(FIRMWARE / "main.c"), str(workdir / "model_infer.c"),
-           str(C_LIBRARY / "bisup_kernels.c"), str(C_LIBRARY / "bisup_proto.c"), str(C_LIBRARY / "bisup_app.c"),
+           f"-DCPU_HZ={board.cpu_hz}u", "-DBISUP_MODEL_PROFILE_MARKS", *defines, *includes, "-T",
+           str(workdir / "link.ld"), str(FIRMWARE / "startup.c"), str(FIRMWARE / "main.c"),
+           *(str(source) for source in model_sources), str(C_LIBRARY / "bisup_kernels.c"),
+           str(C_LIBRARY / "bisup_proto.c"), str(C_LIBRARY / "bisup_app.c"), str(C_LIBRARY / "bisup_exits.c"),
            "-o", str(elf)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise HilError(f"building the {machine} firmware failed: {done.stderr.strip().splitlines()[-1]}")
+        errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.strip().splitlines()
+        raise HilError(f"building the {machine} firmware failed: {errors[0]}")
     return elf
 
 

@@ -11,7 +11,17 @@ bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint32_t coun
                               int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx) {
   bisup_result result = {local_label, BP_SRC_LOCAL, false};
   if (bp_trusted(local_confidence, app->threshold_int8)) return result;
-  if (!bp_client_request(&app->client, app->next_seq++, input, count, local_label, local_confidence)) {
+  return bisup_app_ask(app, 0, input, count, local_label, local_confidence, read_byte, read_ctx);
+}
+
+bisup_result bisup_app_ask(bisup_app *app, uint8_t stage, const int8_t *data, uint32_t count, uint16_t local_label,
+                           int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx) {
+  bisup_result result = {local_label, BP_SRC_LOCAL, false};
+  bool sent = stage ? bp_client_request_split(&app->client, app->next_seq, stage, data, count, local_label,
+                                              local_confidence)
+                    : bp_client_request(&app->client, app->next_seq, data, count, local_label, local_confidence);
+  app->next_seq++;
+  if (!sent) {
     result.source = BP_SRC_FALLBACK; /* input too large for a frame: answer locally */
     return result;
   }

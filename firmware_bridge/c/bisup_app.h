@@ -32,6 +32,11 @@ typedef bool (*bisup_read_byte)(void *ctx, uint8_t *byte);
 void bisup_app_init(bisup_app *app, const bp_client_config *link, int16_t threshold_int8);
 bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint32_t count, uint16_t local_label,
                               int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx);
+/* Relays unconditionally and waits: the raw input as INFER (stage 0) or, for a multi-exit device, the
+ * activation at the cut after `stage` as SPLIT. A result with source BP_SRC_FALLBACK means no usable remote
+ * answer (the caller decides what to do: a multi-exit device runs its remaining stages). */
+bisup_result bisup_app_ask(bisup_app *app, uint8_t stage, const int8_t *data, uint32_t count, uint16_t local_label,
+                           int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,37 @@
+/*
+ * bisup exit rule: how a multi-exit device decides after each stage (converters/exit_policy.py is the
+ * Python side; both compute the same integers, so the board decides exactly as calibration assumed).
+ *
+ * The score of exit e is its int8 supervisor confidence ("thresholds" policy), or EENet's learned
+ * scorer: features . weights + bias over e + 3 int8 features (the confidences of exits 0..e, the exit's
+ * top int8 score, its top-1 minus top-2), at most a few multiply-adds. The device answers at exit e
+ * when score >= threshold.
+ */
+#ifndef BISUP_EXITS_H_
+#define BISUP_EXITS_H_
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+  const int32_t *weights; /* NULL: the score is the exit's confidence; else exit_index + 3 weights */
+  int32_t bias;
+  int64_t threshold; /* answer here when score >= threshold; 2^40 or more: never */
+} bisup_exit_rule;
+
+/* confidences: exits 0..exit_index; scores: the exit's `classes` int8 class scores. Also returns the label. */
+int64_t bisup_exit_score(const bisup_exit_rule *rule, int exit_index, const int8_t *confidences,
+                         const int8_t *scores, int classes, uint16_t *label);
+
+static inline bool bisup_exit_answers(const bisup_exit_rule *rule, int64_t score) { return score >= rule->threshold; }
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BISUP_EXITS_H_ */
