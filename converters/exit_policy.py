@@ -48,6 +48,7 @@ class Policy:
     split: int  # what is relayed: 0 the raw input (INFER), s the activation at cut s (SPLIT)
     scorers: list[Scorer] = field(default_factory=list)
     remote_thresholds: list[float] = field(default_factory=list)  # per split, for the bridge's supervisor
+    remote_supervisor: str = "max-softmax"
     achieved: dict = field(default_factory=dict)
 
     def exit_score(self, exit_index: int, confidence: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -15,8 +15,11 @@ import numpy as np
 from converters import tflite_model
 from converters.artefacts import StageTable
 from converters.errors import ConversionError
+from converters.exit_policy import Policy
 from converters.runners import TflmRunner, quantize
 from converters.signature import ACTIVATION, CONFIDENCE, SCORES
+from firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor, Tail
+from firmware_bridge.remote_base import RemoteModel
 
 ARENA_SLACK = 1024
 
@@ -107,3 +110,19 @@ class StagedIdentity:
     @classmethod
     def of(cls, staged: StagedModel) -> StagedIdentity:
         return cls(staged.model_hash, int(np.prod(staged.table.stages[0].input["shape"])))
+
+
+def _quant(entry: dict) -> InputQuantization:
+    return InputQuantization(entry["scale"], entry["zero_point"], tuple(entry["shape"][1:]))
+
+
+def relay_for(model: StagedModel, tails: dict[int, RemoteModel], chosen: Policy) -> Relay:
+    """The bridge's relay for a multi-exit deployment: tail 0 answers INFER (the raw input), tail ``s``
+    answers SPLIT at cut ``s``, each under the remote supervisor's threshold for that split."""
+    table, thresholds = model.table, chosen.remote_thresholds
+    if len(thresholds) != len(tails):
+        raise ConversionError(f"the policy has remote thresholds for {len(thresholds)} splits but there are "
+                              f"{len(tails)} tails; calibrate the stages again")
+    judges = [RemoteSupervisor(chosen.remote_supervisor, t) for t in thresholds]
+    cut_tails = {s: Tail(tails[s], _quant(table.stages[s - 1].activation), judges[s]) for s in range(1, len(tails))}
+    return Relay(tails[0], judges[0], _quant(table.stages[0].input), cut_tails)

@@ -205,16 +205,15 @@ def test_a_lost_link_finishes_locally_at_the_last_exit(exits_run):
     from firmware_bridge.handler import RequestHandler
     from firmware_bridge.protocol import Source
     from firmware_bridge.serial_bridge import SerialBridge, pty_pair
-    from firmware_bridge.stage_model import StagedIdentity
+    from firmware_bridge.stage_model import StagedIdentity, relay_for
     from firmware_bridge.staged_device import StagedDevice
     from firmware_bridge.virtual_device import SerialLink
-    from toolkit import demo_exits
 
     out = Path(exits_run["out_dir"])
     chosen = Policy.from_json(exits_run["policies"]["learned (EENet)"])
     o, model, tails = _outcomes(out, "test", chosen.remote_thresholds)
     x = np.load(out / "test.npz")["x"]
-    relay = demo_exits.relay_for(model, tails, chosen, "max-softmax")
+    relay = relay_for(model, tails, chosen)
     device_port, bridge_path, slave_fd = pty_pair()
     stop = threading.Event()
     bridge = threading.Thread(target=SerialBridge(bridge_path, RequestHandler(relay, StagedIdentity.of(model))).run,
@@ -340,18 +339,17 @@ def test_a_tail_served_by_kserve_answers_split_requests(exits_run, tmp_path):
     from firmware_bridge import protocol as p
     from firmware_bridge.handler import RequestHandler
     from firmware_bridge.remotes import open_remote
-    from firmware_bridge.stage_model import StagedIdentity
-    from toolkit import demo_exits
+    from firmware_bridge.stage_model import StagedIdentity, relay_for
 
     out = Path(exits_run["out_dir"])
     chosen = Policy.from_json(exits_run["policies"]["learned (EENet)"])
     _, model, tails = _outcomes(out, "val", chosen.remote_thresholds)
     run = model.run_all(np.load(out / "test.npz")["x"][:20])
     split = 2
-    local = RequestHandler(demo_exits.relay_for(model, tails, chosen, "max-softmax"), StagedIdentity.of(model))
+    local = RequestHandler(relay_for(model, tails, chosen), StagedIdentity.of(model))
     with _kserve(out / f"tail{split}.keras", _free_port(), tmp_path / "kserve.log") as address:
         served = dict(tails) | {split: open_remote(f"oip+http://{address}/v2/models/{MODEL}")}
-        remote = RequestHandler(demo_exits.relay_for(model, served, chosen, "max-softmax"), StagedIdentity.of(model))
+        remote = RequestHandler(relay_for(model, served, chosen), StagedIdentity.of(model))
         for seq, activation in enumerate(run.activation[split - 1], start=1):
             body = p.encode(p.Split(seq, split, 0, 0, activation.astype(np.int8).tobytes(), boot=3))
             expected, got = p.decode(local.handle("d", body)), p.decode(remote.handle("d", body))
@@ -382,3 +380,49 @@ def test_the_emulated_board_runs_the_stages_and_decides_as_the_policy_offline(ex
     assert report["agreement_with_offline_policy"] == {"label": 1.0, "exit": 1.0}
     assert sum(report["exit_histogram"].values()) == 80
     assert report["stages"][0]["runs"] == 80 and report["stages"][0]["instructions_p50"] > report["stages"][0]["macs"]
+
+
+@pytest.mark.slow
+def test_bisup_bridge_and_bisup_device_serve_a_multi_exit_export(exits_run):
+    """What `bisup bridge --bundle STAGES --remote EXITS` and `bisup device --bundle STAGES` run, over a pty:
+    the same figures as the demo's learned-policy row."""
+    from firmware_bridge.ptylink import PtyServer
+    from firmware_bridge.serial_bridge import SerialBridge
+    from toolkit import device, serve
+
+    out = Path(exits_run["out_dir"])
+    handler, guarded = serve.make_handler(out, str(out), serve.RemoteOptions(), None, lambda message: None)
+    server, stop = PtyServer(), threading.Event()
+    bridge = threading.Thread(target=SerialBridge("pty", handler, 921600, opener=server.open).run, args=(stop,),
+                              daemon=True)
+    bridge.start()
+    try:
+        summary = device.run(out, out / "test.npz", server.device_path, None, "cli-staged", 500, 3, 10.0,
+                             lambda message: None)
+    finally:
+        stop.set()
+        bridge.join(timeout=5)
+        guarded.close()
+        server.close()
+    row = next(r for r in exits_run["rows"] if r["name"] == "learned (EENet)")
+    assert summary["accuracy"] == pytest.approx(row["accuracy"])
+    assert summary["mean_device_macs"] == pytest.approx(row["mean_device_macs"])
+    assert summary["exits"]["remote"] + summary["rejected"] == summary["requests"]
+    assert handler.counts["remote"] == summary["exits"]["remote"]
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_frozen_training_leaves_the_backbone_and_joint_training_moves_it(joint):
+    """--joint fine-tunes the backbone with the EENet loss; the default trains the heads alone."""
+    from converters import exits
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, 64)
+    multi = exits.attach(_residual(), ["stem"])
+    before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in multi.layers if layer.get_weights()}
+    exits.train(multi, x, y, epochs=1, joint=joint)
+    after = {name: multi.get_layer(name).get_weights() for name in before}
+    moved = {name for name, weights in before.items()
+             if any(not np.array_equal(a, b) for a, b in zip(weights, after[name], strict=True))}
+    assert "bisup_exit1_dense" in moved
+    assert ({"stem", "inner", "logits"} <= moved) if joint else not (moved & {"stem", "inner", "logits"})

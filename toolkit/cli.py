@@ -419,9 +419,12 @@ def _one_transport(serial_url, mqtt_url) -> None:
               help="Port as a pyserial URL: /dev/ttyUSB0, socket://host:port, spy://..., a pty path; or `pty` "
                    "to make a pseudo-terminal and print the path a `bisup device --serial PATH` opens.")
 @_mqtt_options
-@click.option("--remote", required=True, help="Remote model: a path (.keras, SavedModel dir, .tflite) or a server URL.")
+@click.option("--remote", required=True,
+              help="Remote model: a path (.keras, SavedModel dir, .tflite) or a server URL. For a multi-exit bundle: "
+                   "the folder `bisup exits` wrote (tail0.keras ...), or a URL with {split} in it (one per tail).")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
-              help="A .bisup bundle, or a folder with model.tflite (bisup export) and thresholds.json.")
+              help="A .bisup bundle, or a folder with model.tflite (bisup export) and thresholds.json; or a "
+                   "multi-exit export's folder (stages.json, policy.json), served with its remote tails (SPLIT).")
 @click.option("--baud", default=921600, show_default=True, help="Baud rate for real UARTs.")
 @click.option("--json-log", type=click.Path(path_type=Path, dir_okay=False),
               help="Append one JSON line per relay: time, device, seq, labels, confidences, decision, latency.")
@@ -492,7 +495,8 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
 @click.option("--serial", "serial_url", help="Port as a pyserial URL (see `bisup bridge`).")
 @_mqtt_options
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
-              help="A .bisup bundle, or a folder with model.tflite and thresholds.json.")
+              help="A .bisup bundle, or a folder with model.tflite and thresholds.json; or a multi-exit export's "
+                   "folder (stages.json, policy.json), which runs the stages and the exit policy.")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help=".npz with x (and y for the accuracy).")
 @click.option("--device-id", default="virtual-0", show_default=True,

@@ -18,10 +18,9 @@ import numpy as np
 from boards import load_board
 from converters.exit_policy import NEVER, Policy
 from firmware_bridge.handler import RequestHandler
-from firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor, Tail
-from firmware_bridge.remotes import RemoteModel
+from firmware_bridge.relay import Relay
 from firmware_bridge.serial_bridge import bridge_over_pty
-from firmware_bridge.stage_model import StagedIdentity, StagedModel
+from firmware_bridge.stage_model import StagedIdentity, StagedModel, relay_for
 from firmware_bridge.staged_device import StagedAnswer, StagedDevice
 from firmware_bridge.virtual_device import SerialLink
 from toolkit import demo, digits, multi_exit, policy, staged
@@ -40,18 +39,6 @@ def cut_names(backbone: Path) -> list[str]:
 
     layers = graph.load_model(backbone).layers
     return [layers[i].name for i in EXITS_AT]
-
-
-def _quant(entry: dict) -> InputQuantization:
-    return InputQuantization(entry["scale"], entry["zero_point"], tuple(entry["shape"][1:]))
-
-
-def relay_for(model: StagedModel, tails: dict[int, RemoteModel], chosen: Policy, supervisor: str) -> Relay:
-    """The bridge's relay: tail 0 answers INFER (raw input), tail ``s`` answers SPLIT at cut ``s``."""
-    table, thresholds = model.table, chosen.remote_thresholds
-    judges = [RemoteSupervisor(supervisor, t) for t in thresholds]
-    cut_tails = {s: Tail(tails[s], _quant(table.stages[s - 1].activation), judges[s]) for s in range(1, len(tails))}
-    return Relay(tails[0], judges[0], _quant(table.stages[0].input), cut_tails)
 
 
 def through_the_path(model: StagedModel, relay: Relay, chosen: Policy, x: np.ndarray) -> list[StagedAnswer]:
@@ -131,7 +118,7 @@ def run(out_dir: Path | None = None, seed: int = 0, board: str = demo.DEFAULT_BO
              "bytes_per_relay": float(test.sent_bytes[0])}]
     for name, chosen_policy in chosen.items():
         progress(f"{name}: sending {len(y)} test inputs through a multi-exit virtual device and the serial bridge")
-        relay = relay_for(model, tails, chosen_policy, "max-softmax")
+        relay = relay_for(model, tails, chosen_policy)
         rows.append(deployed_row(name, through_the_path(model, relay, chosen_policy, parts["test"][0]), y))
     return {"rows": rows, "policies": {k: v.to_json() for k, v in chosen.items()},
             "stages": [s.__dict__ for s in table.stages], "table": table, "full_macs": macs[-1],

@@ -21,9 +21,8 @@ from converters.exit_policy import NEVER, Policy
 from firmware_bridge import protocol as p
 from firmware_bridge.handler import RequestHandler
 from firmware_bridge.remotes import RemoteModel
-from firmware_bridge.stage_model import StagedIdentity, StagedModel
+from firmware_bridge.stage_model import StagedIdentity, StagedModel, relay_for
 from toolkit import hil, multi_exit, policy
-from toolkit.demo_exits import relay_for
 
 Progress = Callable[[str], None]
 THRESHOLD_MAX = 2**62  # NEVER, as a C int64 literal that no score reaches
@@ -127,7 +126,7 @@ def run(stage_dir: str | Path, chosen: Policy, x: np.ndarray, y: np.ndarray, tai
     staged = StagedModel(stage_dir)
     o, remote_conf = multi_exit.outcomes(staged, tails, x, y)
     o = multi_exit.with_remote_rule(o, remote_conf, np.asarray(chosen.remote_thresholds))
-    handler = RequestHandler(relay_for(staged, tails, chosen, "max-softmax"), StagedIdentity.of(staged))
+    handler = RequestHandler(relay_for(staged, tails, chosen), StagedIdentity.of(staged))
     with tempfile.TemporaryDirectory(prefix="bisup-hil-stages-") as workdir, contextlib.ExitStack() as stack:
         if machine is not None:
             progress(f"building the {machine} firmware with {len(staged)} stages as generated C and the exit policy")

@@ -109,6 +109,7 @@ def calibrate(stage_dir: str | Path, tails: dict[int, RemoteModel], data_path: s
     for kind in ("thresholds", "learned"):
         found, result = policy.search(o, kind, budget, max_remote_fraction, link)
         chosen[kind] = replace(found, remote_thresholds=[float(t) for t in thresholds],
+                               remote_supervisor=remote_supervisor,
                                achieved=result.figures(o.y) | {"samples": len(y), "data": str(data_path)})
         progress(f"{kind}: " + ", ".join(f"{k} {v:.4g}" for k, v in chosen[kind].achieved.items()
                                           if isinstance(v, float)))

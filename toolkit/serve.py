@@ -69,13 +69,54 @@ def open_bridge_remote(spec: str, progress: Progress) -> RemoteModel:
 
 def make_handler(bundle_path: str | Path, remote_spec: str, options: RemoteOptions, json_log: Path | None,
                  progress: Progress):
-    """The handler every transport serves, and the guarded remote (close it when done)."""
+    """The handler every transport serves, and the guarded remote (close it when done). A multi-exit export
+    (a folder with stages.json and policy.json) is served with its remote tails (see ``tail_specs``)."""
+    if (Path(bundle_path) / "stages.json").is_file():
+        return _staged_handler(Path(bundle_path), remote_spec, options, json_log, progress)
     loaded = Bundle.load(bundle_path)
     deadline = options.deadline()
     guarded = resilient(open_bridge_remote(remote_spec, progress), options.max_batch, options.max_delay_ms, deadline,
                         options.breaker_failures, options.breaker_cooldown_s)
     relay = Relay(guarded, loaded.remote_supervisor, loaded.quantization)
     return RequestHandler(relay, loaded, RelayLog(json_log)), guarded
+
+
+def tail_specs(remote_spec: str, splits: int) -> list[str]:
+    """Where the tails are: the folder `bisup exits` wrote (tail0.keras ...), or a URL with ``{split}`` in it
+    (e.g. ``oip+http://host:8080/v2/models/tail{split}``)."""
+    if "{split}" in remote_spec:
+        return [remote_spec.format(split=s) for s in range(splits)]
+    folder = Path(remote_spec)
+    if not folder.is_dir():
+        raise RemoteError(f"a multi-exit bundle needs its remote tails: give --remote the folder `bisup exits` "
+                          f"wrote, or a URL with {{split}} in it; {remote_spec} is neither")
+    return [str(folder / f"tail{s}.keras") for s in range(splits)]
+
+
+class _Closing:
+    """Closes every guarded tail remote at once."""
+
+    def __init__(self, remotes: list):
+        self.remotes = remotes
+
+    def close(self) -> None:
+        for remote in self.remotes:
+            remote.close()
+
+
+def _staged_handler(folder: Path, remote_spec: str, options: RemoteOptions, json_log: Path | None,
+                    progress: Progress):
+    from converters.exit_policy import Policy
+    from firmware_bridge.stage_model import StagedIdentity, StagedModel, relay_for
+
+    staged = StagedModel(folder)
+    chosen = Policy.read(folder / "policy.json")
+    deadline = options.deadline()
+    guarded = [resilient(open_bridge_remote(spec, progress), options.max_batch, options.max_delay_ms, deadline,
+                         options.breaker_failures, options.breaker_cooldown_s)
+               for spec in tail_specs(remote_spec, len(staged))]
+    relay = relay_for(staged, dict(enumerate(guarded)), chosen)
+    return RequestHandler(relay, StagedIdentity.of(staged), RelayLog(json_log)), _Closing(guarded)
 
 
 PTY = "pty"  # --serial pty: a pseudo-terminal for trying the bridge without a board
