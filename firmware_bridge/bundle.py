@@ -108,6 +108,10 @@ class Bundle:
         location = Path(path)
         if location.is_file():
             files, manifest = read_archive(location)
+            if "stages.json" in files:
+                raise BundleError(f"{location} is a multi-exit bundle (stages.json): a single-exit device or "
+                                  "bridge cannot run it; `bisup bridge`, `bisup device` and `bisup bundle --verify` "
+                                  "take it as it is, or export the model without exits for a single-exit device")
             return cls(location, files["model.tflite"],
                        Thresholds.from_json(files["thresholds.json"], f"bundle {location}: thresholds.json"),
                        ExportReport.from_json(files["report.json"], f"bundle {location}: report.json"), manifest)

@@ -6,7 +6,11 @@ device (which acts on them), like ``device_model`` for a single-exit model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tempfile
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +130,31 @@ def relay_for(model: StagedModel, tails: dict[int, RemoteModel], chosen: Policy)
     judges = [RemoteSupervisor(chosen.remote_supervisor, t) for t in thresholds]
     cut_tails = {s: Tail(tails[s], _quant(table.stages[s - 1].activation), judges[s]) for s in range(1, len(tails))}
     return Relay(tails[0], judges[0], _quant(table.stages[0].input), cut_tails)
+
+
+def is_staged(path: str | Path) -> bool:
+    """A multi-exit export: a folder with ``stages.json``, or a ``.bisup`` archive that holds one."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / "stages.json").is_file()
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return "stages.json" in archive.namelist()
+    return False
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | Path) -> Iterator[Path]:
+    """The folder of a multi-exit export; an archive is verified (``bundle.read_archive``) and unpacked into a
+    temporary folder for the duration (``StagedModel`` reads every stage into memory, so it outlives it)."""
+    from firmware_bridge.bundle import read_archive
+
+    path = Path(path)
+    if path.is_dir():
+        yield path
+        return
+    files, _ = read_archive(path)
+    with tempfile.TemporaryDirectory(prefix="bisup-stages-") as folder:
+        for name, data in files.items():
+            (Path(folder) / name).write_bytes(data)
+        yield Path(folder)

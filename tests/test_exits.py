@@ -388,16 +388,18 @@ def test_bisup_bridge_and_bisup_device_serve_a_multi_exit_export(exits_run):
     the same figures as the demo's learned-policy row."""
     from firmware_bridge.ptylink import PtyServer
     from firmware_bridge.serial_bridge import SerialBridge
-    from toolkit import device, serve
+    from toolkit import bundles, device, serve
 
     out = Path(exits_run["out_dir"])
-    handler, guarded = serve.make_handler(out, str(out), serve.RemoteOptions(), None, lambda message: None)
+    archive = out / "digits-exits.bisup"
+    bundles.build(out, archive)
+    handler, guarded = serve.make_handler(archive, str(out), serve.RemoteOptions(), None, lambda message: None)
     server, stop = PtyServer(), threading.Event()
     bridge = threading.Thread(target=SerialBridge("pty", handler, 921600, opener=server.open).run, args=(stop,),
                               daemon=True)
     bridge.start()
     try:
-        summary = device.run(out, out / "test.npz", server.device_path, None, "cli-staged", 500, 3, 10.0,
+        summary = device.run(archive, out / "test.npz", server.device_path, None, "cli-staged", 500, 3, 10.0,
                              lambda message: None)
     finally:
         stop.set()
@@ -426,3 +428,27 @@ def test_frozen_training_leaves_the_backbone_and_joint_training_moves_it(joint):
              if any(not np.array_equal(a, b) for a, b in zip(weights, after[name], strict=True))}
     assert "bisup_exit1_dense" in moved
     assert ({"stem", "inner", "logits"} <= moved) if joint else not (moved & {"stem", "inner", "logits"})
+
+
+@pytest.mark.slow
+def test_a_multi_exit_bundle_carries_every_stage_and_the_policy_and_is_verified(exits_run, tmp_path):
+    import zipfile
+
+    from firmware_bridge.bundle import Bundle, BundleError
+    from toolkit import bundles
+
+    out = Path(exits_run["out_dir"])
+    archive = tmp_path / "exits.bisup"
+    manifest = bundles.build(out, archive)
+    assert set(manifest.members) == {"stages.json", "policy.json", "labels.json"} | {
+        f"stage{i}.tflite" for i in range(1, len(exits_run["stages"]) + 1)}
+    assert bundles.verify(archive).model_sha256 == manifest.model_sha256
+    with pytest.raises(BundleError, match="is a multi-exit bundle"):
+        Bundle.load(archive)
+    tampered = tmp_path / "tampered.bisup"
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(tampered, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            target.writestr(info, data[:-1] + bytes([data[-1] ^ 1]) if info.filename == "stage2.tflite" else data)
+    with pytest.raises(BundleError, match="stage2.tflite has SHA-256"):
+        bundles.verify(tampered)

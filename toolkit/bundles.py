@@ -19,7 +19,9 @@ from pathlib import Path
 
 from converters import tflite_model
 from converters.artefacts import BundleManifest, ExportReport, Member, Thresholds, dumps
+from converters.exit_policy import Policy
 from firmware_bridge.bundle import Bundle, BundleError, read_archive, sha256_hex
+from firmware_bridge.stage_model import StagedModel, is_staged, staged_folder
 
 
 def _toolkit_version() -> str:
@@ -60,11 +62,28 @@ def members(build_dir: Path, labels_path: Path | None = None) -> dict[str, bytes
     }
 
 
+def staged_members(build_dir: Path, labels_path: Path | None = None) -> tuple[dict[str, bytes], str]:
+    """A multi-exit bundle's members (stages.json, policy.json, every stage, labels) and its model hash."""
+    for name, made_by in (("stages.json", "bisup export"), ("policy.json", "bisup calibrate --local")):
+        if not (build_dir / name).is_file():
+            raise BundleError(f"{build_dir} has no {name}; run `{made_by} ... --out {build_dir}` first")
+    staged = StagedModel(build_dir)  # checks every stage against stages.json
+    policy = Policy.read(build_dir / "policy.json")
+    files = {"stages.json": dumps(staged.table).encode(), "policy.json": policy.dumps().encode(),
+             "labels.json": (json.dumps(_labels(labels_path, staged.table.classes), indent=2) + "\n").encode()}
+    files |= {entry.file: model for entry, model in zip(staged.table.stages, staged.models, strict=True)}
+    return files, staged.model_hash.hex()
+
+
 def build(build_dir: str | Path, out: str | Path, labels_path: str | Path | None = None) -> BundleManifest:
-    """Write the archive atomically and return its manifest."""
-    files = members(Path(build_dir), Path(labels_path) if labels_path else None)
-    manifest = BundleManifest(_toolkit_version(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              sha256_hex(files["model.tflite"]),
+    """Write the archive atomically and return its manifest (a multi-exit export gives a multi-exit bundle)."""
+    labels = Path(labels_path) if labels_path else None
+    if is_staged(build_dir):
+        files, model_hash = staged_members(Path(build_dir), labels)
+    else:
+        files = members(Path(build_dir), labels)
+        model_hash = sha256_hex(files["model.tflite"])
+    manifest = BundleManifest(_toolkit_version(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model_hash,
                               {name: Member(sha256_hex(data), len(data)) for name, data in files.items()})
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,5 +99,10 @@ def build(build_dir: str | Path, out: str | Path, labels_path: str | Path | None
 
 def verify(path: str | Path) -> BundleManifest:
     """The manifest of a bundle whose every member matches it and whose artefacts this bisup reads."""
-    Bundle.load(path)  # parses thresholds.json and report.json too: a bundle that verifies also loads
+    if is_staged(path):
+        with staged_folder(path) as folder:
+            StagedModel(folder)
+            Policy.read(folder / "policy.json")
+    else:
+        Bundle.load(path)  # parses thresholds.json and report.json too: a bundle that verifies also loads
     return read_archive(Path(path))[1]

@@ -36,7 +36,9 @@ def open_link(serial_url: str | None, broker: Broker | None, device_id: str):
 def run(bundle_path: str | Path, data_path: str | Path, serial_url: str | None, broker: Broker | None,
         device_id: str, timeout_ms: int, retries: int, hello_timeout_s: float, progress: Progress) -> dict:
     """Greet the bridge, run every input as deployed, and return the summary `bisup device` prints."""
-    if (Path(bundle_path) / "stages.json").is_file():
+    from firmware_bridge.stage_model import is_staged
+
+    if is_staged(bundle_path):
         return _run_staged(Path(bundle_path), data_path, serial_url, broker, device_id, timeout_ms, retries,
                            hello_timeout_s, progress)
     loaded = Bundle.load(bundle_path)
@@ -61,11 +63,12 @@ def _run_staged(folder: Path, data_path: str | Path, serial_url: str | None, bro
     import numpy as np
 
     from converters.exit_policy import Policy
-    from firmware_bridge.stage_model import StagedModel
+    from firmware_bridge.stage_model import StagedModel, staged_folder
     from firmware_bridge.staged_device import StagedDevice
 
-    staged = StagedModel(folder)
-    chosen = Policy.read(folder / "policy.json")
+    with staged_folder(folder) as unpacked:
+        staged = StagedModel(unpacked)
+        chosen = Policy.read(unpacked / "policy.json")
     x, y = datasets.load_npz(data_path)
     datasets.check_matches(x, y, tuple(staged.table.stages[0].input["shape"][1:]), staged.table.classes, data_path)
     with open_link(serial_url, broker, device_id) as link:

@@ -71,7 +71,9 @@ def make_handler(bundle_path: str | Path, remote_spec: str, options: RemoteOptio
                  progress: Progress):
     """The handler every transport serves, and the guarded remote (close it when done). A multi-exit export
     (a folder with stages.json and policy.json) is served with its remote tails (see ``tail_specs``)."""
-    if (Path(bundle_path) / "stages.json").is_file():
+    from firmware_bridge.stage_model import is_staged
+
+    if is_staged(bundle_path):
         return _staged_handler(Path(bundle_path), remote_spec, options, json_log, progress)
     loaded = Bundle.load(bundle_path)
     deadline = options.deadline()
@@ -104,13 +106,14 @@ class _Closing:
             remote.close()
 
 
-def _staged_handler(folder: Path, remote_spec: str, options: RemoteOptions, json_log: Path | None,
+def _staged_handler(bundle: Path, remote_spec: str, options: RemoteOptions, json_log: Path | None,
                     progress: Progress):
     from converters.exit_policy import Policy
-    from firmware_bridge.stage_model import StagedIdentity, StagedModel, relay_for
+    from firmware_bridge.stage_model import StagedIdentity, StagedModel, relay_for, staged_folder
 
-    staged = StagedModel(folder)
-    chosen = Policy.read(folder / "policy.json")
+    with staged_folder(bundle) as folder:
+        staged = StagedModel(folder)
+        chosen = Policy.read(folder / "policy.json")
     deadline = options.deadline()
     guarded = [resilient(open_bridge_remote(spec, progress), options.max_batch, options.max_delay_ms, deadline,
                          options.breaker_failures, options.breaker_cooldown_s)
