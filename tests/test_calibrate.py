@@ -88,6 +88,19 @@ def test_risk_mode_states_its_guarantee(exported, digits_example, tmp_path):
     assert "exchangeable" in _cli("calibrate", "--help").stdout
 
 
+def test_budget_with_delta_is_guaranteed_and_no_looser_than_the_point_estimate(exported, digits_example, tmp_path):
+    runs = {}
+    for name, extra in (("point", []), ("guaranteed", ["--delta", "0.1"])):
+        result = _cli("calibrate", "--local", exported, "--remote", digits_example["model"], "--data",
+                      digits_example["val"], "--max-remote-fraction", "0.3", "--out", tmp_path / name, "--json", *extra)
+        assert result.exit_code == 0, result.stderr
+        runs[name] = json.loads(result.stdout)
+    assert runs["point"]["guarantee"] is None and "delta" not in runs["point"]["selection"]
+    assert "deployed fraction of inputs relayed" in runs["guaranteed"]["guarantee"]
+    assert runs["guaranteed"]["selection"]["delta"] == 0.1
+    assert runs["guaranteed"]["achieved"]["remote_fraction"] <= runs["point"]["achieved"]["remote_fraction"]
+
+
 def test_too_small_for_the_guarantee(exported, digits_example, tmp_path):
     result = _cli("calibrate", "--local", exported, "--remote", digits_example["model"], "--data",
                   digits_example["val"], "--max-local-error", "0.0005", "--out", tmp_path)

@@ -107,3 +107,34 @@ def test_cost_figures_against_remote_only():
     assert costs["cost_saved"] == pytest.approx(0.75)
     assert costs["cost_per_request"] == pytest.approx(0.0005)
     assert costs["mean_added_latency_s"] == pytest.approx(0.02)
+
+
+def test_the_guaranteed_budget_holds_on_unseen_data_over_many_draws():
+    """Budget with a guarantee: over 300 validation draws, the deployed (population) remote fraction exceeds
+    the budget in at most ~delta of them; the point estimate, measured on the same draws, exceeds it far more
+    often (the problem the guarantee fixes)."""
+    rng = np.random.default_rng(2)
+    population = _population(400_000, rng)
+    codes = np.sort(population.confidence_int8)
+    true_rate = lambda t: np.searchsorted(codes, t) / len(codes)  # noqa: E731  relayed: confidence < t
+    budget, delta, trials = 0.3, 0.1, 300
+    exceeded = {"guaranteed": 0, "point": 0}
+    coverage = []
+    for _ in range(trials):
+        sample = rng.choice(len(codes), 2000, replace=False)
+        o = th.Outcomes(*(a[sample] for a in (population.confidence_int8, population.local_pred,
+                                              population.remote_pred, population.remote_confidence, population.y)))
+        points = th.sweep(o, th.RemoteRule(max_reject=None))
+        guaranteed = th.choose_budget_guaranteed(points, len(o), budget, delta)
+        exceeded["guaranteed"] += true_rate(guaranteed.threshold_int8) > budget
+        exceeded["point"] += true_rate(th.choose_budget(points, budget).threshold_int8) > budget
+        coverage.append(true_rate(guaranteed.threshold_int8))
+    assert exceeded["guaranteed"] / trials <= delta + 0.03
+    assert exceeded["point"] > exceeded["guaranteed"]
+    assert np.mean(coverage) > 0.8 * budget  # not vacuous: it spends most of the budget
+
+
+def test_a_budget_too_small_to_certify_names_the_floor(outcomes):
+    points = th.sweep(outcomes, th.DEFAULT_RULE)
+    with pytest.raises(th.ThresholdError, match="no budget below 0.12% can be certified at confidence 90%"):
+        th.choose_budget_guaranteed(points, len(outcomes), 0.001, 0.1)

@@ -51,12 +51,18 @@ class Mode:
 
     kind: str
     value: float
-    delta: float = 0.1
+    delta: float | None = None  # risk: 0.1 when None; budget: None is the point estimate, a value a guarantee
+
+    @property
+    def risk_delta(self) -> float:
+        return 0.1 if self.delta is None else self.delta
 
     def describe(self) -> dict:
         names = {"budget": "max_remote_fraction", "target": "target_accuracy", "risk": "max_local_error"}
         entry = {"mode": self.kind, names[self.kind]: self.value}
-        return entry | ({"delta": self.delta} if self.kind == "risk" else {})
+        if self.kind == "risk":
+            return entry | {"delta": self.risk_delta}
+        return entry | ({"delta": self.delta} if self.kind == "budget" and self.delta is not None else {})
 
 
 @dataclass
@@ -99,11 +105,14 @@ def _choose(o: Outcomes, mode: Mode, rule: RemoteRule, points: list[Point]) -> t
     if mode.kind == "budget":
         if not 0 <= mode.value <= 1:
             raise thresholds.ThresholdError(f"max remote fraction {mode.value} must lie in 0..1")
-        return thresholds.choose_budget(points, mode.value), None
+        if mode.delta is None:
+            return thresholds.choose_budget(points, mode.value), None
+        return (thresholds.choose_budget_guaranteed(points, len(o), mode.value, mode.delta),
+                thresholds.budget_guarantee_text(mode.value, mode.delta))
     if mode.kind == "target":
         return thresholds.choose_target(points, mode.value), None
-    point = thresholds.choose_risk(o, rule, mode.value, mode.delta)
-    return point, thresholds.guarantee_text(mode.value, mode.delta)
+    point = thresholds.choose_risk(o, rule, mode.value, mode.risk_delta)
+    return point, thresholds.guarantee_text(mode.value, mode.risk_delta)
 
 
 def export_report(model_path: Path) -> ExportReport | None:

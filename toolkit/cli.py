@@ -236,7 +236,10 @@ def _mode(max_remote_fraction, target_accuracy, max_local_error, delta):
               help="Budget: the most accurate point with at most this fraction of remote calls.")
 @click.option("--target-accuracy", type=float, help="Fewest remote calls that reach this system accuracy.")
 @click.option("--max-local-error", type=float, help=RISK_HELP)
-@click.option("--delta", type=float, default=0.1, show_default=True, help="Risk mode: allowed failure probability.")
+@click.option("--delta", type=float, default=None,
+              help="Risk mode: allowed failure probability [default: 0.1]. Budget mode: given, the deployed remote "
+                   "fraction exceeds --max-remote-fraction with probability at most this (an upper confidence "
+                   "bound on the relay rate); without it the budget holds on the validation set only.")
 @click.option("--max-reject", type=float, default=0.005, show_default=True,
               help="Remote supervisor: reject the least confident remote answers, at most this fraction of all "
                    "inputs. A rejected input falls back to the device's own label, so rejecting trades system "

@@ -149,6 +149,34 @@ def choose_budget(points: list[Point], max_remote_fraction: float) -> Point:
     return max(within, key=lambda p: (p.accuracy, -p.remote_fraction))
 
 
+def choose_budget_guaranteed(points: list[Point], samples: int, max_remote_fraction: float, delta: float) -> Point:
+    """The most accurate point whose relay rate is certified within the budget: the one-sided (1 - delta)
+    Clopper-Pearson upper bound of its relay count on ``samples`` inputs is at most ``max_remote_fraction``.
+
+    One bound suffices, without a union over thresholds: the relay rate is monotone in the threshold, so
+    every point that passes lies at or below the largest threshold that passes, and that one deploys a
+    rate above the budget only if the bound at the first threshold whose true rate exceeds it failed,
+    which happens with probability at most delta.
+    """
+    if not (0 < delta < 1 and 0 <= max_remote_fraction <= 1):
+        raise ThresholdError(f"delta {delta} must lie strictly between 0 and 1, the budget {max_remote_fraction} "
+                             "in 0..1")
+    within = [p for p in points
+              if clopper_pearson_upper(round(p.remote_fraction * samples), samples, delta) <= max_remote_fraction]
+    if not within:
+        floor = clopper_pearson_upper(0, samples, delta)
+        raise ThresholdError(f"with {samples} validation samples no budget below {floor:.2%} can be certified at "
+                             f"confidence {1 - delta:.0%}; raise --max-remote-fraction or use more samples")
+    return max(within, key=lambda p: (p.accuracy, -p.remote_fraction))
+
+
+def budget_guarantee_text(max_remote_fraction: float, delta: float) -> str:
+    return (f"With probability at least {1 - delta:.0%} over the draw of the validation set, the deployed fraction "
+            f"of inputs relayed to the remote is at most {max_remote_fraction:.2%}, provided validation and "
+            "deployment inputs are exchangeable. A Clopper-Pearson upper bound on the relay rate; the rate is "
+            "monotone in the threshold, so one bound covers the choice.")
+
+
 def choose_target(points: list[Point], target_accuracy: float) -> Point:
     """The fewest remote calls that reach ``target_accuracy``; say the best achievable if none does."""
     reaching = [p for p in points if p.accuracy >= target_accuracy - 1e-12]
