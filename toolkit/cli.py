@@ -66,6 +66,7 @@ def main() -> None:
       bisup calibrate --local build/model.tflite --remote remote.keras --data build/val.npz \\
           --max-remote-fraction 0.3 --out build/
       bisup demo                                 # all of it, end to end, on digits
+      bisup demo --exits                         # early exits, split computing, a learned exit policy
     """
 
 
