@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,11 @@ def make_client(broker: Broker, client_id: str, manual_ack: bool = False) -> mqt
                          manual_ack=manual_ack)
     client.on_socket_open = _nodelay
     if broker.tls:
-        client.tls_set(ca_certs=str(broker.ca) if broker.ca else None)
+        try:
+            client.tls_set(ca_certs=str(broker.ca) if broker.ca else None)
+        except (ssl.SSLError, OSError) as exc:  # a CA file that is missing, unreadable or not PEM
+            raise MqttError(f"the CA certificate {broker.ca} cannot be loaded ({exc}); give the CA that "
+                            "`bisup broker --secure` printed") from exc
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
     return client

@@ -311,3 +311,14 @@ def test_cli_broker_on_a_taken_port_is_one_line(tmp_path):
         port = taken.getsockname()[1]
         result = CliRunner().invoke(main, ["broker", "--port", str(port), "--dir", str(tmp_path / "b")])
     assert str(port) in error_line(result)
+
+
+def test_a_ca_file_that_is_not_pem_is_one_error_naming_it(tmp_path):
+    """Not an ssl.SSLError from deep in paho: the race in which mosquitto still listens on broken TLS files
+    (before it exits) used to surface that way."""
+    from firmware_bridge.mqtt_link import Broker, MqttError, make_client
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not PEM\n")
+    with pytest.raises(MqttError, match=f"the CA certificate {ca} cannot be loaded"):
+        make_client(Broker.from_url("mqtts://127.0.0.1:8883", None, None, ca), "probe")

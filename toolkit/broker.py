@@ -25,6 +25,7 @@ every device's requests; and ``acl_file`` cannot bind a client id to a user. The
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import hashlib
 import ipaddress
@@ -384,10 +385,16 @@ class LocalBroker:
             time.sleep(0.02)
         probe_user = self.config.bridge_user if self.config.secure else None
         endpoint = self.endpoint(probe_user)
-        probe = make_client(endpoint, f"bisup-broker-probe-{secrets.token_hex(4)}")
         try:
+            probe = make_client(endpoint, f"bisup-broker-probe-{secrets.token_hex(4)}")
             connect(probe, endpoint, timeout_s=max(deadline - time.monotonic(), 1.0))
         except MqttError as exc:
+            # Broken TLS files: mosquitto may listen for a moment before it fails on them and exits.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=2)
+            if self.process.returncode is not None:
+                raise self._failure(f"mosquitto exited (code {self.process.returncode}) on {where}: {exc}",
+                                    log_offset) from exc
             raise self._failure(f"mosquitto on {where} does not accept connections: {exc}", log_offset) from exc
         probe.disconnect()
         probe.loop_stop()
