@@ -247,6 +247,7 @@ class StageTable:
     fit_problems: list
     samples: dict
     flash_bytes: int | None = None  # generated C of every stage plus the kernels (arm-none-eabi-size)
+    shared_arena_bytes: int | None = None  # the one arena the stages' generated C shares (stages_arena.c)
 
     @property
     def cumulative_macs(self) -> list[int]:

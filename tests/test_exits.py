@@ -181,7 +181,7 @@ def test_generated_stages_in_c_match_tflm_byte_for_byte(exits_run, tmp_path):
     n = len(model)
     (tmp_path / "chain.c").write_text(_chain_harness(n))
     exe = tmp_path / "chain"
-    sources = [str(out / f"stage{i}_infer.c") for i in range(1, n + 1)]
+    sources = [str(out / f"stage{i}_infer.c") for i in range(1, n + 1)] + [str(out / "stages_arena.c")]
     subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-fsanitize=address,undefined",
                     "-fno-sanitize-recover=all", f"-I{out}", f"-I{KERNELS}", *sources, str(KERNELS / "bisup_kernels.c"),
                     str(tmp_path / "chain.c"), "-o", str(exe)], check=True)
@@ -310,6 +310,9 @@ def test_exits_export_and_calibrate_from_the_command_line(digits_example, tmp_pa
     table = json.loads(exported.stdout)
     assert [s["cut"] for s in table["stages"]] == [layers[0], layers[1], None]
     assert table["stages"][0]["activation"]["bytes"] == int(np.prod(table["stages"][1]["input"]["shape"]))
+    assert table["shared_arena_bytes"] == max(s["engine_arena_bytes"] for s in table["stages"])
+    assert f"int32_t bisup_stages_arena[({table['shared_arena_bytes']} + 3) / 4];" in (
+        tmp_path / "e" / "stages_arena.c").read_text()
 
     first = table["stages"][0]["macs"]
     full = sum(s["macs"] for s in table["stages"])

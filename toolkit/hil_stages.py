@@ -83,7 +83,7 @@ def build(machine: str, staged: StagedModel, chosen: Policy, workdir: Path, time
     largest = max([int(np.prod(table.stages[0].input["shape"]))]
                   + [s.activation["bytes"] for s in table.stages if s.activation])
     max_body = max(1024, p.HEADER.size + p.SPLIT_FIXED.size + largest)
-    sources = [staged.directory / f"stage{i}_infer.c" for i in range(1, n + 1)]
+    sources = [staged.directory / f"stage{i}_infer.c" for i in range(1, n + 1)] + [staged.directory / "stages_arena.c"]
     return hil.compile_firmware(machine, workdir, sources, max_body, ["-DBISUP_STAGES"], staged.directory)
 
 

@@ -91,6 +91,7 @@ def stages_table(table) -> str:
               f"{100 * s.exit_int8_accuracy:.2f} %") for i, s in enumerate(table.stages, 1)]
     fits = "fits" if table.fits else "DOES NOT FIT: " + "; ".join(table.fit_problems)
     flash = f", C engine flash {table.flash_bytes:,} B" if table.flash_bytes else ""
+    flash += f", one shared arena of {table.shared_arena_bytes:,} B" if table.shared_arena_bytes else ""
     return _grid(header, cells) + f"\n{table.board}: {fits}{flash}"
 
 
