@@ -174,3 +174,18 @@ def test_savedmodel_remote_and_a_remote_with_the_wrong_input_shape(digits_exampl
     wide.save(tmp_path / "wide.keras")
     with pytest.raises(RemoteError, match=r"wide.keras failed on inputs of shape \(8, 8, 1\)"):
         open_remote(tmp_path / "wide.keras").predict(x)
+
+
+def test_tradeoff_shows_accuracy_against_remote_calls_and_in_risk_mode_the_bound(exported, digits_example, tmp_path):
+    from firmware_bridge.remotes import open_remote
+    from toolkit.plot import tradeoff
+
+    remote = open_remote(digits_example["model"])
+    for mode, panels in ((calibrate.Mode("budget", 0.3), 2), (calibrate.Mode("risk", 0.05), 3)):
+        result = calibrate.calibrate(exported, remote, digits_example["val"], mode)
+        drawn = tradeoff(result, tmp_path / f"{mode.kind}.png")
+        assert len(drawn["panels"]) == panels
+        assert drawn["panels"][1] == "accuracy against remote calls"
+        assert f"int8 {result.chosen.threshold_int8}" in drawn["chosen_label"]
+        assert (tmp_path / f"{mode.kind}.png").read_bytes()[:4] == b"\x89PNG"
+    assert drawn["panels"][2] == "risk: certified against observed"
