@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +82,11 @@ def minimum_arena(model_path: Path) -> int:
         else:
             bad = middle
     return good
+
+
+def minimum_arena_of(flatbuffer: bytes) -> int:
+    """``minimum_arena`` of a model held in memory (the probes are subprocesses, so they read a file)."""
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as handle:
+        handle.write(flatbuffer)
+        handle.flush()
+        return minimum_arena(Path(handle.name))

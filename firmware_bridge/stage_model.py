@@ -133,8 +133,10 @@ def relay_for(model: StagedModel, tails: dict[int, RemoteModel], chosen: Policy)
 
 
 def is_staged(path: str | Path) -> bool:
-    """A multi-exit export: a folder with ``stages.json``, or a ``.bisup`` archive that holds one."""
+    """A multi-exit export: a folder with ``stages.json`` (or that file), or a ``.bisup`` archive holding one."""
     path = Path(path)
+    if path.name == "stages.json":
+        return path.is_file()
     if path.is_dir():
         return (path / "stages.json").is_file()
     if path.is_file() and zipfile.is_zipfile(path):
@@ -145,11 +147,14 @@ def is_staged(path: str | Path) -> bool:
 
 @contextlib.contextmanager
 def staged_folder(path: str | Path) -> Iterator[Path]:
-    """The folder of a multi-exit export; an archive is verified (``bundle.read_archive``) and unpacked into a
-    temporary folder for the duration (``StagedModel`` reads every stage into memory, so it outlives it)."""
+    """The folder of a multi-exit export (given as the folder, its ``stages.json`` or a ``.bisup`` archive). An
+    archive is verified (``bundle.read_archive``) and unpacked into a temporary folder for the duration
+    (``StagedModel`` reads every stage into memory, so it outlives it)."""
     from firmware_bridge.bundle import read_archive
 
     path = Path(path)
+    if path.name == "stages.json":
+        path = path.parent
     if path.is_dir():
         yield path
         return

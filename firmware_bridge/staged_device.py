@@ -39,7 +39,7 @@ class StagedDevice(VirtualDevice):
         self.staged, self.policy = staged, policy
         self.macs = staged.table.cumulative_macs
 
-    def _finish(self, x_q: np.ndarray, state: dict, start: int, confidences: list[int]) -> tuple[int, int]:
+    def _finish(self, state: dict, start: int, confidences: list[int]) -> tuple[int, int]:
         """Run stages ``start``.. to the last; return the last exit's label and confidence."""
         current = state
         for index in range(start, len(self.staged)):
@@ -65,7 +65,7 @@ class StagedDevice(VirtualDevice):
         sent = cut[split].size
         if reply.source is p.Source.REMOTE:
             return StagedAnswer(reply, -1, self.macs[self.policy.depth - 1], sent)
-        final, conf = self._finish(x_q, current, self.policy.depth, confidences)
+        final, conf = self._finish(current, self.policy.depth, confidences)
         fallback = Answer(reply.seq, final, float(conf), p.Source.FALLBACK, reply.rejected)
         return StagedAnswer(fallback, last, self.macs[last], sent if reply.rejected else 0)
 

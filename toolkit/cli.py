@@ -273,9 +273,9 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
     per-exit-threshold baseline and EENet's learned scorers, each the most accurate within
     --max-device-fraction and --max-remote-fraction, written to policy-thresholds.json and policy.json.
     """
-    from toolkit import multi_exit
+    from firmware_bridge.stage_model import is_staged
 
-    if multi_exit.is_staged(local_path):
+    if is_staged(local_path):
         _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_remote_fraction, max_reject,
                          remote_supervisor, bandwidth_kbps, cloud_gmacs, out_dir, as_json)
         return
@@ -301,14 +301,16 @@ def _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_rem
         raise click.UsageError("a multi-exit export needs both budgets: --max-device-fraction and "
                                "--max-remote-fraction")
     _quiet_tensorflow()
+    from firmware_bridge.stage_model import StagedModel, staged_folder
     from toolkit import multi_exit
     from toolkit.policy import LinkCost
 
-    folder = multi_exit.stage_dir(local_path)
-    tails = multi_exit.open_tail_dir(remote, _stage_table(folder))
-    chosen = multi_exit.calibrate(folder, tails, data_path, max_device_fraction, max_remote_fraction, max_reject,
-                                  LinkCost(bandwidth_kbps * 1000, cloud_gmacs * 1e9), remote_supervisor, _progress,
-                                  out_dir)
+    with staged_folder(local_path) as folder:
+        staged = StagedModel(folder)
+    tails = multi_exit.open_tail_dir(remote, staged.table)
+    chosen, _ = multi_exit.calibrate(staged, tails, data_path, max_device_fraction, max_remote_fraction, max_reject,
+                                     LinkCost(bandwidth_kbps * 1000, cloud_gmacs * 1e9), remote_supervisor, _progress,
+                                     out_dir)
     if as_json:
         click.echo(json.dumps({k: v.to_json() for k, v in chosen.items()}, indent=2))
         return
@@ -317,12 +319,6 @@ def _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_rem
         click.echo(f"{kind:10s} depth {found.depth}, split {found.split}: accuracy {100 * a['accuracy']:.2f} %, "
                    f"remote {100 * a['remote_fraction']:.1f} %, device {a['mean_device_macs']:,.0f} MACs, "
                    f"{a['mean_bytes_sent']:.1f} B sent per input")
-
-
-def _stage_table(folder: Path):
-    from converters.artefacts import StageTable
-
-    return StageTable.read(folder / "stages.json")
 
 
 def _progress(message: str) -> None:
@@ -555,7 +551,7 @@ def bundle_command(build_dir, out, labels, verify_path, as_json) -> None:
 @click.option("--emulate", type=click.Choice(["mps2-an386", "mps2-an500", "mps2-an505"]),
               help="Run the firmware in QEMU instead of a board: Cortex-M4, M7 or M33.")
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
-              help="The .bisup bundle (or build folder) the board runs; or a multi-exit export's folder (stages.json).")
+              help="The .bisup bundle (or build folder) the board runs; or a multi-exit export (its folder or bundle).")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Labelled .npz (x, y).")
 @click.option("--remote", required=True,
               help="Remote model for the bridge side (multi-exit: the folder with the tails from `bisup exits`).")
@@ -581,9 +577,9 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
     """
     if (port_url is None) == (emulate is None):
         raise click.UsageError("give exactly one of --port and --emulate")
-    from toolkit import multi_exit
+    from firmware_bridge.stage_model import is_staged
 
-    if multi_exit.is_staged(bundle_path):
+    if is_staged(bundle_path):
         _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json)
         return
     from firmware_bridge.bundle import Bundle
@@ -610,17 +606,19 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
 def _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json):
     _quiet_tensorflow()
     from converters.exit_policy import Policy
+    from firmware_bridge.stage_model import StagedModel, staged_folder
     from toolkit import datasets, hil_stages, multi_exit
 
-    folder = multi_exit.stage_dir(bundle_path)
-    table = _stage_table(folder)
-    chosen = Policy.read(policy_path or folder / "policy.json")
+    with staged_folder(bundle_path) as folder:
+        staged = StagedModel(folder)
+        chosen = Policy.read(policy_path or folder / "policy.json")
+    table = staged.table
     x, y = datasets.load_npz(data_path)
     if y is None:
         raise datasets.DataError(f"{data_path} has no labels 'y'; a HIL run needs a labelled set")
     datasets.check_matches(x, y, tuple(table.stages[0].input["shape"][1:]), table.classes, data_path)
     tails = multi_exit.open_tail_dir(remote, table)
-    result = hil_stages.run(folder, chosen, x, y, tails, emulate, port_url, timeout, _progress)
+    result = hil_stages.run(staged, chosen, x, y, tails, emulate, port_url, timeout, _progress)
     if report_path:
         report_path.write_text(json.dumps(result, indent=2) + "\n")
     click.echo(json.dumps(result, indent=2) if as_json else hil_stages.table(result))

@@ -96,10 +96,9 @@ def run(out_dir: Path | None = None, seed: int = 0, board: str = demo.DEFAULT_BO
                           progress=progress)
     model = StagedModel(out)
     tails = multi_exit.open_tails(out, len(table.stages))
-    policies = multi_exit.calibrate(out, tails, out / "val.npz", max_device_fraction, max_remote_fraction,
-                                    max_reject, progress=progress)
+    policies, val = multi_exit.calibrate(model, tails, out / "val.npz", max_device_fraction, max_remote_fraction,
+                                         max_reject, progress=progress)
     thresholds = np.array(policies["learned"].remote_thresholds)
-    val = _outcomes(model, tails, out / "val.npz", thresholds)
     budget = max_device_fraction * table.cumulative_macs[-1]
     forced, _ = policy.search(val, "thresholds", budget, max_remote_fraction,
                               split=min(policies["thresholds"].depth, len(table.stages) - 1))

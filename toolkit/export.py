@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,10 +112,7 @@ def convert(
     coverage.check_graph(info)
 
     progress("measuring the minimum tensor arena with TFLM (binary search, one subprocess per probe)")
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as handle:
-        handle.write(flatbuffer)
-        handle.flush()
-        minimum = arena.minimum_arena(Path(handle.name))
+    minimum = arena.minimum_arena_of(flatbuffer)
     recommended = arena.recommended(minimum)
     metrics = _evaluate(supervised, flatbuffer, info, eval_x, eval_y, recommended, progress)
     samples = {"calibration": len(calib_x), "evaluation": len(eval_x), "evaluation_set": str(eval_path or calib_path),

@@ -110,8 +110,7 @@ def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int 
     return compile_firmware(machine, workdir, [workdir / "model_infer.c"], max_body, [])
 
 
-def compile_firmware(machine: str, workdir: Path, model_sources: list[Path], max_body: int, defines: list[str],
-                     include: Path | None = None) -> Path:
+def compile_firmware(machine: str, workdir: Path, model_sources: list[Path], max_body: int, defines: list[str]) -> Path:
     """``boards/mps2`` firmware with the C device library and ``model_sources`` (``workdir`` holds the
     generated headers); return the ELF."""
     if shutil.which("arm-none-eabi-gcc") is None:
@@ -119,11 +118,10 @@ def compile_firmware(machine: str, workdir: Path, model_sources: list[Path], max
     board = MACHINES[machine]
     (workdir / "link.ld").write_text((FIRMWARE / "link.ld.in").read_text().format(**vars(board)))
     elf = workdir / "firmware.elf"
-    includes = [f"-I{workdir}", f"-I{C_LIBRARY}"] + ([f"-I{include}"] if include else [])
     cmd = ["arm-none-eabi-gcc", f"-mcpu={board.cpu}", "-mthumb", "-mfloat-abi=soft", "-O2", "-std=c99", "-Wall",
            "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-nostartfiles",
            "--specs=nano.specs", "--specs=nosys.specs", f"-DBP_MAX_BODY={max_body}u", f"-DUART0_BASE={board.uart0:#x}u",
-           f"-DCPU_HZ={board.cpu_hz}u", "-DBISUP_MODEL_PROFILE_MARKS", *defines, *includes, "-T",
+           f"-DCPU_HZ={board.cpu_hz}u", "-DBISUP_MODEL_PROFILE_MARKS", *defines, f"-I{workdir}", f"-I{C_LIBRARY}", "-T",
            str(workdir / "link.ld"), str(FIRMWARE / "startup.c"), str(FIRMWARE / "main.c"),
            *(str(source) for source in model_sources), str(C_LIBRARY / "bisup_kernels.c"),
            str(C_LIBRARY / "bisup_proto.c"), str(C_LIBRARY / "bisup_app.c"), str(C_LIBRARY / "bisup_exits.c"),

@@ -23,6 +23,7 @@ from firmware_bridge.handler import RequestHandler
 from firmware_bridge.remotes import RemoteModel
 from firmware_bridge.stage_model import StagedIdentity, StagedModel, relay_for
 from toolkit import hil, multi_exit, policy
+from toolkit.staged import write_stage_c
 
 Progress = Callable[[str], None]
 THRESHOLD_MAX = 2**62  # NEVER, as a C int64 literal that no score reaches
@@ -76,15 +77,15 @@ static int run_stage(int index, const int8_t *in, int8_t *scores, int8_t *confid
 def build(machine: str, staged: StagedModel, chosen: Policy, workdir: Path, timeout_ms: int = 200,
           retries: int = 3) -> Path:
     """The emulated board's multi-exit firmware; frames sized for the largest activation it may send."""
-    n = len(staged)
+    sources = [workdir / f"stage{i}_infer.c" for i in range(1, len(staged) + 1)] + [workdir / "stages_arena.c"]
+    write_stage_c(staged.models, workdir)  # from the stages themselves, as `bisup hil` does for one model
     (workdir / "stages_config.h").write_text(config_header(staged, chosen))
     (workdir / "hil_config.h").write_text(_hil_config(staged, machine, timeout_ms, retries))
     table = staged.table
     largest = max([int(np.prod(table.stages[0].input["shape"]))]
                   + [s.activation["bytes"] for s in table.stages if s.activation])
     max_body = max(1024, p.HEADER.size + p.SPLIT_FIXED.size + largest)
-    sources = [staged.directory / f"stage{i}_infer.c" for i in range(1, n + 1)] + [staged.directory / "stages_arena.c"]
-    return hil.compile_firmware(machine, workdir, sources, max_body, ["-DBISUP_STAGES"], staged.directory)
+    return hil.compile_firmware(machine, workdir, sources, max_body, ["-DBISUP_STAGES"])
 
 
 def _hil_config(staged: StagedModel, machine: str, timeout_ms: int, retries: int) -> str:
@@ -116,14 +117,13 @@ def _per_stage(profiles: dict[int, tuple[int, ...]], n: int, machine: hil.Machin
     return rows
 
 
-def run(stage_dir: str | Path, chosen: Policy, x: np.ndarray, y: np.ndarray, tails: dict[int, RemoteModel],
+def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails: dict[int, RemoteModel],
         machine: str | None = "mps2-an386", port_url: str | None = None, timeout_s: float = 20.0,
         progress: Progress = lambda message: None) -> dict:
     """Feed ``x`` to the multi-exit board (``port_url``, flashed with the stages) or QEMU (``machine``) while
     serving the tails; return the report."""
     if machine is not None and machine not in hil.MACHINES:
         raise hil.HilError(f"unknown emulated board {machine!r}; choose one of {', '.join(hil.MACHINES)}")
-    staged = StagedModel(stage_dir)
     o, remote_conf = multi_exit.outcomes(staged, tails, x, y)
     o = multi_exit.with_remote_rule(o, remote_conf, np.asarray(chosen.remote_thresholds))
     handler = RequestHandler(relay_for(staged, tails, chosen), StagedIdentity.of(staged))

@@ -89,14 +89,14 @@ def with_remote_rule(o: ExitOutcomes, remote_confidence: np.ndarray, thresholds:
     return replace(o, remote_accepted=remote_confidence >= thresholds[:, None])
 
 
-def calibrate(stage_dir: str | Path, tails: dict[int, RemoteModel], data_path: str | Path,
+def calibrate(staged: StagedModel, tails: dict[int, RemoteModel], data_path: str | Path,
               max_device_fraction: float, max_remote_fraction: float, max_reject: float = 0.005,
               link: LinkCost = policy.DEFAULT_LINK, remote_supervisor: str = "max-softmax",
-              progress: Progress = lambda message: None, out_dir: str | Path | None = None) -> dict[str, Policy]:
+              progress: Progress = lambda message: None,
+              out_dir: str | Path | None = None) -> tuple[dict[str, Policy], ExitOutcomes]:
     """The baseline and learned policies within ``max_device_fraction`` of the full network's MACs and
-    ``max_remote_fraction`` remote calls; writes ``policy.json`` (the learned one) and
-    ``policy-thresholds.json`` (the baseline) into ``out_dir`` (default: next to the stages)."""
-    staged = StagedModel(stage_dir)
+    ``max_remote_fraction`` remote calls, and the outcomes they were chosen on; writes ``policy.json`` (the
+    learned one) and ``policy-thresholds.json`` (the baseline) into ``out_dir`` (default: next to the stages)."""
     x, y = datasets.load_npz(data_path)
     if y is None:
         raise datasets.DataError(f"{data_path} has no labels 'y'; calibration needs a labelled validation set")
@@ -113,22 +113,11 @@ def calibrate(stage_dir: str | Path, tails: dict[int, RemoteModel], data_path: s
                                achieved=result.figures(o.y) | {"samples": len(y), "data": str(data_path)})
         progress(f"{kind}: " + ", ".join(f"{k} {v:.4g}" for k, v in chosen[kind].achieved.items()
                                           if isinstance(v, float)))
-    out = Path(out_dir or stage_dir)
+    out = Path(out_dir or staged.directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / "policy.json").write_text(chosen["learned"].dumps())
     (out / "policy-thresholds.json").write_text(chosen["thresholds"].dumps())
-    return chosen
-
-
-def is_staged(path: str | Path) -> bool:
-    """Whether ``path`` is a multi-exit export (a folder with ``stages.json``, or that file)."""
-    path = Path(path)
-    return (path / "stages.json").is_file() or (path.name == "stages.json" and path.is_file())
-
-
-def stage_dir(path: str | Path) -> Path:
-    path = Path(path)
-    return path.parent if path.name == "stages.json" else path
+    return chosen, o
 
 
 def open_tail_dir(directory: str | Path, table: StageTable) -> dict[int, RemoteModel]:

@@ -9,7 +9,6 @@ MACs, arena (generated C and TFLM), activation bytes and exit accuracy per stage
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,17 +35,8 @@ def is_multi_exit(model_path: str | Path) -> bool:
     return True
 
 
-def _tflm_arena(model: bytes) -> int:
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as handle:
-        handle.write(model)
-        handle.flush()
-        return arena.minimum_arena(Path(handle.name))
-
-
-def _check_chain(full: bytes, parts: list[bytes], x_q: np.ndarray) -> None:
-    """The chain of stages must give the one graph's outputs byte for byte (the TFLM oracle)."""
-    info = tflite_model.read(full)
-    whole = TflmRunner(full, info, 1 << 20).run(x_q)
+def _check_chain(whole: dict[str, np.ndarray], parts: list[bytes], x_q: np.ndarray) -> None:
+    """The chain of stages must give the one graph's outputs (``whole``, from TFLM) byte for byte."""
     current = x_q
     for stage, part in enumerate(parts, start=1):
         part_info = tflite_model.read(part)
@@ -63,15 +53,14 @@ def _quant(tensor: tflite_model.Tensor) -> dict:
     return {"shape": list(tensor.shape), "scale": tensor.scale, "zero_point": tensor.zero_point}
 
 
-def _entry(index: int, part: bytes, generated: engine.Generated, cut: str | None, temp: float, float_acc: float,
-           int8_acc: float) -> StageEntry:
-    info = tflite_model.read(part)
+def _entry(index: int, part: bytes, info: tflite_model.ModelInfo, generated: engine.Generated, tflm_arena: int,
+           cut: str | None, temp: float, float_acc: float, int8_acc: float) -> StageEntry:
     activation = None
     if ACTIVATION in info.output_positions:
         out = info.output(ACTIVATION)
         activation = _quant(out) | {"bytes": int(np.prod(out.shape))}
     return StageEntry(f"stage{index}.tflite", hashlib.sha256(part).hexdigest(), cut,
-                      sum(step.macs for step in generated.steps), generated.plan.arena_bytes, _tflm_arena(part),
+                      sum(step.macs for step in generated.steps), generated.plan.arena_bytes, tflm_arena,
                       len(part), _quant(info.inputs[0]), activation, temp, float_acc, int8_acc)
 
 
@@ -88,6 +77,16 @@ def _arena_source(arena_bytes: int, stages: int) -> str:
 
 int32_t {SHARED_ARENA}[({arena_bytes} + 3) / 4];
 """
+
+
+def write_stage_c(parts: list[bytes], out_dir: Path, arena_limit: int | None = None) -> list[engine.Generated]:
+    """``stageN_infer.c/.h`` for every stage, all working in one arena, and ``stages_arena.c`` defining it.
+    The export writes them for the user's firmware; ``bisup hil`` writes them again from a bundle's stages."""
+    generated = [engine.write(part, out_dir, arena_limit, name=f"stage{index}", shared_arena=SHARED_ARENA)
+                 for index, part in enumerate(parts, start=1)]
+    shared = max(g.plan.arena_bytes for g in generated)
+    (Path(out_dir) / "stages_arena.c").write_text(_arena_source(shared, len(parts)))
+    return generated
 
 
 def _fit_problems(table_stages: list[StageEntry], board: BoardProfile) -> list[str]:
@@ -121,26 +120,27 @@ def export(model_path: str | Path, calib_path: str | Path, board: BoardProfile, 
              f"{', '.join(f'{t:g}' for t in temps)})")
     full = stages.convert(multi, calib_x, supervisor, temps)
     parts = stages.split(full)
-    x_q = quantize(eval_x, tflite_model.read(full).inputs[0])
+    full_info = tflite_model.read(full)
+    x_q = quantize(eval_x, full_info.inputs[0])
     progress(f"checking the chain of {len(parts)} stages against the whole graph in TFLM on {len(x_q)} inputs")
-    _check_chain(full, parts, x_q)
+    whole = TflmRunner(full, full_info, 1 << 20).run(x_q)
+    _check_chain(whole, parts, x_q)
     (out / "staged.tflite").write_bytes(full)
     float_acc = exits.accuracies(multi, eval_x, eval_y)
-    whole = TflmRunner(full, tflite_model.read(full), 1 << 20).run(x_q)
     cuts = exits.cuts(multi) + [None]
+    progress(f"generating the C engine of {len(parts)} stages (one shared arena)")
+    engines = write_stage_c(parts, out, board.arena_ram_budget)
     entries = []
-    for index, part in enumerate(parts, start=1):
-        progress(f"stage {index}: C engine, TFLM arrays and arena")
+    for index, (part, generated) in enumerate(zip(parts, engines, strict=True), start=1):
+        progress(f"stage {index}: TFLM arrays and arena")
         (out / f"stage{index}.tflite").write_bytes(part)
         info = tflite_model.read(part)
-        generated = engine.write(part, out, board.arena_ram_budget, name=f"stage{index}", shared_arena=SHARED_ARENA)
-        c_arrays.write(part, info, out, arena.recommended(_tflm_arena(part)), f"g_stage{index}_data",
-                       f"stage{index}_data")
+        tflm_arena = arena.minimum_arena_of(part)  # a binary search of subprocess probes: once per stage
+        c_arrays.write(part, info, out, arena.recommended(tflm_arena), f"g_stage{index}_data", f"stage{index}_data")
         int8_acc = float((whole[stages.output_name(SCORES, index)].argmax(axis=1) == eval_y).mean())
-        entries.append(_entry(index, part, generated, cuts[index - 1], temps[index - 1], float_acc[names[index - 1]],
-                              int8_acc))
+        entries.append(_entry(index, part, info, generated, tflm_arena, cuts[index - 1], temps[index - 1],
+                              float_acc[names[index - 1]], int8_acc))
     shared = max(entry.engine_arena_bytes for entry in entries)
-    (out / "stages_arena.c").write_text(_arena_source(shared, len(parts)))
     flash = engine.measure_flash(out, board.arch, tuple(f"stage{i}_infer" for i in range(1, len(parts) + 1)))
     problems = _fit_problems(entries, board)
     table = StageTable(board.name, supervisor, classes, entries, not problems, problems,
