@@ -100,6 +100,9 @@ def attach(model: keras.Model, at: list[str]) -> keras.Model:
     """A multi-exit model: one head per layer in ``at`` (in any order; exits go in depth order)."""
     if not at:
         raise ExitError("name at least one layer to put an exit after (--at LAYER[,LAYER...])")
+    if len(model.outputs) != 1:
+        raise ExitError(f"model {model.name!r} has {len(model.outputs)} outputs; give the original single-output "
+                        "model (a multi-exit model from `bisup exits` already has its exits)")
     base = logits_model(model)
     if len(set(at)) != len(at):
         raise ExitError(f"layers {at} name one layer twice")

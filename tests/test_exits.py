@@ -57,6 +57,14 @@ def test_exits_go_in_depth_order_and_the_cut_is_recovered_from_the_graph(tmp_pat
     assert exits.tail(loaded, 2).input.shape[1:] == (8, 8, 4)
 
 
+def test_exits_are_not_added_to_a_model_that_already_has_them():
+    from converters import exits
+
+    multi = exits.attach(_residual(), ["stem"])
+    with pytest.raises(exits.ExitError, match="has 2 outputs; give the original single-output model"):
+        exits.attach(multi, ["join"])
+
+
 def test_a_plain_model_is_not_taken_for_a_multi_exit_one():
     from converters import exits
 
