@@ -10,7 +10,7 @@ from cli_errors import error_line
 from click.testing import CliRunner
 
 from converters.runners import dequantize
-from toolkit import calibrate, thresholds
+from toolkit import calibrate, risk_control
 from toolkit.cli import main
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_risk_bound_holds_on_held_out_splits(local, digits_example):
     for _ in range(trials):
         order = rng.permutation(len(y))
         cal, test = order[: len(y) // 2], order[len(y) // 2:]
-        t = thresholds.certified_threshold(confidence[cal], correct[cal], max_risk, delta)
+        t = risk_control.certify(risk_control.DEFAULT_PROCEDURE, confidence[cal], correct[cal], max_risk, delta)
         accepted = test[confidence[test] >= t]
         certified += len(accepted) > 0
         violations += len(accepted) > 0 and (~correct[accepted]).mean() > max_risk
@@ -85,6 +85,7 @@ def test_risk_mode_states_its_guarantee(exported, digits_example, tmp_path):
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert "exchangeable" in data["guarantee"] and data["selection"]["delta"] == 0.1
+    assert data["selection"]["procedure"] == "auto" and "from the strictest testable threshold" in data["guarantee"]
     assert "exchangeable" in _cli("calibrate", "--help").stdout
 
 
@@ -104,7 +105,7 @@ def test_budget_with_delta_is_guaranteed_and_no_looser_than_the_point_estimate(e
 def test_too_small_for_the_guarantee(exported, digits_example, tmp_path):
     result = _cli("calibrate", "--local", exported, "--remote", digits_example["model"], "--data",
                   digits_example["val"], "--max-local-error", "0.0005", "--out", tmp_path)
-    assert f"needs at least {thresholds.samples_needed(0.0005, 0.1)}" in error_line(result)
+    assert f"needs at least {risk_control.samples_needed(0.0005, 0.1)}" in error_line(result)
 
 
 def test_unreachable_target(exported, digits_example, tmp_path):

@@ -22,7 +22,7 @@ from converters.scores import KINDS
 from firmware_bridge.device_model import LocalModel
 from firmware_bridge.relay import RemoteSupervisor
 from firmware_bridge.remotes import RemoteModel
-from toolkit import datasets, thresholds
+from toolkit import datasets, risk_control, thresholds
 from toolkit.thresholds import CostModel, Outcomes, Point, RemoteRule
 
 Progress = Callable[[str], None]
@@ -52,6 +52,7 @@ class Mode:
     kind: str
     value: float
     delta: float | None = None  # risk: 0.1 when None; budget: None is the point estimate, a value a guarantee
+    procedure: str = risk_control.DEFAULT_PROCEDURE  # risk only: how thresholds are tested
 
     @property
     def risk_delta(self) -> float:
@@ -61,7 +62,7 @@ class Mode:
         names = {"budget": "max_remote_fraction", "target": "target_accuracy", "risk": "max_local_error"}
         entry = {"mode": self.kind, names[self.kind]: self.value}
         if self.kind == "risk":
-            return entry | {"delta": self.risk_delta}
+            return entry | {"delta": self.risk_delta, "procedure": self.procedure}
         return entry | ({"delta": self.delta} if self.kind == "budget" and self.delta is not None else {})
 
 
@@ -111,8 +112,8 @@ def _choose(o: Outcomes, mode: Mode, rule: RemoteRule, points: list[Point]) -> t
                 thresholds.budget_guarantee_text(mode.value, mode.delta))
     if mode.kind == "target":
         return thresholds.choose_target(points, mode.value), None
-    point = thresholds.choose_risk(o, rule, mode.value, mode.risk_delta)
-    return point, thresholds.guarantee_text(mode.value, mode.risk_delta)
+    point = thresholds.choose_risk(o, rule, mode.value, mode.risk_delta, mode.procedure)
+    return point, thresholds.guarantee_text(mode.value, mode.risk_delta, len(o), mode.procedure)
 
 
 def export_report(model_path: Path) -> ExportReport | None:

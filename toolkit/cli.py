@@ -210,19 +210,19 @@ def digits(out_dir: Path, epochs: int, seed: int, remote_epochs: int) -> None:
 
 RISK_HELP = (
     "Risk guarantee: the most local answers whose error rate is at most this, certified with "
-    "probability 1-DELTA over the draw of --data (Clopper-Pearson bounds, fixed-sequence testing). "
+    "probability 1-DELTA over the draw of --data (exact binomial tests; see --risk-procedure). "
     "Assumes validation and deployment inputs are exchangeable, e.g. i.i.d. from one distribution."
 )
 
 
-def _mode(max_remote_fraction, target_accuracy, max_local_error, delta):
+def _mode(max_remote_fraction, target_accuracy, max_local_error, delta, procedure):
     from toolkit.calibrate import Mode
 
     given = [(k, v) for k, v in (("budget", max_remote_fraction), ("target", target_accuracy),
                                  ("risk", max_local_error)) if v is not None]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --max-remote-fraction, --target-accuracy, --max-local-error")
-    return Mode(given[0][0], given[0][1], delta)
+    return Mode(given[0][0], given[0][1], delta, procedure)
 
 
 @main.command("calibrate")
@@ -241,6 +241,12 @@ def _mode(max_remote_fraction, target_accuracy, max_local_error, delta):
               help="Risk mode: allowed failure probability [default: 0.1]. Budget mode: given, the deployed remote "
                    "fraction exceeds --max-remote-fraction with probability at most this (an upper confidence "
                    "bound on the relay rate); without it the budget holds on the validation set only.")
+@click.option("--risk-procedure", default="auto", show_default=True,
+              type=click.Choice(["auto", "split-fixed-sequence", "fixed-sequence", "sgr"]),
+              help="Risk mode: how thresholds are tested. split-fixed-sequence spends 20%% of --data on where to "
+                   "start testing and certifies the most local answers in our simulations (bench/risk_modes.py) "
+                   "from 2,000 samples on; below, fixed-sequence (all of --data, from the strictest threshold) "
+                   "does better; auto picks by the sample count. sgr pays a union bound.")
 @click.option("--max-reject", type=float, default=0.005, show_default=True,
               help="Remote supervisor: reject the least confident remote answers, at most this fraction of all "
                    "inputs. A rejected input falls back to the device's own label, so rejecting trades system "
@@ -261,8 +267,8 @@ def _mode(max_remote_fraction, target_accuracy, max_local_error, delta):
               help="Folder for thresholds.json and tradeoff.png (multi-exit: policy.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print thresholds.json instead of the table.")
 def calibrate_command(local_path, remote, data_path, max_remote_fraction, target_accuracy, max_local_error, delta,
-                      max_reject, remote_target_accuracy, remote_supervisor, max_device_fraction, bandwidth_kbps,
-                      cloud_gmacs, out_dir, price_per_call, latency_ms, as_json) -> None:
+                      risk_procedure, max_reject, remote_target_accuracy, remote_supervisor, max_device_fraction,
+                      bandwidth_kbps, cloud_gmacs, out_dir, price_per_call, latency_ms, as_json) -> None:
     """Choose the local (int8) and remote supervisor thresholds on a validation set.
 
     Writes thresholds.json (the local threshold in the int8 units the firmware compares, the remote
@@ -279,7 +285,7 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
         _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_remote_fraction, max_reject,
                          remote_supervisor, bandwidth_kbps, cloud_gmacs, out_dir, as_json)
         return
-    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta)
+    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, risk_procedure)
     from firmware_bridge.remotes import open_remote
     from toolkit import calibrate as calibration
     from toolkit.report import calibration_table

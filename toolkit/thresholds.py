@@ -21,6 +21,7 @@ from scipy.stats import beta
 
 from converters.artefacts import NEVER_TRUST, Decision, trusted
 from converters.errors import BisupError
+from toolkit import risk_control
 
 
 class ThresholdError(BisupError, ValueError):
@@ -196,54 +197,27 @@ def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     return float(beta.ppf(1 - delta, errors + 1, n - errors))
 
 
-def samples_needed(max_risk: float, delta: float) -> int:
-    """The fewest samples with which even an error-free set certifies ``max_risk`` at ``delta``."""
-    return math.ceil(math.log(delta) / math.log(1 - max_risk))
-
-
-def certified_threshold(confidence_int8: np.ndarray, correct: np.ndarray, max_risk: float, delta: float) -> int:
-    """Lowest int8 threshold whose locally accepted error is certified <= max_risk (NEVER_TRUST if none).
-
-    Fixed-sequence testing (Learn-then-Test): thresholds are tested from the strictest down, each
-    at level delta, stopping at the first that fails; that controls the chance of certifying any
-    threshold whose true risk exceeds ``max_risk`` at delta without a multiple-testing correction.
-    Thresholds that accept fewer than ``samples_needed`` inputs cannot pass even with no error, so
-    they are skipped rather than allowed to end the sequence at once (they accept too few inputs
-    to say anything); the test suite checks the resulting violation rate over many draws.
-    """
-    needed = samples_needed(max_risk, delta)
-    chosen = NEVER_TRUST
-    for t in sorted({int(c) for c in np.unique(confidence_int8)}, reverse=True):
-        accepted = trusted(confidence_int8, t)
-        count = int(accepted.sum())
-        if count < needed:
-            continue
-        if clopper_pearson_upper(int((~correct[accepted]).sum()), count, delta) > max_risk:
-            break
-        chosen = t
-    return chosen
-
-
-def guarantee_text(max_risk: float, delta: float) -> str:
+def guarantee_text(max_risk: float, delta: float, samples: int, procedure: str = risk_control.DEFAULT_PROCEDURE) -> str:
     return (
         f"With probability at least {1 - delta:.0%} over the draw of the validation set, the error rate of "
         f"answers the device accepts locally is at most {max_risk:.2%}, provided validation and deployment "
-        "inputs are exchangeable (e.g. i.i.d. from one distribution). Clopper-Pearson bounds with "
-        "fixed-sequence testing from the strictest testable threshold down."
+        "inputs are exchangeable (e.g. i.i.d. from one distribution). "
+        f"{risk_control.describe(procedure, delta, samples)}."
     )
 
 
-def choose_risk(o: Outcomes, rule: RemoteRule, max_risk: float, delta: float) -> Point:
-    """The certified local threshold (see ``certified_threshold``) with its remote threshold."""
+def choose_risk(o: Outcomes, rule: RemoteRule, max_risk: float, delta: float,
+                procedure: str = risk_control.DEFAULT_PROCEDURE) -> Point:
+    """The threshold ``procedure`` certifies (see ``toolkit.risk_control``) with its remote threshold."""
     if not (0 < max_risk < 1 and 0 < delta < 1):
         raise ThresholdError(f"risk {max_risk} and delta {delta} must both lie strictly between 0 and 1")
-    needed = samples_needed(max_risk, delta)
+    needed = risk_control.samples_needed(max_risk, delta)
     if len(o) < needed:
         raise ThresholdError(
             f"the validation set has {len(o)} samples; certifying a local error of at most {max_risk:.2%} "
             f"at confidence {1 - delta:.0%} needs at least {needed}"
         )
-    t = certified_threshold(o.confidence_int8, o.local_pred == o.y, max_risk, delta)
+    t = risk_control.certify(procedure, o.confidence_int8, o.local_pred == o.y, max_risk, delta)
     return evaluate(o, t, remote_threshold(o, ~trusted(o.confidence_int8, t), rule))
 
 
