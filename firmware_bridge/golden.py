@@ -37,6 +37,7 @@ def _valid() -> list[tuple[str, p.Message]]:
         ("report_remote", p.Report(17, 4, p.Source.REMOTE, False, 9, -60, 1234, 56789, boot=BOOT)),
         ("pong", p.Pong(0, boot=BOOT)),
         ("profile", p.Profile(17, (4608, 0, 70000, 1), boot=BOOT)),
+        ("stats", p.Stats(42, 70000, 61234, 8766, boot=BOOT)),
     ]
 
 
@@ -64,6 +65,7 @@ def _invalid() -> list[tuple[str, bytes, str]]:
         ("split_count_mismatch", _reframe(p.encode(p.Split(11, 1, 2, 0, bytes(512), boot=BOOT))[:-1]),
          "INVALID code=6 seq=11"),
         ("answer_short", _reframe(p.encode(p.AnswerMsg(4, 1, 0.5, p.Source.REMOTE))[:-1]), "INVALID code=6 seq=4"),
+        ("stats_short", _reframe(p.encode(p.Stats(5, 3, 2, 1, boot=BOOT))[:-1]), "INVALID code=6 seq=5"),
         ("hello_bad_id_length", _reframe(p.encode(p.Hello(2, (1, 0, 0), HASH, "x", boot=BOOT))[:-1]),
          "INVALID code=6 seq=2"),
     ]

@@ -23,6 +23,7 @@ import numpy as np
 
 from firmware_bridge import protocol as p
 from firmware_bridge.bundle import Bundle
+from firmware_bridge.events import Events
 from firmware_bridge.relay import InferRequest, Relay
 from firmware_bridge.remotes import RemoteError
 
@@ -51,8 +52,9 @@ class RequestHandler:
     """Turns a request body from a device into the reply body (or None when nothing is owed)."""
 
     def __init__(self, relay: Relay, bundle: Bundle, log: RelayLog | None = None, cache_size: int = 4096,
-                 bridge_id: str = "bisup-bridge", cache_ttl_s: float = 600.0):
+                 bridge_id: str = "bisup-bridge", cache_ttl_s: float = 600.0, events: Events | None = None):
         self.relay, self.bundle, self.log = relay, bundle, log or RelayLog(None)
+        self.events = events or Events()  # what monitoring sees (metrics, the drift alarm)
         self.bridge_id = bridge_id
         self.counts: Counter[str] = Counter()
         self._cache: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
@@ -67,6 +69,7 @@ class RequestHandler:
     def error(self, exc: p.ProtocolError, device: str) -> bytes:
         """The ERROR reply for a frame or body that could not be accepted (counted and logged)."""
         self.count(f"error_{exc.code.name.lower()}")
+        self.events.error(device, exc.code.name)
         self.log.write({"time": time.time(), "device": device, "boot": exc.boot, "seq": exc.seq,
                         "error": exc.code.name, "detail": str(exc)})
         return p.encode_error(exc)
@@ -82,8 +85,16 @@ class RequestHandler:
         if isinstance(msg, p.Ping):
             self.count("ping")
             return p.encode(p.Pong(msg.seq, boot=msg.boot))
+        if isinstance(msg, p.Stats):
+            self.count("stats")
+            self.events.device_stats(device, msg.boot, msg.inferences, msg.local, msg.relayed)
+            return None  # cumulative counts: nothing to acknowledge
         if isinstance(msg, p.Infer | p.Split):
-            return self._infer(device, msg, hashlib.blake2b(body[p.HEADER.size :], digest_size=16).digest())
+            start = time.perf_counter()
+            self.events.request(device, type(msg).__name__.lower())
+            reply = self._infer(device, msg, hashlib.blake2b(body[p.HEADER.size :], digest_size=16).digest())
+            self.events.answered(device, time.perf_counter() - start)
+            return reply
         self.count(f"ignored_{type(msg).__name__.lower()}")  # devices do not send these
         return None
 
@@ -111,6 +122,7 @@ class RequestHandler:
                     break
             if cached is not None:
                 self.count("duplicate")
+                self.events.outcome(device, "duplicate")
                 return cached
             running.wait()  # a resend while the first copy is with the remote: answer both from one call
         try:
@@ -145,10 +157,13 @@ class RequestHandler:
             answer = self.relay.handle(request)
         except RemoteError as exc:
             self.count("remote_unavailable")
+            self.events.outcome(device, "remote_unavailable", time.perf_counter() - start)
             self.log.write(entry | {"decision": "fallback-remote-unavailable", "error": str(exc)})
             return p.encode(p.AnswerMsg(msg.seq, msg.local_label, 0.0, p.Source.FALLBACK, boot=msg.boot))
         decision = "remote" if answer.source is p.Source.REMOTE else "fallback-rejected"
         self.count(decision)
+        self.events.outcome(device, decision, time.perf_counter() - start)
+        self.events.relayed(device, request, answer)
         self.log.write(entry | {"remote_label": answer.remote_label, "remote_confidence": answer.confidence,
                                 "decision": decision, "latency_ms": 1000 * (time.perf_counter() - start)})
         return p.encode(p.AnswerMsg(msg.seq, answer.label, answer.confidence, answer.source, answer.rejected,

@@ -34,6 +34,7 @@ class MsgType(IntEnum):
     SPLIT = 0x12
     PING = 0x20
     PONG = 0x21
+    STATS = 0x22
     FEED = 0x30
     REPORT = 0x31
     PROFILE = 0x32
@@ -132,6 +133,18 @@ class Pong:
 
 
 @dataclass(frozen=True)
+class Stats:
+    """What a device did since it booted, so the bridge sees the answers that never leave the device.
+    Counters are cumulative, so a lost or repeated STATS costs nothing; the bridge does not answer it."""
+
+    seq: int
+    inferences: int
+    local: int  # answered locally: the supervisor trusted the local answer (or an early exit did)
+    relayed: int  # sent to the bridge as INFER or SPLIT
+    boot: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
 class Feed:
     """HIL: the host hands the device test input number ``seq``."""
 
@@ -165,7 +178,7 @@ class Profile:
     boot: int = field(default=0, kw_only=True)
 
 
-Message = Hello | Infer | Split | AnswerMsg | ErrorMsg | Ping | Pong | Feed | Report | Profile
+Message = Hello | Infer | Split | AnswerMsg | ErrorMsg | Ping | Pong | Stats | Feed | Report | Profile
 
 
 def _q16(value: float) -> int:
@@ -175,7 +188,7 @@ def _q16(value: float) -> int:
 INFER_FIXED = struct.Struct("<HbBI")  # local label, local confidence, dtype, element count
 FEED_FIXED = struct.Struct("<BI")  # dtype, element count
 SPLIT_FIXED = struct.Struct("<BHbBI")  # stage, local label, local confidence, dtype, element count
-ANSWER_FMT, ERROR_FMT, REPORT_FMT, MAX_BODY_FMT = "<HHBB", "<BI", "<HBBHbII", "<I"
+ANSWER_FMT, ERROR_FMT, REPORT_FMT, MAX_BODY_FMT, STATS_FMT = "<HHBB", "<BI", "<HBBHbII", "<I", "<III"
 
 
 def _payload(msg: Message) -> tuple[MsgType, bytes]:
@@ -196,6 +209,8 @@ def _payload(msg: Message) -> tuple[MsgType, bytes]:
                                            int(msg.rejected))
     if isinstance(msg, ErrorMsg):
         return MsgType.ERROR, struct.pack(ERROR_FMT, msg.code, msg.detail)
+    if isinstance(msg, Stats):
+        return MsgType.STATS, struct.pack(STATS_FMT, msg.inferences, msg.local, msg.relayed)
     if isinstance(msg, Feed):
         return MsgType.FEED, FEED_FIXED.pack(msg.dtype, len(msg.data)) + msg.data
     if isinstance(msg, Report):
@@ -305,6 +320,8 @@ def _message(kind: int, payload: bytes, seq: int, boot: int) -> Message:
         if code not in ErrorCode._value2member_map_:
             raise ProtocolError(ErrorCode.BAD_LENGTH, f"ERROR code {code} is unknown", seq)
         return ErrorMsg(seq, ErrorCode(code), detail, boot=boot)
+    if kind == MsgType.STATS:
+        return Stats(seq, *_fixed(payload, STATS_FMT, seq, MsgType.STATS), boot=boot)
     if kind == MsgType.FEED:
         dtype, _ = _tensor(payload, FEED_FIXED, seq, MsgType.FEED)
         return Feed(seq, payload[FEED_FIXED.size :], dtype, boot=boot)
@@ -340,6 +357,8 @@ def describe(msg: Message) -> str:
                 f"rejected={int(msg.rejected)}")
     if isinstance(msg, ErrorMsg):
         return f"{head} code={int(msg.code)} detail={msg.detail}"
+    if isinstance(msg, Stats):
+        return f"{head} inferences={msg.inferences} local={msg.local} relayed={msg.relayed}"
     if isinstance(msg, Feed):
         return f"{head} dtype={msg.dtype} n={len(msg.data)} data={msg.data.hex()}"
     if isinstance(msg, Report):

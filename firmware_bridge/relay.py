@@ -9,7 +9,7 @@ rejects it, in which case the device falls back to its own label. Serial and MQT
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +42,7 @@ class Answer:
     source: Source
     rejected: bool = False
     remote_label: int | None = None
+    probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)  # the remote's, for collecting
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,11 @@ class Relay:
         else:
             remote, quantization, supervisor = self.remote, self.quantization, self.supervisor
         x = quantization.dequantize(request.input_int8)[None]
-        labels, confidence, accepted = supervisor.judge(remote.predict(x))
+        probs = remote.predict(x)
+        labels, confidence, accepted = supervisor.judge(probs)
         remote_label = int(labels[0])
         if accepted[0]:
-            return Answer(request.seq, remote_label, float(confidence[0]), Source.REMOTE, remote_label=remote_label)
-        return Answer(request.seq, request.local_label, float(confidence[0]), Source.FALLBACK, True, remote_label)
+            return Answer(request.seq, remote_label, float(confidence[0]), Source.REMOTE, remote_label=remote_label,
+                          probabilities=probs[0])
+        return Answer(request.seq, request.local_label, float(confidence[0]), Source.FALLBACK, True, remote_label,
+                      probs[0])

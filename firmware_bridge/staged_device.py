@@ -59,6 +59,7 @@ class StagedDevice(VirtualDevice):
             label = int(current[SCORES][0].argmax())
             score = self.policy.exit_score(e, np.array(confidences)[:, None], current[SCORES])
             if self.policy.answers_at(e, score)[0] or (e == last and not self.policy.relay):
+                self.count_inference(relayed=False)
                 return StagedAnswer(Answer(0, label, float(confidences[-1]), p.Source.LOCAL), e, self.macs[e], 0)
         split = self.policy.split
         reply = self.ask(cut[split], label, confidences[-1], stage=split)
@@ -71,4 +72,6 @@ class StagedDevice(VirtualDevice):
 
     def run_staged(self, x: np.ndarray) -> list[StagedAnswer]:
         """Every input as deployed."""
-        return [self.infer_one(sample) for sample in self.staged.quantize(x)]
+        answers = [self.infer_one(sample) for sample in self.staged.quantize(x)]
+        self.send_stats()
+        return answers

@@ -63,14 +63,18 @@ class SerialLink:
         self.port.close()
 
 
+STATS_EVERY = 32  # inferences between STATS messages, as the C app's BISUP_STATS_EVERY
+
+
 class VirtualDevice:
     def __init__(self, link: Link, local: LocalModel, threshold_int8: int, device_id: str = "virtual-0",
-                 timeout_s: float = 0.5, retries: int = 3):
+                 timeout_s: float = 0.5, retries: int = 3, stats_every: int = STATS_EVERY):
         self.link, self.local, self.threshold_int8 = link, local, threshold_int8
         self.device_id, self.timeout_s, self.retries = device_id, timeout_s, retries
         self.stats = DeviceStats()
         self.boot = secrets.randbits(32)  # a new identity per boot, as firmware draws from its RNG
         self._seq = 0
+        self.stats_every, self.inferences, self.local_answers, self.relayed = stats_every, 0, 0, 0
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -107,9 +111,22 @@ class VirtualDevice:
                 return reply
         raise DeviceTimeout(f"no HELLO from the bridge within {timeout_s:g} s; is `bisup bridge` serving that link?")
 
+    def count_inference(self, relayed: bool) -> None:
+        """One more inference; every ``stats_every``, STATS tells the bridge (which cannot see local answers)."""
+        self.inferences += 1
+        self.relayed += relayed
+        self.local_answers += not relayed
+        if self.stats_every and self.inferences % self.stats_every == 0:
+            self.send_stats()
+
+    def send_stats(self) -> None:
+        """STATS with the counts since boot; not answered (cumulative counts make a lost one harmless)."""
+        self._send(p.Stats(self._next_seq(), self.inferences, self.local_answers, self.relayed, boot=self.boot))
+
     def ask(self, x_int8: np.ndarray, label: int, confidence: int, stage: int = 0) -> Answer:
         """Relay one unsure input (with ``stage``, the activation at that stage's cut, as SPLIT): resend with
         the same seq on timeout, fall back after the retries."""
+        self.count_inference(relayed=True)
         seq = self._next_seq()
         data = x_int8.astype(np.int8).tobytes()
         request = (p.Split(seq, stage, label, confidence, data, boot=self.boot) if stage
@@ -136,7 +153,9 @@ class VirtualDevice:
         answers = []
         for sample, label, conf in zip(x_q, labels, confidence, strict=True):
             if trusted(conf, self.threshold_int8):
+                self.count_inference(relayed=False)
                 answers.append(Answer(0, int(label), self.local.threshold_float(int(conf)), p.Source.LOCAL))
             else:
                 answers.append(self.ask(sample, int(label), int(conf)))
+        self.send_stats()
         return answers

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from cli_errors import error_line
 from click.testing import CliRunner
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prometheus_client.parser import text_string_to_metric_families
 
 from converters.artefacts import dumps
 from firmware_bridge import protocol as p
@@ -70,9 +73,9 @@ def _handler(setup) -> RequestHandler:
     return RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle)
 
 
-def _run_devices(broker: Broker, setup, timeout_s=0.5, retries=3, during=None) -> dict:
-    """Each device runs its third of the test set in its own thread; returns answers and stats."""
-    bundle, x = setup[0], setup[2]
+def _run_devices(broker: Broker, setup, timeout_s=0.5, retries=3, during=None, x=None) -> dict:
+    """Each device runs its third of the test set (or of ``x``) in its own thread; returns answers and stats."""
+    bundle, x = setup[0], setup[2] if x is None else x
     parts = np.array_split(np.arange(len(x)), len(DEVICES))
     results: dict[str, tuple] = {}
     units: dict[str, VirtualDevice] = {}
@@ -124,6 +127,75 @@ def test_three_devices_two_workers_answer_exactly_once(mosquitto, setup):
     assert all(worker.served > 0 for worker in workers), "the shared subscription should spread the load"
 
 
+def _calibrated_copy(setup, digits_example, out) -> Path:
+    """The relay bundle with the drift baseline of its moved threshold measured on the validation split, as
+    `bisup calibrate` records it: the remote fraction and the disagreement on relayed inputs."""
+    bundle, remote, local = setup[0], setup[1], setup[5]
+    x, _ = np.load(digits_example["val"]).values()
+    _, labels, conf = local.run(x)
+    relayed = conf < bundle.threshold_int8
+    remote_labels = remote.predict(x[relayed]).argmax(axis=1)
+    achieved = bundle.thresholds.achieved | {"remote_fraction": float(relayed.mean()),
+                                             "relayed_disagreement": float((remote_labels != labels[relayed]).mean())}
+    out.mkdir()
+    for name in ("model.tflite", "report.json"):
+        (out / name).write_bytes((bundle.path / name).read_bytes())
+    (out / "thresholds.json").write_text(dumps(dataclasses.replace(bundle.thresholds, achieved=achieved,
+                                                                   validation={"samples": len(x)})))
+    return out
+
+
+def _scrape(port: int) -> dict:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _total(scraped: dict, name: str, **labels) -> float:
+    return sum(v for (n, got), v in scraped.items() if n == name and set(labels.items()) <= set(got))
+
+
+def test_metrics_are_scraped_and_the_drift_alarm_tells_a_shifted_stream_from_an_iid_one(mosquitto, setup,
+                                                                                        digits_example, tmp_path):
+    """`bisup bridge --metrics-port` as the CLI builds it: the i.i.d. test split leaves the alarm quiet and the
+    counters equal the handler's; the same digits rotated and noised (toolkit.digits.shifted) set it off."""
+    from toolkit import serve
+    from toolkit.digits import shifted
+
+    logged: list[str] = []
+    bundle = _calibrated_copy(setup, digits_example, tmp_path / "bundle")
+    handler, closing = serve.make_handler(bundle, str(digits_example["model"]), serve.RemoteOptions(), None,
+                                          logged.append, serve.Monitoring(metrics_port=0, drift_window=200))
+    port = int(next(line for line in logged if "metrics on" in line).rsplit(":", 1)[1].split("/")[0])
+    broker = Broker.from_url(mosquitto.url)
+    workers = start_workers(broker, handler, count=2, prefix="m-")
+    try:
+        iid = _run_devices(broker, setup)
+        quiet, counts = _scrape(port), dict(handler.counts)
+        _run_devices(broker, setup, x=shifted(setup[2], seed=5))
+        loud = _scrape(port)
+    finally:
+        for worker in workers:
+            worker.stop()
+        closing.close()
+    relayed = sum(stats.requests for _, _, stats in iid.values())
+    assert _total(quiet, "bisup_requests_total") == relayed
+    assert _total(quiet, "bisup_outcomes_total") == relayed
+    assert _total(quiet, "bisup_outcomes_total", outcome="remote") == counts["remote"]
+    assert _total(quiet, "bisup_outcomes_total", outcome="fallback-rejected") == counts.get("fallback-rejected", 0)
+    assert _total(quiet, "bisup_remote_calls_total") == relayed
+    assert _total(quiet, "bisup_device_inferences_total") == len(setup[2])
+    assert _total(quiet, "bisup_request_seconds_count") == relayed
+    breakers = [v for (name, _), v in quiet.items() if name == "bisup_breaker_state"]
+    assert breakers == [0]  # one remote, breaker closed
+    for name in ("remote_fraction", "relayed_disagreement"):
+        assert quiet[("bisup_drift_alarm", (("signal", name),))] == 0, (name, logged)
+    assert loud[("bisup_drift_alarm", (("signal", "remote_fraction"),))] == 1, logged
+    assert loud[("bisup_drift_live", (("signal", "remote_fraction"),))] > \
+        loud[("bisup_drift_upper", (("signal", "remote_fraction"),))]
+    assert any(line.startswith("drift alarm: remote fraction") for line in logged)
+
+
 def _bridge_process(url: str, bundle, remote_path, name: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--mqtt", url, "--remote",
                              str(remote_path), "--bundle", str(bundle.path), "--name", name, "--session-expiry", "1"],
@@ -142,6 +214,8 @@ def _after_requests(units: dict, count: int, action) -> int:
 
 def _wait_serving(process: subprocess.Popen) -> None:
     line = process.stderr.readline()
+    if "drift alarm" in line:  # it may say first what it watches
+        line = process.stderr.readline()
     assert "serving" in line, line + process.stderr.read()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.artefacts import ExportReport, LocalThreshold, RemoteThreshold, Thresholds, dumps
+from converters.artefacts import ExportReport, LocalThreshold, RemoteThreshold, Thresholds, dumps, trusted
 from converters.errors import ConversionError
 from converters.runners import dequantize
 from converters.scores import KINDS
@@ -92,9 +92,18 @@ class Calibration:
                                  max_reject=self.rule.max_reject if self.rule.target_accuracy is None else None,
                                  target_accuracy=self.rule.target_accuracy)
         return Thresholds(local, remote, self.mode.describe(), self.guarantee,
-                          c.as_dict() | thresholds.cost_figures(c, self.cost), self.baselines,
+                          c.as_dict() | thresholds.cost_figures(c, self.cost) | self._drift_baseline(), self.baselines,
                           {"price_per_call": self.cost.price_per_call, "latency_s": self.cost.latency_s},
                           {"data": self.data, "samples": len(self.outcomes)})
+
+
+    def _drift_baseline(self) -> dict:
+        """How often the remote's label differs from the device's on relayed inputs: the drift alarm's
+        second signal (the first is the remote fraction)."""
+        o, relayed = self.outcomes, ~trusted(self.outcomes.confidence_int8, self.chosen.threshold_int8)
+        if not relayed.any():
+            return {}
+        return {"relayed_disagreement": float((o.local_pred[relayed] != o.remote_pred[relayed]).mean())}
 
 
 def _finite(value: float) -> float:

@@ -455,9 +455,23 @@ def _one_transport(serial_url, mqtt_url) -> None:
               help="Remote: consecutive failures that open the circuit breaker (0: no breaker).")
 @click.option("--breaker-cooldown", default=10.0, show_default=True,
               help="Remote: seconds the breaker answers `fallback` at once before it tries the remote again.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on this port (0: any free one, printed): requests, outcomes, remote "
+                   "calls, errors by code, latency histograms, device STATS, breaker state and the drift alarm.")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True,
+              help="Address the metrics endpoint listens on (0.0.0.0 for a Prometheus on another machine).")
+@click.option("--drift-window", default=500, show_default=True, type=click.IntRange(100),
+              help="Drift alarm: device inferences over which the live remote fraction is compared with the "
+                   "calibrated one (relayed disagreement: a fifth of it, at least 100 relays).")
+@click.option("--collect", "collect_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Keep every relayed input with the remote's label and probabilities (and whether the remote "
+                   "supervisor accepted it) in .npz shards here, once per input, for `bisup retrain`.")
+@click.option("--collect-max-mb", default=1024.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Stop collecting (and say so) once the --collect folder holds this much.")
 def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle_dir, baud, json_log, wait, workers,
            threads, group, worker_name, session_expiry, max_batch, max_delay_ms, device_wait_ms, deadline_ms,
-           breaker_failures, breaker_cooldown) -> None:
+           breaker_failures, breaker_cooldown, metrics_port, metrics_addr, drift_window, collect_dir,
+           collect_max_mb) -> None:
     """Serve devices: relay unsure inputs to the remote model and supervise the answers.
 
     \b
@@ -472,6 +486,9 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
     get an ERROR reply. Concurrent requests are batched into one remote call; a request past its
     deadline, or any request while the circuit breaker is open, is answered `fallback` at once.
     Stop with Ctrl-C; the counters are printed on exit.
+    Drift alarm: the live remote fraction (from the devices' STATS) and how often the remote
+    disagrees with the device on relayed inputs are tested against their calibrated rates; leaving
+    the band is logged (and exported with --metrics-port).
 
     \b
     --remote: remote.keras | savedmodel/ | remote.tflite
@@ -484,7 +501,8 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
 
     options = serve.RemoteOptions(max_batch, max_delay_ms, device_wait_ms, deadline_ms, breaker_failures,
                                   breaker_cooldown)
-    handler, guarded = serve.make_handler(bundle_dir, remote, options, json_log, _progress)
+    monitoring = serve.Monitoring(metrics_port, metrics_addr, drift_window, collect_dir, collect_max_mb)
+    handler, guarded = serve.make_handler(bundle_dir, remote, options, json_log, _progress, monitoring)
     try:
         if serial_url:
             serve.serve_serial(serial_url, handler, baud, wait, _progress)

@@ -28,6 +28,16 @@ def splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
 
 
+def shifted(x: np.ndarray, seed: int, max_degrees: float = 20.0, noise: float = 0.15) -> np.ndarray:
+    """A deployment stream unlike training (the flywheel's and the drift alarm's): each digit rotated by
+    up to ``max_degrees`` either way, with Gaussian noise, clipped to [0, 1]. Deterministic in ``seed``."""
+    from scipy.ndimage import rotate
+
+    rng = np.random.default_rng(seed)
+    turned = np.stack([rotate(image, rng.uniform(-max_degrees, max_degrees), reshape=False, order=1) for image in x])
+    return np.clip(turned + rng.normal(0, noise, x.shape), 0, 1).astype(np.float32)
+
+
 def local_cnn(num_classes: int = 10):
     """A board-sized CNN (about 9 KB int8): two small convolutions and a dense layer with logits."""
     import keras

@@ -18,11 +18,15 @@ from pathlib import Path
 
 from converters.errors import BisupError
 from firmware_bridge.bundle import Bundle
+from firmware_bridge.collect import Collector
+from firmware_bridge.drift import DriftAlarm
+from firmware_bridge.events import Fanout
 from firmware_bridge.handler import RelayLog, RequestHandler
+from firmware_bridge.metrics import Metrics
 from firmware_bridge.mqtt_link import Broker
 from firmware_bridge.relay import Relay
 from firmware_bridge.remotes import DeferredRemote, RemoteError, RemoteModel, open_remote
-from firmware_bridge.resilience import resilient
+from firmware_bridge.resilience import CircuitBreaker, resilient
 
 Progress = Callable[[str], None]
 RETURN_SHARE = 0.25  # of the devices' wait, left for the answer's way back
@@ -67,20 +71,64 @@ def open_bridge_remote(spec: str, progress: Progress) -> RemoteModel:
         return DeferredRemote(spec)
 
 
+@dataclass(frozen=True)
+class Monitoring:
+    """What the bridge exports while it runs: Prometheus metrics (when a port is given) and the drift alarm."""
+
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    drift_window: int = 500  # device inferences in the remote-fraction window
+    collect: Path | None = None  # the flywheel: keep relayed inputs with the remote's answers here
+    collect_max_mb: float = 1024.0
+
+
 def make_handler(bundle_path: str | Path, remote_spec: str, options: RemoteOptions, json_log: Path | None,
-                 progress: Progress):
-    """The handler every transport serves, and the guarded remote (close it when done). A multi-exit export
-    (a folder with stages.json and policy.json) is served with its remote tails (see ``tail_specs``)."""
+                 progress: Progress, monitoring: Monitoring = Monitoring()):
+    """The handler every transport serves, and what to close when done (the guarded remote, the metrics
+    endpoint). A multi-exit export (a folder with stages.json and policy.json) is served with its remote
+    tails (see ``tail_specs``)."""
     from firmware_bridge.stage_model import is_staged
 
     if is_staged(bundle_path):
-        return _staged_handler(Path(bundle_path), remote_spec, options, json_log, progress)
+        return _staged_handler(Path(bundle_path), remote_spec, options, json_log, progress, monitoring)
     loaded = Bundle.load(bundle_path)
     deadline = options.deadline()
     guarded = resilient(open_bridge_remote(remote_spec, progress), options.max_batch, options.max_delay_ms, deadline,
                         options.breaker_failures, options.breaker_cooldown_s)
     relay = Relay(guarded, loaded.remote_supervisor, loaded.quantization)
-    return RequestHandler(relay, loaded, RelayLog(json_log)), guarded
+    drift = DriftAlarm.from_thresholds(loaded.thresholds, progress, monitoring.drift_window)
+    observers: list = [drift]
+    if monitoring.collect is not None:
+        observers.append(Collector(monitoring.collect, loaded.quantization, loaded.model_hash.hex(), progress,
+                                   max_bytes=int(monitoring.collect_max_mb * 1e6)))
+        progress(f"collecting relayed inputs in {monitoring.collect}")
+    events, closing = _monitor(monitoring, {guarded.name: guarded}, observers, progress)
+    return RequestHandler(relay, loaded, RelayLog(json_log), events=events), _Closing([guarded, *closing])
+
+
+def _monitor(monitoring: Monitoring, remotes: dict, observers: list, progress: Progress):
+    """The handler's observers and what of them to close (the collector, the metrics endpoint)."""
+    closing = [o for o in observers if isinstance(o, Collector)]
+    drift = next((o for o in observers if isinstance(o, DriftAlarm)), None)
+    if monitoring.metrics_port is None:
+        return Fanout(*observers), closing
+    metrics = Metrics()
+    metrics.watch_breakers({name: (lambda r=r: r.state) for name, r in remotes.items()
+                            if isinstance(r, CircuitBreaker)})
+    if drift:
+        metrics.watch_drift(drift)
+    server = metrics.serve(monitoring.metrics_port, monitoring.metrics_addr)
+    progress(f"metrics on http://{monitoring.metrics_addr}:{server.server_port}/metrics")
+    return Fanout(*observers, metrics), [*closing, _HttpServer(server)]
+
+
+class _HttpServer:
+    def __init__(self, server):
+        self.server = server
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def tail_specs(remote_spec: str, splits: int) -> list[str]:
@@ -96,21 +144,24 @@ def tail_specs(remote_spec: str, splits: int) -> list[str]:
 
 
 class _Closing:
-    """Closes every guarded tail remote at once."""
+    """Closes every guarded remote (and the metrics endpoint) at once."""
 
-    def __init__(self, remotes: list):
-        self.remotes = remotes
+    def __init__(self, closables: list):
+        self.closables = closables
 
     def close(self) -> None:
-        for remote in self.remotes:
-            remote.close()
+        for closable in self.closables:
+            closable.close()
 
 
 def _staged_handler(bundle: Path, remote_spec: str, options: RemoteOptions, json_log: Path | None,
-                    progress: Progress):
+                    progress: Progress, monitoring: Monitoring):
     from converters.exit_policy import Policy
     from firmware_bridge.stage_model import StagedIdentity, StagedModel, relay_for, staged_folder
 
+    if monitoring.collect is not None:
+        raise OptionError("--collect keeps raw inputs for retraining one local model; a multi-exit bundle relays "
+                          "activations. Serve a single-model bundle to collect")
     with staged_folder(bundle) as folder:
         staged = StagedModel(folder)
         chosen = Policy.read(folder / "policy.json")
@@ -119,7 +170,10 @@ def _staged_handler(bundle: Path, remote_spec: str, options: RemoteOptions, json
                          options.breaker_failures, options.breaker_cooldown_s)
                for spec in tail_specs(remote_spec, len(staged))]
     relay = relay_for(staged, dict(enumerate(guarded)), chosen)
-    return RequestHandler(relay, StagedIdentity.of(staged), RelayLog(json_log)), _Closing(guarded)
+    # No drift alarm: a multi-exit policy has no single calibrated remote fraction to hold it to (yet).
+    events, closing = _monitor(monitoring, {f"tail{s}": g for s, g in enumerate(guarded)}, [], progress)
+    return RequestHandler(relay, StagedIdentity.of(staged), RelayLog(json_log), events=events), \
+        _Closing([*guarded, *closing])
 
 
 PTY = "pty"  # --serial pty: a pseudo-terminal for trying the bridge without a board

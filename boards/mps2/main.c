@@ -190,6 +190,7 @@ static uint32_t infer_and_decide(bp_msg *r) {
     int64_t score = stage(e, e ? activations[e - 1] : input, confidences, &label);
     cycles += layer_cycles[e];
     if (bisup_exit_answers(&kExitRules[e], score) || (e == STAGES - 1 && !POLICY_RELAY)) {
+      bisup_app_count_local(&app);
       r->u.report.label = label;
       r->u.report.source = BP_SRC_LOCAL;
       break;

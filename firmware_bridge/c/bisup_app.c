@@ -1,22 +1,47 @@
 /* bisup application step: see bisup_app.h. */
 #include "bisup_app.h"
 
+#include <string.h>
+
 void bisup_app_init(bisup_app *app, const bp_client_config *link, int16_t threshold_int8) {
   bp_client_init(&app->client, link);
   app->threshold_int8 = threshold_int8;
   app->next_seq = 1;
+  memset(&app->stats, 0, sizeof(app->stats));
+  app->stats.type = BP_STATS;
+  app->stats.boot = link->boot_id;
 }
+
+/* One more inference done; every BISUP_STATS_EVERY of them, tell the bridge (fire and forget: the counts
+ * are cumulative, so a lost STATS only delays the figure). */
+static void count_inference(bisup_app *app, bool relayed) {
+  app->stats.u.stats.inferences++;
+  if (relayed) {
+    app->stats.u.stats.relayed++;
+  } else {
+    app->stats.u.stats.local++;
+  }
+  if (BISUP_STATS_EVERY == 0u || app->stats.u.stats.inferences % BISUP_STATS_EVERY != 0u) return;
+  app->stats.seq = app->next_seq++;
+  (void)bp_send_frame(&app->stats, BP_MAX_BODY, app->client.cfg.write, app->client.cfg.ctx);
+}
+
+void bisup_app_count_local(bisup_app *app) { count_inference(app, false); }
 
 bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint32_t count, uint16_t local_label,
                               int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx) {
   bisup_result result = {local_label, BP_SRC_LOCAL, false};
-  if (bp_trusted(local_confidence, app->threshold_int8)) return result;
+  if (bp_trusted(local_confidence, app->threshold_int8)) {
+    bisup_app_count_local(app);
+    return result;
+  }
   return bisup_app_ask(app, 0, input, count, local_label, local_confidence, read_byte, read_ctx);
 }
 
 bisup_result bisup_app_ask(bisup_app *app, uint8_t stage, const int8_t *data, uint32_t count, uint16_t local_label,
                            int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx) {
   bisup_result result = {local_label, BP_SRC_LOCAL, false};
+  count_inference(app, true); /* before the request, so a STATS never interleaves with its answer */
   bool sent = stage ? bp_client_request_split(&app->client, app->next_seq, stage, data, count, local_label,
                                               local_confidence)
                     : bp_client_request(&app->client, app->next_seq, data, count, local_label, local_confidence);

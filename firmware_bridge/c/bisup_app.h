@@ -14,10 +14,15 @@
 extern "C" {
 #endif
 
+#ifndef BISUP_STATS_EVERY
+#define BISUP_STATS_EVERY 32u /* inferences between STATS messages (0: never send them) */
+#endif
+
 typedef struct {
   bp_client client;
   int16_t threshold_int8; /* from thresholds.json: local.threshold_int8 (128: never local) */
   uint32_t next_seq;
+  bp_msg stats; /* counts since boot, sent as STATS so the bridge sees local answers too */
 } bisup_app;
 
 typedef struct {
@@ -32,6 +37,9 @@ typedef bool (*bisup_read_byte)(void *ctx, uint8_t *byte);
 void bisup_app_init(bisup_app *app, const bp_client_config *link, int16_t threshold_int8);
 bisup_result bisup_app_decide(bisup_app *app, const int8_t *input, uint32_t count, uint16_t local_label,
                               int8_t local_confidence, bisup_read_byte read_byte, void *read_ctx);
+/* Counts one inference the device answered itself (bisup_app_decide does this; a multi-exit device that
+ * stops at an early exit calls it), and sends STATS every BISUP_STATS_EVERY inferences. */
+void bisup_app_count_local(bisup_app *app);
 /* Relays unconditionally and waits: the raw input as INFER (stage 0) or, for a multi-exit device, the
  * activation at the cut after `stage` as SPLIT. A result with source BP_SRC_FALLBACK means no usable remote
  * answer (the caller decides what to do: a multi-exit device runs its remaining stages). */

@@ -112,6 +112,11 @@ static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_
       put32(p + n + 7, m->u.report.latency_us);
       put32(p + n + 11, m->u.report.infer_cycles);
       return n + 15u;
+    case BP_STATS:
+      put32(p + n, m->u.stats.inferences);
+      put32(p + n + 4, m->u.stats.local);
+      put32(p + n + 8, m->u.stats.relayed);
+      return n + 12u;
     case BP_PROFILE:
       p[n] = m->u.profile.count;
       *data = (const int8_t *)m->u.profile.cycles_le; /* streamed like tensor data: no copy in the head */
@@ -269,6 +274,12 @@ static bp_status decode_payload(const uint8_t *p, size_t n, bp_msg *m) {
       m->u.report.local_confidence = (int8_t)p[6];
       m->u.report.latency_us = get32(p + 7);
       m->u.report.infer_cycles = get32(p + 11);
+      return BP_OK;
+    case BP_STATS:
+      if (n != 12u) return BP_E_BAD_LENGTH;
+      m->u.stats.inferences = get32(p);
+      m->u.stats.local = get32(p + 4);
+      m->u.stats.relayed = get32(p + 8);
       return BP_OK;
     case BP_PROFILE:
       if (n < 1u || n != 1u + 4u * p[0]) return BP_E_BAD_LENGTH;

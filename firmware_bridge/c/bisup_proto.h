@@ -45,6 +45,7 @@ typedef enum {
   BP_SPLIT = 0x12, /* split computing: the activation at the cut after `stage`, for the remote tail */
   BP_PING = 0x20,
   BP_PONG = 0x21,
+  BP_STATS = 0x22,  /* device -> host, counts since boot (not answered) */
   BP_FEED = 0x30,   /* HIL: host -> device, test input number seq */
   BP_REPORT = 0x31, /* HIL: device -> host, what the device made of it */
   BP_PROFILE = 0x32, /* HIL: device -> host, cycles per layer of that inference */
@@ -110,6 +111,11 @@ typedef struct {
       uint32_t latency_us;
       uint32_t infer_cycles; /* SysTick cycles of the local inference alone */
     } report;
+    struct {
+      uint32_t inferences;
+      uint32_t local;   /* answered locally */
+      uint32_t relayed; /* sent as INFER or SPLIT */
+    } stats;
     struct {
       uint8_t count;
       const uint8_t *cycles_le; /* count x u32, little-endian; points into the caller's buffer */

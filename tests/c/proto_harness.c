@@ -86,6 +86,11 @@ static void describe(const bp_msg *m) {
              m->u.feed.dtype, (unsigned long)m->u.feed.count);
       put_hex((const uint8_t *)m->u.feed.data, m->u.feed.count);
       break;
+    case BP_STATS:
+      printf("STATS seq=%lu boot=%lu inferences=%lu local=%lu relayed=%lu", (unsigned long)m->seq,
+             (unsigned long)m->boot, (unsigned long)m->u.stats.inferences, (unsigned long)m->u.stats.local,
+             (unsigned long)m->u.stats.relayed);
+      break;
     case BP_REPORT:
       printf("REPORT seq=%lu boot=%lu label=%u source=%u rejected=%u local_label=%u conf=%d latency_us=%lu "
              "infer_cycles=%lu",
