@@ -301,6 +301,63 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
     _progress(f"wrote {paths['thresholds']} and {paths['plot']}")
 
 
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="The deployed local model (.keras) to fine-tune.")
+@click.option("--train", "train_path", required=True, type=click.Path(path_type=Path),
+              help="Its labelled training set (.npz with x, y); also the int8 calibration set of the exports.")
+@click.option("--collected", "collected_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The folder `bisup bridge --collect` filled with relayed inputs and the remote's answers.")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Labelled validation set (.npz) for calibrating both models: inputs like the deployment's now.")
+@click.option("--remote", required=True, help="The remote model (path or URL), as for `bisup calibrate`.")
+@click.option("--test", "test_path", type=click.Path(path_type=Path),
+              help="Held-out labelled set (.npz) on which before and after are compared.")
+@click.option("--board", default="nrf52840", show_default=True, help="Board to export for.")
+@click.option("--max-remote-fraction", type=float, help="Calibrate both to this remote-call budget.")
+@click.option("--target-accuracy", type=float, help="Calibrate both to the fewest calls reaching this accuracy.")
+@click.option("--max-local-error", type=float, help=RISK_HELP)
+@click.option("--delta", type=float, default=None, help="As for `bisup calibrate`.")
+@click.option("--max-reject", type=float, default=0.005, show_default=True, help="As for `bisup calibrate`.")
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(1), help="Fine-tuning epochs.")
+@click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--distill", is_flag=True,
+              help="Train on the remote's probabilities (soft targets) instead of its labels.")
+@click.option("--include-rejected", is_flag=True,
+              help="Also train on answers the remote supervisor rejected (by default they are left out).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for retrained.keras, before/ and after/ (exports, thresholds) and retrained.bisup.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
+def retrain(model_path, train_path, collected_dir, data_path, remote, test_path, board, max_remote_fraction,
+            target_accuracy, max_local_error, delta, max_reject, epochs, learning_rate, distill, include_rejected,
+            seed, out_dir, as_json) -> None:
+    """Fine-tune the local model on what the bridge collected, and compare before and after.
+
+    \b
+    The relayed inputs the remote supervisor accepted, with the remote's labels (or, with
+    --distill, its probabilities) as targets, join the training set; the model trains --epochs more.
+    Then the deployed model and the retrained one are each exported for --board, calibrated on
+    --data in the same mode, and the new one is bundled (retrained.bisup, for `bisup flash`).
+    With --test, both systems run on it as deployed, and the table shows accuracy and remote calls.
+
+    \b
+    bisup bridge --serial pty --bundle B --remote R --collect relayed/
+    bisup retrain --model local.keras --train train.npz --collected relayed/ --data val.npz \\
+                  --test test.npz --remote R --target-accuracy 0.9 --out retrained/
+    """
+    _quiet_tensorflow()
+    from toolkit import retrain as flywheel
+    from toolkit.report import retrain_table
+    from toolkit.thresholds import RemoteRule
+
+    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, "auto")
+    plan = flywheel.Plan(model_path, train_path, collected_dir, data_path, remote, board, out_dir, mode, test_path,
+                         RemoteRule(max_reject=max_reject), epochs, learning_rate, distill, include_rejected, seed)
+    result = flywheel.retrain(plan, _progress)
+    click.echo(json.dumps(result, indent=2) if as_json else retrain_table(result))
+
+
 def _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_remote_fraction, max_reject,
                      remote_supervisor, bandwidth_kbps, cloud_gmacs, out_dir, as_json) -> None:
     if max_device_fraction is None or max_remote_fraction is None:
@@ -343,9 +400,14 @@ def _progress(message: str) -> None:
               help="SPINN/EENet instead: early exits on the remote CNN, split computing, learned exit policy.")
 @click.option("--max-device-fraction", default=0.6, show_default=True,
               help="--exits: average device cost budget, as a fraction of the whole network's MACs.")
+@click.option("--flywheel", "with_flywheel", is_flag=True,
+              help="The data flywheel instead: a drifted stream through the bridge with the drift alarm and "
+                   "--collect, then `bisup retrain` on what was collected, before and after on held-out data.")
+@click.option("--target-accuracy", default=0.92, show_default=True,
+              help="--flywheel: both models are calibrated to the fewest remote calls reaching this accuracy.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]} instead of the table.')
 def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_exits, max_device_fraction,
-         as_json) -> None:
+         with_flywheel, target_accuracy, as_json) -> None:
     """Run BiSupervised end to end on scikit-learn's digits: no server, board or download needed.
 
     Trains (once, then cached in $BISUP_CACHE or ~/.cache/bisup) a small local CNN and a larger remote
@@ -355,8 +417,15 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_ex
     With --exits: three early exits on the remote CNN, one int8 stage per exit for the board, exit
     policies calibrated for --max-device-fraction and --max-remote-fraction (default 0.4 here), and the
     test split through a multi-exit virtual device that relays raw inputs (INFER) or activations (SPLIT).
+
+    With --flywheel: the deployed model meets rotated, noised digits; the drift alarm fires, the
+    bridge collects the relayed inputs with the remote's answers, and `bisup retrain` fine-tunes on
+    them and compares before and after on held-out shifted digits.
     """
     _quiet_tensorflow()
+    if with_flywheel:
+        _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, as_json)
+        return
     if with_exits:
         _demo_exits(out_dir, board, max_device_fraction, max_remote_fraction, max_reject, seed, retrain, as_json)
         return
@@ -375,6 +444,21 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_ex
         chosen = result["thresholds"]
         click.echo(f"\nlocal threshold int8 {chosen.local.threshold_int8}, remote threshold "
                    f"{chosen.remote.threshold:.4f}; artefacts in {result['out_dir']}")
+
+
+def _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, as_json) -> None:
+    from toolkit import demo_flywheel
+    from toolkit.report import retrain_table
+
+    result = demo_flywheel.run(out_dir, seed, board, max_remote_fraction, target_accuracy, _progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    field = result["stream"]
+    click.echo(f"stream: {field['inputs']} drifted inputs, {field['relayed']} relayed "
+               f"({field['relayed'] / field['inputs']:.1%}; calibrated {field['calibrated_remote_fraction']:.1%}), "
+               f"drift alarm {'FIRED' if field['drift_alarm'] else 'quiet'}, {field['collected']} collected\n")
+    click.echo(retrain_table(result["retrain"]))
 
 
 def _demo_exits(out_dir, board, max_device_fraction, max_remote_fraction, max_reject, seed, retrain, as_json):

@@ -76,7 +76,7 @@ def remote_cnn(num_classes: int = 10):
     )
 
 
-def _epoch_reporter(total: int, label: str, progress: Progress):
+def epoch_reporter(total: int, label: str, progress: Progress):
     import keras
 
     class EpochProgress(keras.callbacks.Callback):
@@ -105,7 +105,7 @@ def train(model, x: np.ndarray, y: np.ndarray, epochs: int, label: str, progress
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[_epoch_reporter(epochs, label, progress)])
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[epoch_reporter(epochs, label, progress)])
     return model
 
 

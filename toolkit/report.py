@@ -133,3 +133,30 @@ def calibration_table(thresholds: Thresholds) -> str:
     if thresholds.guarantee:
         rows.append(("guarantee", thresholds.guarantee))
     return _table(rows)
+
+
+def retrain_table(result: dict) -> str:
+    """Before and after a retrain: on the validation set (where thresholds were chosen) and held out."""
+    header = ("", "threshold", "val. acc.", "val. remote", "test acc.", "test remote", "test local acc.")
+    cells = []
+    for name in ("before", "after"):
+        side, test = result[name], result[name].get("test") or {}
+        cells.append((name, str(side["threshold_int8"]), f"{100 * side['validation']['accuracy']:.2f} %",
+                      f"{100 * side['validation']['remote_fraction']:.1f} %",
+                      *((f"{100 * test['accuracy']:.2f} %", f"{100 * test['remote_fraction']:.1f} %",
+                         f"{100 * test['local_accuracy']:.2f} %") if test else ("-", "-", "-"))))
+    widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in (header, *cells)]
+    before, after = result["before"].get("test"), result["after"].get("test")
+    if before and after and before["remote_fraction"] > 0:
+        fewer = 1 - after["remote_fraction"] / before["remote_fraction"]
+        lines.append(f"\nheld out: {fewer:.1%} fewer remote calls, accuracy {100 * before['accuracy']:.2f} % -> "
+                     f"{100 * after['accuracy']:.2f} %")
+    matched = result.get("after_at_before_accuracy")
+    if matched and before:
+        lines.append(f"at the old held-out accuracy the new model needs {100 * matched['remote_fraction']:.1f} % "
+                     f"remote calls (chosen on the held-out set: a reference, not a deployable threshold)")
+    lines.append(f"collected {result['collected']} relayed inputs, trained on {result['trained_on']}; "
+                 f"new bundle {result['bundle']}")
+    return "\n".join(lines)
