@@ -8,8 +8,9 @@ Two signals, each compared with its rate on the validation set (``thresholds.jso
 
 Each is tested over a sliding window of the most recent observations with a two-proportion z-test
 against the validation rate, whose own sampling error counts too. Outside ``z`` standard errors
-(3.29 by default: a 0.1% false alarm rate per check on an i.i.d. stream) the alarm is on; the
-change is logged once each way, and ``Signal.view`` gives what the metrics export.
+(3.29 by default: a 0.1% false alarm rate per check on an i.i.d. stream) the alarm goes on; it
+clears once the rate is back within 2 standard errors, so a rate on the edge does not flap. Each
+change is logged once, and ``Signal.view`` gives what the metrics export.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from firmware_bridge.events import Events
 from firmware_bridge.relay import Answer, InferRequest
 
 Z_ALARM = 3.29  # two-sided 0.1%
+Z_CLEAR = 2.0  # back within this many standard errors to clear: without the gap, a rate on the edge flaps
 MIN_SAMPLES = 100  # observations in the window before a signal is tested at all
 
 
@@ -59,24 +61,25 @@ class Signal:
         while self._chunks and self._trials - self._chunks[0][1] >= self.window:
             old_hits, old_trials = self._chunks.popleft()
             self._hits, self._trials = self._hits - old_hits, self._trials - old_trials
-        alarm = self._trials >= MIN_SAMPLES and not self._within()
+        alarm = self._trials >= MIN_SAMPLES and not self._within(Z_CLEAR if self.alarm else self.z)
         changed = alarm != self.alarm
         self.alarm = alarm
         self.fired += changed and alarm
         return alarm if changed else None
 
-    def _half_width(self) -> float:
+    def _half_width(self, z: float) -> float:
         """z standard errors of live minus expected, pooling both (so a rate of 0 still has a band)."""
         n, n0 = max(self._trials, 1), max(self.calibrated, 1)
         pooled = (self._hits + self.expected * n0) / (n + n0)
-        return self.z * math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / n + 1 / n0))
+        return z * math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / n + 1 / n0))
 
-    def _within(self) -> bool:
-        return abs(self._hits / self._trials - self.expected) <= self._half_width()
+    def _within(self, z: float) -> bool:
+        return abs(self._hits / self._trials - self.expected) <= self._half_width(z)
 
     def view(self) -> View:
+        """The band shown is the alarm's (``z``); clearing needs the narrower one."""
         live = self._hits / self._trials if self._trials else 0.0
-        half = self._half_width()
+        half = self._half_width(self.z)
         return View(live, self.expected, max(0.0, self.expected - half), min(1.0, self.expected + half),
                     self._trials, self.alarm)
 

@@ -49,6 +49,15 @@ def _thresholds(fraction: float, disagreement: float | None, samples: int = 359)
                       {"mode": "budget"}, None, achieved, validation={"samples": samples})
 
 
+def test_a_rate_on_the_edge_of_the_band_does_not_flap():
+    """Hysteresis: on beyond 3.29 standard errors, off only within 2, so alternating 49/48% of 100 relays
+    against 19.6% (the demo's flapping case before) goes on once and stays on."""
+    signal = Signal("relayed disagreement", 0.196, 46, window=100)
+    for i in range(2000):
+        signal.add(1 if (i % 100) < (49 if (i // 100) % 2 else 48) else 0, 1)
+    assert signal.fired == 1
+
+
 def test_cumulative_stats_count_once_per_device_and_boot():
     logged = []
     alarm = DriftAlarm.from_thresholds(_thresholds(0.3, 0.2), logged.append)

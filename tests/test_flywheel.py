@@ -48,6 +48,7 @@ def test_one_round_cuts_remote_calls_at_the_same_accuracy(flywheel):
 
 def test_the_drifted_stream_sets_off_the_alarm_and_every_relay_is_collected(flywheel):
     result, messages, _ = flywheel
+    assert not result["iid"]["drift_alarm"] and result["iid"]["collected"] == 0
     field = result["stream"]
     assert field["drift_alarm"] and field["live_remote_fraction"] > field["band"][1]
     assert any(m.startswith("drift alarm: remote fraction") for m in messages)
@@ -104,4 +105,4 @@ def test_the_demo_prints_the_stream_and_the_comparison(flywheel, tmp_path):
                                                                       str(tmp_path), "--json"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"stream", "retrain", "out_dir"} and "cached at" in result.stderr
+    assert set(data) == {"iid", "stream", "retrain", "out_dir"} and "cached at" in result.stderr

@@ -454,10 +454,12 @@ def _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, a
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    field = result["stream"]
-    click.echo(f"stream: {field['inputs']} drifted inputs, {field['relayed']} relayed "
-               f"({field['relayed'] / field['inputs']:.1%}; calibrated {field['calibrated_remote_fraction']:.1%}), "
-               f"drift alarm {'FIRED' if field['drift_alarm'] else 'quiet'}, {field['collected']} collected\n")
+    for name, what in (("iid", "clean test"), ("stream", "drifted")):
+        field = result[name]
+        click.echo(f"{what} stream: {field['inputs']} inputs, {field['relayed']} relayed "
+                   f"({field['relayed'] / field['inputs']:.1%}; calibrated {field['calibrated_remote_fraction']:.1%}),"
+                   f" drift alarm {'FIRED' if field['drift_alarm'] else 'quiet'}, {field['collected']} collected")
+    click.echo()
     click.echo(retrain_table(result["retrain"]))
 
 

@@ -1,7 +1,8 @@
 """``bisup demo --flywheel``: one turn of the data flywheel on digits, end to end.
 
 1. Deploy: the local CNN, exported and calibrated on the clean validation split (as ``bisup demo``).
-2. The deployment stream drifts: training digits rotated by up to 20 degrees and noised
+2. The clean test digits go through the deployed path first (the drift alarm stays quiet); then the
+   deployment stream drifts: training digits rotated by up to 20 degrees and noised
    (``digits.shifted``, two draws each), which the local model was never shown. A virtual device
    sends it through the serial bridge over a pty, with the drift alarm watching and the collector
    keeping every relayed input with the remote's answer.
@@ -87,21 +88,26 @@ def deploy(local_keras: Path, remote_path: Path, paths: dict, board: str, budget
     return Bundle.load(out)
 
 
-def stream(bundle: Bundle, remote_path: Path, x: np.ndarray, collected: Path, log: Progress) -> dict:
-    """The drifted stream through a virtual device and the serial bridge, with the drift alarm and the collector."""
+def stream(bundle: Bundle, remote_path: Path, x: np.ndarray, collected: Path | None, log: Progress) -> dict:
+    """A stream through a virtual device and the serial bridge, with a fresh drift alarm and (given a folder)
+    the collector."""
     drift = DriftAlarm.from_thresholds(bundle.thresholds, log)
-    collector = Collector(collected, bundle.quantization, bundle.model_hash.hex(), log)
+    observers: list = [drift]
+    if collected is not None:
+        observers.append(Collector(collected, bundle.quantization, bundle.model_hash.hex(), log))
     relay = Relay(open_remote(remote_path), bundle.remote_supervisor, bundle.quantization)
     try:
-        with bridge_over_pty(RequestHandler(relay, bundle, events=Fanout(drift, collector))) as port:
+        with bridge_over_pty(RequestHandler(relay, bundle, events=Fanout(*observers))) as port:
             device = VirtualDevice(SerialLink(port), bundle.local_model(), bundle.threshold_int8, device_id="field")
             device.hello()
             answers = device.run(x)
     finally:
-        collector.close()
+        for observer in observers[1:]:
+            observer.close()
     view = drift.remote_fraction.view()
     return {"inputs": len(x), "relayed": int(sum(a.source is not Source.LOCAL for a in answers)),
-            "collected": collector.collected, "drift_alarm": drift.remote_fraction.fired > 0,
+            "collected": observers[1].collected if collected is not None else 0,
+            "drift_alarm": drift.remote_fraction.fired > 0 or bool(drift.disagreement and drift.disagreement.fired),
             "live_remote_fraction": view.live, "calibrated_remote_fraction": view.expected,
             "band": [view.lower, view.upper]}
 
@@ -121,9 +127,12 @@ def run(out_dir: Path | None, seed: int, board: str, budget: float, target_accur
     collected = out / "collected"
     for old in collected.glob("shard-*.npz"):  # a fresh turn of the wheel each run
         old.unlink()
+    progress(f"first the clean test digits ({len(parts['test'][1])}, like the validation set) through the device "
+             "and the bridge: the drift alarm should stay quiet")
+    iid = stream(bundle, remote_path, parts["test"][0], None, progress)
     progress(f"streaming {len(x_stream)} rotated, noised digits through the device and the bridge")
     field = stream(bundle, remote_path, x_stream, collected, progress)
     plan = retrain.Plan(local_keras, paths["train"], collected, paths["shifted_val"], str(remote_path), board,
                         out / "retrained", calibrate.Mode("target", target_accuracy), paths["shifted_test"],
                         RemoteRule(max_reject=0.005), distill=True, seed=seed)
-    return {"stream": field, "retrain": retrain.retrain(plan, progress), "out_dir": str(out)}
+    return {"iid": iid, "stream": field, "retrain": retrain.retrain(plan, progress), "out_dir": str(out)}
