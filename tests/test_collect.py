@@ -162,3 +162,24 @@ def test_bridge_collect_over_a_pty(bundle_dir, digits_example, tmp_path):
 
 def _repeats(x: np.ndarray) -> int:
     return len(x) - len(np.unique(x.reshape(len(x), -1), axis=0))
+
+
+@pytest.mark.slow
+def test_bridge_start_up_problems_are_one_line_each(bundle_dir, digits_example, tmp_path):
+    """An unwritable --collect folder and a --metrics-port in use stop `bisup bridge` before it serves."""
+    from cli_errors import error_line
+
+    from firmware_bridge.metrics import Metrics
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    base = ["bridge", "--serial", "pty", "--remote", str(digits_example["model"]), "--bundle", str(bundle_dir)]
+    unwritable = CliRunner().invoke(main, [*base, "--collect", str(blocker / "sub")])
+    assert f"collect folder {blocker / 'sub'} is not writable" in error_line(unwritable)
+    busy = Metrics().serve(0)
+    try:
+        in_use = CliRunner().invoke(main, [*base, "--metrics-port", str(busy.server_port)])
+    finally:
+        busy.shutdown()
+        busy.server_close()
+    assert f"metrics port {busy.server_port} on 127.0.0.1 is in use" in error_line(in_use)

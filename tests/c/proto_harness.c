@@ -321,6 +321,16 @@ static int run_client(void) {
   CHECK(r.source == BP_SRC_LOCAL && r.label == 3 && sent_count == 0);
   r = bisup_app_decide(&app, input, 64, 4, -21, silent_link, NULL);
   CHECK(r.source == BP_SRC_FALLBACK && r.label == 4 && !r.rejected && sent_count == 3);
+  /* 5b: every BISUP_STATS_EVERY inferences the app tells the host its counts since boot (STATS) */
+  sent_count = 0;
+  memset(sent_len, 0, sizeof(sent_len));
+  for (uint32_t i = 2; i < BISUP_STATS_EVERY; ++i) bisup_app_decide(&app, input, 64, 5, 0, silent_link, NULL);
+  CHECK(sent_count == 1);
+  bp_msg stats;
+  uint8_t scratch[BP_MAX_FRAME];
+  CHECK(sent_len[0] > 1 && bp_decode_frame(sent[0], sent_len[0] - 1, scratch, sizeof(scratch), &stats) == BP_OK);
+  CHECK(stats.type == BP_STATS && stats.boot == BOOT && stats.u.stats.inferences == BISUP_STATS_EVERY);
+  CHECK(stats.u.stats.local == BISUP_STATS_EVERY - 1u && stats.u.stats.relayed == 1u);
   /* 6: the largest input the build allows goes out as one frame; one element more is refused */
   static int8_t big[BP_MAX_BODY];
   uint32_t most = BP_MAX_BODY - BP_HEADER_BYTES - BP_INFER_FIXED_BYTES;
