@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from risk_simulation import KINDS, Population, simulate
 
-from tests.risk_simulation import KINDS, Population, simulate
 from toolkit import risk_control
 from toolkit.risk_control import NEVER_TRUST, Tally
 
