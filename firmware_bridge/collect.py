@@ -3,11 +3,12 @@
 Each relayed raw input (stage 0; a SPLIT's activation is not an input the local model can learn
 from) is kept once, by the digest of its int8 bytes, with the remote's label and probabilities,
 whether the remote supervisor accepted that answer, the device's own label and confidence, the
-device id and the time. Records are buffered and written as ``.npz`` shards: each is written to a
-temporary file, synced and renamed into place, so a crash leaves whole shards or none, never a
-torn one. A failed write (a full disk) keeps the buffer for the next try and says so; the folder
-is capped in bytes, past which nothing more is collected and that is said once.
-``read_collected`` (for ``bisup retrain``) reads them back, deduplicated again across bridges.
+device id and the time. Records are buffered and written as ``.npz`` shards (at 1,024 records,
+every ``flush_s`` and at close): each is written to a temporary file, synced and renamed into
+place, so a crash leaves whole shards or none, never a torn one. A failed write (a full disk)
+keeps the buffer for the next try and says so; the folder is capped in bytes, past which nothing
+more is collected and that is said once. ``read_collected`` (for ``bisup retrain``) reads them
+back, deduplicated again across bridges.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class Collector(Events):
         self._first_buffered = 0.0
         self._said_full = self._said_paused = False
         self.collected = self.duplicates = self.written_shards = 0
+        self._closed = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_every, name="collect flusher", daemon=True)
+        self._flusher.start()
 
     def relayed(self, device: str, request: InferRequest, answer: Answer) -> None:
         if request.stage or answer.probabilities is None:
@@ -101,7 +105,14 @@ class Collector(Events):
             if len(self._buffer) >= self.shard_records or time.monotonic() - self._first_buffered >= self.flush_s:
                 self._flush()
 
+    def _flush_every(self) -> None:
+        """Writes what waits at least every ``flush_s``, also when no relay comes to trigger it."""
+        while not self._closed.wait(self.flush_s):
+            with self._lock:
+                self._flush()
+
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             self._flush()
             if self._buffer:

@@ -50,6 +50,16 @@ def test_records_come_back_once_each_with_what_the_remote_said(tmp_path):
     assert restarted.duplicates == 1
 
 
+def test_what_waits_is_written_within_the_flush_interval_without_another_relay(tmp_path):
+    c = Collector(tmp_path, QUANT, "00", print, flush_s=0.2)
+    _relay(c, 0)
+    deadline = time.monotonic() + 5
+    while not list(tmp_path.glob("shard-*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(read_collected(tmp_path)) == 1
+    c.close()
+
+
 def test_a_folder_that_cannot_be_written_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -120,6 +120,8 @@ def write_example(out_dir: Path, epochs: int = 40, seed: int = 0, progress: Prog
 
     ``calib`` is the training split, ``val`` and ``test`` the held-out halves, and ``holdout`` their
     union: the export's figures use it because AUROC over a few dozen errors needs every sample.
+    ``drifted_{calib,val,test}`` are the same splits rotated and noised (``shifted``): a deployment
+    that drifted, for trying the drift alarm and ``bisup retrain``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = splits(seed)
@@ -138,4 +140,9 @@ def write_example(out_dir: Path, epochs: int = 40, seed: int = 0, progress: Prog
         np.savez(paths[file], x=x, y=y)
     paths["holdout"] = out_dir / "holdout.npz"
     np.savez(paths["holdout"], **{k: np.concatenate([parts["val"][i], parts["test"][i]]) for i, k in enumerate("xy")})
+    drifted = (("train", "drifted_calib"), ("val", "drifted_val"), ("test", "drifted_test"))
+    for offset, (name, file) in enumerate(drifted):
+        paths[file] = out_dir / f"{file}.npz"
+        x, y = parts[name]
+        np.savez(paths[file], x=shifted(x, 10 * seed + offset + 1), y=y)
     return paths

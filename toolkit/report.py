@@ -151,7 +151,8 @@ def retrain_table(result: dict) -> str:
     before, after = result["before"].get("test"), result["after"].get("test")
     if before and after and before["remote_fraction"] > 0:
         fewer = 1 - after["remote_fraction"] / before["remote_fraction"]
-        lines.append(f"\nheld out: {fewer:.1%} fewer remote calls, accuracy {100 * before['accuracy']:.2f} % -> "
+        change = f"{fewer:.1%} fewer" if fewer >= 0 else f"{-fewer:.1%} more"
+        lines.append(f"\nheld out: {change} remote calls, accuracy {100 * before['accuracy']:.2f} % -> "
                      f"{100 * after['accuracy']:.2f} %")
     matched = result.get("after_at_before_accuracy")
     if matched and before:
