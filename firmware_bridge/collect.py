@@ -76,7 +76,6 @@ class Collector(Events):
         self._digests, self._bytes = _scan(self.folder, log)
         self._buffer: list[dict] = []
         self._lock = threading.Lock()
-        self._first_buffered = 0.0
         self._said_full = self._said_paused = False
         self.collected = self.duplicates = self.written_shards = 0
         self._closed = threading.Event()
@@ -95,14 +94,12 @@ class Collector(Events):
             if not self._room():
                 return
             self._digests.add(key)
-            if not self._buffer:
-                self._first_buffered = time.monotonic()
             self._buffer.append({"x": data, "remote_label": answer.remote_label, "accepted": not answer.rejected,
                                  "probabilities": np.asarray(answer.probabilities, np.float32),
                                  "local_label": request.local_label, "local_confidence": request.local_confidence_int8,
                                  "device": device, "time": time.time(), "digest": np.frombuffer(key, np.uint8)})
             self.collected += 1
-            if len(self._buffer) >= self.shard_records or time.monotonic() - self._first_buffered >= self.flush_s:
+            if len(self._buffer) >= self.shard_records:
                 self._flush()
 
     def _flush_every(self) -> None:
@@ -143,7 +140,6 @@ class Collector(Events):
         except OSError as exc:
             self.log(f"collect: cannot write a shard to {self.folder} ({exc.strerror or exc}); keeping "
                      f"{len(self._buffer)} records in memory and trying again")
-            self._first_buffered = time.monotonic()
             return
         self._bytes += size
         self.written_shards += 1

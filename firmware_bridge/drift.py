@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from converters.artefacts import Thresholds
-from firmware_bridge.events import Events
+from firmware_bridge.events import Events, SinceLast
 from firmware_bridge.relay import Answer, InferRequest
 
 Z_ALARM = 3.29  # two-sided 0.1%
@@ -95,7 +95,7 @@ class DriftAlarm(Events):
     def __init__(self, remote_fraction: Signal, disagreement: Signal | None, log: Callable[[str], None]):
         self.remote_fraction, self.disagreement, self.log = remote_fraction, disagreement, log
         self._lock = threading.Lock()
-        self._last: dict[tuple[str, int], tuple[int, int]] = {}  # (device, boot) -> (inferences, relayed)
+        self._since_last = SinceLast()
 
     @classmethod
     def from_thresholds(cls, t: Thresholds, log: Callable[[str], None], window: int = 500) -> DriftAlarm:
@@ -118,12 +118,10 @@ class DriftAlarm(Events):
         return [s for s in (self.remote_fraction, self.disagreement) if s is not None]
 
     def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
-        with self._lock:
-            before = self._last.get((device, boot), (0, 0))
-            if inferences <= before[0]:
-                return  # a repeated or late STATS: counts are cumulative, nothing new
-            self._last[(device, boot)] = (inferences, relayed)
-            self._update(self.remote_fraction, max(relayed - before[1], 0), inferences - before[0])
+        new = self._since_last.new(device, boot, inferences, relayed)
+        if new is not None:
+            with self._lock:
+                self._update(self.remote_fraction, new[1], new[0])
 
     def relayed(self, device: str, request: InferRequest, answer: Answer) -> None:
         if self.disagreement is None or answer.remote_label is None:

@@ -7,6 +7,8 @@ run without any observer and lets observers be tested without a transport.
 
 from __future__ import annotations
 
+import threading
+
 from firmware_bridge.relay import Answer, InferRequest
 
 
@@ -32,6 +34,24 @@ class Events:
 
     def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
         """A device's STATS: its counts since boot ``boot``."""
+
+
+class SinceLast:
+    """Turns the cumulative counts of STATS into what is new since the last one, per device and boot id:
+    a repeated, late or reordered STATS yields nothing, a reboot starts from zero."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, int], tuple[int, ...]] = {}
+        self._lock = threading.Lock()
+
+    def new(self, device: str, boot: int, inferences: int, *counts: int) -> tuple[int, ...] | None:
+        """``(inferences, *counts)`` since the last STATS of this boot (counts never below 0), or None."""
+        with self._lock:
+            before = self._last.get((device, boot), (0,) * (1 + len(counts)))
+            if inferences <= before[0]:
+                return None
+            self._last[(device, boot)] = (inferences, *counts)
+        return (inferences - before[0], *(max(now - then, 0) for now, then in zip(counts, before[1:], strict=True)))
 
 
 def _to_all(name: str):

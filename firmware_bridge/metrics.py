@@ -9,14 +9,13 @@ PromQL's job: ``rate(bisup_requests_total[1m])`` by device.
 from __future__ import annotations
 
 import errno
-import threading
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from converters.errors import BisupError
 from firmware_bridge.drift import DriftAlarm, Signal
-from firmware_bridge.events import Events
+from firmware_bridge.events import Events, SinceLast
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
@@ -47,8 +46,7 @@ class Metrics(Events):
                                   registry=r)
         self.local = Counter("bisup_device_local_answers", "Answers devices gave locally (STATS)", ["device"],
                              registry=r)
-        self._seen: dict[tuple[str, int], tuple[int, int]] = {}
-        self._lock = threading.Lock()
+        self._since_last = SinceLast()
 
     def request(self, device: str, kind: str) -> None:
         self.requests.labels(device=device, kind=kind).inc()
@@ -66,13 +64,10 @@ class Metrics(Events):
         self.errors.labels(code=code).inc()
 
     def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
-        with self._lock:
-            before = self._seen.get((device, boot), (0, 0))
-            if inferences <= before[0]:
-                return  # cumulative counts: a repeated STATS adds nothing
-            self._seen[(device, boot)] = (inferences, local)
-        self.inferences.labels(device=device).inc(inferences - before[0])
-        self.local.labels(device=device).inc(max(local - before[1], 0))
+        new = self._since_last.new(device, boot, inferences, local)
+        if new is not None:
+            self.inferences.labels(device=device).inc(new[0])
+            self.local.labels(device=device).inc(new[1])
 
     def watch_breakers(self, breakers: dict[str, Callable[[], str]]) -> None:
         """Export each remote's circuit breaker state (0 closed, 1 half-open, 2 open), read at scrape time."""

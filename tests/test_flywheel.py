@@ -106,3 +106,11 @@ def test_the_demo_prints_the_stream_and_the_comparison(flywheel, tmp_path):
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) == {"iid", "stream", "retrain", "out_dir"} and "cached at" in result.stderr
+
+
+def test_a_held_out_set_without_labels_is_refused_before_any_training(flywheel, tmp_path):
+    unlabelled = tmp_path / "test.npz"
+    np.savez(unlabelled, x=np.zeros((10, 8, 8, 1), np.float32))
+    result = _retrain(flywheel, tmp_path, **{"--test": str(unlabelled)})
+    assert f"{unlabelled} has no labels 'y'; the before/after comparison needs them" in error_line(result)
+    assert "fine-tuning" not in result.stderr

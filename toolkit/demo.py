@@ -42,7 +42,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bisup"
 
 
-def _train_and_save(build, path: Path, parts, epochs: int, label: str, seed: int, progress: Progress) -> None:
+def train_and_save(build, path: Path, parts, epochs: int, label: str, seed: int, progress: Progress) -> None:
     digits.seed_everything(seed)
     model = digits.train(build(), *parts["train"], epochs=epochs, label=label, progress=progress)
     partial = path.with_suffix(".partial.keras")
@@ -62,7 +62,7 @@ def models(cache: Path, parts, seed: int, retrain: bool, progress: Progress) -> 
         if path.is_file() and not retrain:
             progress(f"{label}: cached at {path}")
         else:
-            _train_and_save(build, path, parts, epochs, label, seed, progress)
+            train_and_save(build, path, parts, epochs, label, seed, progress)
     return local, remote
 
 

@@ -35,7 +35,7 @@ from firmware_bridge.remotes import open_remote
 from firmware_bridge.serial_bridge import bridge_over_pty
 from firmware_bridge.virtual_device import SerialLink, VirtualDevice
 from toolkit import calibrate, digits, export, retrain
-from toolkit.demo import MODEL_VERSION, cache_root, models
+from toolkit.demo import MODEL_VERSION, cache_root, models, train_and_save
 from toolkit.thresholds import RemoteRule
 
 Progress = Callable[[str], None]
@@ -52,13 +52,9 @@ def robust_remote(cache: Path, parts, seed: int, progress: Progress) -> Path:
         progress(f"robust remote CNN: cached at {path}")
         return path
     x, y = parts["train"]
-    x_all = np.concatenate([x, *(digits.shifted(x, s) for s in AUGMENT_SEEDS)])
-    digits.seed_everything(seed)
-    model = digits.train(digits.remote_cnn(), x_all, np.concatenate([y] * (1 + len(AUGMENT_SEEDS))), REMOTE_EPOCHS,
-                         "robust remote CNN", progress)
-    partial = path.with_suffix(".partial.keras")
-    model.save(partial)
-    partial.replace(path)
+    augmented = {"train": (np.concatenate([x, *(digits.shifted(x, s) for s in AUGMENT_SEEDS)]),
+                           np.concatenate([y] * (1 + len(AUGMENT_SEEDS))))}
+    train_and_save(digits.remote_cnn, path, augmented, REMOTE_EPOCHS, "robust remote CNN", seed, progress)
     return path
 
 
@@ -92,21 +88,20 @@ def stream(bundle: Bundle, remote_path: Path, x: np.ndarray, collected: Path | N
     """A stream through a virtual device and the serial bridge, with a fresh drift alarm and (given a folder)
     the collector."""
     drift = DriftAlarm.from_thresholds(bundle.thresholds, log)
-    observers: list = [drift]
-    if collected is not None:
-        observers.append(Collector(collected, bundle.quantization, bundle.model_hash.hex(), log))
+    collector = None if collected is None else Collector(collected, bundle.quantization, bundle.model_hash.hex(), log)
     relay = Relay(open_remote(remote_path), bundle.remote_supervisor, bundle.quantization)
     try:
-        with bridge_over_pty(RequestHandler(relay, bundle, events=Fanout(*observers))) as port:
+        events = Fanout(drift, *([collector] if collector else []))
+        with bridge_over_pty(RequestHandler(relay, bundle, events=events)) as port:
             device = VirtualDevice(SerialLink(port), bundle.local_model(), bundle.threshold_int8, device_id="field")
             device.hello()
             answers = device.run(x)
     finally:
-        for observer in observers[1:]:
-            observer.close()
+        if collector:
+            collector.close()
     view = drift.remote_fraction.view()
     return {"inputs": len(x), "relayed": int(sum(a.source is not Source.LOCAL for a in answers)),
-            "collected": observers[1].collected if collected is not None else 0,
+            "collected": collector.collected if collector else 0,
             "drift_alarm": drift.remote_fraction.fired > 0 or bool(drift.disagreement and drift.disagreement.fired),
             "live_remote_fraction": view.live, "calibrated_remote_fraction": view.expected,
             "band": [view.lower, view.upper]}

@@ -84,14 +84,14 @@ def targets(collected: Collected, classes: int, distill: bool, include_rejected:
     return x, y
 
 
-def fine_tune(model_path: Path, x: np.ndarray, y: np.ndarray, epochs: int, learning_rate: float, seed: int,
+def fine_tune(model, model_path: Path, x: np.ndarray, y: np.ndarray, epochs: int, learning_rate: float, seed: int,
               progress: Progress):
-    """The model's weights trained further on (x, soft or one-hot y), with a loss that matches its outputs."""
+    """``model`` (loaded from ``model_path``) trained further on (x, soft or one-hot y), with a loss that matches
+    its outputs."""
     import keras
 
     from toolkit import digits
 
-    model = graph.load_model(model_path)
     if not isinstance(model, keras.Model) or not model.trainable_weights:
         raise RetrainError(f"{model_path} has no trainable weights here (a SavedModel loads frozen); give the "
                            ".keras file")
@@ -114,13 +114,18 @@ def _export_and_calibrate(model_path: Path, plan: Plan, remote, out: Path, progr
     return Side(out, result.chosen.threshold_int8, result.remote_supervisor, result.chosen.as_dict())
 
 
-def _measure(side: Side, remote, test: Path) -> thresholds.Outcomes:
-    """The side's system on the held-out set as deployed (its int8 and remote thresholds), into ``side.test``."""
-    local = LocalModel(side.folder / "model.tflite")
+def _held_out(test: Path, shape: tuple[int, ...], classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled held-out set, checked before any training or export spends minutes."""
     x, y = datasets.load_npz(test)
     if y is None:
         raise datasets.DataError(f"{test} has no labels 'y'; the before/after comparison needs them")
-    datasets.check_matches(x, y, local.quantization.shape, local.num_classes, test)
+    datasets.check_matches(x, y, shape, classes, test)
+    return x, y
+
+
+def _measure(side: Side, remote, x: np.ndarray, y: np.ndarray) -> thresholds.Outcomes:
+    """The side's system on the held-out set as deployed (its int8 and remote thresholds), into ``side.test``."""
+    local = LocalModel(side.folder / "model.tflite")
     o, _ = calibrate.outcomes(local, remote, side.remote_supervisor, x, y)
     point = thresholds.evaluate(o, side.threshold_int8, side.validation["remote_threshold"])
     side.test = point.as_dict() | {"local_accuracy": float((o.local_pred == y).mean()), "samples": len(y)}
@@ -147,6 +152,7 @@ def retrain(plan: Plan, progress: Progress) -> dict:
     if y_train is None:
         raise datasets.DataError(f"{plan.train} has no labels 'y'; retraining needs the model's labelled training set")
     check_collected(collected, shape, classes, plan.collected)
+    held_out = None if plan.test is None else _held_out(plan.test, shape, classes)
     x_new, y_new = targets(collected, classes, plan.distill, plan.include_rejected)
     if not len(x_new):
         raise RetrainError(f"{plan.collected} holds {len(collected)} relayed inputs but the remote supervisor "
@@ -155,7 +161,7 @@ def retrain(plan: Plan, progress: Progress) -> dict:
              f"({'remote probabilities' if plan.distill else 'remote labels'} as targets)")
     x = np.concatenate([x_train, x_new.reshape(-1, *shape)])
     y = np.concatenate([np.eye(classes, dtype=np.float32)[y_train], y_new])
-    tuned = fine_tune(plan.model, x, y, plan.epochs, plan.learning_rate, plan.seed, progress)
+    tuned = fine_tune(model, plan.model, x, y, plan.epochs, plan.learning_rate, plan.seed, progress)
     plan.out.mkdir(parents=True, exist_ok=True)
     tuned_path = plan.out / "retrained.keras"
     tuned.save(tuned_path)
@@ -167,9 +173,9 @@ def retrain(plan: Plan, progress: Progress) -> dict:
     bundle = plan.out / "retrained.bisup"
     bundles.build(sides["after"].folder, bundle)
     matched = {}
-    if plan.test is not None:
-        _measure(sides["before"], remote, plan.test)
-        matched = _matched(sides["before"], _measure(sides["after"], remote, plan.test), plan.rule)
+    if held_out is not None:
+        _measure(sides["before"], remote, *held_out)
+        matched = _matched(sides["before"], _measure(sides["after"], remote, *held_out), plan.rule)
     return {"collected": len(collected), "trained_on": len(x_new), "bundle": str(bundle), "model": str(tuned_path),
             "after_at_before_accuracy": matched,
             **{name: vars(side) | {"folder": str(side.folder)} for name, side in sides.items()}}
