@@ -88,8 +88,8 @@ def test_bundle_for_another_model_is_refused(hil_setup, converted, tmp_path):
     other = Bundle(board_bundle.path, converted.model, board_bundle.thresholds)  # what the host expects
     with pytest.raises(hil.HilError, match="the board runs model .* but the bundle holds"):
         elf = hil.build_firmware("mps2-an386", board_bundle, tmp_path)
-        with hil.qemu("mps2-an386", elf) as url, hil.open_port(url) as port:
-            hil.HilSession(port, None).handshake(other.model_hash, 10)
+        with hil.qemu("mps2-an386", elf) as link:
+            hil.HilSession(link, None).handshake(other.model_hash, 10)
 
 
 def test_port_problems_are_named(hil_setup, tmp_path):
@@ -161,7 +161,7 @@ def test_each_boot_of_the_emulated_board_has_its_own_id(hil_setup, tmp_path):
     elf = hil.build_firmware("mps2-an386", board_bundle, tmp_path)
     boots = []
     for _ in range(2):
-        with hil.qemu("mps2-an386", elf) as url, hil.open_port(url) as port:
-            hello = hil.HilSession(port, None).handshake(board_bundle.model_hash, 10)
+        with hil.qemu("mps2-an386", elf) as link:
+            hello = hil.HilSession(link, None).handshake(board_bundle.model_hash, 10)
             boots.append(hello.boot)
     assert boots[0] != boots[1] and hello.max_body >= board_bundle.input_elements

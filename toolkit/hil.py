@@ -16,6 +16,7 @@ the report's agreement with the host TFLM oracle is a measurement.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import socket
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
@@ -78,6 +80,13 @@ MACHINES = {
 }
 
 
+# How long the emulated board waits for the bridge's ANSWER before it resends, in its own time. Under
+# -icount shift=0 a device millisecond is a million instructions, which QEMU may run while the host's
+# remote model is still busy on a loaded machine; the board's wait is therefore generous (a real board's
+# timeout is its firmware's own choice, not this).
+EMULATED_REQUEST_TIMEOUT_MS = 2000
+
+
 class HilError(BisupError, RuntimeError):
     """A board that cannot be reached or does not fit the bundle; the message says what to do."""
 
@@ -98,7 +107,8 @@ static const uint8_t kModelHash[32] = {{{join(bundle.model_hash)}}};
 """
 
 
-def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int = 200, retries: int = 3) -> Path:
+def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int = EMULATED_REQUEST_TIMEOUT_MS,
+                   retries: int = 3) -> Path:
     """Compile the emulated board's firmware with the bundle's model as generated C and the C device
     library, its frames sized for the model's input (FEED and INFER carry it whole); return the ELF."""
     try:
@@ -133,40 +143,103 @@ def compile_firmware(machine: str, workdir: Path, model_sources: list[Path], max
     return elf
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@dataclass
+class BoardLink:
+    """An open line to one board: its port (pyserial's ``read``/``write``) and the clock its waits run on.
+
+    A real board's clock is the host's. An emulated board's is the CPU time QEMU has had: under
+    ``-icount shift=0`` that is what advances the board's own time, so a wait measured in it means the
+    same on a quiet machine and on a busy one, where QEMU may get a tenth of a core."""
+
+    port: Any
+    clock: Callable[[], float] = time.monotonic
+    emulated: bool = False
+
+
+class _SocketPort:
+    """The emulated board's UART as QEMU's socket chardev carries it, behind pyserial's calls."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.settimeout(0.05)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+
+    def read(self, size: int) -> bytes:
+        try:
+            data = self.sock.recv(size)
+        except TimeoutError:
+            return b""
+        if not data:
+            raise HilError("QEMU closed the emulated board's UART (the emulator exited)")
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+
+def _cpu_clock(pid: int) -> Callable[[], float]:
+    """Seconds of CPU the process ``pid`` has used (Linux ``/proc``); the host's clock where there is none."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():
+        return time.monotonic
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def clock() -> float:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError as exc:
+            raise HilError("QEMU exited while the emulated board was running") from exc
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime, all threads
+
+    return clock
 
 
 @contextlib.contextmanager
-def qemu(machine: str, elf: Path) -> Iterator[str]:
-    """Run the firmware in QEMU; yield the pyserial URL of its UART0 (QEMU waits for it)."""
+def qemu(machine: str, elf: Path, start_timeout_s: float = 120.0) -> Iterator[BoardLink]:
+    """Run the firmware in QEMU; yield the line to its UART0.
+
+    QEMU connects to a socket that listens before QEMU starts, so the line is open before the board
+    runs its first instruction and no greeting is lost (a probe of a listening QEMU would take, and cut,
+    the board's first frame)."""
     if shutil.which("qemu-system-arm") is None:
         raise HilError("qemu-system-arm is not installed; apt-get install qemu-system-arm")
-    port = _free_port()
     entropy = (f"loader,addr={MACHINES[machine].boot_entropy_address:#x},data={secrets.randbits(32):#x},"
                "data-len=4")  # the board's TRNG
-    process = subprocess.Popen(["qemu-system-arm", "-machine", machine, "-nographic", "-monitor", "none",
-                                "-icount", "shift=0", "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on",
-                                "-kernel", str(elf), "-device", entropy],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise HilError(f"QEMU exited at start: {process.stderr.read().strip()[-300:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2) as ping:
-                ping.close()
-                break
-            time.sleep(0.05)
-        yield f"socket://127.0.0.1:{port}"
-    finally:
-        process.terminate()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        process = subprocess.Popen(["qemu-system-arm", "-machine", machine, "-nographic", "-monitor", "none",
+                                    "-icount", "shift=0", "-serial", f"tcp:127.0.0.1:{server.getsockname()[1]}",
+                                    "-kernel", str(elf), "-device", entropy],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            with _accept(server, process, start_timeout_s) as conn:
+                yield BoardLink(_SocketPort(conn), _cpu_clock(process.pid), emulated=True)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _accept(server: socket.socket, process: subprocess.Popen, timeout_s: float) -> socket.socket:
+    """QEMU's connection to ``server``; QEMU's own words if it exits first."""
+    server.settimeout(0.2)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return server.accept()[0]
+        except TimeoutError:
+            if process.poll() is not None:
+                raise HilError(f"QEMU exited at start: {process.stderr.read().strip()[-300:]}") from None
+    raise HilError(f"QEMU did not open the board's UART within {timeout_s:g} s; the machine may be overloaded")
+
+
+@contextlib.contextmanager
+def serial_link(url: str) -> Iterator[BoardLink]:
+    """The line to a real board on ``url`` (a device path or a pyserial URL)."""
+    with open_port(url) as port:
+        yield BoardLink(port)
 
 
 def open_port(url: str):
@@ -182,11 +255,17 @@ def open_port(url: str):
 
 
 class HilSession:
-    """One board on one port: handshake, then feed inputs while serving the bridge role."""
+    """One board on one line: handshake, then feed inputs while serving the bridge role.
 
-    def __init__(self, port, handler: RequestHandler | None):
+    Every wait is measured on the line's clock (see ``BoardLink``). On an emulated board a wait also
+    ends after ``WALL_FACTOR`` times as many host seconds: QEMU that gets almost no CPU means the host
+    is too busy, which is said as such."""
+
+    WALL_FACTOR = 30
+
+    def __init__(self, link: BoardLink, handler: RequestHandler | None):
         """`handler` may be None for a session that only checks the handshake and answers nothing."""
-        self.port, self.handler, self.reader = port, handler, framing.FrameReader()
+        self.link, self.port, self.handler, self.reader = link, link.port, handler, framing.FrameReader()
         self.board: p.Hello | None = None  # the board's HELLO: its id, boot id and largest body
         self.profiles: dict[int, tuple[int, ...]] = {}  # cycles per layer, by input
 
@@ -195,8 +274,13 @@ class HilSession:
         """The board's id as the bridge role keys it (until HELLO, a placeholder)."""
         return self.board.device_id if self.board else "board"
 
-    def _frames(self, deadline: float) -> Iterator[bytes]:
-        while time.monotonic() < deadline:
+    def _frames(self, budget_s: float) -> Iterator[bytes]:
+        start, wall_start = self.link.clock(), time.monotonic()
+        while (used := self.link.clock() - start) < budget_s:
+            wall = time.monotonic() - wall_start
+            if self.link.emulated and wall > self.WALL_FACTOR * budget_s:
+                raise HilError(f"the host is too busy to emulate the board: QEMU had {used:.1f} s of CPU in "
+                               f"{wall:.0f} s; retry on a quieter machine")
             for item in self.reader.feed(self.port.read(4096)):
                 if isinstance(item, p.ProtocolError):
                     # A frame cut when the port opened mid-frame is noise; the board resends HELLO.
@@ -213,7 +297,7 @@ class HilSession:
             self.port.write(framing.encode_frame(reply))
 
     def handshake(self, model_hash: bytes, timeout_s: float) -> p.Hello:
-        for body in self._frames(time.monotonic() + timeout_s):
+        for body in self._frames(timeout_s):
             if body[1:2] == bytes([p.MsgType.HELLO]):
                 try:
                     hello = p.decode(body)
@@ -226,6 +310,9 @@ class HilSession:
                 self.board = hello
                 self._serve(body)
                 return hello
+        if self.link.emulated:
+            raise HilError(f"the emulated board did not send HELLO within {timeout_s:g} s of QEMU's CPU time; "
+                           "retry with a larger --timeout")
         raise HilError(f"the board did not send HELLO within {timeout_s:g} s; check the port, the baud rate and "
                        "that the bisup firmware is flashed")
 
@@ -238,7 +325,7 @@ class HilSession:
             raise HilError(f"input {index} does not fit the board's frames ({exc}); rebuild its firmware with "
                            f"-DBP_MAX_BODY={p.HEADER.size + p.FEED_FIXED.size + x_q.size} or more") from exc
         self.port.write(framing.encode_frame(body))
-        for body in self._frames(time.monotonic() + timeout_s):
+        for body in self._frames(timeout_s):
             kind = body[1] if len(body) > 1 else -1
             if kind == p.MsgType.PROFILE:
                 profile = p.decode(body)
@@ -332,11 +419,12 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
                 raise HilError(f"unknown emulated board {emulate!r}; choose one of {', '.join(MACHINES)}")
             progress(f"building the {emulate} firmware with the model as generated C")
             elf = build_firmware(emulate, bundle, Path(workdir))
-            port_url = stack.enter_context(qemu(emulate, elf))
-        port = stack.enter_context(open_port(port_url))
-        session = HilSession(port, handler)
+            link = stack.enter_context(qemu(emulate, elf))
+        else:
+            link = stack.enter_context(serial_link(port_url))
+        session = HilSession(link, handler)
         session.handshake(bundle.model_hash, timeout_s)
-        progress(f"board answered HELLO on {port_url}; feeding {len(x)} inputs")
+        progress(f"board answered HELLO on {emulate or port_url}; feeding {len(x)} inputs")
         reports = [session.feed(i, x_q[i], timeout_s) for i in range(len(x))]
     report = summarize(reports, bundle, o, MACHINES.get(emulate) if emulate else None, session.profiles)
     report["board"] = emulate or port_url

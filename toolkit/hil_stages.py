@@ -74,7 +74,8 @@ static int run_stage(int index, const int8_t *in, int8_t *scores, int8_t *confid
 """
 
 
-def build(machine: str, staged: StagedModel, chosen: Policy, workdir: Path, timeout_ms: int = 200,
+def build(machine: str, staged: StagedModel, chosen: Policy, workdir: Path,
+          timeout_ms: int = hil.EMULATED_REQUEST_TIMEOUT_MS,
           retries: int = 3) -> Path:
     """The emulated board's multi-exit firmware; frames sized for the largest activation it may send."""
     sources = [workdir / f"stage{i}_infer.c" for i in range(1, len(staged) + 1)] + [workdir / "stages_arena.c"]
@@ -130,8 +131,10 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
     with tempfile.TemporaryDirectory(prefix="bisup-hil-stages-") as workdir, contextlib.ExitStack() as stack:
         if machine is not None:
             progress(f"building the {machine} firmware with {len(staged)} stages as generated C and the exit policy")
-            port_url = stack.enter_context(hil.qemu(machine, build(machine, staged, chosen, Path(workdir))))
-        session = hil.HilSession(stack.enter_context(hil.open_port(port_url)), handler)
+            link = stack.enter_context(hil.qemu(machine, build(machine, staged, chosen, Path(workdir))))
+        else:
+            link = stack.enter_context(hil.serial_link(port_url))
+        session = hil.HilSession(link, handler)
         session.handshake(staged.model_hash, timeout_s)
         progress(f"board answered HELLO; feeding {len(x)} inputs")
         reports = [session.feed(i, q, timeout_s) for i, q in enumerate(staged.quantize(x))]
