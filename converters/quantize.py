@@ -46,10 +46,37 @@ def _export_saved_model(model: keras.Model, directory: str) -> None:
         archive.write_out(directory, verbose=False)
 
 
+def _layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model``, nested models and the layers a wrapper (e.g. Bidirectional) holds included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+        for inner in ("layer", "forward_layer", "backward_layer"):
+            if isinstance(getattr(layer, inner, None), keras.layers.Layer):
+                yield getattr(layer, inner)
+
+
+def check_convertible(model: keras.Model) -> None:
+    """Refuse, by layer name, what is known to kill the int8 converter in native code.
+
+    A recurrent layer that is not unrolled (LSTM, GRU, SimpleRNN) makes TensorFlow 2.21's converter
+    die with SIGSEGV while it calibrates, with no Python error. Unrolled over a fixed sequence length
+    it converts to builtin int8 ops (UNPACK, FULLY_CONNECTED, SPLIT, LOGISTIC, TANH, MUL, ADD) that
+    TFLM runs; bisup's C engine has no UNPACK, so such a model is exported for TFLM only."""
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.RNN) and not layer.unroll:
+            raise ConversionError(
+                f"layer {layer.name!r} ({type(layer).__name__}) is recurrent and not unrolled, which crashes the "
+                f"int8 converter; rebuild it with {type(layer).__name__}(..., unroll=True) over a fixed sequence "
+                "length (TFLM runs the result; the C engine does not, so use model_data.cc)")
+
+
 def to_int8_tflite(model: keras.Model, calib_x: np.ndarray) -> bytes:
     """Convert ``model`` to a full-int8 flatbuffer: int8 input and outputs, builtin int8 ops only."""
     import tensorflow as tf
 
+    check_convertible(model)
     with tempfile.TemporaryDirectory(prefix="bisup-savedmodel-") as directory:
         _export_saved_model(model, directory)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["serving_default"])

@@ -829,4 +829,6 @@ def broker(port, secure, devices, workdir, bundle, remote, data) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from toolkit.native_guard import main as guarded
+
+    guarded()
