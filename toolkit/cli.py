@@ -669,7 +669,9 @@ def bundle_command(build_dir, out, labels, verify_path, as_json) -> None:
               help="Multi-exit: the exit policy [default: policy.json in the --bundle folder].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JSON here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for HELLO and for each report.")
+@click.option("--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for HELLO and for each report; with --emulate, seconds of QEMU's own CPU time, "
+                   "so a busy machine needs no larger value.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, junit_path, timeout,
         as_json) -> None:
