@@ -165,3 +165,19 @@ def test_each_boot_of_the_emulated_board_has_its_own_id(hil_setup, tmp_path):
             hello = hil.HilSession(link, None).handshake(board_bundle.model_hash, 10)
             boots.append(hello.boot)
     assert boots[0] != boots[1] and hello.max_body >= board_bundle.input_elements
+
+
+def test_feeding_says_how_far_it_got():
+    """A long HIL run reports its progress (every few host seconds; here at every input) but not at the end."""
+    import numpy as np
+
+    from toolkit import hil
+
+    class Session(hil.HilSession):
+        def feed(self, index, x_q, timeout_s):
+            return index
+
+    said = []
+    got = Session(hil.BoardLink(port=None), None).feed_all(np.zeros((3, 4), np.int8), 1.0, said.append, every_s=0)
+    assert got == [0, 1, 2]
+    assert said == ["1/3 inputs reported", "2/3 inputs reported"]

@@ -339,6 +339,18 @@ class HilSession:
         return None
 
 
+    def feed_all(self, x_q: np.ndarray, timeout_s: float, progress: Progress,
+                 every_s: float = 5.0) -> list[p.Report | p.ErrorMsg | None]:
+        """``feed`` each input in turn, saying how far it got every ``every_s`` host seconds."""
+        reports, last = [], time.monotonic()
+        for index, sample in enumerate(x_q):
+            reports.append(self.feed(index, sample, timeout_s))
+            if time.monotonic() - last >= every_s and index + 1 < len(x_q):
+                progress(f"{index + 1}/{len(x_q)} inputs reported")
+                last = time.monotonic()
+        return reports
+
+
 def _rate(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else 0.0
 
@@ -425,7 +437,7 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
         session = HilSession(link, handler)
         session.handshake(bundle.model_hash, timeout_s)
         progress(f"board answered HELLO on {emulate or port_url}; feeding {len(x)} inputs")
-        reports = [session.feed(i, x_q[i], timeout_s) for i in range(len(x))]
+        reports = session.feed_all(x_q, timeout_s, progress)
     report = summarize(reports, bundle, o, MACHINES.get(emulate) if emulate else None, session.profiles)
     report["board"] = emulate or port_url
     return report

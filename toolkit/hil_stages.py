@@ -137,7 +137,7 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
         session = hil.HilSession(link, handler)
         session.handshake(staged.model_hash, timeout_s)
         progress(f"board answered HELLO; feeding {len(x)} inputs")
-        reports = [session.feed(i, q, timeout_s) for i, q in enumerate(staged.quantize(x))]
+        reports = session.feed_all(staged.quantize(x), timeout_s, progress)
     report = summarize(reports, session.profiles, o, chosen, hil.MACHINES.get(machine))
     return report | {"board": machine or port_url}
 
