@@ -154,10 +154,12 @@ def test_bridge_collect_over_a_pty(bundle_dir, digits_example, tmp_path):
                                str(digits_example["model"]), "--bundle", str(strict), "--collect", str(out)],
                               stderr=subprocess.PIPE, text=True)
     try:
-        line = ""
+        line, before = "", []
         while "device end of the pty: " not in line:
             line = bridge.stderr.readline()
             assert line, "the bridge exited"
+            before.append(line)
+        assert any("loading the remote model" in said for said in before), "the long remote load is not announced"
         path = line.split("device end of the pty: ")[1].split(" ")[0]
         result = CliRunner().invoke(main, ["device", "--serial", path, "--bundle", str(strict), "--data", str(data),
                                            "--json"])

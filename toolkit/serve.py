@@ -62,6 +62,8 @@ class RemoteOptions:
 
 def open_bridge_remote(spec: str, progress: Progress) -> RemoteModel:
     """The remote; a model server that is down now is served with fallbacks until it answers."""
+    if "://" not in spec:
+        progress(f"loading the remote model {spec} (TensorFlow start-up and the model: often 10-40 s)")
     try:
         return open_remote(spec)
     except RemoteError as exc:
