@@ -165,6 +165,7 @@ def retrain(plan: Plan, progress: Progress) -> dict:
     plan.out.mkdir(parents=True, exist_ok=True)
     tuned_path = plan.out / "retrained.keras"
     tuned.save(tuned_path)
+    progress(f"loading the remote model {plan.remote}")
     remote = open_remote(plan.remote)
     sides = {}
     for name, path in (("before", plan.model), ("after", tuned_path)):
@@ -174,6 +175,7 @@ def retrain(plan: Plan, progress: Progress) -> dict:
     bundles.build(sides["after"].folder, bundle)
     matched = {}
     if held_out is not None:
+        progress(f"running both systems on the {len(held_out[1])} held-out inputs of {plan.test}")
         _measure(sides["before"], remote, *held_out)
         matched = _matched(sides["before"], _measure(sides["after"], remote, *held_out), plan.rule)
     return {"collected": len(collected), "trained_on": len(x_new), "bundle": str(bundle), "model": str(tuned_path),
