@@ -103,18 +103,26 @@ def boards(as_json: bool) -> None:
               help="Softmax temperature on the supervisor path (default: chosen so int8 confidences do not saturate).")
 @click.option("--symbol", default="g_model_data", show_default=True, help="C symbol of the model array.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table.")
+@click.option("--layers/--no-layers", default=True, show_default=True,
+              help="Print the C engine's per-layer table (op, MACs, parameter bytes, output bytes, arena place).")
 def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str, eval_path: Path | None,
-           temperature: float | None, symbol: str, as_json: bool) -> None:
+           temperature: float | None, symbol: str, as_json: bool, layers: bool) -> None:
     """Export MODEL (.keras or SavedModel dir) with an in-graph supervisor for a board.
 
     Writes a full-int8 model.tflite with two named outputs (scores, confidence), TFLite Micro C
-    arrays with a generated op resolver, and report.json. The int8 figures come from the
-    tflite-micro interpreter, the oracle for what the board computes. Exits non-zero, after
-    writing everything, when the model does not fit the board.
+    arrays with a generated op resolver, the C engine (model_infer.c/.h) and report.json. The int8
+    figures come from the tflite-micro interpreter, the oracle for what the board computes.
+
+    The table gives total MACs, the C engine's arena and flash (code + weights) next to TFLM's,
+    a latency ESTIMATE at the board's clock (MACs x instructions per MAC measured on an emulated
+    core of the same architecture; none for other architectures), and, unless --no-layers, one
+    row per C engine layer with its arena place (offset..end). --json has the same figures
+    under "engine". Exits non-zero, after writing everything, when the model does not fit.
     """
     from boards import load_board
 
     profile = load_board(board)
+    _progress("loading TensorFlow")
     _quiet_tensorflow()
     from toolkit import export as exporter
     from toolkit import staged
@@ -130,7 +138,7 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     if result.engine and not result.engine["generated"]:
         click.echo(f"Warning: no model_infer.c (the C engine): {result.engine['reason']}", err=True)
     _warn_caveats(profile.name, result)
-    click.echo(json.dumps(result.to_json(), indent=2) if as_json else export_table(result))
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else export_table(result, layers))
     if not result.fits:
         raise exporter.DoesNotFit(f"model does not fit {profile.name}: {'; '.join(result.fit_problems)}")
 
