@@ -797,8 +797,10 @@ def _interrupt(signum, frame) -> None:
               help="TLS with a generated CA, a password per device and an ACL keeping devices apart.")
 @click.option("--device", "devices", multiple=True, default=("d1", "d2"), show_default=True,
               help="Device id to create credentials for (repeat the option).")
-@click.option("--dir", "workdir", type=click.Path(path_type=Path, file_okay=False), default=Path("mosquitto"),
-              show_default=True, help="Where the config, log, persistence, CA and credentials live.")
+@click.option("--dir", "workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="State folder: config, log, persistence, CA, server key and passwords [default: "
+                   "$XDG_STATE_HOME/bisup/broker, else ~/.local/state/bisup/broker]. Created mode 0700; "
+                   "secret files are 0600.")
 @click.option("--bundle", default="build/digits.bisup", show_default=True,
               help="Bundle named in the printed bridge and device commands (the README's walk-through).")
 @click.option("--remote", default="build/remote.keras", show_default=True,
@@ -808,6 +810,8 @@ def broker(port, secure, devices, workdir, bundle, remote, data) -> None:
     """Start a local mosquitto with a generated config, for trying the MQTT bridge (Ctrl-C stops it).
 
     \b
+    State (config, log, persistence, keys, passwords) goes to --dir, by default outside the working
+    tree (mode 0700, secret files 0600); the first lines say where.
     Plain: anonymous, loopback only. --secure: TLS (CA and server certificate generated into --dir)
     and mosquitto's dynamic-security plugin: a password per device, client id bisup-device-<id>
     bound to it, and deny-by-default rules by which device <id> may only publish
@@ -819,11 +823,11 @@ def broker(port, secure, devices, workdir, bundle, remote, data) -> None:
     """
     import signal
 
-    from toolkit.broker import run_broker
+    from toolkit.broker import default_state_dir, run_broker
 
     chosen = port or (8883 if secure else 1883)
     signal.signal(signal.SIGTERM, _interrupt)  # before mosquitto starts: `kill` must never orphan it
-    with run_broker(workdir, chosen, secure, devices) as running:
+    with run_broker(workdir or default_state_dir(), chosen, secure, devices) as running:
         for line in running.describe():
             _progress(line)
         bridge_command, *device_commands = running.commands(str(bundle), str(remote), str(data))
