@@ -55,7 +55,6 @@ def estimate(macs: int, arch: str, cpu_mhz: float) -> dict:
         "estimate_us": macs * measured.instructions_per_mac / cpu_mhz,
         "instructions_per_mac": round(measured.instructions_per_mac, 2),
         "cpu_mhz": cpu_mhz,
-        "basis": (f"estimate: {macs:,} MACs x {measured.instructions_per_mac:.1f} instructions per MAC (the digits "
-                  f"model on QEMU's {measured.machine}, {measured.core}, `bisup hil --emulate`) at one "
-                  f"instruction per cycle"),
+        "basis": (f"estimate: {macs:,} MACs x {measured.instructions_per_mac:.1f} instructions/MAC (digits model on "
+                  f"the emulated {measured.core}, `bisup hil --emulate {measured.machine}`), 1 instruction/cycle"),
     }
