@@ -60,8 +60,8 @@ def test_export_table_and_caveat_warning(digits_example, tmp_path):
     assert "int8 top-1 (TFLM)" in result.stdout and "AUROC float / int8" in result.stdout
     assert "no estimate for xtensa-lx7" in result.stdout and "layer (C engine)" not in result.stdout
     steps = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("bisup: ")]
-    assert steps == ["loading", "loading", "supervisor", "converting", "measuring", "evaluating", "writing",
-                     "generating", "compiling"]  # a line before each step that takes time, in order
+    assert steps == ["loading", "loading", "choosing", "supervisor", "converting", "measuring", "evaluating",
+                     "writing", "generating", "compiling"]  # a line before each step that takes time, in order
     assert "Warning: esp32s3: esp-nn's per-channel FULLY_CONNECTED" in result.stderr
     assert "(on the calibration set: pass --eval for held-out figures)" in result.stdout  # no --eval given
 

@@ -102,6 +102,7 @@ def convert(
     layer = supervisors.resolve(supervisor)
     chosen = temperature_value
     if chosen is None:
+        progress(f"choosing the supervisor temperature on {len(calib_x)} calibration samples (Keras)")
         chosen = _temperature(model, calib_x, supervisors.kind_of(layer))
     if chosen <= 0:
         raise ConversionError(f"temperature must be positive, got {chosen}")
