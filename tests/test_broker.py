@@ -355,7 +355,7 @@ def test_cli_broker_keeps_its_state_in_dir_not_in_the_working_directory(tmp_path
     work.mkdir()
     said = _serve_briefly(["--secure", "--port", str(free_port()), "--device", "d1", "--dir", str(state)], work,
                           {"HOME": str(tmp_path / "home")})
-    assert f"state folder: {state} (mode 0700;" in said and "warning" not in said
+    assert f"state folder: {state} (mode 0700): config" in said and "warning" not in said
     assert list(work.iterdir()) == [] and not (tmp_path / "home").exists()
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     for secret in ("server.key", "credentials.json", "dynamic-security.json", "secrets/d1", "secrets/bisup-bridge"):
@@ -372,7 +372,7 @@ def test_cli_broker_state_defaults_to_the_users_state_folder_outside_the_working
     env = {"HOME": str(home)} | ({"XDG_STATE_HOME": str(tmp_path / "xdg")} if xdg else {})
     said = _serve_briefly(["--port", str(free_port())], work, env)
     state = (tmp_path / "xdg" if xdg else home / ".local" / "state") / "bisup" / "broker"
-    assert f"state folder: {state} (mode 0700;" in said
+    assert f"state folder: {state} (mode 0700): config" in said
     assert (state / "mosquitto.conf").is_file() and stat.S_IMODE(state.stat().st_mode) == 0o700
     assert list(work.iterdir()) == []
 

@@ -459,7 +459,7 @@ class LocalBroker:
         mode = stat.S_IMODE(folder.stat().st_mode)
         secrets_too = ", CA, server key and passwords (files 0600)" if self.config.secure else ""
         what = f"config, log, persistence{secrets_too}"
-        line = f"state folder: {folder} (mode {mode:04o}; {what})"
+        line = f"state folder: {folder} (mode {mode:04o}): {what}"
         return line + (f"; warning: others can read it: chmod 700 {folder}" if mode & 0o077 else "")
 
     def commands(self, bundle: str, remote: str, data: str) -> list[str]:
