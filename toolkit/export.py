@@ -217,6 +217,7 @@ def _engine(converted: Converted, board: BoardProfile, out: Path, progress: Prog
 
 
 def _latency(macs: int, board: BoardProfile) -> dict:
+    """The C engine's latency estimate at the board's clock (see ``converters.latency`` for its source)."""
     return {"latency": latency.estimate(macs, board.arch, board.cpu_mhz)}
 
 
@@ -228,8 +229,8 @@ def _figures_beyond_budget(model: bytes, board: BoardProfile) -> dict:
     except engine.EngineError:
         return {}
     macs = engine.total_macs(generated)
-    return {"arena_bytes": generated.plan.arena_bytes, "macs": macs, "layers": engine.layers(generated)} | _latency(
-        macs, board)
+    planned = {"arena_bytes": generated.plan.arena_bytes, "macs": macs, "layers": engine.layers(generated)}
+    return planned | _latency(macs, board)
 
 
 def export(
