@@ -110,14 +110,15 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     """Export MODEL (.keras or SavedModel dir) with an in-graph supervisor for a board.
 
     Writes a full-int8 model.tflite with two named outputs (scores, confidence), TFLite Micro C
-    arrays with a generated op resolver, the C engine (model_infer.c/.h) and report.json. The int8
-    figures come from the tflite-micro interpreter, the oracle for what the board computes.
+    arrays with a generated op resolver, and report.json. The int8 figures come from the
+    tflite-micro interpreter, the oracle for what the board computes. Exits non-zero, after
+    writing everything, when the model does not fit the board.
 
-    The table gives total MACs, the C engine's arena and flash (code + weights) next to TFLM's,
-    a latency ESTIMATE at the board's clock (MACs x instructions per MAC measured on an emulated
-    core of the same architecture; none for other architectures), and, unless --no-layers, one
-    row per C engine layer with its arena place (offset..end). --json has the same figures
-    under "engine". Exits non-zero, after writing everything, when the model does not fit.
+    Also writes the C engine (model_infer.c/.h). The table gives total MACs, the C engine's arena
+    and flash (code + weights) next to TFLM's, a latency ESTIMATE at the board's clock (MACs x
+    instructions per MAC measured on an emulated core of the same architecture; none for other
+    architectures), and, unless --no-layers, one row per C engine layer with its place in the
+    arena (offset..end). --json has the same figures under "engine".
     """
     from boards import load_board
 
