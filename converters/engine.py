@@ -155,6 +155,7 @@ class Step:
     alias: bool = False  # RESHAPE: the output is the input, in place
     macs: int = 0
     parameters: int = 0
+    parameter_bytes: int = 0  # the op's weights, biases and constant operands as stored in the model
 
 
 def _c_array(ctype: str, name: str, values) -> str:
@@ -246,7 +247,13 @@ class _Builder:
             self.int8(index, where)
         step = handler(f"op{position}", op, ins, outs, where)
         step.op = kind  # the flatbuffer's name (PADV2 shares PAD's kernel)
+        step.parameter_bytes = self.constant_bytes(ins) if kind in _WEIGHTED else 0
         return step
+
+    def constant_bytes(self, ins: list[int]) -> int:
+        """Bytes of the constant inputs (int8 weights, int32 biases), as the flatbuffer stores them."""
+        constants = (self.g.data(t) for t in ins if t >= 0)
+        return sum(c.nbytes for c in constants if c is not None)
 
     def _conv_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         x, w, y = ins[0], ins[1], outs[0]
@@ -527,6 +534,8 @@ class _Builder:
         return self._reduce("REDUCE_MIN", name, ins, outs, where)
 
 
+# Ops whose constant inputs are parameters; the others' (PAD's paddings, MEAN's axes) only describe shapes.
+_WEIGHTED = {"ADD", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MUL", "SUB"}
 SUPPORTED = {"ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
              "LOGISTIC", "LOG_SOFTMAX", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "QUANTIZE", "REDUCE_MAX",
              "REDUCE_MIN", "RESHAPE", "SOFTMAX", "SUB", "SUM"}
@@ -796,18 +805,35 @@ def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> di
         "arena_vs_lower_bound": plan.ratio,
         "tflm_arena_bytes": tflm_arena_bytes,
         "arena_vs_tflm": plan.arena_bytes / tflm_arena_bytes,
-        "tflm_flash_bytes": model_bytes + TFLM_RUNTIME_BYTES,
-        "tflm_flash_source": f"the flatbuffer ({model_bytes:,} B) plus {TFLM_RUNTIME_SOURCE}",
+        **tflm_flash(model_bytes),
+        "macs": total_macs(generated),
         "layers": layers(generated),
     }
 
 
+def tflm_flash(model_bytes: int) -> dict:
+    """TFLM's flash for comparison: the flatbuffer plus the documented size of its core runtime."""
+    return {"tflm_flash_bytes": model_bytes + TFLM_RUNTIME_BYTES,
+            "tflm_flash_source": f"the flatbuffer ({model_bytes:,} B) plus {TFLM_RUNTIME_SOURCE}"}
+
+
+def total_macs(generated: Generated) -> int:
+    """Multiply-accumulates of one inference: the sum over the layers (only CONV, DEPTHWISE and FC have any)."""
+    return sum(step.macs for step in generated.steps)
+
+
 def layers(generated: Generated) -> list[dict]:
     """One entry per kernel call (the BISUP_MODEL_LAYERS the profile marks count; RESHAPE moves nothing):
-    op, MACs, parameters, output bytes and where the output sits in the arena."""
-    return [{"op": step.op, "macs": step.macs, "parameters": step.parameters,
-             "output_bytes": sum(generated.sizes[t] for t in step.outputs),
-             "arena_offset": generated.plan.offsets.get(step.outputs[0])} for step in generated.steps if step.call]
+    op, MACs, parameters (count and bytes), output bytes and where the output sits in the arena
+    (``arena_offset`` up to ``arena_end``, exclusive)."""
+    entries = []
+    for step in (s for s in generated.steps if s.call):
+        output_bytes = sum(generated.sizes[t] for t in step.outputs)
+        offset = generated.plan.offsets.get(step.outputs[0])
+        entries.append({"op": step.op, "macs": step.macs, "parameters": step.parameters,
+                        "parameter_bytes": step.parameter_bytes, "output_bytes": output_bytes,
+                        "arena_offset": offset, "arena_end": None if offset is None else offset + output_bytes})
+    return entries
 
 
 def write(flatbuffer: bytes, out_dir: str | Path, arena_limit: int | None = None, name: str = "model",

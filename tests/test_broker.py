@@ -322,3 +322,101 @@ def test_a_ca_file_that_is_not_pem_is_one_error_naming_it(tmp_path):
     ca.write_text("not PEM\n")
     with pytest.raises(MqttError, match=f"the CA certificate {ca} cannot be loaded"):
         make_client(Broker.from_url("mqtts://127.0.0.1:8883", None, None, ca), "probe")
+
+
+def _serve_briefly(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """`bisup broker ARGS` run from ``cwd`` until it has said where its state is; then Ctrl-C. Its stderr."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {key: value for key, value in os.environ.items() if key not in ("HOME", "XDG_STATE_HOME")} | env
+    env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
+    process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "broker", *args], cwd=cwd, env=env,
+                               stderr=subprocess.PIPE, text=True)
+    said = []
+    try:
+        for line in process.stderr:
+            said.append(line)
+            if "state folder:" in line:
+                break
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+    return "".join(said)
+
+
+def test_cli_broker_keeps_its_state_in_dir_not_in_the_working_directory(tmp_path):
+    from toolkit.broker import free_port
+
+    work, state = tmp_path / "work", tmp_path / "state"
+    work.mkdir()
+    said = _serve_briefly(["--secure", "--port", str(free_port()), "--device", "d1", "--dir", str(state)], work,
+                          {"HOME": str(tmp_path / "home")})
+    assert f"state folder: {state} (mode 0700): config" in said and "warning" not in said
+    assert list(work.iterdir()) == [] and not (tmp_path / "home").exists()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for secret in ("server.key", "credentials.json", "dynamic-security.json", "secrets/d1", "secrets/bisup-bridge"):
+        assert stat.S_IMODE((state / secret).stat().st_mode) == 0o600, secret
+    assert (state / "mosquitto.conf").is_file() and (state / "ca.pem").is_file()
+
+
+@pytest.mark.parametrize("xdg", [True, False])
+def test_cli_broker_state_defaults_to_the_users_state_folder_outside_the_working_directory(tmp_path, xdg):
+    from toolkit.broker import free_port
+
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    env = {"HOME": str(home)} | ({"XDG_STATE_HOME": str(tmp_path / "xdg")} if xdg else {})
+    said = _serve_briefly(["--port", str(free_port())], work, env)
+    state = (tmp_path / "xdg" if xdg else home / ".local" / "state") / "bisup" / "broker"
+    assert f"state folder: {state} (mode 0700): config" in said
+    assert (state / "mosquitto.conf").is_file() and stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert list(work.iterdir()) == []
+
+
+def test_default_state_dir_follows_xdg_and_ignores_a_relative_one(tmp_path, monkeypatch):
+    from toolkit.broker import default_state_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_state_dir() == tmp_path / "xdg" / "bisup" / "broker"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # invalid by the XDG rule: ignored
+    assert default_state_dir() == tmp_path / "home" / ".local" / "state" / "bisup" / "broker"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert default_state_dir() == tmp_path / "home" / ".local" / "state" / "bisup" / "broker"
+
+
+def test_secret_files_are_created_private_not_chmodded_after(tmp_path, monkeypatch):
+    """Even with umask 0 and chmod forbidden, every secret is 0600 and the folder 0700: the modes come from
+    creation, so there is no moment in which a secret sits in a readable file. A file an older version
+    left 0644 is replaced, not reused."""
+    import os
+
+    from toolkit.broker import BrokerConfig, free_port, write_config
+
+    state = tmp_path / "state"
+    (state / "secrets").mkdir(parents=True, mode=0o700)
+    (state / "secrets" / "d1").write_text("old password\n")
+    (state / "secrets" / "d1").chmod(0o644)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("chmod after creation")
+
+    monkeypatch.setattr(os, "chmod", forbidden)
+    monkeypatch.setattr(Path, "chmod", forbidden)
+    old = os.umask(0)
+    try:
+        fresh = tmp_path / "fresh"
+        credentials = write_config(BrokerConfig(fresh, free_port(), secure=True, devices=("d1",)))
+        write_config(BrokerConfig(state, free_port(), secure=True, devices=("d1",)))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    for folder in (fresh, state):
+        for secret in ("server.key", "credentials.json", "dynamic-security.json", "secrets/d1"):
+            assert stat.S_IMODE((folder / secret).stat().st_mode) == 0o600, (folder, secret)
+    assert (fresh / "secrets" / "d1").read_text().strip() == credentials.passwords["d1"]
+    assert not [p.name for p in fresh.rglob("*.tmp")]  # no temporary file is left behind

@@ -46,14 +46,22 @@ def test_export_json_is_the_report(digits_example, tmp_path):
     report = json.loads(result.stdout)
     assert report == json.loads((tmp_path / "report.json").read_text())
     assert report["supervisor"] == "margin" and report["fits"] is True
+    engine = report["engine"]  # the figures the table prints, under the same names in the JSON
+    assert engine["macs"] == sum(layer["macs"] for layer in engine["layers"]) > 0
+    assert engine["latency"]["estimate_us"] > 0 and engine["flash_bytes"] > 0 and engine["tflm_flash_bytes"] > 0
+    assert {"parameter_bytes", "arena_offset", "arena_end"} <= set(engine["layers"][0])
 
 
 @pytest.mark.slow
 def test_export_table_and_caveat_warning(digits_example, tmp_path):
     result = _run("export", digits_example["model"], "--calib", digits_example["calib"], "--board", "esp32s3",
-                  "--out", tmp_path)
+                  "--out", tmp_path, "--no-layers")
     assert result.exit_code == 0, result.stderr
     assert "int8 top-1 (TFLM)" in result.stdout and "AUROC float / int8" in result.stdout
+    assert "no estimate for xtensa-lx7" in result.stdout and "layer (C engine)" not in result.stdout
+    steps = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("bisup: ")]
+    assert steps == ["loading", "loading", "choosing", "supervisor", "converting", "measuring", "evaluating",
+                     "writing", "generating", "compiling"]  # a line before each step that takes time, in order
     assert "Warning: esp32s3: esp-nn's per-channel FULLY_CONNECTED" in result.stderr
     assert "(on the calibration set: pass --eval for held-out figures)" in result.stdout  # no --eval given
 
@@ -81,6 +89,8 @@ def test_model_that_does_not_fit_names_number_and_limit(digits_example, tmp_path
     assert report["fits"] is False and (tmp_path / "out" / "model_data.cc").is_file()  # nothing is lost
     assert report["engine"]["generated"] is False  # 512 B of RAM: not even the engine's 640 B arena fits
     assert "memory peaks at op 1 (MAX_POOL_2D) with 640 B live" in report["engine"]["reason"]
+    assert report["engine"]["arena_bytes"] == 640 and report["engine"]["macs"] > 0  # the plan that did not fit
+    assert "layer (C engine plan)" in result.stdout and "no estimate for cortex-m0plus" in result.stdout
     assert "Warning: no model_infer.c (the C engine): the planned arena of 640 B exceeds" in result.stderr
 
 

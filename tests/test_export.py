@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -112,3 +113,107 @@ def test_savedmodel_directory_exports_like_the_keras_file(digits_example, conver
 def test_not_a_savedmodel_directory(tmp_path):
     with pytest.raises(exporter.ConversionError, match="not a SavedModel"):
         exporter.convert(tmp_path, tmp_path / "c.npz")
+
+
+def _macs_from_the_graph(info: tflite_model.ModelInfo) -> int:
+    """MACs counted straight from the flatbuffer's shapes, independently of the C engine's builder."""
+    total = 0
+    for op in info.operators:
+        out = int(np.prod(info.tensors[op.outputs[0]].shape))
+        weights = info.tensors[op.inputs[1]].shape if len(op.inputs) > 1 else ()
+        if op.op == "CONV_2D":
+            total += out * int(np.prod(weights[1:]))
+        elif op.op == "DEPTHWISE_CONV_2D":
+            total += out * weights[1] * weights[2]
+        elif op.op == "FULLY_CONNECTED":
+            total += out * weights[1]
+    return total
+
+
+@pytest.fixture(scope="module")
+def nrf(converted, tmp_path_factory):
+    """The digits export for nrf52840 (Cortex-M4F, 64 MHz): the README's example board."""
+    out = tmp_path_factory.mktemp("nrf52840")
+    return exporter.write(converted, load_board("nrf52840"), out), out
+
+
+def test_macs_are_the_graphs_and_the_layers_add_up_to_them(converted, nrf):
+    report, _ = nrf
+    layers = report.engine["layers"]
+    assert report.engine["macs"] == _macs_from_the_graph(converted.info) == sum(layer["macs"] for layer in layers)
+    assert report.engine["macs"] > 0 and [layer["op"] for layer in layers if layer["macs"]] == \
+        ["CONV_2D", "CONV_2D", "FULLY_CONNECTED"]
+
+
+def test_layer_parameter_bytes_are_the_keras_weights(digits_example, nrf):
+    """int8 weights (1 B) and int32 biases (4 B) of each Conv2D and Dense layer, in order."""
+    import keras
+
+    model = keras.models.load_model(digits_example["model"])
+    expected = [layer.kernel.shape.num_elements() + 4 * layer.bias.shape.num_elements() for layer in model.layers
+                if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)]
+    layers = nrf[0].engine["layers"]
+    assert [layer["parameter_bytes"] for layer in layers if layer["op"] in ("CONV_2D", "FULLY_CONNECTED")] == expected
+
+
+def test_layer_arena_places_lie_inside_the_generated_arena(nrf):
+    report, out = nrf
+    header = (out / "model_infer.h").read_text()
+    arena = int(header.split("#define BISUP_MODEL_ARENA_BYTES ")[1].split()[0])
+    assert report.engine["arena_bytes"] == arena and report.engine["generated"] is True
+    assert report.engine == json.loads((out / "report.json").read_text())["engine"]
+    for layer in report.engine["layers"]:
+        assert 0 <= layer["arena_offset"] < layer["arena_end"] <= arena, layer
+        assert layer["arena_end"] - layer["arena_offset"] == layer["output_bytes"]
+    assert report.engine["arena_bytes"] < report.arena_bytes  # smaller than TFLM's measured minimum
+
+
+def test_latency_estimate_is_macs_times_the_measured_rate_at_the_board_clock(nrf, converted, tmp_path):
+    from converters import latency
+
+    report, _ = nrf
+    estimate = report.engine["latency"]
+    rate = latency.MEASURED["cortex-m4f"].instructions_per_mac
+    assert estimate["estimate_us"] == pytest.approx(report.engine["macs"] * rate / 64)
+    assert estimate["basis"].startswith("estimate: ") and "mps2-an386" in estimate["basis"]
+    esp32 = exporter.write(converted, load_board("esp32"), tmp_path).engine["latency"]
+    assert esp32["estimate_us"] is None and esp32["reason"].startswith("no estimate for xtensa-lx6")
+
+
+def test_table_shows_memory_side_by_side_macs_estimate_and_layers(nrf):
+    from toolkit.report import export_table
+
+    report, _ = nrf
+    table = export_table(report)
+    engine = report.engine
+    assert re.search(rf"\n  MACs +{engine['macs']:,} per inference\n", table)
+    lines = table.splitlines()
+    c_engine = next(line for line in lines if line.startswith("  C engine "))
+    tflm = next(line for line in lines if re.match(r"  TFLM +[0-9]", line))
+    assert f"{engine['arena_bytes']:,} B" in c_engine and f"{engine['flash_bytes']:,} B" in c_engine
+    assert f"{report.arena_bytes:,} B" in tflm and f"{engine['tflm_flash_bytes']:,} B" in tflm
+    assert "latency (estimate)" in table and "an estimate, not a measurement" in table
+    for k, layer in enumerate(engine["layers"]):
+        row = next(line for line in lines if line.startswith(f"  {k:>3} {layer['op']} "))
+        assert row.split()[-1] == f"{layer['arena_offset']:,}..{layer['arena_end']:,}"
+        assert row.split()[2:5] == [f"{layer['macs']:,}", f"{layer['parameter_bytes']:,}", f"{layer['output_bytes']:,}"]
+    assert "layer (C engine)" not in export_table(report, layers=False)
+
+
+def test_export_says_what_it_does_before_each_long_step(converted, tmp_path):
+    said: list[str] = []
+    exporter.write(converted, load_board("nrf52840"), tmp_path, progress=said.append)
+    assert [message.split()[0] for message in said] == ["writing", "generating", "compiling"]
+    assert "arm-none-eabi-gcc" in said[-1]
+
+
+def test_the_measured_rate_gives_the_readmes_hil_latency():
+    """README, `bisup hil --emulate mps2-an386`: 317,280 instructions, "12.4 per MAC, 12,691 us at the board
+    clock" (25 MHz): the estimate of that run's model on that machine must give that run's figures back."""
+    from converters import latency
+
+    estimate = latency.estimate(25_600, "cortex-m4", 25)
+    assert estimate["instructions_per_mac"] == 12.39 and round(estimate["estimate_us"]) == 12_691
+    assert latency.estimate(25_600, "cortex-m0plus", 133) == {
+        "estimate_us": None, "reason": "no estimate for cortex-m0plus: no instructions-per-MAC measurement "
+                                       "(measured: cortex-m33, cortex-m4, cortex-m4f, cortex-m7)"}

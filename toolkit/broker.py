@@ -1,9 +1,11 @@
 """``bisup broker``: a local mosquitto with a generated config, for trying the MQTT bridge and for tests.
 
-Everything lives in one work folder: ``mosquitto.conf`` (rewritten by ``run_broker``), ``mosquitto.log``
+Everything lives in one state folder: ``mosquitto.conf`` (rewritten by ``run_broker``), ``mosquitto.log``
 (the broker's stderr, appended) and ``mosquitto.db`` (persistence, so persistent sessions and their
-queued QoS 1 messages survive ``restart()``). The listener is on loopback with TCP_NODELAY, because
-Nagle's algorithm costs tens of milliseconds per QoS 1 round trip.
+queued QoS 1 messages survive ``restart()``). The CLI's default folder is ``default_state_dir()``, outside
+any working tree (a server key and passwords must never be one ``git add`` away), created mode 0700;
+every secret file in it is created 0600 (``_write_private``). The listener is on loopback with
+TCP_NODELAY, because Nagle's algorithm costs tens of milliseconds per QoS 1 round trip.
 
 ``secure=True`` adds TLS (a throwaway CA whose key is never written, and a server certificate for
 localhost/127.0.0.1/::1) and mosquitto's dynamic-security plugin, whose file this module writes: one
@@ -36,6 +38,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -76,6 +79,14 @@ _SBIN = "/usr/sbin:/usr/local/sbin"  # mosquitto is in sbin on Debian, which is 
 
 class BrokerError(BisupError, RuntimeError):
     """The local broker could not be set up or started; the message says why and what to do."""
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/bisup/broker``, else ``~/.local/state/bisup/broker`` (the XDG base directory rule:
+    a relative XDG_STATE_HOME is ignored): outside the working tree, where ``git status`` cannot see keys."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "bisup" / "broker"
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,7 @@ class Credentials:
 def write_config(config: BrokerConfig) -> Credentials:
     """Write mosquitto.conf and, in secure mode, the TLS files, password file, ACL and credentials."""
     _check_names(config)
-    config.workdir.mkdir(parents=True, exist_ok=True)
+    config.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the mode applies to the folder it creates
     lines = _common_lines(config)
     credentials = Credentials()
     if config.secure:
@@ -193,10 +204,17 @@ def _credentials(config: BrokerConfig) -> Credentials:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Create the file 0600 before any secret is in it."""
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(text)
+    """Write a secret into a file that is 0600 from the moment it exists: a new file, created with that mode,
+    renamed over the old one (so an older, looser file cannot keep its mode, and no reader sees half a file)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _dynsec_plugin() -> str:
@@ -426,7 +444,7 @@ class LocalBroker:
 
     def describe(self) -> list[str]:
         """What a user needs to connect, one line each (passwords stay in files)."""
-        lines = [f"mosquitto on {self.url} (config, log and persistence in {self.config.workdir})"]
+        lines = [f"mosquitto on {self.url}", self._state_line()]
         if self.config.secure:
             lines += [f"TLS CA certificate: {self.ca_path}",
                       f"credentials (mode 0600): {self.config.credentials_path}; one password per file in "
@@ -434,6 +452,15 @@ class LocalBroker:
                       f"users: bridge {self.config.bridge_user!r} (group {self.bridge_group!r}), "
                       f"devices {', '.join(self.config.devices)}"]
         return lines
+
+    def _state_line(self) -> str:
+        """Where the state lives and its mode, with a warning when others can look into the folder."""
+        folder = self.config.workdir
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        secrets_too = ", CA, server key and passwords (files 0600)" if self.config.secure else ""
+        what = f"config, log, persistence{secrets_too}"
+        line = f"state folder: {folder} (mode {mode:04o}): {what}"
+        return line + (f"; warning: others can read it: chmod 700 {folder}" if mode & 0o077 else "")
 
     def commands(self, bundle: str, remote: str, data: str) -> list[str]:
         """Complete `bisup bridge` and `bisup device` command lines for this broker, ready to paste."""

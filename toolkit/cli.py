@@ -103,18 +103,27 @@ def boards(as_json: bool) -> None:
               help="Softmax temperature on the supervisor path (default: chosen so int8 confidences do not saturate).")
 @click.option("--symbol", default="g_model_data", show_default=True, help="C symbol of the model array.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table.")
+@click.option("--layers/--no-layers", default=True, show_default=True,
+              help="Print the C engine's per-layer table (op, MACs, parameter bytes, output bytes, arena place).")
 def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str, eval_path: Path | None,
-           temperature: float | None, symbol: str, as_json: bool) -> None:
+           temperature: float | None, symbol: str, as_json: bool, layers: bool) -> None:
     """Export MODEL (.keras or SavedModel dir) with an in-graph supervisor for a board.
 
     Writes a full-int8 model.tflite with two named outputs (scores, confidence), TFLite Micro C
     arrays with a generated op resolver, and report.json. The int8 figures come from the
     tflite-micro interpreter, the oracle for what the board computes. Exits non-zero, after
     writing everything, when the model does not fit the board.
+
+    Also writes the C engine (model_infer.c/.h). The table gives total MACs, the C engine's arena
+    and flash (code + weights) next to TFLM's, a latency ESTIMATE at the board's clock (MACs x
+    instructions per MAC measured on an emulated core of the same architecture; none for other
+    architectures), and, unless --no-layers, one row per C engine layer with its place in the
+    arena (offset..end). --json has the same figures under "engine".
     """
     from boards import load_board
 
     profile = load_board(board)
+    _progress("loading TensorFlow")
     _quiet_tensorflow()
     from toolkit import export as exporter
     from toolkit import staged
@@ -130,7 +139,7 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     if result.engine and not result.engine["generated"]:
         click.echo(f"Warning: no model_infer.c (the C engine): {result.engine['reason']}", err=True)
     _warn_caveats(profile.name, result)
-    click.echo(json.dumps(result.to_json(), indent=2) if as_json else export_table(result))
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else export_table(result, layers))
     if not result.fits:
         raise exporter.DoesNotFit(f"model does not fit {profile.name}: {'; '.join(result.fit_problems)}")
 
@@ -791,8 +800,10 @@ def _interrupt(signum, frame) -> None:
               help="TLS with a generated CA, a password per device and an ACL keeping devices apart.")
 @click.option("--device", "devices", multiple=True, default=("d1", "d2"), show_default=True,
               help="Device id to create credentials for (repeat the option).")
-@click.option("--dir", "workdir", type=click.Path(path_type=Path, file_okay=False), default=Path("mosquitto"),
-              show_default=True, help="Where the config, log, persistence, CA and credentials live.")
+@click.option("--dir", "workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="State folder: config, log, persistence, CA, server key and passwords [default: "
+                   "$XDG_STATE_HOME/bisup/broker, else ~/.local/state/bisup/broker]. Created mode 0700; "
+                   "secret files are 0600.")
 @click.option("--bundle", default="build/digits.bisup", show_default=True,
               help="Bundle named in the printed bridge and device commands (the README's walk-through).")
 @click.option("--remote", default="build/remote.keras", show_default=True,
@@ -802,6 +813,8 @@ def broker(port, secure, devices, workdir, bundle, remote, data) -> None:
     """Start a local mosquitto with a generated config, for trying the MQTT bridge (Ctrl-C stops it).
 
     \b
+    State (config, log, persistence, keys, passwords) goes to --dir, by default outside the working
+    tree (mode 0700, secret files 0600); the first lines say where.
     Plain: anonymous, loopback only. --secure: TLS (CA and server certificate generated into --dir)
     and mosquitto's dynamic-security plugin: a password per device, client id bisup-device-<id>
     bound to it, and deny-by-default rules by which device <id> may only publish
@@ -813,11 +826,11 @@ def broker(port, secure, devices, workdir, bundle, remote, data) -> None:
     """
     import signal
 
-    from toolkit.broker import run_broker
+    from toolkit.broker import default_state_dir, run_broker
 
     chosen = port or (8883 if secure else 1883)
     signal.signal(signal.SIGTERM, _interrupt)  # before mosquitto starts: `kill` must never orphan it
-    with run_broker(workdir, chosen, secure, devices) as running:
+    with run_broker(workdir or default_state_dir(), chosen, secure, devices) as running:
         for line in running.describe():
             _progress(line)
         bridge_command, *device_commands = running.commands(str(bundle), str(remote), str(data))

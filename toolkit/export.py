@@ -23,6 +23,7 @@ from converters import (
     engine,
     fidelity,
     graph,
+    latency,
     quantize,
     supervisors,
     temperature,
@@ -101,6 +102,7 @@ def convert(
     layer = supervisors.resolve(supervisor)
     chosen = temperature_value
     if chosen is None:
+        progress(f"choosing the supervisor temperature on {len(calib_x)} calibration samples (Keras)")
         chosen = _temperature(model, calib_x, supervisors.kind_of(layer))
     if chosen <= 0:
         raise ConversionError(f"temperature must be positive, got {chosen}")
@@ -185,28 +187,50 @@ def report(converted: Converted, board: BoardProfile) -> ExportReport:
     )
 
 
-def write(converted: Converted, board: BoardProfile, out_dir: str | Path, symbol: str = "g_model_data") -> ExportReport:
+def write(converted: Converted, board: BoardProfile, out_dir: str | Path, symbol: str = "g_model_data",
+          progress: Progress = _quiet) -> ExportReport:
     """Write ``model.tflite``, ``model_data.h/.cc`` and ``report.json``; return the report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    progress(f"writing model.tflite and the TFLM C arrays (model_data.h/.cc) to {out}")
     (out / "model.tflite").write_bytes(converted.model)
     c_arrays.write(converted.model, converted.info, out, converted.arena_recommended_bytes, symbol)
-    result = dataclasses.replace(report(converted, board), engine=_engine(converted, board, out))
+    result = dataclasses.replace(report(converted, board), engine=_engine(converted, board, out, progress))
     (out / "report.json").write_text(dumps(result))
     return result
 
 
-def _engine(converted: Converted, board: BoardProfile, out: Path) -> dict:
+def _engine(converted: Converted, board: BoardProfile, out: Path, progress: Progress = _quiet) -> dict:
     """model_infer.c/.h (the interpreter-free engine) when it can run the model exactly; otherwise the
     reason, and the TFLM export above is the way to deploy it."""
+    progress("generating the C engine (model_infer.c/.h) and planning its arena")
     try:
         generated = engine.write(converted.model, out, board.arena_ram_budget)
     except engine.EngineError as exc:
         for stale in ("model_infer.c", "model_infer.h"):
             (out / stale).unlink(missing_ok=True)
-        return {"generated": False, "reason": str(exc)}
-    return engine.summary(generated, converted.arena_bytes, len(converted.model)) | engine.measure_flash(out,
-                                                                                                       board.arch)
+        return ({"generated": False, "reason": str(exc)} | engine.tflm_flash(len(converted.model))
+                | _figures_beyond_budget(converted.model, board))
+    progress(f"compiling model_infer.c and the kernels with arm-none-eabi-gcc -Os to measure flash ({board.arch})")
+    figures = engine.summary(generated, converted.arena_bytes, len(converted.model))
+    return figures | _latency(figures["macs"], board) | engine.measure_flash(out, board.arch)
+
+
+def _latency(macs: int, board: BoardProfile) -> dict:
+    """The C engine's latency estimate at the board's clock (see ``converters.latency`` for its source)."""
+    return {"latency": latency.estimate(macs, board.arch, board.cpu_mhz)}
+
+
+def _figures_beyond_budget(model: bytes, board: BoardProfile) -> dict:
+    """MACs and layers of an engine whose arena exceeds the board's RAM: they show which layer to shrink.
+    Empty when the engine cannot run the model at all (an op or a quantization it does not implement)."""
+    try:
+        generated = engine.generate(model)
+    except engine.EngineError:
+        return {}
+    macs = engine.total_macs(generated)
+    planned = {"arena_bytes": generated.plan.arena_bytes, "macs": macs, "layers": engine.layers(generated)}
+    return planned | _latency(macs, board)
 
 
 def export(
@@ -222,7 +246,7 @@ def export(
 ) -> ExportReport:
     """Convert, write the artefacts for ``board``, and return the report (see ``write``)."""
     converted = convert(model_path, calib_path, supervisor, eval_path, progress, temperature_value)
-    return write(converted, board, out_dir, symbol)
+    return write(converted, board, out_dir, symbol, progress)
 
 
 def stderr_progress(message: str) -> None:

@@ -18,8 +18,9 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {key.ljust(width)}  {value}" for key, value in rows)
 
 
-def export_table(report: ExportReport) -> str:
-    """The export report as a two-column table, int8 figures labelled as the TFLM oracle's."""
+def export_table(report: ExportReport, layers: bool = True) -> str:
+    """The export report as a two-column table, int8 figures labelled as the TFLM oracle's, then the C engine's
+    memory next to TFLM's and (``layers``) the engine's per-layer table."""
     bitexact = report.tflm_vs_litert_bitexact
     auroc = report.supervisor_auroc
     verdict = "yes" if report.fits else "NO: " + "; ".join(report.fit_problems)
@@ -28,6 +29,7 @@ def export_table(report: ExportReport) -> str:
     rows = [
         ("board", f"{report.board} ({report.arch}, {report.cpu_mhz} MHz, {report.kernels} kernels)"),
         ("ops", f"{len(report.ops)}: {', '.join(report.ops)}"),
+        *_cost_rows(report.engine),
         ("flash (model)", f"{report.flash_bytes:,} B of {report.flash_budget_bytes:,} B budget"),
         ("arena (measured min)", f"{report.arena_bytes:,} B"),
         ("arena (recommended)", f"{report.arena_recommended_bytes:,} B of {report.arena_budget_bytes:,} B budget"),
@@ -44,7 +46,69 @@ def export_table(report: ExportReport) -> str:
     lines = [_table(rows)]
     for caveat in report.caveats:
         lines.append(f"  {caveat['severity']}: {caveat['message']} ({caveat['detail']}); fix: {caveat['fix']}")
+    if report.engine:
+        lines += ["", _memory_table(report)]
+    if layers and report.engine.get("layers"):
+        lines += ["", layers_table(report.engine)]
     return "\n".join(lines)
+
+
+def _cost_rows(engine: dict) -> list[tuple[str, str]]:
+    """MACs and the C engine's latency estimate; n/a when the engine could not read the model."""
+    if "macs" not in engine:
+        return [("MACs", "n/a (the C engine cannot run this model)")] if engine else []
+    rows = [("MACs", f"{engine['macs']:,} per inference")]
+    estimate = engine.get("latency", {})
+    if estimate.get("estimate_us") is None:
+        return rows + [("latency (estimate)", estimate.get("reason", "n/a"))]
+    return rows + [("latency (estimate)", f"~{estimate['estimate_us'] / 1000:,.2f} ms per inference with the C engine "
+                                          f"at {estimate['cpu_mhz']:g} MHz: an estimate, not a measurement"),
+                   ("  how estimated", estimate["basis"].removeprefix("estimate: "))]
+
+
+def _memory_table(report: ExportReport) -> str:
+    """RAM and flash of the C engine next to TFLM's: what each deployment costs on the board."""
+    e = report.engine
+    if e.get("generated"):
+        bound = f"lower bound {e['arena_lower_bound_bytes']:,} B"
+        flash = (f"{e['flash_bytes']:,} B", f"code + weights, arm-none-eabi-size -Os for {e['flash_measured_for']}") \
+            if e.get("flash_bytes") is not None else ("-", e.get("flash_measured_for", "not measured"))
+        engine_row = ("C engine", f"{e['arena_bytes']:,} B", bound, *flash)
+    elif "arena_bytes" in e:
+        engine_row = ("C engine", f"{e['arena_bytes']:,} B", "planned; over budget", "-", "not generated")
+    else:
+        engine_row = ("C engine", "-", "", "-", "not generated (see the warning)")
+    tflm_flash = ("-", "")
+    if "tflm_flash_bytes" in e:
+        runtime = e["tflm_flash_bytes"] - report.flash_bytes
+        tflm_flash = (f"{e['tflm_flash_bytes']:,} B",
+                      f"{report.flash_bytes:,} B model + {runtime:,} B core runtime (TFLM docs, without op kernels)")
+    tflm_row = ("TFLM", f"{report.arena_bytes:,} B", f"measured min; {report.arena_recommended_bytes:,} B rec.",
+                *tflm_flash)
+    header = ("memory", "arena (RAM)", "", "flash", "")
+    cells = [engine_row, tflm_row]
+    widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
+    right = {1, 3}
+    return "\n".join("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+                     for r in (header, *cells))
+
+
+def layers_table(engine: dict) -> str:
+    """The C engine's layers: op, MACs, parameter bytes, output bytes and the output's place in the arena."""
+    title = "layer (C engine)" if engine.get("generated") else "layer (C engine plan)"
+    header = (title, "MACs", "params B", "out B", "arena")
+    cells = [(f"{k:>3} {layer['op']}", f"{layer['macs']:,}", f"{layer.get('parameter_bytes', 0):,}",
+              f"{layer['output_bytes']:,}", _place(layer)) for k, layer in enumerate(engine["layers"])]
+    total = ("    total", f"{sum(layer['macs'] for layer in engine['layers']):,}",
+             f"{sum(layer.get('parameter_bytes', 0) for layer in engine['layers']):,}", "",
+             f"{engine['arena_bytes']:,} B" if "arena_bytes" in engine else "")
+    return "\n".join(f"  {line}" for line in _grid(header, [*cells, total]).splitlines())
+
+
+def _place(layer: dict) -> str:
+    offset = layer.get("arena_offset")
+    return "-" if offset is None else f"{offset:,}..{layer.get('arena_end', offset + layer['output_bytes']):,}"
 
 
 def boards_table(profiles: list[BoardProfile]) -> str:
