@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import select
+import subprocess
 import threading
 import tty
 
@@ -58,3 +59,15 @@ class NoisyProxy:
         self._thread.join(timeout=2)
         for fd in self.masters + self.slaves:
             os.close(fd)
+
+
+def wait_for_line(process: subprocess.Popen, text: str) -> tuple[str, list[str]]:
+    """Read ``process``'s stderr until a line holds ``text`` (a bridge that says it serves); return that line
+    and every line before it. Waiting for the line, not for a time, keeps a loaded machine from failing it."""
+    before = []
+    while True:
+        line = process.stderr.readline()
+        assert line, "the process exited before saying " + repr(text) + ":\n" + "".join(before)
+        if text in line:
+            return line, before
+        before.append(line)

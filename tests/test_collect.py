@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from links import wait_for_line
 
 from firmware_bridge import collect
 from firmware_bridge.collect import CollectError, Collector, read_collected
@@ -117,6 +118,7 @@ def test_killing_a_collecting_process_never_leaves_a_torn_shard(tmp_path):
     """SIGKILL a process that writes a shard every record: whatever is there reads back whole."""
     script = textwrap.dedent("""
         import sys
+        sys.path.insert(0, "tests")  # the test module's sibling imports, as pytest's rootdir mode sets them
         from tests.test_collect import QUANT, _relay
         from firmware_bridge.collect import Collector
         c = Collector(sys.argv[1], QUANT, "00", print, shard_records=1)
@@ -154,11 +156,7 @@ def test_bridge_collect_over_a_pty(bundle_dir, digits_example, tmp_path):
                                str(digits_example["model"]), "--bundle", str(strict), "--collect", str(out)],
                               stderr=subprocess.PIPE, text=True)
     try:
-        line, before = "", []
-        while "device end of the pty: " not in line:
-            line = bridge.stderr.readline()
-            assert line, "the bridge exited"
-            before.append(line)
+        line, before = wait_for_line(bridge, "device end of the pty: ")
         assert any("loading the remote model" in said for said in before), "the long remote load is not announced"
         path = line.split("device end of the pty: ")[1].split(" ")[0]
         result = CliRunner().invoke(main, ["device", "--serial", path, "--bundle", str(strict), "--data", str(data),

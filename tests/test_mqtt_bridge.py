@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
+from links import wait_for_line
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
@@ -212,13 +213,6 @@ def _after_requests(units: dict, count: int, action) -> int:
     return sent
 
 
-def _wait_serving(process: subprocess.Popen) -> None:
-    line = process.stderr.readline()
-    if "drift alarm" in line:  # it may say first what it watches
-        line = process.stderr.readline()
-    assert "serving" in line, line + process.stderr.read()
-
-
 def test_killing_a_worker_mid_run_loses_nothing(mosquitto, setup, digits_example):
     """Two bridge processes; one is SIGKILLed mid-run. Its queued requests die with its session after
     1 s; the devices' resends (same seq) outlast that and reach the survivor."""
@@ -226,7 +220,7 @@ def test_killing_a_worker_mid_run_loses_nothing(mosquitto, setup, digits_example
     bridges = [_bridge_process(mosquitto.url, setup[0], digits_example["model"], n) for n in ("ka", "kb")]
     try:
         for process in bridges:
-            _wait_serving(process)
+            wait_for_line(process, "serving")
         at_kill = []
         results = _run_devices(broker, setup, timeout_s=0.5, retries=20, during=lambda units: at_kill.append(
             _after_requests(units, 15, lambda: os.killpg(bridges[0].pid, signal.SIGKILL))))
