@@ -844,6 +844,4 @@ def broker(port, secure, devices, workdir, bundle, remote, data) -> None:
 
 
 if __name__ == "__main__":
-    from toolkit.native_guard import main as guarded
-
-    guarded()
+    main()
