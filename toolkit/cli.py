@@ -210,7 +210,7 @@ def digits(out_dir: Path, epochs: int, seed: int, remote_epochs: int) -> None:
 
 RISK_HELP = (
     "Risk guarantee: the most local answers whose error rate is at most this, certified with "
-    "probability 1-DELTA over the draw of --data (exact binomial tests; see --risk-procedure). "
+    "probability 1-DELTA over the draw of --data (exact binomial tests; {procedure}). "
     "Assumes validation and deployment inputs are exchangeable, e.g. i.i.d. from one distribution."
 )
 
@@ -236,14 +236,14 @@ def _mode(max_remote_fraction, target_accuracy, max_local_error, delta, procedur
 @click.option("--max-remote-fraction", type=float,
               help="Budget: the most accurate point with at most this fraction of remote calls.")
 @click.option("--target-accuracy", type=float, help="Fewest remote calls that reach this system accuracy.")
-@click.option("--max-local-error", type=float, help=RISK_HELP)
+@click.option("--max-local-error", type=float, help=RISK_HELP.format(procedure="see --risk-procedure"))
 @click.option("--delta", type=float, default=None,
               help="Risk mode: allowed failure probability [default: 0.1]. Budget mode: given, the deployed remote "
                    "fraction exceeds --max-remote-fraction with probability at most this (an upper confidence "
                    "bound on the relay rate); without it the budget holds on the validation set only.")
 @click.option("--risk-procedure", default="auto", show_default=True,
               type=click.Choice(["auto", "split-fixed-sequence", "fixed-sequence", "sgr"]),
-              help="Risk mode: how thresholds are tested. split-fixed-sequence spends 20%% of --data on where to "
+              help="Risk mode: how thresholds are tested. split-fixed-sequence spends 20% of --data on where to "
                    "start testing and certifies the most local answers in our simulations (bench/risk_modes.py) "
                    "from 2,000 samples on; below, fixed-sequence (all of --data, from the strictest threshold) "
                    "does better; auto picks by the sample count. sgr pays a union bound.")
@@ -316,7 +316,9 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
 @click.option("--board", default="nrf52840", show_default=True, help="Board to export for.")
 @click.option("--max-remote-fraction", type=float, help="Calibrate both to this remote-call budget.")
 @click.option("--target-accuracy", type=float, help="Calibrate both to the fewest calls reaching this accuracy.")
-@click.option("--max-local-error", type=float, help=RISK_HELP)
+@click.option("--max-local-error", type=float,
+              help=RISK_HELP.format(procedure="the testing procedure is picked by the sample count, as "
+                                              "`bisup calibrate` does by default"))
 @click.option("--delta", type=float, default=None, help="As for `bisup calibrate`.")
 @click.option("--max-reject", type=float, default=0.005, show_default=True, help="As for `bisup calibrate`.")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1), help="Fine-tuning epochs.")
