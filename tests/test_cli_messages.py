@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
+from toolkit import datasets
 from toolkit.cli import main
 
 
@@ -23,3 +26,36 @@ def test_calibrate_help_prints_a_single_percent_sign():
     """click does not %-format help strings, so a doubled %% reached the screen as it was written."""
     calibrate_help = " ".join(_run("calibrate", "--help").stdout.split())
     assert "spends 20% of --data" in calibrate_help and "%%" not in calibrate_help
+
+
+@pytest.mark.parametrize(("write", "kind"), [
+    (lambda path: path.write_text("x0,x1,label\n0.1,0.2,1\n"), "(it is text, e.g. CSV)"),
+    (lambda path: np.save(path.open("wb"), np.zeros((3, 2), np.float32)), "(it is a single .npy array)"),
+])
+def test_a_data_file_that_is_not_an_npz_never_suggests_unpickling(tmp_path, write, kind):
+    """numpy reads a non-zip file as a pickle and suggests allow_pickle=, which would run the file's code."""
+    data = tmp_path / "data.npz"
+    write(data)
+    with pytest.raises(datasets.DataError) as caught:
+        datasets.load_npz(data)
+    assert str(caught.value) == (f"data file {data} is not an .npz archive with arrays x (and y) {kind}; save one "
+                                 "with np.savez(path, x=..., y=...)")
+    assert "pickle" not in str(caught.value)
+
+
+def test_an_npz_of_python_objects_never_suggests_unpickling(tmp_path):
+    data = tmp_path / "objects.npz"
+    np.savez(data, x=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(datasets.DataError, match="holds Python objects, not numeric arrays") as caught:
+        datasets.load_npz(data)
+    assert "pickle" not in str(caught.value)
+
+
+def test_a_collected_shard_that_is_not_an_npz_never_suggests_unpickling(tmp_path):
+    from firmware_bridge.collect import CollectError, read_collected
+
+    (tmp_path / "shard-1-1-1.npz").write_text("not,an,archive\n")
+    with pytest.raises(CollectError) as caught:
+        read_collected(tmp_path)
+    assert str(caught.value) == (f"shard {tmp_path / 'shard-1-1-1.npz'} is corrupt (not an .npz archive); move it "
+                                 "aside to retrain on the others")
