@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cli_errors import error_line
 from click.testing import CliRunner
 
 from toolkit import datasets
@@ -59,3 +60,20 @@ def test_a_collected_shard_that_is_not_an_npz_never_suggests_unpickling(tmp_path
         read_collected(tmp_path)
     assert str(caught.value) == (f"shard {tmp_path / 'shard-1-1-1.npz'} is corrupt (not an .npz archive); move it "
                                  "aside to retrain on the others")
+
+
+@pytest.mark.slow
+def test_a_single_unit_sigmoid_model_is_named_with_the_dense2_fix(tmp_path):
+    """A binary classifier with one sigmoid unit used to fail as 'labels span 0..1 but the model has 1 classes'."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.save(tmp_path / "binary.keras")
+    np.savez(tmp_path / "calib.npz", x=np.zeros((120, 4), np.float32), y=np.arange(120) % 2)
+    result = _run("export", tmp_path / "binary.keras", "--calib", tmp_path / "calib.npz", "--board", "esp32",
+                  "--out", tmp_path / "out")
+    assert error_line(result) == (
+        f"Error: model {tmp_path / 'binary.keras'} has a single-unit (sigmoid) output, which bisup does not "
+        "support: the supervisors need one score per class; give the model a Dense(2) output (softmax or logits) "
+        "trained on labels 0 and 1")
+    assert "1 classes" not in result.stderr
