@@ -77,3 +77,19 @@ def test_a_single_unit_sigmoid_model_is_named_with_the_dense2_fix(tmp_path):
         "support: the supervisors need one score per class; give the model a Dense(2) output (softmax or logits) "
         "trained on labels 0 and 1")
     assert "1 classes" not in result.stderr
+
+
+@pytest.mark.slow
+def test_mqtts_without_the_ca_is_named_a_certificate_problem(secure_mosquitto):
+    """The broker runs; only its certificate is not trusted. It used to end 'is it running?'."""
+    from firmware_bridge.mqtt_link import Broker, DeviceLink, MqttError
+
+    credentials = secure_mosquitto.endpoint("d1")
+    untrusted = Broker.from_url(secure_mosquitto.url, "d1", credentials.password)  # mqtts:// but no --tls-ca
+    with pytest.raises(MqttError) as caught:
+        DeviceLink(untrusted, "d1", timeout_s=5)
+    message = str(caught.value)
+    assert message.startswith(f"TLS with the MQTT broker at {secure_mosquitto.url} failed (")
+    assert message.endswith("): the broker's certificate is not signed by a CA this machine trusts: pass --tls-ca "
+                            "CA.pem, the CA that signed it (`bisup broker --secure` prints its path)")
+    assert "is it running" not in message
