@@ -93,3 +93,27 @@ def test_mqtts_without_the_ca_is_named_a_certificate_problem(secure_mosquitto):
     assert message.endswith("): the broker's certificate is not signed by a CA this machine trusts: pass --tls-ca "
                             "CA.pem, the CA that signed it (`bisup broker --secure` prints its path)")
     assert "is it running" not in message
+
+
+MISSING_PORT = ("cannot open serial port /dev/bisup-no-such-port: no such device; check the cable and the path, "
+                "list ports with `python -m serial.tools.list_ports`")
+
+
+def test_a_missing_serial_port_is_one_reason_and_a_fix_for_the_device():
+    from firmware_bridge.serial_bridge import BridgeError
+    from toolkit.device import open_link
+
+    with pytest.raises(BridgeError) as caught:
+        open_link("/dev/bisup-no-such-port", None, "d1")
+    assert str(caught.value) == MISSING_PORT  # pyserial's text said [Errno 2] twice and the path twice
+
+
+def test_a_missing_serial_port_is_one_reason_and_a_fix_for_the_bridge():
+    import threading
+
+    from firmware_bridge.serial_bridge import BridgeError, SerialBridge
+
+    with pytest.raises(BridgeError) as caught:
+        SerialBridge("/dev/bisup-no-such-port", handler=None).run(threading.Event(), wait_for_port=False)
+    assert str(caught.value) == f"{MISSING_PORT}; or pass --wait to wait until it appears"
+    assert "Errno" not in str(caught.value)

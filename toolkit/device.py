@@ -13,7 +13,7 @@ from pathlib import Path
 from firmware_bridge.bundle import Bundle
 from firmware_bridge.mqtt_link import Broker, DeviceLink
 from firmware_bridge.protocol import Source
-from firmware_bridge.serial_bridge import BridgeError
+from firmware_bridge.serial_bridge import BridgeError, port_problem
 from firmware_bridge.virtual_device import SerialLink, VirtualDevice
 from toolkit import datasets
 
@@ -29,7 +29,7 @@ def open_link(serial_url: str | None, broker: Broker | None, device_id: str):
     try:
         port = serial.serial_for_url(serial_url, baudrate=921600, timeout=0.05)
     except (serial.SerialException, OSError, ValueError) as exc:
-        raise BridgeError(f"cannot open serial port {serial_url}: {exc}") from None
+        raise BridgeError(port_problem(serial_url, exc)) from None
     return contextlib.closing(SerialLink(port))
 
 
