@@ -117,3 +117,86 @@ def test_a_missing_serial_port_is_one_reason_and_a_fix_for_the_bridge():
         SerialBridge("/dev/bisup-no-such-port", handler=None).run(threading.Event(), wait_for_port=False)
     assert str(caught.value) == f"{MISSING_PORT}; or pass --wait to wait until it appears"
     assert "Errno" not in str(caught.value)
+
+
+def test_an_exits_folder_as_the_remote_of_a_single_exit_hil_says_what_remote_takes(tmp_path):
+    """It used to reach TensorFlow, whose SavedModel loader complained about the folder in its own terms."""
+    tails = tmp_path / "exits"
+    tails.mkdir()
+    for name in ("exits.keras", "tail0.keras", "tail1.keras"):
+        (tails / name).write_bytes(b"PK")
+    (tmp_path / "digits.bisup").write_bytes(b"a single-exit bundle")  # refused later; the remote is checked first
+    np.savez(tmp_path / "test.npz", x=np.zeros((4, 8, 8, 1), np.float32), y=np.zeros(4, np.int64))
+    result = _run("hil", "--emulate", "mps2-an386", "--bundle", tmp_path / "digits.bisup", "--data",
+                  tmp_path / "test.npz", "--remote", tails)
+    assert error_line(result) == (
+        f"Error: remote model {tails} is a folder of exit tails (tail0.keras, tail1.keras), which serves a "
+        "multi-exit bundle only; for this bundle --remote takes a .keras file, a SavedModel directory, a float "
+        ".tflite file or a model server URL")
+    assert "cannot be loaded" not in result.stderr  # the old message, with TensorFlow's text after it
+
+
+PROBE = """
+import json, sys
+from click.testing import CliRunner
+from toolkit.cli import main
+result = CliRunner().invoke(main, sys.argv[1:])
+heavy = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
+print(json.dumps({"exit_code": result.exit_code, "stderr": result.stderr, "heavy": heavy}))
+"""
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """Files that exist (their contents are never reached) and the data files the checks look into."""
+    for name in ("model.keras", "model.tflite", "remote.keras", "digits.bisup"):
+        (tmp_path / name).write_bytes(b"placeholder")
+    np.savez(tmp_path / "data.npz", x=np.zeros((4, 8, 8, 1), np.float32), y=np.zeros(4, np.int64))
+    np.savez(tmp_path / "no_x.npz", inputs=np.zeros(4, np.float32))
+    (tmp_path / "data.csv").write_text("x0,x1,label\n0.1,0.2,1\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["export", "{t}/missing.keras", "--calib", "{t}/data.npz", "--board", "esp32", "--out", "{t}/o"],
+     "model {t}/missing.keras does not exist"),
+    (["export", "{t}/model.keras", "--calib", "{t}/data.csv", "--board", "esp32", "--out", "{t}/o"],
+     "data file {t}/data.csv is not an .npz archive with arrays x (and y) (it is text, e.g. CSV)"),
+    (["export", "{t}/model.tflite", "--calib", "{t}/data.npz", "--board", "esp32", "--out", "{t}/o"],
+     "model {t}/model.tflite must be a .keras file or a SavedModel directory"),
+    (["calibrate", "--local", "{t}/missing.tflite", "--remote", "{t}/remote.keras", "--data", "{t}/data.npz",
+      "--max-remote-fraction", "0.3", "--out", "{t}/o"], "local model {t}/missing.tflite does not exist"),
+    (["calibrate", "--local", "{t}/model.tflite", "--remote", "{t}/remote.keras", "--data", "{t}/no_x.npz",
+      "--max-remote-fraction", "0.3", "--out", "{t}/o"], "{t}/no_x.npz has no array 'x' (found ['inputs'])"),
+    (["calibrate", "--local", "{t}/model.tflite", "--remote", "{t}/missing.keras", "--data", "{t}/data.npz",
+      "--max-remote-fraction", "0.3", "--out", "{t}/o"], "remote model {t}/missing.keras does not exist"),
+    (["hil", "--emulate", "mps2-an386", "--bundle", "{t}/digits.bisup", "--data", "{t}/missing.npz", "--remote",
+      "{t}/remote.keras"], "data file {t}/missing.npz does not exist"),
+    (["retrain", "--model", "{t}/model.keras", "--train", "{t}/data.npz", "--collected", "{t}/relayed", "--data",
+      "{t}/data.npz", "--remote", "{t}/remote.keras", "--target-accuracy", "0.9", "--out", "{t}/o"],
+     "collect folder {t}/relayed does not exist; run `bisup bridge --collect {t}/relayed` first"),
+    (["retrain", "--model", "{t}/model.keras", "--train", "{t}/data.npz", "--collected", "{t}", "--data",
+      "{t}/data.npz", "--remote", "{t}/remote.keras", "--test", "{t}/data.csv", "--target-accuracy", "0.9",
+      "--out", "{t}/o"], "data file {t}/data.csv is not an .npz archive"),
+    (["device", "--serial", "loop://", "--bundle", "{t}/missing.bisup", "--data", "{t}/data.npz"],
+     "bundle {t}/missing.bisup does not exist"),
+    (["device", "--serial", "loop://", "--bundle", "{t}/digits.bisup", "--data", "{t}/data.csv"],
+     "data file {t}/data.csv is not an .npz archive"),
+])
+def test_file_errors_come_before_tensorflow_is_imported(inputs, args, message):
+    """A bad path or data file is named at once, not after 15-30 s of importing TensorFlow and loading models:
+    the command runs in a fresh interpreter, which must end without tensorflow or keras in sys.modules."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", PROBE, *(a.format(t=inputs) for a in args)], capture_output=True,
+                          text=True, env=env, check=True)
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    assert outcome["exit_code"] != 0
+    errors = [line for line in outcome["stderr"].splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message.format(t=inputs) in errors[0], outcome["stderr"]
+    assert outcome["heavy"] == []

@@ -53,6 +53,32 @@ def _quiet_tensorflow() -> None:
         import tensorflow  # noqa: F401
 
 
+def _check_npz(*paths: Path | None) -> None:
+    """Data files are checked (exists, an .npz with x) before TensorFlow is imported and models load, which
+    takes 15-30 s: a typo must not cost that."""
+    from toolkit.datasets import check_npz
+
+    for path in paths:
+        if path is not None:
+            check_npz(path)
+
+
+def _check_model(path: Path) -> None:
+    """A Keras model given on the command line exists and has a model's extension (before any import)."""
+    from converters.errors import ConversionError
+
+    if not path.exists():
+        raise ConversionError(f"model {path} does not exist")
+    if path.is_file() and path.suffix not in (".keras", ".h5"):
+        raise ConversionError(f"model {path} must be a .keras file or a SavedModel directory")
+
+
+def _check_exists(path: Path | None, what: str, fix: str) -> None:
+    """Any other input path: one line naming it and where it comes from."""
+    if path is not None and not path.exists():
+        raise click.ClickException(f"{what} {path} does not exist; {fix}")
+
+
 @click.group(cls=BisupGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bisup")
 def main() -> None:
@@ -115,6 +141,8 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     from boards import load_board
 
     profile = load_board(board)
+    _check_model(model)
+    _check_npz(calib, eval_path)
     _quiet_tensorflow()
     from toolkit import export as exporter
     from toolkit import staged
@@ -168,6 +196,8 @@ def exits(model: Path, at: str, train_path: Path, out_dir: Path, epochs: int, jo
     (the whole network, for a relayed raw input) and tailS.keras (the rest after cut S). A layer that a
     skip connection jumps over cannot be a cut; the error names it.
     """
+    _check_model(model)
+    _check_npz(train_path)
     _quiet_tensorflow()
     from toolkit import multi_exit
 
@@ -279,13 +309,18 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
     per-exit-threshold baseline and EENet's learned scorers, each the most accurate within
     --max-device-fraction and --max-remote-fraction, written to policy-thresholds.json and policy.json.
     """
+    from firmware_bridge.remotes import check_remote
     from firmware_bridge.stage_model import is_staged
 
+    _check_exists(local_path, "local model", "give the model.tflite that `bisup export --out DIR` writes")
+    _check_npz(data_path)
     if is_staged(local_path):
+        _check_exists(Path(remote), "remote tails folder", "give the folder `bisup exits --out` wrote")
         _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_remote_fraction, max_reject,
                          remote_supervisor, bandwidth_kbps, cloud_gmacs, out_dir, as_json)
         return
     mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, risk_procedure)
+    check_remote(remote)
     from firmware_bridge.remotes import open_remote
     from toolkit import calibrate as calibration
     from toolkit.report import calibration_table
@@ -348,12 +383,18 @@ def retrain(model_path, train_path, collected_dir, data_path, remote, test_path,
     bisup retrain --model local.keras --train train.npz --collected relayed/ --data val.npz \\
                   --test test.npz --remote R --target-accuracy 0.9 --out retrained/
     """
+    from firmware_bridge.remotes import check_remote
+
+    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, "auto")
+    _check_model(model_path)
+    _check_npz(train_path, data_path, test_path)
+    _check_exists(collected_dir, "collect folder", f"run `bisup bridge --collect {collected_dir}` first")
+    check_remote(remote)
     _quiet_tensorflow()
     from toolkit import retrain as flywheel
     from toolkit.report import retrain_table
     from toolkit.thresholds import RemoteRule
 
-    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, "auto")
     plan = flywheel.Plan(model_path, train_path, collected_dir, data_path, remote, board, out_dir, mode, test_path,
                          RemoteRule(max_reject=max_reject), epochs, learning_rate, distill, include_rejected, seed)
     result = flywheel.retrain(plan, _progress)
@@ -622,6 +663,8 @@ def device(serial_url, mqtt_url, tls_ca, username, password_file, bundle_dir, da
     """Be a device without a board: run the bundle's model in TFLM, decide with the int8 threshold,
     and relay unsure inputs to a `bisup bridge` over a serial link (--serial) or MQTT (--mqtt)."""
     _one_transport(serial_url, mqtt_url)
+    _check_exists(bundle_dir, "bundle", "build one with `bisup bundle`, or give the folder `bisup export` wrote")
+    _check_npz(data_path)
     from toolkit import device as virtual
 
     broker = _broker(mqtt_url, tls_ca, username, password_file) if mqtt_url else None
@@ -689,11 +732,17 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
     """
     if (port_url is None) == (emulate is None):
         raise click.UsageError("give exactly one of --port and --emulate")
+    from firmware_bridge.remotes import check_remote
     from firmware_bridge.stage_model import is_staged
 
+    _check_exists(bundle_path, "bundle", "build one with `bisup bundle`, or give the folder `bisup export` wrote")
+    _check_exists(policy_path, "exit policy", "`bisup calibrate` on the multi-exit export writes policy.json")
+    _check_npz(data_path)
     if is_staged(bundle_path):
+        _check_exists(Path(remote), "remote tails folder", "give the folder `bisup exits --out` wrote")
         _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json)
         return
+    check_remote(remote)
     from firmware_bridge.bundle import Bundle
     from firmware_bridge.remotes import open_remote
     from toolkit import datasets
