@@ -200,3 +200,14 @@ def test_file_errors_come_before_tensorflow_is_imported(inputs, args, message):
     errors = [line for line in outcome["stderr"].splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message.format(t=inputs) in errors[0], outcome["stderr"]
     assert outcome["heavy"] == []
+
+
+def test_a_tflite_model_given_to_flash_says_to_bundle_it_first(tmp_path):
+    """It used to say the .tflite was 'truncated or not a bisup archive'."""
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    result = _run("flash", model, "--board", "nrf52840", "--dry-run")
+    assert error_line(result) == (
+        f"Error: {model} is a TFLite model, not a bundle: run `bisup bundle BUILD_DIR --out NAME.bisup` first and "
+        "give NAME.bisup (BUILD_DIR: the folder with model.tflite and thresholds.json that `bisup export` and "
+        "`bisup calibrate` wrote)")
