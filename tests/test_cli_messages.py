@@ -211,3 +211,31 @@ def test_a_tflite_model_given_to_flash_says_to_bundle_it_first(tmp_path):
         f"Error: {model} is a TFLite model, not a bundle: run `bisup bundle BUILD_DIR --out NAME.bisup` first and "
         "give NAME.bisup (BUILD_DIR: the folder with model.tflite and thresholds.json that `bisup export` and "
         "`bisup calibrate` wrote)")
+
+
+def test_a_hello_timeout_under_emulation_blames_host_load_not_the_port(monkeypatch):
+    """QEMU that greets too late on a busy machine used to be told to check the port, baud rate and flashing.
+
+    Mocked: the firmware build (arm-none-eabi-gcc), QEMU itself and the host-side TFLM run; the emulated board
+    is a loop:// port that never says HELLO, which is what a QEMU too slow for the timeout looks like."""
+    import contextlib
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from toolkit import hil
+
+    monkeypatch.setattr(hil.calibrate, "outcomes", lambda *args: (None, np.zeros((1, 4), np.int8)))
+    monkeypatch.setattr(hil, "build_firmware", lambda *args, **kwargs: Path("firmware.elf"))
+    monkeypatch.setattr(hil, "qemu", contextlib.contextmanager(lambda machine, elf: (yield "loop://")))
+    bundle = SimpleNamespace(local_model=lambda: None, model_hash=bytes(32),
+                             remote_supervisor=SimpleNamespace(kind="max-softmax"))
+    handler = SimpleNamespace(relay=SimpleNamespace(remote=None))
+    with pytest.raises(hil.HilError) as caught:
+        hil.run(bundle, np.zeros((1, 4), np.float32), np.zeros(1, np.int64), handler, emulate="mps2-an386",
+                timeout_s=0.2)
+    assert str(caught.value) == ("the emulated board did not send HELLO within 0.2 s of host time; the machine may be "
+                                 "busy (QEMU then runs slower): retry with a larger --timeout")
+    with hil.open_port("loop://") as port, pytest.raises(hil.HilError) as real:  # a real port keeps its advice
+        hil.HilSession(port, None).handshake(bytes(32), 0.2)
+    assert str(real.value) == ("the board did not send HELLO within 0.2 s; check the port, the baud rate and that "
+                               "the bisup firmware is flashed")

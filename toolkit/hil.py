@@ -212,7 +212,8 @@ class HilSession:
         if reply is not None:
             self.port.write(framing.encode_frame(reply))
 
-    def handshake(self, model_hash: bytes, timeout_s: float) -> p.Hello:
+    def handshake(self, model_hash: bytes, timeout_s: float, emulated: bool = False) -> p.Hello:
+        """The board's HELLO; ``emulated`` (QEMU) changes what a timeout blames: host load, not the port."""
         for body in self._frames(time.monotonic() + timeout_s):
             if body[1:2] == bytes([p.MsgType.HELLO]):
                 try:
@@ -226,6 +227,9 @@ class HilSession:
                 self.board = hello
                 self._serve(body)
                 return hello
+        if emulated:
+            raise HilError(f"the emulated board did not send HELLO within {timeout_s:g} s of host time; the machine "
+                           "may be busy (QEMU then runs slower): retry with a larger --timeout")
         raise HilError(f"the board did not send HELLO within {timeout_s:g} s; check the port, the baud rate and "
                        "that the bisup firmware is flashed")
 
@@ -335,7 +339,7 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
             port_url = stack.enter_context(qemu(emulate, elf))
         port = stack.enter_context(open_port(port_url))
         session = HilSession(port, handler)
-        session.handshake(bundle.model_hash, timeout_s)
+        session.handshake(bundle.model_hash, timeout_s, emulated=bool(emulate))
         progress(f"board answered HELLO on {port_url}; feeding {len(x)} inputs")
         reports = [session.feed(i, x_q[i], timeout_s) for i in range(len(x))]
     report = summarize(reports, bundle, o, MACHINES.get(emulate) if emulate else None, session.profiles)

@@ -132,7 +132,7 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
             progress(f"building the {machine} firmware with {len(staged)} stages as generated C and the exit policy")
             port_url = stack.enter_context(hil.qemu(machine, build(machine, staged, chosen, Path(workdir))))
         session = hil.HilSession(stack.enter_context(hil.open_port(port_url)), handler)
-        session.handshake(staged.model_hash, timeout_s)
+        session.handshake(staged.model_hash, timeout_s, emulated=machine is not None)
         progress(f"board answered HELLO; feeding {len(x)} inputs")
         reports = [session.feed(i, q, timeout_s) for i, q in enumerate(staged.quantize(x))]
     report = summarize(reports, session.profiles, o, chosen, hil.MACHINES.get(machine))
