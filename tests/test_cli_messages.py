@@ -239,3 +239,32 @@ def test_a_hello_timeout_under_emulation_blames_host_load_not_the_port(monkeypat
         hil.HilSession(port, None).handshake(bytes(32), 0.2)
     assert str(real.value) == ("the board did not send HELLO within 0.2 s; check the port, the baud rate and that "
                                "the bisup firmware is flashed")
+
+
+def _junit_error(path) -> str:
+    """The one test case of a JUnit file for a failed run, as its error message."""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(path).getroot()
+    assert suite.tag == "testsuite" and suite.get("tests") == "1" and suite.get("errors") == "1"
+    (case,) = suite.findall("testcase")
+    return case.find("error").get("message")
+
+
+def test_a_hil_run_that_fails_before_its_checks_still_writes_the_junit_file(tmp_path):
+    np.savez(tmp_path / "test.npz", x=np.zeros((4, 8, 8, 1), np.float32), y=np.zeros(4, np.int64))
+    (tmp_path / "digits.bisup").write_bytes(b"not an archive")
+    (tmp_path / "remote.keras").write_bytes(b"placeholder")
+    result = _run("hil", "--port", "/dev/bisup-no-such-port", "--bundle", tmp_path / "digits.bisup", "--data",
+                  tmp_path / "test.npz", "--remote", tmp_path / "remote.keras", "--junit", tmp_path / "hil.xml")
+    assert error_line(result) == f"Error: {_junit_error(tmp_path / 'hil.xml')}"
+    assert "digits.bisup is truncated or not a bisup archive" in error_line(result)
+
+
+@pytest.mark.slow
+def test_a_board_that_cannot_be_reached_still_gets_a_junit_file(archive, digits_example, tmp_path):
+    """The HilError of a real run (the board's port is missing) is what CI sees in the JUnit file."""
+    result = _run("hil", "--port", "/dev/bisup-no-such-port", "--bundle", archive, "--data", digits_example["test"],
+                  "--remote", digits_example["model"], "--junit", tmp_path / "hil.xml")
+    assert "cannot open port /dev/bisup-no-such-port" in error_line(result)
+    assert error_line(result) == f"Error: {_junit_error(tmp_path / 'hil.xml')}"

@@ -6,6 +6,7 @@ internal error without a traceback unless ``BISUP_DEBUG=1``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -73,10 +74,14 @@ def _check_model(path: Path) -> None:
         raise ConversionError(f"model {path} must be a .keras file or a SavedModel directory")
 
 
+class MissingInput(BisupError, ValueError):
+    """A path given on the command line that does not exist."""
+
+
 def _check_exists(path: Path | None, what: str, fix: str) -> None:
     """Any other input path: one line naming it and where it comes from."""
     if path is not None and not path.exists():
-        raise click.ClickException(f"{what} {path} does not exist; {fix}")
+        raise MissingInput(f"{what} {path} does not exist; {fix}")
 
 
 @click.group(cls=BisupGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -732,6 +737,30 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
     """
     if (port_url is None) == (emulate is None):
         raise click.UsageError("give exactly one of --port and --emulate")
+    try:
+        result = _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout,
+                          as_json)
+    except BisupError as exc:
+        if junit_path:  # CI reads the JUnit file: a run that never got to its checks must show up there too
+            with contextlib.suppress(OSError):
+                junit_path.write_text(_junit_error(str(exc).splitlines()[0]))
+        raise
+    if result is None:  # a multi-exit run, which reported itself
+        return
+    from toolkit import hil as runner
+
+    if report_path:
+        report_path.write_text(json.dumps(result, indent=2) + "\n")
+    if junit_path:
+        junit_path.write_text(runner.junit(result))
+    click.echo(json.dumps(result, indent=2) if as_json else runner.table(result))
+    if not (result["complete"] and result["offline_agreement"] == 1.0 and result["device_outputs_equal_oracle"] == 1.0):
+        raise click.ClickException("HIL checks failed; see the report")
+
+
+def _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout,
+             as_json) -> dict | None:
+    """Check the inputs and run the set; a single-exit run returns its report, a multi-exit one prints its own."""
     from firmware_bridge.remotes import check_remote
     from firmware_bridge.stage_model import is_staged
 
@@ -741,7 +770,7 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
     if is_staged(bundle_path):
         _check_exists(Path(remote), "remote tails folder", "give the folder `bisup exits --out` wrote")
         _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json)
-        return
+        return None
     check_remote(remote)
     from firmware_bridge.bundle import Bundle
     from firmware_bridge.remotes import open_remote
@@ -754,14 +783,16 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
         raise datasets.DataError(f"{data_path} has no labels 'y'; a HIL run needs a labelled set")
     datasets.check_matches(x, y, loaded.quantization.shape, loaded.num_classes, data_path)
     handler = runner.bridge_handler(loaded, open_remote(remote))
-    result = runner.run(loaded, x, y, handler, port_url, emulate, timeout, _progress)
-    if report_path:
-        report_path.write_text(json.dumps(result, indent=2) + "\n")
-    if junit_path:
-        junit_path.write_text(runner.junit(result))
-    click.echo(json.dumps(result, indent=2) if as_json else runner.table(result))
-    if not (result["complete"] and result["offline_agreement"] == 1.0 and result["device_outputs_equal_oracle"] == 1.0):
-        raise click.ClickException("HIL checks failed; see the report")
+    return runner.run(loaded, x, y, handler, port_url, emulate, timeout, _progress)
+
+
+def _junit_error(message: str) -> str:
+    """JUnit XML for a run that failed before its checks: one test case with the error, so CI shows it."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    return ('<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="bisup-hil" tests="1" failures="0" errors="1">\n'
+            f'  <testcase classname="bisup.hil" name="hil_run"><error message={quoteattr(message)}>{escape(message)}'
+            "</error></testcase>\n</testsuite>\n")
 
 
 def _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json):
