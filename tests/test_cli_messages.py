@@ -268,3 +268,27 @@ def test_a_board_that_cannot_be_reached_still_gets_a_junit_file(archive, digits_
                   "--remote", digits_example["model"], "--junit", tmp_path / "hil.xml")
     assert "cannot open port /dev/bisup-no-such-port" in error_line(result)
     assert error_line(result) == f"Error: {_junit_error(tmp_path / 'hil.xml')}"
+
+
+def _thresholds(remote_threshold: float, remote_fraction: float):
+    from converters.artefacts import LocalThreshold, RemoteThreshold, Thresholds
+
+    achieved = {"accuracy": 0.9, "remote_fraction": remote_fraction, "rejected_fraction": 0.0,
+                "accepted_accuracy": 0.9, "cost_saved": 1 - remote_fraction}
+    return Thresholds(LocalThreshold("max-softmax", -128, 0.0, 1 / 256, -128),
+                      RemoteThreshold("max-softmax", remote_threshold, max_reject=0.005), {"mode": "budget"}, None,
+                      achieved, {"local_only_accuracy": 0.9, "remote_only_accuracy": 0.95})
+
+
+@pytest.mark.parametrize(("remote_threshold", "remote_fraction", "shown"), [
+    (-1.0, 0.0, "remote threshold          none (no input is relayed)"),
+    (-1.0, 0.2, "remote threshold          none: every remote answer is accepted (max-softmax)"),
+    (0.4321, 0.2, "remote threshold          0.4321 (max-softmax)"),
+])
+def test_calibrate_prints_no_remote_threshold_when_nothing_is_relayed(remote_threshold, remote_fraction, shown):
+    """-1 is what thresholds.json stores for 'accept every score' (JSON has no -inf); printed it read as a cut."""
+    from toolkit.report import calibration_table
+
+    table = calibration_table(_thresholds(remote_threshold, remote_fraction))
+    assert f"  {shown}\n" in table and "-1.0000" not in table
+    assert _thresholds(remote_threshold, remote_fraction).to_json()["remote"]["threshold"] == remote_threshold

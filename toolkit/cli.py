@@ -480,7 +480,7 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_ex
     from boards import load_board
     from converters.artefacts import ExportReport
     from toolkit import demo as demo_run
-    from toolkit.report import rows_table
+    from toolkit.report import remote_threshold_text, rows_table
 
     profile = load_board(board)
     result = demo_run.run(out_dir, seed, board, max_remote_fraction, max_reject, retrain=retrain, progress=_progress)
@@ -491,7 +491,7 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_ex
         click.echo(rows_table(result["rows"]))
         chosen = result["thresholds"]
         click.echo(f"\nlocal threshold int8 {chosen.local.threshold_int8}, remote threshold "
-                   f"{chosen.remote.threshold:.4f}; artefacts in {result['out_dir']}")
+                   f"{remote_threshold_text(chosen)}; artefacts in {result['out_dir']}")
 
 
 def _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, as_json) -> None:
