@@ -292,3 +292,56 @@ def test_calibrate_prints_no_remote_threshold_when_nothing_is_relayed(remote_thr
     table = calibration_table(_thresholds(remote_threshold, remote_fraction))
     assert f"  {shown}\n" in table and "-1.0000" not in table
     assert _thresholds(remote_threshold, remote_fraction).to_json()["remote"]["threshold"] == remote_threshold
+
+
+def test_the_device_summary_is_a_table_with_shares_and_rounded_means():
+    from toolkit.device import table
+
+    summary = {"requests": 110, "answered": 110, "remote": 108, "fallback": 2, "rejected": 3, "resends": 4,
+               "bad_frames": 0, "inputs": 360, "local": 250, "accuracy": 0.972222222,
+               "exits": {"exit1": 200, "exit2": 50, "remote": 110}, "mean_device_macs": 12345.678,
+               "mean_bytes_sent": 21.3333333}
+    assert table(summary).splitlines() == [
+        "  inputs                      360",
+        "  answered on the device      250 (69.4 %)",
+        "  relayed to the bridge       110 (30.6 %), 4 resends",
+        "  answered by the remote      108 (3 rejected by the remote supervisor)",
+        "  fallbacks (own label kept)  2",
+        "  bad frames                  0",
+        "  exits                       exit1 200, exit2 50, remote 110",
+        "  device MACs per input       12,346 (mean)",
+        "  bytes sent per input        21.3 (mean)",
+        "  accuracy                    97.22 %",
+    ]
+
+
+@pytest.mark.slow
+def test_bisup_device_prints_the_table_and_json_stays_json(bundle_dir, digits_example, tmp_path):
+    """It used to end with a Python dict with unrounded floats."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    x, y = np.load(digits_example["test"]).values()
+    np.savez(tmp_path / "small.npz", x=x[:40], y=y[:40])
+    bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", "pty", "--remote",
+                               str(digits_example["model"]), "--bundle", str(bundle_dir)], stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        line = ""
+        while "device end of the pty: " not in line:
+            line = bridge.stderr.readline()
+            assert line, "the bridge exited"
+        path = line.split("device end of the pty: ")[1].split(" ")[0]
+        runs = [_run("device", "--serial", path, "--bundle", bundle_dir, "--data", tmp_path / "small.npz", *json_flag)
+                for json_flag in ((), ("--json",))]
+    finally:
+        bridge.send_signal(signal.SIGINT)
+        bridge.communicate(timeout=30)
+    table, as_json = runs
+    assert table.exit_code == 0 and as_json.exit_code == 0, table.stderr + as_json.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0] == "  inputs                      40" and lines[-1].startswith("  accuracy                    ")
+    assert lines[-1].endswith(" %") and "{" not in table.stdout and "requests:" not in table.stdout
+    assert json.loads(as_json.stdout)["inputs"] == 40

@@ -675,7 +675,7 @@ def device(serial_url, mqtt_url, tls_ca, username, password_file, bundle_dir, da
     broker = _broker(mqtt_url, tls_ca, username, password_file) if mqtt_url else None
     summary = virtual.run(bundle_dir, data_path, serial_url, broker, device_id, timeout_ms, retries, hello_timeout,
                           _progress)
-    click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    click.echo(json.dumps(summary) if as_json else virtual.table(summary))
 
 
 @main.command("bundle")
