@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from cli_errors import error_line
@@ -138,6 +140,8 @@ def test_an_exits_folder_as_the_remote_of_a_single_exit_hil_says_what_remote_tak
 
 PROBE = """
 import json, sys
+from pathlib import Path
+
 from click.testing import CliRunner
 from toolkit.cli import main
 result = CliRunner().invoke(main, sys.argv[1:])
@@ -345,3 +349,24 @@ def test_bisup_device_prints_the_table_and_json_stays_json(bundle_dir, digits_ex
     assert lines[0] == "  inputs                      40" and lines[-1].startswith("  accuracy                    ")
     assert lines[-1].endswith(" %") and "{" not in table.stdout and "requests:" not in table.stdout
     assert json.loads(as_json.stdout)["inputs"] == 40
+
+
+@pytest.mark.parametrize("board", ["esp32s3", "nrf52840"])
+def test_the_manual_flash_command_names_files_that_exist(tmp_path, board):
+    """The dry run's 'same as' command named model.bin, which only --out writes (and in its folder)."""
+    import shlex
+
+    from boards import load_board
+    from toolkit.flash import FlashPlan, Write, table
+
+    plan = FlashPlan(load_board(board), (Write(0x8000, b"table", "partition table", "partition-table.bin"),
+                                         Write(0x310000, b"image", "model image", "model.bin")))
+    without_out = table(plan, "/dev/ttyUSB0").splitlines()[-1]
+    assert without_out.startswith("by hand: save the images with --out DIR, then: ")
+    assert " model.bin" not in without_out and " DIR/model.bin" in without_out
+    plan.save(tmp_path / "flash")
+    with_out = table(plan, "/dev/ttyUSB0", tmp_path / "flash").splitlines()[-1]
+    assert with_out.startswith("same as: ")
+    named = [word for word in shlex.split(with_out) if word.endswith(".bin")]
+    assert named and all((tmp_path / "flash" / Path(word).name).is_file() and Path(word).is_absolute()
+                         for word in named)

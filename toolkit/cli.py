@@ -855,7 +855,7 @@ def flash(bundle_path, board, port, probe, baud, dry_run, out_dir, as_json) -> N
     plan = flashing.plan(loaded, profile)
     if out_dir:
         plan.save(out_dir)
-    click.echo(json.dumps(plan.describe(), indent=2) if as_json else flashing.table(plan, port or "PORT"))
+    click.echo(json.dumps(plan.describe(), indent=2) if as_json else flashing.table(plan, port or "PORT", out_dir))
     if not dry_run:
         flashing.run(plan, port, baud, probe, say=lambda line: click.echo(line, err=True))
         click.echo(f"flashed {loaded.path} to {profile.name}", err=True)
