@@ -301,21 +301,21 @@ def test_calibrate_prints_no_remote_threshold_when_nothing_is_relayed(remote_thr
 def test_the_device_summary_is_a_table_with_shares_and_rounded_means():
     from toolkit.device import table
 
-    summary = {"requests": 110, "answered": 110, "remote": 108, "fallback": 2, "rejected": 3, "resends": 4,
+    summary = {"requests": 110, "answered": 110, "remote": 105, "fallback": 5, "rejected": 3, "resends": 4,
                "bad_frames": 0, "inputs": 360, "local": 250, "accuracy": 0.972222222,
                "exits": {"exit1": 200, "exit2": 50, "remote": 110}, "mean_device_macs": 12345.678,
                "mean_bytes_sent": 21.3333333}
     assert table(summary).splitlines() == [
-        "  inputs                      360",
-        "  answered on the device      250 (69.4 %)",
-        "  relayed to the bridge       110 (30.6 %), 4 resends",
-        "  answered by the remote      108 (3 rejected by the remote supervisor)",
-        "  fallbacks (own label kept)  2",
-        "  bad frames                  0",
-        "  exits                       exit1 200, exit2 50, remote 110",
-        "  device MACs per input       12,346 (mean)",
-        "  bytes sent per input        21.3 (mean)",
-        "  accuracy                    97.22 %",
+        "  inputs                  360",
+        "  answered on the device  250 (69.4 %)",
+        "  relayed to the bridge   110 (30.6 %), 4 resends",
+        "  remote answers used     105",
+        "  own label kept          5 of the relayed (3 rejected by the remote supervisor)",
+        "  bad frames              0",
+        "  exits                   exit1 200, exit2 50, remote 110",
+        "  device MACs per input   12,346 (mean)",
+        "  bytes sent per input    21.3 (mean)",
+        "  accuracy                97.22 %",
     ]
 
 
@@ -346,7 +346,7 @@ def test_bisup_device_prints_the_table_and_json_stays_json(bundle_dir, digits_ex
     table, as_json = runs
     assert table.exit_code == 0 and as_json.exit_code == 0, table.stderr + as_json.stderr
     lines = table.stdout.splitlines()
-    assert lines[0] == "  inputs                      40" and lines[-1].startswith("  accuracy                    ")
+    assert lines[0] == "  inputs                  40" and lines[-1].startswith("  accuracy                ")
     assert lines[-1].endswith(" %") and "{" not in table.stdout and "requests:" not in table.stdout
     assert json.loads(as_json.stdout)["inputs"] == 40
 

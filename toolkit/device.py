@@ -100,9 +100,9 @@ def table(summary: dict) -> str:
         ("inputs", f"{inputs:,}"),
         ("answered on the device", share(summary["local"])),
         ("relayed to the bridge", f"{share(summary['requests'])}, {summary['resends']:,} resends"),
-        ("answered by the remote", f"{summary['remote']:,} ({summary['rejected']:,} rejected by the remote "
-                                   "supervisor)"),
-        ("fallbacks (own label kept)", f"{summary['fallback']:,}"),
+        ("remote answers used", f"{summary['remote']:,}"),
+        ("own label kept", f"{summary['fallback']:,} of the relayed ({summary['rejected']:,} rejected by the remote "
+                           "supervisor)"),
         ("bad frames", f"{summary['bad_frames']:,}"),
     ]
     if "exits" in summary:
