@@ -95,6 +95,18 @@ def input_shape(model: keras.Model) -> tuple[int, ...]:
     return shape
 
 
+def num_classes(model: keras.Model, path: str | Path) -> int:
+    """The classes the model scores. A single output unit (a sigmoid binary classifier) is refused by name:
+    every supervisor compares one score per class, so a one-unit model would otherwise surface as labels
+    that do not fit its "1 classes"."""
+    units = int(model.outputs[0].shape[-1])
+    if units < 2:
+        raise ConversionError(f"model {path} has a single-unit (sigmoid) output, which bisup does not support: the "
+                              "supervisors need one score per class; give the model a Dense(2) output (softmax or "
+                              "logits) trained on labels 0 and 1")
+    return units
+
+
 def logits_source(model: keras.Model, sample: np.ndarray) -> keras.Model | None:
     """A model giving logits: the model cut before its softmax, the model itself when it already
     gives logits, or None when it ends in probabilities we cannot undo."""

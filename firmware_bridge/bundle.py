@@ -62,6 +62,12 @@ def read_archive(path: Path) -> tuple[dict[str, bytes], BundleManifest]:
     return files, manifest
 
 
+def _is_tflite(path: Path) -> bool:
+    """A .tflite file: by its name or its flatbuffer identifier (bytes 4-8 are TFL3)."""
+    with open(path, "rb") as handle:
+        return path.suffix == ".tflite" or handle.read(8)[4:] == b"TFL3"
+
+
 END_OF_ARCHIVE = b"PK\x05\x06"  # the zip end-of-central-directory record; bisup writes no archive comment
 END_RECORD_BYTES = 22
 TAIL_SCAN_BYTES = 65_536 + END_RECORD_BYTES  # how far back a reader looks for the end record
@@ -106,6 +112,10 @@ class Bundle:
     def load(cls, path: str | Path) -> Bundle:
         """A build folder or a verified ``.bisup`` archive."""
         location = Path(path)
+        if location.is_file() and _is_tflite(location):
+            raise BundleError(f"{location} is a TFLite model, not a bundle: run `bisup bundle BUILD_DIR --out "
+                              "NAME.bisup` first and give NAME.bisup (BUILD_DIR: the folder with model.tflite and "
+                              "thresholds.json that `bisup export` and `bisup calibrate` wrote)")
         if location.is_file():
             files, manifest = read_archive(location)
             if "stages.json" in files:

@@ -165,9 +165,17 @@ def _scan(folder: Path, log: Callable[[str], None]) -> tuple[set[bytes], int]:
             with np.load(shard) as data:
                 digests.update(bytes(row) for row in data["digest"])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            log(f"collect: shard {shard} cannot be read ({exc}); leaving it as it is, its inputs may be "
-                "collected again")
+            log(f"collect: shard {shard} cannot be read ({_unreadable(shard, exc)}); leaving it as it is, its "
+                "inputs may be collected again")
     return digests, size
+
+
+def _unreadable(shard: Path, exc: Exception) -> str:
+    """Why a shard cannot be read; numpy's advice to load a non-zip file with allow_pickle is never passed on
+    (unpickling a file runs its code)."""
+    if "pickle" in str(exc):
+        return "not an .npz archive" if not zipfile.is_zipfile(shard) else "it holds Python objects, not arrays"
+    return str(exc)
 
 
 def _write_shard(folder: Path, records: list[dict], quantization: InputQuantization, model_hash: str) -> int:
@@ -210,7 +218,8 @@ def read_collected(folder: Path) -> Collected:
             with np.load(shard) as data:
                 part = {k: data[k] for k in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise CollectError(f"shard {shard} is corrupt ({exc}); move it aside to retrain on the others") from exc
+            raise CollectError(f"shard {shard} is corrupt ({_unreadable(shard, exc)}); move it aside to retrain on "
+                               "the others") from exc
         this = (str(part.get("model_hash")), float(part.get("scale", 0)), int(part.get("zero_point", 0)),
                 tuple(int(d) for d in part.get("shape", ())))
         if int(part.get("format", -1)) != SHARD_FORMAT or "x" not in part:

@@ -119,6 +119,8 @@ def connect(client: mqtt.Client, broker: Broker, clean_start: bool = True, sessi
     props.SessionExpiryInterval = session_expiry_s
     try:
         client.connect(broker.host, broker.port, keepalive=30, clean_start=clean_start, properties=props)
+    except ssl.SSLError as exc:  # an OSError too, but the broker runs: its certificate is the problem
+        raise MqttError(_tls_failure(broker, exc)) from exc
     except (OSError, ValueError) as exc:
         raise MqttError(f"cannot reach the MQTT broker at {broker.url}: {exc}; is it running? (`bisup broker` "
                         "starts one)") from exc
@@ -134,6 +136,18 @@ def connect(client: mqtt.Client, broker: Broker, clean_start: bool = True, sessi
     client.on_connect = previous
     if previous is not None:
         previous(client, None, None, outcome["reason"], None)
+
+
+def _tls_failure(broker: Broker, exc: ssl.SSLError) -> str:
+    """A failed TLS handshake, named as such with the fix, never as an unreachable broker."""
+    reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+    if broker.ca is None:
+        fix = ("the broker's certificate is not signed by a CA this machine trusts: pass --tls-ca CA.pem, the CA "
+               "that signed it (`bisup broker --secure` prints its path)")
+    else:
+        fix = (f"the broker's certificate does not verify against --tls-ca {broker.ca}: pass the CA that signed "
+               "it, and connect by a host name the certificate names")
+    return f"TLS with the MQTT broker at {broker.url} failed ({reason}): {fix}"
 
 
 def _give_up(client: mqtt.Client) -> None:

@@ -16,7 +16,8 @@ import numpy as np
 from firmware_bridge.net_remotes import open_url
 from firmware_bridge.remote_base import RemoteError, RemoteModel, as_probabilities
 
-__all__ = ["DeferredRemote", "KerasRemote", "RemoteError", "RemoteModel", "TFLiteRemote", "open_remote"]
+__all__ = ["ACCEPTED", "DeferredRemote", "KerasRemote", "RemoteError", "RemoteModel", "TFLiteRemote", "check_remote",
+           "open_remote"]
 
 
 class KerasRemote:
@@ -110,19 +111,38 @@ class DeferredRemote:
         return self._remote.predict(x)
 
 
+ACCEPTED = "--remote takes a .keras file, a SavedModel directory, a float .tflite file or a model server URL"
+
+
+def check_remote(spec: str | Path) -> None:
+    """Cheap checks of a single-model remote before anything heavy is imported: it exists and is a kind
+    ``open_remote`` opens. URLs are checked when they are opened."""
+    if "://" in str(spec):
+        return
+    path = Path(spec)
+    if not path.exists():
+        raise RemoteError(f"remote model {path} does not exist; {ACCEPTED}")
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        tails = sorted(p.name for p in path.glob("tail*.keras"))
+        if tails:
+            raise RemoteError(f"remote model {path} is a folder of exit tails ({', '.join(tails[:3])}"
+                              f"{' ...' if len(tails) > 3 else ''}), which serves a multi-exit bundle only; for "
+                              f"this bundle {ACCEPTED}")
+        raise RemoteError(f"remote model {path} is a directory but not a SavedModel (no saved_model.pb); {ACCEPTED}")
+    if path.is_file() and path.suffix not in (".keras", ".h5", ".tflite"):
+        raise RemoteError(f"remote model {path}: {ACCEPTED}")
+
+
 def open_remote(spec: str | Path) -> RemoteModel:
     """A remote from a path (``.keras``, a SavedModel directory, a float ``.tflite``) or a model server URL.
 
     URLs (``oip+http://``, ``tfserving+http://``, see ``net_remotes``) are told apart by their ``://``,
     which no path the bridge is given contains.
     """
+    check_remote(spec)
     if "://" in str(spec):
         return open_url(str(spec))
     path = Path(spec)
-    if not path.exists():
-        raise RemoteError(f"remote model {path} does not exist")
     if path.is_dir() or path.suffix in (".keras", ".h5"):
         return KerasRemote(path)
-    if path.suffix == ".tflite":
-        return TFLiteRemote(path)
-    raise RemoteError(f"remote model {path}: expected a .keras file, a SavedModel directory or a .tflite file")
+    return TFLiteRemote(path)

@@ -8,6 +8,7 @@ session's dedup cache survives, so a device that retries after replugging gets i
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -27,6 +28,27 @@ MIN_BACKOFF_S, MAX_BACKOFF_S = 0.05, 5.0
 
 class BridgeError(BisupError, RuntimeError):
     """A port that cannot be opened at start; the message names it and the fix."""
+
+
+LIST_PORTS = "list ports with `python -m serial.tools.list_ports`"
+
+
+def port_problem(url: str, exc: Exception) -> str:
+    """``cannot open serial port URL: REASON; FIX`` in one line. pyserial repeats the errno and the path
+    ("[Errno 2] could not open port X: [Errno 2] No such file or directory: 'X'") and names no fix."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOENT:
+        reason = f"no such device; check the cable and the path, {LIST_PORTS}"
+    elif code == errno.EACCES:
+        reason = ("permission denied; add this user to the port's group (often dialout: sudo usermod -aG dialout "
+                  "$USER, then log in again)")
+    elif code in (errno.EBUSY, errno.EAGAIN):
+        reason = "in use by another program (a monitor or another bridge?); close it and retry"
+    elif code is not None:
+        reason = f"{os.strerror(code).lower()}; check the cable and the path, {LIST_PORTS}"
+    else:  # socket://, rfc2217:// and other URLs carry their own reason
+        reason = str(exc).split(": ", 1)[-1] if str(exc).lower().startswith("could not open port") else str(exc)
+    return f"cannot open serial port {url}: {reason}"
 
 
 class SerialBridge:
@@ -69,8 +91,8 @@ class SerialBridge:
                 port = self._open(self.url, baudrate=self.baud, timeout=0.05)
             except (serial.SerialException, OSError, ValueError) as exc:
                 if not opened_once and not wait_for_port:
-                    raise BridgeError(f"cannot open serial port {self.url}: {exc}; check the port or pass --wait "
-                                      "to wait until it appears") from exc
+                    raise BridgeError(f"{port_problem(self.url, exc)}; or pass --wait to wait until it "
+                                      "appears") from exc
                 log.warning("cannot open %s (%s); retrying in %.2f s", self.url, exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)

@@ -6,6 +6,7 @@ internal error without a traceback unless ``BISUP_DEBUG=1``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -51,6 +52,36 @@ def _quiet_tensorflow() -> None:
     with capture_fd(2):
         import keras  # noqa: F401
         import tensorflow  # noqa: F401
+
+
+def _check_npz(*paths: Path | None) -> None:
+    """Data files are checked (exists, an .npz with x) before TensorFlow is imported and models load, which
+    takes 15-30 s: a typo must not cost that."""
+    from toolkit.datasets import check_npz
+
+    for path in paths:
+        if path is not None:
+            check_npz(path)
+
+
+def _check_model(path: Path) -> None:
+    """A Keras model given on the command line exists and has a model's extension (before any import)."""
+    from converters.errors import ConversionError
+
+    if not path.exists():
+        raise ConversionError(f"model {path} does not exist")
+    if path.is_file() and path.suffix not in (".keras", ".h5"):
+        raise ConversionError(f"model {path} must be a .keras file or a SavedModel directory")
+
+
+class MissingInput(BisupError, ValueError):
+    """A path given on the command line that does not exist."""
+
+
+def _check_exists(path: Path | None, what: str, fix: str) -> None:
+    """Any other input path: one line naming it and where it comes from."""
+    if path is not None and not path.exists():
+        raise MissingInput(f"{what} {path} does not exist; {fix}")
 
 
 @click.group(cls=BisupGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,6 +154,8 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     from boards import load_board
 
     profile = load_board(board)
+    _check_model(model)
+    _check_npz(calib, eval_path)
     _progress("loading TensorFlow")
     _quiet_tensorflow()
     from toolkit import export as exporter
@@ -177,6 +210,8 @@ def exits(model: Path, at: str, train_path: Path, out_dir: Path, epochs: int, jo
     (the whole network, for a relayed raw input) and tailS.keras (the rest after cut S). A layer that a
     skip connection jumps over cannot be a cut; the error names it.
     """
+    _check_model(model)
+    _check_npz(train_path)
     _quiet_tensorflow()
     from toolkit import multi_exit
 
@@ -219,7 +254,7 @@ def digits(out_dir: Path, epochs: int, seed: int, remote_epochs: int) -> None:
 
 RISK_HELP = (
     "Risk guarantee: the most local answers whose error rate is at most this, certified with "
-    "probability 1-DELTA over the draw of --data (exact binomial tests; see --risk-procedure). "
+    "probability 1-DELTA over the draw of --data (exact binomial tests; {procedure}). "
     "Assumes validation and deployment inputs are exchangeable, e.g. i.i.d. from one distribution."
 )
 
@@ -245,14 +280,14 @@ def _mode(max_remote_fraction, target_accuracy, max_local_error, delta, procedur
 @click.option("--max-remote-fraction", type=float,
               help="Budget: the most accurate point with at most this fraction of remote calls.")
 @click.option("--target-accuracy", type=float, help="Fewest remote calls that reach this system accuracy.")
-@click.option("--max-local-error", type=float, help=RISK_HELP)
+@click.option("--max-local-error", type=float, help=RISK_HELP.format(procedure="see --risk-procedure"))
 @click.option("--delta", type=float, default=None,
               help="Risk mode: allowed failure probability [default: 0.1]. Budget mode: given, the deployed remote "
                    "fraction exceeds --max-remote-fraction with probability at most this (an upper confidence "
                    "bound on the relay rate); without it the budget holds on the validation set only.")
 @click.option("--risk-procedure", default="auto", show_default=True,
               type=click.Choice(["auto", "split-fixed-sequence", "fixed-sequence", "sgr"]),
-              help="Risk mode: how thresholds are tested. split-fixed-sequence spends 20%% of --data on where to "
+              help="Risk mode: how thresholds are tested. split-fixed-sequence spends 20% of --data on where to "
                    "start testing and certifies the most local answers in our simulations (bench/risk_modes.py) "
                    "from 2,000 samples on; below, fixed-sequence (all of --data, from the strictest threshold) "
                    "does better; auto picks by the sample count. sgr pays a union bound.")
@@ -288,13 +323,18 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
     per-exit-threshold baseline and EENet's learned scorers, each the most accurate within
     --max-device-fraction and --max-remote-fraction, written to policy-thresholds.json and policy.json.
     """
+    from firmware_bridge.remotes import check_remote
     from firmware_bridge.stage_model import is_staged
 
+    _check_exists(local_path, "local model", "give the model.tflite that `bisup export --out DIR` writes")
+    _check_npz(data_path)
     if is_staged(local_path):
+        _check_exists(Path(remote), "remote tails folder", "give the folder `bisup exits --out` wrote")
         _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_remote_fraction, max_reject,
                          remote_supervisor, bandwidth_kbps, cloud_gmacs, out_dir, as_json)
         return
     mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, risk_procedure)
+    check_remote(remote)
     from firmware_bridge.remotes import open_remote
     from toolkit import calibrate as calibration
     from toolkit.report import calibration_table
@@ -325,7 +365,9 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
 @click.option("--board", default="nrf52840", show_default=True, help="Board to export for.")
 @click.option("--max-remote-fraction", type=float, help="Calibrate both to this remote-call budget.")
 @click.option("--target-accuracy", type=float, help="Calibrate both to the fewest calls reaching this accuracy.")
-@click.option("--max-local-error", type=float, help=RISK_HELP)
+@click.option("--max-local-error", type=float,
+              help=RISK_HELP.format(procedure="the testing procedure is picked by the sample count, as "
+                                              "`bisup calibrate` does by default"))
 @click.option("--delta", type=float, default=None, help="As for `bisup calibrate`.")
 @click.option("--max-reject", type=float, default=0.005, show_default=True, help="As for `bisup calibrate`.")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1), help="Fine-tuning epochs.")
@@ -355,12 +397,18 @@ def retrain(model_path, train_path, collected_dir, data_path, remote, test_path,
     bisup retrain --model local.keras --train train.npz --collected relayed/ --data val.npz \\
                   --test test.npz --remote R --target-accuracy 0.9 --out retrained/
     """
+    from firmware_bridge.remotes import check_remote
+
+    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, "auto")
+    _check_model(model_path)
+    _check_npz(train_path, data_path, test_path)
+    _check_exists(collected_dir, "collect folder", f"run `bisup bridge --collect {collected_dir}` first")
+    check_remote(remote)
     _quiet_tensorflow()
     from toolkit import retrain as flywheel
     from toolkit.report import retrain_table
     from toolkit.thresholds import RemoteRule
 
-    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, "auto")
     plan = flywheel.Plan(model_path, train_path, collected_dir, data_path, remote, board, out_dir, mode, test_path,
                          RemoteRule(max_reject=max_reject), epochs, learning_rate, distill, include_rejected, seed)
     result = flywheel.retrain(plan, _progress)
@@ -441,7 +489,7 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_ex
     from boards import load_board
     from converters.artefacts import ExportReport
     from toolkit import demo as demo_run
-    from toolkit.report import rows_table
+    from toolkit.report import remote_threshold_text, rows_table
 
     profile = load_board(board)
     result = demo_run.run(out_dir, seed, board, max_remote_fraction, max_reject, retrain=retrain, progress=_progress)
@@ -452,7 +500,7 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_ex
         click.echo(rows_table(result["rows"]))
         chosen = result["thresholds"]
         click.echo(f"\nlocal threshold int8 {chosen.local.threshold_int8}, remote threshold "
-                   f"{chosen.remote.threshold:.4f}; artefacts in {result['out_dir']}")
+                   f"{remote_threshold_text(chosen)}; artefacts in {result['out_dir']}")
 
 
 def _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, as_json) -> None:
@@ -629,12 +677,14 @@ def device(serial_url, mqtt_url, tls_ca, username, password_file, bundle_dir, da
     """Be a device without a board: run the bundle's model in TFLM, decide with the int8 threshold,
     and relay unsure inputs to a `bisup bridge` over a serial link (--serial) or MQTT (--mqtt)."""
     _one_transport(serial_url, mqtt_url)
+    _check_exists(bundle_dir, "bundle", "build one with `bisup bundle`, or give the folder `bisup export` wrote")
+    _check_npz(data_path)
     from toolkit import device as virtual
 
     broker = _broker(mqtt_url, tls_ca, username, password_file) if mqtt_url else None
     summary = virtual.run(bundle_dir, data_path, serial_url, broker, device_id, timeout_ms, retries, hello_timeout,
                           _progress)
-    click.echo(json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    click.echo(json.dumps(summary) if as_json else virtual.table(summary))
 
 
 @main.command("bundle")
@@ -698,11 +748,41 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
     """
     if (port_url is None) == (emulate is None):
         raise click.UsageError("give exactly one of --port and --emulate")
+    try:
+        result = _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout,
+                          as_json)
+    except BisupError as exc:
+        if junit_path:  # CI reads the JUnit file: a run that never got to its checks must show up there too
+            with contextlib.suppress(OSError):
+                junit_path.write_text(_junit_error(str(exc).splitlines()[0]))
+        raise
+    if result is None:  # a multi-exit run, which reported itself
+        return
+    from toolkit import hil as runner
+
+    if report_path:
+        report_path.write_text(json.dumps(result, indent=2) + "\n")
+    if junit_path:
+        junit_path.write_text(runner.junit(result))
+    click.echo(json.dumps(result, indent=2) if as_json else runner.table(result))
+    if not (result["complete"] and result["offline_agreement"] == 1.0 and result["device_outputs_equal_oracle"] == 1.0):
+        raise click.ClickException("HIL checks failed; see the report")
+
+
+def _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout,
+             as_json) -> dict | None:
+    """Check the inputs and run the set; a single-exit run returns its report, a multi-exit one prints its own."""
+    from firmware_bridge.remotes import check_remote
     from firmware_bridge.stage_model import is_staged
 
+    _check_exists(bundle_path, "bundle", "build one with `bisup bundle`, or give the folder `bisup export` wrote")
+    _check_exists(policy_path, "exit policy", "`bisup calibrate` on the multi-exit export writes policy.json")
+    _check_npz(data_path)
     if is_staged(bundle_path):
+        _check_exists(Path(remote), "remote tails folder", "give the folder `bisup exits --out` wrote")
         _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json)
-        return
+        return None
+    check_remote(remote)
     from firmware_bridge.bundle import Bundle
     from firmware_bridge.remotes import open_remote
     from toolkit import datasets
@@ -714,14 +794,16 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
         raise datasets.DataError(f"{data_path} has no labels 'y'; a HIL run needs a labelled set")
     datasets.check_matches(x, y, loaded.quantization.shape, loaded.num_classes, data_path)
     handler = runner.bridge_handler(loaded, open_remote(remote))
-    result = runner.run(loaded, x, y, handler, port_url, emulate, timeout, _progress)
-    if report_path:
-        report_path.write_text(json.dumps(result, indent=2) + "\n")
-    if junit_path:
-        junit_path.write_text(runner.junit(result))
-    click.echo(json.dumps(result, indent=2) if as_json else runner.table(result))
-    if not (result["complete"] and result["offline_agreement"] == 1.0 and result["device_outputs_equal_oracle"] == 1.0):
-        raise click.ClickException("HIL checks failed; see the report")
+    return runner.run(loaded, x, y, handler, port_url, emulate, timeout, _progress)
+
+
+def _junit_error(message: str) -> str:
+    """JUnit XML for a run that failed before its checks: one test case with the error, so CI shows it."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    return ('<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="bisup-hil" tests="1" failures="0" errors="1">\n'
+            f'  <testcase classname="bisup.hil" name="hil_run"><error message={quoteattr(message)}>{escape(message)}'
+            "</error></testcase>\n</testsuite>\n")
 
 
 def _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json):
@@ -784,7 +866,7 @@ def flash(bundle_path, board, port, probe, baud, dry_run, out_dir, as_json) -> N
     plan = flashing.plan(loaded, profile)
     if out_dir:
         plan.save(out_dir)
-    click.echo(json.dumps(plan.describe(), indent=2) if as_json else flashing.table(plan, port or "PORT"))
+    click.echo(json.dumps(plan.describe(), indent=2) if as_json else flashing.table(plan, port or "PORT", out_dir))
     if not dry_run:
         flashing.run(plan, port, baud, probe, say=lambda line: click.echo(line, err=True))
         click.echo(f"flashed {loaded.path} to {profile.name}", err=True)

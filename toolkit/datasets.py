@@ -20,19 +20,55 @@ class DataError(BisupError, ValueError):
     """A data file that is missing, unreadable or does not match the model."""
 
 
+NPZ_FIX = "save one with np.savez(path, x=..., y=...)"
+
+
+def _not_npz(path: Path) -> str:
+    """Why ``path`` is not an .npz archive, in the user's terms; never numpy's advice to unpickle it."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head.startswith(b"\x93NUMPY"):
+        what = " (it is a single .npy array)"
+    elif head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        what = " (it is text, e.g. CSV)"
+    else:
+        what = ""
+    return f"data file {path} is not an .npz archive with arrays x (and y){what}; {NPZ_FIX}"
+
+
+def check_npz(path: str | Path) -> Path:
+    """Cheap checks a command makes before it imports TensorFlow or loads a model: ``path`` is a readable
+    .npz archive with an array ``x``. Reads the archive's directory only, not the arrays."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"data file {path} is a directory; give an .npz file with arrays x (and y)")
+    try:
+        is_zip = zipfile.is_zipfile(path)
+        if is_zip:
+            with zipfile.ZipFile(path) as archive:
+                names = [name.removesuffix(".npy") for name in archive.namelist()]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"data file {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from exc
+    if not is_zip:
+        raise DataError(_not_npz(path))
+    if "x" not in names:
+        raise DataError(f"{path} has no array 'x' (found {sorted(names) or 'none'}); {NPZ_FIX}")
+    return path
+
+
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``x`` (float, cast to float32) and optional ``y`` (int labels) from an ``.npz`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+    path = check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"data file {path} is not a readable .npz archive ({exc})") from exc
-    if "x" not in arrays:
-        found = sorted(arrays) or "none"
-        raise DataError(f"{path} has no array 'x' (found {found}); save it with np.savez(path, x=..., y=...)")
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if "pickle" in str(exc):  # object arrays; numpy suggests allow_pickle, which would run the file's code
+            raise DataError(f"data file {path} holds Python objects, not numeric arrays; x and y must be numbers "
+                            f"(float inputs, integer labels): {NPZ_FIX}") from exc
+        raise DataError(f"data file {path} is not a readable .npz archive ({exc}); {NPZ_FIX}") from exc
     x = arrays["x"]
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{path}: x is {x.dtype}, expected float32 inputs scaled as the model expects")

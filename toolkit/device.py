@@ -13,7 +13,7 @@ from pathlib import Path
 from firmware_bridge.bundle import Bundle
 from firmware_bridge.mqtt_link import Broker, DeviceLink
 from firmware_bridge.protocol import Source
-from firmware_bridge.serial_bridge import BridgeError
+from firmware_bridge.serial_bridge import BridgeError, port_problem
 from firmware_bridge.virtual_device import SerialLink, VirtualDevice
 from toolkit import datasets
 
@@ -29,7 +29,7 @@ def open_link(serial_url: str | None, broker: Broker | None, device_id: str):
     try:
         port = serial.serial_for_url(serial_url, baudrate=921600, timeout=0.05)
     except (serial.SerialException, OSError, ValueError) as exc:
-        raise BridgeError(f"cannot open serial port {serial_url}: {exc}") from None
+        raise BridgeError(port_problem(serial_url, exc)) from None
     return contextlib.closing(SerialLink(port))
 
 
@@ -86,3 +86,29 @@ def _run_staged(folder: Path, data_path: str | Path, serial_url: str | None, bro
     if y is not None:
         summary["accuracy"] = float(np.mean([r.answer.label == t for r, t in zip(results, y, strict=True)]))
     return summary
+
+
+def table(summary: dict) -> str:
+    """The summary as the two-column table the other commands print (``--json`` keeps the dict): counts with
+    their share of the inputs, accuracy as a percentage, means rounded."""
+    inputs = summary["inputs"]
+
+    def share(count: int) -> str:
+        return f"{count:,} ({100 * count / inputs:.1f} %)" if inputs else f"{count:,}"
+
+    rows = [
+        ("inputs", f"{inputs:,}"),
+        ("answered on the device", share(summary["local"])),
+        ("relayed to the bridge", f"{share(summary['requests'])}, {summary['resends']:,} resends"),
+        ("remote answers used", f"{summary['remote']:,}"),
+        ("own label kept", f"{summary['fallback']:,} of the relayed ({summary['rejected']:,} rejected by the remote "
+                           "supervisor)"),
+        ("bad frames", f"{summary['bad_frames']:,}"),
+    ]
+    if "exits" in summary:
+        rows += [("exits", ", ".join(f"{name} {count:,}" for name, count in summary["exits"].items())),
+                 ("device MACs per input", f"{summary['mean_device_macs']:,.0f} (mean)"),
+                 ("bytes sent per input", f"{summary['mean_bytes_sent']:,.1f} (mean)")]
+    rows.append(("accuracy", f"{100 * summary['accuracy']:.2f} %" if "accuracy" in summary else "n/a (no labels)"))
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"  {key.ljust(width)}  {value}" for key, value in rows)

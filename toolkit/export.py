@@ -93,7 +93,7 @@ def convert(
     model = graph.load_model(model_path)
     shape = graph.input_shape(model)
     calib_x, calib_y = datasets.load_npz(calib_path)
-    num_classes = int(model.outputs[0].shape[-1])
+    num_classes = graph.num_classes(model, model_path)
     datasets.check_matches(calib_x, calib_y, shape, num_classes, calib_path)
     datasets.check_calibration_size(calib_x, calib_path)
     eval_x, eval_y = (calib_x, calib_y) if eval_path is None else datasets.load_npz(eval_path)

@@ -64,13 +64,15 @@ class FlashPlan:
         for name, data in [(w.file, w.data) for w in self.writes] + list(self.extra_files):
             (folder / name).write_bytes(data)
 
-    def command(self, port: str) -> str:
-        """The equivalent manual command, for users who flash with the vendors' tools."""
-        pairs = " ".join(f"{w.offset:#x} {w.file}" for w in self.writes)
+    def command(self, port: str, folder: str | Path) -> str:
+        """The equivalent manual command on the images saved in ``folder``, for users who flash with the
+        vendors' tools."""
+        files = [f"{Path(folder) / w.file}" for w in self.writes]
+        pairs = " ".join(f"{w.offset:#x} {name}" for w, name in zip(self.writes, files, strict=True))
         if self.tool == "esptool":
             return f"esptool --chip {self.board.flash_target} --port {port} write-flash {pairs}"
-        return " && ".join(f"pyocd flash -t {self.board.flash_target} --base-address {w.offset:#x} {w.file}"
-                           for w in self.writes)
+        return " && ".join(f"pyocd flash -t {self.board.flash_target} --base-address {w.offset:#x} {name}"
+                           for w, name in zip(self.writes, files, strict=True))
 
 
 def esp_container(payload: bytes, chip: str) -> bytes:
@@ -196,12 +198,16 @@ def bundle_board(bundle: Bundle) -> str | None:
     return bundle.report.board if bundle.report else None
 
 
-def table(flash_plan: FlashPlan, port: str) -> str:
-    """The human view of a plan: every write with offset, end, size and SHA-256."""
+def table(flash_plan: FlashPlan, port: str, out_dir: Path | None = None) -> str:
+    """The human view of a plan: every write with offset, end, size and SHA-256, and the manual command. The
+    images exist as files only with --out, so without it the command names DIR and says how to fill it."""
     lines = [f"{flash_plan.board.name} via {flash_plan.tool} ({flash_plan.board.flash_target})",
              f"{'offset':>10}  {'end':>10}  {'bytes':>9}  {'sha256':<16}  what"]
     for w in (write.describe() for write in flash_plan.writes):
         lines.append(f"{w['offset']:#10x}  {w['end']:#10x}  {w['bytes']:>9,}  {w['sha256'][:16]}  {w['what']} "
                      f"({w['file']})")
-    lines.append(f"same as: {flash_plan.command(port)}")
+    if out_dir is not None:
+        lines.append(f"same as: {flash_plan.command(port, out_dir)}")
+    else:
+        lines.append(f"by hand: save the images with --out DIR, then: {flash_plan.command(port, 'DIR')}")
     return "\n".join(lines)

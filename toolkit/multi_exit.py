@@ -43,6 +43,7 @@ def build(model_path: str | Path, at: list[str], train_path: str | Path, out_dir
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = graph.load_model(model_path)
+    graph.num_classes(model, model_path)  # a one-unit model gets exits of one class otherwise
     seed_everything(0)  # before the heads exist: their initial weights are drawn when they are built
     multi = exits.attach(model, at)
     x, y = datasets.load_npz(train_path)

@@ -179,13 +179,26 @@ def rows_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def remote_threshold_text(thresholds: Thresholds) -> str:
+    """The remote threshold as a reader takes it. thresholds.json keeps -1 (accept every score) and 2 (reject
+    every one) because JSON has no infinities; printed, -1 read as a real cut, and with no relays as nothing."""
+    remote = thresholds.remote
+    if thresholds.achieved.get("remote_fraction") == 0:
+        return "none (no input is relayed)"
+    if remote.threshold < 0:
+        return f"none: every remote answer is accepted ({remote.supervisor})"
+    if remote.threshold > 1:
+        return f"every remote answer is rejected ({remote.supervisor})"
+    return f"{remote.threshold:.4f} ({remote.supervisor})"
+
+
 def calibration_table(thresholds: Thresholds) -> str:
     """``bisup calibrate``'s summary: the chosen thresholds and what they achieve on validation."""
-    local, remote, achieved = thresholds.local, thresholds.remote, thresholds.achieved
+    local, achieved = thresholds.local, thresholds.achieved
     rows = [
         ("selection", ", ".join(f"{k}={v}" for k, v in thresholds.selection.items())),
         ("local threshold", f"int8 {local.threshold_int8} (= {local.threshold:.4f} {local.supervisor})"),
-        ("remote threshold", f"{remote.threshold:.4f} ({remote.supervisor})"),
+        ("remote threshold", remote_threshold_text(thresholds)),
         ("system accuracy", f"{100 * achieved['accuracy']:.2f} %"),
         ("remote calls", f"{100 * achieved['remote_fraction']:.1f} %"),
         ("rejected", f"{100 * achieved['rejected_fraction']:.1f} %"),

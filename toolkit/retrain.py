@@ -147,7 +147,7 @@ def retrain(plan: Plan, progress: Progress) -> dict:
     collected = read_collected(plan.collected)
     x_train, y_train = datasets.load_npz(plan.train)
     model = graph.load_model(plan.model)
-    shape, classes = graph.input_shape(model), int(model.outputs[0].shape[-1])
+    shape, classes = graph.input_shape(model), graph.num_classes(model, plan.model)
     datasets.check_matches(x_train, y_train, shape, classes, plan.train)
     if y_train is None:
         raise datasets.DataError(f"{plan.train} has no labels 'y'; retraining needs the model's labelled training set")
