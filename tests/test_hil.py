@@ -97,7 +97,7 @@ def test_port_problems_are_named(hil_setup, tmp_path):
     result = CliRunner().invoke(main, ["hil", "--port", "/dev/bisup-no-such-port", "--bundle",
                                        str(out / "digits.bisup"), "--data", str(out / "test.npz"), "--remote",
                                        str(remote_path)])
-    assert "cannot open port /dev/bisup-no-such-port" in error_line(result)
+    assert "cannot open serial port /dev/bisup-no-such-port: no such device; check the cable" in error_line(result)
     both = CliRunner().invoke(main, ["hil", "--bundle", str(out), "--data", "x", "--remote", "r"])
     assert both.exit_code == 2 and "exactly one of --port and --emulate" in both.stderr
 

@@ -41,6 +41,7 @@ from firmware_bridge.bundle import Bundle
 from firmware_bridge.handler import RequestHandler
 from firmware_bridge.relay import Relay
 from firmware_bridge.remotes import RemoteModel
+from firmware_bridge.serial_bridge import port_problem
 from toolkit import calibrate
 from toolkit.thresholds import Outcomes, answers, figures
 
@@ -251,7 +252,7 @@ def open_port(url: str):
         if "busy" in text.lower() or "lock" in text.lower() or "Errno 16" in text or "Errno 11" in text:
             raise HilError(f"port {url} is already in use by another program (a monitor or bridge?); close it "
                            "and retry") from exc
-        raise HilError(f"cannot open port {url}: {text}") from exc
+        raise HilError(port_problem(url, exc)) from exc
 
 
 class HilSession:
