@@ -9,6 +9,7 @@ every member. An archive is verified on every load; a tampered, truncated or pad
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 import zipfile
 import zlib
@@ -37,26 +38,98 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# What an archive may hold, and how much: a bundle comes from someone else, so its names, sizes and count are
+# checked on the central directory before anything is decompressed, and every member is decompressed with a bound.
+MEMBER_NAME = re.compile(r"(manifest|thresholds|labels|input|report|stages|policy)\.json|model\.tflite"
+                         r"|stage[1-9][0-9]?\.tflite")
+MAX_MEMBERS = 64  # a 99-stage export and its JSON files
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_MEMBER_BYTES = 32 << 20  # microcontroller models are kilobytes to a few megabytes
+MAX_TOTAL_BYTES = 96 << 20
+_S_IFMT, _S_IFREG = 0o170000, 0o100000
+
+
+def check_member_name(name: str, where: str) -> None:
+    """Refuse a member name that is not one of the plain names a bundle holds (no folder, ``..``, absolute path)."""
+    if not MEMBER_NAME.fullmatch(name):
+        raise BundleError(f"{where}: member {name[:80]!r} is not a bisup bundle member (plain names only: "
+                          "model.tflite, stageN.tflite and the JSON files `bisup bundle` writes); refused")
+
+
+def _entries(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:
+    """The archive's members by name, each a plain allowed name, a regular file, once, within the size caps."""
+    infos = archive.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise BundleError(f"bundle {path} has {len(infos):,} members (a bundle has at most {MAX_MEMBERS}); refused")
+    entries: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        check_member_name(info.filename, f"bundle {path}")
+        kind = (info.external_attr >> 16) & _S_IFMT
+        if kind not in (0, _S_IFREG):  # 0: written without Unix modes
+            raise BundleError(f"bundle {path}: member {info.filename} is not a regular file (a link?); refused")
+        if info.filename in entries:
+            raise BundleError(f"bundle {path} holds {info.filename} twice; refused (which copy counts is up to the "
+                              "reader)")
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise BundleError(f"bundle {path}: member {info.filename} declares {info.file_size:,} B, over the "
+                              f"{MAX_MEMBER_BYTES:,} B a bundle member may have; refused")
+        entries[info.filename] = info
+    return entries
+
+
+def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, path: Path) -> bytes:
+    """A member's bytes, decompressed no further than ``size`` + 1 (a zip bomb stops there)."""
+    try:
+        with archive.open(info) as stream:
+            data = stream.read(size + 1)
+    except (zlib.error, zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
+        raise BundleError(f"bundle {path}: member {info.filename} is corrupt ({exc}); the bundle was modified "
+                          "after it was built: rebuild it with `bisup bundle`") from exc
+    if len(data) > size:
+        raise BundleError(f"bundle {path}: member {info.filename} holds more than the {size:,} B its manifest "
+                          "says; the bundle was modified after it was built")
+    return data
+
+
+def _manifest(archive: zipfile.ZipFile, entries: dict[str, zipfile.ZipInfo], path: Path) -> BundleManifest:
+    """The manifest, checked against the central directory: the same members, each of its declared size."""
+    if "manifest.json" not in entries:
+        raise BundleError(f"bundle {path} has no manifest.json; build bundles with `bisup bundle`")
+    raw = _read_bounded(archive, entries["manifest.json"], MAX_MANIFEST_BYTES, path)
+    manifest = BundleManifest.from_json(raw, f"bundle {path}: manifest.json")
+    listed = set(entries) - {"manifest.json"}
+    if listed != set(manifest.members):
+        extra, missing = sorted(listed - set(manifest.members)), sorted(set(manifest.members) - listed)
+        raise BundleError(f"bundle {path} does not match its manifest (extra {extra}, missing {missing}); "
+                          "it was modified after it was built")
+    if sum(entry.size for entry in manifest.members.values()) > MAX_TOTAL_BYTES:
+        raise BundleError(f"bundle {path}: its members add up to more than {MAX_TOTAL_BYTES:,} B; refused")
+    for name, entry in manifest.members.items():
+        if entries[name].file_size != entry.size:
+            raise BundleError(f"bundle {path}: {name} is {entries[name].file_size:,} B in the archive but "
+                              f"{entry.size:,} B in the manifest; the bundle was modified after it was built")
+    return manifest
+
+
 def read_archive(path: Path) -> tuple[dict[str, bytes], BundleManifest]:
-    """The verified members of a ``.bisup`` archive and its manifest; raise BundleError naming what is wrong."""
+    """The verified members of a ``.bisup`` archive and its manifest; raise BundleError naming what is wrong.
+
+    Names, kinds, count and sizes are checked before anything is decompressed, and each member is
+    decompressed no further than its manifest size, so no archive costs more memory than the caps."""
     _check_no_trailing_bytes(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            files = {info.filename: _member(archive, info, path) for info in archive.infolist()}
+            entries = _entries(archive, path)
+            manifest = _manifest(archive, entries, path)
+            files = {name: _read_bounded(archive, entries[name], entry.size, path)
+                     for name, entry in manifest.members.items()}
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise BundleError(f"bundle {path} is truncated or not a bisup archive ({exc})") from exc
     except zipfile.LargeZipFile as exc:
         raise BundleError(f"bundle {path} is too large to be a bisup bundle") from exc
-    if "manifest.json" not in files:
-        raise BundleError(f"bundle {path} has no manifest.json; build bundles with `bisup bundle`")
-    manifest = BundleManifest.from_json(files.pop("manifest.json"), f"bundle {path}: manifest.json")
-    if set(files) != set(manifest.members):
-        extra, missing = sorted(set(files) - set(manifest.members)), sorted(set(manifest.members) - set(files))
-        raise BundleError(f"bundle {path} does not match its manifest (extra {extra}, missing {missing}); "
-                          "it was modified after it was built")
     for name, entry in manifest.members.items():
         digest = sha256_hex(files[name])
-        if digest != entry.sha256 or len(files[name]) != entry.size:
+        if digest != entry.sha256:
             raise BundleError(f"bundle {path}: {name} has SHA-256 {digest[:16]}... but the manifest says "
                               f"{entry.sha256[:16]}...; the bundle was modified after it was built")
     return files, manifest
@@ -90,14 +163,6 @@ def _check_no_trailing_bytes(path: Path) -> None:
     if extra != 0 or tail[-2:] != b"\x00\x00":
         raise BundleError(f"bundle {path} has {max(extra, 0)} bytes after the end of the archive; it was modified "
                           "after it was built: rebuild it with `bisup bundle`")
-
-
-def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:
-    try:
-        return archive.read(info)
-    except (zlib.error, zipfile.BadZipFile, EOFError) as exc:
-        raise BundleError(f"bundle {path}: member {info.filename} is corrupt ({exc}); the bundle was modified "
-                          "after it was built: rebuild it with `bisup bundle`") from exc
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor, Ta
 from firmware_bridge.remote_base import RemoteModel
 
 ARENA_SLACK = 1024
+STAGE_FILE = re.compile(r"stage[1-9][0-9]?\.tflite")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class StagedModel:
                         for model, info, entry in zip(self.models, self.infos, self.table.stages, strict=True)]
 
     def _load(self, name: str, sha256: str) -> bytes:
+        if not STAGE_FILE.fullmatch(name):  # stages.json may come from someone else: no path may leave the folder
+            raise ConversionError(f"{self.directory / 'stages.json'} names stage file {name[:80]!r}; stage files are "
+                                  "stageN.tflite beside it. Export the model again with `bisup export`")
         path = self.directory / name
         if not path.is_file():
             raise ConversionError(f"stage model {path} is missing; run `bisup export` again")
@@ -158,7 +163,7 @@ def staged_folder(path: str | Path) -> Iterator[Path]:
     if path.is_dir():
         yield path
         return
-    files, _ = read_archive(path)
+    files, _ = read_archive(path)  # plain member names only (bundle.check_member_name), so none leaves the folder
     with tempfile.TemporaryDirectory(prefix="bisup-stages-") as folder:
         for name, data in files.items():
             (Path(folder) / name).write_bytes(data)

@@ -73,16 +73,21 @@ def test_changed_threshold_is_refused(archive, tmp_path):
         thresholds["local"]["threshold_int8"] = -128
         return json.dumps(thresholds).encode()
 
-    with pytest.raises(BundleError, match="thresholds.json has SHA-256"):
-        bundles.verify(_rewrite(archive, tmp_path / "loose.bisup", loosen))
+    with pytest.raises(BundleError, match="thresholds.json is [0-9,]+ B in the archive but [0-9,]+ B in the manifest"):
+        bundles.verify(_rewrite(archive, tmp_path / "loose.bisup", loosen))  # refused before decompressing
 
 
 def test_added_and_removed_members_are_refused(archive, tmp_path):
     padded = _rewrite(archive, tmp_path / "padded.bisup", lambda name, data: data)
     with zipfile.ZipFile(padded, "a") as z:
-        z.writestr("extra.bin", b"x")
-    with pytest.raises(BundleError, match=r"extra \['extra.bin'\]"):
+        z.writestr("policy.json", b"{}")  # a bundle member's name, but not listed in this manifest
+    with pytest.raises(BundleError, match=r"extra \['policy.json'\]"):
         bundles.verify(padded)
+    foreign = _rewrite(archive, tmp_path / "foreign.bisup", lambda name, data: data)
+    with zipfile.ZipFile(foreign, "a") as z:
+        z.writestr("extra.bin", b"x")
+    with pytest.raises(BundleError, match=r"member 'extra.bin' is not a bisup bundle member"):
+        bundles.verify(foreign)
     stripped = _rewrite(archive, tmp_path / "stripped.bisup",
                         lambda name, data: None if name == "labels.json" else data)
     with pytest.raises(BundleError, match=r"missing \['labels.json'\]"):

@@ -1,0 +1,164 @@
+"""Bundles from someone else: every archive that tries to write outside its folder, hide a member, or cost
+unbounded memory is refused with one line before anything is written or decompressed past its bound.
+
+The archives are made here with zipfile (and, for lying sizes, by patching the central directory as an
+attacker would), each with a manifest that matches it: the manifest is unsigned, so its builder writes one.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+from cli_errors import error_line
+from click.testing import CliRunner
+
+from firmware_bridge.bundle import BundleError, read_archive, sha256_hex
+from toolkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _manifest(members: dict[str, bytes]) -> bytes:
+    return json.dumps({"format": 2, "toolkit_version": "test", "created": "2026-12-07T00:00:00Z",
+                       "model_sha256": sha256_hex(members.get("model.tflite", b"")),
+                       "members": {name: {"sha256": sha256_hex(data), "size": len(data)}
+                                   for name, data in members.items()}}).encode()
+
+
+def _archive(path: Path, members: list[tuple[str | zipfile.ZipInfo, bytes]]) -> Path:
+    """An archive of ``members`` (in order, duplicates kept) and a manifest that lists them."""
+    listed = {(m.filename if isinstance(m, zipfile.ZipInfo) else m): data for m, data in members}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", _manifest(listed))
+        for member, data in members:
+            archive.writestr(member, data)
+    return path
+
+
+def _refused(path: Path, match: str) -> None:
+    """Refused by the reader and by `bisup bundle --verify` (one Error line), and nothing written beside it."""
+    before = sorted(p.name for p in path.parent.parent.iterdir())
+    with pytest.raises(BundleError, match=match):
+        read_archive(path)
+    line = error_line(CliRunner().invoke(main, ["bundle", "--verify", str(path)]))
+    assert "refused" in line or "modified after it was built" in line or "corrupt" in line, line
+    assert sorted(p.name for p in path.parent.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize("name", ["../../evil.json", "/tmp/bisup-evil.json", "sub/model.tflite", "..\\evil.json",
+                                  "model.tflite/", "stage0.tflite", "policy.json.sh"])
+def test_a_member_name_that_is_not_a_plain_bundle_name_is_refused(tmp_path, name):
+    path = _archive(tmp_path / "evil.bisup", [("model.tflite", b"TFL3"), (name, b"{}")])
+    _refused(path, "is not a bisup bundle member")
+    assert not Path("/tmp/bisup-evil.json").exists()
+
+
+def test_a_multi_exit_archive_with_a_climbing_name_writes_nothing_outside(tmp_path):
+    """The staged path unpacks members into a temporary folder: the name check comes before any write."""
+    from firmware_bridge.stage_model import staged_folder
+
+    target = tmp_path / "outside.json"
+    path = _archive(tmp_path / "staged.bisup", [("stages.json", b"{}"), ("../" * 12 + str(target)[1:], b"{}")])
+    with pytest.raises(BundleError, match="is not a bisup bundle member"), staged_folder(path):
+        pass
+    assert not target.exists()
+
+
+def test_a_symlink_member_is_refused(tmp_path):
+    link = zipfile.ZipInfo("model.tflite")
+    link.external_attr = (0o120777 << 16)  # S_IFLNK: the data would be the link's target
+    path = _archive(tmp_path / "link.bisup", [(link, b"/etc/passwd")])
+    _refused(path, "model.tflite is not a regular file")
+
+
+def test_a_duplicate_member_is_refused_instead_of_the_last_copy_winning(tmp_path):
+    path = _archive(tmp_path / "twice.bisup", [("model.tflite", b"TFL3 honest"), ("thresholds.json", b"{}"),
+                                               ("model.tflite", b"TFL3 evil")])
+    _refused(path, "holds model.tflite twice")
+
+
+def test_twenty_thousand_members_are_refused_by_count(tmp_path):
+    path = tmp_path / "many.bisup"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("manifest.json", b"{}")
+        for i in range(20_000):
+            archive.writestr(f"m{i}.json", b"")
+    _refused(path, "has 20,001 members")
+
+
+def _patch_sizes(path: Path, name: str, size: int) -> None:
+    """Set ``name``'s uncompressed size in the local header and the central directory, as a forger would."""
+    data = bytearray(path.read_bytes())
+    encoded = name.encode()
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = 0
+        while (at := data.find(signature, start)) >= 0:
+            name_at = at + (30 if signature == b"PK\x03\x04" else 46)
+            if data[name_at:name_at + len(encoded)] == encoded:
+                data[at + offset:at + offset + 4] = struct.pack("<I", size)
+            start = at + 4
+    path.write_bytes(bytes(data))
+
+
+def test_a_declared_four_gigabyte_member_is_refused_before_decompressing(tmp_path):
+    path = _archive(tmp_path / "huge.bisup", [("model.tflite", b"TFL3" * 10)])
+    _patch_sizes(path, "model.tflite", 0xFFFF_FFFE)
+    _refused(path, "model.tflite declares 4,294,967,294 B")
+
+
+def _bomb(path: Path, megabytes: int, declared: int | None) -> Path:
+    """A model.tflite of ``megabytes`` MB of zeros (about 1 KB compressed per MB); the manifest lists the first
+    ``declared`` bytes (and the central directory is patched to say so) or the true size."""
+    zeros = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        size = declared if declared is not None else megabytes << 20
+        archive.writestr("manifest.json", json.dumps({
+            "format": 2, "toolkit_version": "test", "created": "2026-12-07T00:00:00Z", "model_sha256": "0" * 64,
+            "members": {"model.tflite": {"sha256": "0" * 64, "size": size}}}))
+        with archive.open("model.tflite", "w", force_zip64=True) as member:
+            for _ in range(megabytes):
+                member.write(zeros)
+    if declared is not None:
+        _patch_sizes(path, "model.tflite", declared)
+    return path
+
+
+@pytest.mark.parametrize("declared", [None, 1000])
+def test_a_zip_bomb_costs_bounded_memory(tmp_path, declared):
+    """300 MB of zeros in a few hundred KB: refused by its declared size, or, when the central directory lies
+    about it, after at most its manifest size is decompressed. Peak RSS of a fresh process stays under 200 MB."""
+    path = _bomb(tmp_path / "bomb.bisup", 300, declared)
+    assert path.stat().st_size < 2_000_000
+    script = textwrap.dedent(f"""
+        import resource, sys
+        from firmware_bridge.bundle import BundleError, read_archive
+        try:
+            read_archive(__import__("pathlib").Path({str(path)!r}))
+        except BundleError as exc:
+            print("refused:", exc)
+        print("peak_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("refused:"), done.stdout + done.stderr
+    assert int(lines[-1].split()[1]) < 200_000, lines
+
+
+def test_a_stage_table_cannot_name_a_file_outside_its_folder(tmp_path):
+    """stages.json comes with the bundle; its stage file names are plain names too."""
+    from converters.errors import ConversionError
+    from firmware_bridge.stage_model import StagedModel
+
+    secret = tmp_path / "secret.tflite"
+    secret.write_bytes(b"TFL3")
+    model = StagedModel.__new__(StagedModel)  # only the file loader is under test
+    model.directory = tmp_path / "export"
+    with pytest.raises(ConversionError, match="names stage file '../secret.tflite'"):
+        model._load("../secret.tflite", sha256_hex(b"TFL3"))
