@@ -8,14 +8,18 @@ every member. An archive is verified on every load; a tampered, truncated or pad
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +29,9 @@ from converters.errors import BisupError
 from converters.signature import SCORES
 from firmware_bridge.device_model import LocalModel
 from firmware_bridge.relay import InputQuantization, RemoteSupervisor
+
+if TYPE_CHECKING:  # cryptography loads only where a key is used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 MEMBERS = ("model.tflite", "thresholds.json", "labels.json", "input.json", "report.json")
 
@@ -41,7 +48,8 @@ def sha256_hex(data: bytes) -> str:
 # What an archive may hold, and how much: a bundle comes from someone else, so its names, sizes and count are
 # checked on the central directory before anything is decompressed, and every member is decompressed with a bound.
 MEMBER_NAME = re.compile(r"(manifest|thresholds|labels|input|report|stages|policy)\.json|model\.tflite"
-                         r"|stage[1-9][0-9]?\.tflite")
+                         r"|stage[1-9][0-9]?\.tflite|manifest\.sig")
+SIGNATURE = "manifest.sig"  # Ed25519 over manifest.json's bytes; the manifest covers every other member
 MAX_MEMBERS = 64  # a 99-stage export and its JSON files
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MEMBER_BYTES = 32 << 20  # microcontroller models are kilobytes to a few megabytes
@@ -91,13 +99,80 @@ def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, pa
     return data
 
 
+_TRUSTED: ContextVar[tuple[Ed25519PublicKey, ...]] = ContextVar("bisup_trusted_keys", default=())
+
+
+@contextlib.contextmanager
+def trusting(keys: Sequence[Ed25519PublicKey]) -> Iterator[None]:
+    """Within this block every bundle read must be an archive signed by one of ``keys`` (none: no check).
+
+    A context rather than a parameter, so that every reader under a command (bridge, device, hil, flash,
+    single or multi-exit) checks without each layer passing the keys on."""
+    token = _TRUSTED.set(tuple(keys))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file (``bisup keygen`` writes NAME.pub)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"trusted key {path} cannot be read as a PEM public key ({exc}); give the NAME.pub that "
+                          "`bisup keygen` wrote") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"trusted key {path} is not an Ed25519 key; make one with `bisup keygen`")
+    return key
+
+
+def sign_manifest(manifest: bytes, key_path: str | Path) -> bytes:
+    """The Ed25519 signature of ``manifest`` with the PEM private key at ``key_path``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BundleError(f"signing key {key_path} cannot be read as an unencrypted PEM private key ({exc}); make "
+                          "one with `bisup keygen`") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError(f"signing key {key_path} is not an Ed25519 key; make one with `bisup keygen`")
+    return key.sign(manifest)
+
+
+def _check_signature(raw: bytes, signature: bytes | None, path: Path) -> None:
+    """Refuse an unsigned or wrongly signed archive when keys are trusted (see ``trusting``)."""
+    keys = _TRUSTED.get()
+    if not keys:
+        return
+    from cryptography.exceptions import InvalidSignature
+    if signature is None:
+        raise BundleError(f"bundle {path} is not signed, and --trust requires a signed bundle; sign it with "
+                          "`bisup bundle BUILD_DIR --out B.bisup --sign KEY`")
+    for key in keys:
+        try:
+            key.verify(signature, raw)
+            return
+        except InvalidSignature:
+            continue
+    raise BundleError(f"bundle {path} is signed by none of the trusted keys (or was modified after signing); "
+                      "refused")
+
+
 def _manifest(archive: zipfile.ZipFile, entries: dict[str, zipfile.ZipInfo], path: Path) -> BundleManifest:
     """The manifest, checked against the central directory: the same members, each of its declared size."""
     if "manifest.json" not in entries:
         raise BundleError(f"bundle {path} has no manifest.json; build bundles with `bisup bundle`")
     raw = _read_bounded(archive, entries["manifest.json"], MAX_MANIFEST_BYTES, path)
+    signature = _read_bounded(archive, entries[SIGNATURE], 64, path) if SIGNATURE in entries else None
+    _check_signature(raw, signature, path)
     manifest = BundleManifest.from_json(raw, f"bundle {path}: manifest.json")
-    listed = set(entries) - {"manifest.json"}
+    listed = set(entries) - {"manifest.json", SIGNATURE}
     if listed != set(manifest.members):
         extra, missing = sorted(listed - set(manifest.members)), sorted(set(manifest.members) - listed)
         raise BundleError(f"bundle {path} does not match its manifest (extra {extra}, missing {missing}); "
@@ -165,6 +240,13 @@ def _check_no_trailing_bytes(path: Path) -> None:
                           "after it was built: rebuild it with `bisup bundle`")
 
 
+def refuse_folder_when_trusting(location: Path) -> None:
+    """A build folder carries no signature: with trusted keys only a signed archive is accepted."""
+    if _TRUSTED.get():
+        raise BundleError(f"{location} is a build folder, which cannot be signed; with --trust give the signed "
+                          "archive (`bisup bundle ... --sign KEY`)")
+
+
 @dataclass
 class Bundle:
     path: Path
@@ -192,6 +274,7 @@ class Bundle:
                        ExportReport.from_json(files["report.json"], f"bundle {location}: report.json"), manifest)
         if not location.is_dir():
             raise BundleError(f"bundle {location} does not exist")
+        refuse_folder_when_trusting(location)
         if (location / "stages.json").is_file() and not (location / "model.tflite").is_file():
             raise BundleError(f"{location} is a multi-exit export (stages.json): a single-exit device or bridge "
                               "cannot run it; run its stages with the multi-exit device (`bisup demo --exits` shows "

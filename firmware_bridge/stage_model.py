@@ -155,12 +155,13 @@ def staged_folder(path: str | Path) -> Iterator[Path]:
     """The folder of a multi-exit export (given as the folder, its ``stages.json`` or a ``.bisup`` archive). An
     archive is verified (``bundle.read_archive``) and unpacked into a temporary folder for the duration
     (``StagedModel`` reads every stage into memory, so it outlives it)."""
-    from firmware_bridge.bundle import read_archive
+    from firmware_bridge.bundle import read_archive, refuse_folder_when_trusting
 
     path = Path(path)
     if path.name == "stages.json":
         path = path.parent
     if path.is_dir():
+        refuse_folder_when_trusting(path)
         yield path
         return
     files, _ = read_archive(path)  # plain member names only (bundle.check_member_name), so none leaves the folder

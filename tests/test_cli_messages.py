@@ -274,7 +274,7 @@ def test_a_board_that_cannot_be_reached_still_gets_a_junit_file(archive, digits_
     """The HilError of a real run (the board's port is missing) is what CI sees in the JUnit file."""
     result = _run("hil", "--port", "/dev/bisup-no-such-port", "--bundle", archive, "--data", digits_example["test"],
                   "--remote", digits_example["model"], "--junit", tmp_path / "hil.xml")
-    assert "cannot open port /dev/bisup-no-such-port" in error_line(result)
+    assert "cannot open serial port /dev/bisup-no-such-port: no such device" in error_line(result)
     assert error_line(result) == f"Error: {_junit_error(tmp_path / 'hil.xml')}"
 
 

@@ -162,3 +162,89 @@ def test_a_stage_table_cannot_name_a_file_outside_its_folder(tmp_path):
     model.directory = tmp_path / "export"
     with pytest.raises(ConversionError, match="names stage file '../secret.tflite'"):
         model._load("../secret.tflite", sha256_hex(b"TFL3"))
+
+
+def _keys(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    from toolkit import bundles
+
+    return bundles.keygen(tmp_path / name)
+
+
+def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(tmp_path):
+    result = CliRunner().invoke(main, ["keygen", str(tmp_path / "release")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "release.key").stat().st_mode & 0o777 == 0o600
+    assert b"PUBLIC KEY" in (tmp_path / "release.pub").read_bytes()
+    again = CliRunner().invoke(main, ["keygen", str(tmp_path / "release")])
+    assert "release.key exists; keys are never overwritten" in error_line(again)
+
+
+def _signed(tmp_path: Path, key: Path | None, name: str = "signed.bisup") -> Path:
+    """A structurally valid archive (its members are not a real model: only the reader is under test)."""
+    from firmware_bridge.bundle import SIGNATURE, sign_manifest
+
+    members = {"model.tflite": b"TFL3 model", "thresholds.json": b"{}"}
+    raw = _manifest(members)
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("manifest.json", raw)
+        if key is not None:
+            archive.writestr(SIGNATURE, sign_manifest(raw, key))
+        for member, data in members.items():
+            archive.writestr(member, data)
+    return path
+
+
+def test_trusted_keys_accept_only_bundles_they_signed(tmp_path):
+    from firmware_bridge.bundle import load_public_key, trusting
+
+    private, public = _keys(tmp_path, "release")
+    other, _ = _keys(tmp_path, "other")
+    signed, unsigned, foreign = _signed(tmp_path, private), _signed(tmp_path, None, "u.bisup"), \
+        _signed(tmp_path, other, "f.bisup")
+    read_archive(unsigned)  # without --trust nothing changes
+    with trusting([load_public_key(public)]):
+        assert read_archive(signed)[1].members.keys() == {"model.tflite", "thresholds.json"}
+        with pytest.raises(BundleError, match="is not signed, and --trust requires a signed bundle"):
+            read_archive(unsigned)
+        with pytest.raises(BundleError, match="signed by none of the trusted keys"):
+            read_archive(foreign)
+        with pytest.raises(BundleError, match="is a build folder, which cannot be signed"):
+            from firmware_bridge.bundle import Bundle
+
+            Bundle.load(tmp_path)
+
+
+def test_a_signed_manifest_changed_afterwards_is_refused(tmp_path):
+    """Re-listing the members (e.g. a new model with its own hash) invalidates the signature."""
+    from firmware_bridge.bundle import load_public_key, trusting
+
+    private, public = _keys(tmp_path, "release")
+    signed = _signed(tmp_path, private)
+    forged = tmp_path / "forged.bisup"
+    with zipfile.ZipFile(signed) as old, zipfile.ZipFile(forged, "w") as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename == "manifest.json":
+                data = data.replace(b'"created": "2026-12-07T00:00:00Z"', b'"created": "2026-12-08T00:00:00Z"')
+            new.writestr(info.filename, data)
+    with trusting([load_public_key(public)]), pytest.raises(BundleError, match="signed by none of the trusted"):
+        read_archive(forged)
+
+
+@pytest.mark.parametrize("command", [["bundle", "--verify"], ["flash", "--board", "nrf52840", "--dry-run"],
+                                     ["device", "--serial", "loop://", "--data", "DATA", "--bundle"],
+                                     ["bridge", "--serial", "loop://", "--remote", "REMOTE", "--bundle"],
+                                     ["hil", "--port", "loop://", "--data", "DATA", "--remote", "REMOTE",
+                                      "--bundle"]])
+def test_every_command_that_reads_a_bundle_refuses_an_unsigned_one_under_trust(tmp_path, command):
+    import numpy as np
+
+    _, public = _keys(tmp_path, "release")
+    unsigned = _signed(tmp_path, None, "u.bisup")
+    np.savez(tmp_path / "data.npz", x=np.zeros((2, 8, 8, 1), np.float32), y=np.zeros(2, np.int64))
+    (tmp_path / "remote.keras").write_bytes(b"")
+    args = [str(tmp_path / "data.npz") if a == "DATA" else str(tmp_path / "remote.keras") if a == "REMOTE" else a
+            for a in command]
+    result = CliRunner().invoke(main, [*args, str(unsigned), "--trust", str(public)])
+    assert "is not signed, and --trust requires a signed bundle" in error_line(result)

@@ -20,7 +20,7 @@ from pathlib import Path
 from converters import tflite_model
 from converters.artefacts import BundleManifest, ExportReport, Member, Thresholds, dumps
 from converters.exit_policy import Policy
-from firmware_bridge.bundle import Bundle, BundleError, read_archive, sha256_hex
+from firmware_bridge.bundle import SIGNATURE, Bundle, BundleError, read_archive, sha256_hex, sign_manifest
 from firmware_bridge.stage_model import StagedModel, is_staged, staged_folder
 
 
@@ -75,8 +75,10 @@ def staged_members(build_dir: Path, labels_path: Path | None = None) -> tuple[di
     return files, staged.model_hash.hex()
 
 
-def build(build_dir: str | Path, out: str | Path, labels_path: str | Path | None = None) -> BundleManifest:
-    """Write the archive atomically and return its manifest (a multi-exit export gives a multi-exit bundle)."""
+def build(build_dir: str | Path, out: str | Path, labels_path: str | Path | None = None,
+          sign_key: str | Path | None = None) -> BundleManifest:
+    """Write the archive atomically and return its manifest (a multi-exit export gives a multi-exit bundle);
+    with ``sign_key`` (an Ed25519 PEM private key) also ``manifest.sig``, which ``--trust`` readers require."""
     labels = Path(labels_path) if labels_path else None
     if is_staged(build_dir):
         files, model_hash = staged_members(Path(build_dir), labels)
@@ -85,12 +87,16 @@ def build(build_dir: str | Path, out: str | Path, labels_path: str | Path | None
         model_hash = sha256_hex(files["model.tflite"])
     manifest = BundleManifest(_toolkit_version(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model_hash,
                               {name: Member(sha256_hex(data), len(data)) for name, data in files.items()})
+    raw = dumps(manifest).encode()
+    signature = sign_manifest(raw, sign_key) if sign_key is not None else None
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".partial")
     os.close(handle)
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("manifest.json", dumps(manifest))
+        archive.writestr("manifest.json", raw)
+        if signature is not None:
+            archive.writestr(SIGNATURE, signature)
         for name, data in files.items():
             archive.writestr(name, data)
     Path(partial).replace(target)
@@ -106,3 +112,24 @@ def verify(path: str | Path) -> BundleManifest:
     else:
         Bundle.load(path)  # parses thresholds.json and report.json too: a bundle that verifies also loads
     return read_archive(Path(path))[1]
+
+
+def keygen(name: str | Path) -> tuple[Path, Path]:
+    """A new Ed25519 key pair: ``NAME.key`` (private, PEM, created mode 0600, never overwritten) for
+    ``bisup bundle --sign`` and ``NAME.pub`` for ``--trust``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private, public = Path(f"{name}.key"), Path(f"{name}.pub")
+    for path in (private, public):
+        if path.exists():
+            raise BundleError(f"{path} exists; keys are never overwritten: choose another name or move it aside")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    handle = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(handle, "wb") as out:
+        out.write(pem)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public

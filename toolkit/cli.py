@@ -7,6 +7,7 @@ internal error without a traceback unless ``BISUP_DEBUG=1``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -43,6 +44,25 @@ class BisupGroup(click.Group):
                 err=True,
             )
             sys.exit(EXIT_INTERNAL)
+
+
+def _trusted(command):
+    """Add ``--trust PUBKEY``: within the command, only bundles signed by one of these keys are read."""
+
+    @click.option("--trust", "trust", multiple=True, envvar="BISUP_TRUST",
+                  type=click.Path(path_type=Path, dir_okay=False),
+                  help="Ed25519 public key (NAME.pub of `bisup keygen`); repeat for several. Unsigned bundles, "
+                       "build folders and bundles signed by another key are refused. Also $BISUP_TRUST.")
+    @functools.wraps(command)
+    def wrapper(*args, trust: tuple[Path, ...] = (), **kwargs):
+        if not trust:
+            return command(*args, **kwargs)
+        from firmware_bridge.bundle import load_public_key, trusting
+
+        with trusting([load_public_key(path) for path in trust]):
+            return command(*args, **kwargs)
+
+    return wrapper
 
 
 def _quiet_tensorflow() -> None:
@@ -611,6 +631,7 @@ def _one_transport(serial_url, mqtt_url) -> None:
                    "supervisor accepted it) in .npz shards here, once per input, for `bisup retrain`.")
 @click.option("--collect-max-mb", default=1024.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Stop collecting (and say so) once the --collect folder holds this much.")
+@_trusted
 def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle_dir, baud, json_log, wait, workers,
            threads, group, worker_name, session_expiry, max_batch, max_delay_ms, device_wait_ms, deadline_ms,
            breaker_failures, breaker_cooldown, metrics_port, metrics_addr, drift_window, collect_dir,
@@ -672,6 +693,7 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
 @click.option("--retries", default=3, show_default=True, help="Resends (same sequence number) before falling back.")
 @click.option("--hello-timeout", default=10.0, show_default=True, help="Seconds to wait for the bridge's HELLO.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_trusted
 def device(serial_url, mqtt_url, tls_ca, username, password_file, bundle_dir, data_path, device_id, timeout_ms,
            retries, hello_timeout, as_json) -> None:
     """Be a device without a board: run the bundle's model in TFLM, decide with the int8 threshold,
@@ -694,8 +716,12 @@ def device(serial_url, mqtt_url, tls_ca, username, password_file, bundle_dir, da
 @click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), help="Class names, one per line.")
 @click.option("--verify", "verify_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Check an archive against its manifest instead of building one.")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path, dir_okay=False),
+              help="Sign the manifest with this Ed25519 private key (NAME.key of `bisup keygen`); readers given "
+                   "--trust NAME.pub then accept only bundles signed with it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def bundle_command(build_dir, out, labels, verify_path, as_json) -> None:
+@_trusted
+def bundle_command(build_dir, out, labels, verify_path, sign_key, as_json) -> None:
     """Pack BUILD_DIR (model.tflite, thresholds.json, report.json) into a versioned .bisup archive.
 
     The manifest records the SHA-256 and size of every member and the toolkit version; --verify checks
@@ -710,9 +736,25 @@ def bundle_command(build_dir, out, labels, verify_path, as_json) -> None:
     elif build_dir is None or out is None:
         raise click.UsageError("give BUILD_DIR and --out to build, or --verify FILE to check")
     else:
-        manifest = bundles.build(build_dir, out, labels)
-        message = f"wrote {out} (model sha256 {manifest.model_sha256[:16]}...)"
+        manifest = bundles.build(build_dir, out, labels, sign_key)
+        message = f"wrote {out} (model sha256 {manifest.model_sha256[:16]}...{', signed' if sign_key else ''})"
     click.echo(json.dumps(manifest.to_json(), indent=2) if as_json else message)
+
+
+@main.command()
+@click.argument("name", type=click.Path(path_type=Path, dir_okay=False))
+def keygen(name: Path) -> None:
+    """Make an Ed25519 key pair for signed bundles: NAME.key (private, mode 0600) and NAME.pub.
+
+    \b
+      bisup keygen keys/release
+      bisup bundle build/ --out dist/digits.bisup --sign keys/release.key
+      bisup bridge ... --bundle dist/digits.bisup --trust keys/release.pub
+    """
+    from toolkit import bundles
+
+    private, public = bundles.keygen(name)
+    click.echo(f"wrote {private} (private: keep it off devices and out of version control) and {public}")
 
 
 @main.command()
@@ -732,6 +774,7 @@ def bundle_command(build_dir, out, labels, verify_path, as_json) -> None:
               help="Seconds to wait for HELLO and for each report; with --emulate, seconds of QEMU's own CPU time, "
                    "so a busy machine needs no larger value.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_trusted
 def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, junit_path, timeout,
         as_json) -> None:
     """Hardware-in-the-loop: run a labelled set through a board (or QEMU) and the bridge.
@@ -839,6 +882,7 @@ def _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, 
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Also save the images (and partitions.csv) here, e.g. for flashing by hand.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@_trusted
 def flash(bundle_path, board, port, probe, baud, dry_run, out_dir, as_json) -> None:
     """Write a bundle's model image to a board, so a new model needs no firmware rebuild.
 
