@@ -102,7 +102,7 @@ def find_kind(spec: str) -> RemoteKind | None:
     has none (read, not imported). None when nothing does; ``registered`` then says what would."""
     if "://" in spec:
         scheme = urllib.parse.urlsplit(spec).scheme
-        return _TABLE.get(("scheme", scheme)) or _from_entry_point("scheme", spec, lambda name: name == scheme)
+        return _TABLE.get(("scheme", scheme)) or _from_entry_point("scheme", spec, lambda name: name.lower() == scheme)
     path = Path(spec)
     if path.is_dir():
         return next((row for row in _rows("directory") if row.matches(path)), None)
@@ -141,7 +141,7 @@ def registered(kind: Kind, built_in: bool = True) -> list[str]:
     labels = [row.label for row in rows if built_in or row.origin != "built-in"]
     keys = {row.key for row in rows}
     labels += [f"{ep.name} ({_origin(ep)})" for ep in _entry_points()
-               if _kind_of(ep.name) == kind and ep.name not in keys]
+               if _kind_of(ep.name) == kind and _key(ep) not in keys]
     return labels
 
 
@@ -163,6 +163,11 @@ def _entry_points() -> Iterable[EntryPoint]:
     return entry_points(group=GROUP)
 
 
+def _key(ep: EntryPoint) -> str:
+    """The table key an entry point fills: schemes lowercased, as ``urlsplit`` gives them."""
+    return ep.name.lower() if _kind_of(ep.name) == "scheme" else ep.name
+
+
 def _origin(ep: EntryPoint) -> str:
     dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "an unnamed distribution"
     return f"plug-in {dist}, entry point {ep.name} = {ep.value} in group {GROUP}"
@@ -179,7 +184,7 @@ def _from_entry_point(kind: Kind, spec: str, wanted: Callable[[str], bool]) -> R
         raise RemoteSpecError(f"remote {spec}: {kind} {offers[0].name} is offered by several plug-ins ("
                               f"{'; '.join(_origin(ep) for ep in offers)}); uninstall all but one")
     ep = offers[0]
-    row = RemoteKind(kind, ep.name, ep.value, _origin(ep))  # imported by open_kind, so checking stays cheap
+    row = RemoteKind(kind, _key(ep), ep.value, _origin(ep))  # imported by open_kind, so checking stays cheap
     with _LOCK:
         return _TABLE.setdefault((kind, row.key), row)
 

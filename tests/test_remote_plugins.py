@@ -216,3 +216,9 @@ def test_register_remote_adds_schemes_suffixes_and_directory_kinds(site, tmp_pat
         register_remote("oip+http", factory)
     with pytest.raises(ValueError, match="not a URL scheme"):
         register_remote("no spaces", factory)
+
+
+def test_a_plugin_scheme_matches_whatever_its_case(site):
+    install(site, "bisup-cased", {"My+Proto": "bisup_plugin_cased:open_sharp"}, {"bisup_plugin_cased": PLUGIN})
+    assert type(open_remote("MY+PROTO://host/m")).__name__ == "SharpRemote"  # urlsplit lowercases the scheme
+    assert type(open_remote("my+proto://host/m")).__name__ == "SharpRemote"
