@@ -21,9 +21,8 @@ import urllib.parse
 
 import numpy as np
 
-from firmware_bridge.remote_base import RemoteError, RemoteModel, as_probabilities
+from firmware_bridge.remote_base import DEFAULT_TIMEOUT_S, RemoteError, as_probabilities
 
-DEFAULT_TIMEOUT_S = 10.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _HINTS = {404: "check the model name and path in the URL", 503: "the model is not ready yet; retry later"}
 
@@ -212,15 +211,3 @@ class TFServingRemote(_RestRemote):
             raise self._error(f"model has no output {name!r}; it has {names}")
         return [row[name] for row in rows]
 
-
-SCHEMES = {"oip+http": OipRemote, "oip+https": OipRemote,
-           "tfserving+http": TFServingRemote, "tfserving+https": TFServingRemote}
-
-
-def open_url(spec: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> RemoteModel:
-    """The network remote a URL names; it checks at once that the server answers and the model is ready."""
-    scheme = urllib.parse.urlsplit(spec).scheme
-    if scheme not in SCHEMES:
-        raise RemoteError(f"remote {spec}: unknown scheme {scheme!r}; use {OipRemote.example} "
-                          f"or {TFServingRemote.example}")
-    return SCHEMES[scheme](spec, timeout_s)

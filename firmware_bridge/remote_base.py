@@ -13,6 +13,8 @@ import numpy as np
 from converters.errors import BisupError
 from converters.scores import looks_like_probabilities, softmax
 
+DEFAULT_TIMEOUT_S = 10.0  # how long a network remote waits for its server; every factory is given one
+
 
 class RemoteError(BisupError, RuntimeError):
     """A remote that cannot be loaded or that fails to answer; the message names which and why."""

@@ -1,23 +1,33 @@
 """Remote-model backends behind one small interface, chosen by what the spec names.
 
 A remote takes float inputs ``(N, ...)`` and returns class probabilities ``(N, K)``. In-process
-backends load a Keras file, a SavedModel directory or a float TFLite model. Network backends
-(Open Inference Protocol, TF Serving) plug in here by URL scheme.
+backends here load a Keras file, a SavedModel directory or a float TFLite model; network backends
+(Open Inference Protocol, TF Serving) are in ``net_remotes``. Which backend opens which spec is one
+table, ``remote_registry``, which plug-ins extend by URL scheme or file suffix.
 """
 
 from __future__ import annotations
 
 import threading
+import urllib.parse
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from firmware_bridge.net_remotes import open_url
-from firmware_bridge.remote_base import RemoteError, RemoteModel, as_probabilities
+from firmware_bridge.remote_base import DEFAULT_TIMEOUT_S, RemoteError, RemoteModel, as_probabilities
+from firmware_bridge.remote_registry import (
+    RemoteKind,
+    RemoteSpecError,
+    examples,
+    find_kind,
+    open_kind,
+    register_remote,
+    registered,
+)
 
-__all__ = ["ACCEPTED", "DeferredRemote", "KerasRemote", "RemoteError", "RemoteModel", "TFLiteRemote", "check_remote",
-           "open_remote"]
+__all__ = ["ACCEPTED", "DeferredRemote", "KerasRemote", "RemoteError", "RemoteModel", "RemoteSpecError",
+           "TFLiteRemote", "check_remote", "open_remote", "register_remote"]
 
 
 class KerasRemote:
@@ -111,38 +121,64 @@ class DeferredRemote:
         return self._remote.predict(x)
 
 
+def open_keras(spec: str, timeout_s: float) -> KerasRemote:
+    """The registry's factory for ``.keras``, ``.h5`` and SavedModel directories (no timeout: in-process)."""
+    return KerasRemote(Path(spec))
+
+
+def open_tflite(spec: str, timeout_s: float) -> TFLiteRemote:
+    """The registry's factory for float ``.tflite`` models (no timeout: in-process)."""
+    return TFLiteRemote(Path(spec))
+
+
 ACCEPTED = "--remote takes a .keras file, a SavedModel directory, a float .tflite file or a model server URL"
 
 
 def check_remote(spec: str | Path) -> None:
     """Cheap checks of a single-model remote before anything heavy is imported: it exists and is a kind
-    ``open_remote`` opens. URLs are checked when they are opened."""
+    the registry opens (a plug-in is found by name, not imported). A URL's host and path are checked
+    when it is opened."""
+    _kind(spec)
+
+
+def open_remote(spec: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> RemoteModel:
+    """A remote from a path or URL, opened by the backend the registry (``remote_registry``) has for it:
+    built-in (``.keras``, a SavedModel directory, a float ``.tflite``, ``oip+http://``,
+    ``tfserving+http://``), added by ``register_remote``, or an installed ``bisup.remotes`` plug-in.
+
+    URLs are told apart by their ``://``, which no path the bridge is given contains.
+    """
+    return open_kind(_kind(spec), str(spec), timeout_s)
+
+
+def _kind(spec: str | Path) -> RemoteKind:
+    """The registry row for ``spec``, or the error that says what is wrong and what would work."""
     if "://" in str(spec):
-        return
+        kind = find_kind(str(spec))
+        if kind is None:
+            scheme = urllib.parse.urlsplit(str(spec)).scheme
+            raise RemoteSpecError(f"remote {spec}: unknown scheme {scheme!r}; registered: "
+                                  f"{', '.join(registered('scheme'))} (like {' or '.join(examples('scheme'))})")
+        return kind
     path = Path(spec)
     if not path.exists():
-        raise RemoteError(f"remote model {path} does not exist; {ACCEPTED}")
-    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        raise RemoteError(f"remote model {path} does not exist; {_accepted()}")
+    kind = find_kind(str(path))
+    if kind is not None:
+        return kind
+    if path.is_dir():
         tails = sorted(p.name for p in path.glob("tail*.keras"))
         if tails:
-            raise RemoteError(f"remote model {path} is a folder of exit tails ({', '.join(tails[:3])}"
-                              f"{' ...' if len(tails) > 3 else ''}), which serves a multi-exit bundle only; for "
-                              f"this bundle {ACCEPTED}")
-        raise RemoteError(f"remote model {path} is a directory but not a SavedModel (no saved_model.pb); {ACCEPTED}")
-    if path.is_file() and path.suffix not in (".keras", ".h5", ".tflite"):
-        raise RemoteError(f"remote model {path}: {ACCEPTED}")
+            raise RemoteSpecError(f"remote model {path} is a folder of exit tails ({', '.join(tails[:3])}"
+                                  f"{' ...' if len(tails) > 3 else ''}), which serves a multi-exit bundle only; "
+                                  f"for this bundle {_accepted()}")
+        raise RemoteSpecError(f"remote model {path} is a directory but not a SavedModel (no saved_model.pb); "
+                              f"{_accepted()}")
+    raise RemoteSpecError(f"remote model {path}: {_accepted()}; registered file kinds: "
+                          f"{', '.join(registered('suffix') + registered('directory'))}")
 
 
-def open_remote(spec: str | Path) -> RemoteModel:
-    """A remote from a path (``.keras``, a SavedModel directory, a float ``.tflite``) or a model server URL.
-
-    URLs (``oip+http://``, ``tfserving+http://``, see ``net_remotes``) are told apart by their ``://``,
-    which no path the bridge is given contains.
-    """
-    check_remote(spec)
-    if "://" in str(spec):
-        return open_url(str(spec))
-    path = Path(spec)
-    if path.is_dir() or path.suffix in (".keras", ".h5"):
-        return KerasRemote(path)
-    return TFLiteRemote(path)
+def _accepted() -> str:
+    """``ACCEPTED``, plus what plug-ins and ``register_remote`` added (named, not imported)."""
+    added = [label for kind in ("suffix", "directory", "scheme") for label in registered(kind, built_in=False)]
+    return f"{ACCEPTED}, or what plug-ins add: {', '.join(added)}" if added else ACCEPTED

@@ -25,7 +25,7 @@ from firmware_bridge.handler import RelayLog, RequestHandler
 from firmware_bridge.metrics import Metrics
 from firmware_bridge.mqtt_link import Broker
 from firmware_bridge.relay import Relay
-from firmware_bridge.remotes import DeferredRemote, RemoteError, RemoteModel, open_remote
+from firmware_bridge.remotes import DeferredRemote, RemoteError, RemoteModel, RemoteSpecError, open_remote
 from firmware_bridge.resilience import CircuitBreaker, resilient
 
 Progress = Callable[[str], None]
@@ -66,6 +66,8 @@ def open_bridge_remote(spec: str, progress: Progress) -> RemoteModel:
         progress(f"loading the remote model {spec} (TensorFlow start-up and the model: often 10-40 s)")
     try:
         return open_remote(spec)
+    except RemoteSpecError:
+        raise  # no backend for this spec, or a broken plug-in: waiting for a server will not fix that
     except RemoteError as exc:
         if "://" not in spec:
             raise  # a file the user must fix
