@@ -61,13 +61,38 @@ class NoisyProxy:
             os.close(fd)
 
 
-def wait_for_line(process: subprocess.Popen, text: str) -> tuple[str, list[str]]:
-    """Read ``process``'s stderr until a line holds ``text`` (a bridge that says it serves); return that line
-    and every line before it. Waiting for the line, not for a time, keeps a loaded machine from failing it."""
-    before = []
-    while True:
-        line = process.stderr.readline()
-        assert line, "the process exited before saying " + repr(text) + ":\n" + "".join(before)
-        if text in line:
-            return line, before
-        before.append(line)
+class StderrLines:
+    """A child process's stderr, read on a thread from the start: a bridge that logs while nobody reads would
+    fill the pipe and block, and a test waits for what the process says rather than for a time."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._done = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout_s: float = 600.0) -> tuple[str, list[str]]:
+        """The first line holding ``text`` and every line before it; fails if the process ends first."""
+        def found() -> int | None:
+            return next((i for i, line in enumerate(self.lines) if text in line), None)
+
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None or self._done, timeout=timeout_s)
+            at = found()
+        assert at is not None, f"the process never said {text!r}:\n" + "".join(self.lines)
+        return self.lines[at], self.lines[:at]
+
+    def text(self, timeout_s: float = 60.0) -> str:
+        """Everything the process said, once its stderr has closed."""
+        self._thread.join(timeout_s)
+        return "".join(self.lines)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from links import wait_for_line
+from links import StderrLines
 
 from firmware_bridge import collect
 from firmware_bridge.collect import CollectError, Collector, read_collected
@@ -156,14 +156,14 @@ def test_bridge_collect_over_a_pty(bundle_dir, digits_example, tmp_path):
                                str(digits_example["model"]), "--bundle", str(strict), "--collect", str(out)],
                               stderr=subprocess.PIPE, text=True)
     try:
-        line, before = wait_for_line(bridge, "device end of the pty: ")
+        line, before = StderrLines(bridge).wait_for("device end of the pty: ")
         assert any("loading the remote model" in said for said in before), "the long remote load is not announced"
         path = line.split("device end of the pty: ")[1].split(" ")[0]
         result = CliRunner().invoke(main, ["device", "--serial", path, "--bundle", str(strict), "--data", str(data),
                                            "--json"])
     finally:
         bridge.send_signal(signal.SIGINT)
-        bridge.communicate(timeout=30)
+        bridge.wait(timeout=60)
     assert result.exit_code == 0, result.output
     got = read_collected(out)
     assert len(got) == len(np.unique(got.x_int8, axis=0)) == json.loads(result.stdout)["requests"] - _repeats(x[:120])

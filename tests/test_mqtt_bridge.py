@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
-from links import wait_for_line
+from links import StderrLines
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
@@ -218,9 +218,10 @@ def test_killing_a_worker_mid_run_loses_nothing(mosquitto, setup, digits_example
     1 s; the devices' resends (same seq) outlast that and reach the survivor."""
     broker = Broker.from_url(mosquitto.url)
     bridges = [_bridge_process(mosquitto.url, setup[0], digits_example["model"], n) for n in ("ka", "kb")]
+    said = [StderrLines(process) for process in bridges]
     try:
-        for process in bridges:
-            wait_for_line(process, "serving")
+        for lines in said:
+            lines.wait_for("serving")
         at_kill = []
         results = _run_devices(broker, setup, timeout_s=0.5, retries=20, during=lambda units: at_kill.append(
             _after_requests(units, 15, lambda: os.killpg(bridges[0].pid, signal.SIGKILL))))
@@ -231,7 +232,7 @@ def test_killing_a_worker_mid_run_loses_nothing(mosquitto, setup, digits_example
             process.wait(timeout=20)
     relayed = _check_exactly_once(results, setup[4])
     assert relayed > at_kill[0] + 20, "the kill should land mid-run"
-    counts = json.loads(bridges[1].stderr.read().strip().splitlines()[-1])
+    counts = json.loads(said[1].text().strip().splitlines()[-1])
     assert counts.get("remote", 0) + counts.get("fallback-rejected", 0) > 0
 
 

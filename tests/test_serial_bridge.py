@@ -18,7 +18,7 @@ import pytest
 import serial
 from cli_errors import error_line
 from click.testing import CliRunner
-from links import NoisyProxy, wait_for_line
+from links import NoisyProxy, StderrLines
 
 from firmware_bridge import framing
 from firmware_bridge import protocol as p
@@ -192,7 +192,8 @@ def test_bridge_and_device_commands(bundle_dir, digits_example, tmp_path):
         bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", proxy.path_b,
                                    "--remote", str(digits_example["model"]), "--bundle", str(bundle_dir),
                                    "--json-log", str(log)], stderr=subprocess.PIPE, text=True)
-        wait_for_line(bridge, "serving")  # it loads the remote first: 10-40 s on a busy machine
+        said = StderrLines(bridge)
+        said.wait_for("serving")  # it loads the remote first: 10-40 s on a busy machine
         try:  # two boots of one device, on other orders of the data: seqs restart at 1 in the second
             for data in (digits_example["test"], reversed_set):
                 runs.append(CliRunner().invoke(main, ["device", "--serial", proxy.path_a, "--bundle",
@@ -200,7 +201,8 @@ def test_bridge_and_device_commands(bundle_dir, digits_example, tmp_path):
                                                       "--timeout-ms", "3000"]))
         finally:
             bridge.send_signal(signal.SIGINT)
-            _, stderr = bridge.communicate(timeout=30)
+            bridge.wait(timeout=60)
+            stderr = said.text()
     assert all(run.exit_code == 0 for run in runs), [run.stderr for run in runs]
     summary, second = (json.loads(run.stdout) for run in runs)
     assert summary["inputs"] == 360 and summary["requests"] == summary["answered"] > 0
@@ -286,17 +288,19 @@ def test_a_model_server_that_is_down_at_start_gets_fallbacks(bundle_dir, digits_
     with NoisyProxy() as proxy:
         bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", proxy.path_b,
                                    "--remote", down, "--bundle", str(strict)], stderr=subprocess.PIPE, text=True)
-        _, said = wait_for_line(bridge, "serving")
+        said = StderrLines(bridge)
+        said.wait_for("serving")
         try:
             result = CliRunner().invoke(main, ["device", "--serial", proxy.path_a, "--bundle", str(strict), "--data",
                                                str(digits_example["test"]), "--json"])
         finally:
             bridge.send_signal(signal.SIGINT)
-            _, stderr = bridge.communicate(timeout=30)
+            bridge.wait(timeout=60)
+            stderr = said.text()
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["requests"] == summary["answered"] == summary["fallback"] > 0 and summary["remote"] == 0
-    assert "answering `fallback` until it responds" in "".join(said) + stderr
+    assert "answering `fallback` until it responds" in stderr
     assert json.loads(stderr.strip().splitlines()[-1])["remote_unavailable"] == summary["requests"]
 
 
@@ -310,13 +314,14 @@ def test_serial_bridge_on_a_pty_needs_no_board_and_no_socat(bundle_dir, digits_e
                                str(digits_example["model"]), "--bundle", str(bundle_dir)], stderr=subprocess.PIPE,
                               text=True)
     try:
-        line, _ = wait_for_line(bridge, "device end of the pty: ")
+        said = StderrLines(bridge)
+        line, _ = said.wait_for("device end of the pty: ")
         path = line.split("device end of the pty: ")[1].split(" ")[0]
         runs = [CliRunner().invoke(main, ["device", "--serial", path, "--bundle", str(bundle_dir), "--data",
                                           str(small), "--json"]) for _ in range(2)]
     finally:
         bridge.send_signal(signal.SIGINT)
-        bridge.communicate(timeout=30)
+        bridge.wait(timeout=60)
     assert all(run.exit_code == 0 for run in runs), [run.stderr for run in runs]
     first, second = (json.loads(run.stdout) for run in runs)
     assert first["inputs"] == 60 and first["accuracy"] == second["accuracy"] > 0.9
