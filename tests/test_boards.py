@@ -11,7 +11,7 @@ from cli_errors import error_line
 from click.testing import CliRunner
 
 from boards import BOARDS_PATH_ENV, PROFILE_DIR, BoardError, all_boards, board_names, firmware_dir, load_board
-from toolkit import hil
+from toolkit import flash, hil
 from toolkit.cli import main
 
 # The memory maps of QEMU's hw/arm/mps2.c and mps2-tz.c as `bisup hil` had them in toolkit/hil.py: the profiles
@@ -98,3 +98,20 @@ def test_each_profile_names_its_firmware_folder():
     assert named["esp32s3"] == "esp32s3" and named["nrf52840"] == "nrf52840"
     assert all(named[name] == "mps2" for name in hil.machines())
     assert all(firmware_dir(name).is_dir() for name in named)
+
+
+@pytest.mark.parametrize("method, message", [
+    ("qemu", "board x is flashed with 'qemu'; `bisup flash` knows esptool and pyocd boards (use `bisup hil "
+             "--emulate x` for QEMU boards)"),
+    ("jlink", "board x is flashed with 'jlink', which bisup does not know; `bisup flash` knows esptool and pyocd "
+              "boards (flash_method is one of esptool, pyocd, qemu)"),
+])
+def test_flash_methods_are_one_table(method, message):
+    board = load_board("nrf52840").__class__(name="x", title="x", arch="cortex-m4", cpu_mhz=1, flash_bytes=1,
+                                             ram_bytes=1, flash_method=method)
+    with pytest.raises(flash.FlashError) as caught:
+        flash.method(board)
+    assert str(caught.value) == message
+    assert {name for name, entry in flash.METHODS.items() if not entry.refusal} == {"esptool", "pyocd"}
+    for profile in all_boards():  # every shipped profile names a method the table has
+        assert profile.flash_method in flash.METHODS, profile.name
