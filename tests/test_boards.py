@@ -4,6 +4,7 @@ firmware folders, flash methods, and the package data that ships them."""
 from __future__ import annotations
 
 import fnmatch
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from click.testing import CliRunner
 from boards import BOARDS_PATH_ENV, PROFILE_DIR, BoardError, all_boards, board_names, firmware_dir, load_board
 from toolkit import flash, hil
 from toolkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The memory maps of QEMU's hw/arm/mps2.c and mps2-tz.c as `bisup hil` had them in toolkit/hil.py: the profiles
 # now hold them, and a typo there would build firmware that never says HELLO.
@@ -115,3 +118,20 @@ def test_flash_methods_are_one_table(method, message):
     assert {name for name, entry in flash.METHODS.items() if not entry.refusal} == {"esptool", "pyocd"}
     for profile in all_boards():  # every shipped profile names a method the table has
         assert profile.flash_method in flash.METHODS, profile.name
+
+
+def _package_data_globs() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["boards"]
+
+
+def test_every_file_under_boards_is_package_data():
+    """pyproject's package-data globs for boards/ (setuptools' rules: relative to the package, ** recursive)
+    match every file there, firmware folders included, so a new template ships without editing pyproject."""
+    globs = _package_data_globs()
+    shipped = {path for pattern in globs for path in PROFILE_DIR.glob(pattern) if path.is_file()}
+    files = {path for path in PROFILE_DIR.rglob("*")
+             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".py"}
+    assert files - shipped == set()
+    for board in all_boards():
+        if board.firmware:
+            assert {p for p in firmware_dir(board.name).rglob("*") if p.is_file()} <= shipped, board.name
