@@ -167,6 +167,26 @@ def test_each_boot_of_the_emulated_board_has_its_own_id(hil_setup, tmp_path):
     assert boots[0] != boots[1] and hello.max_body >= board_bundle.input_elements
 
 
+def test_a_board_added_as_one_toml_file_runs(hil_setup, tmp_path, monkeypatch):
+    """A copy of the mps2-an386 profile under another name, in a BISUP_BOARDS_PATH folder and nowhere else:
+    `bisup hil --emulate` builds the shipped firmware it names for its memory map, and the board says HELLO."""
+    from boards import PROFILE_DIR
+    from firmware_bridge.bundle import Bundle
+    from toolkit import hil
+
+    out, _, _ = hil_setup
+    folder = tmp_path / "my-boards"
+    folder.mkdir()
+    profile = (PROFILE_DIR / "mps2-an386.toml").read_text().replace('name = "mps2-an386"', 'name = "my-m4"')
+    (folder / "my-m4.toml").write_text(profile)
+    monkeypatch.setenv("BISUP_BOARDS_PATH", str(folder))
+    board_bundle = Bundle.load(out / "digits.bisup")
+    elf = hil.build_firmware("my-m4", board_bundle, tmp_path)
+    with hil.qemu("my-m4", elf) as link:
+        hello = hil.HilSession(link, None).handshake(board_bundle.model_hash, 10)
+    assert hello.device_id == "qemu-my-m4" and hello.model_hash == board_bundle.model_hash
+
+
 def test_feeding_says_how_far_it_got():
     """A long HIL run reports its progress (every few host seconds; here at every input) but not at the end."""
     import numpy as np
