@@ -17,13 +17,15 @@ from toolkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The memory maps of QEMU's hw/arm/mps2.c and mps2-tz.c as `bisup hil` had them in toolkit/hil.py: the profiles
-# now hold them, and a typo there would build firmware that never says HELLO.
+# The memory maps of QEMU's hw/arm/mps2.c and mps2-tz.c (as toolkit/hil.py had them, and mps3-an547's): the
+# profiles hold them, and a typo there would build firmware that never says HELLO.
 MB = 1024 * 1024
 KNOWN_MACHINES = {
     "mps2-an386": ("mps2-an386", "cortex-m4", 25_000_000, 0x0, 4 * MB, 0x20000000, 4 * MB, 0x40004000),
     "mps2-an500": ("mps2-an500", "cortex-m7", 25_000_000, 0x0, 4 * MB, 0x20000000, 4 * MB, 0x40004000),
     "mps2-an505": ("mps2-an505", "cortex-m33", 20_000_000, 0x10000000, 4 * MB, 0x38000000, 2 * MB, 0x50200000),
+    # SSE-300: ITCM and DTCM (512 KB each, `info mtree`) and the FPGA's UART0, at their secure aliases
+    "mps3-an547": ("mps3-an547", "cortex-m55", 32_000_000, 0x10000000, MB // 2, 0x30000000, MB // 2, 0x59303000),
 }
 
 

@@ -1,7 +1,7 @@
 """`bisup hil --emulate`: the digits test split through QEMU and the serial bridge.
 
 The firmware is built with arm-none-eabi-gcc from the C device library and the bundle's model as
-generated C, and runs on QEMU's Cortex-M4 (and M7, M33): the board computes every output itself,
+generated C, and runs on QEMU's Cortex-M4 (and M7, M33, M55): the board computes every output itself,
 and the report compares them with the host TFLM interpreter byte for byte.
 """
 
@@ -40,9 +40,9 @@ def hil_setup(demo_run, tmp_path_factory):
     return out, remote_path, calibration.thresholds().achieved
 
 
-@pytest.mark.parametrize("machine", ["mps2-an386", "mps2-an500", "mps2-an505"])
+@pytest.mark.parametrize("machine", ["mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547"])
 def test_each_emulated_board_runs_the_model_itself(hil_setup, machine, tmp_path):
-    """Cortex-M4, M7 and M33: the generated model on the emulated core agrees with host TFLM on every
+    """Cortex-M4, M7, M33 and M55: the generated model on the emulated core agrees with host TFLM on every
     input, and the device reports what one inference costs in instructions."""
     out, remote_path, _ = hil_setup
     result = CliRunner().invoke(main, ["hil", "--emulate", machine, "--bundle", str(out / "digits.bisup"), "--data",
