@@ -317,6 +317,30 @@ class Caveat:
 
 
 @dataclass(frozen=True)
+class Emulation:
+    """An emulated board's QEMU machine, core, clock and memory map: what ``bisup hil --emulate`` builds the
+    firmware for (``-mcpu``, the linker script, the UART and SysTick defines) and runs (``-machine``)."""
+
+    machine: str
+    cpu: str
+    cpu_hz: int
+    flash_origin: int
+    flash_bytes: int
+    ram_origin: int
+    ram_bytes: int
+    uart0: int
+
+    @property
+    def boot_entropy_address(self) -> int:
+        """``_boot_entropy`` in the linker script: the last word of RAM."""
+        return self.ram_origin + self.ram_bytes - 4
+
+    @property
+    def nanoseconds_per_cycle(self) -> float:
+        return 1e9 / self.cpu_hz
+
+
+@dataclass(frozen=True)
 class BoardProfile:
     """What the exporter needs to know about a board to say whether a model fits and runs right."""
 
@@ -335,6 +359,8 @@ class BoardProfile:
     model_offset: int = 0
     notes: tuple[str, ...] = ()
     caveats: tuple[Caveat, ...] = ()
+    firmware: str = ""  # its firmware template folder, relative to the boards folder; "" for none
+    emulation: Emulation | None = None  # set for a board QEMU emulates (`bisup hil --emulate`)
 
     @property
     def model_flash_budget(self) -> int:
@@ -354,7 +380,9 @@ class BoardProfile:
     def from_json(cls, raw: bytes | str | dict, where: str = "board profile") -> BoardProfile:
         data = _versioned(raw, where, "board profile", cls.FORMAT, "export it again with `bisup boards --json`")
         caveats = tuple(_build(Caveat, c, f"{where} (caveat)") for c in data.get("caveats", ()))
-        return _build(cls, data, where, caveats=caveats, notes=tuple(data.get("notes", ())))
+        emulation = data.get("emulation")
+        emulation = _build(Emulation, emulation, f"{where} (emulation)") if isinstance(emulation, dict) else None
+        return _build(cls, data, where, caveats=caveats, notes=tuple(data.get("notes", ())), emulation=emulation)
 
 
 def dumps(artefact: Thresholds | ExportReport | BundleManifest | BoardProfile) -> str:

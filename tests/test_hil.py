@@ -1,7 +1,7 @@
 """`bisup hil --emulate`: the digits test split through QEMU and the serial bridge.
 
 The firmware is built with arm-none-eabi-gcc from the C device library and the bundle's model as
-generated C, and runs on QEMU's Cortex-M4 (and M7, M33): the board computes every output itself,
+generated C, and runs on QEMU's Cortex-M4 (and M7, M33, M55): the board computes every output itself,
 and the report compares them with the host TFLM interpreter byte for byte.
 """
 
@@ -40,9 +40,9 @@ def hil_setup(demo_run, tmp_path_factory):
     return out, remote_path, calibration.thresholds().achieved
 
 
-@pytest.mark.parametrize("machine", ["mps2-an386", "mps2-an500", "mps2-an505"])
+@pytest.mark.parametrize("machine", ["mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547"])
 def test_each_emulated_board_runs_the_model_itself(hil_setup, machine, tmp_path):
-    """Cortex-M4, M7 and M33: the generated model on the emulated core agrees with host TFLM on every
+    """Cortex-M4, M7, M33 and M55: the generated model on the emulated core agrees with host TFLM on every
     input, and the device reports what one inference costs in instructions."""
     out, remote_path, _ = hil_setup
     result = CliRunner().invoke(main, ["hil", "--emulate", machine, "--bundle", str(out / "digits.bisup"), "--data",
@@ -165,6 +165,26 @@ def test_each_boot_of_the_emulated_board_has_its_own_id(hil_setup, tmp_path):
             hello = hil.HilSession(link, None).handshake(board_bundle.model_hash, 10)
             boots.append(hello.boot)
     assert boots[0] != boots[1] and hello.max_body >= board_bundle.input_elements
+
+
+def test_a_board_added_as_one_toml_file_runs(hil_setup, tmp_path, monkeypatch):
+    """A copy of the mps2-an386 profile under another name, in a BISUP_BOARDS_PATH folder and nowhere else:
+    `bisup hil --emulate` builds the shipped firmware it names for its memory map, and the board says HELLO."""
+    from boards import PROFILE_DIR
+    from firmware_bridge.bundle import Bundle
+    from toolkit import hil
+
+    out, _, _ = hil_setup
+    folder = tmp_path / "my-boards"
+    folder.mkdir()
+    profile = (PROFILE_DIR / "mps2-an386.toml").read_text().replace('name = "mps2-an386"', 'name = "my-m4"')
+    (folder / "my-m4.toml").write_text(profile)
+    monkeypatch.setenv("BISUP_BOARDS_PATH", str(folder))
+    board_bundle = Bundle.load(out / "digits.bisup")
+    elf = hil.build_firmware("my-m4", board_bundle, tmp_path)
+    with hil.qemu("my-m4", elf) as link:
+        hello = hil.HilSession(link, None).handshake(board_bundle.model_hash, 10)
+    assert hello.device_id == "qemu-my-m4" and hello.model_hash == board_bundle.model_hash
 
 
 def test_feeding_says_how_far_it_got():

@@ -741,6 +741,20 @@ def bundle_command(build_dir, out, labels, verify_path, sign_key, as_json) -> No
     click.echo(json.dumps(manifest.to_json(), indent=2) if as_json else message)
 
 
+class _EmulatedBoards(click.Choice):
+    """The board profiles with an [emulation] table, read when the option is parsed or shown, not at import
+    (so a profile in BISUP_BOARDS_PATH is offered as a shipped one is)."""
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # click.Choice sets a tuple at init; this reads the profiles instead
+        from boards import emulated_names
+
+        return tuple(emulated_names())
+
+
 @main.command()
 @click.argument("name", type=click.Path(path_type=Path, dir_okay=False))
 def keygen(name: Path) -> None:
@@ -759,8 +773,9 @@ def keygen(name: Path) -> None:
 
 @main.command()
 @click.option("--port", "port_url", help="The board's port as a pyserial URL.")
-@click.option("--emulate", type=click.Choice(["mps2-an386", "mps2-an500", "mps2-an505"]),
-              help="Run the firmware in QEMU instead of a board: Cortex-M4, M7 or M33.")
+@click.option("--emulate", type=_EmulatedBoards(),
+              help="Run the firmware in QEMU instead of a board: a board profile with an [emulation] table "
+                   "(see README, \"Adding a board\").")
 @click.option("--bundle", "bundle_path", required=True, type=click.Path(path_type=Path),
               help="The .bisup bundle (or build folder) the board runs; or a multi-exit export (its folder or bundle).")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Labelled .npz (x, y).")

@@ -9,6 +9,9 @@ A plan is a list of writes (flash offset, bytes, what it is), made without touch
   ``esptool image-info`` can check a model image off the board as well as on it.
 - Cortex-M boards (pyocd): the model image at the profile's ``model_offset``, checked against
   pyocd's memory map of the target before any probe is opened.
+
+A profile's ``flash_method`` names an entry of ``METHODS``: how to plan, write and spell by hand the
+writes of that tool. A new tool is one entry; QEMU boards have one that says to use ``bisup hil``.
 """
 
 from __future__ import annotations
@@ -68,11 +71,7 @@ class FlashPlan:
         """The equivalent manual command on the images saved in ``folder``, for users who flash with the
         vendors' tools."""
         files = [f"{Path(folder) / w.file}" for w in self.writes]
-        pairs = " ".join(f"{w.offset:#x} {name}" for w, name in zip(self.writes, files, strict=True))
-        if self.tool == "esptool":
-            return f"esptool --chip {self.board.flash_target} --port {port} write-flash {pairs}"
-        return " && ".join(f"pyocd flash -t {self.board.flash_target} --base-address {w.offset:#x} {name}"
-                           for w, name in zip(self.writes, files, strict=True))
+        return method(self.board).command(self, port, files)
 
 
 def esp_container(payload: bytes, chip: str) -> bytes:
@@ -93,13 +92,8 @@ def esp_container(payload: bytes, chip: str) -> bytes:
 
 def plan(bundle: Bundle, board: BoardProfile) -> FlashPlan:
     """What flashing ``bundle`` onto ``board`` writes, without touching hardware."""
-    image = ModelImage(bundle.model, bundle.threshold_int8).encode()
-    if board.flash_method == "esptool":
-        return _esp_plan(image, board)
-    if board.flash_method == "pyocd":
-        return _pyocd_plan(image, board)
-    raise FlashError(f"board {board.name} is flashed with {board.flash_method!r}; `bisup flash` knows esptool "
-                     "and pyocd boards (use `bisup hil --emulate` for QEMU boards)")
+    how = method(board)
+    return how.plan(ModelImage(bundle.model, bundle.threshold_int8).encode(), board)
 
 
 def _esp_plan(image: bytes, board: BoardProfile) -> FlashPlan:
@@ -140,15 +134,13 @@ def _check_fits(size: int, room: int, where: str) -> None:
 def run(flash_plan: FlashPlan, port: str | None, baud: int = 460_800, probe: str | None = None,
         say: Callable[[str], None] = print) -> None:
     """Carry out the plan on a board; FlashError with the cause and the fix on any failure."""
-    if flash_plan.tool == "esptool":
-        if not port:
-            raise FlashError("esptool boards need --port (e.g. /dev/ttyUSB0)")
-        _run_esptool(flash_plan, port, baud)
-    else:
-        _run_pyocd(flash_plan, probe, say)
+    method(flash_plan.board).run(flash_plan, port, baud, probe, say)
 
 
-def _run_esptool(flash_plan: FlashPlan, port: str, baud: int) -> None:
+def _run_esptool(flash_plan: FlashPlan, port: str | None, baud: int, probe: str | None,
+                 say: Callable[[str], None]) -> None:
+    if not port:
+        raise FlashError("esptool boards need --port (e.g. /dev/ttyUSB0)")
     from esptool import cmds
     from esptool.util import FatalError
     from serial import SerialException
@@ -170,7 +162,8 @@ def _run_esptool(flash_plan: FlashPlan, port: str, baud: int) -> None:
                          "the port, the cable and boot mode (hold BOOT while pressing RESET)") from exc
 
 
-def _run_pyocd(flash_plan: FlashPlan, probe: str | None, say: Callable[[str], None]) -> None:
+def _run_pyocd(flash_plan: FlashPlan, port: str | None, baud: int, probe: str | None,
+               say: Callable[[str], None]) -> None:
     from pyocd.core.exceptions import Error as PyocdError
     from pyocd.core.helpers import ConnectHelper
     from pyocd.flash.file_programmer import FileProgrammer
@@ -191,6 +184,47 @@ def _run_pyocd(flash_plan: FlashPlan, probe: str | None, say: Callable[[str], No
             session.target.reset()
     except PyocdError as exc:
         raise FlashError(f"pyocd could not flash {target}: {exc}") from exc
+
+
+def _esptool_command(flash_plan: FlashPlan, port: str, files: list[str]) -> str:
+    pairs = " ".join(f"{w.offset:#x} {name}" for w, name in zip(flash_plan.writes, files, strict=True))
+    return f"esptool --chip {flash_plan.board.flash_target} --port {port} write-flash {pairs}"
+
+
+def _pyocd_command(flash_plan: FlashPlan, port: str, files: list[str]) -> str:
+    return " && ".join(f"pyocd flash -t {flash_plan.board.flash_target} --base-address {w.offset:#x} {name}"
+                       for w, name in zip(flash_plan.writes, files, strict=True))
+
+
+@dataclass(frozen=True)
+class Method:
+    """One ``flash_method``: the plan of writes for a model image, the run that makes them, and the manual
+    command equivalent to the run. ``refusal`` instead says why ``bisup flash`` has no such run."""
+
+    plan: Callable[[bytes, BoardProfile], FlashPlan] | None = None
+    run: Callable[[FlashPlan, str | None, int, str | None, Callable[[str], None]], None] | None = None
+    command: Callable[[FlashPlan, str, list[str]], str] | None = None
+    refusal: str = ""
+
+
+METHODS: dict[str, Method] = {
+    "esptool": Method(_esp_plan, _run_esptool, _esptool_command),
+    "pyocd": Method(_pyocd_plan, _run_pyocd, _pyocd_command),
+    "qemu": Method(refusal="use `bisup hil --emulate {board}` for QEMU boards"),
+}
+
+
+def method(board: BoardProfile) -> Method:
+    """The entry of ``METHODS`` the profile's ``flash_method`` names; FlashError naming the known ones."""
+    flashable = " and ".join(name for name, entry in METHODS.items() if not entry.refusal)
+    entry = METHODS.get(board.flash_method)
+    if entry is None:
+        raise FlashError(f"board {board.name} is flashed with {board.flash_method!r}, which bisup does not know; "
+                         f"`bisup flash` knows {flashable} boards (flash_method is one of {', '.join(METHODS)})")
+    if entry.refusal:
+        raise FlashError(f"board {board.name} is flashed with {board.flash_method!r}; `bisup flash` knows "
+                         f"{flashable} boards ({entry.refusal.format(board=board.name)})")
+    return entry
 
 
 def bundle_board(bundle: Bundle) -> str | None:

@@ -6,10 +6,12 @@ runner serves with the same ``RequestHandler`` as ``bisup bridge``. The device t
 final answer, its own outputs and its latency (REPORT). The report compares the run with the host
 TFLM oracle and with the offline decisions the thresholds promise on the same data.
 
-With ``--emulate mps2-an386`` (Cortex-M4), ``mps2-an500`` (Cortex-M7) or ``mps2-an505``
-(Cortex-M33), the firmware in ``boards/mps2`` is compiled with ``arm-none-eabi-gcc`` together with
-the bundle's model as generated C (``converters.engine``) and run in ``qemu-system-arm`` with
-``-icount shift=0``, so that device time counts instructions. The board runs the model for real:
+With ``--emulate BOARD`` (a board profile with an ``[emulation]`` table: ``mps2-an386`` Cortex-M4,
+``mps2-an500`` Cortex-M7, ``mps2-an505`` Cortex-M33, ...), the profile's firmware folder
+(``boards/mps2``) is compiled with ``arm-none-eabi-gcc`` for the profile's core and memory map,
+together with the bundle's model as generated C (``converters.engine``), and run in
+``qemu-system-arm`` on the profile's machine with ``-icount shift=0``, so that device time counts
+instructions. The board runs the model for real:
 the report's agreement with the host TFLM oracle is a measurement.
 """
 
@@ -32,7 +34,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import serial
 
-from boards import PROFILE_DIR
+from boards import Emulation, emulated_names, firmware_dir, load_board
 from converters import engine
 from converters.errors import BisupError
 from firmware_bridge import framing
@@ -46,39 +48,25 @@ from toolkit import calibrate
 from toolkit.thresholds import Outcomes, answers, figures
 
 Progress = Callable[[str], None]
-FIRMWARE = PROFILE_DIR / "mps2"
 C_LIBRARY = Path(__file__).resolve().parents[1] / "firmware_bridge" / "c"
 
 
-@dataclass(frozen=True)
-class Machine:
-    """One QEMU MPS2 board: its core, clock and memory map (QEMU's hw/arm/mps2.c and mps2-tz.c)."""
-
-    cpu: str
-    cpu_hz: int
-    flash_origin: int
-    flash_bytes: int
-    ram_origin: int
-    ram_bytes: int
-    uart0: int
-
-    @property
-    def boot_entropy_address(self) -> int:
-        """``_boot_entropy`` in the linker script: the last word of RAM."""
-        return self.ram_origin + self.ram_bytes - 4
-
-    @property
-    def nanoseconds_per_cycle(self) -> float:
-        return 1e9 / self.cpu_hz
+Machine = Emulation  # an emulated board's machine, core, clock and memory map: its profile's [emulation] table
 
 
-MB = 1024 * 1024
-MACHINES = {
-    "mps2-an386": Machine("cortex-m4", 25_000_000, 0x0, 4 * MB, 0x20000000, 4 * MB, 0x40004000),
-    "mps2-an500": Machine("cortex-m7", 25_000_000, 0x0, 4 * MB, 0x20000000, 4 * MB, 0x40004000),
-    # AN505 (IoT kit, TrustZone): the core boots secure, so code, RAM and UART are the secure aliases.
-    "mps2-an505": Machine("cortex-m33", 20_000_000, 0x10000000, 4 * MB, 0x38000000, 2 * MB, 0x50200000),
-}
+def machines() -> list[str]:
+    """The emulated boards: the board profiles with an ``[emulation]`` table."""
+    return emulated_names()
+
+
+def emulated(name: str) -> Machine:
+    """The emulated board ``name`` as its profile describes it; its profile's errors name the file and key."""
+    names = machines()
+    if name not in names:
+        raise HilError(f"unknown emulated board {name!r}; choose one of {', '.join(names)}")
+    emulation = load_board(name).emulation
+    assert emulation is not None  # emulated_names lists only profiles with the table, which _parse checks
+    return emulation
 
 
 # How long the emulated board waits for the bridge's ANSWER before it resends, in its own time. Under
@@ -122,18 +110,18 @@ def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int 
 
 
 def compile_firmware(machine: str, workdir: Path, model_sources: list[Path], max_body: int, defines: list[str]) -> Path:
-    """``boards/mps2`` firmware with the C device library and ``model_sources`` (``workdir`` holds the
-    generated headers); return the ELF."""
+    """The board's firmware folder (its profile's ``firmware``, e.g. ``boards/mps2``) with the C device library
+    and ``model_sources`` (``workdir`` holds the generated headers); return the ELF."""
     if shutil.which("arm-none-eabi-gcc") is None:
         raise HilError("arm-none-eabi-gcc is not installed; apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi")
-    board = MACHINES[machine]
-    (workdir / "link.ld").write_text((FIRMWARE / "link.ld.in").read_text().format(**vars(board)))
+    board, firmware = emulated(machine), firmware_dir(machine)
+    (workdir / "link.ld").write_text((firmware / "link.ld.in").read_text().format(**vars(board)))
     elf = workdir / "firmware.elf"
     cmd = ["arm-none-eabi-gcc", f"-mcpu={board.cpu}", "-mthumb", "-mfloat-abi=soft", "-O2", "-std=c99", "-Wall",
            "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-nostartfiles",
            "--specs=nano.specs", "--specs=nosys.specs", f"-DBP_MAX_BODY={max_body}u", f"-DUART0_BASE={board.uart0:#x}u",
            f"-DCPU_HZ={board.cpu_hz}u", "-DBISUP_MODEL_PROFILE_MARKS", *defines, f"-I{workdir}", f"-I{C_LIBRARY}", "-T",
-           str(workdir / "link.ld"), str(FIRMWARE / "startup.c"), str(FIRMWARE / "main.c"),
+           str(workdir / "link.ld"), str(firmware / "startup.c"), str(firmware / "main.c"),
            *(str(source) for source in model_sources), str(C_LIBRARY / "bisup_kernels.c"),
            str(C_LIBRARY / "bisup_proto.c"), str(C_LIBRARY / "bisup_app.c"), str(C_LIBRARY / "bisup_exits.c"),
            "-o", str(elf)]
@@ -204,10 +192,11 @@ def qemu(machine: str, elf: Path, start_timeout_s: float = 120.0) -> Iterator[Bo
     the board's first frame)."""
     if shutil.which("qemu-system-arm") is None:
         raise HilError("qemu-system-arm is not installed; apt-get install qemu-system-arm")
-    entropy = (f"loader,addr={MACHINES[machine].boot_entropy_address:#x},data={secrets.randbits(32):#x},"
+    board = emulated(machine)
+    entropy = (f"loader,addr={board.boot_entropy_address:#x},data={secrets.randbits(32):#x},"
                "data-len=4")  # the board's TRNG
     with socket.create_server(("127.0.0.1", 0)) as server:
-        process = subprocess.Popen(["qemu-system-arm", "-machine", machine, "-nographic", "-monitor", "none",
+        process = subprocess.Popen(["qemu-system-arm", "-machine", board.machine, "-nographic", "-monitor", "none",
                                     "-icount", "shift=0", "-serial", f"tcp:127.0.0.1:{server.getsockname()[1]}",
                                     "-kernel", str(elf), "-device", entropy],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -425,11 +414,10 @@ def bridge_handler(bundle: Bundle, remote: RemoteModel) -> RequestHandler:
 def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, port_url: str | None = None,
         emulate: str | None = None, timeout_s: float = 10.0, progress: Progress = lambda m: None) -> dict:
     """Run the set through the board (``port_url``) or QEMU (``emulate``); return the report."""
+    board = emulated(emulate) if emulate else None  # a bad profile is named before the host's TFLM run
     o, x_q = calibrate.outcomes(bundle.local_model(), handler.relay.remote, bundle.remote_supervisor.kind, x, y)
     with tempfile.TemporaryDirectory(prefix="bisup-hil-") as workdir, contextlib.ExitStack() as stack:
         if emulate:
-            if emulate not in MACHINES:
-                raise HilError(f"unknown emulated board {emulate!r}; choose one of {', '.join(MACHINES)}")
             progress(f"building the {emulate} firmware with the model as generated C")
             elf = build_firmware(emulate, bundle, Path(workdir))
             link = stack.enter_context(qemu(emulate, elf))
@@ -439,7 +427,7 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
         session.handshake(bundle.model_hash, timeout_s)
         progress(f"board answered HELLO on {emulate or port_url}; feeding {len(x)} inputs")
         reports = session.feed_all(x_q, timeout_s, progress)
-    report = summarize(reports, bundle, o, MACHINES.get(emulate) if emulate else None, session.profiles)
+    report = summarize(reports, bundle, o, board, session.profiles)
     report["board"] = emulate or port_url
     return report
 

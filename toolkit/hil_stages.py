@@ -1,6 +1,6 @@
 """``bisup hil`` for a multi-exit export: the stages and the exit policy on the (emulated) board.
 
-The firmware in ``boards/mps2`` built with ``-DBISUP_STAGES`` runs every stage as generated C and
+The emulated board's firmware (``boards/mps2``) built with ``-DBISUP_STAGES`` runs every stage as generated C and
 decides after each with the policy's integer rule (``firmware_bridge/c/bisup_exits.c``). It relays
 an unsure input as INFER or SPLIT to the bridge role this runner serves (the remote tails), and
 finishes locally when no usable answer comes. Its PROFILE holds the cycles of each stage it ran, so
@@ -123,8 +123,7 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
         progress: Progress = lambda message: None) -> dict:
     """Feed ``x`` to the multi-exit board (``port_url``, flashed with the stages) or QEMU (``machine``) while
     serving the tails; return the report."""
-    if machine is not None and machine not in hil.MACHINES:
-        raise hil.HilError(f"unknown emulated board {machine!r}; choose one of {', '.join(hil.MACHINES)}")
+    board = hil.emulated(machine) if machine is not None else None
     o, remote_conf = multi_exit.outcomes(staged, tails, x, y)
     o = multi_exit.with_remote_rule(o, remote_conf, np.asarray(chosen.remote_thresholds))
     handler = RequestHandler(relay_for(staged, tails, chosen), StagedIdentity.of(staged))
@@ -138,7 +137,7 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
         session.handshake(staged.model_hash, timeout_s)
         progress(f"board answered HELLO; feeding {len(x)} inputs")
         reports = session.feed_all(staged.quantize(x), timeout_s, progress)
-    report = summarize(reports, session.profiles, o, chosen, hil.MACHINES.get(machine))
+    report = summarize(reports, session.profiles, o, chosen, board)
     return report | {"board": machine or port_url}
 
 

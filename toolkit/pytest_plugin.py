@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-EMULATED = ["mps2-an386", "mps2-an500", "mps2-an505"]  # toolkit.hil.MACHINES, without importing it at load
-
 
 def pytest_addoption(parser) -> None:
+    from boards import emulated_names  # TOML files only: pytest loads this plugin at every start-up
+
     group = parser.getgroup("bisup", "bisup hardware-in-the-loop")
     group.addoption("--bisup-port", help="The board's port as a pyserial URL.")
-    group.addoption("--bisup-emulate", choices=EMULATED, help="Run the firmware in QEMU instead.")
+    group.addoption("--bisup-emulate", choices=emulated_names(),
+                    help="Run the firmware in QEMU instead, on a board profile with an [emulation] table.")
     group.addoption("--bisup-bundle", help="The .bisup bundle (or build folder) the board runs.")
     group.addoption("--bisup-remote", help="Remote model for the bridge role.")
     group.addoption("--bisup-timeout", type=float, default=10.0, help="Seconds to wait for HELLO and each report.")
