@@ -16,6 +16,7 @@ class PtyPort:
     """The master end of a pty with the subset of pyserial's API the virtual device uses."""
 
     def __init__(self, fd: int, timeout: float = 0.05):
+        os.set_blocking(fd, False)  # a write takes what fits (see ``write``); reads wait in select
         self.fd, self.timeout = fd, timeout
 
     @property
@@ -24,15 +25,28 @@ class PtyPort:
         return 0
 
     def write(self, data: bytes) -> int:
+        """Write what the far end takes within ``timeout``; the rest is lost, as on a UART that nobody reads
+        (no flow control). A pty blocks instead once its buffer is full, which would hang a device whose
+        bridge has died. Returns the bytes written."""
         view = memoryview(data)
         while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        return len(data)
+            _, writable, _ = select.select([], [self.fd], [], self.timeout)
+            if not writable:
+                break
+            try:
+                view = view[os.write(self.fd, view):]
+            except BlockingIOError:
+                continue
+        return len(data) - len(view)
 
     def read(self, size: int = 1) -> bytes:
         ready, _, _ = select.select([self.fd], [], [], self.timeout)
-        return os.read(self.fd, max(size, 4096)) if ready else b""
+        if not ready:
+            return b""
+        try:
+            return os.read(self.fd, max(size, 4096))
+        except BlockingIOError:  # another handle on the same master read it first
+            return b""
 
     def close(self) -> None:
         os.close(self.fd)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
+from links import StderrLines
 
 from toolkit import datasets
 from toolkit.cli import main
@@ -337,16 +338,13 @@ def test_bisup_device_prints_the_table_and_json_stays_json(bundle_dir, digits_ex
                                str(digits_example["model"]), "--bundle", str(bundle_dir)], stderr=subprocess.PIPE,
                               text=True)
     try:
-        line = ""
-        while "device end of the pty: " not in line:
-            line = bridge.stderr.readline()
-            assert line, "the bridge exited"
+        line, _ = StderrLines(bridge).wait_for("device end of the pty: ")
         path = line.split("device end of the pty: ")[1].split(" ")[0]
         runs = [_run("device", "--serial", path, "--bundle", bundle_dir, "--data", tmp_path / "small.npz", *json_flag)
                 for json_flag in ((), ("--json",))]
     finally:
         bridge.send_signal(signal.SIGINT)
-        bridge.communicate(timeout=30)
+        bridge.wait(timeout=60)
     table, as_json = runs
     assert table.exit_code == 0 and as_json.exit_code == 0, table.stderr + as_json.stderr
     lines = table.stdout.splitlines()

@@ -243,7 +243,7 @@ def test_a_lost_link_finishes_locally_at_the_last_exit(exits_run):
         stop.set()  # the bridge dies; the device's port stays open, and nobody answers on it any more
         bridge.join(timeout=5)
         device.timeout_s = 0.05
-        answers += [device.infer_one(s) for s in model.quantize(x[100:])]
+        answers += [device.infer_one(s) for s in model.quantize(x[100:160])]
     finally:
         device_port.close()
         os.close(slave_fd)

@@ -325,3 +325,21 @@ def test_serial_bridge_on_a_pty_needs_no_board_and_no_socat(bundle_dir, digits_e
     assert all(run.exit_code == 0 for run in runs), [run.stderr for run in runs]
     first, second = (json.loads(run.stdout) for run in runs)
     assert first["inputs"] == 60 and first["accuracy"] == second["accuracy"] > 0.9
+
+
+def test_a_device_writing_to_a_dead_pty_loses_bytes_instead_of_hanging():
+    """Nobody reads the bridge end (the bridge died): a UART would drop the bytes; the pty must not block forever
+    once its buffer is full. 1 MB is far more than a pty buffers."""
+    import os
+
+    from firmware_bridge.serial_bridge import pty_pair
+
+    port, _, slave = pty_pair()
+    try:
+        start = time.monotonic()
+        written = port.write(bytes(1 << 20))
+        assert 0 < written < 1 << 20
+        assert time.monotonic() - start < 30
+    finally:
+        port.close()
+        os.close(slave)
