@@ -224,7 +224,16 @@ def serve_mqtt(broker: Broker, handler: RequestHandler, workers: int, threads: i
 
 
 def _stop_on_signals() -> threading.Event:
-    """An event that SIGTERM sets (Ctrl-C arrives as KeyboardInterrupt)."""
+    """An event that SIGTERM and Ctrl-C (SIGINT) set, so the bridge stops between requests and closes its
+    remotes, collector and metrics cleanly. A KeyboardInterrupt raised wherever the main thread happens to be
+    (inside a relay, holding a lock) could leave it unable to finish; a second Ctrl-C still interrupts at once."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_signal(signum: int, frame) -> None:
+        if signum == signal.SIGINT and stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     return stop
