@@ -131,8 +131,9 @@ def compile_firmware(machine: str, workdir: Path, model_sources: list[Path], max
     elf = workdir / "firmware.elf"
     cmd = ["arm-none-eabi-gcc", f"-mcpu={board.cpu}", "-mthumb", "-mfloat-abi=soft", "-O2", "-std=c99", "-Wall",
            "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-nostartfiles",
-           "--specs=nano.specs", "--specs=nosys.specs", f"-DBP_MAX_BODY={max_body}u", f"-DUART0_BASE={board.uart0:#x}u",
-           f"-DCPU_HZ={board.cpu_hz}u", "-DBISUP_MODEL_PROFILE_MARKS", *defines, f"-I{workdir}", f"-I{C_LIBRARY}", "-T",
+           "--specs=nano.specs", "--specs=nosys.specs", f"-DBISUP_PROTO_MAX_BODY={max_body}u",
+           f"-DUART0_BASE={board.uart0:#x}u", f"-DCPU_HZ={board.cpu_hz}u", "-DBISUP_MODEL_PROFILE_MARKS", *defines,
+           f"-I{workdir}", f"-I{C_LIBRARY}", "-T",
            str(workdir / "link.ld"), str(FIRMWARE / "startup.c"), str(FIRMWARE / "main.c"),
            *(str(source) for source in model_sources), str(C_LIBRARY / "bisup_kernels.c"),
            str(C_LIBRARY / "bisup_proto.c"), str(C_LIBRARY / "bisup_app.c"), str(C_LIBRARY / "bisup_exits.c"),
@@ -324,7 +325,7 @@ class HilSession:
             body = p.encode(feed, max_body=self.board.max_body)
         except ValueError as exc:
             raise HilError(f"input {index} does not fit the board's frames ({exc}); rebuild its firmware with "
-                           f"-DBP_MAX_BODY={p.HEADER.size + p.FEED_FIXED.size + x_q.size} or more") from exc
+                           f"-DBISUP_PROTO_MAX_BODY={p.HEADER.size + p.FEED_FIXED.size + x_q.size} or more") from exc
         self.port.write(framing.encode_frame(body))
         for body in self._frames(timeout_s):
             kind = body[1] if len(body) > 1 else -1

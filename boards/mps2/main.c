@@ -89,20 +89,20 @@ static bool uart_read(void *ctx, uint8_t *byte) {
 
 extern const volatile uint32_t _boot_entropy; /* link.ld: written by QEMU's loader */
 
-static bp_reader rx;
+static bisup_proto_reader rx;
 static bisup_app app;
 static int8_t input[INPUT_BYTES];
 static uint32_t boot_id;
 
-static void send(bp_msg *m) {
+static void send(bisup_proto_msg *m) {
   m->boot = boot_id;
-  bp_send_frame(m, BP_MAX_BODY, uart_write, NULL);
+  bisup_proto_send_frame(m, BISUP_PROTO_MAX_BODY, uart_write, NULL);
 }
 
 static void send_error(uint32_t seq, uint8_t code, uint32_t detail) {
-  bp_msg m;
+  bisup_proto_msg m;
   memset(&m, 0, sizeof(m));
-  m.type = BP_ERROR;
+  m.type = BISUP_PROTO_ERROR;
   m.seq = seq;
   m.u.error.code = code;
   m.u.error.detail = detail;
@@ -110,13 +110,13 @@ static void send_error(uint32_t seq, uint8_t code, uint32_t detail) {
 }
 
 static void send_hello(uint32_t seq) {
-  bp_msg m;
+  bisup_proto_msg m;
   memset(&m, 0, sizeof(m));
-  m.type = BP_HELLO;
+  m.type = BISUP_PROTO_HELLO;
   m.seq = seq;
   m.u.hello.fw[1] = 2;
-  m.u.hello.max_body = BP_MAX_BODY;
-  memcpy(m.u.hello.hash, kModelHash, BP_HASH_BYTES);
+  m.u.hello.max_body = BISUP_PROTO_MAX_BODY;
+  memcpy(m.u.hello.hash, kModelHash, BISUP_PROTO_HASH_BYTES);
   m.u.hello.id_len = (uint8_t)(sizeof(DEVICE_ID) - 1);
   memcpy(m.u.hello.id, DEVICE_ID, sizeof(DEVICE_ID) - 1);
   send(&m);
@@ -124,14 +124,17 @@ static void send_hello(uint32_t seq) {
 
 /* Greet every 250 ms until the host greets back, as a booting board does. */
 static void handshake(void) {
-  bp_msg m;
+  bisup_proto_msg m;
   bool ready;
   uint8_t byte;
   for (;;) {
     send_hello(1);
     uint32_t until = g_ms + 250u;
     while ((int32_t)(g_ms - until) < 0) {
-      if (uart_read(NULL, &byte) && bp_reader_push(&rx, byte, &m, &ready) == BP_OK && ready && m.type == BP_HELLO) return;
+      if (uart_read(NULL, &byte) && bisup_proto_reader_push(&rx, byte, &m, &ready) == BISUP_PROTO_OK && ready &&
+          m.type == BISUP_PROTO_HELLO) {
+        return;
+      }
     }
   }
 }
@@ -159,9 +162,9 @@ static void send_profile(uint32_t seq, int count) {
   for (int i = 0; i < count; ++i) {
     for (int k = 0; k < 4; ++k) cycles_le[4 * i + k] = (uint8_t)(layer_cycles[i] >> (8 * k));
   }
-  bp_msg m;
+  bisup_proto_msg m;
   memset(&m, 0, sizeof(m));
-  m.type = BP_PROFILE;
+  m.type = BISUP_PROTO_PROFILE;
   m.seq = seq;
   m.u.profile.count = (uint8_t)count;
   m.u.profile.cycles_le = cycles_le;
@@ -181,7 +184,7 @@ static int64_t stage(int index, const int8_t *in, int8_t *confidences, uint16_t 
 }
 
 /* The stage loop (firmware_bridge/staged_device.py does the same on the host). */
-static uint32_t infer_and_decide(bp_msg *r) {
+static uint32_t infer_and_decide(bisup_proto_msg *r) {
   int8_t confidences[STAGES];
   uint16_t label = 0;
   uint32_t cycles = 0;
@@ -192,19 +195,20 @@ static uint32_t infer_and_decide(bp_msg *r) {
     if (bisup_exit_answers(&kExitRules[e], score) || (e == STAGES - 1 && !POLICY_RELAY)) {
       bisup_app_count_local(&app);
       r->u.report.label = label;
-      r->u.report.source = BP_SRC_LOCAL;
+      r->u.report.source = BISUP_PROTO_SRC_LOCAL;
       break;
     }
   }
   if (e == POLICY_DEPTH) {
     const int8_t *sent = POLICY_SPLIT ? activations[POLICY_SPLIT - 1] : input;
     uint32_t count = POLICY_SPLIT ? kActivationBytes[POLICY_SPLIT - 1] : INPUT_BYTES;
-    bisup_result result = bisup_app_ask(&app, POLICY_SPLIT, sent, count, label, confidences[e - 1], uart_read, NULL);
+    bisup_app_result result = bisup_app_ask(&app, POLICY_SPLIT, sent, count, label, confidences[e - 1], uart_read,
+                                            NULL);
     r->u.report.label = result.label;
     r->u.report.source = result.source;
     r->u.report.rejected = result.rejected ? 1u : 0u;
     e -= 1;
-    if (result.source != BP_SRC_REMOTE) { /* no usable answer: finish locally at the last exit */
+    if (result.source != BISUP_PROTO_SRC_REMOTE) { /* no usable answer: finish locally at the last exit */
       while (++e < STAGES) {
         stage(e, activations[e - 1], confidences, &label);
         cycles += layer_cycles[e];
@@ -219,7 +223,7 @@ static uint32_t infer_and_decide(bp_msg *r) {
   return cycles;
 }
 #else
-static uint32_t infer_and_decide(bp_msg *r) {
+static uint32_t infer_and_decide(bisup_proto_msg *r) {
   int8_t scores[BISUP_MODEL_CLASSES], confidence;
   uint32_t before = now_cycles();
   infer_start = before;
@@ -230,7 +234,7 @@ static uint32_t infer_and_decide(bp_msg *r) {
   r->u.report.local_label = local_label;
   r->u.report.local_confidence = confidence;
   send_profile(r->seq, BISUP_MODEL_LAYERS);
-  bisup_result result = bisup_app_decide(&app, input, INPUT_BYTES, local_label, confidence, uart_read, NULL);
+  bisup_app_result result = bisup_app_decide(&app, input, INPUT_BYTES, local_label, confidence, uart_read, NULL);
   r->u.report.label = result.label;
   r->u.report.source = result.source;
   r->u.report.rejected = result.rejected ? 1u : 0u;
@@ -238,16 +242,16 @@ static uint32_t infer_and_decide(bp_msg *r) {
 }
 #endif
 
-static void on_feed(const bp_msg *m) {
+static void on_feed(const bisup_proto_msg *m) {
   uint32_t start = now_us(), count = m->u.feed.count;
-  if (count != INPUT_BYTES || m->u.feed.dtype != BP_DTYPE_INT8) {
-    send_error(m->seq, BP_E_BAD_TENSOR, INPUT_BYTES);
+  if (count != INPUT_BYTES || m->u.feed.dtype != BISUP_PROTO_DTYPE_INT8) {
+    send_error(m->seq, BISUP_PROTO_E_BAD_TENSOR, INPUT_BYTES);
     return;
   }
   memcpy(input, m->u.feed.data, count); /* the reader reuses its buffer while we wait */
-  bp_msg r;
+  bisup_proto_msg r;
   memset(&r, 0, sizeof(r));
-  r.type = BP_REPORT;
+  r.type = BISUP_PROTO_REPORT;
   r.seq = m->seq;
   r.u.report.infer_cycles = infer_and_decide(&r);
   r.u.report.latency_us = now_us() - start;
@@ -261,25 +265,25 @@ int main(void) {
   SYST_CVR = 0u;
   SYST_CSR = 7u; /* processor clock, interrupt, enable */
   boot_id = _boot_entropy;
-  bp_client_config link = {uart_write, now_ms, NULL, REQUEST_TIMEOUT_MS, REQUEST_RETRIES, boot_id};
+  bisup_proto_client_config link = {uart_write, now_ms, NULL, REQUEST_TIMEOUT_MS, REQUEST_RETRIES, boot_id};
   bisup_app_init(&app, &link, THRESHOLD_INT8);
-  bp_reader_init(&rx);
+  bisup_proto_reader_init(&rx);
   handshake();
   for (;;) {
     uint8_t byte;
-    bp_msg m;
+    bisup_proto_msg m;
     bool ready;
     if (!uart_read(NULL, &byte)) continue;
-    bp_status status = bp_reader_push(&rx, byte, &m, &ready);
+    bisup_proto_status status = bisup_proto_reader_push(&rx, byte, &m, &ready);
     if (!ready) continue;
-    if (status != BP_OK) {
+    if (status != BISUP_PROTO_OK) {
       send_error(m.seq, (uint8_t)status, 0);
-    } else if (m.type == BP_FEED) {
+    } else if (m.type == BISUP_PROTO_FEED) {
       on_feed(&m);
-    } else if (m.type == BP_HELLO) {
+    } else if (m.type == BISUP_PROTO_HELLO) {
       send_hello(m.seq);
-    } else if (m.type == BP_PING) {
-      m.type = BP_PONG;
+    } else if (m.type == BISUP_PROTO_PING) {
+      m.type = BISUP_PROTO_PONG;
       send(&m);
     }
   }
