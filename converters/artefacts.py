@@ -29,7 +29,7 @@ class ArtefactError(BisupError, ValueError):
 
 
 def trusted(confidence_int8, threshold_int8: int):
-    """The device's rule, exactly as the firmware's ``bp_trusted``: answer locally iff the int8
+    """The device's rule, exactly as the firmware's ``bisup_proto_trusted``: answer locally iff the int8
     confidence reaches the int8 threshold (``NEVER_TRUST`` means never)."""
     import numpy as np  # here, not at import: `bisup boards` and `--help` read artefacts without numpy
 

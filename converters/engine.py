@@ -269,7 +269,7 @@ class _Builder:
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
         sums = self.g.data(w).reshape(oc, -1).astype(np.int64).sum(axis=1)
         defs.append(_c_array("int32_t", f"{name}_filter_sums", sums))
-        params = (f"static const bk_conv_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
+        params = (f"static const bisup_kernel_conv_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
                   f"{_shape_c(self.g.shape(y), where)}, {fh}, {fw}, {o.strideH}, {o.strideW}, {o.dilationHFactor}, "
                   f"{o.dilationWFactor}, {pad_h}, {pad_w}, {-self.g.zero_point(x)}, {self.g.zero_point(y)}, {lo}, "
                   f"{hi}, {name}_filter, {f'{name}_bias' if bias is not None else 'NULL'}, {name}_multiplier, "
@@ -277,7 +277,7 @@ class _Builder:
         if (out_h, out_w) != self.g.shape(y)[1:3]:
             raise EngineError(f"{where}: output shape {self.g.shape(y)} does not follow from the padding")
         return Step("CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
-                    f"bk_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw * ic,
+                    f"bisup_kernel_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw * ic,
                     parameters=oc * fh * fw * ic + (oc if bias is not None else 0))
 
     def _depthwise_conv_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
@@ -290,13 +290,13 @@ class _Builder:
         out_w, pad_w = same_or_valid(o.padding, o.strideW, o.dilationWFactor, wd, fw)
         defs, _ = self.requant(name, x, w, y, bias, where, channels=oc)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
-        params = (f"static const bk_depthwise_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
+        params = (f"static const bisup_kernel_depthwise_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
                   f"{_shape_c(self.g.shape(y), where)}, {fh}, {fw}, {oc // c}, {o.strideH}, {o.strideW}, "
                   f"{o.dilationHFactor}, {o.dilationWFactor}, {pad_h}, {pad_w}, {-self.g.zero_point(x)}, "
                   f"{self.g.zero_point(y)}, {lo}, {hi}, {name}_filter, "
                   f"{f'{name}_bias' if bias is not None else 'NULL'}, {name}_multiplier, {name}_shift}};")
         return Step("DEPTHWISE_CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
-                    f"bk_depthwise_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw,
+                    f"bisup_kernel_depthwise_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw,
                     parameters=fh * fw * oc + (oc if bias is not None else 0))
 
     def _fully_connected(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
@@ -316,11 +316,11 @@ class _Builder:
             raise EngineError(f"{where}: the folded bias overflows int32 (weights too large for this input offset)")
         defs.append(_c_array("int32_t", f"{name}_bias", folded))
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
-        params = (f"static const bk_fully_connected_params {name} = {{{batches}, {in_depth}, {out_depth}, "
+        params = (f"static const bisup_kernel_fully_connected_params {name} = {{{batches}, {in_depth}, {out_depth}, "
                   f"{self.g.zero_point(y)}, {lo}, {hi}, {name}_filter, {name}_bias, {name}_multiplier, "
                   f"{name}_shift, {int(per_channel)}}};")
         return Step("FULLY_CONNECTED", [x], [y], [self.weights(name, w, where), *defs, params],
-                    f"bk_fully_connected(&{name}, ${x}, ${y});", macs=batches * out_depth * in_depth,
+                    f"bisup_kernel_fully_connected(&{name}, ${x}, ${y});", macs=batches * out_depth * in_depth,
                     parameters=out_depth * in_depth + (out_depth if bias is not None else 0))
 
     def _max_pool_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
@@ -330,10 +330,10 @@ class _Builder:
         _, pad_h = same_or_valid(o.padding, o.strideH, 1, h, o.filterHeight)
         _, pad_w = same_or_valid(o.padding, o.strideW, 1, wd, o.filterWidth)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
-        params = (f"static const bk_pool_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
+        params = (f"static const bisup_kernel_pool_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
                   f"{_shape_c(self.g.shape(y), where)}, {o.filterHeight}, {o.filterWidth}, {o.strideH}, "
                   f"{o.strideW}, {pad_h}, {pad_w}, {lo}, {hi}}};")
-        return Step("MAX_POOL_2D", [x], [y], [params], f"bk_max_pool(&{name}, ${x}, ${y});")
+        return Step("MAX_POOL_2D", [x], [y], [params], f"bisup_kernel_max_pool(&{name}, ${x}, ${y});")
 
     def _same_quantization(self, x: int, y: int, where: str, kind: str) -> None:
         if self.g.scale(x) != self.g.scale(y) or self.g.zero_point(x) != self.g.zero_point(y):
@@ -343,7 +343,7 @@ class _Builder:
     def _average_pool_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         self._same_quantization(ins[0], outs[0], where, "AVERAGE_POOL_2D")
         step = self._max_pool_2d(name, op, ins, outs, where)
-        step.call = step.call.replace("bk_max_pool", "bk_average_pool")
+        step.call = step.call.replace("bisup_kernel_max_pool", "bisup_kernel_average_pool")
         return step
 
     def _pad(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
@@ -354,9 +354,9 @@ class _Builder:
         value = self.g.zero_point(y)
         if len(ins) > 2 and ins[2] >= 0:  # PADV2: an explicit constant
             value = int(np.asarray(self.g.data(ins[2])).ravel()[0])
-        params = (f"static const bk_pad_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
+        params = (f"static const bisup_kernel_pad_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
                   f"{_shape_c(self.g.shape(y), where)}, {', '.join(map(str, before))}, {value}}};")
-        return Step("PAD", [x], [y], [params], f"bk_pad(&{name}, ${x}, ${y});")
+        return Step("PAD", [x], [y], [params], f"bisup_kernel_pad(&{name}, ${x}, ${y});")
 
     _padv2 = _pad
 
@@ -373,17 +373,18 @@ class _Builder:
             if self.g.data(x) is not None:
                 raise EngineError(f"{where}: constant input {x} to CONCATENATION is not supported")
             inner = int(np.prod(self.g.shape(x)[axis:]))
-            defs.append(f"static const bk_concat_params {name}_{k} = {{{outer}, {inner}, {output_inner}, {offset}}};")
-            calls.append(f"bk_concat(&{name}_{k}, ${x}, ${y});")
+            defs.append(f"static const bisup_kernel_concat_params {name}_{k} = "
+                        f"{{{outer}, {inner}, {output_inner}, {offset}}};")
+            calls.append(f"bisup_kernel_concat(&{name}_{k}, ${x}, ${y});")
             offset += inner
         return Step("CONCATENATION", list(ins), [y], defs, " ".join(calls))
 
     def _quantize(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         multiplier, shift = self.rescale(x, y)
-        params = (f"static const bk_requantize_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
+        params = (f"static const bisup_kernel_requantize_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
                   f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
-        return Step("QUANTIZE", [x], [y], [params], f"bk_requantize(&{name}, ${x}, ${y});")
+        return Step("QUANTIZE", [x], [y], [params], f"bisup_kernel_requantize(&{name}, ${x}, ${y});")
 
     def _reshape(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         return Step("RESHAPE", [ins[0]], [outs[0]], alias=True)
@@ -396,13 +397,13 @@ class _Builder:
         o = op.builtinOptions
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
         defs, operands = self._binary_operands(name, a, b, y, where)
-        params = (f"static const bk_mul_params {name} = {{{_shape_c(self.g.shape(a), where)}, "
+        params = (f"static const bisup_kernel_mul_params {name} = {{{_shape_c(self.g.shape(a), where)}, "
                   f"{_shape_c(self.g.shape(b), where)}, {_shape_c(self.g.shape(y), where)}, "
                   f"{-self.g.zero_point(a)}, {-self.g.zero_point(b)}, {self.g.zero_point(y)}, {lo}, {hi}, "
                   f"{multiplier}, {shift}}};")
         activations = [t for t in (a, b) if self.g.data(t) is None]
         return Step("MUL", activations, [y], [*defs, params],
-                    f"bk_mul(&{name}, {operands[0]}, {operands[1]}, ${y});")
+                    f"bisup_kernel_mul(&{name}, {operands[0]}, {operands[1]}, ${y});")
 
     def _binary_operands(self, name: str, a: int, b: int, y: int, where: str) -> tuple[list[str], list[str]]:
         """Constant operands as arrays, activations as $tensor placeholders; shapes must broadcast."""
@@ -439,13 +440,13 @@ class _Builder:
         o = op.builtinOptions
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
         multipliers = ", ".join(f"{m}, {s}" for m, s in pairs)
-        params = (f"static const bk_add_params {name} = {{{_shape_c(self.g.shape(a), where)}, "
+        params = (f"static const bisup_kernel_add_params {name} = {{{_shape_c(self.g.shape(a), where)}, "
                   f"{_shape_c(self.g.shape(b), where)}, {_shape_c(self.g.shape(y), where)}, "
                   f"{-self.g.zero_point(a)}, {-self.g.zero_point(b)}, {self.g.zero_point(y)}, {lo}, {hi}, 20, "
                   f"{multipliers}}};")
         activations = [t for t in (a, b) if self.g.data(t) is None]
         return Step(kind, activations, [y], [*defs, params],
-                    f"bk_{kind.lower()}(&{name}, {operands[0]}, {operands[1]}, ${y});")
+                    f"bisup_kernel_{kind.lower()}(&{name}, {operands[0]}, {operands[1]}, ${y});")
 
     def _add(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         return self._add_or_sub("ADD", name, op, ins, outs, where)
@@ -457,9 +458,9 @@ class _Builder:
         x, y = ins[0], outs[0]
         outer, reduced, inner = self._axes(x, ins[1], where)
         multiplier, shift = self.rescale(x, y)
-        params = (f"static const bk_sum_params {name} = {{{{{outer}, {reduced}, {inner}}}, {self.g.zero_point(x)}, "
-                  f"{self.g.zero_point(y)}, {multiplier}, {shift}}};")
-        return Step("SUM", [x], [y], [params], f"bk_sum(&{name}, ${x}, ${y});")
+        params = (f"static const bisup_kernel_sum_params {name} = {{{{{outer}, {reduced}, {inner}}}, "
+                  f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
+        return Step("SUM", [x], [y], [params], f"bisup_kernel_sum(&{name}, ${x}, ${y});")
 
     def _mean(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         """TFLM's int8 MEAN is its SUM with the multiplier divided by the element count (QuantizedMeanOrSum)."""
@@ -468,9 +469,9 @@ class _Builder:
         multiplier, shift = self.rescale(x, y)
         extra = min(reduced.bit_length() - 1, 32, 31 + shift)
         multiplier, shift = (multiplier << extra) // reduced, shift - extra
-        params = (f"static const bk_sum_params {name} = {{{{{outer}, {reduced}, {inner}}}, {self.g.zero_point(x)}, "
-                  f"{self.g.zero_point(y)}, {multiplier}, {shift}}};")
-        return Step("MEAN", [x], [y], [params], f"bk_sum(&{name}, ${x}, ${y});")
+        params = (f"static const bisup_kernel_sum_params {name} = {{{{{outer}, {reduced}, {inner}}}, "
+                  f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
+        return Step("MEAN", [x], [y], [params], f"bisup_kernel_sum(&{name}, ${x}, ${y});")
 
     def _logistic(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
@@ -481,9 +482,9 @@ class _Builder:
         multiplier = tflm_round(significand * (1 << 31))
         multiplier = (multiplier + (1 << 31)) % (1 << 32) - (1 << 31)  # TFLM casts to int32 without the fix-up
         radius = input_radius(4, left_shift)
-        params = (f"static const bk_logistic_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
+        params = (f"static const bisup_kernel_logistic_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
                   f"{self.g.zero_point(x)}, {radius}, {multiplier}, {left_shift}}};")
-        return Step("LOGISTIC", [x], [y], [params], f"bk_logistic(&{name}, ${x}, ${y});")
+        return Step("LOGISTIC", [x], [y], [params], f"bisup_kernel_logistic(&{name}, ${x}, ${y});")
 
     def _axes(self, x: int, axes_tensor: int, where: str) -> tuple[int, int, int]:
         """(outer, reduced, inner) for a reduction over contiguous axes."""
@@ -501,9 +502,9 @@ class _Builder:
         multiplier, left_shift, radius = self.softmax_scaling(x, float(np.float32(op.builtinOptions.beta)), where)
         shape = self.g.shape(x)
         depth = shape[-1]
-        params = (f"static const bk_softmax_params {name} = {{{int(np.prod(shape)) // depth}, {depth}, "
+        params = (f"static const bisup_kernel_softmax_params {name} = {{{int(np.prod(shape)) // depth}, {depth}, "
                   f"{multiplier}, {left_shift}, {-radius}}};")
-        return Step("SOFTMAX", [x], [y], [params], f"bk_softmax(&{name}, ${x}, ${y});")
+        return Step("SOFTMAX", [x], [y], [params], f"bisup_kernel_softmax(&{name}, ${x}, ${y});")
 
     def _log_softmax(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
@@ -515,17 +516,18 @@ class _Builder:
         if reverse_shift > 0:
             raise EngineError(f"{where}: log-softmax input scale {self.g.scale(x)} is outside TFLM's int8 range")
         shape = self.g.shape(x)
-        params = (f"static const bk_log_softmax_params {name} = {{{int(np.prod(shape)) // shape[-1]}, {shape[-1]}, "
-                  f"{multiplier}, {left_shift}, {reverse}, {reverse_shift}, {-radius}}};")
-        return Step("LOG_SOFTMAX", [x], [y], [params], f"bk_log_softmax(&{name}, ${x}, ${y});")
+        params = (f"static const bisup_kernel_log_softmax_params {name} = "
+                  f"{{{int(np.prod(shape)) // shape[-1]}, {shape[-1]}, {multiplier}, {left_shift}, {reverse}, "
+                  f"{reverse_shift}, {-radius}}};")
+        return Step("LOG_SOFTMAX", [x], [y], [params], f"bisup_kernel_log_softmax(&{name}, ${x}, ${y});")
 
     def _reduce(self, kind: str, name: str, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         if self.g.scale(x) != self.g.scale(y) or self.g.zero_point(x) != self.g.zero_point(y):
             raise EngineError(f"{where}: input and output quantization differ; TFLM's int8 {kind} requires equal")
         outer, reduced, inner = self._axes(x, ins[1], where)
-        params = f"static const bk_reduce_params {name} = {{{outer}, {reduced}, {inner}}};"
-        return Step(kind, [x], [y], [params], f"bk_{kind.lower()}(&{name}, ${x}, ${y});")
+        params = f"static const bisup_kernel_reduce_params {name} = {{{outer}, {reduced}, {inner}}};"
+        return Step(kind, [x], [y], [params], f"bisup_kernel_{kind.lower()}(&{name}, ${x}, ${y});")
 
     def _reduce_max(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
         return self._reduce("REDUCE_MAX", name, ins, outs, where)

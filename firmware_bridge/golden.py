@@ -48,7 +48,7 @@ def _reframe(body: bytes, crc: int | None = None) -> bytes:
 
 def _invalid() -> list[tuple[str, bytes, str]]:
     """Frames every receiver must refuse. A frame longer than the receiver's limit is not here: each
-    side has its own limit (the host's ``MAX_BODY``, the device's ``BP_MAX_BODY``), tested apart."""
+    side has its own limit (the host's ``MAX_BODY``, the device's ``BISUP_PROTO_MAX_BODY``), tested apart."""
     infer = p.encode(p.Infer(7, 3, -20, bytes(64), boot=BOOT))
     bad_crc = _reframe(infer, framing.crc16(infer) ^ 0x0101)
     legacy_infer = p.LEGACY_HEADER.pack(1, p.MsgType.INFER, 7) + bytes([3, 0, 0xEC, 1, 64, 0]) + bytes(64)

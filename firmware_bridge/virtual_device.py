@@ -63,7 +63,7 @@ class SerialLink:
         self.port.close()
 
 
-STATS_EVERY = 32  # inferences between STATS messages, as the C app's BISUP_STATS_EVERY
+STATS_EVERY = 32  # inferences between STATS messages, as the C app's BISUP_APP_STATS_EVERY
 
 
 class VirtualDevice:

@@ -71,7 +71,7 @@ def test_manifest_and_board_profiles_round_trip():
 
 def test_the_one_decision_rule():
     """The device answers locally iff confidence >= threshold (int8 units); 128 never; the remote answer
-    is kept iff its score >= the remote threshold. The C library's bp_trusted is checked against the
+    is kept iff its score >= the remote threshold. The C library's bisup_proto_trusted is checked against the
     same cases in tests/c/proto_harness.c."""
     confidence = np.array([-128, -21, -20, 127])
     assert trusted(confidence, -20).tolist() == [False, False, True, True]

@@ -26,7 +26,7 @@ def harness(tmp_path_factory):
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed (CI installs it)")
     exe = tmp_path_factory.mktemp("c") / "proto_harness"
-    subprocess.run(["gcc", *FLAGS, f"-DBP_MAX_BODY={HOST_MAX_BODY}u", "-g", "-fsanitize=address,undefined",
+    subprocess.run(["gcc", *FLAGS, f"-DBISUP_PROTO_MAX_BODY={HOST_MAX_BODY}u", "-g", "-fsanitize=address,undefined",
                     "-fno-sanitize-recover=all", f"-I{LIB}",
                     str(LIB / "bisup_proto.c"), str(LIB / "bisup_app.c"), str(HARNESS), "-o", str(exe)], check=True)
     return exe
@@ -67,11 +67,11 @@ def test_cortex_m4_build_and_size(tmp_path):
         sizes.append(list(map(int, _run("arm-none-eabi-size", obj).splitlines()[1].split()[:3])))
     text, data, bss = (sum(column) for column in zip(*sizes, strict=True))
     probe = tmp_path / "probe.c"
-    probe.write_text('#include "bisup_proto.h"\nbp_client probe_client;\n')
+    probe.write_text('#include "bisup_proto.h"\nbisup_proto_client probe_client;\n')
     subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-Os", "-std=c99", f"-I{LIB}", "-c",
                     str(probe), "-o", str(tmp_path / "probe.o")], check=True)
     client_ram = int(_run("arm-none-eabi-nm", "-S", tmp_path / "probe.o").split()[1], 16)
     print(f"\nbisup_proto on Cortex-M4 -Os: flash {text + data} B, static RAM {data + bss} B, "
-          f"one bp_client {client_ram} B")
+          f"one bisup_proto_client {client_ram} B")
     assert 0 < text + data < 4096 and data + bss == 0  # no hidden state: all RAM is the caller's
     assert client_ram < 1400  # one frame buffer (1,035 B at the default 1,024-byte body), not three

@@ -88,8 +88,29 @@ def test_bundle_for_another_model_is_refused(hil_setup, converted, tmp_path):
     other = Bundle(board_bundle.path, converted.model, board_bundle.thresholds)  # what the host expects
     with pytest.raises(hil.HilError, match="the board runs model .* but the bundle holds"):
         elf = hil.build_firmware("mps2-an386", board_bundle, tmp_path)
-        with hil.qemu("mps2-an386", elf) as link:
+        with hil.qemu("mps2-an386", elf, loaders=[hil.image_loader("mps2-an386", tmp_path / hil.MODEL_IMAGE)]) as link:
             hil.HilSession(link, None).handshake(other.model_hash, 10)
+
+
+def test_emulated_board_refuses_an_image_it_cannot_run(hil_setup, converted, tmp_path):
+    """Like a real board, the emulated one takes threshold and hash from the flashed model image; an image
+    that is not one, or that holds another model than the compiled-in weights, gets no HELLO."""
+    from firmware_bridge.bundle import Bundle
+    from firmware_bridge.image import ModelImage
+    from toolkit import hil
+
+    out, _, _ = hil_setup
+    board_bundle = Bundle.load(out / "digits.bisup")
+    elf = hil.build_firmware("mps2-an386", board_bundle, tmp_path)
+    good = (tmp_path / hil.MODEL_IMAGE).read_bytes()
+    assert ModelImage.decode(good) == ModelImage(board_bundle.model, board_bundle.threshold_int8)
+    images = {"not an image": b"XSUP" + good[4:], "another model": ModelImage(converted.model, 0).encode()}
+    for name, image in images.items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(image)
+        with pytest.raises(hil.HilError, match="did not send HELLO"), \
+                hil.qemu("mps2-an386", elf, loaders=[hil.image_loader("mps2-an386", path)]) as link:
+            hil.HilSession(link, None).handshake(board_bundle.model_hash, 2)
 
 
 def test_port_problems_are_named(hil_setup, tmp_path):
@@ -161,7 +182,7 @@ def test_each_boot_of_the_emulated_board_has_its_own_id(hil_setup, tmp_path):
     elf = hil.build_firmware("mps2-an386", board_bundle, tmp_path)
     boots = []
     for _ in range(2):
-        with hil.qemu("mps2-an386", elf) as link:
+        with hil.qemu("mps2-an386", elf, loaders=[hil.image_loader("mps2-an386", tmp_path / hil.MODEL_IMAGE)]) as link:
             hello = hil.HilSession(link, None).handshake(board_bundle.model_hash, 10)
             boots.append(hello.boot)
     assert boots[0] != boots[1] and hello.max_body >= board_bundle.input_elements

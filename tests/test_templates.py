@@ -78,6 +78,6 @@ def test_templates_draw_a_boot_id_from_the_hardware_rng():
     a rebooted board from the previous boot's cache."""
     rng = {"esp32s3": "esp_random()", "nrf52840": "boot_id()"}
     for board, template in TEMPLATES.items():
-        config = re.search(r"bp_client_config link = \{([^}]*)\}", template.read_text()).group(1)
+        config = re.search(r"bisup_proto_client_config link = \{([^}]*)\}", template.read_text()).group(1)
         fields = [field.strip() for field in config.split(",")]
         assert len(fields) == 6 and fields[-1] == rng[board], (board, fields)

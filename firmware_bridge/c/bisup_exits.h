@@ -6,6 +6,9 @@
  * scorer: features . weights + bias over e + 3 int8 features (the confidences of exits 0..e, the exit's
  * top int8 score, its top-1 minus top-2), at most a few multiply-adds. The device answers at exit e
  * when score >= threshold.
+ *
+ * Names: every function and type here starts with bisup_exit_.
+ * Every public C name of bisup starts with bisup_<module>_ or BISUP_<MODULE>_ (README, "Firmware templates").
  */
 #ifndef BISUP_EXITS_H_
 #define BISUP_EXITS_H_

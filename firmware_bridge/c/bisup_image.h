@@ -7,6 +7,9 @@
  * On ESP32 boards the image sits inside an ESP firmware-image container with one segment (the
  * container lets esptool check it); the reader skips that container's 32-byte prefix.
  * The reader checks structure only; a board with a SHA-256 engine may verify `hash` as well.
+ *
+ * Names: functions and types start with bisup_image_, macros and constants with BISUP_IMAGE_.
+ * Every public C name of bisup starts with bisup_<module>_ or BISUP_<MODULE>_ (README, "Firmware templates").
  */
 #ifndef BISUP_IMAGE_H_
 #define BISUP_IMAGE_H_

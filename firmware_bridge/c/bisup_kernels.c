@@ -3,38 +3,37 @@
 
 #include <stddef.h>
 
-#define BK_INT32_MIN (-2147483647 - 1)
-#define BK_INT32_MAX 2147483647
 
 static int32_t clamp32(int32_t x, int32_t lo, int32_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
-int32_t bk_saturating_rounding_doubling_high_mul(int32_t a, int32_t b) {
-  if (a == b && a == BK_INT32_MIN) return BK_INT32_MAX; /* the one product that overflows */
+int32_t bisup_kernel_saturating_rounding_doubling_high_mul(int32_t a, int32_t b) {
+  if (a == b && a == INT32_MIN) return INT32_MAX; /* the one product that overflows */
   int64_t ab = (int64_t)a * (int64_t)b;
   int32_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
   return (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C division truncates toward zero */
 }
 
-int32_t bk_rounding_divide_by_pot(int32_t x, int exponent) {
+int32_t bisup_kernel_rounding_divide_by_pot(int32_t x, int exponent) {
   int32_t mask = (int32_t)(((int64_t)1 << exponent) - 1);
   int32_t remainder = x & mask;
   int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
   return (x >> exponent) + (remainder > threshold ? 1 : 0); /* round half away from zero */
 }
 
-int32_t bk_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int shift) {
+int32_t bisup_kernel_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int shift) {
   int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
   int32_t scaled = (int32_t)((uint32_t)x << left); /* wraps as TFLM's int32 multiply does */
-  return bk_rounding_divide_by_pot(bk_saturating_rounding_doubling_high_mul(scaled, multiplier), right);
+  return bisup_kernel_rounding_divide_by_pot(bisup_kernel_saturating_rounding_doubling_high_mul(scaled, multiplier),
+                                             right);
 }
 
-static int32_t offset4(const bk_shape *s, int32_t b, int32_t y, int32_t x, int32_t c) {
+static int32_t offset4(const bisup_kernel_shape *s, int32_t b, int32_t y, int32_t x, int32_t c) {
   return ((b * s->height + y) * s->width + x) * s->depth + c;
 }
 
 static int8_t requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t output_offset, int32_t lo,
                          int32_t hi) {
-  acc = bk_multiply_by_quantized_multiplier(acc, multiplier, (int)shift) + output_offset;
+  acc = bisup_kernel_multiply_by_quantized_multiplier(acc, multiplier, (int)shift) + output_offset;
   return (int8_t)clamp32(acc, lo, hi);
 }
 
@@ -48,8 +47,8 @@ static void valid_taps(int32_t origin, int32_t dilation, int32_t taps, int32_t s
 
 /* sum(w * (x + offset)) = sum(w * x) + offset * sum(w): the same integer, with one add per MAC fewer.
  * A window inside the input takes sum(w) precomputed; one clipped by padding sums the taps it uses. */
-void bk_conv2d(const bk_conv_params *p, const int8_t *input, int8_t *output) {
-  const bk_shape *in = &p->input, *out = &p->output;
+void bisup_kernel_conv2d(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output) {
+  const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int32_t depth = in->depth, taps_per_row = p->filter_width * depth, pixel_step = p->dilation_width * depth;
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t oy = 0; oy < out->height; ++oy) {
@@ -90,8 +89,8 @@ void bk_conv2d(const bk_conv_params *p, const int8_t *input, int8_t *output) {
   }
 }
 
-void bk_depthwise_conv2d(const bk_depthwise_params *p, const int8_t *input, int8_t *output) {
-  const bk_shape *in = &p->input, *out = &p->output;
+void bisup_kernel_depthwise_conv2d(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
+  const bisup_kernel_shape *in = &p->input, *out = &p->output;
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t oy = 0; oy < out->height; ++oy) {
       for (int32_t ox = 0; ox < out->width; ++ox) {
@@ -120,7 +119,7 @@ void bk_depthwise_conv2d(const bk_depthwise_params *p, const int8_t *input, int8
   }
 }
 
-void bk_fully_connected(const bk_fully_connected_params *p, const int8_t *input, int8_t *output) {
+void bisup_kernel_fully_connected(const bisup_kernel_fully_connected_params *p, const int8_t *input, int8_t *output) {
   for (int32_t b = 0; b < p->batches; ++b) {
     const int8_t *row = input + (size_t)b * p->input_depth;
     for (int32_t oc = 0; oc < p->output_depth; ++oc) {
@@ -139,8 +138,8 @@ void bk_fully_connected(const bk_fully_connected_params *p, const int8_t *input,
 }
 
 /* MAX_POOL_2D and AVERAGE_POOL_2D: the window is clipped to the input, as TFLM clips it. */
-static void pool(const bk_pool_params *p, const int8_t *input, int8_t *output, int average) {
-  const bk_shape *in = &p->input, *out = &p->output;
+static void pool(const bisup_kernel_pool_params *p, const int8_t *input, int8_t *output, int average) {
+  const bisup_kernel_shape *in = &p->input, *out = &p->output;
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t oy = 0; oy < out->height; ++oy) {
       for (int32_t ox = 0; ox < out->width; ++ox) {
@@ -172,12 +171,16 @@ static void pool(const bk_pool_params *p, const int8_t *input, int8_t *output, i
   }
 }
 
-void bk_max_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) { pool(p, input, output, 0); }
+void bisup_kernel_max_pool(const bisup_kernel_pool_params *p, const int8_t *input, int8_t *output) {
+  pool(p, input, output, 0);
+}
 
-void bk_average_pool(const bk_pool_params *p, const int8_t *input, int8_t *output) { pool(p, input, output, 1); }
+void bisup_kernel_average_pool(const bisup_kernel_pool_params *p, const int8_t *input, int8_t *output) {
+  pool(p, input, output, 1);
+}
 
-void bk_pad(const bk_pad_params *p, const int8_t *input, int8_t *output) {
-  const bk_shape *in = &p->input, *out = &p->output;
+void bisup_kernel_pad(const bisup_kernel_pad_params *p, const int8_t *input, int8_t *output) {
+  const bisup_kernel_shape *in = &p->input, *out = &p->output;
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t y = 0; y < out->height; ++y) {
       for (int32_t x = 0; x < out->width; ++x) {
@@ -193,7 +196,7 @@ void bk_pad(const bk_pad_params *p, const int8_t *input, int8_t *output) {
   }
 }
 
-void bk_concat(const bk_concat_params *p, const int8_t *input, int8_t *output) {
+void bisup_kernel_concat(const bisup_kernel_concat_params *p, const int8_t *input, int8_t *output) {
   for (int32_t o = 0; o < p->outer; ++o) {
     const int8_t *from = input + (size_t)o * p->inner;
     int8_t *to = output + (size_t)o * p->output_inner + p->offset;
@@ -201,20 +204,21 @@ void bk_concat(const bk_concat_params *p, const int8_t *input, int8_t *output) {
   }
 }
 
-void bk_requantize(const bk_requantize_params *p, const int8_t *input, int8_t *output) {
+void bisup_kernel_requantize(const bisup_kernel_requantize_params *p, const int8_t *input, int8_t *output) {
   for (int32_t i = 0; i < p->count; ++i) {
-    int32_t q = bk_multiply_by_quantized_multiplier(input[i] - p->input_zero_point, p->multiplier, (int)p->shift);
+    int32_t q = bisup_kernel_multiply_by_quantized_multiplier(input[i] - p->input_zero_point, p->multiplier,
+                                                              (int)p->shift);
     output[i] = (int8_t)clamp32(q + p->output_zero_point, -128, 127);
   }
 }
 
 /* Index of a broadcast operand: a dimension of 1 stays at 0. */
-static int32_t broadcast_offset(const bk_shape *s, int32_t b, int32_t y, int32_t x, int32_t c) {
+static int32_t broadcast_offset(const bisup_kernel_shape *s, int32_t b, int32_t y, int32_t x, int32_t c) {
   return offset4(s, s->batches == 1 ? 0 : b, s->height == 1 ? 0 : y, s->width == 1 ? 0 : x, s->depth == 1 ? 0 : c);
 }
 
-void bk_mul(const bk_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
-  const bk_shape *out = &p->output;
+void bisup_kernel_mul(const bisup_kernel_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
+  const bisup_kernel_shape *out = &p->output;
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t y = 0; y < out->height; ++y) {
       for (int32_t x = 0; x < out->width; ++x) {
@@ -230,12 +234,13 @@ void bk_mul(const bk_mul_params *p, const int8_t *input1, const int8_t *input2, 
 }
 
 static int32_t scale_down(int32_t x, int32_t multiplier, int32_t shift) { /* shift <= 0 */
-  return bk_rounding_divide_by_pot(bk_saturating_rounding_doubling_high_mul(x, multiplier), (int)-shift);
+  return bisup_kernel_rounding_divide_by_pot(bisup_kernel_saturating_rounding_doubling_high_mul(x, multiplier),
+                                             (int)-shift);
 }
 
-static void add_or_sub(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
+static void add_or_sub(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
                        int32_t sign) {
-  const bk_shape *out = &p->output;
+  const bisup_kernel_shape *out = &p->output;
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t y = 0; y < out->height; ++y) {
       for (int32_t x = 0; x < out->width; ++x) {
@@ -252,22 +257,23 @@ static void add_or_sub(const bk_add_params *p, const int8_t *input1, const int8_
   }
 }
 
-void bk_add(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
+void bisup_kernel_add(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
   add_or_sub(p, input1, input2, output, 1);
 }
 
-void bk_sub(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
+void bisup_kernel_sub(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
   add_or_sub(p, input1, input2, output, -1);
 }
 
-void bk_sum(const bk_sum_params *p, const int8_t *input, int8_t *output) {
-  const bk_reduce_params *s = &p->shape;
+void bisup_kernel_sum(const bisup_kernel_sum_params *p, const int8_t *input, int8_t *output) {
+  const bisup_kernel_reduce_params *s = &p->shape;
   for (int32_t o = 0; o < s->outer; ++o) {
     for (int32_t i = 0; i < s->inner; ++i) {
       int32_t sum = 0;
       for (int32_t r = 0; r < s->reduced; ++r) sum += input[((size_t)o * s->reduced + r) * s->inner + i];
       sum -= p->input_zero_point * s->reduced;
-      int32_t q = bk_multiply_by_quantized_multiplier(sum, p->multiplier, (int)p->shift) + p->output_zero_point;
+      int32_t q = bisup_kernel_multiply_by_quantized_multiplier(sum, p->multiplier, (int)p->shift);
+      q += p->output_zero_point;
       output[(size_t)o * s->inner + i] = (int8_t)clamp32(q, -128, 127);
     }
   }
@@ -278,8 +284,8 @@ void bk_sum(const bk_sum_params *p, const int8_t *input, int8_t *output) {
 /* x * 2^exponent for exponent > 0, saturating (gemmlowp's SaturatingRoundingMultiplyByPOT). */
 static int32_t saturating_shift_left(int32_t x, int exponent) {
   const int32_t threshold = (int32_t)(((int64_t)1 << (31 - exponent)) - 1);
-  if (x > threshold) return BK_INT32_MAX;
-  if (x < -threshold) return BK_INT32_MIN;
+  if (x > threshold) return INT32_MAX;
+  if (x < -threshold) return INT32_MIN;
   return (int32_t)((uint32_t)x << exponent);
 }
 
@@ -288,13 +294,13 @@ static int32_t exp_on_quarter_interval(int32_t a) {
   const int32_t constant_term = 1895147668; /* exp(-1/8) */
   const int32_t one_third = 715827883;
   const int32_t x = a + (1 << 28); /* Taylor expansion around -1/8 */
-  const int32_t x2 = bk_saturating_rounding_doubling_high_mul(x, x);
-  const int32_t x3 = bk_saturating_rounding_doubling_high_mul(x2, x);
-  const int32_t x4 = bk_saturating_rounding_doubling_high_mul(x2, x2);
-  const int32_t x4_over_4 = bk_rounding_divide_by_pot(x4, 2);
-  const int32_t poly = bk_rounding_divide_by_pot(
-      bk_saturating_rounding_doubling_high_mul(x4_over_4 + x3, one_third) + x2, 1);
-  return constant_term + bk_saturating_rounding_doubling_high_mul(constant_term, x + poly);
+  const int32_t x2 = bisup_kernel_saturating_rounding_doubling_high_mul(x, x);
+  const int32_t x3 = bisup_kernel_saturating_rounding_doubling_high_mul(x2, x);
+  const int32_t x4 = bisup_kernel_saturating_rounding_doubling_high_mul(x2, x2);
+  const int32_t x4_over_4 = bisup_kernel_rounding_divide_by_pot(x4, 2);
+  const int32_t poly = bisup_kernel_rounding_divide_by_pot(
+      bisup_kernel_saturating_rounding_doubling_high_mul(x4_over_4 + x3, one_third) + x2, 1);
+  return constant_term + bisup_kernel_saturating_rounding_doubling_high_mul(constant_term, x + poly);
 }
 
 /* exp(a) for a <= 0 given with `integer_bits` integer bits (softmax: 5, logistic: 4); the result in
@@ -309,11 +315,11 @@ static int32_t exp_on_negative_values(int32_t a, int integer_bits) {
   for (int k = 0; k < 7; ++k) { /* exp(-1/4), exp(-1/2), ..., exp(-16) for the bits of the remainder */
     const int exponent = k - 2;
     if (integer_bits > exponent && (remainder & ((int32_t)1 << (fraction_bits + exponent)))) {
-      result = bk_saturating_rounding_doubling_high_mul(result, multipliers[k]);
+      result = bisup_kernel_saturating_rounding_doubling_high_mul(result, multipliers[k]);
     }
   }
   if (integer_bits > 5 && a < -((int32_t)1 << (36 - integer_bits))) result = 0; /* below -32 */
-  return a == 0 ? BK_INT32_MAX : result;
+  return a == 0 ? INT32_MAX : result;
 }
 
 static int32_t exp_on_negative_values_q5(int32_t a) { return exp_on_negative_values(a, 5); }
@@ -325,17 +331,17 @@ static int32_t rounding_half_sum(int32_t a, int32_t b) {
 
 /* 1 / (1 + a) for a in [0, 1) in Q0.31, by Newton-Raphson in Q2.29 (gemmlowp's constants). */
 static int32_t one_over_one_plus_x(int32_t a) {
-  const int32_t half_denominator = rounding_half_sum(a, BK_INT32_MAX);
+  const int32_t half_denominator = rounding_half_sum(a, INT32_MAX);
   const int32_t one_q2 = 1 << 29;
-  int32_t x = 1515870810 + bk_saturating_rounding_doubling_high_mul(half_denominator, -1010580540);
+  int32_t x = 1515870810 + bisup_kernel_saturating_rounding_doubling_high_mul(half_denominator, -1010580540);
   for (int i = 0; i < 3; ++i) {
-    const int32_t product = bk_saturating_rounding_doubling_high_mul(half_denominator, x);
-    x = x + saturating_shift_left(bk_saturating_rounding_doubling_high_mul(x, one_q2 - product), 2);
+    const int32_t product = bisup_kernel_saturating_rounding_doubling_high_mul(half_denominator, x);
+    x = x + saturating_shift_left(bisup_kernel_saturating_rounding_doubling_high_mul(x, one_q2 - product), 2);
   }
   return saturating_shift_left(x, 1);
 }
 
-void bk_logistic(const bk_logistic_params *p, const int8_t *input, int8_t *output) {
+void bisup_kernel_logistic(const bisup_kernel_logistic_params *p, const int8_t *input, int8_t *output) {
   for (int32_t i = 0; i < p->count; ++i) {
     const int32_t x = input[i] - p->input_zero_point;
     if (x <= -p->input_range_radius) {
@@ -343,14 +349,15 @@ void bk_logistic(const bk_logistic_params *p, const int8_t *input, int8_t *outpu
     } else if (x >= p->input_range_radius) {
       output[i] = 127;
     } else {
-      const int32_t q4 = bk_multiply_by_quantized_multiplier(x, p->input_multiplier, (int)p->input_left_shift);
+      const int32_t q4 = bisup_kernel_multiply_by_quantized_multiplier(x, p->input_multiplier,
+                                                                       (int)p->input_left_shift);
       int32_t result = 1 << 30; /* logistic(0) = 1/2 */
       if (q4 != 0) {
         const int32_t magnitude = q4 > 0 ? q4 : -q4;
         const int32_t positive = one_over_one_plus_x(exp_on_negative_values(-magnitude, 4));
-        result = q4 > 0 ? positive : BK_INT32_MAX - positive;
+        result = q4 > 0 ? positive : INT32_MAX - positive;
       }
-      output[i] = (int8_t)clamp32(bk_rounding_divide_by_pot(result, 31 - 8) - 128, -128, 127);
+      output[i] = (int8_t)clamp32(bisup_kernel_rounding_divide_by_pot(result, 31 - 8) - 128, -128, 127);
     }
   }
 }
@@ -376,7 +383,7 @@ static int32_t row_max(const int8_t *in, int32_t depth) {
 }
 
 static int32_t diff_q5(int32_t diff, int32_t multiplier, int32_t left_shift) {
-  return bk_multiply_by_quantized_multiplier(diff, multiplier, (int)left_shift); /* left_shift >= 0 */
+  return bisup_kernel_multiply_by_quantized_multiplier(diff, multiplier, (int)left_shift); /* left_shift >= 0 */
 }
 
 static int32_t sum_of_exps_q12(const int8_t *in, int32_t depth, int32_t max, int32_t diff_min, int32_t multiplier,
@@ -385,13 +392,13 @@ static int32_t sum_of_exps_q12(const int8_t *in, int32_t depth, int32_t max, int
   for (int32_t c = 0; c < depth; ++c) {
     const int32_t diff = in[c] - max;
     if (diff < diff_min) continue;
-    sum = wrapping_add(sum, bk_rounding_divide_by_pot(exp_on_negative_values_q5(diff_q5(diff, multiplier, left_shift)),
-                                                      12));
+    const int32_t e = exp_on_negative_values_q5(diff_q5(diff, multiplier, left_shift));
+    sum = wrapping_add(sum, bisup_kernel_rounding_divide_by_pot(e, 12));
   }
   return sum;
 }
 
-void bk_softmax(const bk_softmax_params *p, const int8_t *input, int8_t *output) {
+void bisup_kernel_softmax(const bisup_kernel_softmax_params *p, const int8_t *input, int8_t *output) {
   for (int32_t row = 0; row < p->outer; ++row) {
     const int8_t *in = input + (size_t)row * p->depth;
     int8_t *out = output + (size_t)row * p->depth;
@@ -409,7 +416,8 @@ void bk_softmax(const bk_softmax_params *p, const int8_t *input, int8_t *output)
         continue;
       }
       const int32_t e = exp_on_negative_values_q5(diff_q5(diff, p->input_multiplier, p->input_left_shift));
-      const int32_t q = bk_rounding_divide_by_pot(bk_saturating_rounding_doubling_high_mul(reciprocal, e), exponent);
+      const int32_t scaled = bisup_kernel_saturating_rounding_doubling_high_mul(reciprocal, e);
+      const int32_t q = bisup_kernel_rounding_divide_by_pot(scaled, exponent);
       out[c] = (int8_t)clamp32(q - 128, -128, 127);
     }
   }
@@ -417,12 +425,12 @@ void bk_softmax(const bk_softmax_params *p, const int8_t *input, int8_t *output)
 
 static int32_t saturating_add(int32_t a, int32_t b) {
   int64_t sum = (int64_t)a + b;
-  return sum > BK_INT32_MAX ? BK_INT32_MAX : (sum < BK_INT32_MIN ? BK_INT32_MIN : (int32_t)sum);
+  return sum > INT32_MAX ? INT32_MAX : (sum < INT32_MIN ? INT32_MIN : (int32_t)sum);
 }
 
 static int32_t saturating_sub(int32_t a, int32_t b) {
   int64_t diff = (int64_t)a - b;
-  return diff > BK_INT32_MAX ? BK_INT32_MAX : (diff < BK_INT32_MIN ? BK_INT32_MIN : (int32_t)diff);
+  return diff > INT32_MAX ? INT32_MAX : (diff < INT32_MIN ? INT32_MIN : (int32_t)diff);
 }
 
 static int32_t shift_left_or_keep(int32_t x, int exponent) { return exponent == 0 ? x : saturating_shift_left(x, exponent); }
@@ -433,13 +441,13 @@ static int32_t log_q12_to_q5(int32_t z_a) {
   const int32_t log_2 = 1488522236, sqrt_sqrt_half = 1805811301, sqrt_half = 1518500250;
   const int32_t alpha_n = 117049297, alpha_d = 127690142, alpha_i = 1057819769, alpha_f = 638450708;
   const int input_bits = 12, accum_bits = 6;
-  const int32_t shifted_quarter = bk_rounding_divide_by_pot(536870912, accum_bits); /* 1/4 in Q6.25 */
+  const int32_t shifted_quarter = bisup_kernel_rounding_divide_by_pot(536870912, accum_bits); /* 1/4 in Q6.25 */
   const int z_a_headroom_plus_1 = count_leading_zeros((uint32_t)z_a);
   const int32_t r_a_tmp = shift_left_or_keep(z_a, z_a_headroom_plus_1 - 1);
-  const int32_t r_a = shift_left_or_keep(bk_saturating_rounding_doubling_high_mul(r_a_tmp, sqrt_half), 1);
+  const int32_t r_a = shift_left_or_keep(bisup_kernel_saturating_rounding_doubling_high_mul(r_a_tmp, sqrt_half), 1);
   const int32_t z_a_pow_2_adj =
       saturating_add(shift_left_or_keep(input_bits - z_a_headroom_plus_1, 31 - accum_bits), shifted_quarter);
-  const int32_t z_b = bk_saturating_rounding_doubling_high_mul(z_a, sqrt_half);
+  const int32_t z_b = bisup_kernel_saturating_rounding_doubling_high_mul(z_a, sqrt_half);
   const int z_b_headroom = count_leading_zeros((uint32_t)z_b) - 1;
   const int32_t r_b = shift_left_or_keep(z_a, z_b_headroom);
   const int32_t z_b_pow_2_adj =
@@ -449,31 +457,31 @@ static int32_t log_q12_to_q5(int32_t z_a) {
   const int32_t p = rounding_half_sum(r, sqrt_sqrt_half);
   int32_t q = wrapping_add(r, -sqrt_sqrt_half);
   q = wrapping_add(q, q);
-  const int32_t common_sq = bk_saturating_rounding_doubling_high_mul(q, q);
-  const int32_t num = wrapping_add(
-      bk_saturating_rounding_doubling_high_mul(q, r),
-      bk_saturating_rounding_doubling_high_mul(bk_saturating_rounding_doubling_high_mul(q, common_sq), alpha_n));
+  const int32_t common_sq = bisup_kernel_saturating_rounding_doubling_high_mul(q, q);
+  const int32_t q_common_sq = bisup_kernel_saturating_rounding_doubling_high_mul(q, common_sq);
+  const int32_t num = wrapping_add(bisup_kernel_saturating_rounding_doubling_high_mul(q, r),
+                                   bisup_kernel_saturating_rounding_doubling_high_mul(q_common_sq, alpha_n));
+  const int32_t alpha_d_common_sq = bisup_kernel_saturating_rounding_doubling_high_mul(alpha_d, common_sq);
   const int32_t denom_minus_one = wrapping_add(
-      bk_saturating_rounding_doubling_high_mul(
-          p, wrapping_add(wrapping_add(alpha_i, q), bk_saturating_rounding_doubling_high_mul(alpha_d, common_sq))),
-      bk_saturating_rounding_doubling_high_mul(alpha_f, q));
+      bisup_kernel_saturating_rounding_doubling_high_mul(p, wrapping_add(wrapping_add(alpha_i, q), alpha_d_common_sq)),
+      bisup_kernel_saturating_rounding_doubling_high_mul(alpha_f, q));
   const int32_t recip_denom = one_over_one_plus_x(denom_minus_one);
-  const int32_t num_scaled = bk_rounding_divide_by_pot(num, accum_bits);
-  const int32_t result = wrapping_add(bk_saturating_rounding_doubling_high_mul(z_pow_2_adj, log_2),
-                                      bk_saturating_rounding_doubling_high_mul(num_scaled, recip_denom));
+  const int32_t num_scaled = bisup_kernel_rounding_divide_by_pot(num, accum_bits);
+  const int32_t result = wrapping_add(bisup_kernel_saturating_rounding_doubling_high_mul(z_pow_2_adj, log_2),
+                                      bisup_kernel_saturating_rounding_doubling_high_mul(num_scaled, recip_denom));
   return saturating_shift_left(result, 1); /* Q6 to Q5 */
 }
 
-void bk_log_softmax(const bk_log_softmax_params *p, const int8_t *input, int8_t *output) {
+void bisup_kernel_log_softmax(const bisup_kernel_log_softmax_params *p, const int8_t *input, int8_t *output) {
   for (int32_t row = 0; row < p->outer; ++row) {
     const int8_t *in = input + (size_t)row * p->depth;
     int8_t *out = output + (size_t)row * p->depth;
     const int32_t max = row_max(in, p->depth);
     const int32_t log_sum = log_q12_to_q5(
         sum_of_exps_q12(in, p->depth, max, p->diff_min, p->input_multiplier, p->input_left_shift));
-    const int32_t reversed = bk_multiply_by_quantized_multiplier(wrapping_add(log_sum, BK_INT32_MIN),
-                                                                 p->reverse_scaling_divisor,
-                                                                 (int)p->reverse_scaling_left_shift);
+    const int32_t reversed = bisup_kernel_multiply_by_quantized_multiplier(wrapping_add(log_sum, INT32_MIN),
+                                                                           p->reverse_scaling_divisor,
+                                                                           (int)p->reverse_scaling_left_shift);
     const int32_t adjusted_diff_min = p->diff_min - 1 > reversed ? p->diff_min - 1 : reversed;
     for (int32_t c = 0; c < p->depth; ++c) {
       const int32_t diff = in[c] - max;
@@ -482,13 +490,14 @@ void bk_log_softmax(const bk_log_softmax_params *p, const int8_t *input, int8_t 
         continue;
       }
       const int32_t q =
-          bk_rounding_divide_by_pot(diff_q5(diff, p->input_multiplier, p->input_left_shift) - log_sum, 31 - 5 - 4) + 127;
+          bisup_kernel_rounding_divide_by_pot(diff_q5(diff, p->input_multiplier, p->input_left_shift) - log_sum,
+                                              31 - 5 - 4) + 127;
       out[c] = (int8_t)clamp32(q, -128, 127);
     }
   }
 }
 
-static void reduce(const bk_reduce_params *p, const int8_t *input, int8_t *output, int take_max) {
+static void reduce(const bisup_kernel_reduce_params *p, const int8_t *input, int8_t *output, int take_max) {
   for (int32_t o = 0; o < p->outer; ++o) {
     for (int32_t i = 0; i < p->inner; ++i) {
       int32_t best = take_max ? -128 : 127;
@@ -501,6 +510,10 @@ static void reduce(const bk_reduce_params *p, const int8_t *input, int8_t *outpu
   }
 }
 
-void bk_reduce_max(const bk_reduce_params *p, const int8_t *input, int8_t *output) { reduce(p, input, output, 1); }
+void bisup_kernel_reduce_max(const bisup_kernel_reduce_params *p, const int8_t *input, int8_t *output) {
+  reduce(p, input, output, 1);
+}
 
-void bk_reduce_min(const bk_reduce_params *p, const int8_t *input, int8_t *output) { reduce(p, input, output, 0); }
+void bisup_kernel_reduce_min(const bisup_kernel_reduce_params *p, const int8_t *input, int8_t *output) {
+  reduce(p, input, output, 0);
+}

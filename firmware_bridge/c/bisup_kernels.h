@@ -9,6 +9,9 @@
  * Right shifts of negative values are arithmetic, as on GCC and Clang for every target bisup uses.
  *
  * No heap, no stdio, no floating point: tensors live where the generated code's static arena says.
+ *
+ * Names: every function and type here starts with bisup_kernel_.
+ * Every public C name of bisup starts with bisup_<module>_ or BISUP_<MODULE>_ (README, "Firmware templates").
  */
 #ifndef BISUP_KERNELS_H_
 #define BISUP_KERNELS_H_
@@ -20,17 +23,17 @@ extern "C" {
 #endif
 
 /* Fixed-point primitives (exposed for the tests). */
-int32_t bk_saturating_rounding_doubling_high_mul(int32_t a, int32_t b);
-int32_t bk_rounding_divide_by_pot(int32_t x, int exponent);
-int32_t bk_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int shift);
+int32_t bisup_kernel_saturating_rounding_doubling_high_mul(int32_t a, int32_t b);
+int32_t bisup_kernel_rounding_divide_by_pot(int32_t x, int exponent);
+int32_t bisup_kernel_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int shift);
 
 /* 4-D shapes are NHWC. */
 typedef struct {
   int32_t batches, height, width, depth;
-} bk_shape;
+} bisup_kernel_shape;
 
 typedef struct {
-  bk_shape input, output;
+  bisup_kernel_shape input, output;
   int32_t filter_height, filter_width; /* filter: [output depth][filter_height][filter_width][input depth] */
   int32_t stride_height, stride_width, dilation_height, dilation_width, pad_height, pad_width;
   int32_t input_offset, output_offset, activation_min, activation_max;
@@ -38,17 +41,17 @@ typedef struct {
   const int32_t *bias; /* may be NULL */
   const int32_t *multiplier, *shift; /* one per output channel */
   const int32_t *filter_sums; /* per output channel: windows inside the input add input_offset x this */
-} bk_conv_params;
+} bisup_kernel_conv_params;
 
 typedef struct {
-  bk_shape input, output; /* output depth = input depth x depth_multiplier */
+  bisup_kernel_shape input, output; /* output depth = input depth x depth_multiplier */
   int32_t filter_height, filter_width, depth_multiplier;
   int32_t stride_height, stride_width, dilation_height, dilation_width, pad_height, pad_width;
   int32_t input_offset, output_offset, activation_min, activation_max;
   const int8_t *filter; /* [1][filter_height][filter_width][output depth] */
   const int32_t *bias;
   const int32_t *multiplier, *shift;
-} bk_depthwise_params;
+} bisup_kernel_depthwise_params;
 
 typedef struct {
   int32_t batches, input_depth, output_depth;
@@ -57,87 +60,88 @@ typedef struct {
   const int32_t *bias;  /* with input_offset x sum(filter row) folded in at export: exact integer algebra */
   const int32_t *multiplier, *shift; /* per channel, or one entry when per_channel is 0 */
   int32_t per_channel;
-} bk_fully_connected_params;
+} bisup_kernel_fully_connected_params;
 
 typedef struct {
-  bk_shape input, output;
+  bisup_kernel_shape input, output;
   int32_t filter_height, filter_width, stride_height, stride_width, pad_height, pad_width;
   int32_t activation_min, activation_max;
-} bk_pool_params;
+} bisup_kernel_pool_params;
 
 /* PAD: input placed at (before_*) inside the output, every other element = value. */
 typedef struct {
-  bk_shape input, output;
+  bisup_kernel_shape input, output;
   int32_t before_batches, before_height, before_width, before_depth;
   int8_t value;
-} bk_pad_params;
+} bisup_kernel_pad_params;
 
 /* One input's share of a CONCATENATION: `outer` slices of `inner` bytes, placed at `offset` within each
  * output slice of `output_inner` bytes (TFLM's int8 concatenation needs equal quantization: a copy). */
 typedef struct {
   int32_t outer, inner, output_inner, offset;
-} bk_concat_params;
+} bisup_kernel_concat_params;
 
 typedef struct {
   int32_t count, input_zero_point, output_zero_point, multiplier, shift;
-} bk_requantize_params;
+} bisup_kernel_requantize_params;
 
 /* Elementwise binary ops over shapes broadcast to 4-D (a dimension of 1 repeats). */
 typedef struct {
-  bk_shape input1, input2, output;
+  bisup_kernel_shape input1, input2, output;
   int32_t input1_offset, input2_offset, output_offset, activation_min, activation_max;
   int32_t multiplier, shift;
-} bk_mul_params;
+} bisup_kernel_mul_params;
 
 /* ADD and SUB: both inputs rescaled to a common scale with 20 bits of headroom, then requantized. */
 typedef struct {
-  bk_shape input1, input2, output;
+  bisup_kernel_shape input1, input2, output;
   int32_t input1_offset, input2_offset, output_offset, activation_min, activation_max;
   int32_t left_shift, input1_multiplier, input1_shift, input2_multiplier, input2_shift;
   int32_t output_multiplier, output_shift; /* shifts <= 0 */
-} bk_add_params;
+} bisup_kernel_add_params;
 
 typedef struct {
   int32_t outer, depth; /* rows of `depth` logits */
   int32_t input_multiplier, input_left_shift, diff_min;
-} bk_softmax_params;
+} bisup_kernel_softmax_params;
 
 typedef struct {
   int32_t outer, depth;
   int32_t input_multiplier, input_left_shift, reverse_scaling_divisor, reverse_scaling_left_shift, diff_min;
-} bk_log_softmax_params; /* output: zero point 127, scale 16/256 */
+} bisup_kernel_log_softmax_params; /* output: zero point 127, scale 16/256 */
 
 typedef struct {
   int32_t count, input_zero_point, input_range_radius, input_multiplier, input_left_shift;
-} bk_logistic_params; /* output: zero point -128, scale 1/256 */
+} bisup_kernel_logistic_params; /* output: zero point -128, scale 1/256 */
 
 /* A reduction over the middle of [outer][reduced][inner], the layout every contiguous axis set has. */
 typedef struct {
   int32_t outer, reduced, inner;
-} bk_reduce_params;
+} bisup_kernel_reduce_params;
 
 typedef struct {
-  bk_reduce_params shape;
+  bisup_kernel_reduce_params shape;
   int32_t input_zero_point, output_zero_point, multiplier, shift;
-} bk_sum_params;
+} bisup_kernel_sum_params;
 
-void bk_conv2d(const bk_conv_params *p, const int8_t *input, int8_t *output);
-void bk_depthwise_conv2d(const bk_depthwise_params *p, const int8_t *input, int8_t *output);
-void bk_fully_connected(const bk_fully_connected_params *p, const int8_t *input, int8_t *output);
-void bk_max_pool(const bk_pool_params *p, const int8_t *input, int8_t *output);
-void bk_average_pool(const bk_pool_params *p, const int8_t *input, int8_t *output);
-void bk_pad(const bk_pad_params *p, const int8_t *input, int8_t *output);
-void bk_concat(const bk_concat_params *p, const int8_t *input, int8_t *output);
-void bk_requantize(const bk_requantize_params *p, const int8_t *input, int8_t *output);
-void bk_mul(const bk_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
-void bk_add(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
-void bk_sub(const bk_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
-void bk_softmax(const bk_softmax_params *p, const int8_t *input, int8_t *output);
-void bk_log_softmax(const bk_log_softmax_params *p, const int8_t *input, int8_t *output);
-void bk_logistic(const bk_logistic_params *p, const int8_t *input, int8_t *output);
-void bk_sum(const bk_sum_params *p, const int8_t *input, int8_t *output); /* MEAN too: its multiplier divides */
-void bk_reduce_max(const bk_reduce_params *p, const int8_t *input, int8_t *output);
-void bk_reduce_min(const bk_reduce_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_conv2d(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_depthwise_conv2d(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_fully_connected(const bisup_kernel_fully_connected_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_max_pool(const bisup_kernel_pool_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_average_pool(const bisup_kernel_pool_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_pad(const bisup_kernel_pad_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_concat(const bisup_kernel_concat_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_requantize(const bisup_kernel_requantize_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_mul(const bisup_kernel_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
+void bisup_kernel_add(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
+void bisup_kernel_sub(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
+void bisup_kernel_softmax(const bisup_kernel_softmax_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_log_softmax(const bisup_kernel_log_softmax_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_logistic(const bisup_kernel_logistic_params *p, const int8_t *input, int8_t *output);
+/* SUM, and MEAN too: its multiplier divides by the element count. */
+void bisup_kernel_sum(const bisup_kernel_sum_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_reduce_max(const bisup_kernel_reduce_params *p, const int8_t *input, int8_t *output);
+void bisup_kernel_reduce_min(const bisup_kernel_reduce_params *p, const int8_t *input, int8_t *output);
 /* RESHAPE moves no data: the generated code gives input and output one place in the arena. */
 
 #ifdef __cplusplus

@@ -9,30 +9,30 @@ static uint16_t crc_update(uint16_t crc, uint8_t byte) { /* CRC-16/XMODEM: poly 
   return crc;
 }
 
-uint16_t bp_crc16(const uint8_t *data, size_t len) {
+uint16_t bisup_proto_crc16(const uint8_t *data, size_t len) {
   uint16_t crc = 0;
   for (size_t i = 0; i < len; ++i) crc = crc_update(crc, data[i]);
   return crc;
 }
 
-bp_status bp_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len) {
+bisup_proto_status bisup_proto_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len) {
   size_t i = 0, n = 0;
   while (i < len) {
     uint8_t code = in[i++];
-    if (code == 0) return BP_E_BAD_COBS;
-    if ((size_t)(code - 1) > len - i) return BP_E_BAD_COBS; /* block runs past the frame */
+    if (code == 0) return BISUP_PROTO_E_BAD_COBS;
+    if ((size_t)(code - 1) > len - i) return BISUP_PROTO_E_BAD_COBS; /* block runs past the frame */
     for (uint8_t k = 1; k < code; ++k) {
-      if (in[i] == 0) return BP_E_BAD_COBS;
-      if (n >= cap) return BP_E_TOO_LONG;
+      if (in[i] == 0) return BISUP_PROTO_E_BAD_COBS;
+      if (n >= cap) return BISUP_PROTO_E_TOO_LONG;
       out[n++] = in[i++];
     }
     if (code < 0xFF && i < len) {
-      if (n >= cap) return BP_E_TOO_LONG;
+      if (n >= cap) return BISUP_PROTO_E_TOO_LONG;
       out[n++] = 0;
     }
   }
   *out_len = n;
-  return BP_OK;
+  return BISUP_PROTO_OK;
 }
 
 static void put16(uint8_t *p, uint16_t v) {
@@ -50,35 +50,35 @@ static uint32_t get32(const uint8_t *p) {
   return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-/* A body is a small head (header and fixed fields, at most BP_HEAD_MAX bytes) and, for INFER and
+/* A body is a small head (header and fixed fields, at most HEAD_MAX bytes) and, for INFER and
  * FEED, the elements, which stay in the caller's buffer. */
-#define BP_HEAD_MAX (BP_HEADER_BYTES + 3u + BP_HASH_BYTES + 4u + 1u + BP_MAX_ID) /* HELLO's */
+#define HEAD_MAX (BISUP_PROTO_HEADER_BYTES + 3u + BISUP_PROTO_HASH_BYTES + 4u + 1u + BISUP_PROTO_MAX_ID) /* HELLO's */
 
-static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_t *count) {
-  size_t n = BP_HEADER_BYTES;
-  p[0] = (uint8_t)BP_VERSION;
+static size_t put_head(const bisup_proto_msg *m, uint8_t *p, const int8_t **data, uint32_t *count) {
+  size_t n = BISUP_PROTO_HEADER_BYTES;
+  p[0] = (uint8_t)BISUP_PROTO_VERSION;
   p[1] = m->type;
   put32(p + 2, m->seq);
   put32(p + 6, m->boot);
   *data = NULL;
   *count = 0;
   switch (m->type) {
-    case BP_HELLO:
+    case BISUP_PROTO_HELLO:
       memcpy(p + n, m->u.hello.fw, 3);
-      memcpy(p + n + 3, m->u.hello.hash, BP_HASH_BYTES);
-      put32(p + n + 3 + BP_HASH_BYTES, m->u.hello.max_body);
-      p[n + 7 + BP_HASH_BYTES] = m->u.hello.id_len;
-      memcpy(p + n + 8 + BP_HASH_BYTES, m->u.hello.id, m->u.hello.id_len);
-      return n + 8u + BP_HASH_BYTES + m->u.hello.id_len;
-    case BP_INFER:
+      memcpy(p + n + 3, m->u.hello.hash, BISUP_PROTO_HASH_BYTES);
+      put32(p + n + 3 + BISUP_PROTO_HASH_BYTES, m->u.hello.max_body);
+      p[n + 7 + BISUP_PROTO_HASH_BYTES] = m->u.hello.id_len;
+      memcpy(p + n + 8 + BISUP_PROTO_HASH_BYTES, m->u.hello.id, m->u.hello.id_len);
+      return n + 8u + BISUP_PROTO_HASH_BYTES + m->u.hello.id_len;
+    case BISUP_PROTO_INFER:
       put16(p + n, m->u.infer.label);
       p[n + 2] = (uint8_t)m->u.infer.confidence;
       p[n + 3] = m->u.infer.dtype;
       put32(p + n + 4, m->u.infer.count);
       *data = m->u.infer.data;
       *count = m->u.infer.count;
-      return n + BP_INFER_FIXED_BYTES;
-    case BP_SPLIT:
+      return n + BISUP_PROTO_INFER_FIXED_BYTES;
+    case BISUP_PROTO_SPLIT:
       p[n] = m->u.infer.stage;
       put16(p + n + 1, m->u.infer.label);
       p[n + 3] = (uint8_t)m->u.infer.confidence;
@@ -86,24 +86,24 @@ static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_
       put32(p + n + 5, m->u.infer.count);
       *data = m->u.infer.data;
       *count = m->u.infer.count;
-      return n + BP_SPLIT_FIXED_BYTES;
-    case BP_ANSWER:
+      return n + BISUP_PROTO_SPLIT_FIXED_BYTES;
+    case BISUP_PROTO_ANSWER:
       put16(p + n, m->u.answer.label);
       put16(p + n + 2, m->u.answer.confidence_q16);
       p[n + 4] = m->u.answer.source;
       p[n + 5] = m->u.answer.rejected ? 1u : 0u;
       return n + 6u;
-    case BP_ERROR:
+    case BISUP_PROTO_ERROR:
       p[n] = m->u.error.code;
       put32(p + n + 1, m->u.error.detail);
       return n + 5u;
-    case BP_FEED:
+    case BISUP_PROTO_FEED:
       p[n] = m->u.feed.dtype;
       put32(p + n + 1, m->u.feed.count);
       *data = m->u.feed.data;
       *count = m->u.feed.count;
       return n + 5u;
-    case BP_REPORT:
+    case BISUP_PROTO_REPORT:
       put16(p + n, m->u.report.label);
       p[n + 2] = m->u.report.source;
       p[n + 3] = m->u.report.rejected ? 1u : 0u;
@@ -112,12 +112,12 @@ static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_
       put32(p + n + 7, m->u.report.latency_us);
       put32(p + n + 11, m->u.report.infer_cycles);
       return n + 15u;
-    case BP_STATS:
+    case BISUP_PROTO_STATS:
       put32(p + n, m->u.stats.inferences);
       put32(p + n + 4, m->u.stats.local);
       put32(p + n + 8, m->u.stats.relayed);
       return n + 12u;
-    case BP_PROFILE:
+    case BISUP_PROTO_PROFILE:
       p[n] = m->u.profile.count;
       *data = (const int8_t *)m->u.profile.cycles_le; /* streamed like tensor data: no copy in the head */
       *count = 4u * m->u.profile.count;
@@ -127,9 +127,9 @@ static size_t put_head(const bp_msg *m, uint8_t *p, const int8_t **data, uint32_
 }
 
 /* The head of m's body, its elements, and whether the whole body fits max_body. */
-static bool body_parts(const bp_msg *m, uint32_t max_body, uint8_t head[BP_HEAD_MAX], size_t *head_len,
+static bool body_parts(const bisup_proto_msg *m, uint32_t max_body, uint8_t head[HEAD_MAX], size_t *head_len,
                        const int8_t **data, uint32_t *count) {
-  if (m->type == BP_HELLO && (m->u.hello.id_len < 1 || m->u.hello.id_len > BP_MAX_ID)) return false;
+  if (m->type == BISUP_PROTO_HELLO && (m->u.hello.id_len < 1 || m->u.hello.id_len > BISUP_PROTO_MAX_ID)) return false;
   *head_len = put_head(m, head, data, count);
   if (*count > 0 && *data == NULL) return false;
   return *count <= max_body && *head_len <= max_body - *count;
@@ -137,7 +137,7 @@ static bool body_parts(const bp_msg *m, uint32_t max_body, uint8_t head[BP_HEAD_
 
 /* Streaming COBS: one pending block of at most 254 data bytes behind its code byte. */
 typedef struct {
-  bp_write_fn write;
+  bisup_proto_write_fn write;
   void *ctx;
   uint8_t block[255];
   uint8_t n;
@@ -166,8 +166,8 @@ static void stream_body(cobs_stream *s, const uint8_t *data, size_t len) {
   stream_bytes(s, data, len);
 }
 
-bool bp_send_frame(const bp_msg *m, uint32_t max_body, bp_write_fn write, void *ctx) {
-  uint8_t head[BP_HEAD_MAX], trailer[BP_CRC_BYTES];
+bool bisup_proto_send_frame(const bisup_proto_msg *m, uint32_t max_body, bisup_proto_write_fn write, void *ctx) {
+  uint8_t head[HEAD_MAX], trailer[BISUP_PROTO_CRC_BYTES];
   size_t head_len;
   const int8_t *data;
   uint32_t count;
@@ -181,7 +181,7 @@ bool bp_send_frame(const bp_msg *m, uint32_t max_body, bp_write_fn write, void *
   stream_body(&s, head, head_len);
   stream_body(&s, (const uint8_t *)data, count);
   put16(trailer, s.crc);
-  stream_bytes(&s, trailer, BP_CRC_BYTES);
+  stream_bytes(&s, trailer, BISUP_PROTO_CRC_BYTES);
   flush_block(&s);
   write(ctx, &delimiter, 1);
   return true;
@@ -203,70 +203,76 @@ static void to_buffer(void *ctx, const uint8_t *data, size_t len) {
   b->len += len;
 }
 
-size_t bp_encode_frame(const bp_msg *m, uint8_t *out, size_t cap) {
+size_t bisup_proto_encode_frame(const bisup_proto_msg *m, uint8_t *out, size_t cap) {
   buffer_sink sink = {out, cap, 0, false};
-  if (!bp_send_frame(m, BP_MAX_BODY, to_buffer, &sink) || sink.overflow) return 0;
+  if (!bisup_proto_send_frame(m, BISUP_PROTO_MAX_BODY, to_buffer, &sink) || sink.overflow) return 0;
   return sink.len;
 }
 
-static bp_status decode_hello(const uint8_t *p, size_t n, bp_msg *m) {
-  const size_t fixed = 3u + BP_HASH_BYTES + 4u + 1u;
-  if (n < fixed) return BP_E_BAD_LENGTH;
+static bisup_proto_status decode_hello(const uint8_t *p, size_t n, bisup_proto_msg *m) {
+  const size_t fixed = 3u + BISUP_PROTO_HASH_BYTES + 4u + 1u;
+  if (n < fixed) return BISUP_PROTO_E_BAD_LENGTH;
   uint8_t id_len = p[fixed - 1];
-  if (id_len < 1 || id_len > BP_MAX_ID || n != fixed + id_len) return BP_E_BAD_LENGTH;
+  if (id_len < 1 || id_len > BISUP_PROTO_MAX_ID || n != fixed + id_len) return BISUP_PROTO_E_BAD_LENGTH;
   for (size_t i = 0; i < id_len; ++i) {
-    if (p[fixed + i] > 0x7F) return BP_E_BAD_LENGTH;
+    if (p[fixed + i] > 0x7F) return BISUP_PROTO_E_BAD_LENGTH;
   }
   memcpy(m->u.hello.fw, p, 3);
-  memcpy(m->u.hello.hash, p + 3, BP_HASH_BYTES);
-  m->u.hello.max_body = get32(p + 3 + BP_HASH_BYTES);
+  memcpy(m->u.hello.hash, p + 3, BISUP_PROTO_HASH_BYTES);
+  m->u.hello.max_body = get32(p + 3 + BISUP_PROTO_HASH_BYTES);
   m->u.hello.id_len = id_len;
   memcpy(m->u.hello.id, p + fixed, id_len);
   m->u.hello.id[id_len] = '\0';
-  return BP_OK;
+  return BISUP_PROTO_OK;
 }
 
-static bp_status decode_payload(const uint8_t *p, size_t n, bp_msg *m) {
+static bisup_proto_status decode_payload(const uint8_t *p, size_t n, bisup_proto_msg *m) {
   switch (m->type) {
-    case BP_HELLO: return decode_hello(p, n, m);
-    case BP_INFER:
-      if (n < BP_INFER_FIXED_BYTES || n - BP_INFER_FIXED_BYTES != get32(p + 4)) return BP_E_BAD_LENGTH;
+    case BISUP_PROTO_HELLO: return decode_hello(p, n, m);
+    case BISUP_PROTO_INFER:
+      if (n < BISUP_PROTO_INFER_FIXED_BYTES || n - BISUP_PROTO_INFER_FIXED_BYTES != get32(p + 4)) {
+        return BISUP_PROTO_E_BAD_LENGTH;
+      }
       m->u.infer.label = get16(p);
       m->u.infer.confidence = (int8_t)p[2];
       m->u.infer.dtype = p[3];
       m->u.infer.count = get32(p + 4);
-      m->u.infer.data = (const int8_t *)(p + BP_INFER_FIXED_BYTES);
+      m->u.infer.data = (const int8_t *)(p + BISUP_PROTO_INFER_FIXED_BYTES);
       m->u.infer.stage = 0;
-      return BP_OK;
-    case BP_SPLIT:
-      if (n < BP_SPLIT_FIXED_BYTES || n - BP_SPLIT_FIXED_BYTES != get32(p + 5)) return BP_E_BAD_LENGTH;
+      return BISUP_PROTO_OK;
+    case BISUP_PROTO_SPLIT:
+      if (n < BISUP_PROTO_SPLIT_FIXED_BYTES || n - BISUP_PROTO_SPLIT_FIXED_BYTES != get32(p + 5)) {
+        return BISUP_PROTO_E_BAD_LENGTH;
+      }
       m->u.infer.stage = p[0];
       m->u.infer.label = get16(p + 1);
       m->u.infer.confidence = (int8_t)p[3];
       m->u.infer.dtype = p[4];
       m->u.infer.count = get32(p + 5);
-      m->u.infer.data = (const int8_t *)(p + BP_SPLIT_FIXED_BYTES);
-      return BP_OK;
-    case BP_ANSWER:
-      if (n != 6u || p[4] > BP_SRC_FALLBACK) return BP_E_BAD_LENGTH;
+      m->u.infer.data = (const int8_t *)(p + BISUP_PROTO_SPLIT_FIXED_BYTES);
+      return BISUP_PROTO_OK;
+    case BISUP_PROTO_ANSWER:
+      if (n != 6u || p[4] > BISUP_PROTO_SRC_FALLBACK) return BISUP_PROTO_E_BAD_LENGTH;
       m->u.answer.label = get16(p);
       m->u.answer.confidence_q16 = get16(p + 2);
       m->u.answer.source = p[4];
       m->u.answer.rejected = (uint8_t)(p[5] & 1u);
-      return BP_OK;
-    case BP_ERROR:
-      if (n != 5u || p[0] < BP_E_BAD_CRC || p[0] > BP_E_REMOTE_UNAVAILABLE) return BP_E_BAD_LENGTH;
+      return BISUP_PROTO_OK;
+    case BISUP_PROTO_ERROR:
+      if (n != 5u || p[0] < BISUP_PROTO_E_BAD_CRC || p[0] > BISUP_PROTO_E_REMOTE_UNAVAILABLE) {
+        return BISUP_PROTO_E_BAD_LENGTH;
+      }
       m->u.error.code = p[0];
       m->u.error.detail = get32(p + 1);
-      return BP_OK;
-    case BP_FEED:
-      if (n < 5u || n - 5u != get32(p + 1)) return BP_E_BAD_LENGTH;
+      return BISUP_PROTO_OK;
+    case BISUP_PROTO_FEED:
+      if (n < 5u || n - 5u != get32(p + 1)) return BISUP_PROTO_E_BAD_LENGTH;
       m->u.feed.dtype = p[0];
       m->u.feed.count = get32(p + 1);
       m->u.feed.data = (const int8_t *)(p + 5);
-      return BP_OK;
-    case BP_REPORT:
-      if (n != 15u || p[2] > BP_SRC_FALLBACK) return BP_E_BAD_LENGTH;
+      return BISUP_PROTO_OK;
+    case BISUP_PROTO_REPORT:
+      if (n != 15u || p[2] > BISUP_PROTO_SRC_FALLBACK) return BISUP_PROTO_E_BAD_LENGTH;
       m->u.report.label = get16(p);
       m->u.report.source = p[2];
       m->u.report.rejected = (uint8_t)(p[3] & 1u);
@@ -274,144 +280,148 @@ static bp_status decode_payload(const uint8_t *p, size_t n, bp_msg *m) {
       m->u.report.local_confidence = (int8_t)p[6];
       m->u.report.latency_us = get32(p + 7);
       m->u.report.infer_cycles = get32(p + 11);
-      return BP_OK;
-    case BP_STATS:
-      if (n != 12u) return BP_E_BAD_LENGTH;
+      return BISUP_PROTO_OK;
+    case BISUP_PROTO_STATS:
+      if (n != 12u) return BISUP_PROTO_E_BAD_LENGTH;
       m->u.stats.inferences = get32(p);
       m->u.stats.local = get32(p + 4);
       m->u.stats.relayed = get32(p + 8);
-      return BP_OK;
-    case BP_PROFILE:
-      if (n < 1u || n != 1u + 4u * p[0]) return BP_E_BAD_LENGTH;
+      return BISUP_PROTO_OK;
+    case BISUP_PROTO_PROFILE:
+      if (n < 1u || n != 1u + 4u * p[0]) return BISUP_PROTO_E_BAD_LENGTH;
       m->u.profile.count = p[0];
       m->u.profile.cycles_le = p + 1;
-      return BP_OK;
-    case BP_PING:
-    case BP_PONG: return n == 0 ? BP_OK : BP_E_BAD_LENGTH;
-    default: return BP_E_BAD_TYPE;
+      return BISUP_PROTO_OK;
+    case BISUP_PROTO_PING:
+    case BISUP_PROTO_PONG: return n == 0 ? BISUP_PROTO_OK : BISUP_PROTO_E_BAD_LENGTH;
+    default: return BISUP_PROTO_E_BAD_TYPE;
   }
 }
 
-bp_status bp_decode_body(const uint8_t *body, size_t len, bp_msg *m) {
+bisup_proto_status bisup_proto_decode_body(const uint8_t *body, size_t len, bisup_proto_msg *m) {
   memset(m, 0, sizeof(*m));
-  if (len < 6u) return BP_E_BAD_LENGTH; /* version 1's header: seq at offset 2 in every version */
-  if (len > BP_MAX_BODY) return BP_E_TOO_LONG;
+  if (len < 6u) return BISUP_PROTO_E_BAD_LENGTH; /* version 1's header: seq at offset 2 in every version */
+  if (len > BISUP_PROTO_MAX_BODY) return BISUP_PROTO_E_TOO_LONG;
   m->type = body[1];
   m->seq = get32(body + 2);
-  if (body[0] != BP_VERSION) return BP_E_BAD_VERSION;
-  if (len < BP_HEADER_BYTES) return BP_E_BAD_LENGTH;
+  if (body[0] != BISUP_PROTO_VERSION) return BISUP_PROTO_E_BAD_VERSION;
+  if (len < BISUP_PROTO_HEADER_BYTES) return BISUP_PROTO_E_BAD_LENGTH;
   m->boot = get32(body + 6);
-  return decode_payload(body + BP_HEADER_BYTES, len - BP_HEADER_BYTES, m);
+  return decode_payload(body + BISUP_PROTO_HEADER_BYTES, len - BISUP_PROTO_HEADER_BYTES, m);
 }
 
-bp_status bp_decode_frame(const uint8_t *frame, size_t len, uint8_t *scratch, size_t cap, bp_msg *m) {
+bisup_proto_status bisup_proto_decode_frame(const uint8_t *frame, size_t len, uint8_t *scratch, size_t cap,
+                                            bisup_proto_msg *m) {
   size_t n = 0;
   memset(m, 0, sizeof(*m));
-  if (len > BP_MAX_FRAME) return BP_E_TOO_LONG;
-  bp_status st = bp_cobs_decode(frame, len, scratch, cap, &n);
-  if (st != BP_OK) return st;
-  if (n < BP_CRC_BYTES) return BP_E_BAD_LENGTH;
-  if (bp_crc16(scratch, n - BP_CRC_BYTES) != get16(scratch + n - BP_CRC_BYTES)) return BP_E_BAD_CRC;
-  return bp_decode_body(scratch, n - BP_CRC_BYTES, m);
+  if (len > BISUP_PROTO_MAX_FRAME) return BISUP_PROTO_E_TOO_LONG;
+  bisup_proto_status st = bisup_proto_cobs_decode(frame, len, scratch, cap, &n);
+  if (st != BISUP_PROTO_OK) return st;
+  if (n < BISUP_PROTO_CRC_BYTES) return BISUP_PROTO_E_BAD_LENGTH;
+  if (bisup_proto_crc16(scratch, n - BISUP_PROTO_CRC_BYTES) != get16(scratch + n - BISUP_PROTO_CRC_BYTES)) {
+    return BISUP_PROTO_E_BAD_CRC;
+  }
+  return bisup_proto_decode_body(scratch, n - BISUP_PROTO_CRC_BYTES, m);
 }
 
-void bp_reader_init(bp_reader *r) {
+void bisup_proto_reader_init(bisup_proto_reader *r) {
   r->len = 0;
   r->overflow = false;
 }
 
-bp_status bp_reader_push(bp_reader *r, uint8_t byte, bp_msg *m, bool *ready) {
+bisup_proto_status bisup_proto_reader_push(bisup_proto_reader *r, uint8_t byte, bisup_proto_msg *m, bool *ready) {
   *ready = false;
   if (byte != 0) {
-    if (r->overflow) return BP_OK;
-    if (r->len >= BP_MAX_FRAME) {
+    if (r->overflow) return BISUP_PROTO_OK;
+    if (r->len >= BISUP_PROTO_MAX_FRAME) {
       r->overflow = true; /* discard until the next delimiter */
       r->len = 0;
-      return BP_OK;
+      return BISUP_PROTO_OK;
     }
     r->buf[r->len++] = byte;
-    return BP_OK;
+    return BISUP_PROTO_OK;
   }
   bool overflow = r->overflow;
   size_t len = r->len;
-  bp_reader_init(r);
+  bisup_proto_reader_init(r);
   if (overflow) {
     *ready = true;
     memset(m, 0, sizeof(*m));
-    return BP_E_TOO_LONG;
+    return BISUP_PROTO_E_TOO_LONG;
   }
-  if (len == 0) return BP_OK; /* idle line */
+  if (len == 0) return BISUP_PROTO_OK; /* idle line */
   *ready = true;
-  return bp_decode_frame(r->buf, len, r->buf, sizeof(r->buf), m); /* in place */
+  return bisup_proto_decode_frame(r->buf, len, r->buf, sizeof(r->buf), m); /* in place */
 }
 
-void bp_client_init(bp_client *c, const bp_client_config *cfg) {
+void bisup_proto_client_init(bisup_proto_client *c, const bisup_proto_client_config *cfg) {
   memset(c, 0, sizeof(*c));
   c->cfg = *cfg;
-  bp_reader_init(&c->reader);
+  bisup_proto_reader_init(&c->reader);
 }
 
-static void finish(bp_client *c, uint16_t label, uint16_t conf, uint8_t source, bool rejected) {
+static void finish(bisup_proto_client *c, uint16_t label, uint16_t conf, uint8_t source, bool rejected) {
   c->label = label;
   c->confidence_q16 = conf;
   c->source = source;
   c->rejected = rejected;
-  c->state = BP_CLIENT_DONE;
+  c->state = BISUP_PROTO_CLIENT_DONE;
 }
 
-static void send_request(bp_client *c) {
-  bp_send_frame(&c->request, BP_MAX_BODY, c->cfg.write, c->cfg.ctx); /* size checked by bp_client_request */
+static void send_request(bisup_proto_client *c) {
+  /* the size was checked by bisup_proto_client_request */
+  bisup_proto_send_frame(&c->request, BISUP_PROTO_MAX_BODY, c->cfg.write, c->cfg.ctx);
 }
 
-static bool start_request(bp_client *c, uint8_t type, uint8_t stage, uint32_t seq, const int8_t *data,
+static bool start_request(bisup_proto_client *c, uint8_t type, uint8_t stage, uint32_t seq, const int8_t *data,
                           uint32_t count, uint16_t local_label, int8_t local_confidence) {
-  uint32_t fixed = type == BP_SPLIT ? BP_SPLIT_FIXED_BYTES : BP_INFER_FIXED_BYTES;
-  if (c->state == BP_CLIENT_WAITING) return false;
-  if (count > BP_MAX_BODY - BP_HEADER_BYTES - fixed) return false;
+  uint32_t fixed = type == BISUP_PROTO_SPLIT ? BISUP_PROTO_SPLIT_FIXED_BYTES : BISUP_PROTO_INFER_FIXED_BYTES;
+  if (c->state == BISUP_PROTO_CLIENT_WAITING) return false;
+  if (count > BISUP_PROTO_MAX_BODY - BISUP_PROTO_HEADER_BYTES - fixed) return false;
   memset(&c->request, 0, sizeof(c->request));
   c->request.type = type;
   c->request.seq = seq;
   c->request.boot = c->cfg.boot_id;
   c->request.u.infer.label = local_label;
   c->request.u.infer.confidence = local_confidence;
-  c->request.u.infer.dtype = BP_DTYPE_INT8;
+  c->request.u.infer.dtype = BISUP_PROTO_DTYPE_INT8;
   c->request.u.infer.count = count;
   c->request.u.infer.data = data;
   c->request.u.infer.stage = stage;
   c->retries_left = c->cfg.max_retries;
-  c->state = BP_CLIENT_WAITING;
+  c->state = BISUP_PROTO_CLIENT_WAITING;
   c->deadline = c->cfg.now_ms(c->cfg.ctx) + c->cfg.timeout_ms;
   send_request(c);
   return true;
 }
 
-bool bp_client_request(bp_client *c, uint32_t seq, const int8_t *input, uint32_t count, uint16_t local_label,
-                       int8_t local_confidence) {
-  return start_request(c, BP_INFER, 0, seq, input, count, local_label, local_confidence);
+bool bisup_proto_client_request(bisup_proto_client *c, uint32_t seq, const int8_t *input, uint32_t count,
+                                uint16_t local_label, int8_t local_confidence) {
+  return start_request(c, BISUP_PROTO_INFER, 0, seq, input, count, local_label, local_confidence);
 }
 
-bool bp_client_request_split(bp_client *c, uint32_t seq, uint8_t stage, const int8_t *activation, uint32_t count,
-                             uint16_t local_label, int8_t local_confidence) {
-  return stage > 0 && start_request(c, BP_SPLIT, stage, seq, activation, count, local_label, local_confidence);
+bool bisup_proto_client_request_split(bisup_proto_client *c, uint32_t seq, uint8_t stage, const int8_t *activation,
+                                      uint32_t count, uint16_t local_label, int8_t local_confidence) {
+  return stage > 0 && start_request(c, BISUP_PROTO_SPLIT, stage, seq, activation, count, local_label, local_confidence);
 }
 
-static void on_message(bp_client *c, const bp_msg *m) {
+static void on_message(bisup_proto_client *c, const bisup_proto_msg *m) {
   /* stale (another request, or an answer addressed to a previous boot) or unrelated */
-  if (c->state != BP_CLIENT_WAITING || m->seq != c->request.seq || m->boot != c->request.boot) return;
-  if (m->type == BP_ANSWER) {
+  if (c->state != BISUP_PROTO_CLIENT_WAITING || m->seq != c->request.seq || m->boot != c->request.boot) return;
+  if (m->type == BISUP_PROTO_ANSWER) {
     finish(c, m->u.answer.label, m->u.answer.confidence_q16, m->u.answer.source, m->u.answer.rejected != 0);
-  } else if (m->type == BP_ERROR) {
-    finish(c, c->request.u.infer.label, 0, BP_SRC_FALLBACK, false);
+  } else if (m->type == BISUP_PROTO_ERROR) {
+    finish(c, c->request.u.infer.label, 0, BISUP_PROTO_SRC_FALLBACK, false);
   }
 }
 
-void bp_client_feed(bp_client *c, const uint8_t *data, size_t len) {
-  bp_msg m;
+void bisup_proto_client_feed(bisup_proto_client *c, const uint8_t *data, size_t len) {
+  bisup_proto_msg m;
   bool ready;
   for (size_t i = 0; i < len; ++i) {
-    bp_status st = bp_reader_push(&c->reader, data[i], &m, &ready);
+    bisup_proto_status st = bisup_proto_reader_push(&c->reader, data[i], &m, &ready);
     if (!ready) continue;
-    if (st == BP_OK) {
+    if (st == BISUP_PROTO_OK) {
       on_message(c, &m);
     } else {
       c->bad_frames++;
@@ -419,8 +429,8 @@ void bp_client_feed(bp_client *c, const uint8_t *data, size_t len) {
   }
 }
 
-bp_client_state bp_client_poll(bp_client *c) {
-  if (c->state != BP_CLIENT_WAITING) return c->state;
+bisup_proto_client_state bisup_proto_client_poll(bisup_proto_client *c) {
+  if (c->state != BISUP_PROTO_CLIENT_WAITING) return c->state;
   uint32_t now = c->cfg.now_ms(c->cfg.ctx);
   if ((int32_t)(now - c->deadline) < 0) return c->state; /* wrap-safe comparison */
   if (c->retries_left > 0) {
@@ -429,9 +439,9 @@ bp_client_state bp_client_poll(bp_client *c) {
     c->deadline = now + c->cfg.timeout_ms;
     send_request(c);
   } else {
-    finish(c, c->request.u.infer.label, 0, BP_SRC_FALLBACK, false);
+    finish(c, c->request.u.infer.label, 0, BISUP_PROTO_SRC_FALLBACK, false);
   }
   return c->state;
 }
 
-void bp_client_reset(bp_client *c) { c->state = BP_CLIENT_IDLE; }
+void bisup_proto_client_reset(bisup_proto_client *c) { c->state = BISUP_PROTO_CLIENT_IDLE; }

@@ -6,11 +6,14 @@
  * trusted, and runs the request state machine (deadline, retry with the same sequence number and
  * boot id, fallback to the local answer).
  *
- * Memory: the only frame-sized buffer is the stream reader's (BP_MAX_FRAME bytes, decoded in
+ * Memory: the only frame-sized buffer is the stream reader's (BISUP_PROTO_MAX_FRAME bytes, decoded in
  * place). Frames are sent through a streaming COBS encoder with a 255-byte block, so a request is
  * re-encoded from the caller's input on every resend instead of being kept in a second buffer.
- * Define BP_MAX_BODY (bytes) before including this header, or with -DBP_MAX_BODY=..., to carry
+ * Define BISUP_PROTO_MAX_BODY (bytes) before including this header, or with -DBISUP_PROTO_MAX_BODY=..., to carry
  * larger inputs: a body is 10 header bytes, 8 INFER bytes, then the elements.
+ *
+ * Names: functions and types start with bisup_proto_, macros and constants with BISUP_PROTO_.
+ * Every public C name of bisup starts with bisup_<module>_ or BISUP_<MODULE>_ (README, "Firmware templates").
  */
 #ifndef BISUP_PROTO_H_
 #define BISUP_PROTO_H_
@@ -23,49 +26,50 @@
 extern "C" {
 #endif
 
-#define BP_VERSION 2u
-#define BP_LEGACY_VERSION 1u
-#ifndef BP_MAX_BODY
-#define BP_MAX_BODY 1024u
+#define BISUP_PROTO_VERSION 2u
+#define BISUP_PROTO_LEGACY_VERSION 1u
+#ifndef BISUP_PROTO_MAX_BODY
+#define BISUP_PROTO_MAX_BODY 1024u
 #endif
-#define BP_CRC_BYTES 2u
-#define BP_HEADER_BYTES 10u    /* version u8, type u8, seq u32, boot u32 */
-#define BP_INFER_FIXED_BYTES 8u /* label u16, confidence i8, dtype u8, count u32 */
-#define BP_SPLIT_FIXED_BYTES 9u /* stage u8, then INFER's fixed fields */
-#define BP_HASH_BYTES 32u
-#define BP_MAX_ID 32u
-#define BP_DTYPE_INT8 1u
+#define BISUP_PROTO_CRC_BYTES 2u
+#define BISUP_PROTO_HEADER_BYTES 10u    /* version u8, type u8, seq u32, boot u32 */
+#define BISUP_PROTO_INFER_FIXED_BYTES 8u /* label u16, confidence i8, dtype u8, count u32 */
+#define BISUP_PROTO_SPLIT_FIXED_BYTES 9u /* stage u8, then INFER's fixed fields */
+#define BISUP_PROTO_HASH_BYTES 32u
+#define BISUP_PROTO_MAX_ID 32u
+#define BISUP_PROTO_DTYPE_INT8 1u
 /* Longest COBS-encoded frame, without its 0x00 delimiter. */
-#define BP_MAX_FRAME (BP_MAX_BODY + BP_CRC_BYTES + (BP_MAX_BODY + BP_CRC_BYTES) / 254u + 1u)
+#define BISUP_PROTO_MAX_FRAME \
+  (BISUP_PROTO_MAX_BODY + BISUP_PROTO_CRC_BYTES + (BISUP_PROTO_MAX_BODY + BISUP_PROTO_CRC_BYTES) / 254u + 1u)
 
 typedef enum {
-  BP_HELLO = 0x01,
-  BP_INFER = 0x10,
-  BP_ANSWER = 0x11,
-  BP_SPLIT = 0x12, /* split computing: the activation at the cut after `stage`, for the remote tail */
-  BP_PING = 0x20,
-  BP_PONG = 0x21,
-  BP_STATS = 0x22,  /* device -> host, counts since boot (not answered) */
-  BP_FEED = 0x30,   /* HIL: host -> device, test input number seq */
-  BP_REPORT = 0x31, /* HIL: device -> host, what the device made of it */
-  BP_PROFILE = 0x32, /* HIL: device -> host, cycles per layer of that inference */
-  BP_ERROR = 0x7F
-} bp_type;
+  BISUP_PROTO_HELLO = 0x01,
+  BISUP_PROTO_INFER = 0x10,
+  BISUP_PROTO_ANSWER = 0x11,
+  BISUP_PROTO_SPLIT = 0x12, /* split computing: the activation at the cut after `stage`, for the remote tail */
+  BISUP_PROTO_PING = 0x20,
+  BISUP_PROTO_PONG = 0x21,
+  BISUP_PROTO_STATS = 0x22,  /* device -> host, counts since boot (not answered) */
+  BISUP_PROTO_FEED = 0x30,   /* HIL: host -> device, test input number seq */
+  BISUP_PROTO_REPORT = 0x31, /* HIL: device -> host, what the device made of it */
+  BISUP_PROTO_PROFILE = 0x32, /* HIL: device -> host, cycles per layer of that inference */
+  BISUP_PROTO_ERROR = 0x7F
+} bisup_proto_type;
 
 typedef enum {
-  BP_OK = 0,
-  BP_E_BAD_CRC = 1,
-  BP_E_BAD_COBS = 2,
-  BP_E_TOO_LONG = 3,
-  BP_E_BAD_VERSION = 4,
-  BP_E_BAD_TYPE = 5,
-  BP_E_BAD_LENGTH = 6,
-  BP_E_BAD_TENSOR = 7,
-  BP_E_REMOTE_UNAVAILABLE = 8,
-  BP_E_NO_ROOM = 100 /* local only: the output buffer is too small */
-} bp_status;
+  BISUP_PROTO_OK = 0,
+  BISUP_PROTO_E_BAD_CRC = 1,
+  BISUP_PROTO_E_BAD_COBS = 2,
+  BISUP_PROTO_E_TOO_LONG = 3,
+  BISUP_PROTO_E_BAD_VERSION = 4,
+  BISUP_PROTO_E_BAD_TYPE = 5,
+  BISUP_PROTO_E_BAD_LENGTH = 6,
+  BISUP_PROTO_E_BAD_TENSOR = 7,
+  BISUP_PROTO_E_REMOTE_UNAVAILABLE = 8,
+  BISUP_PROTO_E_NO_ROOM = 100 /* local only: the output buffer is too small */
+} bisup_proto_status;
 
-typedef enum { BP_SRC_LOCAL = 0, BP_SRC_REMOTE = 1, BP_SRC_FALLBACK = 2 } bp_source;
+typedef enum { BISUP_PROTO_SRC_LOCAL = 0, BISUP_PROTO_SRC_REMOTE = 1, BISUP_PROTO_SRC_FALLBACK = 2 } bisup_proto_source;
 
 typedef struct {
   uint8_t type;
@@ -74,10 +78,10 @@ typedef struct {
   union {
     struct {
       uint8_t fw[3];
-      uint8_t hash[BP_HASH_BYTES];
-      uint32_t max_body; /* the sender's largest body (BP_MAX_BODY on a device) */
+      uint8_t hash[BISUP_PROTO_HASH_BYTES];
+      uint32_t max_body; /* the sender's largest body (BISUP_PROTO_MAX_BODY on a device) */
       uint8_t id_len;
-      char id[BP_MAX_ID + 1];
+      char id[BISUP_PROTO_MAX_ID + 1];
     } hello;
     struct {
       uint16_t label;
@@ -85,12 +89,12 @@ typedef struct {
       uint8_t dtype;
       uint32_t count;
       const int8_t *data; /* points into the caller's buffer; no copy */
-      uint8_t stage;      /* BP_SPLIT only (INFER and SPLIT share this struct): the cut's stage, 1-based */
+      uint8_t stage;      /* BISUP_PROTO_SPLIT only (INFER and SPLIT share this struct): the cut's stage, 1-based */
     } infer;
     struct {
       uint16_t label;
       uint16_t confidence_q16; /* confidence * 65535 */
-      uint8_t source;          /* bp_source */
+      uint8_t source;          /* bisup_proto_source */
       uint8_t rejected;
     } answer;
     struct {
@@ -121,66 +125,73 @@ typedef struct {
       const uint8_t *cycles_le; /* count x u32, little-endian; points into the caller's buffer */
     } profile;
   } u;
-} bp_msg;
+} bisup_proto_msg;
 
-uint16_t bp_crc16(const uint8_t *data, size_t len);
+uint16_t bisup_proto_crc16(const uint8_t *data, size_t len);
 
 /* COBS without the delimiter; out may be in (decoding never overtakes reading). */
-bp_status bp_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len);
+bisup_proto_status bisup_proto_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len);
 
 /* Bodies. Decode sets m->seq (and m->boot) whenever the header is readable, even on error. */
-bp_status bp_decode_body(const uint8_t *body, size_t len, bp_msg *m);
+bisup_proto_status bisup_proto_decode_body(const uint8_t *body, size_t len, bisup_proto_msg *m);
 
 /* Where frames go: a UART write, a socket send, a buffer. */
-typedef void (*bp_write_fn)(void *ctx, const uint8_t *data, size_t len);
+typedef void (*bisup_proto_write_fn)(void *ctx, const uint8_t *data, size_t len);
 
-/* Frames: COBS(body || crc16_le) 0x00. bp_send_frame streams one through `write` in blocks of at
+/* Frames: COBS(body || crc16_le) 0x00. bisup_proto_send_frame streams one through `write` in blocks of at
  * most 255 bytes; it returns false, writing nothing, when the body would exceed max_body. */
-bool bp_send_frame(const bp_msg *m, uint32_t max_body, bp_write_fn write, void *ctx);
+bool bisup_proto_send_frame(const bisup_proto_msg *m, uint32_t max_body, bisup_proto_write_fn write, void *ctx);
 /* The same frame into a buffer; returns the length including the delimiter, or 0 if it does not fit. */
-size_t bp_encode_frame(const bp_msg *m, uint8_t *out, size_t cap);
+size_t bisup_proto_encode_frame(const bisup_proto_msg *m, uint8_t *out, size_t cap);
 /* `frame` excludes the delimiter; `scratch` receives the decoded bytes (infer data points there).
  * `scratch` may be `frame` itself: COBS decodes in place. */
-bp_status bp_decode_frame(const uint8_t *frame, size_t len, uint8_t *scratch, size_t cap, bp_msg *m);
+bisup_proto_status bisup_proto_decode_frame(const uint8_t *frame, size_t len, uint8_t *scratch, size_t cap,
+                                            bisup_proto_msg *m);
 
 /* Byte-stream reader: resynchronizes at each 0x00, bounded memory, decodes in place. */
 typedef struct {
-  uint8_t buf[BP_MAX_FRAME];
+  uint8_t buf[BISUP_PROTO_MAX_FRAME];
   size_t len;
   bool overflow;
-} bp_reader;
+} bisup_proto_reader;
 
-void bp_reader_init(bp_reader *r);
-/* Push one byte. *ready becomes true when a frame ended: then the return value is BP_OK with
+void bisup_proto_reader_init(bisup_proto_reader *r);
+/* Push one byte. *ready becomes true when a frame ended: then the return value is BISUP_PROTO_OK with
  * *m filled, or the error that frame had. Empty frames are ignored. */
-bp_status bp_reader_push(bp_reader *r, uint8_t byte, bp_msg *m, bool *ready);
+bisup_proto_status bisup_proto_reader_push(bisup_proto_reader *r, uint8_t byte, bisup_proto_msg *m, bool *ready);
 
 /* The firmware's decision: the local answer is trusted iff confidence >= threshold (int8 units;
  * threshold 128 means never). */
-static inline bool bp_trusted(int8_t confidence, int16_t threshold) { return (int16_t)confidence >= threshold; }
+static inline bool bisup_proto_trusted(int8_t confidence, int16_t threshold) {
+  return (int16_t)confidence >= threshold;
+}
 
 /* Request state machine. boot_id: a value drawn anew at every boot (a hardware RNG, or a persisted
  * boot counter mixed with a device secret); the host keys its retry cache on it, and answers for
  * another boot id are ignored, so sequence numbers may restart at 1 after a reset. */
 typedef struct {
-  bp_write_fn write;
+  bisup_proto_write_fn write;
   uint32_t (*now_ms)(void *ctx);
   void *ctx;
   uint32_t timeout_ms;
   uint8_t max_retries;
   uint32_t boot_id;
-} bp_client_config;
+} bisup_proto_client_config;
 
-typedef enum { BP_CLIENT_IDLE = 0, BP_CLIENT_WAITING = 1, BP_CLIENT_DONE = 2 } bp_client_state;
+typedef enum {
+  BISUP_PROTO_CLIENT_IDLE = 0,
+  BISUP_PROTO_CLIENT_WAITING = 1,
+  BISUP_PROTO_CLIENT_DONE = 2
+} bisup_proto_client_state;
 
 typedef struct {
-  bp_client_config cfg;
-  bp_client_state state;
-  bp_reader reader;
-  bp_msg request; /* re-sent as is; its input stays the caller's until the request is DONE */
+  bisup_proto_client_config cfg;
+  bisup_proto_client_state state;
+  bisup_proto_reader reader;
+  bisup_proto_msg request; /* re-sent as is; its input stays the caller's until the request is DONE */
   uint32_t deadline;
   uint8_t retries_left;
-  /* result, valid in BP_CLIENT_DONE */
+  /* result, valid in BISUP_PROTO_CLIENT_DONE */
   uint16_t label;
   uint16_t confidence_q16;
   uint8_t source;
@@ -188,25 +199,25 @@ typedef struct {
   /* counters */
   uint32_t resends;
   uint32_t bad_frames;
-} bp_client;
+} bisup_proto_client;
 
-void bp_client_init(bp_client *c, const bp_client_config *cfg);
+void bisup_proto_client_init(bisup_proto_client *c, const bisup_proto_client_config *cfg);
 /* Sends INFER and starts waiting. Returns false if a request is pending or the input is too big.
  * `input` must stay valid and unchanged until the request is DONE (resends read it again). */
-bool bp_client_request(bp_client *c, uint32_t seq, const int8_t *input, uint32_t count, uint16_t local_label,
-                       int8_t local_confidence);
+bool bisup_proto_client_request(bisup_proto_client *c, uint32_t seq, const int8_t *input, uint32_t count,
+                                uint16_t local_label, int8_t local_confidence);
 /* Sends SPLIT (split computing): the int8 activation at the cut after `stage` (1-based), which the host's
- * remote tail finishes. Same rules as bp_client_request. A DONE request with source BP_SRC_FALLBACK (the
- * link is gone, or the remote supervisor rejected the answer) tells a multi-exit device to finish locally
- * at its last exit. */
-bool bp_client_request_split(bp_client *c, uint32_t seq, uint8_t stage, const int8_t *activation, uint32_t count,
-                             uint16_t local_label, int8_t local_confidence);
+ * remote tail finishes. Same rules as bisup_proto_client_request. A DONE request with source
+ * BISUP_PROTO_SRC_FALLBACK (the link is gone, or the remote supervisor rejected the answer) tells a multi-exit
+ * device to finish locally at its last exit. */
+bool bisup_proto_client_request_split(bisup_proto_client *c, uint32_t seq, uint8_t stage, const int8_t *activation,
+                                      uint32_t count, uint16_t local_label, int8_t local_confidence);
 /* Bytes received from the host. */
-void bp_client_feed(bp_client *c, const uint8_t *data, size_t len);
+void bisup_proto_client_feed(bisup_proto_client *c, const uint8_t *data, size_t len);
 /* Checks the deadline: resends with the same seq, or ends in the local fallback. */
-bp_client_state bp_client_poll(bp_client *c);
+bisup_proto_client_state bisup_proto_client_poll(bisup_proto_client *c);
 /* Back to idle after the caller has read a DONE result. */
-void bp_client_reset(bp_client *c);
+void bisup_proto_client_reset(bisup_proto_client *c);
 
 #ifdef __cplusplus
 }

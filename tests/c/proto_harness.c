@@ -10,12 +10,12 @@
 
 #include "bisup_app.h"
 
-#define LINE_MAX_BYTES (4 * BP_MAX_FRAME + 4096)
+#define LINE_MAX_BYTES (4 * BISUP_PROTO_MAX_FRAME + 4096)
 #define MAX_VECTORS 64
 
 typedef struct {
   char name[64];
-  uint8_t frame[BP_MAX_FRAME + 64];
+  uint8_t frame[BISUP_PROTO_MAX_FRAME + 64];
   size_t len;
 } vector;
 
@@ -52,53 +52,53 @@ static void put_hex(const uint8_t *data, size_t n) {
   for (size_t i = 0; i < n; ++i) printf("%02x", data[i]);
 }
 
-static void describe(const bp_msg *m) {
+static void describe(const bisup_proto_msg *m) {
   switch (m->type) {
-    case BP_HELLO:
+    case BISUP_PROTO_HELLO:
       printf("HELLO seq=%lu boot=%lu fw=%u.%u.%u hash=", (unsigned long)m->seq, (unsigned long)m->boot,
              m->u.hello.fw[0], m->u.hello.fw[1], m->u.hello.fw[2]);
-      put_hex(m->u.hello.hash, BP_HASH_BYTES);
+      put_hex(m->u.hello.hash, BISUP_PROTO_HASH_BYTES);
       printf(" max_body=%lu id=%s", (unsigned long)m->u.hello.max_body, m->u.hello.id);
       break;
-    case BP_INFER:
+    case BISUP_PROTO_INFER:
       printf("INFER seq=%lu boot=%lu label=%u conf=%d dtype=%u n=%lu data=", (unsigned long)m->seq,
              (unsigned long)m->boot, m->u.infer.label, m->u.infer.confidence, m->u.infer.dtype,
              (unsigned long)m->u.infer.count);
       put_hex((const uint8_t *)m->u.infer.data, m->u.infer.count);
       break;
-    case BP_SPLIT:
+    case BISUP_PROTO_SPLIT:
       printf("SPLIT seq=%lu boot=%lu stage=%u label=%u conf=%d dtype=%u n=%lu data=", (unsigned long)m->seq,
              (unsigned long)m->boot, m->u.infer.stage, m->u.infer.label, m->u.infer.confidence, m->u.infer.dtype,
              (unsigned long)m->u.infer.count);
       put_hex((const uint8_t *)m->u.infer.data, m->u.infer.count);
       break;
-    case BP_ANSWER:
+    case BISUP_PROTO_ANSWER:
       printf("ANSWER seq=%lu boot=%lu label=%u conf=%u source=%u rejected=%u", (unsigned long)m->seq,
              (unsigned long)m->boot, m->u.answer.label, m->u.answer.confidence_q16, m->u.answer.source,
              m->u.answer.rejected);
       break;
-    case BP_ERROR:
+    case BISUP_PROTO_ERROR:
       printf("ERROR seq=%lu boot=%lu code=%u detail=%lu", (unsigned long)m->seq, (unsigned long)m->boot,
              m->u.error.code, (unsigned long)m->u.error.detail);
       break;
-    case BP_FEED:
+    case BISUP_PROTO_FEED:
       printf("FEED seq=%lu boot=%lu dtype=%u n=%lu data=", (unsigned long)m->seq, (unsigned long)m->boot,
              m->u.feed.dtype, (unsigned long)m->u.feed.count);
       put_hex((const uint8_t *)m->u.feed.data, m->u.feed.count);
       break;
-    case BP_STATS:
+    case BISUP_PROTO_STATS:
       printf("STATS seq=%lu boot=%lu inferences=%lu local=%lu relayed=%lu", (unsigned long)m->seq,
              (unsigned long)m->boot, (unsigned long)m->u.stats.inferences, (unsigned long)m->u.stats.local,
              (unsigned long)m->u.stats.relayed);
       break;
-    case BP_REPORT:
+    case BISUP_PROTO_REPORT:
       printf("REPORT seq=%lu boot=%lu label=%u source=%u rejected=%u local_label=%u conf=%d latency_us=%lu "
              "infer_cycles=%lu",
              (unsigned long)m->seq, (unsigned long)m->boot, m->u.report.label, m->u.report.source, m->u.report.rejected,
              m->u.report.local_label, m->u.report.local_confidence, (unsigned long)m->u.report.latency_us,
              (unsigned long)m->u.report.infer_cycles);
       break;
-    case BP_PROFILE:
+    case BISUP_PROTO_PROFILE:
       printf("PROFILE seq=%lu boot=%lu n=%u cycles=", (unsigned long)m->seq, (unsigned long)m->boot,
              m->u.profile.count);
       for (unsigned i = 0; i < m->u.profile.count; ++i) {
@@ -108,33 +108,33 @@ static void describe(const bp_msg *m) {
       }
       break;
     default:
-      printf("%s seq=%lu boot=%lu", m->type == BP_PING ? "PING" : "PONG", (unsigned long)m->seq,
+      printf("%s seq=%lu boot=%lu", m->type == BISUP_PROTO_PING ? "PING" : "PONG", (unsigned long)m->seq,
              (unsigned long)m->boot);
   }
 }
 
-static bp_reader reader;
+static bisup_proto_reader reader;
 
 static int run_vectors(void) {
-  static uint8_t again[BP_MAX_FRAME + 1];
+  static uint8_t again[BISUP_PROTO_MAX_FRAME + 1];
   for (size_t i = 0; i < vector_count; ++i) {
     const vector *v = &vectors[i];
-    bp_msg m;
+    bisup_proto_msg m;
     bool ready = false;
-    bp_status st = BP_OK;
-    bp_reader_init(&reader);
-    for (size_t k = 0; k < v->len && !ready; ++k) st = bp_reader_push(&reader, v->frame[k], &m, &ready);
+    bisup_proto_status st = BISUP_PROTO_OK;
+    bisup_proto_reader_init(&reader);
+    for (size_t k = 0; k < v->len && !ready; ++k) st = bisup_proto_reader_push(&reader, v->frame[k], &m, &ready);
     printf("%s\t", v->name);
     if (!ready) {
       printf("NO FRAME\n");
       continue;
     }
-    if (st != BP_OK) {
+    if (st != BISUP_PROTO_OK) {
       printf("INVALID code=%d seq=%lu\n", (int)st, (unsigned long)m.seq);
       continue;
     }
     describe(&m);
-    size_t n = bp_encode_frame(&m, again, sizeof(again));
+    size_t n = bisup_proto_encode_frame(&m, again, sizeof(again));
     printf("\t%s\n", (n == v->len && memcmp(again, v->frame, n) == 0) ? "REENCODE-OK" : "REENCODE-DIFFERS");
   }
   return 0;
@@ -171,38 +171,39 @@ static size_t mutate(uint8_t *buf, size_t len, size_t cap) {
 }
 
 static int run_fuzz(unsigned long iterations, uint32_t seed) {
-  static uint8_t buf[BP_MAX_FRAME + 256];
-  unsigned long outcomes[BP_E_NO_ROOM + 1] = {0};
+  static uint8_t buf[BISUP_PROTO_MAX_FRAME + 256];
+  unsigned long outcomes[BISUP_PROTO_E_NO_ROOM + 1] = {0};
   rng_state = seed ? seed : 1u;
-  bp_reader_init(&reader);
+  bisup_proto_reader_init(&reader);
   for (unsigned long i = 0; i < iterations; ++i) {
     const vector *v = &vectors[next_random() % vector_count];
     size_t len = v->len < sizeof(buf) ? v->len : sizeof(buf);
     memcpy(buf, v->frame, len);
     len = mutate(buf, len, sizeof(buf));
     for (size_t k = 0; k < len; ++k) {
-      bp_msg m;
+      bisup_proto_msg m;
       bool ready;
-      bp_status st = bp_reader_push(&reader, buf[k], &m, &ready);
+      bisup_proto_status st = bisup_proto_reader_push(&reader, buf[k], &m, &ready);
       if (ready) outcomes[st]++;
     }
   }
   /* after all that noise, one delimiter and a clean frame must decode */
-  bp_msg m;
+  bisup_proto_msg m;
   bool ready = false;
-  bp_status st = BP_OK;
-  bp_reader_push(&reader, 0, &m, &ready);
-  for (size_t k = 0; k < vectors[0].len; ++k) st = bp_reader_push(&reader, vectors[0].frame[k], &m, &ready);
+  bisup_proto_status st = BISUP_PROTO_OK;
+  bisup_proto_reader_push(&reader, 0, &m, &ready);
+  for (size_t k = 0; k < vectors[0].len; ++k) st = bisup_proto_reader_push(&reader, vectors[0].frame[k], &m, &ready);
   printf("fuzz iterations=%lu ok=%lu bad_crc=%lu bad_cobs=%lu too_long=%lu bad_length=%lu other=%lu resync=%s\n",
-         iterations, outcomes[BP_OK], outcomes[BP_E_BAD_CRC], outcomes[BP_E_BAD_COBS], outcomes[BP_E_TOO_LONG],
-         outcomes[BP_E_BAD_LENGTH], outcomes[BP_E_BAD_VERSION] + outcomes[BP_E_BAD_TYPE],
-         (ready && st == BP_OK && m.type == BP_HELLO) ? "ok" : "FAILED");
+         iterations, outcomes[BISUP_PROTO_OK], outcomes[BISUP_PROTO_E_BAD_CRC], outcomes[BISUP_PROTO_E_BAD_COBS],
+         outcomes[BISUP_PROTO_E_TOO_LONG],
+         outcomes[BISUP_PROTO_E_BAD_LENGTH], outcomes[BISUP_PROTO_E_BAD_VERSION] + outcomes[BISUP_PROTO_E_BAD_TYPE],
+         (ready && st == BISUP_PROTO_OK && m.type == BISUP_PROTO_HELLO) ? "ok" : "FAILED");
   return 0;
 }
 
 /* --- state machine against a scripted host --- */
 static uint32_t clock_ms;
-static uint8_t sent[4][BP_MAX_FRAME + 1];
+static uint8_t sent[4][BISUP_PROTO_MAX_FRAME + 1];
 static size_t sent_len[4], sent_count;
 
 static size_t bytes_sent;
@@ -233,23 +234,23 @@ static int failures;
     }                                                         \
   } while (0)
 
-static void host_says(bp_client *c, const bp_msg *m) {
-  uint8_t frame[BP_MAX_FRAME + 1];
-  size_t n = bp_encode_frame(m, frame, sizeof(frame));
-  bp_client_feed(c, frame, n);
+static void host_says(bisup_proto_client *c, const bisup_proto_msg *m) {
+  uint8_t frame[BISUP_PROTO_MAX_FRAME + 1];
+  size_t n = bisup_proto_encode_frame(m, frame, sizeof(frame));
+  bisup_proto_client_feed(c, frame, n);
 }
 
 #define BOOT 0xB0075EEDu
 
-static bp_msg answer(uint32_t seq, uint16_t label) {
-  bp_msg m;
+static bisup_proto_msg answer(uint32_t seq, uint16_t label) {
+  bisup_proto_msg m;
   memset(&m, 0, sizeof(m));
-  m.type = BP_ANSWER;
+  m.type = BISUP_PROTO_ANSWER;
   m.seq = seq;
   m.boot = BOOT;
   m.u.answer.label = label;
   m.u.answer.confidence_q16 = 60000;
-  m.u.answer.source = BP_SRC_REMOTE;
+  m.u.answer.source = BISUP_PROTO_SRC_REMOTE;
   return m;
 }
 
@@ -261,95 +262,99 @@ static bool silent_link(void *ctx, uint8_t *byte) {
 }
 
 static int run_client(void) {
-  static bp_client c;
+  static bisup_proto_client c;
   const int8_t input[64] = {1, -2, 3};
-  bp_client_config cfg = {capture, now, NULL, 100, 2, BOOT};
+  bisup_proto_client_config cfg = {capture, now, NULL, 100, 2, BOOT};
   /* 1: no answer -> two resends with the same bytes, then the local fallback */
-  bp_client_init(&c, &cfg);
+  bisup_proto_client_init(&c, &cfg);
   clock_ms = 1000;
   sent_count = 0;
   memset(sent_len, 0, sizeof(sent_len));
-  CHECK(bp_client_request(&c, 41, input, 64, 7, -30));
-  CHECK(!bp_client_request(&c, 42, input, 64, 7, -30)); /* one request at a time */
+  CHECK(bisup_proto_client_request(&c, 41, input, 64, 7, -30));
+  CHECK(!bisup_proto_client_request(&c, 42, input, 64, 7, -30)); /* one request at a time */
   clock_ms += 99;
-  CHECK(bp_client_poll(&c) == BP_CLIENT_WAITING && sent_count == 1);
+  CHECK(bisup_proto_client_poll(&c) == BISUP_PROTO_CLIENT_WAITING && sent_count == 1);
   clock_ms += 1;
-  CHECK(bp_client_poll(&c) == BP_CLIENT_WAITING && sent_count == 2);
+  CHECK(bisup_proto_client_poll(&c) == BISUP_PROTO_CLIENT_WAITING && sent_count == 2);
   CHECK(sent_len[1] == sent_len[0] && memcmp(sent[1], sent[0], sent_len[0]) == 0);
   clock_ms += 100;
-  bp_client_poll(&c);
+  bisup_proto_client_poll(&c);
   clock_ms += 100;
-  CHECK(bp_client_poll(&c) == BP_CLIENT_DONE && sent_count == 3 && c.resends == 2);
-  CHECK(c.source == BP_SRC_FALLBACK && c.label == 7 && !c.rejected);
+  CHECK(bisup_proto_client_poll(&c) == BISUP_PROTO_CLIENT_DONE && sent_count == 3 && c.resends == 2);
+  CHECK(c.source == BISUP_PROTO_SRC_FALLBACK && c.label == 7 && !c.rejected);
   /* 2: noise and a stale answer are ignored, the matching answer ends the request */
-  bp_client_reset(&c);
-  CHECK(bp_client_request(&c, 43, input, 64, 7, -30));
+  bisup_proto_client_reset(&c);
+  CHECK(bisup_proto_client_request(&c, 43, input, 64, 7, -30));
   const uint8_t noise[] = {0x13, 0x37, 0x00, 0xFF, 0xFF, 0x00};
-  bp_client_feed(&c, noise, sizeof(noise));
-  bp_msg stale = answer(41, 1), fresh = answer(43, 5), other_boot = answer(43, 6);
+  bisup_proto_client_feed(&c, noise, sizeof(noise));
+  bisup_proto_msg stale = answer(41, 1), fresh = answer(43, 5), other_boot = answer(43, 6);
   other_boot.boot = BOOT + 1u; /* the same seq, answered to a previous boot: never taken */
   host_says(&c, &stale);
   host_says(&c, &other_boot);
-  CHECK(c.state == BP_CLIENT_WAITING);
+  CHECK(c.state == BISUP_PROTO_CLIENT_WAITING);
   host_says(&c, &fresh);
-  CHECK(bp_client_poll(&c) == BP_CLIENT_DONE && c.source == BP_SRC_REMOTE && c.label == 5);
+  CHECK(bisup_proto_client_poll(&c) == BISUP_PROTO_CLIENT_DONE && c.source == BISUP_PROTO_SRC_REMOTE && c.label == 5);
   CHECK(c.bad_frames == 2);
   /* 3: an ERROR for the pending request ends in the local fallback */
-  bp_client_reset(&c);
-  CHECK(bp_client_request(&c, 44, input, 64, 9, -1));
-  bp_msg error;
+  bisup_proto_client_reset(&c);
+  CHECK(bisup_proto_client_request(&c, 44, input, 64, 9, -1));
+  bisup_proto_msg error;
   memset(&error, 0, sizeof(error));
-  error.type = BP_ERROR;
+  error.type = BISUP_PROTO_ERROR;
   error.seq = 44;
   error.boot = BOOT;
-  error.u.error.code = BP_E_BAD_TENSOR;
+  error.u.error.code = BISUP_PROTO_E_BAD_TENSOR;
   error.u.error.detail = 64;
   host_says(&c, &error);
-  CHECK(c.state == BP_CLIENT_DONE && c.source == BP_SRC_FALLBACK && c.label == 9);
+  CHECK(c.state == BISUP_PROTO_CLIENT_DONE && c.source == BISUP_PROTO_SRC_FALLBACK && c.label == 9);
   /* 4: the decision step, and sequence numbers that wrap */
-  CHECK(bp_trusted(-20, -20) && !bp_trusted(-21, -20) && !bp_trusted(127, 128) && bp_trusted(-128, -128));
-  bp_client_reset(&c);
+  CHECK(bisup_proto_trusted(-20, -20) && !bisup_proto_trusted(-21, -20) && !bisup_proto_trusted(127, 128) &&
+        bisup_proto_trusted(-128, -128));
+  bisup_proto_client_reset(&c);
   clock_ms = 0xFFFFFFF0u;
-  CHECK(bp_client_request(&c, 0xFFFFFFFFu, input, 64, 1, 0));
+  CHECK(bisup_proto_client_request(&c, 0xFFFFFFFFu, input, 64, 1, 0));
   clock_ms += 50; /* wraps past zero; still before the deadline */
-  CHECK(bp_client_poll(&c) == BP_CLIENT_WAITING);
+  CHECK(bisup_proto_client_poll(&c) == BISUP_PROTO_CLIENT_WAITING);
   /* 5: the application step: trusted inputs stay local, unsure ones fall back when nobody answers */
   static bisup_app app;
   bisup_app_init(&app, &cfg, -20);
   sent_count = 0;
-  bisup_result r = bisup_app_decide(&app, input, 64, 3, -20, silent_link, NULL);
-  CHECK(r.source == BP_SRC_LOCAL && r.label == 3 && sent_count == 0);
+  bisup_app_result r = bisup_app_decide(&app, input, 64, 3, -20, silent_link, NULL);
+  CHECK(r.source == BISUP_PROTO_SRC_LOCAL && r.label == 3 && sent_count == 0);
   r = bisup_app_decide(&app, input, 64, 4, -21, silent_link, NULL);
-  CHECK(r.source == BP_SRC_FALLBACK && r.label == 4 && !r.rejected && sent_count == 3);
-  /* 5b: every BISUP_STATS_EVERY inferences the app tells the host its counts since boot (STATS) */
+  CHECK(r.source == BISUP_PROTO_SRC_FALLBACK && r.label == 4 && !r.rejected && sent_count == 3);
+  /* 5b: every BISUP_APP_STATS_EVERY inferences the app tells the host its counts since boot (STATS) */
   sent_count = 0;
   memset(sent_len, 0, sizeof(sent_len));
-  for (uint32_t i = 2; i < BISUP_STATS_EVERY; ++i) bisup_app_decide(&app, input, 64, 5, 0, silent_link, NULL);
+  for (uint32_t i = 2; i < BISUP_APP_STATS_EVERY; ++i) bisup_app_decide(&app, input, 64, 5, 0, silent_link, NULL);
   CHECK(sent_count == 1);
-  bp_msg stats;
-  uint8_t scratch[BP_MAX_FRAME];
-  CHECK(sent_len[0] > 1 && bp_decode_frame(sent[0], sent_len[0] - 1, scratch, sizeof(scratch), &stats) == BP_OK);
-  CHECK(stats.type == BP_STATS && stats.boot == BOOT && stats.u.stats.inferences == BISUP_STATS_EVERY);
-  CHECK(stats.u.stats.local == BISUP_STATS_EVERY - 1u && stats.u.stats.relayed == 1u);
+  bisup_proto_msg stats;
+  uint8_t scratch[BISUP_PROTO_MAX_FRAME];
+  CHECK(sent_len[0] > 1 &&
+        bisup_proto_decode_frame(sent[0], sent_len[0] - 1, scratch, sizeof(scratch), &stats) == BISUP_PROTO_OK);
+  CHECK(stats.type == BISUP_PROTO_STATS && stats.boot == BOOT && stats.u.stats.inferences == BISUP_APP_STATS_EVERY);
+  CHECK(stats.u.stats.local == BISUP_APP_STATS_EVERY - 1u && stats.u.stats.relayed == 1u);
   /* 6: the largest input the build allows goes out as one frame; one element more is refused */
-  static int8_t big[BP_MAX_BODY];
-  uint32_t most = BP_MAX_BODY - BP_HEADER_BYTES - BP_INFER_FIXED_BYTES;
+  static int8_t big[BISUP_PROTO_MAX_BODY];
+  uint32_t most = BISUP_PROTO_MAX_BODY - BISUP_PROTO_HEADER_BYTES - BISUP_PROTO_INFER_FIXED_BYTES;
   for (uint32_t i = 0; i < most; ++i) big[i] = (int8_t)(i * 7u);
-  bp_client_reset(&c);
-  CHECK(!bp_client_request(&c, 50, big, most + 1u, 1, 0));
+  bisup_proto_client_reset(&c);
+  CHECK(!bisup_proto_client_request(&c, 50, big, most + 1u, 1, 0));
   sent_count = 0;
   bytes_sent = 0;
-  CHECK(bp_client_request(&c, 50, big, most, 1, 0));
-  CHECK(bytes_sent > most && bytes_sent <= BP_MAX_FRAME + 1u);
+  CHECK(bisup_proto_client_request(&c, 50, big, most, 1, 0));
+  CHECK(bytes_sent > most && bytes_sent <= BISUP_PROTO_MAX_FRAME + 1u);
   /* 7: a frame longer than the reader's buffer is one TOO_LONG, then the next frame decodes */
-  bp_reader_init(&reader);
-  bp_msg m;
+  bisup_proto_reader_init(&reader);
+  bisup_proto_msg m;
   bool ready = false;
-  bp_status st = BP_OK;
-  for (size_t i = 0; i < BP_MAX_FRAME + 10u && !ready; ++i) st = bp_reader_push(&reader, 0x01, &m, &ready);
+  bisup_proto_status st = BISUP_PROTO_OK;
+  for (size_t i = 0; i < BISUP_PROTO_MAX_FRAME + 10u && !ready; ++i) {
+    st = bisup_proto_reader_push(&reader, 0x01, &m, &ready);
+  }
   CHECK(!ready);
-  st = bp_reader_push(&reader, 0x00, &m, &ready);
-  CHECK(ready && st == BP_E_TOO_LONG);
+  st = bisup_proto_reader_push(&reader, 0x00, &m, &ready);
+  CHECK(ready && st == BISUP_PROTO_E_TOO_LONG);
   printf("client %s\n", failures ? "FAILED" : "ok");
   return failures ? 1 : 0;
 }

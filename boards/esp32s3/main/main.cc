@@ -69,7 +69,7 @@ extern "C" void app_main(void) {
   if (!map_model(&image)) return;  // nothing flashed yet: run `bisup flash`
   // A new boot id per boot from the hardware RNG: the bridge never answers this boot from the cache of
   // the last one, although sequence numbers restart at 1 (firmware_bridge/PROTOCOL.md, "Boot id").
-  bp_client_config link = {link_write, now_ms, nullptr, 500, 3, esp_random()};
+  bisup_proto_client_config link = {link_write, now_ms, nullptr, 500, 3, esp_random()};
   bisup_app_init(&g_app, &link, image.threshold_int8);
 #ifdef BISUP_ENGINE_C
   static const uint8_t compiled_model[32] = BISUP_MODEL_SHA256;
@@ -79,7 +79,8 @@ extern "C" void app_main(void) {
     int8_t scores[NUM_CLASSES], confidence;
     acquire_input(input);
     bisup_model_infer(input, scores, &confidence);
-    bisup_result result = bisup_app_decide(&g_app, input, INPUT_BYTES, argmax(scores), confidence, link_read, nullptr);
+    bisup_app_result result = bisup_app_decide(&g_app, input, INPUT_BYTES, argmax(scores), confidence, link_read,
+                                               nullptr);
     (void)result;  // act on result.label; result.source says local / remote / fallback
   }
 #else
@@ -94,7 +95,8 @@ extern "C" void app_main(void) {
     interpreter.Invoke();
     const int8_t* scores = interpreter.output(kModelDataScoresOutput)->data.int8;
     int8_t confidence = interpreter.output(kModelDataConfidenceOutput)->data.int8[0];
-    bisup_result result = bisup_app_decide(&g_app, input, INPUT_BYTES, argmax(scores), confidence, link_read, nullptr);
+    bisup_app_result result = bisup_app_decide(&g_app, input, INPUT_BYTES, argmax(scores), confidence, link_read,
+                                               nullptr);
     (void)result;  // act on result.label; result.source says local / remote / fallback
   }
 #endif

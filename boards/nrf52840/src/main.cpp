@@ -88,7 +88,7 @@ void setup() {
   if (interpreter.AllocateTensors() != kTfLiteOk) return;
   g_interpreter = &interpreter;
 #endif
-  bp_client_config link = {link_write, now_ms, nullptr, 500, 3, boot_id()};
+  bisup_proto_client_config link = {link_write, now_ms, nullptr, 500, 3, boot_id()};
   bisup_app_init(&g_app, &link, image.threshold_int8);
   g_ready = true;
 }
@@ -107,6 +107,7 @@ void loop() {
   const int8_t* scores = g_interpreter->output(kModelDataScoresOutput)->data.int8;
   int8_t confidence = g_interpreter->output(kModelDataConfidenceOutput)->data.int8[0];
 #endif
-  bisup_result result = bisup_app_decide(&g_app, input, INPUT_BYTES, argmax(scores), confidence, link_read, nullptr);
+  bisup_app_result result = bisup_app_decide(&g_app, input, INPUT_BYTES, argmax(scores), confidence, link_read,
+                                             nullptr);
   (void)result;  // act on result.label; result.source says local / remote / fallback
 }
