@@ -23,7 +23,8 @@ __all__ = ["BOARDS_PATH_ENV", "BoardError", "BoardProfile", "Caveat", "Emulation
 
 PROFILE_DIR = Path(__file__).resolve().parent
 BOARDS_PATH_ENV = "BISUP_BOARDS_PATH"
-FIRMWARE_FILES = ("link.ld.in", "startup.c", "main.c")  # what `bisup hil --emulate` compiles from a firmware folder
+# What `bisup hil --emulate` builds from a firmware folder: the shared board part and its two programs.
+FIRMWARE_FILES = ("link.ld.in", "startup.c", "board.c", "board.h", "main_model.c", "main_stages.c")
 _CAVEATS_FILE = PROFILE_DIR / "caveats.toml"
 _REQUIRED = ("name", "title", "arch", "cpu_mhz", "flash_bytes", "ram_bytes", "flash_method")
 _EMULATION_TEXT = ("machine", "cpu")

@@ -231,7 +231,7 @@ def test_a_hello_timeout_under_emulation_blames_host_load_not_the_port(monkeypat
 
     monkeypatch.setattr(hil.calibrate, "outcomes", lambda *args: (None, np.zeros((1, 4), np.int8)))
     monkeypatch.setattr(hil, "build_firmware", lambda *args, **kwargs: Path("firmware.elf"))
-    def never_greets(machine, elf):
+    def never_greets(machine, elf, loaders=()):
         with hil.open_port("loop://") as port:
             yield hil.BoardLink(port, emulated=True)
 

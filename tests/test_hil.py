@@ -203,7 +203,7 @@ def test_a_board_added_as_one_toml_file_runs(hil_setup, tmp_path, monkeypatch):
     monkeypatch.setenv("BISUP_BOARDS_PATH", str(folder))
     board_bundle = Bundle.load(out / "digits.bisup")
     elf = hil.build_firmware("my-m4", board_bundle, tmp_path)
-    with hil.qemu("my-m4", elf) as link:
+    with hil.qemu("my-m4", elf, loaders=[hil.image_loader("my-m4", tmp_path / hil.MODEL_IMAGE)]) as link:
         hello = hil.HilSession(link, None).handshake(board_bundle.model_hash, 10)
     assert hello.device_id == "qemu-my-m4" and hello.model_hash == board_bundle.model_hash
 
