@@ -136,14 +136,17 @@ def test_a_zip_bomb_costs_bounded_memory(tmp_path, declared):
     about it, after at most its manifest size is decompressed. Peak RSS of a fresh process stays under 200 MB."""
     path = _bomb(tmp_path / "bomb.bisup", 300, declared)
     assert path.stat().st_size < 2_000_000
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child of a big pytest process would report
+    # the parent's peak; VmHWM belongs to the new address space.
     script = textwrap.dedent(f"""
-        import resource, sys
+        import re, sys
         from firmware_bridge.bundle import BundleError, read_archive
         try:
             read_archive(__import__("pathlib").Path({str(path)!r}))
         except BundleError as exc:
             print("refused:", exc)
-        print("peak_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        status = open("/proc/self/status").read()
+        print("peak_kb", re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = done.stdout.splitlines()
