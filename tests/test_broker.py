@@ -189,7 +189,7 @@ def test_wrong_password_anonymous_plain_tcp_and_unknown_ca_are_refused(secure_mo
     for bad, why in ((dataclasses.replace(endpoint, password="wrong"), "refused the connection: Not authorized"),
                      (dataclasses.replace(endpoint, username=None, password=None), "refused the connection"),
                      (dataclasses.replace(endpoint, tls=False, ca=None), "did not answer CONNECT.*use mqtts://"),
-                     (dataclasses.replace(endpoint, ca=None), "CERTIFICATE_VERIFY_FAILED")):
+                     (dataclasses.replace(endpoint, ca=None), "not signed by a CA this machine trusts: pass --tls-ca")):
         with pytest.raises(MqttError, match=why):
             connect(make_client(bad, "intruder"), bad, timeout_s=0.5)
 

@@ -970,7 +970,10 @@ def broker(port, secure, devices, workdir, bundle, remote, data) -> None:
     from toolkit.broker import default_state_dir, run_broker
 
     chosen = port or (8883 if secure else 1883)
-    signal.signal(signal.SIGTERM, _interrupt)  # before mosquitto starts: `kill` must never orphan it
+    # Before mosquitto starts: `kill` must never orphan it. SIGINT too, explicitly: a shell starts a background
+    # job with SIGINT ignored, and Python then installs no KeyboardInterrupt of its own.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     with run_broker(workdir or default_state_dir(), chosen, secure, devices) as running:
         for line in running.describe():
             _progress(line)

@@ -226,7 +226,9 @@ def serve_mqtt(broker: Broker, handler: RequestHandler, workers: int, threads: i
 def _stop_on_signals() -> threading.Event:
     """An event that SIGTERM and Ctrl-C (SIGINT) set, so the bridge stops between requests and closes its
     remotes, collector and metrics cleanly. A KeyboardInterrupt raised wherever the main thread happens to be
-    (inside a relay, holding a lock) could leave it unable to finish; a second Ctrl-C still interrupts at once."""
+    (inside a relay, holding a lock) could leave it unable to finish; a second Ctrl-C still interrupts at once.
+    The SIGINT handler is installed even where SIGINT arrives ignored (a shell's background job), where Python
+    would install none and `kill -INT` would do nothing."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame) -> None:
