@@ -159,8 +159,10 @@ def test_bridge_collect_over_a_pty(bundle_dir, digits_example, tmp_path):
         line, before = StderrLines(bridge).wait_for("device end of the pty: ")
         assert any("loading the remote model" in said for said in before), "the long remote load is not announced"
         path = line.split("device end of the pty: ")[1].split(" ")[0]
+        # A device that waits for every answer, so none is still queued at the bridge when the device is done and
+        # the bridge is stopped (with the default 0.5 s x 4 attempts, a loaded bridge can lag behind the device).
         result = CliRunner().invoke(main, ["device", "--serial", path, "--bundle", str(strict), "--data", str(data),
-                                           "--json"])
+                                           "--json", "--timeout-ms", "10000"])
     finally:
         bridge.send_signal(signal.SIGINT)
         bridge.wait(timeout=60)
