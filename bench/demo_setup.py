@@ -11,7 +11,7 @@ import numpy as np
 
 @dataclass
 class DemoSetup:
-    bundle: object  # firmware_bridge.bundle.Bundle
+    bundle: object  # bisup.firmware_bridge.bundle.Bundle
     cache: Path  # the demo's model cache (local.keras, remote.keras)
     x_q: np.ndarray  # one int8 test input, as a device would send it
     label: int
@@ -32,10 +32,10 @@ class DemoSetup:
 
 def demo_setup() -> DemoSetup:
     """Run `bisup demo` once if its artefacts are not cached, then load them."""
-    from converters.errors import BisupError
-    from firmware_bridge.bundle import Bundle
-    from firmware_bridge.device_model import LocalModel
-    from toolkit import demo, digits
+    from bisup.converters.errors import BisupError
+    from bisup.examples import demo, digits
+    from bisup.firmware_bridge.bundle import Bundle
+    from bisup.firmware_bridge.device_model import LocalModel
 
     out = demo.cache_root() / "demo"
     try:

@@ -25,7 +25,7 @@ ROUNDS = 5
 
 
 def _c_time(model: bytes, x_q, work: Path) -> tuple[float, object]:
-    from converters import engine
+    from bisup.converters import engine
 
     generated = engine.write(model, work)
     exe = work / "engine_bench"
@@ -52,7 +52,7 @@ def _tflm_time(model: bytes, x_q) -> float:
 
 
 def main() -> None:
-    from toolkit.export import convert
+    from bisup.export.single import convert
 
     setup = demo_setup()
     x_q = setup.x_q

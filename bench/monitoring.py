@@ -25,16 +25,16 @@ REQUESTS = 300
 
 
 def main() -> None:
-    from firmware_bridge import protocol as p
-    from firmware_bridge.bundle import Bundle
-    from firmware_bridge.collect import Collector
-    from firmware_bridge.drift import DriftAlarm
-    from firmware_bridge.events import Fanout
-    from firmware_bridge.handler import RequestHandler
-    from firmware_bridge.metrics import Metrics
-    from firmware_bridge.relay import Relay
-    from firmware_bridge.remotes import open_remote
-    from toolkit import demo, digits
+    from bisup.examples import demo, digits
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.bundle import Bundle
+    from bisup.firmware_bridge.collect import Collector
+    from bisup.firmware_bridge.drift import DriftAlarm
+    from bisup.firmware_bridge.events import Fanout
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.metrics import Metrics
+    from bisup.firmware_bridge.relay import Relay
+    from bisup.firmware_bridge.remotes import open_remote
 
     out = demo.cache_root() / "demo"
     if not (out / "model.tflite").is_file():

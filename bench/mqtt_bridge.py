@@ -43,7 +43,7 @@ class Echo:
     """The baseline: raw paho, same topics, same QoS, answers from the network thread."""
 
     def __init__(self, broker):
-        from firmware_bridge.mqtt_link import connect, make_client, response_topic
+        from bisup.firmware_bridge.mqtt_link import connect, make_client, response_topic
 
         self.client = make_client(broker, "bench-echo")
         self.client.on_message = lambda c, u, m: c.publish(response_topic(m.topic.split("/")[2]), m.payload, qos=1)
@@ -60,7 +60,7 @@ class Device:
     """One client that sends a body and waits for the reply on its resp topic."""
 
     def __init__(self, broker, device_id: str):
-        from firmware_bridge.mqtt_link import connect, make_client, request_topic, response_topic
+        from bisup.firmware_bridge.mqtt_link import connect, make_client, request_topic, response_topic
 
         self.topic, self.reply = request_topic(device_id), threading.Event()
         self.client = make_client(broker, f"bench-{device_id}")
@@ -118,7 +118,7 @@ def _concurrent(broker, body: Callable[[], bytes], devices: int, seconds: float)
 
 
 def _with_bridge(broker, handler, threads: int, work):
-    from firmware_bridge.mqtt_bridge import start_workers
+    from bisup.firmware_bridge.mqtt_bridge import start_workers
 
     # Session expiry 0: a stopped worker must not keep a share of the next measurement's requests.
     workers = start_workers(broker, handler, 1, threads=threads, session_expiry_s=0, prefix="bench-")
@@ -189,13 +189,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.demo_setup import demo_setup
-    from firmware_bridge import protocol as p
-    from firmware_bridge.handler import RequestHandler
-    from firmware_bridge.mqtt_link import Broker
-    from firmware_bridge.relay import Relay
-    from firmware_bridge.remotes import open_remote
-    from firmware_bridge.resilience import BatchingRemote
-    from toolkit.broker import run_broker
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.mqtt_link import Broker
+    from bisup.firmware_bridge.relay import Relay
+    from bisup.firmware_bridge.remotes import open_remote
+    from bisup.firmware_bridge.resilience import BatchingRemote
+    from bisup.service.broker import run_broker
 
     setup = demo_setup()
     bundle = setup.bundle

@@ -44,7 +44,7 @@ def _keras_remote(folder: Path):
     """A CNN of the remote's size class (untrained: only speed matters here), loaded like a bridge would."""
     import keras
 
-    from firmware_bridge.remotes import open_remote
+    from bisup.firmware_bridge.remotes import open_remote
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
@@ -79,8 +79,8 @@ def _requests_per_s(predict, rows: np.ndarray) -> float:
 
 
 def main() -> None:
-    from firmware_bridge.remotes import open_remote
-    from firmware_bridge.resilience import BatchingRemote
+    from bisup.firmware_bridge.remotes import open_remote
+    from bisup.firmware_bridge.resilience import BatchingRemote
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--remote", help="a remote spec (path or URL); default: a Keras CNN built here")

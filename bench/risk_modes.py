@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the si
 
 from risk_simulation import KINDS, Population, simulate  # noqa: E402
 
-from toolkit.risk_control import PROCEDURES  # noqa: E402
+from bisup.calibration.risk_control import PROCEDURES  # noqa: E402
 
 
 def main() -> None:

@@ -41,10 +41,11 @@ def _report(name: str, subject: float, baseline: float, baseline_name: str) -> N
 
 
 def main() -> None:
-    from converters.runners import LiteRTRunner, TflmRunner, dequantize
-    from firmware_bridge.relay import InferRequest, Relay, RemoteSupervisor
-    from firmware_bridge.remotes import open_remote
-    from toolkit import calibrate, demo, digits
+    from bisup.calibration import single as calibrate
+    from bisup.converters.runners import LiteRTRunner, TflmRunner, dequantize
+    from bisup.examples import demo, digits
+    from bisup.firmware_bridge.relay import InferRequest, Relay, RemoteSupervisor
+    from bisup.firmware_bridge.remotes import open_remote
 
     out = demo.cache_root() / "demo"
     if not (out / "model.tflite").is_file():

@@ -36,7 +36,7 @@ def _summary(name: str, seconds: list[float]) -> dict:
 
 
 def _echo_baseline(frame: bytes, count: int) -> list[float]:
-    from firmware_bridge.ptylink import pty_pair
+    from bisup.firmware_bridge.ptylink import pty_pair
 
     client, path, slave = pty_pair()
     stop = threading.Event()
@@ -71,14 +71,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.demo_setup import demo_setup
-    from firmware_bridge import framing
-    from firmware_bridge import protocol as p
-    from firmware_bridge.device_model import LocalModel
-    from firmware_bridge.handler import RequestHandler
-    from firmware_bridge.relay import Relay
-    from firmware_bridge.remotes import open_remote
-    from firmware_bridge.serial_bridge import bridge_over_pty
-    from firmware_bridge.virtual_device import SerialLink, VirtualDevice
+    from bisup.firmware_bridge import framing
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.device_model import LocalModel
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.relay import Relay
+    from bisup.firmware_bridge.remotes import open_remote
+    from bisup.firmware_bridge.serial_bridge import bridge_over_pty
+    from bisup.firmware_bridge.virtual_device import SerialLink, VirtualDevice
 
     setup = demo_setup()
     bundle = setup.bundle

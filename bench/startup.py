@@ -46,7 +46,7 @@ def _until_serving(argv: list[str]) -> float:
 def main() -> None:
     setup = demo_setup()
     remote = setup.float_remote()
-    bisup = [sys.executable, "-m", "toolkit.cli"]
+    bisup = [sys.executable, "-m", "bisup.cli"]
     with tempfile.TemporaryDirectory() as folder:
         archive = Path(folder) / "demo.bisup"
         subprocess.run([*bisup, "bundle", str(setup.bundle.path), "--out", str(archive)], check=True,

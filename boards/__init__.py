@@ -15,8 +15,8 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
-from converters.artefacts import BoardProfile, Caveat, Emulation
-from converters.errors import BisupError
+from bisup.converters.artefacts import BoardProfile, Caveat, Emulation
+from bisup.converters.errors import BisupError
 
 __all__ = ["BOARDS_PATH_ENV", "BoardError", "BoardProfile", "Caveat", "Emulation", "FIRMWARE_FILES", "PROFILE_DIR",
            "all_boards", "board_dirs", "board_names", "emulated_names", "firmware_dir", "load_board"]

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.errors import ConversionError
+from bisup.converters.errors import ConversionError
 
 ALIGNMENT = 16  # MicroArenaBufferAlignment()
 START_BYTES = 64 * 1024
@@ -34,7 +34,7 @@ class ProbeResult:
 
 def probe(model_path: Path, arena_bytes: int) -> ProbeResult:
     """Try one arena size in a subprocess; a crash counts as failure, with its signal named."""
-    cmd = [sys.executable, "-m", "converters.tflm_probe", str(model_path), str(arena_bytes)]
+    cmd = [sys.executable, "-m", "bisup.converters.tflm_probe", str(model_path), str(arena_bytes)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:

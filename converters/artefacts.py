@@ -19,7 +19,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from converters.errors import BisupError
+from bisup.converters.errors import BisupError
 
 NEVER_TRUST = 128  # a local threshold above every int8 code: every input goes to the remote
 
@@ -236,7 +236,7 @@ class StageEntry:
 
 @dataclass(frozen=True)
 class StageTable:
-    """``stages.json``: a multi-exit export, stage by stage (see ``converters.stages``)."""
+    """``stages.json``: a multi-exit export, stage by stage (see ``bisup.converters.exits_stages``)."""
 
     FORMAT = 1
     board: str

@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from converters.errors import ConversionError
-from converters.signature import CONFIDENCE, SCORES
-from converters.tflite_model import ModelInfo
-from converters.tflm_ops import RESOLVER_METHODS
+from bisup.converters.errors import ConversionError
+from bisup.converters.signature import CONFIDENCE, SCORES
+from bisup.converters.tflite_model import ModelInfo
+from bisup.converters.tflm_ops import RESOLVER_METHODS
 
 BYTES_PER_LINE = 12
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from converters.tflite_model import ModelInfo
+from bisup.converters.tflite_model import ModelInfo
 
 
 def fc_per_channel_width_not_multiple_of_8(info: ModelInfo) -> list[str]:

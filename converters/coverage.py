@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 
-from converters.errors import ConversionError
-from converters.signature import CONFIDENCE, SCORES
-from converters.tflite_model import ModelInfo
-from converters.tflm_ops import RESOLVER_METHODS
+from bisup.converters.errors import ConversionError
+from bisup.converters.signature import CONFIDENCE, SCORES
+from bisup.converters.tflite_model import ModelInfo
+from bisup.converters.tflm_ops import RESOLVER_METHODS
 
 # TFLM's int8 kernels reject other output quantizations (softmax_common.cc, log_softmax.cc).
 FIXED_OUTPUT_QUANT = {"SOFTMAX": (1 / 256, -128), "LOG_SOFTMAX": (16 / 256, 127)}

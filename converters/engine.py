@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from converters.errors import ConversionError
-from converters.signature import ACTIVATION, CONFIDENCE, SCORES
-from converters.tflite_model import read as read_info
+from bisup.converters.errors import ConversionError
+from bisup.converters.signature import ACTIVATION, CONFIDENCE, SCORES
+from bisup.converters.tflite_model import read as read_info
 
 ARENA_ALIGNMENT = 4
 INT8_MIN, INT8_MAX = -128, 127
@@ -764,7 +764,7 @@ int {names.function}(const int8_t *input, {_parameters(outputs)}) {{
 """
 
 
-KERNELS_DIR = Path(__file__).resolve().parents[1] / "firmware_bridge" / "c"
+KERNELS_DIR = Path(__file__).resolve().parents[1] / "firmware_bridge" / "c"  # bisup.firmware_bridge, source or wheel
 _CPUS = {"cortex-m0plus": "cortex-m0plus", "cortex-m4": "cortex-m4", "cortex-m4f": "cortex-m4",
          "cortex-m7": "cortex-m7", "cortex-m33": "cortex-m33"}
 # TFLM's interpreter code cannot be built here; its own documentation gives the size of the core runtime.

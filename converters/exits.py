@@ -19,8 +19,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from converters import graph
-from converters.errors import ConversionError
+from bisup.converters import graph
+from bisup.converters.errors import ConversionError
 
 FINAL = "final"
 HEAD = "bisup_exit{index}_{part}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from converters.signature import CONFIDENCE, SCORES
+from bisup.converters.signature import CONFIDENCE, SCORES
 
 
 def auroc(correct: np.ndarray, confidence: np.ndarray) -> float | None:

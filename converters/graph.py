@@ -15,10 +15,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from converters.errors import ConversionError
-from converters.scores import looks_like_probabilities
-from converters.signature import CONFIDENCE, SCORES
-from converters.supervisors import Supervisor
+from bisup.converters.errors import ConversionError
+from bisup.converters.scores import looks_like_probabilities
+from bisup.converters.signature import CONFIDENCE, SCORES
+from bisup.converters.supervisors import Supervisor
 
 INPUT = "input"
 

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
-from converters.errors import ConversionError
-from converters.graph import INPUT
-from converters.quiet import capture_fd
+from bisup.converters.errors import ConversionError
+from bisup.converters.graph import INPUT
+from bisup.converters.quiet import capture_fd
 
 MAX_CALIBRATION_SAMPLES = 500
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters.quiet import capture_fd
-from converters.tflite_model import ModelInfo, Tensor
+from bisup.converters.quiet import capture_fd
+from bisup.converters.tflite_model import ModelInfo, Tensor
 
 
 def quantize(x: np.ndarray, tensor: Tensor) -> np.ndarray:

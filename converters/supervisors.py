@@ -8,7 +8,7 @@ TFLM has no TOPK_V2, so the margin's runner-up is found without sorting: the sec
 probability is the smallest of the K leave-one-out maxima (MUL + REDUCE_MAX + REDUCE_MIN). That is
 exact, ties included, which matters in int8 where ties at 1/256 resolution are common.
 
-Each built-in has a numpy reference (``converters.scores``) used by the tests and the host.
+Each built-in has a numpy reference (``bisup.converters.scores``) used by the tests and the host.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from converters import scores
-from converters.errors import ConversionError
+from bisup.converters import scores
+from bisup.converters.errors import ConversionError
 
 
 class Supervisor(keras.layers.Layer):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters.scores import KINDS, score, softmax
+from bisup.converters.scores import KINDS, score, softmax
 
 GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 MAX_SATURATED = 0.01

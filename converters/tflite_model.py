@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ai_edge_litert import schema_py_generated as schema
 
-from converters.errors import ConversionError
+from bisup.converters.errors import ConversionError
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}

@@ -1,6 +1,6 @@
 """Subprocess worker: can the TFLM interpreter allocate and invoke a model with a given arena?
 
-Run as ``python -m converters.tflm_probe MODEL ARENA_BYTES``. It prints ``OK`` and exits 0 on
+Run as ``python -m bisup.converters.tflm_probe MODEL ARENA_BYTES``. It prints ``OK`` and exits 0 on
 success, prints the reason and exits 1 on failure. It must run in its own process: with some
 undersized arenas TFLM dies with SIGSEGV instead of raising, which the caller counts as a failure.
 """
@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from converters.quiet import capture_fd
+from bisup.converters.quiet import capture_fd
 
 
 def probe(model: bytes, arena_bytes: int) -> str:

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from converters import tflite_model
-from converters.artefacts import BundleManifest, ExportReport, Thresholds
-from converters.errors import BisupError
-from converters.signature import SCORES
-from firmware_bridge.device_model import LocalModel
-from firmware_bridge.relay import InputQuantization, RemoteSupervisor
+from bisup.converters import tflite_model
+from bisup.converters.artefacts import BundleManifest, ExportReport, Thresholds
+from bisup.converters.errors import BisupError
+from bisup.converters.signature import SCORES
+from bisup.firmware_bridge.device_model import LocalModel
+from bisup.firmware_bridge.relay import InputQuantization, RemoteSupervisor
 
 if TYPE_CHECKING:  # cryptography loads only where a key is used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

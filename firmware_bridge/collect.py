@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import BisupError
-from firmware_bridge.events import Events
-from firmware_bridge.relay import Answer, InferRequest, InputQuantization
+from bisup.converters.errors import BisupError
+from bisup.firmware_bridge.events import Events
+from bisup.firmware_bridge.relay import Answer, InferRequest, InputQuantization
 
 SHARD_FORMAT = 1
 SHARD_GLOB = "shard-*.npz"

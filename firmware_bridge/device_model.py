@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import arena, tflite_model
-from converters.errors import ConversionError
-from converters.runners import TflmRunner, dequantize, quantize
-from converters.signature import CONFIDENCE, SCORES
-from firmware_bridge.relay import InputQuantization
+from bisup.converters import arena, tflite_model
+from bisup.converters.errors import ConversionError
+from bisup.converters.runners import TflmRunner, dequantize, quantize
+from bisup.converters.signature import CONFIDENCE, SCORES
+from bisup.firmware_bridge.relay import InputQuantization
 
 
 class LocalModel:

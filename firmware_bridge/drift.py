@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from converters.artefacts import Thresholds
-from firmware_bridge.events import Events, SinceLast
-from firmware_bridge.relay import Answer, InferRequest
+from bisup.converters.artefacts import Thresholds
+from bisup.firmware_bridge.events import Events, SinceLast
+from bisup.firmware_bridge.relay import Answer, InferRequest
 
 Z_ALARM = 3.29  # two-sided 0.1%
 Z_CLEAR = 2.0  # back within this many standard errors to clear: without the gap, a rate on the edge flaps

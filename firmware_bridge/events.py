@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from firmware_bridge.relay import Answer, InferRequest
+from bisup.firmware_bridge.relay import Answer, InferRequest
 
 
 class Events:

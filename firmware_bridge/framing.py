@@ -12,7 +12,7 @@ from collections import Counter
 
 from cobs import cobs
 
-from firmware_bridge.protocol import MAX_BODY, ErrorCode, ProtocolError
+from bisup.firmware_bridge.protocol import MAX_BODY, ErrorCode, ProtocolError
 
 DELIMITER = b"\x00"
 CRC_BYTES = 2

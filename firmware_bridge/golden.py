@@ -2,15 +2,15 @@
 
 Each line is ``name<TAB>frame hex<TAB>expected``. ``expected`` is ``protocol.describe`` of the
 decoded message, or ``INVALID code=N seq=S`` for a frame a receiver must reject with that error.
-``python -m firmware_bridge.golden`` rewrites the file; a test checks it is up to date.
+``python -m bisup.firmware_bridge.golden`` rewrites the file; a test checks it is up to date.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from firmware_bridge import framing
-from firmware_bridge import protocol as p
+from bisup.firmware_bridge import framing
+from bisup.firmware_bridge import protocol as p
 
 GOLDEN = Path(__file__).with_name("vectors") / "golden.txt"
 HASH = bytes(range(32))

@@ -21,11 +21,11 @@ from typing import TextIO
 
 import numpy as np
 
-from firmware_bridge import protocol as p
-from firmware_bridge.bundle import Bundle
-from firmware_bridge.events import Events
-from firmware_bridge.relay import InferRequest, Relay
-from firmware_bridge.remotes import RemoteError
+from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.bundle import Bundle
+from bisup.firmware_bridge.events import Events
+from bisup.firmware_bridge.relay import InferRequest, Relay
+from bisup.firmware_bridge.remotes import RemoteError
 
 FIRMWARE = (0, 2, 0)
 CacheKey = tuple[str, int, int, bytes]  # device, boot id, seq, payload digest

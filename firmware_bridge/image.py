@@ -14,7 +14,7 @@ The C reader is ``c/bisup_image.h``; both follow the layout below (little-endian
     16  32  SHA-256 of the model
     48  16  reserved, 0
 
-On ESP32 boards the image travels inside an ESP firmware-image container (see ``toolkit.flash``);
+On ESP32 boards the image travels inside an ESP firmware-image container (see ``bisup.flashing.flash``);
 the C reader accepts both.
 """
 
@@ -24,7 +24,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from converters.errors import BisupError
+from bisup.converters.errors import BisupError
 
 MAGIC = b"BSUP"
 VERSION = 1

@@ -1,6 +1,6 @@
 """Prometheus metrics for a running bridge (``bisup bridge --metrics-port``).
 
-Counters and histograms follow the handler's events (``firmware_bridge.events``); the breaker
+Counters and histograms follow the handler's events (``bisup.firmware_bridge.events``); the breaker
 state and the drift alarm are read when scraped, so they are never stale. Each exporter has its
 own registry, so several bridges (or tests) in one process do not collide. Per-device rates are
 PromQL's job: ``rate(bisup_requests_total[1m])`` by device.
@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from converters.errors import BisupError
-from firmware_bridge.drift import DriftAlarm, Signal
-from firmware_bridge.events import Events, SinceLast
+from bisup.converters.errors import BisupError
+from bisup.firmware_bridge.drift import DriftAlarm, Signal
+from bisup.firmware_bridge.events import Events, SinceLast
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}

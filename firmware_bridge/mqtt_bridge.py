@@ -28,9 +28,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from firmware_bridge import protocol as p
-from firmware_bridge.handler import RequestHandler
-from firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, connect, device_of, make_client, response_topic
+from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.handler import RequestHandler
+from bisup.firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, connect, device_of, make_client, response_topic
 
 log = logging.getLogger("bisup.mqtt")
 REMOTE_TYPES = (bytes([p.MsgType.INFER]), bytes([p.MsgType.SPLIT]))  # the request types that wait for a model

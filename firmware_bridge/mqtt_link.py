@@ -25,8 +25,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from converters.errors import BisupError
-from firmware_bridge import protocol as p
+from bisup.converters.errors import BisupError
+from bisup.firmware_bridge import protocol as p
 
 TOPIC_ROOT = "bisup/v1"
 

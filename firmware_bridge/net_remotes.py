@@ -21,7 +21,7 @@ import urllib.parse
 
 import numpy as np
 
-from firmware_bridge.remote_base import DEFAULT_TIMEOUT_S, RemoteError, as_probabilities
+from bisup.firmware_bridge.remote_base import DEFAULT_TIMEOUT_S, RemoteError, as_probabilities
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _HINTS = {404: "check the model name and path in the URL", 503: "the model is not ready yet; retry later"}

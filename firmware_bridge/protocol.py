@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from converters.errors import BisupError
+from bisup.converters.errors import BisupError
 
 VERSION = 2
 LEGACY_VERSION = 1

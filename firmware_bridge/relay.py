@@ -1,6 +1,6 @@
 """The BiSupervised decision path, shared by the demo and the bridges.
 
-Device side (``converters.artefacts.trusted``, the one rule): the int8 supervisor output is compared
+Device side (``bisup.converters.artefacts.trusted``, the one rule): the int8 supervisor output is compared
 with the int8 threshold, exactly as the firmware does; trusted answers never leave the device. Host side (``Relay``): an
 unsure request is answered by the remote model, and the remote supervisor accepts that answer or
 rejects it, in which case the device falls back to its own label. Serial and MQTT transports carry
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from converters.artefacts import accepted
-from converters.runners import dequantize_affine
-from converters.scores import score
-from firmware_bridge.protocol import Source
-from firmware_bridge.remotes import RemoteModel
+from bisup.converters.artefacts import accepted
+from bisup.converters.runners import dequantize_affine
+from bisup.converters.scores import score
+from bisup.firmware_bridge.protocol import Source
+from bisup.firmware_bridge.remotes import RemoteModel
 
 
 @dataclass(frozen=True)

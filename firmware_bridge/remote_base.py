@@ -10,8 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
-from converters.errors import BisupError
-from converters.scores import looks_like_probabilities, softmax
+from bisup.converters.errors import BisupError
+from bisup.converters.scores import looks_like_probabilities, softmax
 
 DEFAULT_TIMEOUT_S = 10.0  # how long a network remote waits for its server; every factory is given one
 

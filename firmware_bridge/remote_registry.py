@@ -23,8 +23,8 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Literal
 
-from firmware_bridge.net_remotes import OipRemote, TFServingRemote
-from firmware_bridge.remote_base import RemoteError, RemoteModel
+from bisup.firmware_bridge.net_remotes import OipRemote, TFServingRemote
+from bisup.firmware_bridge.remote_base import RemoteError, RemoteModel
 
 __all__ = ["GROUP", "Factory", "RemoteKind", "RemoteSpecError", "examples", "find_kind", "open_kind",
            "register_remote", "registered"]
@@ -66,10 +66,11 @@ _BUILT_IN = [
     RemoteKind("scheme", "oip+https", OipRemote),
     RemoteKind("scheme", "tfserving+http", TFServingRemote, example=TFServingRemote.example),
     RemoteKind("scheme", "tfserving+https", TFServingRemote),
-    RemoteKind("suffix", ".keras", "firmware_bridge.remotes:open_keras"),
-    RemoteKind("suffix", ".h5", "firmware_bridge.remotes:open_keras"),
-    RemoteKind("suffix", ".tflite", "firmware_bridge.remotes:open_tflite"),
-    RemoteKind("directory", "SavedModel directory", "firmware_bridge.remotes:open_keras", matches=_is_saved_model),
+    RemoteKind("suffix", ".keras", "bisup.firmware_bridge.remotes:open_keras"),
+    RemoteKind("suffix", ".h5", "bisup.firmware_bridge.remotes:open_keras"),
+    RemoteKind("suffix", ".tflite", "bisup.firmware_bridge.remotes:open_tflite"),
+    RemoteKind("directory", "SavedModel directory", "bisup.firmware_bridge.remotes:open_keras",
+               matches=_is_saved_model),
 ]
 _TABLE: dict[tuple[Kind, str], RemoteKind] = {(row.kind, row.key): row for row in _BUILT_IN}
 _LOCK = threading.Lock()
@@ -130,7 +131,7 @@ def open_kind(row: RemoteKind, spec: str, timeout_s: float) -> RemoteModel:
     if missing:
         raise RemoteSpecError(f"remote {spec}: {row.origin} returned a {type(remote).__name__}, which has no "
                               f"{' and no '.join(missing)}; a remote factory must return a RemoteModel "
-                              "(firmware_bridge.remote_base)")
+                              "(bisup.firmware_bridge.remote_base)")
     return remote
 
 

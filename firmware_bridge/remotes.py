@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_bridge.remote_base import DEFAULT_TIMEOUT_S, RemoteError, RemoteModel, as_probabilities
-from firmware_bridge.remote_registry import (
+from bisup.firmware_bridge.remote_base import DEFAULT_TIMEOUT_S, RemoteError, RemoteModel, as_probabilities
+from bisup.firmware_bridge.remote_registry import (
     RemoteKind,
     RemoteSpecError,
     examples,
@@ -34,7 +34,7 @@ class KerasRemote:
     """A ``.keras`` file or a SavedModel directory, run in this process."""
 
     def __init__(self, path: Path):
-        from converters.quiet import capture_fd
+        from bisup.converters.quiet import capture_fd
 
         with capture_fd(2):  # TensorFlow's C++ start-up chatter, not the user's business
             import keras

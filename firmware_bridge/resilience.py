@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from firmware_bridge.remotes import RemoteError, RemoteModel
+from bisup.firmware_bridge.remotes import RemoteError, RemoteModel
 
 
 @dataclass

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 
 import serial
 
-from converters.errors import BisupError
-from firmware_bridge import framing
-from firmware_bridge import protocol as p
-from firmware_bridge.handler import RequestHandler
-from firmware_bridge.ptylink import PtyPort, pty_pair
+from bisup.converters.errors import BisupError
+from bisup.firmware_bridge import framing
+from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.handler import RequestHandler
+from bisup.firmware_bridge.ptylink import PtyPort, pty_pair
 
 log = logging.getLogger("bisup.bridge")
 MIN_BACKOFF_S, MAX_BACKOFF_S = 0.05, 5.0

@@ -14,12 +14,12 @@ from typing import Protocol
 
 import numpy as np
 
-from converters.artefacts import trusted
-from converters.errors import BisupError
-from firmware_bridge import framing
-from firmware_bridge import protocol as p
-from firmware_bridge.device_model import LocalModel
-from firmware_bridge.relay import Answer
+from bisup.converters.artefacts import trusted
+from bisup.converters.errors import BisupError
+from bisup.firmware_bridge import framing
+from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.device_model import LocalModel
+from bisup.firmware_bridge.relay import Answer
 
 
 class DeviceTimeout(BisupError, RuntimeError):

@@ -14,7 +14,7 @@ pytest_plugins = ["pytester"]
 @pytest.fixture(scope="session")
 def digits_example(tmp_path_factory):
     """The packaged example: a trained CNN plus calib/val/test/holdout .npz files."""
-    from toolkit.digits import write_example
+    from bisup.examples.digits import write_example
 
     return write_example(tmp_path_factory.mktemp("digits"), epochs=40, seed=0, progress=lambda message: None,
                          remote_epochs=None)  # the tests use the local CNN as their remote; test_cli trains one
@@ -23,7 +23,7 @@ def digits_example(tmp_path_factory):
 @pytest.fixture(scope="session")
 def converted(digits_example):
     """The example exported once with the default supervisor; boards are judged from it."""
-    from toolkit.export import convert
+    from bisup.export.single import convert
 
     return convert(digits_example["model"], digits_example["calib"], "max-softmax", digits_example["holdout"])
 
@@ -31,10 +31,10 @@ def converted(digits_example):
 @pytest.fixture(scope="session")
 def bundle_dir(converted, digits_example, tmp_path_factory):
     """An export folder plus thresholds.json: what the bridge and the virtual device load."""
-    from boards import load_board
-    from firmware_bridge.remotes import open_remote
-    from toolkit import calibrate
-    from toolkit.export import write
+    from bisup.boards import load_board
+    from bisup.calibration import single as calibrate
+    from bisup.export.single import write
+    from bisup.firmware_bridge.remotes import open_remote
 
     out = tmp_path_factory.mktemp("bundle")
     write(converted, load_board("nrf52840"), out)
@@ -49,7 +49,7 @@ def archive(bundle_dir, tmp_path_factory):
     """`bisup bundle` of the test bundle; tests that tamper with it work on copies."""
     from click.testing import CliRunner
 
-    from toolkit.cli import main
+    from bisup.cli import main
 
     out = tmp_path_factory.mktemp("dist") / "digits-1.0.bisup"
     result = CliRunner().invoke(main, ["bundle", str(bundle_dir), "--out", str(out)])
@@ -60,7 +60,7 @@ def archive(bundle_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """`bisup demo` once per session in its own cache: (result, progress messages, cache folder)."""
-    from toolkit import demo
+    from bisup.examples import demo
 
     cache = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
@@ -73,7 +73,7 @@ def demo_run(tmp_path_factory):
 @pytest.fixture
 def mosquitto(tmp_path):
     """A plain local mosquitto on a free port; per test, so that a test may restart it or leave it broken."""
-    from toolkit.broker import run_broker
+    from bisup.service.broker import run_broker
 
     with run_broker(tmp_path / "mosquitto") as broker:
         yield broker
@@ -82,7 +82,7 @@ def mosquitto(tmp_path):
 @pytest.fixture
 def secure_mosquitto(tmp_path):
     """A TLS mosquitto with passwords and ACLs for devices d1 and d2 and the bridge user."""
-    from toolkit.broker import run_broker
+    from bisup.service.broker import run_broker
 
     with run_broker(tmp_path / "mosquitto-secure", secure=True, devices=("d1", "d2")) as broker:
         yield broker

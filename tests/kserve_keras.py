@@ -3,7 +3,7 @@
     python tests/kserve_keras.py --model_path m.keras --model_name digits --http_port 8080 --enable_grpc false
 
 KServe serves the TF-Serving-compatible V1 REST protocol and the Open Inference Protocol (V2 REST)
-on the same port, so one process exercises both backends in ``firmware_bridge.net_remotes``. The
+on the same port, so one process exercises both backends in ``bisup.firmware_bridge.net_remotes``. The
 model returns its raw outputs (logits for the digits CNN), so the client's softmax path is tested too.
 """
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit import risk_control
-from toolkit.risk_control import NEVER_TRUST, Tally
+from bisup.calibration import risk_control
+from bisup.calibration.risk_control import NEVER_TRUST, Tally
 
 
 def _code(p: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:

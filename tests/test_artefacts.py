@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from boards import all_boards, load_board
-from converters.artefacts import (
+from bisup.boards import all_boards, load_board
+from bisup.converters.artefacts import (
     NEVER_TRUST,
     ArtefactError,
     BoardProfile,

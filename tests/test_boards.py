@@ -11,9 +11,10 @@ import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
 
-from boards import BOARDS_PATH_ENV, PROFILE_DIR, BoardError, all_boards, board_names, firmware_dir, load_board
-from toolkit import flash, hil
-from toolkit.cli import main
+from bisup.boards import BOARDS_PATH_ENV, PROFILE_DIR, BoardError, all_boards, board_names, firmware_dir, load_board
+from bisup.cli import main
+from bisup.flashing import flash
+from bisup.hil import runner as hil
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_a_new_emulated_board_is_one_toml_file(tmp_path, monkeypatch):
                                        "--data", "d.npz", "--remote", "r"])
     assert "none.bisup does not exist" in error_line(chosen)  # past the choice: the board was accepted
 
-    from toolkit import pytest_plugin
+    from bisup.hil import pytest_plugin
 
     class Group:
         def addoption(self, name, **kwargs):
@@ -123,7 +124,7 @@ def test_flash_methods_are_one_table(method, message):
 
 
 def _package_data_globs() -> list[str]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["boards"]
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["bisup.boards"]
 
 
 def test_every_file_under_boards_is_package_data():

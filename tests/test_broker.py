@@ -1,4 +1,4 @@
-"""`toolkit.broker` on a real mosquitto: QoS 1 delivery, a persistent session's queue across a restart,
+"""`bisup.service.broker` on a real mosquitto: QoS 1 delivery, a persistent session's queue across a restart,
 TLS with per-device passwords and ACLs around the bridge's shared subscription, and clear start errors.
 
 "Nothing arrives" is checked without sleeping: mosquitto keeps one publisher's messages in order for
@@ -21,7 +21,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from firmware_bridge.mqtt_link import (
+from bisup.firmware_bridge.mqtt_link import (
     TOPIC_ROOT,
     Broker,
     DeviceLink,
@@ -32,7 +32,7 @@ from firmware_bridge.mqtt_link import (
     request_topic,
     response_topic,
 )
-from toolkit.broker import BrokerError, run_broker
+from bisup.service.broker import BrokerError, run_broker
 
 WAIT_S = 3.0
 NOT_AUTHORIZED = 0x87
@@ -235,7 +235,7 @@ def test_broken_tls_files_give_mosquittos_log(tmp_path):
 
 def test_missing_mosquitto_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("toolkit.broker._SBIN", str(tmp_path))
+    monkeypatch.setattr("bisup.service.broker._SBIN", str(tmp_path))
     with pytest.raises(BrokerError, match="apt-get install mosquitto"):
         with run_broker(tmp_path):
             pass
@@ -255,10 +255,10 @@ def test_cli_broker_serves_until_interrupted(tmp_path, stop):
     import subprocess
     import sys
 
-    from toolkit.broker import free_port
+    from bisup.service.broker import free_port
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "broker", "--port", str(port), "--dir",
+    process = subprocess.Popen([sys.executable, "-m", "bisup.cli", "broker", "--port", str(port), "--dir",
                                 str(tmp_path / "b")], stderr=subprocess.PIPE, text=True)
     if stop == "SIGTERM":  # at once: the handler must be in place before mosquitto starts
         time.sleep(0.3)
@@ -303,7 +303,7 @@ def test_cli_broker_on_a_taken_port_is_one_line(tmp_path):
     from cli_errors import error_line
     from click.testing import CliRunner
 
-    from toolkit.cli import main
+    from bisup.cli import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -316,7 +316,7 @@ def test_cli_broker_on_a_taken_port_is_one_line(tmp_path):
 def test_a_ca_file_that_is_not_pem_is_one_error_naming_it(tmp_path):
     """Not an ssl.SSLError from deep in paho: the race in which mosquitto still listens on broken TLS files
     (before it exits) used to surface that way."""
-    from firmware_bridge.mqtt_link import Broker, MqttError, make_client
+    from bisup.firmware_bridge.mqtt_link import Broker, MqttError, make_client
 
     ca = tmp_path / "ca.pem"
     ca.write_text("not PEM\n")
@@ -334,7 +334,7 @@ def _serve_briefly(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     repo = str(Path(__file__).resolve().parents[1])
     env = {key: value for key, value in os.environ.items() if key not in ("HOME", "XDG_STATE_HOME")} | env
     env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
-    process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "broker", *args], cwd=cwd, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "bisup.cli", "broker", *args], cwd=cwd, env=env,
                                stderr=subprocess.PIPE, text=True)
     said = []
     try:
@@ -349,7 +349,7 @@ def _serve_briefly(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def test_cli_broker_keeps_its_state_in_dir_not_in_the_working_directory(tmp_path):
-    from toolkit.broker import free_port
+    from bisup.service.broker import free_port
 
     work, state = tmp_path / "work", tmp_path / "state"
     work.mkdir()
@@ -365,7 +365,7 @@ def test_cli_broker_keeps_its_state_in_dir_not_in_the_working_directory(tmp_path
 
 @pytest.mark.parametrize("xdg", [True, False])
 def test_cli_broker_state_defaults_to_the_users_state_folder_outside_the_working_directory(tmp_path, xdg):
-    from toolkit.broker import free_port
+    from bisup.service.broker import free_port
 
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
@@ -378,7 +378,7 @@ def test_cli_broker_state_defaults_to_the_users_state_folder_outside_the_working
 
 
 def test_default_state_dir_follows_xdg_and_ignores_a_relative_one(tmp_path, monkeypatch):
-    from toolkit.broker import default_state_dir
+    from bisup.service.broker import default_state_dir
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
@@ -395,7 +395,7 @@ def test_secret_files_are_created_private_not_chmodded_after(tmp_path, monkeypat
     left 0644 is replaced, not reused."""
     import os
 
-    from toolkit.broker import BrokerConfig, free_port, write_config
+    from bisup.service.broker import BrokerConfig, free_port, write_config
 
     state = tmp_path / "state"
     (state / "secrets").mkdir(parents=True, mode=0o700)

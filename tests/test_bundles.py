@@ -9,10 +9,10 @@ import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
 
-from converters.artefacts import ExportReport
-from firmware_bridge.bundle import Bundle, BundleError
-from toolkit import bundles
-from toolkit.cli import main
+from bisup.cli import main
+from bisup.converters.artefacts import ExportReport
+from bisup.export import bundles
+from bisup.firmware_bridge.bundle import Bundle, BundleError
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_bridge_loads_the_archive_like_the_folder(archive, bundle_dir, monkeypat
     packed, folder = Bundle.load(archive), Bundle.load(bundle_dir)
     assert packed.model_hash == folder.model_hash and packed.threshold_int8 == folder.threshold_int8
     assert packed.report == folder.report and packed.thresholds == folder.thresholds
-    from converters import arena
+    from bisup.converters import arena
 
     def no_search(*args, **kwargs):
         raise AssertionError("the arena was searched again although the export report stores it")
@@ -135,8 +135,8 @@ def test_a_bundle_of_another_format_says_what_to_do(archive, tmp_path):
 
 
 def test_build_needs_calibration_first(converted, tmp_path):
-    from boards import load_board
-    from toolkit.export import write
+    from bisup.boards import load_board
+    from bisup.export.single import write
 
     write(converted, load_board("esp32"), tmp_path)
     result = CliRunner().invoke(main, ["bundle", str(tmp_path), "--out", str(tmp_path / "x.bisup")])

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from converters import c_arrays, tflite_model
-from converters.tflm_ops import RESOLVER_METHODS
+from bisup.converters import c_arrays, tflite_model
+from bisup.converters.tflm_ops import RESOLVER_METHODS
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware_bridge import golden
+from bisup.firmware_bridge import golden
 
 pytestmark = pytest.mark.toolchain
 

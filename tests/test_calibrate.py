@@ -9,17 +9,18 @@ import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
 
-from converters.runners import dequantize
-from toolkit import calibrate, risk_control
-from toolkit.cli import main
+from bisup.calibration import risk_control
+from bisup.calibration import single as calibrate
+from bisup.cli import main
+from bisup.converters.runners import dequantize
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def exported(converted, tmp_path_factory):
-    from boards import load_board
-    from toolkit.export import write
+    from bisup.boards import load_board
+    from bisup.export.single import write
 
     out = tmp_path_factory.mktemp("export")
     write(converted, load_board("nrf52840"), out)
@@ -152,7 +153,7 @@ def test_float_tflite_remote_matches_keras(digits_example, tmp_path):
     import keras
     import tensorflow as tf
 
-    from firmware_bridge.remotes import open_remote
+    from bisup.firmware_bridge.remotes import open_remote
 
     keras.models.load_model(digits_example["model"]).export(tmp_path / "sm", verbose=False)
     (tmp_path / "remote.tflite").write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm")).convert())
@@ -165,7 +166,7 @@ def test_float_tflite_remote_matches_keras(digits_example, tmp_path):
 def test_savedmodel_remote_and_a_remote_with_the_wrong_input_shape(digits_example, tmp_path):
     import keras
 
-    from firmware_bridge.remotes import RemoteError, open_remote
+    from bisup.firmware_bridge.remotes import RemoteError, open_remote
 
     keras.models.load_model(digits_example["model"]).export(tmp_path / "sm", verbose=False)
     x = np.load(digits_example["val"])["x"][:20]
@@ -178,8 +179,8 @@ def test_savedmodel_remote_and_a_remote_with_the_wrong_input_shape(digits_exampl
 
 
 def test_tradeoff_shows_accuracy_against_remote_calls_and_in_risk_mode_the_bound(exported, digits_example, tmp_path):
-    from firmware_bridge.remotes import open_remote
-    from toolkit.plot import tradeoff
+    from bisup.calibration.plot import tradeoff
+    from bisup.firmware_bridge.remotes import open_remote
 
     remote = open_remote(digits_example["model"])
     for mode, panels in ((calibrate.Mode("budget", 0.3), 2), (calibrate.Mode("risk", 0.05), 3)):

@@ -9,8 +9,8 @@ import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
 
-from boards import board_names
-from toolkit.cli import main
+from bisup.boards import board_names
+from bisup.cli import main
 
 
 def _run(*args: str):
@@ -70,7 +70,7 @@ def test_export_table_and_caveat_warning(digits_example, tmp_path):
 def test_digits_writes_the_remote_model_the_walkthrough_uses(tmp_path):
     result = _run("digits", tmp_path, "--epochs", "1", "--remote-epochs", "1")
     assert result.exit_code == 0, result.stderr
-    from firmware_bridge.remotes import open_remote
+    from bisup.firmware_bridge.remotes import open_remote
 
     remote = open_remote(tmp_path / "remote.keras")
     x = np.load(tmp_path / "test.npz")["x"][:4]

@@ -10,8 +10,8 @@ from cli_errors import error_line
 from click.testing import CliRunner
 from links import StderrLines
 
-from toolkit import datasets
-from toolkit.cli import main
+from bisup import datasets
+from bisup.cli import main
 
 
 def _run(*args):
@@ -56,7 +56,7 @@ def test_an_npz_of_python_objects_never_suggests_unpickling(tmp_path):
 
 
 def test_a_collected_shard_that_is_not_an_npz_never_suggests_unpickling(tmp_path):
-    from firmware_bridge.collect import CollectError, read_collected
+    from bisup.firmware_bridge.collect import CollectError, read_collected
 
     (tmp_path / "shard-1-1-1.npz").write_text("not,an,archive\n")
     with pytest.raises(CollectError) as caught:
@@ -85,7 +85,7 @@ def test_a_single_unit_sigmoid_model_is_named_with_the_dense2_fix(tmp_path):
 @pytest.mark.slow
 def test_mqtts_without_the_ca_is_named_a_certificate_problem(secure_mosquitto):
     """The broker runs; only its certificate is not trusted. It used to end 'is it running?'."""
-    from firmware_bridge.mqtt_link import Broker, DeviceLink, MqttError
+    from bisup.firmware_bridge.mqtt_link import Broker, DeviceLink, MqttError
 
     credentials = secure_mosquitto.endpoint("d1")
     untrusted = Broker.from_url(secure_mosquitto.url, "d1", credentials.password)  # mqtts:// but no --tls-ca
@@ -103,8 +103,8 @@ MISSING_PORT = ("cannot open serial port /dev/bisup-no-such-port: no such device
 
 
 def test_a_missing_serial_port_is_one_reason_and_a_fix_for_the_device():
-    from firmware_bridge.serial_bridge import BridgeError
-    from toolkit.device import open_link
+    from bisup.firmware_bridge.serial_bridge import BridgeError
+    from bisup.service.device import open_link
 
     with pytest.raises(BridgeError) as caught:
         open_link("/dev/bisup-no-such-port", None, "d1")
@@ -114,7 +114,7 @@ def test_a_missing_serial_port_is_one_reason_and_a_fix_for_the_device():
 def test_a_missing_serial_port_is_one_reason_and_a_fix_for_the_bridge():
     import threading
 
-    from firmware_bridge.serial_bridge import BridgeError, SerialBridge
+    from bisup.firmware_bridge.serial_bridge import BridgeError, SerialBridge
 
     with pytest.raises(BridgeError) as caught:
         SerialBridge("/dev/bisup-no-such-port", handler=None).run(threading.Event(), wait_for_port=False)
@@ -144,7 +144,7 @@ import json, sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from toolkit.cli import main
+from bisup.cli import main
 result = CliRunner().invoke(main, sys.argv[1:])
 heavy = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
 print(json.dumps({"exit_code": result.exit_code, "stderr": result.stderr, "heavy": heavy}))
@@ -227,7 +227,7 @@ def test_a_hello_timeout_under_emulation_blames_host_load_not_the_port(monkeypat
     from pathlib import Path
     from types import SimpleNamespace
 
-    from toolkit import hil
+    from bisup.hil import runner as hil
 
     monkeypatch.setattr(hil.calibrate, "outcomes", lambda *args: (None, np.zeros((1, 4), np.int8)))
     monkeypatch.setattr(hil, "build_firmware", lambda *args, **kwargs: Path("firmware.elf"))
@@ -280,7 +280,7 @@ def test_a_board_that_cannot_be_reached_still_gets_a_junit_file(archive, digits_
 
 
 def _thresholds(remote_threshold: float, remote_fraction: float):
-    from converters.artefacts import LocalThreshold, RemoteThreshold, Thresholds
+    from bisup.converters.artefacts import LocalThreshold, RemoteThreshold, Thresholds
 
     achieved = {"accuracy": 0.9, "remote_fraction": remote_fraction, "rejected_fraction": 0.0,
                 "accepted_accuracy": 0.9, "cost_saved": 1 - remote_fraction}
@@ -296,7 +296,7 @@ def _thresholds(remote_threshold: float, remote_fraction: float):
 ])
 def test_calibrate_prints_no_remote_threshold_when_nothing_is_relayed(remote_threshold, remote_fraction, shown):
     """-1 is what thresholds.json stores for 'accept every score' (JSON has no -inf); printed it read as a cut."""
-    from toolkit.report import calibration_table
+    from bisup.cli.tables import calibration_table
 
     table = calibration_table(_thresholds(remote_threshold, remote_fraction))
     assert f"  {shown}\n" in table and "-1.0000" not in table
@@ -304,7 +304,7 @@ def test_calibrate_prints_no_remote_threshold_when_nothing_is_relayed(remote_thr
 
 
 def test_the_device_summary_is_a_table_with_shares_and_rounded_means():
-    from toolkit.device import table
+    from bisup.service.device import table
 
     summary = {"requests": 110, "answered": 110, "remote": 105, "fallback": 5, "rejected": 3, "resends": 4,
                "bad_frames": 0, "inputs": 360, "local": 250, "accuracy": 0.972222222,
@@ -334,7 +334,7 @@ def test_bisup_device_prints_the_table_and_json_stays_json(bundle_dir, digits_ex
 
     x, y = np.load(digits_example["test"]).values()
     np.savez(tmp_path / "small.npz", x=x[:40], y=y[:40])
-    bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", "pty", "--remote",
+    bridge = subprocess.Popen([sys.executable, "-m", "bisup.cli", "bridge", "--serial", "pty", "--remote",
                                str(digits_example["model"]), "--bundle", str(bundle_dir)], stderr=subprocess.PIPE,
                               text=True)
     try:
@@ -358,8 +358,8 @@ def test_the_manual_flash_command_names_files_that_exist(tmp_path, board):
     """The dry run's 'same as' command named model.bin, which only --out writes (and in its folder)."""
     import shlex
 
-    from boards import load_board
-    from toolkit.flash import FlashPlan, Write, table
+    from bisup.boards import load_board
+    from bisup.flashing.flash import FlashPlan, Write, table
 
     plan = FlashPlan(load_board(board), (Write(0x8000, b"table", "partition table", "partition-table.bin"),
                                          Write(0x310000, b"image", "model image", "model.bin")))

@@ -105,7 +105,7 @@ def _check(name: str, output: str, root: Path) -> None:
 
 
 def _run(args: list[str]) -> str:
-    from toolkit.cli import main
+    from bisup.cli import main
 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, (args, result.output, result.stderr)

@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 from links import StderrLines
 
-from firmware_bridge import collect
-from firmware_bridge.collect import CollectError, Collector, read_collected
-from firmware_bridge.protocol import Source
-from firmware_bridge.relay import Answer, InferRequest, InputQuantization
-from toolkit.cli import main
+from bisup.cli import main
+from bisup.firmware_bridge import collect
+from bisup.firmware_bridge.collect import CollectError, Collector, read_collected
+from bisup.firmware_bridge.protocol import Source
+from bisup.firmware_bridge.relay import Answer, InferRequest, InputQuantization
 
 QUANT = InputQuantization(1 / 255, -128, (8, 8, 1))
 
@@ -120,7 +120,7 @@ def test_killing_a_collecting_process_never_leaves_a_torn_shard(tmp_path):
         import sys
         sys.path.insert(0, "tests")  # the test module's sibling imports, as pytest's rootdir mode sets them
         from tests.test_collect import QUANT, _relay
-        from firmware_bridge.collect import Collector
+        from bisup.firmware_bridge.collect import Collector
         c = Collector(sys.argv[1], QUANT, "00", print, shard_records=1)
         print("ready", flush=True)
         for i in range(100000):
@@ -152,7 +152,7 @@ def test_bridge_collect_over_a_pty(bundle_dir, digits_example, tmp_path):
     thresholds["local"]["threshold_int8"] = 128
     (strict / "thresholds.json").write_text(json.dumps(thresholds))
     out = tmp_path / "collected"
-    bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", "pty", "--remote",
+    bridge = subprocess.Popen([sys.executable, "-m", "bisup.cli", "bridge", "--serial", "pty", "--remote",
                                str(digits_example["model"]), "--bundle", str(strict), "--collect", str(out)],
                               stderr=subprocess.PIPE, text=True)
     try:
@@ -181,7 +181,7 @@ def test_bridge_start_up_problems_are_one_line_each(bundle_dir, digits_example, 
     """An unwritable --collect folder and a --metrics-port in use stop `bisup bridge` before it serves."""
     from cli_errors import error_line
 
-    from firmware_bridge.metrics import Metrics
+    from bisup.firmware_bridge.metrics import Metrics
 
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from firmware_bridge.relay import Source
-from toolkit import calibrate, demo, digits, thresholds
-from toolkit.cli import main
+from bisup.calibration import single as calibrate
+from bisup.calibration import thresholds
+from bisup.cli import main
+from bisup.examples import demo, digits
+from bisup.firmware_bridge.relay import Source
 
 pytestmark = pytest.mark.slow
 

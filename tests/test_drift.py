@@ -8,11 +8,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from converters.artefacts import LocalThreshold, RemoteThreshold, Thresholds
-from firmware_bridge.drift import MIN_SAMPLES, DriftAlarm, Signal
-from firmware_bridge.metrics import Metrics, MetricsError
-from firmware_bridge.protocol import Source
-from firmware_bridge.relay import Answer, InferRequest
+from bisup.converters.artefacts import LocalThreshold, RemoteThreshold, Thresholds
+from bisup.firmware_bridge.drift import MIN_SAMPLES, DriftAlarm, Signal
+from bisup.firmware_bridge.metrics import Metrics, MetricsError
+from bisup.firmware_bridge.protocol import Source
+from bisup.firmware_bridge.relay import Answer, InferRequest
 
 
 def _stream(signal: Signal, rate: float, inferences: int, rng, chunk: int = 32) -> list[bool]:

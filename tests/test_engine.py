@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters import engine, tflite_model
-from converters.runners import TflmRunner, quantize
-from converters.signature import CONFIDENCE, SCORES
+from bisup.converters import engine, tflite_model
+from bisup.converters.runners import TflmRunner, quantize
+from bisup.converters.signature import CONFIDENCE, SCORES
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain]
 
@@ -55,7 +55,7 @@ def supervised(request, digits_example, converted):
     """The digits CNN exported with each supervisor (max-softmax is the session's shared export)."""
     if request.param == "max-softmax":
         return converted.model
-    from toolkit.export import convert
+    from bisup.export.single import convert
 
     return convert(digits_example["model"], digits_example["calib"], request.param, digits_example["holdout"]).model
 

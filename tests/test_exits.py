@@ -38,7 +38,7 @@ def _residual():
     ("logits", "layer 'logits' is the model's last layer"),
 ])
 def test_a_layer_that_cannot_carry_an_exit_is_named(layer, message):
-    from converters import exits
+    from bisup.converters import exits
 
     with pytest.raises(exits.ExitError, match=message.replace("(", r"\(").replace(")", r"\)")):
         exits.attach(_residual(), [layer])
@@ -47,7 +47,7 @@ def test_a_layer_that_cannot_carry_an_exit_is_named(layer, message):
 def test_exits_go_in_depth_order_and_the_cut_is_recovered_from_the_graph(tmp_path):
     import keras
 
-    from converters import exits
+    from bisup.converters import exits
 
     multi = exits.attach(_residual(), ["join", "stem"])
     assert exits.exit_names(multi) == ["exit1", "exit2", "final"]
@@ -58,7 +58,7 @@ def test_exits_go_in_depth_order_and_the_cut_is_recovered_from_the_graph(tmp_pat
 
 
 def test_exits_are_not_added_to_a_model_that_already_has_them():
-    from converters import exits
+    from bisup.converters import exits
 
     multi = exits.attach(_residual(), ["stem"])
     with pytest.raises(exits.ExitError, match="has 2 outputs; give the original single-output model"):
@@ -66,7 +66,7 @@ def test_exits_are_not_added_to_a_model_that_already_has_them():
 
 
 def test_a_plain_model_is_not_taken_for_a_multi_exit_one():
-    from converters import exits
+    from bisup.converters import exits
 
     with pytest.raises(exits.ExitError, match="is not a multi-exit model made by `bisup exits`"):
         exits.exit_names(_residual())
@@ -75,7 +75,7 @@ def test_a_plain_model_is_not_taken_for_a_multi_exit_one():
 @pytest.fixture(scope="module")
 def exits_run(demo_run, tmp_path_factory):
     """`bisup demo --exits` once, on the models the demo session trained."""
-    from toolkit import demo_exits
+    from bisup.examples import demo_exits
 
     _, _, cache = demo_run
     out = tmp_path_factory.mktemp("exits")
@@ -85,8 +85,8 @@ def exits_run(demo_run, tmp_path_factory):
 
 
 def _outcomes(out: Path, split: str, thresholds):
-    from firmware_bridge.stage_model import StagedModel
-    from toolkit import multi_exit
+    from bisup.calibration import exits_run as multi_exit
+    from bisup.firmware_bridge.exits_model import StagedModel
 
     model = StagedModel(out)
     tails = multi_exit.open_tails(out, len(model))
@@ -100,8 +100,8 @@ def test_the_deployed_device_does_what_calibration_simulated(exits_run):
     """Every policy row, sent through the virtual device and the bridge, equals the policy applied to the
     same outcomes offline: the device's integer rule, the split and the lost-answer path are the ones
     calibration assumed."""
-    from converters.exit_policy import Policy
-    from toolkit import policy
+    from bisup.calibration import exits as policy
+    from bisup.converters.exits_policy import Policy
 
     out = Path(exits_run["out_dir"])
     any_policy = Policy.from_json(exits_run["policies"]["learned (EENet)"])
@@ -133,9 +133,10 @@ def test_a_split_relays_the_activation_and_a_raw_relay_the_input(exits_run):
 
 @pytest.mark.slow
 def test_stage_models_chain_to_the_whole_graph_in_tflm(exits_run):
-    from converters import stages, tflite_model
-    from converters.runners import TflmRunner
-    from firmware_bridge.stage_model import StagedModel
+    from bisup.converters import exits_stages as stages
+    from bisup.converters import tflite_model
+    from bisup.converters.runners import TflmRunner
+    from bisup.firmware_bridge.exits_model import StagedModel
 
     out = Path(exits_run["out_dir"])
     model = StagedModel(out)
@@ -180,7 +181,7 @@ int main(void) {{
 @pytest.mark.toolchain
 def test_generated_stages_in_c_match_tflm_byte_for_byte(exits_run, tmp_path):
     """Each stage's generated C (host gcc, sanitizers on), chained through its activations, against TFLM."""
-    from firmware_bridge.stage_model import StagedModel
+    from bisup.firmware_bridge.exits_model import StagedModel
 
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed (CI installs it)")
@@ -214,13 +215,13 @@ def test_a_lost_link_finishes_locally_at_the_last_exit(exits_run):
     depend on how many inputs a freshly trained policy happens to relay."""
     from dataclasses import replace
 
-    from converters.exit_policy import NEVER, Policy
-    from firmware_bridge.handler import RequestHandler
-    from firmware_bridge.protocol import Source
-    from firmware_bridge.serial_bridge import SerialBridge, pty_pair
-    from firmware_bridge.stage_model import StagedIdentity, relay_for
-    from firmware_bridge.staged_device import StagedDevice
-    from firmware_bridge.virtual_device import SerialLink
+    from bisup.converters.exits_policy import NEVER, Policy
+    from bisup.firmware_bridge.exits_device import StagedDevice
+    from bisup.firmware_bridge.exits_model import StagedIdentity, relay_for
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.protocol import Source
+    from bisup.firmware_bridge.serial_bridge import SerialBridge, pty_pair
+    from bisup.firmware_bridge.virtual_device import SerialLink
 
     out = Path(exits_run["out_dir"])
     learned = Policy.from_json(exits_run["policies"]["learned (EENet)"])
@@ -257,10 +258,10 @@ def test_a_lost_link_finishes_locally_at_the_last_exit(exits_run):
 
 
 def test_a_split_for_a_stage_without_a_tail_is_refused_by_name():
-    from firmware_bridge import protocol as p
-    from firmware_bridge.handler import RequestHandler
-    from firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor, Tail
-    from firmware_bridge.stage_model import StagedIdentity
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.exits_model import StagedIdentity
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor, Tail
 
     class Never:
         name = "never"
@@ -280,7 +281,7 @@ def test_a_split_for_a_stage_without_a_tail_is_refused_by_name():
 
 
 def test_a_device_budget_below_the_first_exit_names_the_smallest_feasible_one():
-    from toolkit import policy
+    from bisup.calibration import exits as policy
 
     o = policy.ExitOutcomes(np.zeros((2, 4), int), np.zeros((2, 4), int), [np.zeros((4, 3))] * 2, np.zeros(4, int),
                             np.zeros((2, 4), int), np.ones((2, 4), bool), [1000, 5000], [64, 256])
@@ -289,7 +290,7 @@ def test_a_device_budget_below_the_first_exit_names_the_smallest_feasible_one():
 
 
 def test_a_single_exit_device_is_told_a_multi_exit_export_is_not_its_kind(tmp_path):
-    from firmware_bridge.bundle import Bundle, BundleError
+    from bisup.firmware_bridge.bundle import Bundle, BundleError
 
     (tmp_path / "stages.json").write_text("{}")
     with pytest.raises(BundleError, match="is a multi-exit export"):
@@ -299,7 +300,7 @@ def test_a_single_exit_device_is_told_a_multi_exit_export_is_not_its_kind(tmp_pa
 def _cli(*args):
     from click.testing import CliRunner
 
-    from toolkit.cli import main
+    from bisup.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -354,11 +355,11 @@ def test_a_tail_served_by_kserve_answers_split_requests(exits_run, tmp_path):
     exactly as the in-process tail does."""
     from test_net_remotes import MODEL, _free_port, _kserve
 
-    from converters.exit_policy import Policy
-    from firmware_bridge import protocol as p
-    from firmware_bridge.handler import RequestHandler
-    from firmware_bridge.remotes import open_remote
-    from firmware_bridge.stage_model import StagedIdentity, relay_for
+    from bisup.converters.exits_policy import Policy
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.exits_model import StagedIdentity, relay_for
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.remotes import open_remote
 
     out = Path(exits_run["out_dir"])
     chosen = Policy.from_json(exits_run["policies"]["learned (EENet)"])
@@ -384,7 +385,7 @@ def test_the_emulated_board_runs_the_stages_and_decides_as_the_policy_offline(ex
     label as the policy applied offline to the host's TFLM outcomes, input by input."""
     from click.testing import CliRunner
 
-    from toolkit.cli import main
+    from bisup.cli import main
 
     if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("qemu-system-arm and gcc-arm-none-eabi are not installed (CI installs them)")
@@ -405,9 +406,11 @@ def test_the_emulated_board_runs_the_stages_and_decides_as_the_policy_offline(ex
 def test_bisup_bridge_and_bisup_device_serve_a_multi_exit_export(exits_run):
     """What `bisup bridge --bundle STAGES --remote EXITS` and `bisup device --bundle STAGES` run, over a pty:
     the same figures as the demo's learned-policy row."""
-    from firmware_bridge.ptylink import PtyServer
-    from firmware_bridge.serial_bridge import SerialBridge
-    from toolkit import bundles, device, serve
+    from bisup.export import bundles
+    from bisup.firmware_bridge.ptylink import PtyServer
+    from bisup.firmware_bridge.serial_bridge import SerialBridge
+    from bisup.service import bridge as serve
+    from bisup.service import device
 
     out = Path(exits_run["out_dir"])
     archive = out / "digits-exits.bisup"
@@ -435,7 +438,7 @@ def test_bisup_bridge_and_bisup_device_serve_a_multi_exit_export(exits_run):
 @pytest.mark.parametrize("joint", [False, True])
 def test_frozen_training_leaves_the_backbone_and_joint_training_moves_it(joint):
     """--joint fine-tunes the backbone with the EENet loss; the default trains the heads alone."""
-    from converters import exits
+    from bisup.converters import exits
 
     rng = np.random.default_rng(0)
     x, y = rng.random((64, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, 64)
@@ -453,8 +456,8 @@ def test_frozen_training_leaves_the_backbone_and_joint_training_moves_it(joint):
 def test_a_multi_exit_bundle_carries_every_stage_and_the_policy_and_is_verified(exits_run, tmp_path):
     import zipfile
 
-    from firmware_bridge.bundle import Bundle, BundleError
-    from toolkit import bundles
+    from bisup.export import bundles
+    from bisup.firmware_bridge.bundle import Bundle, BundleError
 
     out = Path(exits_run["out_dir"])
     archive = tmp_path / "exits.bisup"

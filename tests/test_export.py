@@ -8,13 +8,13 @@ import re
 import numpy as np
 import pytest
 
-from boards import all_boards, load_board
-from converters import arena, coverage, tflite_model
-from converters.artefacts import ExportReport
-from converters.runners import TflmRunner, dequantize
-from converters.signature import CONFIDENCE, SCORES
-from converters.tflm_ops import RESOLVER_METHODS
-from toolkit import export as exporter
+from bisup.boards import all_boards, load_board
+from bisup.converters import arena, coverage, tflite_model
+from bisup.converters.artefacts import ExportReport
+from bisup.converters.runners import TflmRunner, dequantize
+from bisup.converters.signature import CONFIDENCE, SCORES
+from bisup.converters.tflm_ops import RESOLVER_METHODS
+from bisup.export import single as exporter
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_arena_is_the_true_minimum(converted, tmp_path):
 def test_tflm_with_reported_arena_reproduces_the_confidence(converted, digits_example):
     info = tflite_model.read(converted.model)
     x = np.load(digits_example["holdout"])["x"][:50]
-    from converters.runners import quantize
+    from bisup.converters.runners import quantize
 
     out = TflmRunner(converted.model, info, converted.arena_bytes).run(quantize(x, info.inputs[0]))
     confidence = dequantize(out[CONFIDENCE][:, 0], info.output(CONFIDENCE))
@@ -169,7 +169,7 @@ def test_layer_arena_places_lie_inside_the_generated_arena(nrf):
 
 
 def test_latency_estimate_is_macs_times_the_measured_rate_at_the_board_clock(nrf, converted, tmp_path):
-    from converters import latency
+    from bisup.converters import latency
 
     report, _ = nrf
     estimate = report.engine["latency"]
@@ -181,7 +181,7 @@ def test_latency_estimate_is_macs_times_the_measured_rate_at_the_board_clock(nrf
 
 
 def test_table_shows_memory_side_by_side_macs_estimate_and_layers(nrf):
-    from toolkit.report import export_table
+    from bisup.cli.tables import export_table
 
     report, _ = nrf
     table = export_table(report)
@@ -210,7 +210,7 @@ def test_export_says_what_it_does_before_each_long_step(converted, tmp_path):
 def test_the_measured_rate_gives_the_readmes_hil_latency():
     """README, `bisup hil --emulate mps2-an386`: 317,280 instructions, "12.4 per MAC, 12,691 us at the board
     clock" (25 MHz): the estimate of that run's model on that machine must give that run's figures back."""
-    from converters import latency
+    from bisup.converters import latency
 
     estimate = latency.estimate(25_600, "cortex-m4", 25)
     assert estimate["instructions_per_mac"] == 12.39 and round(estimate["estimate_us"]) == 12_691

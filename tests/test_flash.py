@@ -16,11 +16,11 @@ import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
 
-from boards import load_board
-from firmware_bridge.image import HEADER_BYTES, ImageError, ModelImage
-from toolkit import esp_partitions
-from toolkit.cli import main
-from toolkit.esp_partitions import Partition, PartitionError
+from bisup.boards import load_board
+from bisup.cli import main
+from bisup.firmware_bridge.image import HEADER_BYTES, ImageError, ModelImage
+from bisup.flashing import esp_partitions
+from bisup.flashing.esp_partitions import Partition, PartitionError
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "firmware_bridge" / "c"

@@ -15,10 +15,10 @@ import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
 
-from firmware_bridge.bundle import Bundle
-from firmware_bridge.collect import read_collected
-from toolkit import bundles
-from toolkit.cli import main
+from bisup.cli import main
+from bisup.export import bundles
+from bisup.firmware_bridge.bundle import Bundle
+from bisup.firmware_bridge.collect import read_collected
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def flywheel(demo_run, tmp_path_factory):
     """One turn of the wheel in the demo's cache (its local CNN; the robust remote is trained here)."""
-    from toolkit import demo_flywheel
+    from bisup.examples import demo_flywheel
 
     _, _, cache = demo_run
     out = tmp_path_factory.mktemp("flywheel")

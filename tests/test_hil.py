@@ -16,9 +16,10 @@ import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
 
-from firmware_bridge.remotes import open_remote
-from toolkit import bundles, calibrate
-from toolkit.cli import main
+from bisup.calibration import single as calibrate
+from bisup.cli import main
+from bisup.export import bundles
+from bisup.firmware_bridge.remotes import open_remote
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain,
               pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
@@ -80,8 +81,8 @@ def test_hil_on_qemu_matches_the_calibrated_figures(hil_setup):
 
 def test_bundle_for_another_model_is_refused(hil_setup, converted, tmp_path):
     """The board reports the hash of the model it runs; a bundle with another model is named."""
-    from firmware_bridge.bundle import Bundle
-    from toolkit import hil
+    from bisup.firmware_bridge.bundle import Bundle
+    from bisup.hil import runner as hil
 
     out, remote_path, _ = hil_setup
     board_bundle = Bundle.load(out / "digits.bisup")
@@ -95,9 +96,9 @@ def test_bundle_for_another_model_is_refused(hil_setup, converted, tmp_path):
 def test_emulated_board_refuses_an_image_it_cannot_run(hil_setup, converted, tmp_path):
     """Like a real board, the emulated one takes threshold and hash from the flashed model image; an image
     that is not one, or that holds another model than the compiled-in weights, gets no HELLO."""
-    from firmware_bridge.bundle import Bundle
-    from firmware_bridge.image import ModelImage
-    from toolkit import hil
+    from bisup.firmware_bridge.bundle import Bundle
+    from bisup.firmware_bridge.image import ModelImage
+    from bisup.hil import runner as hil
 
     out, _, _ = hil_setup
     board_bundle = Bundle.load(out / "digits.bisup")
@@ -157,7 +158,7 @@ def test_port_already_in_use(hil_setup):
 
     import serial
 
-    from firmware_bridge.ptylink import pty_pair
+    from bisup.firmware_bridge.ptylink import pty_pair
 
     out, remote_path, _ = hil_setup
     device_end, path, slave = pty_pair()
@@ -174,8 +175,8 @@ def test_port_already_in_use(hil_setup):
 def test_each_boot_of_the_emulated_board_has_its_own_id(hil_setup, tmp_path):
     """The boot id comes from the board's entropy (QEMU's loader plays the TRNG), so a reset board
     never reuses the id under which the bridge cached its previous answers."""
-    from firmware_bridge.bundle import Bundle
-    from toolkit import hil
+    from bisup.firmware_bridge.bundle import Bundle
+    from bisup.hil import runner as hil
 
     out, _, _ = hil_setup
     board_bundle = Bundle.load(out / "digits.bisup")
@@ -191,9 +192,9 @@ def test_each_boot_of_the_emulated_board_has_its_own_id(hil_setup, tmp_path):
 def test_a_board_added_as_one_toml_file_runs(hil_setup, tmp_path, monkeypatch):
     """A copy of the mps2-an386 profile under another name, in a BISUP_BOARDS_PATH folder and nowhere else:
     `bisup hil --emulate` builds the shipped firmware it names for its memory map, and the board says HELLO."""
-    from boards import PROFILE_DIR
-    from firmware_bridge.bundle import Bundle
-    from toolkit import hil
+    from bisup.boards import PROFILE_DIR
+    from bisup.firmware_bridge.bundle import Bundle
+    from bisup.hil import runner as hil
 
     out, _, _ = hil_setup
     folder = tmp_path / "my-boards"
@@ -212,7 +213,7 @@ def test_feeding_says_how_far_it_got():
     """A long HIL run reports its progress (every few host seconds; here at every input) but not at the end."""
     import numpy as np
 
-    from toolkit import hil
+    from bisup.hil import runner as hil
 
     class Session(hil.HilSession):
         def feed(self, index, x_q, timeout_s):

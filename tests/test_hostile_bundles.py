@@ -19,8 +19,8 @@ import pytest
 from cli_errors import error_line
 from click.testing import CliRunner
 
-from firmware_bridge.bundle import BundleError, read_archive, sha256_hex
-from toolkit.cli import main
+from bisup.cli import main
+from bisup.firmware_bridge.bundle import BundleError, read_archive, sha256_hex
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_a_member_name_that_is_not_a_plain_bundle_name_is_refused(tmp_path, name
 
 def test_a_multi_exit_archive_with_a_climbing_name_writes_nothing_outside(tmp_path):
     """The staged path unpacks members into a temporary folder: the name check comes before any write."""
-    from firmware_bridge.stage_model import staged_folder
+    from bisup.firmware_bridge.exits_model import staged_folder
 
     target = tmp_path / "outside.json"
     path = _archive(tmp_path / "staged.bisup", [("stages.json", b"{}"), ("../" * 12 + str(target)[1:], b"{}")])
@@ -140,7 +140,7 @@ def test_a_zip_bomb_costs_bounded_memory(tmp_path, declared):
     # the parent's peak; VmHWM belongs to the new address space.
     script = textwrap.dedent(f"""
         import re, sys
-        from firmware_bridge.bundle import BundleError, read_archive
+        from bisup.firmware_bridge.bundle import BundleError, read_archive
         try:
             read_archive(__import__("pathlib").Path({str(path)!r}))
         except BundleError as exc:
@@ -156,8 +156,8 @@ def test_a_zip_bomb_costs_bounded_memory(tmp_path, declared):
 
 def test_a_stage_table_cannot_name_a_file_outside_its_folder(tmp_path):
     """stages.json comes with the bundle; its stage file names are plain names too."""
-    from converters.errors import ConversionError
-    from firmware_bridge.stage_model import StagedModel
+    from bisup.converters.errors import ConversionError
+    from bisup.firmware_bridge.exits_model import StagedModel
 
     secret = tmp_path / "secret.tflite"
     secret.write_bytes(b"TFL3")
@@ -168,7 +168,7 @@ def test_a_stage_table_cannot_name_a_file_outside_its_folder(tmp_path):
 
 
 def _keys(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    from toolkit import bundles
+    from bisup.export import bundles
 
     return bundles.keygen(tmp_path / name)
 
@@ -184,7 +184,7 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(t
 
 def _signed(tmp_path: Path, key: Path | None, name: str = "signed.bisup") -> Path:
     """A structurally valid archive (its members are not a real model: only the reader is under test)."""
-    from firmware_bridge.bundle import SIGNATURE, sign_manifest
+    from bisup.firmware_bridge.bundle import SIGNATURE, sign_manifest
 
     members = {"model.tflite": b"TFL3 model", "thresholds.json": b"{}"}
     raw = _manifest(members)
@@ -199,7 +199,7 @@ def _signed(tmp_path: Path, key: Path | None, name: str = "signed.bisup") -> Pat
 
 
 def test_trusted_keys_accept_only_bundles_they_signed(tmp_path):
-    from firmware_bridge.bundle import load_public_key, trusting
+    from bisup.firmware_bridge.bundle import load_public_key, trusting
 
     private, public = _keys(tmp_path, "release")
     other, _ = _keys(tmp_path, "other")
@@ -213,14 +213,14 @@ def test_trusted_keys_accept_only_bundles_they_signed(tmp_path):
         with pytest.raises(BundleError, match="signed by none of the trusted keys"):
             read_archive(foreign)
         with pytest.raises(BundleError, match="is a build folder, which cannot be signed"):
-            from firmware_bridge.bundle import Bundle
+            from bisup.firmware_bridge.bundle import Bundle
 
             Bundle.load(tmp_path)
 
 
 def test_a_signed_manifest_changed_afterwards_is_refused(tmp_path):
     """Re-listing the members (e.g. a new model with its own hash) invalidates the signature."""
-    from firmware_bridge.bundle import load_public_key, trusting
+    from bisup.firmware_bridge.bundle import load_public_key, trusting
 
     private, public = _keys(tmp_path, "release")
     signed = _signed(tmp_path, private)

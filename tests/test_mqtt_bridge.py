@@ -25,17 +25,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 
-from converters.artefacts import dumps
-from firmware_bridge import protocol as p
-from firmware_bridge.bundle import Bundle
-from firmware_bridge.handler import RequestHandler
-from firmware_bridge.mqtt_bridge import start_workers
-from firmware_bridge.mqtt_link import Broker, DeviceLink, connect, make_client, request_topic
-from firmware_bridge.relay import InferRequest, Relay
-from firmware_bridge.remotes import RemoteError, open_remote
-from firmware_bridge.resilience import resilient
-from firmware_bridge.virtual_device import VirtualDevice
-from toolkit.cli import main
+from bisup.cli import main
+from bisup.converters.artefacts import dumps
+from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.bundle import Bundle
+from bisup.firmware_bridge.handler import RequestHandler
+from bisup.firmware_bridge.mqtt_bridge import start_workers
+from bisup.firmware_bridge.mqtt_link import Broker, DeviceLink, connect, make_client, request_topic
+from bisup.firmware_bridge.relay import InferRequest, Relay
+from bisup.firmware_bridge.remotes import RemoteError, open_remote
+from bisup.firmware_bridge.resilience import resilient
+from bisup.firmware_bridge.virtual_device import VirtualDevice
 
 pytestmark = pytest.mark.slow
 DEVICES = ("d1", "d2", "d3")
@@ -159,9 +159,9 @@ def _total(scraped: dict, name: str, **labels) -> float:
 def test_metrics_are_scraped_and_the_drift_alarm_tells_a_shifted_stream_from_an_iid_one(mosquitto, setup,
                                                                                         digits_example, tmp_path):
     """`bisup bridge --metrics-port` as the CLI builds it: the i.i.d. test split leaves the alarm quiet and the
-    counters equal the handler's; the same digits rotated and noised (toolkit.digits.shifted) set it off."""
-    from toolkit import serve
-    from toolkit.digits import shifted
+    counters equal the handler's; the same digits rotated and noised (bisup.examples.digits.shifted) set it off."""
+    from bisup.examples.digits import shifted
+    from bisup.service import bridge as serve
 
     logged: list[str] = []
     bundle = _calibrated_copy(setup, digits_example, tmp_path / "bundle")
@@ -198,7 +198,7 @@ def test_metrics_are_scraped_and_the_drift_alarm_tells_a_shifted_stream_from_an_
 
 
 def _bridge_process(url: str, bundle, remote_path, name: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--mqtt", url, "--remote",
+    return subprocess.Popen([sys.executable, "-m", "bisup.cli", "bridge", "--mqtt", url, "--remote",
                              str(remote_path), "--bundle", str(bundle.path), "--name", name, "--session-expiry", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -357,7 +357,7 @@ def test_a_hung_remote_still_answers_before_the_device_gives_up(mosquitto, setup
     """The bridge's default remote deadline is derived from the devices' wait (500 ms x 4 attempts), so
     the fallback ANSWER arrives while the device still waits: no request ends in the device's own
     timeout. Before, the deadline equalled the whole wait and the fallback came just too late."""
-    from toolkit.serve import RemoteOptions
+    from bisup.service.bridge import RemoteOptions
 
     bundle, x = setup[0], setup[2]
     options = RemoteOptions()  # the bridge's defaults

@@ -21,12 +21,12 @@ def _guarded(body: str, command: str = "export") -> subprocess.Popen:
     """``bisup COMMAND`` through the guard, with the command's work replaced by ``body``."""
     script = textwrap.dedent(f"""
         import ctypes, sys, time
-        import toolkit.cli as cli
+        import bisup.cli as cli
         def fake(args, prog_name):
             print("bisup: converting to full int8", file=sys.stderr, flush=True)
             {body}
         cli.main = fake
-        from toolkit import native_guard
+        from bisup.cli import guard as native_guard
         native_guard.main([{command!r}, "model.keras"])
     """)
     return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
@@ -80,7 +80,7 @@ def test_a_recurrent_layer_is_refused_by_name_before_the_converter_crashes(tmp_p
     keras.Model(inputs, keras.layers.Dense(4, name="logits")(hidden)).save(tmp_path / "lstm.keras")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "calib.npz", x=rng.normal(size=(120, 10, 8)).astype(np.float32), y=rng.integers(0, 4, 120))
-    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "export", str(tmp_path / "lstm.keras"), "--calib",
+    done = subprocess.run([sys.executable, "-m", "bisup.cli", "export", str(tmp_path / "lstm.keras"), "--calib",
                            str(tmp_path / "calib.npz"), "--board", "nrf52840", "--out", str(tmp_path / "out")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr

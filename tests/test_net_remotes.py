@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_bridge.net_remotes import OipRemote
-from firmware_bridge.remotes import KerasRemote, RemoteError, open_remote
-from firmware_bridge.resilience import BatchingRemote, CircuitBreaker, resilient
+from bisup.firmware_bridge.net_remotes import OipRemote
+from bisup.firmware_bridge.remotes import KerasRemote, RemoteError, open_remote
+from bisup.firmware_bridge.resilience import BatchingRemote, CircuitBreaker, resilient
 
 SERVER = Path(__file__).with_name("kserve_keras.py")
 MODEL = "digits"
@@ -35,7 +35,7 @@ def keras_file(tmp_path_factory) -> Path:
     """The digits CNN, untrained but seeded: predictions only have to agree, not to be right. It ends in logits."""
     import keras
 
-    from toolkit.digits import local_cnn
+    from bisup.examples.digits import local_cnn
 
     keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("served") / "digits.keras"
@@ -86,7 +86,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 
 
 @pytest.fixture(scope="module")
 def inputs() -> np.ndarray:
-    from toolkit.digits import splits
+    from bisup.examples.digits import splits
 
     return splits(0)["test"][0][:40].astype(np.float32)
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge import framing, golden
-from firmware_bridge import protocol as p
+from bisup.firmware_bridge import framing, golden
+from bisup.firmware_bridge import protocol as p
 
 
 def _outcome(frame: bytes) -> str:
@@ -25,7 +25,7 @@ def _outcome(frame: bytes) -> str:
 
 
 def test_golden_file_is_up_to_date():
-    assert golden.GOLDEN.read_text() == golden.render(), "run: python -m firmware_bridge.golden"
+    assert golden.GOLDEN.read_text() == golden.render(), "run: python -m bisup.firmware_bridge.golden"
 
 
 @pytest.mark.parametrize(("name", "frame", "expected"), golden.vectors(), ids=[v[0] for v in golden.vectors()])

@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from firmware_bridge import protocol as p
-from firmware_bridge import remote_registry
-from firmware_bridge.handler import RequestHandler
-from firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor
-from firmware_bridge.remotes import RemoteError, RemoteSpecError, check_remote, open_remote, register_remote
-from toolkit.serve import open_bridge_remote
+from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge import remote_registry
+from bisup.firmware_bridge.handler import RequestHandler
+from bisup.firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor
+from bisup.firmware_bridge.remotes import RemoteError, RemoteSpecError, check_remote, open_remote, register_remote
+from bisup.service.bridge import open_bridge_remote
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ PLUGIN = '''
 """A remote over "myproto": softmax of 10 x the flattened input, so the answer is the largest input."""
 import numpy as np
 
-from firmware_bridge.remote_base import as_probabilities
+from bisup.firmware_bridge.remote_base import as_probabilities
 
 
 class SharpRemote:
@@ -103,7 +103,7 @@ def test_a_plugin_suffix_is_checked_without_importing_it_or_tensorflow(site, tmp
     model.write_text("weights")
     script = textwrap.dedent(f"""
         import sys
-        from firmware_bridge.remotes import check_remote, open_remote
+        from bisup.firmware_bridge.remotes import check_remote, open_remote
         check_remote({str(model)!r})
         print(sorted(m for m in ("bisup_plugin_file", "tensorflow", "keras") if m in sys.modules))
         print(type(open_remote({str(model)!r})).__name__)
@@ -168,7 +168,7 @@ def test_a_plugin_that_returns_no_remote_model_is_named(site):
     assert str(exc.value) == ("remote hollow://host/m: plug-in bisup-hollow 0.1, entry point hollow = "
                               "bisup_plugin_hollow:open_nothing in group bisup.remotes returned a dict, which has no "
                               "predict() and no name; a remote factory must return a RemoteModel "
-                              "(firmware_bridge.remote_base)")
+                              "(bisup.firmware_bridge.remote_base)")
 
 
 def test_a_plugin_server_that_is_down_is_a_remote_error_the_bridge_retries(site):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from risk_simulation import KINDS, Population, simulate
 
-from toolkit import risk_control
-from toolkit.risk_control import NEVER_TRUST, Tally
+from bisup.calibration import risk_control
+from bisup.calibration.risk_control import NEVER_TRUST, Tally
 
 DRAWS, N, DELTA = 200, 5000, 0.1
 SLACK = 3 * (DELTA * (1 - DELTA) / DRAWS) ** 0.5  # three standard errors of a violation rate over DRAWS

@@ -20,16 +20,16 @@ from cli_errors import error_line
 from click.testing import CliRunner
 from links import NoisyProxy, StderrLines
 
-from firmware_bridge import framing
-from firmware_bridge import protocol as p
-from firmware_bridge.bundle import Bundle
-from firmware_bridge.device_model import LocalModel
-from firmware_bridge.handler import RelayLog, RequestHandler
-from firmware_bridge.relay import Relay
-from firmware_bridge.remotes import open_remote
-from firmware_bridge.serial_bridge import SerialBridge
-from firmware_bridge.virtual_device import SerialLink, VirtualDevice
-from toolkit.cli import main
+from bisup.cli import main
+from bisup.firmware_bridge import framing
+from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.bundle import Bundle
+from bisup.firmware_bridge.device_model import LocalModel
+from bisup.firmware_bridge.handler import RelayLog, RequestHandler
+from bisup.firmware_bridge.relay import Relay
+from bisup.firmware_bridge.remotes import open_remote
+from bisup.firmware_bridge.serial_bridge import SerialBridge
+from bisup.firmware_bridge.virtual_device import SerialLink, VirtualDevice
 
 pytestmark = pytest.mark.slow
 
@@ -189,7 +189,7 @@ def test_bridge_and_device_commands(bundle_dir, digits_example, tmp_path):
     np.savez(reversed_set, x=x[::-1], y=y[::-1])
     runs = []
     with NoisyProxy() as proxy:
-        bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", proxy.path_b,
+        bridge = subprocess.Popen([sys.executable, "-m", "bisup.cli", "bridge", "--serial", proxy.path_b,
                                    "--remote", str(digits_example["model"]), "--bundle", str(bundle_dir),
                                    "--json-log", str(log)], stderr=subprocess.PIPE, text=True)
         said = StderrLines(bridge)
@@ -240,7 +240,7 @@ def test_device_hello_timeout(bundle_dir, digits_example):
 
 def test_bridge_takes_pyserial_spy_urls(bundle, remote, tmp_path):
     """spy:// wraps the pty and writes a hex trace of both directions to a file."""
-    from firmware_bridge.ptylink import pty_pair
+    from bisup.firmware_bridge.ptylink import pty_pair
 
     port, path, slave = pty_pair()
     trace = tmp_path / "trace.txt"
@@ -286,7 +286,7 @@ def test_a_model_server_that_is_down_at_start_gets_fallbacks(bundle_dir, digits_
         probe.bind(("127.0.0.1", 0))
         down = f"oip+http://127.0.0.1:{probe.getsockname()[1]}/v2/models/digits"  # nothing listens there
     with NoisyProxy() as proxy:
-        bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", proxy.path_b,
+        bridge = subprocess.Popen([sys.executable, "-m", "bisup.cli", "bridge", "--serial", proxy.path_b,
                                    "--remote", down, "--bundle", str(strict)], stderr=subprocess.PIPE, text=True)
         said = StderrLines(bridge)
         said.wait_for("serving")
@@ -310,7 +310,7 @@ def test_serial_bridge_on_a_pty_needs_no_board_and_no_socat(bundle_dir, digits_e
     x, y = np.load(digits_example["test"]).values()
     small = tmp_path / "small.npz"
     np.savez(small, x=x[:60], y=y[:60])
-    bridge = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "bridge", "--serial", "pty", "--remote",
+    bridge = subprocess.Popen([sys.executable, "-m", "bisup.cli", "bridge", "--serial", "pty", "--remote",
                                str(digits_example["model"]), "--bundle", str(bundle_dir)], stderr=subprocess.PIPE,
                               text=True)
     try:
@@ -332,7 +332,7 @@ def test_a_device_writing_to_a_dead_pty_loses_bytes_instead_of_hanging():
     once its buffer is full. 1 MB is far more than a pty buffers."""
     import os
 
-    from firmware_bridge.serial_bridge import pty_pair
+    from bisup.firmware_bridge.serial_bridge import pty_pair
 
     port, _, slave = pty_pair()
     try:

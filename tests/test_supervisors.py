@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from converters import scores, supervisors, temperature
-from converters.errors import ConversionError
+from bisup.converters import scores, supervisors, temperature
+from bisup.converters.errors import ConversionError
 
 
 def _probs(rng, n=64, k=10, ties=False):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from boards import PROFILE_DIR, load_board
-from converters import c_arrays, tflite_model
-from toolkit import esp_partitions
+from bisup.boards import PROFILE_DIR, load_board
+from bisup.converters import c_arrays, tflite_model
+from bisup.flashing import esp_partitions
 
 TEMPLATES = {"esp32s3": PROFILE_DIR / "esp32s3" / "main" / "main.cc",
              "nrf52840": PROFILE_DIR / "nrf52840" / "src" / "main.cpp"}
@@ -59,7 +59,7 @@ def test_the_c_engine_builds_compile_the_generated_model_and_the_kernels():
 def test_templates_use_only_what_the_generated_headers_declare(board, converted, tmp_path):
     """Both engines: every generated name a template uses is declared by model_data.h (TFLM) or
     model_infer.h (the C engine), as bisup export writes them."""
-    from converters import engine
+    from bisup.converters import engine
 
     c_arrays.write(converted.model, tflite_model.read(converted.model), tmp_path, converted.arena_recommended_bytes)
     engine.write(converted.model, tmp_path)

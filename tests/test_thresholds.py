@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from toolkit import risk_control
-from toolkit import thresholds as th
+from bisup.calibration import risk_control
+from bisup.calibration import thresholds as th
 
 
 def _population(n: int, rng) -> th.Outcomes:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import BisupError
+from bisup.converters.errors import BisupError
 
 MIN_CALIBRATION_SAMPLES = 100  # full-int8 calibration wants 100-500 representative inputs
 

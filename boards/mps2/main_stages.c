@@ -29,7 +29,7 @@ static int64_t stage(int index, const int8_t *in, int8_t *confidences, uint16_t 
   return bisup_exit_score(&bisup_stages_exit_rules[index], index, confidences, scores, BISUP_STAGES_CLASSES, label);
 }
 
-/* The stage loop (firmware_bridge/staged_device.py does the same on the host). */
+/* The stage loop (firmware_bridge/exits_device.py does the same on the host). */
 static uint32_t infer_and_decide(const int8_t *input, bisup_proto_msg *r) {
   int8_t confidences[BISUP_STAGES];
   uint16_t label = 0;

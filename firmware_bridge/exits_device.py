@@ -1,0 +1,77 @@
+"""A multi-exit device without a board: the stages in TFLM, the exit policy, and the wire protocol.
+
+It does what the firmware's stage loop does: after each stage it scores the exit with the policy's
+integer rule and answers locally when the score reaches the threshold; still unsure after stage
+``depth``, it relays the raw input (INFER) or the activation at the policy's cut (SPLIT). When no
+usable remote answer comes back (the bridge is gone, the link times out, or the remote supervisor
+rejects the answer) it runs the remaining stages and answers with its last exit: a lost link costs
+device time, never accuracy against a weak early exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bisup.converters.exits_policy import Policy
+from bisup.converters.signature import ACTIVATION, CONFIDENCE, SCORES
+from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.exits_model import StagedModel
+from bisup.firmware_bridge.relay import Answer
+from bisup.firmware_bridge.virtual_device import Link, VirtualDevice
+
+
+@dataclass(frozen=True)
+class StagedAnswer:
+    """One input's outcome: the answer, the exit that gave it (-1: the remote), MACs run and bytes sent."""
+
+    answer: Answer
+    exit_taken: int
+    device_macs: int
+    sent_bytes: int
+
+
+class StagedDevice(VirtualDevice):
+    def __init__(self, link: Link, staged: StagedModel, policy: Policy, device_id: str = "staged-0",
+                 timeout_s: float = 0.5, retries: int = 3):
+        super().__init__(link, staged, 0, device_id, timeout_s, retries)  # HELLO reads staged.model_hash
+        self.staged, self.policy = staged, policy
+        self.macs = staged.table.cumulative_macs
+
+    def _finish(self, state: dict, start: int, confidences: list[int]) -> tuple[int, int]:
+        """Run stages ``start``.. to the last; return the last exit's label and confidence."""
+        current = state
+        for index in range(start, len(self.staged)):
+            current = self.staged.stage(index, current[ACTIVATION])
+            confidences.append(int(current[CONFIDENCE][0]))
+        return int(current[SCORES][0].argmax()), confidences[-1]
+
+    def infer_one(self, x_q: np.ndarray) -> StagedAnswer:
+        """One int8 input through the stages and the policy (see the module docstring)."""
+        last, confidences, cut = len(self.staged) - 1, [], {0: x_q}
+        current = {ACTIVATION: x_q[None]}
+        for e in range(self.policy.depth):
+            current = self.staged.stage(e, current[ACTIVATION])
+            confidences.append(int(current[CONFIDENCE][0]))
+            if ACTIVATION in current:
+                cut[e + 1] = current[ACTIVATION][0]
+            label = int(current[SCORES][0].argmax())
+            score = self.policy.exit_score(e, np.array(confidences)[:, None], current[SCORES])
+            if self.policy.answers_at(e, score)[0] or (e == last and not self.policy.relay):
+                self.count_inference(relayed=False)
+                return StagedAnswer(Answer(0, label, float(confidences[-1]), p.Source.LOCAL), e, self.macs[e], 0)
+        split = self.policy.split
+        reply = self.ask(cut[split], label, confidences[-1], stage=split)
+        sent = cut[split].size
+        if reply.source is p.Source.REMOTE:
+            return StagedAnswer(reply, -1, self.macs[self.policy.depth - 1], sent)
+        final, conf = self._finish(current, self.policy.depth, confidences)
+        fallback = Answer(reply.seq, final, float(conf), p.Source.FALLBACK, reply.rejected)
+        return StagedAnswer(fallback, last, self.macs[last], sent if reply.rejected else 0)
+
+    def run_staged(self, x: np.ndarray) -> list[StagedAnswer]:
+        """Every input as deployed."""
+        answers = [self.infer_one(sample) for sample in self.staged.quantize(x)]
+        self.send_stats()
+        return answers

@@ -1,0 +1,1 @@
+"""Calibration: supervisor thresholds with guarantees, and exit policies for multi-exit models."""

@@ -1,0 +1,240 @@
+"""Human-readable tables for the CLI; the JSON form is the report dict itself."""
+
+from __future__ import annotations
+
+from bisup.converters.artefacts import BoardProfile, ExportReport, Thresholds
+
+
+def _pct(value: float | None) -> str:
+    return "n/a (no labels)" if value is None else f"{100 * value:.2f} %"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"  {key.ljust(width)}  {value}" for key, value in rows)
+
+
+def export_table(report: ExportReport, layers: bool = True) -> str:
+    """The export report as a two-column table, int8 figures labelled as the TFLM oracle's, then the C engine's
+    memory next to TFLM's and (``layers``) the engine's per-layer table."""
+    bitexact = report.tflm_vs_litert_bitexact
+    auroc = report.supervisor_auroc
+    verdict = "yes" if report.fits else "NO: " + "; ".join(report.fit_problems)
+    evaluated = report.samples.get("evaluation_set", "")
+    on = " (on the calibration set: pass --eval for held-out figures)" if report.samples.get("on_calibration") else ""
+    rows = [
+        ("board", f"{report.board} ({report.arch}, {report.cpu_mhz} MHz, {report.kernels} kernels)"),
+        ("ops", f"{len(report.ops)}: {', '.join(report.ops)}"),
+        *_cost_rows(report.engine),
+        ("flash (model)", f"{report.flash_bytes:,} B of {report.flash_budget_bytes:,} B budget"),
+        ("arena (measured min)", f"{report.arena_bytes:,} B"),
+        ("arena (recommended)", f"{report.arena_recommended_bytes:,} B of {report.arena_budget_bytes:,} B budget"),
+        ("evaluated on", f"{report.samples.get('evaluation', '?')} samples of {evaluated}{on}"),
+        ("float top-1", _pct(report.float_accuracy)),
+        ("int8 top-1 (TFLM)", _pct(report.int8_accuracy)),
+        ("int8 = float top-1", _pct(report.int8_float_top1_agreement)),
+        ("TFLM = LiteRT XNNPACK", f"{_pct(bitexact['xnnpack'])} of samples bit-exact"),
+        ("TFLM = LiteRT reference", f"{_pct(bitexact['reference'])} of samples bit-exact"),
+        ("supervisor", f"{report.supervisor} (temperature {report.supervisor_temperature:g})"),
+        ("AUROC float / int8", f"{_num(auroc['float'])} / {_num(auroc['int8'])}"),
+        ("fits", verdict),
+    ]
+    lines = [_table(rows)]
+    for caveat in report.caveats:
+        lines.append(f"  {caveat['severity']}: {caveat['message']} ({caveat['detail']}); fix: {caveat['fix']}")
+    if report.engine:
+        lines += ["", _memory_table(report)]
+    if layers and report.engine.get("layers"):
+        lines += ["", layers_table(report.engine)]
+    return "\n".join(lines)
+
+
+def _cost_rows(engine: dict) -> list[tuple[str, str]]:
+    """MACs and the C engine's latency estimate; n/a when the engine could not read the model."""
+    if "macs" not in engine:
+        return [("MACs", "n/a (the C engine cannot run this model)")] if engine else []
+    rows = [("MACs", f"{engine['macs']:,} per inference")]
+    estimate = engine.get("latency", {})
+    if estimate.get("estimate_us") is None:
+        return rows + [("latency (estimate)", estimate.get("reason", "n/a"))]
+    return rows + [("latency (estimate)", f"~{estimate['estimate_us'] / 1000:,.2f} ms per inference with the C engine "
+                                          f"at {estimate['cpu_mhz']:g} MHz: an estimate, not a measurement"),
+                   ("  how estimated", estimate["basis"].removeprefix("estimate: "))]
+
+
+def _memory_table(report: ExportReport) -> str:
+    """RAM and flash of the C engine next to TFLM's: what each deployment costs on the board."""
+    e = report.engine
+    if e.get("generated"):
+        bound = f"lower bound {e['arena_lower_bound_bytes']:,} B"
+        flash = (f"{e['flash_bytes']:,} B", f"code + weights, arm-none-eabi-size -Os for {e['flash_measured_for']}") \
+            if e.get("flash_bytes") is not None else ("-", e.get("flash_measured_for", "not measured"))
+        engine_row = ("C engine", f"{e['arena_bytes']:,} B", bound, *flash)
+    elif "arena_bytes" in e:
+        engine_row = ("C engine", f"{e['arena_bytes']:,} B", "planned; over budget", "-", "not generated")
+    else:
+        engine_row = ("C engine", "-", "", "-", "not generated (see the warning)")
+    tflm_flash = ("-", "")
+    if "tflm_flash_bytes" in e:
+        runtime = e["tflm_flash_bytes"] - report.flash_bytes
+        tflm_flash = (f"{e['tflm_flash_bytes']:,} B",
+                      f"{report.flash_bytes:,} B model + {runtime:,} B core runtime (TFLM docs, without op kernels)")
+    tflm_row = ("TFLM", f"{report.arena_bytes:,} B", f"measured min; {report.arena_recommended_bytes:,} B rec.",
+                *tflm_flash)
+    header = ("memory", "arena (RAM)", "", "flash", "")
+    cells = [engine_row, tflm_row]
+    widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
+    right = {1, 3}
+    return "\n".join("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+                     for r in (header, *cells))
+
+
+def layers_table(engine: dict) -> str:
+    """The C engine's layers: op, MACs, parameter bytes, output bytes and the output's place in the arena."""
+    title = "layer (C engine)" if engine.get("generated") else "layer (C engine plan)"
+    header = (title, "MACs", "params B", "out B", "arena")
+    cells = [(f"{k:>3} {layer['op']}", f"{layer['macs']:,}", f"{layer.get('parameter_bytes', 0):,}",
+              f"{layer['output_bytes']:,}", _place(layer)) for k, layer in enumerate(engine["layers"])]
+    total = ("    total", f"{sum(layer['macs'] for layer in engine['layers']):,}",
+             f"{sum(layer.get('parameter_bytes', 0) for layer in engine['layers']):,}", "",
+             f"{engine['arena_bytes']:,} B" if "arena_bytes" in engine else "")
+    return "\n".join(f"  {line}" for line in _grid(header, [*cells, total]).splitlines())
+
+
+def _place(layer: dict) -> str:
+    offset = layer.get("arena_offset")
+    return "-" if offset is None else f"{offset:,}..{layer.get('arena_end', offset + layer['output_bytes']):,}"
+
+
+def boards_table(profiles: list[BoardProfile]) -> str:
+    header = ("board", "arch", "MHz", "flash", "RAM", "model budget", "arena budget", "flash with")
+    rows = [
+        (
+            b.name,
+            b.arch,
+            str(b.cpu_mhz),
+            f"{b.flash_bytes // 1024} KiB",
+            f"{b.ram_bytes // 1024} KiB",
+            f"{b.model_flash_budget // 1024} KiB",
+            f"{b.arena_ram_budget // 1024} KiB",
+            b.flash_method,
+        )
+        for b in profiles
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = ("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in (header, *rows))
+    return "\n".join(lines)
+
+
+def _grid(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
+    lines = ("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in (header, *cells))
+    return "\n".join(lines)
+
+
+def exit_rows_table(rows: list[dict]) -> str:
+    """``bisup demo --exits``: one row per strategy, with device cost and bytes on the link."""
+    header = ("", "accuracy", "remote calls", "device MACs", "bytes sent", "bytes/relay", "rejected")
+    cells = [(r["name"], f"{100 * r['accuracy']:.2f} %", f"{100 * r['remote_fraction']:.1f} %",
+              f"{r['mean_device_macs']:,.0f}", f"{r['mean_bytes_sent']:.1f}", f"{r['bytes_per_relay']:.0f}",
+              f"{100 * r['rejected_fraction']:.1f} %") for r in rows]
+    return _grid(header, cells)
+
+
+def stages_table(table) -> str:
+    """``bisup export`` of a multi-exit model: the stage table (``stages.json``)."""
+    header = ("stage", "cut", "MACs", "arena (C)", "arena (TFLM)", "activation B", "model B", "exit int8 acc.")
+    cells = [(str(i), s.cut or "(final)", f"{s.macs:,}", f"{s.engine_arena_bytes:,}", f"{s.tflm_arena_bytes:,}",
+              f"{s.activation['bytes']:,}" if s.activation else "-", f"{s.model_bytes:,}",
+              f"{100 * s.exit_int8_accuracy:.2f} %") for i, s in enumerate(table.stages, 1)]
+    fits = "fits" if table.fits else "DOES NOT FIT: " + "; ".join(table.fit_problems)
+    flash = f", C engine flash {table.flash_bytes:,} B" if table.flash_bytes else ""
+    flash += f", one shared arena of {table.shared_arena_bytes:,} B" if table.shared_arena_bytes else ""
+    return _grid(header, cells) + f"\n{table.board}: {fits}{flash}"
+
+
+def rows_table(rows: list[dict]) -> str:
+    """The demo's comparison table: one row per strategy, fractions as percentages."""
+    header = ("", "accuracy", "remote calls", "rejected", "accepted acc.", "cost saved")
+    cells = [
+        (
+            r["name"],
+            f"{100 * r['accuracy']:.2f} %",
+            f"{100 * r['remote_fraction']:.1f} %",
+            f"{100 * r['rejected_fraction']:.1f} %",
+            f"{100 * r['accepted_accuracy']:.2f} %",
+            f"{100 * r['cost_saved']:.1f} %",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
+    lines = ("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in (header, *cells))
+    return "\n".join(lines)
+
+
+def remote_threshold_text(thresholds: Thresholds) -> str:
+    """The remote threshold as a reader takes it. thresholds.json keeps -1 (accept every score) and 2 (reject
+    every one) because JSON has no infinities; printed, -1 read as a real cut, and with no relays as nothing."""
+    remote = thresholds.remote
+    if thresholds.achieved.get("remote_fraction") == 0:
+        return "none (no input is relayed)"
+    if remote.threshold < 0:
+        return f"none: every remote answer is accepted ({remote.supervisor})"
+    if remote.threshold > 1:
+        return f"every remote answer is rejected ({remote.supervisor})"
+    return f"{remote.threshold:.4f} ({remote.supervisor})"
+
+
+def calibration_table(thresholds: Thresholds) -> str:
+    """``bisup calibrate``'s summary: the chosen thresholds and what they achieve on validation."""
+    local, achieved = thresholds.local, thresholds.achieved
+    rows = [
+        ("selection", ", ".join(f"{k}={v}" for k, v in thresholds.selection.items())),
+        ("local threshold", f"int8 {local.threshold_int8} (= {local.threshold:.4f} {local.supervisor})"),
+        ("remote threshold", remote_threshold_text(thresholds)),
+        ("system accuracy", f"{100 * achieved['accuracy']:.2f} %"),
+        ("remote calls", f"{100 * achieved['remote_fraction']:.1f} %"),
+        ("rejected", f"{100 * achieved['rejected_fraction']:.1f} %"),
+        ("accepted accuracy", f"{100 * achieved['accepted_accuracy']:.2f} %"),
+        ("cost saved", f"{100 * achieved['cost_saved']:.1f} % vs remote-only"),
+        ("local-only / remote-only", f"{100 * thresholds.baselines['local_only_accuracy']:.2f} % / "
+                                     f"{100 * thresholds.baselines['remote_only_accuracy']:.2f} %"),
+    ]
+    if thresholds.guarantee:
+        rows.append(("guarantee", thresholds.guarantee))
+    return _table(rows)
+
+
+def retrain_table(result: dict) -> str:
+    """Before and after a retrain: on the validation set (where thresholds were chosen) and held out."""
+    header = ("", "threshold", "val. acc.", "val. remote", "test acc.", "test remote", "test local acc.")
+    cells = []
+    for name in ("before", "after"):
+        side, test = result[name], result[name].get("test") or {}
+        cells.append((name, str(side["threshold_int8"]), f"{100 * side['validation']['accuracy']:.2f} %",
+                      f"{100 * side['validation']['remote_fraction']:.1f} %",
+                      *((f"{100 * test['accuracy']:.2f} %", f"{100 * test['remote_fraction']:.1f} %",
+                         f"{100 * test['local_accuracy']:.2f} %") if test else ("-", "-", "-"))))
+    widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in (header, *cells)]
+    before, after = result["before"].get("test"), result["after"].get("test")
+    if before and after and before["remote_fraction"] > 0:
+        fewer = 1 - after["remote_fraction"] / before["remote_fraction"]
+        change = f"{fewer:.1%} fewer" if fewer >= 0 else f"{-fewer:.1%} more"
+        lines.append(f"\nheld out: {change} remote calls, accuracy {100 * before['accuracy']:.2f} % -> "
+                     f"{100 * after['accuracy']:.2f} %")
+    matched = result.get("after_at_before_accuracy")
+    if matched and before:
+        lines.append(f"at the old held-out accuracy the new model needs {100 * matched['remote_fraction']:.1f} % "
+                     f"remote calls (chosen on the held-out set: a reference, not a deployable threshold)")
+    lines.append(f"collected {result['collected']} relayed inputs, trained on {result['trained_on']}; "
+                 f"new bundle {result['bundle']}")
+    return "\n".join(lines)

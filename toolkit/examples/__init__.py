@@ -1,0 +1,1 @@
+"""Examples and demos (scikit-learn digits); library code never imports them."""

@@ -1,0 +1,254 @@
+"""``bisup export``: Keras model + supervisor -> int8 TFLite -> C arrays -> board report.
+
+Split in two so that a model is converted and measured once and then judged against any number
+of boards: ``convert`` does the board-independent work (conversion, checks, arena, fidelity) and
+``write`` renders one board's artefacts and report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bisup import datasets
+from bisup.converters import (
+    arena,
+    c_arrays,
+    caveats,
+    coverage,
+    engine,
+    fidelity,
+    graph,
+    latency,
+    quantize,
+    supervisors,
+    temperature,
+    tflite_model,
+)
+from bisup.converters.artefacts import BoardProfile, ExportReport, dumps
+from bisup.converters.errors import ConversionError
+from bisup.converters.runners import LiteRTRunner, TflmRunner
+from bisup.converters.runners import quantize as quantize_input
+from bisup.converters.signature import CONFIDENCE, SCORES
+
+Progress = Callable[[str], None]
+
+ARENA_MARGIN = "max(1 KiB, 10%) over the measured minimum, rounded up to 16 B"
+
+
+class DoesNotFit(ConversionError):
+    """The model was exported, but it exceeds the board's flash or RAM budget."""
+
+
+@dataclass
+class Converted:
+    """Everything about an export that does not depend on the board."""
+
+    model: bytes
+    info: tflite_model.ModelInfo
+    supervisor: str
+    arena_bytes: int
+    arena_recommended_bytes: int
+    metrics: dict
+    temperature: float = 1.0
+    samples: dict = field(default_factory=dict)
+
+
+def _quiet(message: str) -> None:
+    """The default progress sink for library use: say nothing."""
+
+
+def _evaluate(supervised, model: bytes, info, x: np.ndarray, y, arena_bytes: int, progress: Progress) -> dict:
+    progress(f"evaluating {len(x)} samples: float (Keras), int8 (TFLM oracle), int8 (LiteRT)")
+    float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
+    x_q = quantize_input(x, info.inputs[0])
+    tflm = TflmRunner(model, info, arena_bytes).run(x_q)
+    metrics = fidelity.compare(float_out, tflm, y)
+    metrics["tflm_vs_litert_bitexact"] = {
+        "xnnpack": fidelity.bitexact_fraction(tflm, LiteRTRunner(model).run(x_q)),
+        "reference": fidelity.bitexact_fraction(tflm, LiteRTRunner(model, reference_kernels=True).run(x_q)),
+    }
+    return metrics
+
+
+def convert(
+    model_path: str | Path,
+    calib_path: str | Path,
+    supervisor: str = "max-softmax",
+    eval_path: str | Path | None = None,
+    progress: Progress = _quiet,
+    temperature_value: float | None = None,
+) -> Converted:
+    """Convert and measure; raise ConversionError or DataError with a one-line reason.
+
+    ``temperature_value`` None picks the supervisor temperature from the calibration set
+    (see ``bisup.converters.temperature``); a number forces it.
+    """
+    progress(f"loading {model_path}")
+    model = graph.load_model(model_path)
+    shape = graph.input_shape(model)
+    calib_x, calib_y = datasets.load_npz(calib_path)
+    num_classes = graph.num_classes(model, model_path)
+    datasets.check_matches(calib_x, calib_y, shape, num_classes, calib_path)
+    datasets.check_calibration_size(calib_x, calib_path)
+    eval_x, eval_y = (calib_x, calib_y) if eval_path is None else datasets.load_npz(eval_path)
+    datasets.check_matches(eval_x, eval_y, shape, num_classes, eval_path or calib_path)
+
+    layer = supervisors.resolve(supervisor)
+    chosen = temperature_value
+    if chosen is None:
+        progress(f"choosing the supervisor temperature on {len(calib_x)} calibration samples (Keras)")
+        chosen = _temperature(model, calib_x, supervisors.kind_of(layer))
+    if chosen <= 0:
+        raise ConversionError(f"temperature must be positive, got {chosen}")
+    progress(f"supervisor {supervisors.kind_of(layer)} at temperature {chosen:g}")
+    supervised = graph.attach_supervisor(model, layer, calib_x[:32], chosen)
+    progress(f"converting to full int8 with {min(len(calib_x), quantize.MAX_CALIBRATION_SAMPLES)} calibration samples")
+    flatbuffer = quantize.to_int8_tflite(supervised, calib_x)
+    info = tflite_model.read(flatbuffer)
+    coverage.check_graph(info)
+
+    progress("measuring the minimum tensor arena with TFLM (binary search, one subprocess per probe)")
+    minimum = arena.minimum_arena_of(flatbuffer)
+    recommended = arena.recommended(minimum)
+    metrics = _evaluate(supervised, flatbuffer, info, eval_x, eval_y, recommended, progress)
+    samples = {"calibration": len(calib_x), "evaluation": len(eval_x), "evaluation_set": str(eval_path or calib_path),
+               "on_calibration": eval_path is None}
+    return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, recommended, metrics, chosen, samples)
+
+
+def _temperature(model, calib_x: np.ndarray, kind: str) -> float:
+    source = graph.logits_source(model, calib_x[:32])
+    if source is None:
+        return 1.0
+    return temperature.choose(np.asarray(source.predict(calib_x, verbose=0, batch_size=256)), kind)
+
+
+def _quant(tensor: tflite_model.Tensor, position: int | None = None) -> dict:
+    entry = {"shape": list(tensor.shape), "scale": tensor.scale, "zero_point": tensor.zero_point}
+    return entry if position is None else entry | {"output_index": position}
+
+
+def fit_problems(converted: Converted, board: BoardProfile) -> list[str]:
+    """Why the model does not fit the board; empty when it fits."""
+    problems = []
+    if len(converted.model) > board.model_flash_budget:
+        problems.append(
+            f"model needs {len(converted.model):,} B of flash but {board.name} leaves {board.model_flash_budget:,} B "
+            f"for it ({board.flash_bytes:,} B flash - {board.reserved_flash_bytes:,} B reserved for firmware)"
+        )
+    if converted.arena_recommended_bytes > board.arena_ram_budget:
+        problems.append(
+            f"tensor arena needs {converted.arena_recommended_bytes:,} B of RAM but {board.name} leaves "
+            f"{board.arena_ram_budget:,} B for it ({board.ram_bytes:,} B RAM - {board.reserved_ram_bytes:,} B reserved)"
+        )
+    return problems
+
+
+def report(converted: Converted, board: BoardProfile) -> ExportReport:
+    """The board-specific report (``report.json``)."""
+    info, metrics = converted.info, converted.metrics
+    problems = fit_problems(converted, board)
+    return ExportReport(
+        board=board.name,
+        board_title=board.title,
+        arch=board.arch,
+        cpu_mhz=board.cpu_mhz,
+        kernels=board.kernels,
+        supervisor=converted.supervisor,
+        supervisor_temperature=converted.temperature,
+        ops=list(info.ops),
+        flash_bytes=len(converted.model),
+        flash_budget_bytes=board.model_flash_budget,
+        arena_bytes=converted.arena_bytes,
+        arena_recommended_bytes=converted.arena_recommended_bytes,
+        arena_budget_bytes=board.arena_ram_budget,
+        arena_margin=ARENA_MARGIN,
+        float_accuracy=metrics["float_accuracy"],
+        int8_accuracy=metrics["int8_accuracy"],
+        int8_float_top1_agreement=metrics["int8_float_top1_agreement"],
+        tflm_vs_litert_bitexact=metrics["tflm_vs_litert_bitexact"],
+        supervisor_auroc={"float": metrics["auroc_float"], "int8": metrics["auroc_int8"]},
+        fits=not problems,
+        fit_problems=problems,
+        caveats=caveats.findings(info, board.caveats),
+        quantization={
+            "input": _quant(info.inputs[0]),
+            SCORES: _quant(info.output(SCORES), info.output_positions[SCORES]),
+            CONFIDENCE: _quant(info.output(CONFIDENCE), info.output_positions[CONFIDENCE]),
+        },
+        samples=converted.samples,
+        oracle="int8 figures come from the tflite-micro host interpreter; LiteRT is compared, not the device",
+    )
+
+
+def write(converted: Converted, board: BoardProfile, out_dir: str | Path, symbol: str = "g_model_data",
+          progress: Progress = _quiet) -> ExportReport:
+    """Write ``model.tflite``, ``model_data.h/.cc`` and ``report.json``; return the report."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    progress(f"writing model.tflite and the TFLM C arrays (model_data.h/.cc) to {out}")
+    (out / "model.tflite").write_bytes(converted.model)
+    c_arrays.write(converted.model, converted.info, out, converted.arena_recommended_bytes, symbol)
+    result = dataclasses.replace(report(converted, board), engine=_engine(converted, board, out, progress))
+    (out / "report.json").write_text(dumps(result))
+    return result
+
+
+def _engine(converted: Converted, board: BoardProfile, out: Path, progress: Progress = _quiet) -> dict:
+    """model_infer.c/.h (the interpreter-free engine) when it can run the model exactly; otherwise the
+    reason, and the TFLM export above is the way to deploy it."""
+    progress("generating the C engine (model_infer.c/.h) and planning its arena")
+    try:
+        generated = engine.write(converted.model, out, board.arena_ram_budget)
+    except engine.EngineError as exc:
+        for stale in ("model_infer.c", "model_infer.h"):
+            (out / stale).unlink(missing_ok=True)
+        return ({"generated": False, "reason": str(exc)} | engine.tflm_flash(len(converted.model))
+                | _figures_beyond_budget(converted.model, board))
+    progress(f"compiling model_infer.c and the kernels with arm-none-eabi-gcc -Os to measure flash ({board.arch})")
+    figures = engine.summary(generated, converted.arena_bytes, len(converted.model))
+    return figures | _latency(figures["macs"], board) | engine.measure_flash(out, board.arch)
+
+
+def _latency(macs: int, board: BoardProfile) -> dict:
+    """The C engine's latency estimate at the board's clock (see ``bisup.converters.latency`` for its source)."""
+    return {"latency": latency.estimate(macs, board.arch, board.cpu_mhz)}
+
+
+def _figures_beyond_budget(model: bytes, board: BoardProfile) -> dict:
+    """MACs and layers of an engine whose arena exceeds the board's RAM: they show which layer to shrink.
+    Empty when the engine cannot run the model at all (an op or a quantization it does not implement)."""
+    try:
+        generated = engine.generate(model)
+    except engine.EngineError:
+        return {}
+    macs = engine.total_macs(generated)
+    planned = {"arena_bytes": generated.plan.arena_bytes, "macs": macs, "layers": engine.layers(generated)}
+    return planned | _latency(macs, board)
+
+
+def export(
+    model_path: str | Path,
+    calib_path: str | Path,
+    board: BoardProfile,
+    out_dir: str | Path,
+    supervisor: str = "max-softmax",
+    eval_path: str | Path | None = None,
+    symbol: str = "g_model_data",
+    progress: Progress = _quiet,
+    temperature_value: float | None = None,
+) -> ExportReport:
+    """Convert, write the artefacts for ``board``, and return the report (see ``write``)."""
+    converted = convert(model_path, calib_path, supervisor, eval_path, progress, temperature_value)
+    return write(converted, board, out_dir, symbol, progress)
+
+
+def stderr_progress(message: str) -> None:
+    """Progress lines for the CLI: on stderr, so ``--json`` stdout stays clean."""
+    print(f"bisup: {message}", file=sys.stderr, flush=True)

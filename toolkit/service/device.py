@@ -1,0 +1,114 @@
+"""``bisup device``: a device without a board, over a serial link or MQTT, as a summary a user reads.
+
+The bundle's model runs in TFLM (the stored arena, no search), the int8 threshold decides, and unsure
+inputs go over the link with the same state machine as the C library (``VirtualDevice``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from bisup import datasets
+from bisup.firmware_bridge.bundle import Bundle
+from bisup.firmware_bridge.mqtt_link import Broker, DeviceLink
+from bisup.firmware_bridge.protocol import Source
+from bisup.firmware_bridge.serial_bridge import BridgeError, port_problem
+from bisup.firmware_bridge.virtual_device import SerialLink, VirtualDevice
+
+Progress = Callable[[str], None]
+
+
+def open_link(serial_url: str | None, broker: Broker | None, device_id: str):
+    """The device's link, closed on exit: MQTT when a broker is given, otherwise the serial URL."""
+    if broker is not None:
+        return contextlib.closing(DeviceLink(broker, device_id))
+    import serial
+
+    try:
+        port = serial.serial_for_url(serial_url, baudrate=921600, timeout=0.05)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise BridgeError(port_problem(serial_url, exc)) from None
+    return contextlib.closing(SerialLink(port))
+
+
+def run(bundle_path: str | Path, data_path: str | Path, serial_url: str | None, broker: Broker | None,
+        device_id: str, timeout_ms: int, retries: int, hello_timeout_s: float, progress: Progress) -> dict:
+    """Greet the bridge, run every input as deployed, and return the summary `bisup device` prints."""
+    from bisup.firmware_bridge.exits_model import is_staged
+
+    if is_staged(bundle_path):
+        return _run_staged(Path(bundle_path), data_path, serial_url, broker, device_id, timeout_ms, retries,
+                           hello_timeout_s, progress)
+    loaded = Bundle.load(bundle_path)
+    x, y = datasets.load_npz(data_path)
+    local = loaded.local_model()
+    datasets.check_matches(x, y, local.quantization.shape, local.num_classes, data_path)
+    with open_link(serial_url, broker, device_id) as link:
+        unit = VirtualDevice(link, local, loaded.threshold_int8, device_id, timeout_ms / 1000, retries)
+        reply = unit.hello(hello_timeout_s)
+        if reply.model_hash != local.model_hash:
+            progress("warning: the bridge serves a different model (hash mismatch); answers may not fit")
+        answers = unit.run(x)
+    summary = vars(unit.stats) | {"inputs": len(x), "local": sum(a.source is Source.LOCAL for a in answers)}
+    if y is not None:
+        summary["accuracy"] = float(sum(a.label == t for a, t in zip(answers, y, strict=True)) / len(y))
+    return summary
+
+
+def _run_staged(folder: Path, data_path: str | Path, serial_url: str | None, broker: Broker | None, device_id: str,
+                timeout_ms: int, retries: int, hello_timeout_s: float, progress: Progress) -> dict:
+    """A multi-exit device (its stages and policy.json); the summary adds exits, device MACs and bytes sent."""
+    import numpy as np
+
+    from bisup.converters.exits_policy import Policy
+    from bisup.firmware_bridge.exits_device import StagedDevice
+    from bisup.firmware_bridge.exits_model import StagedModel, staged_folder
+
+    with staged_folder(folder) as unpacked:
+        staged = StagedModel(unpacked)
+        chosen = Policy.read(unpacked / "policy.json")
+    x, y = datasets.load_npz(data_path)
+    datasets.check_matches(x, y, tuple(staged.table.stages[0].input["shape"][1:]), staged.table.classes, data_path)
+    with open_link(serial_url, broker, device_id) as link:
+        unit = StagedDevice(link, staged, chosen, device_id, timeout_ms / 1000, retries)
+        reply = unit.hello(hello_timeout_s)
+        if reply.model_hash != staged.model_hash:
+            progress("warning: the bridge serves other stages (hash mismatch); answers may not fit")
+        results = unit.run_staged(x)
+    exits = [r.exit_taken for r in results]
+    summary = vars(unit.stats) | {
+        "inputs": len(x), "local": sum(r.answer.source is Source.LOCAL for r in results),
+        "exits": {f"exit{e + 1}": exits.count(e) for e in range(len(staged))} | {"remote": exits.count(-1)},
+        "mean_device_macs": float(np.mean([r.device_macs for r in results])),
+        "mean_bytes_sent": float(np.mean([r.sent_bytes for r in results]))}
+    if y is not None:
+        summary["accuracy"] = float(np.mean([r.answer.label == t for r, t in zip(results, y, strict=True)]))
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The summary as the two-column table the other commands print (``--json`` keeps the dict): counts with
+    their share of the inputs, accuracy as a percentage, means rounded."""
+    inputs = summary["inputs"]
+
+    def share(count: int) -> str:
+        return f"{count:,} ({100 * count / inputs:.1f} %)" if inputs else f"{count:,}"
+
+    rows = [
+        ("inputs", f"{inputs:,}"),
+        ("answered on the device", share(summary["local"])),
+        ("relayed to the bridge", f"{share(summary['requests'])}, {summary['resends']:,} resends"),
+        ("remote answers used", f"{summary['remote']:,}"),
+        ("own label kept", f"{summary['fallback']:,} of the relayed ({summary['rejected']:,} rejected by the remote "
+                           "supervisor)"),
+        ("bad frames", f"{summary['bad_frames']:,}"),
+    ]
+    if "exits" in summary:
+        rows += [("exits", ", ".join(f"{name} {count:,}" for name, count in summary["exits"].items())),
+                 ("device MACs per input", f"{summary['mean_device_macs']:,.0f} (mean)"),
+                 ("bytes sent per input", f"{summary['mean_bytes_sent']:,.1f} (mean)")]
+    rows.append(("accuracy", f"{100 * summary['accuracy']:.2f} %" if "accuracy" in summary else "n/a (no labels)"))
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"  {key.ljust(width)}  {value}" for key, value in rows)
