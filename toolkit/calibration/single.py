@@ -19,7 +19,7 @@ from bisup import datasets
 from bisup.calibration import risk_control, thresholds
 from bisup.calibration.thresholds import CostModel, Outcomes, Point, RemoteRule
 from bisup.converters.artefacts import ExportReport, LocalThreshold, RemoteThreshold, Thresholds, dumps, trusted
-from bisup.converters.errors import ConversionError
+from bisup.converters.errors import BisupError, ConversionError
 from bisup.converters.runners import dequantize
 from bisup.converters.scores import KINDS
 from bisup.firmware_bridge.device_model import LocalModel
@@ -46,6 +46,10 @@ def outcomes(local: LocalModel, remote: RemoteModel, supervisor_kind: str, x: np
     return Outcomes(confidence, local_pred, labels, remote_conf, y), x_q
 
 
+class ModeError(BisupError, ValueError):
+    """Not exactly one way of choosing the local threshold was given."""
+
+
 @dataclass(frozen=True)
 class Mode:
     """How the local threshold is chosen: ``budget``, ``target`` or ``risk``."""
@@ -54,6 +58,16 @@ class Mode:
     value: float
     delta: float | None = None  # risk: 0.1 when None; budget: None is the point estimate, a value a guarantee
     procedure: str = risk_control.DEFAULT_PROCEDURE  # risk only: how thresholds are tested
+
+    @classmethod
+    def from_options(cls, max_remote_fraction: float | None, target_accuracy: float | None,
+                     max_local_error: float | None, delta: float | None, procedure: str) -> Mode:
+        """The mode of exactly one of the three options (``calibrate``, ``retrain`` and ``demo`` take them)."""
+        given = [(k, v) for k, v in (("budget", max_remote_fraction), ("target", target_accuracy),
+                                     ("risk", max_local_error)) if v is not None]
+        if len(given) != 1:
+            raise ModeError("give exactly one of --max-remote-fraction, --target-accuracy, --max-local-error")
+        return cls(given[0][0], given[0][1], delta, procedure)
 
     @property
     def risk_delta(self) -> float:

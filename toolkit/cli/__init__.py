@@ -279,16 +279,6 @@ RISK_HELP = (
 )
 
 
-def _mode(max_remote_fraction, target_accuracy, max_local_error, delta, procedure):
-    from bisup.calibration.single import Mode
-
-    given = [(k, v) for k, v in (("budget", max_remote_fraction), ("target", target_accuracy),
-                                 ("risk", max_local_error)) if v is not None]
-    if len(given) != 1:
-        raise click.UsageError("give exactly one of --max-remote-fraction, --target-accuracy, --max-local-error")
-    return Mode(given[0][0], given[0][1], delta, procedure)
-
-
 @main.command("calibrate")
 @click.option("--local", "local_path", required=True, type=click.Path(path_type=Path),
               help="The exported int8 model.tflite (run in TFLM, as on the board); or a multi-exit export's folder "
@@ -343,31 +333,23 @@ def calibrate_command(local_path, remote, data_path, max_remote_fraction, target
     per-exit-threshold baseline and EENet's learned scorers, each the most accurate within
     --max-device-fraction and --max-remote-fraction, written to policy-thresholds.json and policy.json.
     """
-    from bisup.firmware_bridge.exits_model import is_staged
-    from bisup.firmware_bridge.remotes import check_remote
+    from bisup.calibration.single import ModeError
+    from bisup.deployment import CalibrationError, CalibrationRequest, open_deployment
 
     _check_exists(local_path, "local model", "give the model.tflite that `bisup export --out DIR` writes")
     _check_npz(data_path)
-    if is_staged(local_path):
-        _check_exists(Path(remote), "remote tails folder", "give the folder `bisup exits --out` wrote")
-        _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_remote_fraction, max_reject,
-                         remote_supervisor, bandwidth_kbps, cloud_gmacs, out_dir, as_json)
-        return
-    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, risk_procedure)
-    check_remote(remote)
-    from bisup.calibration import single as calibration
-    from bisup.calibration.thresholds import CostModel, RemoteRule
-    from bisup.cli.tables import calibration_table
-    from bisup.firmware_bridge.remotes import open_remote
-
-    rule = RemoteRule(max_reject=None if remote_target_accuracy else max_reject,
-                      target_accuracy=remote_target_accuracy)
-    result = calibration.calibrate(local_path, open_remote(remote), data_path, mode, rule, remote_supervisor,
-                                   CostModel(price_per_call, latency_ms / 1000), _progress)
-    paths = calibration.write(result, out_dir)
-    thresholds = result.thresholds()
-    click.echo(json.dumps(thresholds.to_json(), indent=2) if as_json else calibration_table(thresholds))
-    _progress(f"wrote {paths['thresholds']} and {paths['plot']}")
+    request = CalibrationRequest(remote, data_path, out_dir, remote_supervisor, max_reject, max_remote_fraction,
+                                 target_accuracy, max_local_error, delta, risk_procedure, remote_target_accuracy,
+                                 price_per_call, latency_ms, max_device_fraction, bandwidth_kbps, cloud_gmacs)
+    deployment = open_deployment(local_path)
+    try:
+        deployment.check_calibration(request)
+    except (CalibrationError, ModeError) as exc:  # options that do not fit: a usage error, as click's own
+        raise click.UsageError(str(exc)) from None
+    _quiet_tensorflow()
+    done = deployment.calibrate(request, _progress)
+    click.echo(json.dumps(done.json, indent=2) if as_json else done.table)
+    _progress("wrote " + " and ".join(str(path) for path in done.wrote))
 
 
 @main.command()
@@ -417,9 +399,13 @@ def retrain(model_path, train_path, collected_dir, data_path, remote, test_path,
     bisup retrain --model local.keras --train train.npz --collected relayed/ --data val.npz \\
                   --test test.npz --remote R --target-accuracy 0.9 --out retrained/
     """
+    from bisup.calibration.single import Mode, ModeError
     from bisup.firmware_bridge.remotes import check_remote
 
-    mode = _mode(max_remote_fraction, target_accuracy, max_local_error, delta, "auto")
+    try:
+        mode = Mode.from_options(max_remote_fraction, target_accuracy, max_local_error, delta, "auto")
+    except ModeError as exc:
+        raise click.UsageError(str(exc)) from None
     _check_model(model_path)
     _check_npz(train_path, data_path, test_path)
     _check_exists(collected_dir, "collect folder", f"run `bisup bridge --collect {collected_dir}` first")
@@ -433,32 +419,6 @@ def retrain(model_path, train_path, collected_dir, data_path, remote, test_path,
                          RemoteRule(max_reject=max_reject), epochs, learning_rate, distill, include_rejected, seed)
     result = flywheel.retrain(plan, _progress)
     click.echo(json.dumps(result, indent=2) if as_json else retrain_table(result))
-
-
-def _calibrate_exits(local_path, remote, data_path, max_device_fraction, max_remote_fraction, max_reject,
-                     remote_supervisor, bandwidth_kbps, cloud_gmacs, out_dir, as_json) -> None:
-    if max_device_fraction is None or max_remote_fraction is None:
-        raise click.UsageError("a multi-exit export needs both budgets: --max-device-fraction and "
-                               "--max-remote-fraction")
-    _quiet_tensorflow()
-    from bisup.calibration import exits_run as multi_exit
-    from bisup.calibration.exits import LinkCost
-    from bisup.firmware_bridge.exits_model import StagedModel, staged_folder
-
-    with staged_folder(local_path) as folder:
-        staged = StagedModel(folder)
-    tails = multi_exit.open_tail_dir(remote, staged.table)
-    chosen, _ = multi_exit.calibrate(staged, tails, data_path, max_device_fraction, max_remote_fraction, max_reject,
-                                     LinkCost(bandwidth_kbps * 1000, cloud_gmacs * 1e9), remote_supervisor, _progress,
-                                     out_dir)
-    if as_json:
-        click.echo(json.dumps({k: v.to_json() for k, v in chosen.items()}, indent=2))
-        return
-    for kind, found in chosen.items():
-        a = found.achieved
-        click.echo(f"{kind:10s} depth {found.depth}, split {found.split}: accuracy {100 * a['accuracy']:.2f} %, "
-                   f"remote {100 * a['remote_fraction']:.1f} %, device {a['mean_device_macs']:,.0f} MACs, "
-                   f"{a['mean_bytes_sent']:.1f} B sent per input")
 
 
 def _progress(message: str) -> None:
@@ -807,52 +767,35 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
     if (port_url is None) == (emulate is None):
         raise click.UsageError("give exactly one of --port and --emulate")
     try:
-        result = _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout,
-                          as_json)
+        result = _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, timeout)
     except BisupError as exc:
         if junit_path:  # CI reads the JUnit file: a run that never got to its checks must show up there too
             with contextlib.suppress(OSError):
                 junit_path.write_text(_junit_error(str(exc).splitlines()[0]))
         raise
-    if result is None:  # a multi-exit run, which reported itself
-        return
-    from bisup.hil import runner
+    from bisup.cli.tables import hil_table
 
     if report_path:
-        report_path.write_text(json.dumps(result, indent=2) + "\n")
+        report_path.write_text(json.dumps(result.data, indent=2) + "\n")
     if junit_path:
-        junit_path.write_text(runner.junit(result))
-    click.echo(json.dumps(result, indent=2) if as_json else runner.table(result))
-    if not (result["complete"] and result["offline_agreement"] == 1.0 and result["device_outputs_equal_oracle"] == 1.0):
+        junit_path.write_text(result.junit())
+    click.echo(json.dumps(result.data, indent=2) if as_json else hil_table(result))
+    if not result.passed:
         raise click.ClickException("HIL checks failed; see the report")
 
 
-def _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout,
-             as_json) -> dict | None:
-    """Check the inputs and run the set; a single-exit run returns its report, a multi-exit one prints its own."""
-    from bisup.firmware_bridge.exits_model import is_staged
-    from bisup.firmware_bridge.remotes import check_remote
+def _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, timeout):
+    """Check the inputs, open the deployment once and run the set on the board."""
+    from bisup.deployment import open_deployment
 
     _check_exists(bundle_path, "bundle", "build one with `bisup bundle`, or give the folder `bisup export` wrote")
     _check_exists(policy_path, "exit policy", "`bisup calibrate` on the multi-exit export writes policy.json")
     _check_npz(data_path)
-    if is_staged(bundle_path):
-        _check_exists(Path(remote), "remote tails folder", "give the folder `bisup exits --out` wrote")
-        _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json)
-        return None
-    check_remote(remote)
-    from bisup import datasets
-    from bisup.firmware_bridge.bundle import Bundle
-    from bisup.firmware_bridge.remotes import open_remote
-    from bisup.hil import runner
-
-    loaded = Bundle.load(bundle_path)
-    x, y = datasets.load_npz(data_path)
-    if y is None:
-        raise datasets.DataError(f"{data_path} has no labels 'y'; a HIL run needs a labelled set")
-    datasets.check_matches(x, y, loaded.quantization.shape, loaded.num_classes, data_path)
-    handler = runner.bridge_handler(loaded, open_remote(remote))
-    return runner.run(loaded, x, y, handler, port_url, emulate, timeout, _progress)
+    deployment = open_deployment(bundle_path)
+    deployment.check_remote(remote)  # before the bundle is read: the cheaper mistake is named first
+    x, y = deployment.load_data(data_path, labels_for="a HIL run")
+    _quiet_tensorflow()
+    return deployment.run_hil(x, y, remote, emulate, port_url, timeout, _progress, policy_path)
 
 
 def _junit_error(message: str) -> str:
@@ -862,31 +805,6 @@ def _junit_error(message: str) -> str:
     return ('<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="bisup-hil" tests="1" failures="0" errors="1">\n'
             f'  <testcase classname="bisup.hil" name="hil_run"><error message={quoteattr(message)}>{escape(message)}'
             "</error></testcase>\n</testsuite>\n")
-
-
-def _hil_stages(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, timeout, as_json):
-    _quiet_tensorflow()
-    from bisup import datasets
-    from bisup.calibration import exits_run as multi_exit
-    from bisup.converters.exits_policy import Policy
-    from bisup.firmware_bridge.exits_model import StagedModel, staged_folder
-    from bisup.hil import exits as hil_stages
-
-    with staged_folder(bundle_path) as folder:
-        staged = StagedModel(folder)
-        chosen = Policy.read(policy_path or folder / "policy.json")
-    table = staged.table
-    x, y = datasets.load_npz(data_path)
-    if y is None:
-        raise datasets.DataError(f"{data_path} has no labels 'y'; a HIL run needs a labelled set")
-    datasets.check_matches(x, y, tuple(table.stages[0].input["shape"][1:]), table.classes, data_path)
-    tails = multi_exit.open_tail_dir(remote, table)
-    result = hil_stages.run(staged, chosen, x, y, tails, emulate, port_url, timeout, _progress)
-    if report_path:
-        report_path.write_text(json.dumps(result, indent=2) + "\n")
-    click.echo(json.dumps(result, indent=2) if as_json else hil_stages.table(result))
-    if not hil_stages.passed(result):
-        raise click.ClickException("HIL checks failed; see the report")
 
 
 @main.command()

@@ -238,3 +238,10 @@ def retrain_table(result: dict) -> str:
     lines.append(f"collected {result['collected']} relayed inputs, trained on {result['trained_on']}; "
                  f"new bundle {result['bundle']}")
     return "\n".join(lines)
+
+
+def hil_table(report) -> str:
+    """A HIL run's table, single-model or multi-exit (``HilReport.kind``)."""
+    from bisup.hil import exits, runner
+
+    return {"single": runner.table, "exits": exits.table}[report.kind](report.data)

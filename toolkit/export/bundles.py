@@ -20,8 +20,8 @@ from pathlib import Path
 from bisup.converters import tflite_model
 from bisup.converters.artefacts import BundleManifest, ExportReport, Member, Thresholds, dumps
 from bisup.converters.exits_policy import Policy
-from bisup.firmware_bridge.bundle import SIGNATURE, Bundle, BundleError, read_archive, sha256_hex, sign_manifest
-from bisup.firmware_bridge.exits_model import StagedModel, is_staged, staged_folder
+from bisup.firmware_bridge.bundle import SIGNATURE, BundleError, read_archive, sha256_hex, sign_manifest
+from bisup.firmware_bridge.exits_model import StagedModel
 
 
 def _toolkit_version() -> str:
@@ -79,12 +79,9 @@ def build(build_dir: str | Path, out: str | Path, labels_path: str | Path | None
           sign_key: str | Path | None = None) -> BundleManifest:
     """Write the archive atomically and return its manifest (a multi-exit export gives a multi-exit bundle);
     with ``sign_key`` (an Ed25519 PEM private key) also ``manifest.sig``, which ``--trust`` readers require."""
-    labels = Path(labels_path) if labels_path else None
-    if is_staged(build_dir):
-        files, model_hash = staged_members(Path(build_dir), labels)
-    else:
-        files = members(Path(build_dir), labels)
-        model_hash = sha256_hex(files["model.tflite"])
+    from bisup.deployment import open_deployment
+
+    files, model_hash = open_deployment(build_dir).members(Path(labels_path) if labels_path else None)
     manifest = BundleManifest(_toolkit_version(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model_hash,
                               {name: Member(sha256_hex(data), len(data)) for name, data in files.items()})
     raw = dumps(manifest).encode()
@@ -105,12 +102,9 @@ def build(build_dir: str | Path, out: str | Path, labels_path: str | Path | None
 
 def verify(path: str | Path) -> BundleManifest:
     """The manifest of a bundle whose every member matches it and whose artefacts this bisup reads."""
-    if is_staged(path):
-        with staged_folder(path) as folder:
-            StagedModel(folder)
-            Policy.read(folder / "policy.json")
-    else:
-        Bundle.load(path)  # parses thresholds.json and report.json too: a bundle that verifies also loads
+    from bisup.deployment import open_deployment
+
+    open_deployment(path).verify()  # reads every artefact: a bundle that verifies also loads
     return read_archive(Path(path))[1]
 
 

@@ -110,7 +110,7 @@ def _per_stage(profiles: dict[int, tuple[int, ...]], n: int, machine: hil.Machin
 
 def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails: dict[int, RemoteModel],
         machine: str | None = "mps2-an386", port_url: str | None = None, timeout_s: float = 20.0,
-        progress: Progress = lambda message: None) -> dict:
+        progress: Progress = lambda message: None) -> hil.HilReport:
     """Feed ``x`` to the multi-exit board (``port_url``, flashed with the stages) or QEMU (``machine``) while
     serving the tails; return the report."""
     board = hil.emulated(machine) if machine is not None else None
@@ -127,8 +127,8 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
         session.handshake(staged.model_hash, timeout_s)
         progress(f"board answered HELLO; feeding {len(x)} inputs")
         reports = session.feed_all(staged.quantize(x), timeout_s, progress)
-    report = summarize(reports, session.profiles, o, chosen, board)
-    return report | {"board": machine or port_url}
+    report = summarize(reports, session.profiles, o, chosen, board) | {"board": machine or port_url}
+    return hil.HilReport("exits", report, checks(report))
 
 
 def summarize(reports: list, profiles: dict[int, tuple[int, ...]], o, chosen: Policy,
@@ -178,7 +178,9 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def passed(report: dict) -> bool:
+def checks(report: dict) -> list[tuple[str, bool, str]]:
     """Every input reported, and the board decided as the policy applied offline did, input by input."""
     agreement = report["agreement_with_offline_policy"]
-    return report["complete"] and agreement["label"] == 1.0 and agreement["exit"] == 1.0
+    return [("all_inputs_reported", report["complete"], f"{report['reported']} of {report['samples']} reported"),
+            ("labels_equal_offline_policy", agreement["label"] == 1.0, f"{100 * agreement['label']:.2f} % equal"),
+            ("exits_equal_offline_policy", agreement["exit"] == 1.0, f"{100 * agreement['exit']:.2f} % equal")]

@@ -432,8 +432,53 @@ def bridge_handler(bundle: Bundle, remote: RemoteModel) -> RequestHandler:
     return RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle)
 
 
+@dataclass(frozen=True)
+class HilReport:
+    """A HIL run's result: the JSON report (``--json``, ``--report``) and the checks that decide pass or fail
+    (``--junit`` writes one test case per check). ``kind`` says which table presents it."""
+
+    kind: str  # "single" or "exits", as the deployment that ran
+    data: dict
+    checks: list[tuple[str, bool, str]]  # (name, passed, detail)
+
+    @property
+    def passed(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+    def to_json(self) -> dict:
+        return self.data
+
+    def junit(self) -> str:
+        """JUnit XML with one test case per check, for CI systems."""
+        return junit_xml(self.checks)
+
+
+def junit_xml(checks: list[tuple[str, bool, str]]) -> str:
+    failures = sum(not ok for _, ok, _ in checks)
+    cases = "".join(
+        f'  <testcase classname="bisup.hil" name={quoteattr(name)}>'
+        + ("" if ok else f"<failure message={quoteattr(detail)}>{escape(detail)}</failure>")
+        + "</testcase>\n"
+        for name, ok, detail in checks
+    )
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="bisup-hil" tests="{len(checks)}" '
+            f'failures="{failures}">\n{cases}</testsuite>\n')
+
+
+def checks(report: dict) -> list[tuple[str, bool, str]]:
+    """A single-model run passes when every input reported, the board's outputs equal the host's TFLM, and its
+    answers equal the decisions made offline."""
+    return [
+        ("all_inputs_reported", report["complete"], f"{report['reported']} of {report['samples']} reported"),
+        ("device_outputs_equal_host_tflm", report["device_outputs_equal_oracle"] == 1.0,
+         f"{100 * report['device_outputs_equal_oracle']:.2f} % equal"),
+        ("answers_equal_offline_decisions", report["offline_agreement"] == 1.0,
+         f"{100 * report['offline_agreement']:.2f} % equal"),
+    ]
+
+
 def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, port_url: str | None = None,
-        emulate: str | None = None, timeout_s: float = 10.0, progress: Progress = lambda m: None) -> dict:
+        emulate: str | None = None, timeout_s: float = 10.0, progress: Progress = lambda m: None) -> HilReport:
     """Run the set through the board (``port_url``) or QEMU (``emulate``); return the report."""
     board = emulated(emulate) if emulate else None  # a bad profile is named before the host's TFLM run
     o, x_q = calibrate.outcomes(bundle.local_model(), handler.relay.remote, bundle.remote_supervisor.kind, x, y)
@@ -450,7 +495,7 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
         reports = session.feed_all(x_q, timeout_s, progress)
     report = summarize(reports, bundle, o, board, session.profiles)
     report["board"] = emulate or port_url
-    return report
+    return HilReport("single", report, checks(report))
 
 
 def table(report: dict) -> str:
@@ -496,23 +541,3 @@ def _cost_line(cost: dict) -> str:
     return (f"{cost['instructions_p50']:,.0f} instructions (p50, +/-{resolution:.0f}), "
             f"{cost['instructions_per_mac']:.1f} per MAC, "
             f"{cost['latency_us_at_board_clock']:,.0f} us at the board clock")
-
-
-def junit(report: dict) -> str:
-    """JUnit XML with one test case per check, for CI systems."""
-    checks = [
-        ("all_inputs_reported", report["complete"], f"{report['reported']} of {report['samples']} reported"),
-        ("device_outputs_equal_host_tflm", report["device_outputs_equal_oracle"] == 1.0,
-         f"{100 * report['device_outputs_equal_oracle']:.2f} % equal"),
-        ("answers_equal_offline_decisions", report["offline_agreement"] == 1.0,
-         f"{100 * report['offline_agreement']:.2f} % equal"),
-    ]
-    failures = sum(not ok for _, ok, _ in checks)
-    cases = "".join(
-        f'  <testcase classname="bisup.hil" name={quoteattr(name)}>'
-        + ("" if ok else f"<failure message={quoteattr(detail)}>{escape(detail)}</failure>")
-        + "</testcase>\n"
-        for name, ok, detail in checks
-    )
-    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="bisup-hil" tests="{len(checks)}" '
-            f'failures="{failures}">\n{cases}</testsuite>\n')

@@ -17,14 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bisup.converters.errors import BisupError
-from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.collect import Collector
 from bisup.firmware_bridge.drift import DriftAlarm
 from bisup.firmware_bridge.events import Fanout
 from bisup.firmware_bridge.handler import RelayLog, RequestHandler
 from bisup.firmware_bridge.metrics import Metrics
 from bisup.firmware_bridge.mqtt_link import Broker
-from bisup.firmware_bridge.relay import Relay
 from bisup.firmware_bridge.remotes import DeferredRemote, RemoteError, RemoteModel, RemoteSpecError, open_remote
 from bisup.firmware_bridge.resilience import CircuitBreaker, resilient
 
@@ -88,26 +86,20 @@ class Monitoring:
 
 def make_handler(bundle_path: str | Path, remote_spec: str, options: RemoteOptions, json_log: Path | None,
                  progress: Progress, monitoring: Monitoring = Monitoring()):
-    """The handler every transport serves, and what to close when done (the guarded remote, the metrics
-    endpoint). A multi-exit export (a folder with stages.json and policy.json) is served with its remote
-    tails (see ``tail_specs``)."""
-    from bisup.firmware_bridge.exits_model import is_staged
+    """The handler every transport serves, and what to close when done (the guarded remotes, the collector, the
+    metrics endpoint). What is served depends on the deployment (``bisup.deployment``): one remote for a single
+    model, one tail per split for a multi-exit one (see ``tail_specs``)."""
+    from bisup.deployment import open_deployment
 
-    if is_staged(bundle_path):
-        return _staged_handler(Path(bundle_path), remote_spec, options, json_log, progress, monitoring)
-    loaded = Bundle.load(bundle_path)
+    deployment = open_deployment(bundle_path)
     deadline = options.deadline()
-    guarded = resilient(open_bridge_remote(remote_spec, progress), options.max_batch, options.max_delay_ms, deadline,
-                        options.breaker_failures, options.breaker_cooldown_s)
-    relay = Relay(guarded, loaded.remote_supervisor, loaded.quantization)
-    drift = DriftAlarm.from_thresholds(loaded.thresholds, progress, monitoring.drift_window)
-    observers: list = [drift]
-    if monitoring.collect is not None:
-        observers.append(Collector(monitoring.collect, loaded.quantization, loaded.model_hash.hex(), progress,
-                                   max_bytes=int(monitoring.collect_max_mb * 1e6)))
-        progress(f"collecting relayed inputs in {monitoring.collect}")
-    events, closing = _monitor(monitoring, {guarded.name: guarded}, observers, progress)
-    return RequestHandler(relay, loaded, RelayLog(json_log), events=events), _Closing([guarded, *closing])
+    observers = deployment.observers(monitoring, progress)
+    guarded = [resilient(open_bridge_remote(spec, progress), options.max_batch, options.max_delay_ms, deadline,
+                         options.breaker_failures, options.breaker_cooldown_s)
+               for spec in deployment.remote_specs(remote_spec)]
+    events, closing = _monitor(monitoring, deployment.remote_names(guarded), observers, progress)
+    handler = RequestHandler(deployment.relay(guarded), deployment.identity(), RelayLog(json_log), events=events)
+    return handler, _Closing([*guarded, *closing])
 
 
 def _monitor(monitoring: Monitoring, remotes: dict, observers: list, progress: Progress):
@@ -156,28 +148,6 @@ class _Closing:
     def close(self) -> None:
         for closable in self.closables:
             closable.close()
-
-
-def _staged_handler(bundle: Path, remote_spec: str, options: RemoteOptions, json_log: Path | None,
-                    progress: Progress, monitoring: Monitoring):
-    from bisup.converters.exits_policy import Policy
-    from bisup.firmware_bridge.exits_model import StagedIdentity, StagedModel, relay_for, staged_folder
-
-    if monitoring.collect is not None:
-        raise OptionError("--collect keeps raw inputs for retraining one local model; a multi-exit bundle relays "
-                          "activations. Serve a single-model bundle to collect")
-    with staged_folder(bundle) as folder:
-        staged = StagedModel(folder)
-        chosen = Policy.read(folder / "policy.json")
-    deadline = options.deadline()
-    guarded = [resilient(open_bridge_remote(spec, progress), options.max_batch, options.max_delay_ms, deadline,
-                         options.breaker_failures, options.breaker_cooldown_s)
-               for spec in tail_specs(remote_spec, len(staged))]
-    relay = relay_for(staged, dict(enumerate(guarded)), chosen)
-    # No drift alarm: a multi-exit policy has no single calibrated remote fraction to hold it to (yet).
-    events, closing = _monitor(monitoring, {f"tail{s}": g for s, g in enumerate(guarded)}, [], progress)
-    return RequestHandler(relay, StagedIdentity.of(staged), RelayLog(json_log), events=events), \
-        _Closing([*guarded, *closing])
 
 
 PTY = "pty"  # --serial pty: a pseudo-terminal for trying the bridge without a board

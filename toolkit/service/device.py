@@ -10,12 +10,9 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from bisup import datasets
-from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.mqtt_link import Broker, DeviceLink
-from bisup.firmware_bridge.protocol import Source
 from bisup.firmware_bridge.serial_bridge import BridgeError, port_problem
-from bisup.firmware_bridge.virtual_device import SerialLink, VirtualDevice
+from bisup.firmware_bridge.virtual_device import SerialLink
 
 Progress = Callable[[str], None]
 
@@ -35,57 +32,18 @@ def open_link(serial_url: str | None, broker: Broker | None, device_id: str):
 
 def run(bundle_path: str | Path, data_path: str | Path, serial_url: str | None, broker: Broker | None,
         device_id: str, timeout_ms: int, retries: int, hello_timeout_s: float, progress: Progress) -> dict:
-    """Greet the bridge, run every input as deployed, and return the summary `bisup device` prints."""
-    from bisup.firmware_bridge.exits_model import is_staged
+    """Greet the bridge, run every input as deployed, and return the summary `bisup device` prints (a
+    multi-exit deployment adds its exits, device MACs and bytes sent)."""
+    from bisup.deployment import open_deployment
 
-    if is_staged(bundle_path):
-        return _run_staged(Path(bundle_path), data_path, serial_url, broker, device_id, timeout_ms, retries,
-                           hello_timeout_s, progress)
-    loaded = Bundle.load(bundle_path)
-    x, y = datasets.load_npz(data_path)
-    local = loaded.local_model()
-    datasets.check_matches(x, y, local.quantization.shape, local.num_classes, data_path)
+    deployment = open_deployment(bundle_path)
+    x, y = deployment.load_data(Path(data_path))
     with open_link(serial_url, broker, device_id) as link:
-        unit = VirtualDevice(link, local, loaded.threshold_int8, device_id, timeout_ms / 1000, retries)
+        unit = deployment.device(link, device_id, timeout_ms / 1000, retries)
         reply = unit.hello(hello_timeout_s)
-        if reply.model_hash != local.model_hash:
+        if reply.model_hash != deployment.model_hash:
             progress("warning: the bridge serves a different model (hash mismatch); answers may not fit")
-        answers = unit.run(x)
-    summary = vars(unit.stats) | {"inputs": len(x), "local": sum(a.source is Source.LOCAL for a in answers)}
-    if y is not None:
-        summary["accuracy"] = float(sum(a.label == t for a, t in zip(answers, y, strict=True)) / len(y))
-    return summary
-
-
-def _run_staged(folder: Path, data_path: str | Path, serial_url: str | None, broker: Broker | None, device_id: str,
-                timeout_ms: int, retries: int, hello_timeout_s: float, progress: Progress) -> dict:
-    """A multi-exit device (its stages and policy.json); the summary adds exits, device MACs and bytes sent."""
-    import numpy as np
-
-    from bisup.converters.exits_policy import Policy
-    from bisup.firmware_bridge.exits_device import StagedDevice
-    from bisup.firmware_bridge.exits_model import StagedModel, staged_folder
-
-    with staged_folder(folder) as unpacked:
-        staged = StagedModel(unpacked)
-        chosen = Policy.read(unpacked / "policy.json")
-    x, y = datasets.load_npz(data_path)
-    datasets.check_matches(x, y, tuple(staged.table.stages[0].input["shape"][1:]), staged.table.classes, data_path)
-    with open_link(serial_url, broker, device_id) as link:
-        unit = StagedDevice(link, staged, chosen, device_id, timeout_ms / 1000, retries)
-        reply = unit.hello(hello_timeout_s)
-        if reply.model_hash != staged.model_hash:
-            progress("warning: the bridge serves other stages (hash mismatch); answers may not fit")
-        results = unit.run_staged(x)
-    exits = [r.exit_taken for r in results]
-    summary = vars(unit.stats) | {
-        "inputs": len(x), "local": sum(r.answer.source is Source.LOCAL for r in results),
-        "exits": {f"exit{e + 1}": exits.count(e) for e in range(len(staged))} | {"remote": exits.count(-1)},
-        "mean_device_macs": float(np.mean([r.device_macs for r in results])),
-        "mean_bytes_sent": float(np.mean([r.sent_bytes for r in results]))}
-    if y is not None:
-        summary["accuracy"] = float(np.mean([r.answer.label == t for r, t in zip(results, y, strict=True)]))
-    return summary
+        return deployment.run_device(unit, x, y)
 
 
 def table(summary: dict) -> str:
