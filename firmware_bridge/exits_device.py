@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bisup.converters.exits_policy import Policy
+from bisup.converters.artefacts import Policy
 from bisup.converters.signature import ACTIVATION, CONFIDENCE, SCORES
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.exits_model import StagedModel

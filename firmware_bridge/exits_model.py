@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from bisup.converters import tflite_model
-from bisup.converters.artefacts import StageTable
+from bisup.converters.artefacts import Policy, StageTable
 from bisup.converters.errors import ConversionError
-from bisup.converters.exits_policy import Policy
 from bisup.converters.runners import TflmRunner, quantize
 from bisup.converters.signature import ACTIVATION, CONFIDENCE, SCORES
 from bisup.firmware_bridge.relay import InputQuantization, Relay, RemoteSupervisor, Tail

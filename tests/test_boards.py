@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from bisup.boards import BOARDS_PATH_ENV, PROFILE_DIR, BoardError, all_boards, board_names, firmware_dir, load_board
 from bisup.cli import main
 from bisup.flashing import flash
-from bisup.hil import runner as hil
+from bisup.hil import target
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +32,9 @@ KNOWN_MACHINES = {
 
 def test_emulated_boards_are_the_profiles_with_an_emulation_table():
     emulated = [board.name for board in all_boards() if board.emulation is not None]
-    assert hil.machines() == emulated and set(KNOWN_MACHINES) <= set(emulated)
+    assert target.machines() == emulated and set(KNOWN_MACHINES) <= set(emulated)
     for name, values in KNOWN_MACHINES.items():
-        board = hil.emulated(name)
+        board = target.emulated(name)
         assert (board.machine, board.cpu, board.cpu_hz, board.flash_origin, board.flash_bytes, board.ram_origin,
                 board.ram_bytes, board.uart0) == values
         assert load_board(name).firmware == "mps2" and firmware_dir(name) == PROFILE_DIR / "mps2"
@@ -52,10 +52,10 @@ def test_a_new_emulated_board_is_one_toml_file(tmp_path, monkeypatch):
     """One file in a BISUP_BOARDS_PATH folder, nothing else changed: listed, offered by --emulate (CLI and
     pytest plugin), with its memory map and the shipped firmware it names."""
     _extra_board(tmp_path)
-    assert "my-m4" not in hil.machines()
+    assert "my-m4" not in target.machines()
     monkeypatch.setenv(BOARDS_PATH_ENV, str(tmp_path))
-    assert "my-m4" in board_names() and "my-m4" in hil.machines()
-    assert hil.emulated("my-m4") == hil.emulated("mps2-an386") and firmware_dir("my-m4") == PROFILE_DIR / "mps2"
+    assert "my-m4" in board_names() and "my-m4" in target.machines()
+    assert target.emulated("my-m4") == target.emulated("mps2-an386") and firmware_dir("my-m4") == PROFILE_DIR / "mps2"
     assert "my-m4" in CliRunner().invoke(main, ["boards"]).stdout
     assert "my-m4" in CliRunner().invoke(main, ["hil", "--help"]).stdout
     chosen = CliRunner().invoke(main, ["hil", "--emulate", "my-m4", "--bundle", str(tmp_path / "none.bisup"),
@@ -102,7 +102,7 @@ def test_a_malformed_profile_is_named_with_its_file_and_key(tmp_path, edit, mess
 def test_each_profile_names_its_firmware_folder():
     named = {board.name: board.firmware for board in all_boards() if board.firmware}
     assert named["esp32s3"] == "esp32s3" and named["nrf52840"] == "nrf52840"
-    assert all(named[name] == "mps2" for name in hil.machines())
+    assert all(named[name] == "mps2" for name in target.machines())
     assert all(firmware_dir(name).is_dir() for name in named)
 
 

@@ -228,24 +228,26 @@ def test_a_hello_timeout_under_emulation_blames_host_load_not_the_port(monkeypat
     from types import SimpleNamespace
 
     from bisup.hil import runner as hil
+    from bisup.hil import target
 
     monkeypatch.setattr(hil.calibrate, "outcomes", lambda *args: (None, np.zeros((1, 4), np.int8)))
     monkeypatch.setattr(hil, "build_firmware", lambda *args, **kwargs: Path("firmware.elf"))
-    def never_greets(machine, elf, loaders=()):
-        with hil.open_port("loop://") as port:
-            yield hil.BoardLink(port, emulated=True)
 
-    monkeypatch.setattr(hil, "qemu", contextlib.contextmanager(never_greets))
+    def never_greets(machine, elf):
+        with target.open_port("loop://") as port:
+            yield target.BoardLink(port, emulated=True)
+
+    monkeypatch.setattr(hil, "boot", contextlib.contextmanager(never_greets))
     bundle = SimpleNamespace(local_model=lambda: None, model_hash=bytes(32),
                              remote_supervisor=SimpleNamespace(kind="max-softmax"))
     handler = SimpleNamespace(relay=SimpleNamespace(remote=None))
-    with pytest.raises(hil.HilError) as caught:
+    with pytest.raises(target.HilError) as caught:
         hil.run(bundle, np.zeros((1, 4), np.float32), np.zeros(1, np.int64), handler, emulate="mps2-an386",
                 timeout_s=0.2)
     assert str(caught.value) == ("the emulated board did not send HELLO within 0.2 s of QEMU's CPU time; retry with "
                                  "a larger --timeout")
-    with hil.serial_link("loop://") as link, pytest.raises(hil.HilError) as real:  # a real port keeps its advice
-        hil.HilSession(link, None).handshake(bytes(32), 0.2)
+    with target.serial_link("loop://") as link, pytest.raises(target.HilError) as real:  # a real port keeps its advice
+        target.HilSession(link, None).handshake(bytes(32), 0.2)
     assert str(real.value) == ("the board did not send HELLO within 0.2 s; check the port, the baud rate and that "
                                "the bisup firmware is flashed")
 
@@ -304,7 +306,7 @@ def test_calibrate_prints_no_remote_threshold_when_nothing_is_relayed(remote_thr
 
 
 def test_the_device_summary_is_a_table_with_shares_and_rounded_means():
-    from bisup.service.device import table
+    from bisup.cli.tables import device_table as table
 
     summary = {"requests": 110, "answered": 110, "remote": 105, "fallback": 5, "rejected": 3, "resends": 4,
                "bad_frames": 0, "inputs": 360, "local": 250, "accuracy": 0.972222222,
@@ -359,7 +361,8 @@ def test_the_manual_flash_command_names_files_that_exist(tmp_path, board):
     import shlex
 
     from bisup.boards import load_board
-    from bisup.flashing.flash import FlashPlan, Write, table
+    from bisup.cli.tables import flash_table as table
+    from bisup.flashing.flash import FlashPlan, Write
 
     plan = FlashPlan(load_board(board), (Write(0x8000, b"table", "partition table", "partition-table.bin"),
                                          Write(0x310000, b"image", "model image", "model.bin")))

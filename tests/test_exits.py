@@ -85,11 +85,12 @@ def exits_run(demo_run, tmp_path_factory):
 
 
 def _outcomes(out: Path, split: str, thresholds):
-    from bisup.calibration import exits_run as multi_exit
+    from bisup.calibration import exits as multi_exit
+    from bisup.export.exits import open_tails
     from bisup.firmware_bridge.exits_model import StagedModel
 
     model = StagedModel(out)
-    tails = multi_exit.open_tails(out, len(model))
+    tails = open_tails(out, len(model))
     data = np.load(out / f"{split}.npz")
     o, conf = multi_exit.outcomes(model, tails, data["x"], data["y"])
     return multi_exit.with_remote_rule(o, conf, np.asarray(thresholds)), model, tails
@@ -101,7 +102,7 @@ def test_the_deployed_device_does_what_calibration_simulated(exits_run):
     same outcomes offline: the device's integer rule, the split and the lost-answer path are the ones
     calibration assumed."""
     from bisup.calibration import exits as policy
-    from bisup.converters.exits_policy import Policy
+    from bisup.converters.artefacts import Policy
 
     out = Path(exits_run["out_dir"])
     any_policy = Policy.from_json(exits_run["policies"]["learned (EENet)"])
@@ -215,7 +216,7 @@ def test_a_lost_link_finishes_locally_at_the_last_exit(exits_run):
     depend on how many inputs a freshly trained policy happens to relay."""
     from dataclasses import replace
 
-    from bisup.converters.exits_policy import NEVER, Policy
+    from bisup.converters.artefacts import NEVER, Policy
     from bisup.firmware_bridge.exits_device import StagedDevice
     from bisup.firmware_bridge.exits_model import StagedIdentity, relay_for
     from bisup.firmware_bridge.handler import RequestHandler
@@ -355,7 +356,7 @@ def test_a_tail_served_by_kserve_answers_split_requests(exits_run, tmp_path):
     exactly as the in-process tail does."""
     from test_net_remotes import MODEL, _free_port, _kserve
 
-    from bisup.converters.exits_policy import Policy
+    from bisup.converters.artefacts import Policy
     from bisup.firmware_bridge import protocol as p
     from bisup.firmware_bridge.exits_model import StagedIdentity, relay_for
     from bisup.firmware_bridge.handler import RequestHandler

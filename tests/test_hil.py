@@ -82,15 +82,15 @@ def test_hil_on_qemu_matches_the_calibrated_figures(hil_setup):
 def test_bundle_for_another_model_is_refused(hil_setup, converted, tmp_path):
     """The board reports the hash of the model it runs; a bundle with another model is named."""
     from bisup.firmware_bridge.bundle import Bundle
-    from bisup.hil import runner as hil
+    from bisup.hil import target
 
     out, remote_path, _ = hil_setup
     board_bundle = Bundle.load(out / "digits.bisup")
     other = Bundle(board_bundle.path, converted.model, board_bundle.thresholds)  # what the host expects
-    with pytest.raises(hil.HilError, match="the board runs model .* but the bundle holds"):
-        elf = hil.build_firmware("mps2-an386", board_bundle, tmp_path)
-        with hil.qemu("mps2-an386", elf, loaders=[hil.image_loader("mps2-an386", tmp_path / hil.MODEL_IMAGE)]) as link:
-            hil.HilSession(link, None).handshake(other.model_hash, 10)
+    with pytest.raises(target.HilError, match="the board runs model .* but the bundle holds"):
+        elf = target.build_firmware("mps2-an386", board_bundle, tmp_path)
+        with target.boot("mps2-an386", elf) as link:
+            target.HilSession(link, None).handshake(other.model_hash, 10)
 
 
 def test_emulated_board_refuses_an_image_it_cannot_run(hil_setup, converted, tmp_path):
@@ -98,20 +98,20 @@ def test_emulated_board_refuses_an_image_it_cannot_run(hil_setup, converted, tmp
     that is not one, or that holds another model than the compiled-in weights, gets no HELLO."""
     from bisup.firmware_bridge.bundle import Bundle
     from bisup.firmware_bridge.image import ModelImage
-    from bisup.hil import runner as hil
+    from bisup.hil import target
 
     out, _, _ = hil_setup
     board_bundle = Bundle.load(out / "digits.bisup")
-    elf = hil.build_firmware("mps2-an386", board_bundle, tmp_path)
-    good = (tmp_path / hil.MODEL_IMAGE).read_bytes()
+    elf = target.build_firmware("mps2-an386", board_bundle, tmp_path)
+    good = (tmp_path / target.MODEL_IMAGE).read_bytes()
     assert ModelImage.decode(good) == ModelImage(board_bundle.model, board_bundle.threshold_int8)
     images = {"not an image": b"XSUP" + good[4:], "another model": ModelImage(converted.model, 0).encode()}
     for name, image in images.items():
         path = tmp_path / f"{name}.bin"
         path.write_bytes(image)
-        with pytest.raises(hil.HilError, match="did not send HELLO"), \
-                hil.qemu("mps2-an386", elf, loaders=[hil.image_loader("mps2-an386", path)]) as link:
-            hil.HilSession(link, None).handshake(board_bundle.model_hash, 2)
+        with pytest.raises(target.HilError, match="did not send HELLO"), \
+                target.qemu("mps2-an386", elf, loaders=[target.image_loader("mps2-an386", path)]) as link:
+            target.HilSession(link, None).handshake(board_bundle.model_hash, 2)
 
 
 def test_port_problems_are_named(hil_setup, tmp_path):
@@ -176,15 +176,15 @@ def test_each_boot_of_the_emulated_board_has_its_own_id(hil_setup, tmp_path):
     """The boot id comes from the board's entropy (QEMU's loader plays the TRNG), so a reset board
     never reuses the id under which the bridge cached its previous answers."""
     from bisup.firmware_bridge.bundle import Bundle
-    from bisup.hil import runner as hil
+    from bisup.hil import target
 
     out, _, _ = hil_setup
     board_bundle = Bundle.load(out / "digits.bisup")
-    elf = hil.build_firmware("mps2-an386", board_bundle, tmp_path)
+    elf = target.build_firmware("mps2-an386", board_bundle, tmp_path)
     boots = []
     for _ in range(2):
-        with hil.qemu("mps2-an386", elf, loaders=[hil.image_loader("mps2-an386", tmp_path / hil.MODEL_IMAGE)]) as link:
-            hello = hil.HilSession(link, None).handshake(board_bundle.model_hash, 10)
+        with target.boot("mps2-an386", elf) as link:
+            hello = target.HilSession(link, None).handshake(board_bundle.model_hash, 10)
             boots.append(hello.boot)
     assert boots[0] != boots[1] and hello.max_body >= board_bundle.input_elements
 
@@ -194,7 +194,7 @@ def test_a_board_added_as_one_toml_file_runs(hil_setup, tmp_path, monkeypatch):
     `bisup hil --emulate` builds the shipped firmware it names for its memory map, and the board says HELLO."""
     from bisup.boards import PROFILE_DIR
     from bisup.firmware_bridge.bundle import Bundle
-    from bisup.hil import runner as hil
+    from bisup.hil import target
 
     out, _, _ = hil_setup
     folder = tmp_path / "my-boards"
@@ -203,9 +203,9 @@ def test_a_board_added_as_one_toml_file_runs(hil_setup, tmp_path, monkeypatch):
     (folder / "my-m4.toml").write_text(profile)
     monkeypatch.setenv("BISUP_BOARDS_PATH", str(folder))
     board_bundle = Bundle.load(out / "digits.bisup")
-    elf = hil.build_firmware("my-m4", board_bundle, tmp_path)
-    with hil.qemu("my-m4", elf, loaders=[hil.image_loader("my-m4", tmp_path / hil.MODEL_IMAGE)]) as link:
-        hello = hil.HilSession(link, None).handshake(board_bundle.model_hash, 10)
+    elf = target.build_firmware("my-m4", board_bundle, tmp_path)
+    with target.boot("my-m4", elf) as link:
+        hello = target.HilSession(link, None).handshake(board_bundle.model_hash, 10)
     assert hello.device_id == "qemu-my-m4" and hello.model_hash == board_bundle.model_hash
 
 
@@ -213,13 +213,13 @@ def test_feeding_says_how_far_it_got():
     """A long HIL run reports its progress (every few host seconds; here at every input) but not at the end."""
     import numpy as np
 
-    from bisup.hil import runner as hil
+    from bisup.hil import target
 
-    class Session(hil.HilSession):
+    class Session(target.HilSession):
         def feed(self, index, x_q, timeout_s):
             return index
 
     said = []
-    got = Session(hil.BoardLink(port=None), None).feed_all(np.zeros((3, 4), np.int8), 1.0, said.append, every_s=0)
+    got = Session(target.BoardLink(port=None), None).feed_all(np.zeros((3, 4), np.int8), 1.0, said.append, every_s=0)
     assert got == [0, 1, 2]
     assert said == ["1/3 inputs reported", "2/3 inputs reported"]

@@ -315,7 +315,7 @@ class ExitsDeployment(Deployment):
     def policy(self, path: Path | None = None):
         """The exit policy: ``path``, or the one the export or bundle holds (read when first needed, so
         that calibration, which writes it, can open an export that has none yet)."""
-        from bisup.converters.exits_policy import Policy
+        from bisup.converters.artefacts import Policy
 
         raw = self._loaded[1]
         if path is not None or raw is None:
@@ -392,20 +392,20 @@ class ExitsDeployment(Deployment):
 
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
                 timeout_s: float, progress: Progress, policy_path: Path | None = None) -> HilReport:
-        from bisup.calibration.exits_run import open_tail_dir
+        from bisup.export.exits import open_tail_dir
         from bisup.hil import exits
 
         tails = open_tail_dir(_tails_folder(remote_spec), self.staged.table)
         return exits.run(self.staged, self.policy(policy_path), x, y, tails, emulate, port_url, timeout_s, progress)
 
     def calibrate(self, request: CalibrationRequest, progress: Progress) -> Calibrated:
-        from bisup.calibration import exits_run
-        from bisup.calibration.exits import LinkCost
+        from bisup.calibration import exits as exit_calibration
+        from bisup.export.exits import open_tail_dir
 
         self.check_calibration(request)
-        tails = exits_run.open_tail_dir(Path(request.remote), self.staged.table)
-        link = LinkCost(request.bandwidth_kbps * 1000, request.cloud_gmacs * 1e9)
-        chosen, _ = exits_run.calibrate(self.staged, tails, request.data_path, request.max_device_fraction,
+        tails = open_tail_dir(Path(request.remote), self.staged.table)
+        link = exit_calibration.LinkCost(request.bandwidth_kbps * 1000, request.cloud_gmacs * 1e9)
+        chosen, _ = exit_calibration.calibrate(self.staged, tails, request.data_path, request.max_device_fraction,
                                         request.max_remote_fraction, request.max_reject, link,
                                         request.remote_supervisor, progress, request.out_dir)
         lines = []

@@ -1,5 +1,5 @@
 /*
- * bisup exit rule: how a multi-exit device decides after each stage (converters/exits_policy.py is the
+ * bisup exit rule: how a multi-exit device decides after each stage (converters/artefacts.py (Policy) is the
  * Python side; both compute the same integers, so the board decides exactly as calibration assumed).
  *
  * The score of exit e is its int8 supervisor confidence ("thresholds" policy), or EENet's learned

@@ -20,12 +20,21 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
+from bisup import datasets
+from bisup.converters.artefacts import NEVER, Policy, Scorer, features
 from bisup.converters.errors import BisupError
-from bisup.converters.exits_policy import NEVER, Policy, Scorer, features
+from bisup.converters.runners import dequantize_affine
+from bisup.firmware_bridge.exits_model import StagedModel
+from bisup.firmware_bridge.relay import RemoteSupervisor
+from bisup.firmware_bridge.remotes import RemoteModel
+
+Progress = Callable[[str], None]
 
 CANDIDATES = 10  # thresholds tried per exit (quantiles of its score), plus "never exit here"
 WEIGHT_MAX = 32767
@@ -68,7 +77,7 @@ class ExitOutcomes:
 
 
 def exit_features(o: ExitOutcomes, exit_index: int) -> np.ndarray:
-    """``bisup.converters.exits_policy.features`` of one exit over the whole set."""
+    """``bisup.converters.artefacts.features`` of one exit over the whole set."""
     return features(o.confidence[: exit_index + 1], o.scores[exit_index])
 
 
@@ -196,3 +205,57 @@ def remote_thresholds(remote_confidence: np.ndarray, max_reject: float) -> np.nd
     allowed = int(math.floor(max_reject * remote_confidence.shape[1] + 1e-9))
     ordered = np.sort(remote_confidence, axis=1)
     return np.array([row[allowed] if allowed < len(row) else np.inf for row in ordered])
+
+
+def outcomes(staged: StagedModel, tails: dict[int, RemoteModel], x: np.ndarray, y: np.ndarray,
+             remote_supervisor: str = "max-softmax") -> tuple[ExitOutcomes, np.ndarray]:
+    """Every exit and every split on ``(x, y)``; also the remote confidences ``(splits, N)``."""
+    run = staged.run_all(x)
+    table = staged.table
+    cuts = zip(run.activation, table.stages[:-1], strict=True)
+    inputs = [(run.x_q, table.stages[0].input)] + [(a, s.activation) for a, s in cuts]
+    labels, confidences = [], []
+    for split, (q, quant) in enumerate(inputs):
+        floats = dequantize_affine(q, quant["scale"], quant["zero_point"]).astype(np.float32)
+        remote_labels, remote_conf, _ = RemoteSupervisor(remote_supervisor, 0.0).judge(tails[split].predict(floats))
+        labels.append(remote_labels)
+        confidences.append(remote_conf)
+    sent = [int(np.prod(table.stages[0].input["shape"]))] + [s.activation["bytes"] for s in table.stages[:-1]]
+    o = ExitOutcomes(run.labels, np.stack(run.confidence), run.scores, np.asarray(y), np.stack(labels),
+                     np.ones((len(inputs), len(y)), bool), table.cumulative_macs, sent)
+    return o, np.stack(confidences)
+
+
+def with_remote_rule(o: ExitOutcomes, remote_confidence: np.ndarray, thresholds: np.ndarray) -> ExitOutcomes:
+    return replace(o, remote_accepted=remote_confidence >= thresholds[:, None])
+
+
+def calibrate(staged: StagedModel, tails: dict[int, RemoteModel], data_path: str | Path,
+              max_device_fraction: float, max_remote_fraction: float, max_reject: float = 0.005,
+              link: LinkCost = DEFAULT_LINK, remote_supervisor: str = "max-softmax",
+              progress: Progress = lambda message: None,
+              out_dir: str | Path | None = None) -> tuple[dict[str, Policy], ExitOutcomes]:
+    """The baseline and learned policies within ``max_device_fraction`` of the full network's MACs and
+    ``max_remote_fraction`` remote calls, and the outcomes they were chosen on; writes ``policy.json`` (the
+    learned one) and ``policy-thresholds.json`` (the baseline) into ``out_dir`` (default: next to the stages)."""
+    x, y = datasets.load_npz(data_path)
+    if y is None:
+        raise datasets.DataError(f"{data_path} has no labels 'y'; calibration needs a labelled validation set")
+    progress(f"running {len(x)} samples through {len(staged)} stages (TFLM) and {len(tails)} remote tails")
+    o, remote_conf = outcomes(staged, tails, x, y, remote_supervisor)
+    thresholds = remote_thresholds(remote_conf, max_reject)
+    o = with_remote_rule(o, remote_conf, thresholds)
+    budget = max_device_fraction * o.cumulative_macs[-1]
+    chosen = {}
+    for kind in ("thresholds", "learned"):
+        found, result = search(o, kind, budget, max_remote_fraction, link)
+        chosen[kind] = replace(found, remote_thresholds=[float(t) for t in thresholds],
+                               remote_supervisor=remote_supervisor,
+                               achieved=result.figures(o.y) | {"samples": len(y), "data": str(data_path)})
+        progress(f"{kind}: " + ", ".join(f"{k} {v:.4g}" for k, v in chosen[kind].achieved.items()
+                                          if isinstance(v, float)))
+    out = Path(out_dir or staged.directory)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "policy.json").write_text(chosen["learned"].dumps())
+    (out / "policy-thresholds.json").write_text(chosen["thresholds"].dumps())
+    return chosen, o

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from bisup.converters.artefacts import BoardProfile, ExportReport, Thresholds
+
+if TYPE_CHECKING:
+    from bisup.flashing.flash import FlashPlan
+    from bisup.hil.runner import HilReport
 
 
 def _pct(value: float | None) -> str:
@@ -240,8 +247,108 @@ def retrain_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def hil_table(report) -> str:
+def hil_table(report: HilReport) -> str:
     """A HIL run's table, single-model or multi-exit (``HilReport.kind``)."""
-    from bisup.hil import exits, runner
+    return {"single": _hil_single_table, "exits": _hil_exits_table}[report.kind](report.data)
 
-    return {"single": runner.table, "exits": exits.table}[report.kind](report.data)
+
+def flash_table(flash_plan: FlashPlan, port: str, out_dir: Path | None = None) -> str:
+    """``bisup flash``'s view of a plan: every write with offset, end, size and SHA-256, and the manual command. The
+    images exist as files only with --out, so without it the command names DIR and says how to fill it."""
+    lines = [f"{flash_plan.board.name} via {flash_plan.tool} ({flash_plan.board.flash_target})",
+             f"{'offset':>10}  {'end':>10}  {'bytes':>9}  {'sha256':<16}  what"]
+    for w in (write.describe() for write in flash_plan.writes):
+        lines.append(f"{w['offset']:#10x}  {w['end']:#10x}  {w['bytes']:>9,}  {w['sha256'][:16]}  {w['what']} "
+                     f"({w['file']})")
+    if out_dir is not None:
+        lines.append(f"same as: {flash_plan.command(port, out_dir)}")
+    else:
+        lines.append(f"by hand: save the images with --out DIR, then: {flash_plan.command(port, 'DIR')}")
+    return "\n".join(lines)
+
+
+def device_table(summary: dict) -> str:
+    """The summary as the two-column table the other commands print (``--json`` keeps the dict): counts with
+    their share of the inputs, accuracy as a percentage, means rounded."""
+    inputs = summary["inputs"]
+
+    def share(count: int) -> str:
+        return f"{count:,} ({100 * count / inputs:.1f} %)" if inputs else f"{count:,}"
+
+    rows = [
+        ("inputs", f"{inputs:,}"),
+        ("answered on the device", share(summary["local"])),
+        ("relayed to the bridge", f"{share(summary['requests'])}, {summary['resends']:,} resends"),
+        ("remote answers used", f"{summary['remote']:,}"),
+        ("own label kept", f"{summary['fallback']:,} of the relayed ({summary['rejected']:,} rejected by the remote "
+                           "supervisor)"),
+        ("bad frames", f"{summary['bad_frames']:,}"),
+    ]
+    if "exits" in summary:
+        rows += [("exits", ", ".join(f"{name} {count:,}" for name, count in summary["exits"].items())),
+                 ("device MACs per input", f"{summary['mean_device_macs']:,.0f} (mean)"),
+                 ("bytes sent per input", f"{summary['mean_bytes_sent']:,.1f} (mean)")]
+    rows.append(("accuracy", f"{100 * summary['accuracy']:.2f} %" if "accuracy" in summary else "n/a (no labels)"))
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"  {key.ljust(width)}  {value}" for key, value in rows)
+
+
+def _hil_single_table(report: dict) -> str:
+    acc = report["accuracy"]
+    latency = report["device_latency_us"]
+    rows = [
+        ("board", report["board"]),
+        ("inputs reported", f"{report['reported']} / {report['samples']}"),
+        ("accuracy local-only / remote-only", f"{100 * acc['local_only']:.2f} % / {100 * acc['remote_only']:.2f} %"),
+        ("accuracy system / accepted", f"{100 * acc['system']:.2f} % / {100 * acc['accepted']:.2f} %"),
+        ("remote calls / rejected",
+         f"{100 * report['remote_fraction']:.1f} % / {100 * report['rejected_fraction']:.1f} %"),
+        ("cost saved", f"{100 * report['cost_saved']:.1f} %"),
+        ("FEED to answer p50 / p95", f"{latency['p50']:.0f} us / {latency['p95']:.0f} us"
+         if latency["p50"] is not None else "n/a"),
+        ("inference on the device", _cost_line(report["device_inference"])),
+        ("device outputs = host TFLM", f"{100 * report['device_outputs_equal_oracle']:.1f} %"),
+        ("answers = offline decisions", f"{100 * report['offline_agreement']:.1f} %"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"  {k.ljust(width)}  {v}" for k, v in rows] + _layer_lines(report["device_layers"]))
+
+
+def _layer_lines(layers: list[dict]) -> list[str]:
+    """The per-layer profile under the table, when the board sent one."""
+    if not layers or "instructions_p50" not in layers[0]:
+        return []
+    lines = ["", f"  {'layer':<18}{'MACs':>8}{'params':>8}{'out B':>7}{'arena @':>9}{'instructions':>14}{'per MAC':>9}"]
+    for k, layer in enumerate(layers):
+        per_mac = f"{layer['instructions_per_mac']:.1f}" if layer["instructions_per_mac"] else "-"
+        lines.append(f"  {k:>2} {layer['op']:<15}{layer['macs']:>8,}{layer['parameters']:>8,}"
+                     f"{layer['output_bytes']:>7,}{layer['arena_offset']:>9,}{layer['instructions_p50']:>14,.0f}"
+                     f"{per_mac:>9}")
+    return lines
+
+
+def _cost_line(cost: dict) -> str:
+    if cost.get("cycles_p50") is None:
+        return "n/a"
+    if "instructions_p50" not in cost:
+        return f"{cost['cycles_p50']:,.0f} cycles (p50)"
+    resolution = cost["cycle_resolution_instructions"]
+    return (f"{cost['instructions_p50']:,.0f} instructions (p50, +/-{resolution:.0f}), "
+            f"{cost['instructions_per_mac']:.1f} per MAC, "
+            f"{cost['latency_us_at_board_clock']:,.0f} us at the board clock")
+
+
+def _hil_exits_table(report: dict) -> str:
+    """The human summary of a multi-exit HIL run."""
+    agreement = report["agreement_with_offline_policy"]
+    lines = [f"board {report['board']}: {report['reported']}/{report['samples']} inputs reported, accuracy "
+             f"{100 * report['accuracy']:.2f} %, remote {100 * report['remote_fraction']:.1f} %, rejected "
+             f"{100 * report['rejected_fraction']:.1f} %",
+             "exits: " + ", ".join(f"{k} {v}" for k, v in report["exit_histogram"].items()),
+             f"agreement with the policy applied offline: label {100 * agreement['label']:.1f} %, exit "
+             f"{100 * agreement['exit']:.1f} %"]
+    for row in report["stages"]:
+        cost = f"{row['instructions_p50']:,.0f} instructions ({row['instructions_per_mac']:.1f}/MAC)" \
+            if row.get("instructions_p50") else (f"{row['cycles_p50']:,.0f} cycles" if row["cycles_p50"] else "not run")
+        lines.append(f"stage {row['stage']}: {row['macs']:,} MACs, ran {row['runs']} times, {cost}")
+    return "\n".join(lines)

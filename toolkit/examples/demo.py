@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bisup import training
 from bisup.boards import load_board
 from bisup.calibration import single as calibrate
 from bisup.calibration.thresholds import DEFAULT_COST, CostModel, RemoteRule, figures
@@ -45,8 +46,8 @@ def cache_root() -> Path:
 
 
 def train_and_save(build, path: Path, parts, epochs: int, label: str, seed: int, progress: Progress) -> None:
-    digits.seed_everything(seed)
-    model = digits.train(build(), *parts["train"], epochs=epochs, label=label, progress=progress)
+    training.seed_everything(seed)
+    model = training.train(build(), *parts["train"], epochs=epochs, label=label, progress=progress)
     partial = path.with_suffix(".partial.keras")
     model.save(partial)
     partial.replace(path)  # a killed run never leaves a half-written model in the cache

@@ -17,9 +17,8 @@ import numpy as np
 
 from bisup.boards import load_board
 from bisup.calibration import exits as policy
-from bisup.calibration import exits_run as multi_exit
 from bisup.calibration.exits import ExitOutcomes
-from bisup.converters.exits_policy import NEVER, Policy
+from bisup.converters.artefacts import NEVER, Policy
 from bisup.examples import demo, digits
 from bisup.export import exits as staged
 from bisup.firmware_bridge.exits_device import StagedAnswer, StagedDevice
@@ -79,8 +78,8 @@ def single_exit(o: ExitOutcomes, max_remote_fraction: float, thresholds: list[fl
 
 def _outcomes(model, tails, path: Path, thresholds: np.ndarray) -> ExitOutcomes:
     data = np.load(path)
-    o, conf = multi_exit.outcomes(model, tails, data["x"], data["y"])
-    return multi_exit.with_remote_rule(o, conf, thresholds)
+    o, conf = policy.outcomes(model, tails, data["x"], data["y"])
+    return policy.with_remote_rule(o, conf, thresholds)
 
 
 def run(out_dir: Path | None = None, seed: int = 0, board: str = demo.DEFAULT_BOARD,
@@ -94,12 +93,12 @@ def run(out_dir: Path | None = None, seed: int = 0, board: str = demo.DEFAULT_BO
     _, backbone = demo.models(cache, parts, seed, retrain, progress)
     for name in ("train", "val", "test"):
         np.savez(out / f"{name}.npz", x=parts[name][0], y=parts[name][1])
-    multi_exit.build(backbone, cut_names(backbone), out / "train.npz", out, EXIT_EPOCHS, progress=progress)
+    staged.build(backbone, cut_names(backbone), out / "train.npz", out, EXIT_EPOCHS, progress=progress)
     table = staged.export(out / "exits.keras", out / "train.npz", load_board(board), out, eval_path=out / "val.npz",
                           progress=progress)
     model = StagedModel(out)
-    tails = multi_exit.open_tails(out, len(table.stages))
-    policies, val = multi_exit.calibrate(model, tails, out / "val.npz", max_device_fraction, max_remote_fraction,
+    tails = staged.open_tails(out, len(table.stages))
+    policies, val = policy.calibrate(model, tails, out / "val.npz", max_device_fraction, max_remote_fraction,
                                          max_reject, progress=progress)
     thresholds = np.array(policies["learned"].remote_thresholds)
     budget = max_device_fraction * table.cumulative_macs[-1]

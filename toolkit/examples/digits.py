@@ -7,12 +7,11 @@ board profiles, with splits written as the ``.npz`` files the CLI takes.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-Progress = Callable[[str], None]
+from bisup.training import Progress, seed_everything, train
 
 
 def splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -76,37 +75,10 @@ def remote_cnn(num_classes: int = 10):
     )
 
 
-def epoch_reporter(total: int, label: str, progress: Progress):
-    import keras
-
-    class EpochProgress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            acc = (logs or {}).get("accuracy", float("nan"))
-            progress(f"{label}: epoch {epoch + 1}/{total}, train accuracy {acc:.3f}")
-
-    return EpochProgress()
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and TF and make TF ops deterministic, before any model is built."""
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
 
 
-def train(model, x: np.ndarray, y: np.ndarray, epochs: int, label: str, progress: Progress):
-    """Fit with Adam on logits (call ``seed_everything`` first for a reproducible result)."""
-    import keras
-
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[epoch_reporter(epochs, label, progress)])
-    return model
 
 
 def _stderr(message: str) -> None:

@@ -18,8 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from bisup.converters import tflite_model
-from bisup.converters.artefacts import BundleManifest, ExportReport, Member, Thresholds, dumps
-from bisup.converters.exits_policy import Policy
+from bisup.converters.artefacts import BundleManifest, ExportReport, Member, Policy, Thresholds, dumps
 from bisup.firmware_bridge.bundle import SIGNATURE, BundleError, read_archive, sha256_hex, sign_manifest
 from bisup.firmware_bridge.exits_model import StagedModel
 

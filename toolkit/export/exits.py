@@ -21,6 +21,7 @@ from bisup.converters.artefacts import BoardProfile, StageEntry, StageTable, dum
 from bisup.converters.errors import ConversionError
 from bisup.converters.runners import TflmRunner, quantize
 from bisup.converters.signature import ACTIVATION, SCORES
+from bisup.firmware_bridge.remotes import RemoteModel, open_remote
 
 Progress = Callable[[str], None]
 SHARED_ARENA = "bisup_stages_arena"  # one arena for every stage: they run one after another
@@ -149,3 +150,49 @@ def export(model_path: str | Path, calib_path: str | Path, board: BoardProfile, 
                         "evaluation_set": str(eval_path or calib_path)}, flash["flash_bytes"], shared)
     (out / "stages.json").write_text(dumps(table))
     return table
+
+
+def tail_path(directory: Path, split: int) -> Path:
+    return Path(directory) / f"tail{split}.keras"
+
+
+def build(model_path: str | Path, at: list[str], train_path: str | Path, out_dir: str | Path, epochs: int = 30,
+          joint: bool = False, progress: Progress = lambda message: None) -> dict:
+    """Write ``exits.keras`` and the tails; return the float accuracy of every exit on the training set."""
+    from bisup.training import seed_everything
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = graph.load_model(model_path)
+    graph.num_classes(model, model_path)  # a one-unit model gets exits of one class otherwise
+    seed_everything(0)  # before the heads exist: their initial weights are drawn when they are built
+    multi = exits.attach(model, at)
+    x, y = datasets.load_npz(train_path)
+    if y is None:
+        raise datasets.DataError(f"{train_path} has no labels 'y'; training exits needs labels")
+    datasets.check_matches(x, y, graph.input_shape(multi), int(multi.output[exits.FINAL].shape[-1]), train_path)
+    progress(f"training {len(at)} exit head(s) on {len(x)} samples"
+             + (" jointly with the backbone (EENet loss)" if joint else " with the backbone frozen"))
+    exits.train(multi, x, y, epochs, joint, progress)
+    multi.save(out / "exits.keras")
+    import keras
+
+    keras.Model(multi.inputs[0], multi.output[exits.FINAL], name="tail0").save(tail_path(out, 0))
+    for split in range(1, len(at) + 1):
+        exits.tail(multi, split).save(tail_path(out, split))
+    return exits.accuracies(multi, x, y)
+
+
+def open_tails(directory: str | Path, splits: int) -> dict[int, RemoteModel]:
+    """The in-process remote tails ``tail0`` .. ``tail{splits-1}`` written by ``build``."""
+    return {s: open_remote(tail_path(Path(directory), s)) for s in range(splits)}
+
+
+def open_tail_dir(directory: str | Path, table: StageTable) -> dict[int, RemoteModel]:
+    """The tails ``bisup exits`` wrote, checked to match the stages."""
+    directory = Path(directory)
+    missing = [str(tail_path(directory, s)) for s in range(len(table.stages)) if not tail_path(directory, s).is_file()]
+    if missing:
+        raise datasets.DataError(f"the remote tails {', '.join(missing)} are missing; give --remote the folder "
+                                 "`bisup exits --out` wrote (it holds tail0.keras ... for split computing)")
+    return open_tails(directory, len(table.stages))

@@ -232,16 +232,3 @@ def bundle_board(bundle: Bundle) -> str | None:
     return bundle.report.board if bundle.report else None
 
 
-def table(flash_plan: FlashPlan, port: str, out_dir: Path | None = None) -> str:
-    """The human view of a plan: every write with offset, end, size and SHA-256, and the manual command. The
-    images exist as files only with --out, so without it the command names DIR and says how to fill it."""
-    lines = [f"{flash_plan.board.name} via {flash_plan.tool} ({flash_plan.board.flash_target})",
-             f"{'offset':>10}  {'end':>10}  {'bytes':>9}  {'sha256':<16}  what"]
-    for w in (write.describe() for write in flash_plan.writes):
-        lines.append(f"{w['offset']:#10x}  {w['end']:#10x}  {w['bytes']:>9,}  {w['sha256'][:16]}  {w['what']} "
-                     f"({w['file']})")
-    if out_dir is not None:
-        lines.append(f"same as: {flash_plan.command(port, out_dir)}")
-    else:
-        lines.append(f"by hand: save the images with --out DIR, then: {flash_plan.command(port, 'DIR')}")
-    return "\n".join(lines)

@@ -94,17 +94,17 @@ def fine_tune(model, model_path: Path, x: np.ndarray, y: np.ndarray, epochs: int
     its outputs."""
     import keras
 
-    from bisup.examples import digits
+    from bisup import training
 
     if not isinstance(model, keras.Model) or not model.trainable_weights:
         raise RetrainError(f"{model_path} has no trainable weights here (a SavedModel loads frozen); give the "
                            ".keras file")
-    digits.seed_everything(seed)
+    training.seed_everything(seed)
     logits = not looks_like_probabilities(np.asarray(model.predict(x[:32], verbose=0)))
     model.compile(keras.optimizers.Adam(learning_rate), keras.losses.CategoricalCrossentropy(from_logits=logits),
                   metrics=["accuracy"])
     model.fit(x, y, epochs=epochs, batch_size=32, shuffle=True, verbose=0,
-              callbacks=[digits.epoch_reporter(epochs, "fine-tuning", progress)])
+              callbacks=[training.epoch_reporter(epochs, "fine-tuning", progress)])
     return model
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from bisup.calibration import exits as policy
-from bisup.calibration import exits_run as multi_exit
-from bisup.converters.exits_policy import NEVER, Policy
+from bisup.converters.artefacts import NEVER, Policy
 from bisup.export.exits import write_stage_c
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.exits_model import StagedIdentity, StagedModel, relay_for
 from bisup.firmware_bridge.handler import RequestHandler
 from bisup.firmware_bridge.remotes import RemoteModel
 from bisup.hil import runner as hil
+from bisup.hil import target
 
 Progress = Callable[[str], None]
 THRESHOLD_MAX = 2**62  # NEVER, as a C int64 literal that no score reaches
@@ -79,22 +79,22 @@ static int bisup_stages_run(int index, const int8_t *in, int8_t *scores, int8_t 
 
 
 def build(machine: str, staged: StagedModel, chosen: Policy, workdir: Path,
-          timeout_ms: int = hil.EMULATED_REQUEST_TIMEOUT_MS,
+          timeout_ms: int = target.EMULATED_REQUEST_TIMEOUT_MS,
           retries: int = 3) -> Path:
     """The emulated board's multi-exit firmware; frames sized for the largest activation it may send."""
     sources = [workdir / f"stage{i}_infer.c" for i in range(1, len(staged) + 1)] + [workdir / "stages_arena.c"]
     write_stage_c(staged.models, workdir)  # from the stages themselves, as `bisup hil` does for one model
     (workdir / "stages_config.h").write_text(config_header(staged, chosen))
-    (workdir / "hil_config.h").write_text(hil.config_header(f"qemu-{machine}-stages", timeout_ms, retries))
+    (workdir / "hil_config.h").write_text(target.config_header(f"qemu-{machine}-stages", timeout_ms, retries))
     table = staged.table
     largest = max([int(np.prod(table.stages[0].input["shape"]))]
                   + [s.activation["bytes"] for s in table.stages if s.activation])
     max_body = max(1024, p.HEADER.size + p.SPLIT_FIXED.size + largest)
-    main = [hil.firmware_dir(machine) / "main_stages.c", hil.C_LIBRARY / "bisup_exits.c"]
-    return hil.compile_firmware(machine, workdir, main + sources, max_body, [])
+    main = [target.firmware_dir(machine) / "main_stages.c", target.C_LIBRARY / "bisup_exits.c"]
+    return target.compile_firmware(machine, workdir, main + sources, max_body, [])
 
 
-def _per_stage(profiles: dict[int, tuple[int, ...]], n: int, machine: hil.Machine | None, macs: list[int]) -> list:
+def _per_stage(profiles: dict[int, tuple[int, ...]], n: int, machine: target.Machine | None, macs: list[int]) -> list:
     """Cycles per stage (median over the inputs that ran it); emulated, also instructions and per MAC."""
     rows = []
     for stage in range(n):
@@ -113,17 +113,17 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
         progress: Progress = lambda message: None) -> hil.HilReport:
     """Feed ``x`` to the multi-exit board (``port_url``, flashed with the stages) or QEMU (``machine``) while
     serving the tails; return the report."""
-    board = hil.emulated(machine) if machine is not None else None
-    o, remote_conf = multi_exit.outcomes(staged, tails, x, y)
-    o = multi_exit.with_remote_rule(o, remote_conf, np.asarray(chosen.remote_thresholds))
+    board = target.emulated(machine) if machine is not None else None
+    o, remote_conf = policy.outcomes(staged, tails, x, y)
+    o = policy.with_remote_rule(o, remote_conf, np.asarray(chosen.remote_thresholds))
     handler = RequestHandler(relay_for(staged, tails, chosen), StagedIdentity.of(staged))
     with tempfile.TemporaryDirectory(prefix="bisup-hil-stages-") as workdir, contextlib.ExitStack() as stack:
         if machine is not None:
             progress(f"building the {machine} firmware with {len(staged)} stages as generated C and the exit policy")
-            link = stack.enter_context(hil.qemu(machine, build(machine, staged, chosen, Path(workdir))))
+            link = stack.enter_context(target.qemu(machine, build(machine, staged, chosen, Path(workdir))))
         else:
-            link = stack.enter_context(hil.serial_link(port_url))
-        session = hil.HilSession(link, handler)
+            link = stack.enter_context(target.serial_link(port_url))
+        session = target.HilSession(link, handler)
         session.handshake(staged.model_hash, timeout_s)
         progress(f"board answered HELLO; feeding {len(x)} inputs")
         reports = session.feed_all(staged.quantize(x), timeout_s, progress)
@@ -132,7 +132,7 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
 
 
 def summarize(reports: list, profiles: dict[int, tuple[int, ...]], o, chosen: Policy,
-              machine: hil.Machine | None) -> dict:
+              machine: target.Machine | None) -> dict:
     """Accuracy, remote calls, the exit histogram, instructions per stage, and agreement with the policy
     applied offline to the host's TFLM outcomes (label and exit, input by input)."""
     n = o.exits
@@ -162,20 +162,6 @@ def summarize(reports: list, profiles: dict[int, tuple[int, ...]], o, chosen: Po
     }
 
 
-def table(report: dict) -> str:
-    """The human summary of a multi-exit HIL run."""
-    agreement = report["agreement_with_offline_policy"]
-    lines = [f"board {report['board']}: {report['reported']}/{report['samples']} inputs reported, accuracy "
-             f"{100 * report['accuracy']:.2f} %, remote {100 * report['remote_fraction']:.1f} %, rejected "
-             f"{100 * report['rejected_fraction']:.1f} %",
-             "exits: " + ", ".join(f"{k} {v}" for k, v in report["exit_histogram"].items()),
-             f"agreement with the policy applied offline: label {100 * agreement['label']:.1f} %, exit "
-             f"{100 * agreement['exit']:.1f} %"]
-    for row in report["stages"]:
-        cost = f"{row['instructions_p50']:,.0f} instructions ({row['instructions_per_mac']:.1f}/MAC)" \
-            if row.get("instructions_p50") else (f"{row['cycles_p50']:,.0f} cycles" if row["cycles_p50"] else "not run")
-        lines.append(f"stage {row['stage']}: {row['macs']:,} MACs, ran {row['runs']} times, {cost}")
-    return "\n".join(lines)
 
 
 def checks(report: dict) -> list[tuple[str, bool, str]]:

@@ -7,7 +7,7 @@ Installed with the package (entry point ``pytest11``), shaped like pytest-embedd
 
     def test_board_keeps_its_promise(bisup_device, bisup_bridge):
         report = bisup_device.run(x_test, y_test)
-        assert report["offline_agreement"] == 1.0
+        assert report.passed and report["offline_agreement"] == 1.0
         assert bisup_bridge.counts["remote"] > 0
 
 Tests that use the fixtures are skipped when no board is given.
@@ -16,9 +16,13 @@ Tests that use the fixtures are skipped when no board is given.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from bisup.hil.runner import HilReport
 
 
 def pytest_addoption(parser) -> None:
@@ -61,7 +65,7 @@ def bisup_bridge(request, bisup_bundle):
 
 @dataclass
 class BoardUnderTest:
-    """The device under test; ``run`` feeds a labelled set and returns the HIL report dict."""
+    """The device under test; ``run`` feeds a labelled set and returns the HIL report."""
 
     bundle: object
     bridge: object
@@ -69,7 +73,8 @@ class BoardUnderTest:
     emulate: str | None
     timeout_s: float
 
-    def run(self, x: np.ndarray, y: np.ndarray) -> dict:
+    def run(self, x: np.ndarray, y: np.ndarray) -> HilReport:
+        """The HIL report (a mapping of the JSON report, with ``passed`` and ``checks``)."""
         from bisup.hil import runner as hil
 
         return hil.run(self.bundle, np.asarray(x, np.float32), np.asarray(y), self.bridge, self.port, self.emulate,

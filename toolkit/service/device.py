@@ -46,27 +46,3 @@ def run(bundle_path: str | Path, data_path: str | Path, serial_url: str | None, 
         return deployment.run_device(unit, x, y)
 
 
-def table(summary: dict) -> str:
-    """The summary as the two-column table the other commands print (``--json`` keeps the dict): counts with
-    their share of the inputs, accuracy as a percentage, means rounded."""
-    inputs = summary["inputs"]
-
-    def share(count: int) -> str:
-        return f"{count:,} ({100 * count / inputs:.1f} %)" if inputs else f"{count:,}"
-
-    rows = [
-        ("inputs", f"{inputs:,}"),
-        ("answered on the device", share(summary["local"])),
-        ("relayed to the bridge", f"{share(summary['requests'])}, {summary['resends']:,} resends"),
-        ("remote answers used", f"{summary['remote']:,}"),
-        ("own label kept", f"{summary['fallback']:,} of the relayed ({summary['rejected']:,} rejected by the remote "
-                           "supervisor)"),
-        ("bad frames", f"{summary['bad_frames']:,}"),
-    ]
-    if "exits" in summary:
-        rows += [("exits", ", ".join(f"{name} {count:,}" for name, count in summary["exits"].items())),
-                 ("device MACs per input", f"{summary['mean_device_macs']:,.0f} (mean)"),
-                 ("bytes sent per input", f"{summary['mean_bytes_sent']:,.1f} (mean)")]
-    rows.append(("accuracy", f"{100 * summary['accuracy']:.2f} %" if "accuracy" in summary else "n/a (no labels)"))
-    width = max(len(key) for key, _ in rows)
-    return "\n".join(f"  {key.ljust(width)}  {value}" for key, value in rows)

@@ -1,0 +1,125 @@
+"""``bisup digits`` and ``bisup demo``: the packaged example and the end-to-end demos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from bisup.cli.common import (
+    main,
+    progress,
+    quiet_tensorflow,
+    warn_caveats,
+)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--epochs", default=40, show_default=True, help="Training epochs for the local CNN.")
+@click.option("--seed", default=0, show_default=True, help="Seed for splits and training.")
+@click.option("--remote-epochs", default=40, show_default=True,
+              help="Training epochs for the larger remote CNN (remote.keras); 0 skips it.")
+def digits(out_dir: Path, epochs: int, seed: int, remote_epochs: int) -> None:
+    """Train the example CNNs on scikit-learn's digits: digits.keras (the local model, for export),
+    remote.keras (the big remote model, for calibrate, bridge and hil), and calib/val/test/holdout .npz."""
+    quiet_tensorflow()
+    from bisup.examples.digits import write_example
+
+    paths = write_example(out_dir, epochs=epochs, seed=seed, progress=lambda m: click.echo(f"bisup: {m}", err=True),
+                          remote_epochs=remote_epochs or None)
+    for name, path in paths.items():
+        click.echo(f"{name}: {path}")
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the exported model, thresholds and plot go (default: the cache folder's demo/).")
+@click.option("--board", default="nrf52840", show_default=True, help="Board to export the local model for.")
+@click.option("--max-remote-fraction", default=0.3, show_default=True, help="Remote-call budget for calibration.")
+@click.option("--max-reject", default=0.005, show_default=True, help="Most inputs the remote supervisor may reject.")
+@click.option("--seed", default=0, show_default=True, help="Seed for splits and training.")
+@click.option("--retrain", is_flag=True, help="Train the models again instead of using the cache.")
+@click.option("--exits", "with_exits", is_flag=True,
+              help="SPINN/EENet instead: early exits on the remote CNN, split computing, learned exit policy.")
+@click.option("--max-device-fraction", default=0.6, show_default=True,
+              help="--exits: average device cost budget, as a fraction of the whole network's MACs.")
+@click.option("--flywheel", "with_flywheel", is_flag=True,
+              help="The data flywheel instead: a drifted stream through the bridge with the drift alarm and "
+                   "--collect, then `bisup retrain` on what was collected, before and after on held-out data.")
+@click.option("--target-accuracy", default=0.92, show_default=True,
+              help="--flywheel: both models are calibrated to the fewest remote calls reaching this accuracy.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]} instead of the table.')
+def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_exits, max_device_fraction,
+         with_flywheel, target_accuracy, as_json) -> None:
+    """Run BiSupervised end to end on scikit-learn's digits: no server, board or download needed.
+
+    Trains (once, then cached in $BISUP_CACHE or ~/.cache/bisup) a small local CNN and a larger remote
+    CNN, exports the local one, calibrates both supervisors on the validation split, and sends the test
+    split through the device decision (int8, TFLM) and the relay (remote model + remote supervisor).
+
+    With --exits: three early exits on the remote CNN, one int8 stage per exit for the board, exit
+    policies calibrated for --max-device-fraction and --max-remote-fraction (default 0.4 here), and the
+    test split through a multi-exit virtual device that relays raw inputs (INFER) or activations (SPLIT).
+
+    With --flywheel: the deployed model meets rotated, noised digits; the drift alarm fires, the
+    bridge collects the relayed inputs with the remote's answers, and `bisup retrain` fine-tunes on
+    them and compares before and after on held-out shifted digits.
+    """
+    quiet_tensorflow()
+    if with_flywheel:
+        _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, as_json)
+        return
+    if with_exits:
+        _demo_exits(out_dir, board, max_device_fraction, max_remote_fraction, max_reject, seed, retrain, as_json)
+        return
+    from bisup.boards import load_board
+    from bisup.cli.tables import remote_threshold_text, rows_table
+    from bisup.converters.artefacts import ExportReport
+    from bisup.examples import demo as demo_run
+
+    profile = load_board(board)
+    result = demo_run.run(out_dir, seed, board, max_remote_fraction, max_reject, retrain=retrain, progress=progress)
+    warn_caveats(profile.name, ExportReport.read(Path(result["out_dir"]) / "report.json"))
+    if as_json:
+        click.echo(json.dumps({"rows": result["rows"]}, indent=2))
+    else:
+        click.echo(rows_table(result["rows"]))
+        chosen = result["thresholds"]
+        click.echo(f"\nlocal threshold int8 {chosen.local.threshold_int8}, remote threshold "
+                   f"{remote_threshold_text(chosen)}; artefacts in {result['out_dir']}")
+
+
+def _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, as_json) -> None:
+    from bisup.cli.tables import retrain_table
+    from bisup.examples import demo_flywheel
+
+    result = demo_flywheel.run(out_dir, seed, board, max_remote_fraction, target_accuracy, progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for name, what in (("iid", "clean test"), ("stream", "drifted")):
+        field = result[name]
+        click.echo(f"{what} stream: {field['inputs']} inputs, {field['relayed']} relayed "
+                   f"({field['relayed'] / field['inputs']:.1%}; calibrated {field['calibrated_remote_fraction']:.1%}),"
+                   f" drift alarm {'FIRED' if field['drift_alarm'] else 'quiet'}, {field['collected']} collected")
+    click.echo()
+    click.echo(retrain_table(result["retrain"]))
+
+
+def _demo_exits(out_dir, board, max_device_fraction, max_remote_fraction, max_reject, seed, retrain, as_json):
+    from bisup.cli.tables import exit_rows_table, stages_table
+    from bisup.examples import demo_exits
+
+    remote_budget = max_remote_fraction if click.get_current_context().get_parameter_source(
+        "max_remote_fraction").name != "DEFAULT" else 0.4
+    result = demo_exits.run(out_dir, seed, board, max_device_fraction, remote_budget, max_reject, retrain, progress)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+        return
+    click.echo(stages_table(result["table"]))
+    click.echo()
+    click.echo(exit_rows_table(result["rows"]))
+    click.echo(f"\ndevice budget {result['device_budget_macs']:,.0f} MACs ({max_device_fraction:.0%} of "
+               f"{result['full_macs']:,}), remote budget {remote_budget:.0%}; artefacts in {result['out_dir']}")
