@@ -11,4 +11,7 @@ Modules, one job each:
 - ``fidelity``: float vs int8 accuracy, TFLM vs LiteRT agreement, supervisor AUROC.
 - ``caveats``: checks for known kernel caveats of boards.
 - ``c_arrays``: ``model_data.h``/``.cc`` with aligned arrays and the generated op resolver.
+- ``engine``: bisup's interpreter-free C (``model_infer.c``), byte-exact with TFLM; ``latency`` its estimate.
+- ``artefacts``: every file one stage writes for another (thresholds, report, manifest, policy), versioned.
+- ``exits``, ``exits_stages``: multi-exit models (exit heads, cuts) and their cut into stage models.
 """

@@ -131,11 +131,13 @@ def exit_names(multi: keras.Model) -> list[str]:
 
 
 def cuts(multi: keras.Model) -> list[str]:
-    """The layer each exit reads (its cut), in depth order."""
+    """The layer each exit reads (its cut), in depth order: the layer whose output tensor is the exit head's
+    input (found through the public ``layer.output``, not Keras's private tensor history)."""
+    producers = {id(layer.output): layer.name for layer in multi.layers}
     names = []
     for index in range(1, len(exit_names(multi))):
         first = next(layer for layer in multi.layers if layer.name.startswith(f"bisup_exit{index}_"))
-        names.append(first.input._keras_history.operation.name)
+        names.append(producers[id(first.input)])
     return names
 
 

@@ -1,4 +1,8 @@
-"""Wire protocol, host bridge (serial, MQTT), remote-model backends and the C device library.
+"""``bisup.firmware_bridge``: everything a device and the host's bridge share, without TensorFlow.
 
-Populated by the protocol and bridge work; it never imports ``toolkit``.
+The wire protocol (``protocol``, ``framing``, ``golden``; PROTOCOL.md), the bridge (``handler``, ``relay``,
+``serial_bridge``, ``mqtt_bridge``, ``resilience``), remote models (``remotes``, ``remote_registry``,
+``net_remotes``), bundles and model images (``bundle``, ``image``), the virtual devices (``virtual_device``,
+``exits_device``) and what a bridge observes (``events``, ``metrics``, ``drift``, ``collect``); ``c/`` is the
+C device library. It imports only TensorFlow-free parts of ``bisup.converters``, and never the toolkit.
 """

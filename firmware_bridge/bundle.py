@@ -33,7 +33,6 @@ from bisup.firmware_bridge.relay import InputQuantization, RemoteSupervisor
 if TYPE_CHECKING:  # cryptography loads only where a key is used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-MEMBERS = ("model.tflite", "thresholds.json", "labels.json", "input.json", "report.json")
 
 
 class BundleError(BisupError, ValueError):

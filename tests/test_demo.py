@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def test_bisupervised_saves_calls_at_remote_accuracy(demo_run):
     result, messages, _ = demo_run
-    rows = {r["name"]: r for r in result["rows"]}
+    rows = {r["name"]: r for r in result.rows}
     assert list(rows) == ["local-only", "remote-only", "bisupervised"]
     bisup, remote = rows["bisupervised"], rows["remote-only"]
     assert bisup["remote_fraction"] <= 0.4 * remote["remote_fraction"]
@@ -32,19 +32,19 @@ def test_bisupervised_saves_calls_at_remote_accuracy(demo_run):
 def test_path_answers_equal_the_offline_decisions(demo_run):
     """The serial path (virtual device, pty, bridge) and the offline scoring agree sample for sample."""
     result, _, cache = demo_run
-    local = demo.LocalModel(f"{result['out_dir']}/model.tflite")
+    local = demo.LocalModel(f"{result.out_dir}/model.tflite")
     x, y = digits.splits(0)["test"]
     remote = demo.open_remote(cache / f"{demo.MODEL_VERSION}-seed0" / "remote.keras")
-    chosen = result["thresholds"]
+    chosen = result.thresholds
     o, _ = calibrate.outcomes(local, remote, "max-softmax", x, y)
     r = chosen.remote.threshold
     label, relayed, rejected = thresholds.answers(o, chosen.local.threshold_int8, r)
     relay = demo.Relay(remote, demo.RemoteSupervisor("max-softmax", r), local.quantization)
-    answers = demo.through_the_path(local, demo.Bundle.load(result["out_dir"]), relay, x)
+    answers = demo.through_the_path(local, demo.Bundle.load(result.out_dir), relay, x)
     assert [a.label for a in answers] == label.tolist()
     assert [a.source is not Source.LOCAL for a in answers] == relayed.tolist()
     assert [a.rejected for a in answers] == rejected.tolist()
-    bisup = next(r for r in result["rows"] if r["name"] == "bisupervised")
+    bisup = next(r for r in result.rows if r["name"] == "bisupervised")
     assert bisup["accuracy"] == pytest.approx(float((label == y).mean()))
 
 

@@ -32,7 +32,7 @@ def hil_setup(demo_run, tmp_path_factory):
     result, _, cache = demo_run
     out = tmp_path_factory.mktemp("hil")
     for name in ("model.tflite", "report.json", "test.npz"):
-        shutil.copy(f"{result['out_dir']}/{name}", out / name)
+        shutil.copy(f"{result.out_dir}/{name}", out / name)
     remote_path = cache / "digits-v1-seed0" / "remote.keras"
     calibration = calibrate.calibrate(out / "model.tflite", open_remote(remote_path), out / "test.npz",
                                       calibrate.Mode("budget", 0.3))

@@ -15,6 +15,7 @@ from bisup.cli.common import (
     progress,
     quiet_tensorflow,
 )
+from bisup.converters.scores import KINDS
 
 
 @main.command("calibrate")
@@ -46,7 +47,7 @@ from bisup.cli.common import (
 @click.option("--remote-target-accuracy", type=float,
               help="Remote supervisor instead: lowest threshold whose accepted remote answers reach this accuracy.")
 @click.option("--remote-supervisor", default="max-softmax", show_default=True,
-              type=click.Choice(["max-softmax", "margin", "entropy", "deepgini"]))
+              type=click.Choice(KINDS))
 @click.option("--price-per-call", type=float, default=1.0, show_default=True, help="Cost of one remote call.")
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="Added latency of one remote call.")
 @click.option("--max-device-fraction", type=float,
@@ -58,9 +59,12 @@ from bisup.cli.common import (
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for thresholds.json and tradeoff.png (multi-exit: policy.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print thresholds.json instead of the table.")
-def calibrate_command(local_path, remote, data_path, max_remote_fraction, target_accuracy, max_local_error, delta,
-                      risk_procedure, max_reject, remote_target_accuracy, remote_supervisor, max_device_fraction,
-                      bandwidth_kbps, cloud_gmacs, out_dir, price_per_call, latency_ms, as_json) -> None:
+def calibrate_command(local_path: Path, remote: str, data_path: Path, max_remote_fraction: float | None,
+                      target_accuracy: float | None, max_local_error: float | None, delta: float | None,
+                      risk_procedure: str, max_reject: float, remote_target_accuracy: float | None,
+                      remote_supervisor: str, max_device_fraction: float | None, bandwidth_kbps: float,
+                      cloud_gmacs: float, out_dir: Path, price_per_call: float, latency_ms: float,
+                      as_json: bool) -> None:
     """Choose the local (int8) and remote supervisor thresholds on a validation set.
 
     Writes thresholds.json (the local threshold in the int8 units the firmware compares, the remote

@@ -9,11 +9,17 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bisup.converters.errors import BisupError
+
+if TYPE_CHECKING:
+    from bisup.converters.artefacts import ExportReport
+    from bisup.firmware_bridge.mqtt_link import Broker
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -45,7 +51,7 @@ class BisupGroup(click.Group):
             sys.exit(EXIT_INTERNAL)
 
 
-def trusted(command):
+def trusted(command: Callable[..., None]) -> Callable[..., None]:
     """Add ``--trust PUBKEY``: within the command, only bundles signed by one of these keys are read."""
 
     @click.option("--trust", "trust", multiple=True, envvar="BISUP_TRUST",
@@ -53,7 +59,7 @@ def trusted(command):
                   help="Ed25519 public key (NAME.pub of `bisup keygen`); repeat for several. Unsigned bundles, "
                        "build folders and bundles signed by another key are refused. Also $BISUP_TRUST.")
     @functools.wraps(command)
-    def wrapper(*args, trust: tuple[Path, ...] = (), **kwargs):
+    def wrapper(*args: object, trust: tuple[Path, ...] = (), **kwargs: object) -> None:
         if not trust:
             return command(*args, **kwargs)
         from bisup.firmware_bridge.bundle import load_public_key, trusting
@@ -123,7 +129,7 @@ def progress(message: str) -> None:
     click.echo(f"bisup: {message}", err=True)
 
 
-def mqtt_options(command):
+def mqtt_options(command: Callable[..., None]) -> Callable[..., None]:
     """Broker options shared by `bisup bridge` and `bisup device`."""
     for option in reversed([
         click.option("--mqtt", "mqtt_url", help="Broker URL: mqtt://host:1883 or mqtts://host:8883."),
@@ -137,14 +143,14 @@ def mqtt_options(command):
     return command
 
 
-def mqtt_broker(mqtt_url, tls_ca, username, password_file):
+def mqtt_broker(mqtt_url: str, tls_ca: Path | None, username: str | None, password_file: Path | None) -> Broker:
     from bisup.firmware_bridge.mqtt_link import Broker
 
     password = password_file.read_text().strip() if password_file else None
     return Broker.from_url(mqtt_url, username, password, tls_ca)
 
 
-def one_transport(serial_url, mqtt_url) -> None:
+def one_transport(serial_url: str | None, mqtt_url: str | None) -> None:
     if (serial_url is None) == (mqtt_url is None):
         raise click.UsageError("give exactly one of --serial and --mqtt")
 
@@ -170,7 +176,7 @@ RISK_HELP = (
 )
 
 
-def warn_caveats(board: str, report) -> None:
+def warn_caveats(board: str, report: ExportReport) -> None:
     """A board's known kernel problems that this model hits, one line each (export and demo alike)."""
     for caveat in report.caveats:
         if caveat["severity"] == "warning":

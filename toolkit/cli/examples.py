@@ -37,7 +37,8 @@ def digits(out_dir: Path, epochs: int, seed: int, remote_epochs: int) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the exported model, thresholds and plot go (default: the cache folder's demo/).")
 @click.option("--board", default="nrf52840", show_default=True, help="Board to export the local model for.")
-@click.option("--max-remote-fraction", default=0.3, show_default=True, help="Remote-call budget for calibration.")
+@click.option("--max-remote-fraction", type=float, default=None,
+              help="Remote-call budget for calibration [default: 0.3; 0.4 with --exits].")
 @click.option("--max-reject", default=0.005, show_default=True, help="Most inputs the remote supervisor may reject.")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits and training.")
 @click.option("--retrain", is_flag=True, help="Train the models again instead of using the cache.")
@@ -51,8 +52,9 @@ def digits(out_dir: Path, epochs: int, seed: int, remote_epochs: int) -> None:
 @click.option("--target-accuracy", default=0.92, show_default=True,
               help="--flywheel: both models are calibrated to the fewest remote calls reaching this accuracy.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]} instead of the table.')
-def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_exits, max_device_fraction,
-         with_flywheel, target_accuracy, as_json) -> None:
+def demo(out_dir: Path | None, board: str, max_remote_fraction: float | None, max_reject: float, seed: int,
+         retrain: bool, with_exits: bool, max_device_fraction: float, with_flywheel: bool, target_accuracy: float,
+         as_json: bool) -> None:
     """Run BiSupervised end to end on scikit-learn's digits: no server, board or download needed.
 
     Trains (once, then cached in $BISUP_CACHE or ~/.cache/bisup) a small local CNN and a larger remote
@@ -69,10 +71,12 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_ex
     """
     quiet_tensorflow()
     if with_flywheel:
-        _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, as_json)
+        _demo_flywheel(out_dir, board, 0.3 if max_remote_fraction is None else max_remote_fraction, seed,
+                       target_accuracy, as_json)
         return
     if with_exits:
-        _demo_exits(out_dir, board, max_device_fraction, max_remote_fraction, max_reject, seed, retrain, as_json)
+        _demo_exits(out_dir, board, max_device_fraction, 0.4 if max_remote_fraction is None else max_remote_fraction,
+                    max_reject, seed, retrain, as_json)
         return
     from bisup.boards import load_board
     from bisup.cli.tables import remote_threshold_text, rows_table
@@ -80,18 +84,20 @@ def demo(out_dir, board, max_remote_fraction, max_reject, seed, retrain, with_ex
     from bisup.examples import demo as demo_run
 
     profile = load_board(board)
-    result = demo_run.run(out_dir, seed, board, max_remote_fraction, max_reject, retrain=retrain, progress=progress)
-    warn_caveats(profile.name, ExportReport.read(Path(result["out_dir"]) / "report.json"))
+    budget = 0.3 if max_remote_fraction is None else max_remote_fraction
+    result = demo_run.run(out_dir, seed, board, budget, max_reject, retrain=retrain, progress=progress)
+    warn_caveats(profile.name, ExportReport.read(result.out_dir / "report.json"))
     if as_json:
-        click.echo(json.dumps({"rows": result["rows"]}, indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        click.echo(rows_table(result["rows"]))
-        chosen = result["thresholds"]
+        click.echo(rows_table(result.rows))
+        chosen = result.thresholds
         click.echo(f"\nlocal threshold int8 {chosen.local.threshold_int8}, remote threshold "
-                   f"{remote_threshold_text(chosen)}; artefacts in {result['out_dir']}")
+                   f"{remote_threshold_text(chosen)}; artefacts in {result.out_dir}")
 
 
-def _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, as_json) -> None:
+def _demo_flywheel(out_dir: Path, board: str, max_remote_fraction: float, seed: int, target_accuracy: float,
+                   as_json: bool) -> None:
     from bisup.cli.tables import retrain_table
     from bisup.examples import demo_flywheel
 
@@ -108,13 +114,13 @@ def _demo_flywheel(out_dir, board, max_remote_fraction, seed, target_accuracy, a
     click.echo(retrain_table(result["retrain"]))
 
 
-def _demo_exits(out_dir, board, max_device_fraction, max_remote_fraction, max_reject, seed, retrain, as_json):
+def _demo_exits(out_dir: Path, board: str, max_device_fraction: float, max_remote_fraction: float, max_reject: float,
+                seed: int, retrain: bool, as_json: bool) -> None:
     from bisup.cli.tables import exit_rows_table, stages_table
     from bisup.examples import demo_exits
 
-    remote_budget = max_remote_fraction if click.get_current_context().get_parameter_source(
-        "max_remote_fraction").name != "DEFAULT" else 0.4
-    result = demo_exits.run(out_dir, seed, board, max_device_fraction, remote_budget, max_reject, retrain, progress)
+    result = demo_exits.run(out_dir, seed, board, max_device_fraction, max_remote_fraction, max_reject, retrain,
+                            progress)
     if as_json:
         click.echo(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
         return
@@ -122,4 +128,4 @@ def _demo_exits(out_dir, board, max_device_fraction, max_remote_fraction, max_re
     click.echo()
     click.echo(exit_rows_table(result["rows"]))
     click.echo(f"\ndevice budget {result['device_budget_macs']:,.0f} MACs ({max_device_fraction:.0%} of "
-               f"{result['full_macs']:,}), remote budget {remote_budget:.0%}; artefacts in {result['out_dir']}")
+               f"{result['full_macs']:,}), remote budget {max_remote_fraction:.0%}; artefacts in {result['out_dir']}")

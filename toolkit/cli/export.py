@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,10 @@ from bisup.cli.common import (
     trusted,
     warn_caveats,
 )
+from bisup.converters.scores import KINDS
+
+if TYPE_CHECKING:
+    from bisup.converters.artefacts import BoardProfile
 
 
 @main.command()
@@ -44,7 +49,7 @@ def boards(as_json: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Output folder for model.tflite, model_data.h/.cc and report.json.")
 @click.option("--supervisor", default="max-softmax", show_default=True,
-              help="max-softmax, margin, entropy, deepgini, or your own Keras layer as module:Class or file.py:Class.")
+              help=f"{', '.join(KINDS)}, or your own Keras layer as module:Class or file.py:Class.")
 @click.option("--eval", "eval_path", type=click.Path(path_type=Path),
               help="Labelled .npz for the accuracy figures (default: the calibration set).")
 @click.option("--temperature", type=float, default=None,
@@ -94,7 +99,8 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
         raise exporter.DoesNotFit(f"model does not fit {profile.name}: {'; '.join(result.fit_problems)}")
 
 
-def _export_stages(model, calib, profile, out_dir, supervisor, eval_path, as_json) -> None:
+def _export_stages(model: Path, calib: Path, profile: BoardProfile, out_dir: Path, supervisor: str,
+                   eval_path: Path | None, as_json: bool) -> None:
     """A multi-exit model (from `bisup exits`): one stage per exit, the stage table, and the fit verdict."""
     from bisup.cli.tables import stages_table
     from bisup.converters.artefacts import dumps
@@ -155,7 +161,8 @@ def exits(model: Path, at: str, train_path: Path, out_dir: Path, epochs: int, jo
                    "--trust NAME.pub then accept only bundles signed with it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @trusted
-def bundle_command(build_dir, out, labels, verify_path, sign_key, as_json) -> None:
+def bundle_command(build_dir: Path | None, out: Path | None, labels: Path | None, verify_path: Path | None,
+                   sign_key: Path | None, as_json: bool) -> None:
     """Pack BUILD_DIR (model.tflite, thresholds.json, report.json) into a versioned .bisup archive.
 
     The manifest records the SHA-256 and size of every member and the toolkit version; --verify checks

@@ -24,7 +24,8 @@ from bisup.cli.common import (
               help="Also save the images (and partitions.csv) here, e.g. for flashing by hand.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @trusted
-def flash(bundle_path, board, port, probe, baud, dry_run, out_dir, as_json) -> None:
+def flash(bundle_path: Path, board: str | None, port: str | None, probe: str | None, baud: int, dry_run: bool,
+          out_dir: Path | None, as_json: bool) -> None:
     """Write a bundle's model image to a board, so a new model needs no firmware rebuild.
 
     The image is a 64-byte header (model size, int8 threshold, SHA-256) and the model. ESP32 boards

@@ -48,9 +48,10 @@ from bisup.cli.common import (
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for retrained.keras, before/ and after/ (exports, thresholds) and retrained.bisup.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
-def retrain(model_path, train_path, collected_dir, data_path, remote, test_path, board, max_remote_fraction,
-            target_accuracy, max_local_error, delta, max_reject, epochs, learning_rate, distill, include_rejected,
-            seed, out_dir, as_json) -> None:
+def retrain(model_path: Path, train_path: Path, collected_dir: Path, data_path: Path, remote: str,
+            test_path: Path | None, board: str, max_remote_fraction: float | None, target_accuracy: float | None,
+            max_local_error: float | None, delta: float | None, max_reject: float, epochs: int, learning_rate: float,
+            distill: bool, include_rejected: bool, seed: int, out_dir: Path, as_json: bool) -> None:
     """Fine-tune the local model on what the bridge collected, and compare before and after.
 
     \b
@@ -81,7 +82,9 @@ def retrain(model_path, train_path, collected_dir, data_path, remote, test_path,
     from bisup.cli.tables import retrain_table
     from bisup.flywheel import retrain as flywheel
 
-    plan = flywheel.Plan(model_path, train_path, collected_dir, data_path, remote, board, out_dir, mode, test_path,
-                         RemoteRule(max_reject=max_reject), epochs, learning_rate, distill, include_rejected, seed)
+    plan = flywheel.Plan(model=model_path, train=train_path, collected=collected_dir, data=data_path, remote=remote,
+                         board=board, out=out_dir, mode=mode, test=test_path, rule=RemoteRule(max_reject=max_reject),
+                         epochs=epochs, learning_rate=learning_rate, distill=distill,
+                         include_rejected=include_rejected, seed=seed)
     result = flywheel.retrain(plan, progress)
-    click.echo(json.dumps(result, indent=2) if as_json else retrain_table(result))
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else retrain_table(result.to_json()))

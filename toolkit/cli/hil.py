@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +19,9 @@ from bisup.cli.common import (
     trusted,
 )
 from bisup.converters.errors import BisupError
+
+if TYPE_CHECKING:
+    from bisup.hil.runner import HilReport
 
 
 @main.command()
@@ -39,8 +43,9 @@ from bisup.converters.errors import BisupError
                    "so a busy machine needs no larger value.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @trusted
-def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_path, junit_path, timeout,
-        as_json) -> None:
+def hil(port_url: str | None, emulate: str | None, bundle_path: Path, data_path: Path, remote: str,
+        policy_path: Path | None, report_path: Path | None, junit_path: Path | None, timeout: float,
+        as_json: bool) -> None:
     """Hardware-in-the-loop: run a labelled set through a board (or QEMU) and the bridge.
 
     The host feeds each input; the board infers, decides with its int8 threshold, asks the bridge when
@@ -73,7 +78,8 @@ def hil(port_url, emulate, bundle_path, data_path, remote, policy_path, report_p
         raise click.ClickException("HIL checks failed; see the report")
 
 
-def _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, timeout):
+def _hil_run(port_url: str | None, emulate: str | None, bundle_path: Path, data_path: Path, remote: str,
+             policy_path: Path | None, timeout: float) -> HilReport:
     """Check the inputs, open the deployment once and run the set on the board."""
     from bisup.deployment import open_deployment
 

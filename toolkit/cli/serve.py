@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -68,10 +69,12 @@ from bisup.cli.common import (
 @click.option("--collect-max-mb", default=1024.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Stop collecting (and say so) once the --collect folder holds this much.")
 @trusted
-def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle_dir, baud, json_log, wait, workers,
-           threads, group, worker_name, session_expiry, max_batch, max_delay_ms, device_wait_ms, deadline_ms,
-           breaker_failures, breaker_cooldown, metrics_port, metrics_addr, drift_window, collect_dir,
-           collect_max_mb) -> None:
+def bridge(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, username: str | None,
+           password_file: Path | None, remote: str, bundle_dir: Path, baud: int, json_log: Path | None, wait: bool,
+           workers: int, threads: int, group: str, worker_name: str | None, session_expiry: int, max_batch: int,
+           max_delay_ms: float, device_wait_ms: float, deadline_ms: float | None, breaker_failures: int,
+           breaker_cooldown: float, metrics_port: int | None, metrics_addr: str, drift_window: int,
+           collect_dir: Path | None, collect_max_mb: float) -> None:
     """Serve devices: relay unsure inputs to the remote model and supervise the answers.
 
     \b
@@ -130,8 +133,9 @@ def bridge(serial_url, mqtt_url, tls_ca, username, password_file, remote, bundle
 @click.option("--hello-timeout", default=10.0, show_default=True, help="Seconds to wait for the bridge's HELLO.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @trusted
-def device(serial_url, mqtt_url, tls_ca, username, password_file, bundle_dir, data_path, device_id, timeout_ms,
-           retries, hello_timeout, as_json) -> None:
+def device(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, username: str | None,
+           password_file: Path | None, bundle_dir: Path, data_path: Path, device_id: str, timeout_ms: int, retries: int,
+           hello_timeout: float, as_json: bool) -> None:
     """Be a device without a board: run the bundle's model in TFLM, decide with the int8 threshold,
     and relay unsure inputs to a `bisup bridge` over a serial link (--serial) or MQTT (--mqtt)."""
     one_transport(serial_url, mqtt_url)
@@ -146,7 +150,7 @@ def device(serial_url, mqtt_url, tls_ca, username, password_file, bundle_dir, da
     click.echo(json.dumps(summary) if as_json else device_table(summary))
 
 
-def _interrupt(signum, frame) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
@@ -165,7 +169,8 @@ def _interrupt(signum, frame) -> None:
 @click.option("--remote", default="build/remote.keras", show_default=True,
               help="Remote model named in the printed bridge command.")
 @click.option("--data", default="build/test.npz", show_default=True, help="Data named in the printed device commands.")
-def broker(port, secure, devices, workdir, bundle, remote, data) -> None:
+def broker(port: int | None, secure: bool, devices: tuple[str, ...], workdir: Path | None, bundle: str, remote: str,
+           data: str) -> None:
     """Start a local mosquitto with a generated config, for trying the MQTT bridge (Ctrl-C stops it).
 
     \b

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from bisup import training
 from bisup.boards import load_board
 from bisup.calibration import single as calibrate
 from bisup.calibration.thresholds import DEFAULT_COST, CostModel, RemoteRule, figures
+from bisup.converters.artefacts import Thresholds
 from bisup.converters.runners import dequantize
 from bisup.examples import digits
 from bisup.export import single as export
@@ -98,6 +100,23 @@ def rows(local: LocalModel, remote: RemoteModel, answers: list[Answer], x, y) ->
     ]
 
 
+@dataclass(frozen=True)
+class DemoResult:
+    """What `bisup demo` found: local-only, remote-only and BiSupervised on the test split, the thresholds
+    calibration chose, and the folder with the artefacts."""
+
+    rows: list[dict]
+    thresholds: Thresholds
+    out_dir: Path
+
+    def row(self, name: str) -> dict:
+        return next(r for r in self.rows if r["name"] == name)
+
+    def to_json(self) -> dict:
+        """What ``bisup demo --json`` prints."""
+        return {"rows": self.rows}
+
+
 def run(
     out_dir: Path | None = None,
     seed: int = 0,
@@ -107,8 +126,9 @@ def run(
     cost: CostModel = DEFAULT_COST,
     retrain: bool = False,
     progress: Progress = lambda message: None,
-) -> dict:
-    """Run the demo; return ``{"rows": [...], "thresholds": {...}, "out_dir": ...}``."""
+) -> DemoResult:
+    """Run the demo: train (or reuse the cached models), export, calibrate, and send the test split through a
+    virtual device, a pty and the serial bridge."""
     cache = cache_root()
     out = out_dir or cache / "demo"
     out.mkdir(parents=True, exist_ok=True)
@@ -131,5 +151,4 @@ def run(
     x_test, y_test = parts["test"]
     progress(f"sending {len(y_test)} test inputs from a virtual device over a pty through the serial bridge")
     answers = through_the_path(local, Bundle.load(out), relay, x_test)
-    return {"rows": rows(local, remote, answers, x_test, y_test), "thresholds": result.thresholds(),
-            "out_dir": str(out)}
+    return DemoResult(rows(local, remote, answers, x_test, y_test), result.thresholds(), out)

@@ -130,7 +130,9 @@ def run(out_dir: Path | None, seed: int, board: str, budget: float, target_accur
     iid = stream(bundle, remote_path, parts["test"][0], None, progress)
     progress(f"streaming {len(x_stream)} rotated, noised digits through the device and the bridge")
     field = stream(bundle, remote_path, x_stream, collected, progress)
-    plan = retrain.Plan(local_keras, paths["train"], collected, paths["shifted_val"], str(remote_path), board,
-                        out / "retrained", calibrate.Mode("target", target_accuracy), paths["shifted_test"],
-                        RemoteRule(max_reject=0.005), distill=True, seed=seed)
-    return {"iid": iid, "stream": field, "retrain": retrain.retrain(plan, progress), "out_dir": str(out)}
+    plan = retrain.Plan(model=local_keras, train=paths["train"], collected=collected, data=paths["shifted_val"],
+                        remote=str(remote_path), board=board, out=out / "retrained",
+                        mode=calibrate.Mode("target", target_accuracy), test=paths["shifted_test"],
+                        rule=RemoteRule(max_reject=0.005), distill=True, seed=seed)
+    return {"iid": iid, "stream": field, "retrain": retrain.retrain(plan, progress).to_json(),
+            "out_dir": str(out)}

@@ -37,7 +37,7 @@ class RetrainError(BisupError, ValueError):
     """Collected data or a model that cannot be retrained together; the message says what to fix."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     """What ``bisup retrain`` was given (see its --help)."""
 
@@ -146,7 +146,28 @@ def _matched(before: Side, after: thresholds.Outcomes, rule: thresholds.RemoteRu
     return {"accuracy": point.accuracy, "remote_fraction": point.remote_fraction}
 
 
-def retrain(plan: Plan, progress: Progress) -> dict:
+@dataclass(frozen=True)
+class RetrainResult:
+    """One turn of the flywheel: the model before and after (each exported, calibrated and measured), the new
+    bundle, and how many collected inputs it learned from."""
+
+    collected: int  # relayed inputs the bridge kept
+    trained_on: int  # of them, those the remote supervisor accepted (or all, with include_rejected)
+    bundle: Path
+    model: Path
+    before: Side
+    after: Side
+    after_at_before_accuracy: dict  # the new model at the old held-out accuracy (empty without a test set)
+
+    def to_json(self) -> dict:
+        """What ``bisup retrain --json`` prints."""
+        return {"collected": self.collected, "trained_on": self.trained_on, "bundle": str(self.bundle),
+                "model": str(self.model), "after_at_before_accuracy": self.after_at_before_accuracy,
+                **{name: vars(side) | {"folder": str(side.folder)}
+                   for name, side in (("before", self.before), ("after", self.after))}}
+
+
+def retrain(plan: Plan, progress: Progress) -> RetrainResult:
     """Fine-tune, export, calibrate and bundle before and after; return both and the collected counts."""
     collected = read_collected(plan.collected)
     x_train, y_train = datasets.load_npz(plan.train)
@@ -182,6 +203,4 @@ def retrain(plan: Plan, progress: Progress) -> dict:
         progress(f"running both systems on the {len(held_out[1])} held-out inputs of {plan.test}")
         _measure(sides["before"], remote, *held_out)
         matched = _matched(sides["before"], _measure(sides["after"], remote, *held_out), plan.rule)
-    return {"collected": len(collected), "trained_on": len(x_new), "bundle": str(bundle), "model": str(tuned_path),
-            "after_at_before_accuracy": matched,
-            **{name: vars(side) | {"folder": str(side.folder)} for name, side in sides.items()}}
+    return RetrainResult(len(collected), len(x_new), bundle, tuned_path, sides["before"], sides["after"], matched)
