@@ -18,19 +18,25 @@ import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from bisup.converters.errors import BisupError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+    from numpy.typing import ArrayLike
+
 NEVER_TRUST = 128  # a local threshold above every int8 code: every input goes to the remote
+_Artefact = TypeVar("_Artefact", bound="DataclassInstance")
 
 
 class ArtefactError(BisupError, ValueError):
     """A bisup file that is missing, malformed, or of a format this bisup does not read."""
 
 
-def trusted(confidence_int8, threshold_int8: int):
+def trusted(confidence_int8: ArrayLike, threshold_int8: int):
     """The device's rule, exactly as the firmware's ``bisup_proto_trusted``: answer locally iff the int8
     confidence reaches the int8 threshold (``NEVER_TRUST`` means never)."""
     import numpy as np  # here, not at import: `bisup boards` and `--help` read artefacts without numpy
@@ -38,7 +44,7 @@ def trusted(confidence_int8, threshold_int8: int):
     return np.asarray(confidence_int8, dtype=np.int32) >= threshold_int8
 
 
-def accepted(remote_score, remote_threshold: float):
+def accepted(remote_score: ArrayLike, remote_threshold: float):
     """The remote supervisor's rule: keep the remote answer iff its score reaches the threshold."""
     import numpy as np
 
@@ -52,10 +58,10 @@ class Decision:
     threshold_int8: int
     remote_threshold: float
 
-    def trusted(self, confidence_int8):
+    def trusted(self, confidence_int8: ArrayLike):
         return trusted(confidence_int8, self.threshold_int8)
 
-    def accepted(self, remote_score):
+    def accepted(self, remote_score: ArrayLike):
         return accepted(remote_score, self.remote_threshold)
 
 
@@ -86,7 +92,7 @@ def _versioned(raw: bytes | str | dict, where: str, kind: str, current: int, rew
     return data
 
 
-def _build(cls, data: dict, where: str, **converted):
+def _build(cls: type[_Artefact], data: dict, where: str, **converted: object) -> _Artefact:
     """``cls`` from the document's fields (unknown keys are ignored; missing required ones are named)."""
     names = {f.name for f in fields(cls)}
     values = {k: v for k, v in data.items() if k in names} | converted

@@ -6,8 +6,9 @@ exporter can warn with the exact layer and number instead of a generic notice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from bisup.converters.artefacts import Caveat
 from bisup.converters.tflite_model import ModelInfo
 
 
@@ -39,7 +40,7 @@ CHECKS: dict[str, Callable[[ModelInfo], list[str]]] = {
 }
 
 
-def findings(info: ModelInfo, caveats) -> list[dict]:
+def findings(info: ModelInfo, caveats: Iterable[Caveat]) -> list[dict]:
     """One entry per caveat the model hits, with what in the model hits it."""
     hits = []
     for caveat in caveats:

@@ -85,7 +85,7 @@ def cut_tensor(model: keras.Model, name: str):
     return tensor
 
 
-def _head(tensor, classes: int, index: int):
+def _head(tensor: keras.KerasTensor, classes: int, index: int) -> keras.KerasTensor:
     x = tensor
     if len(tensor.shape) == 4:
         h, w = int(tensor.shape[1]), int(tensor.shape[2])
@@ -180,7 +180,7 @@ def train(multi: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int = 30, jo
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     @tf.function
-    def step(xb, yb):
+    def step(xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             out = multi(xb, training=True)
             teacher = tf.nn.softmax(tf.stop_gradient(out[FINAL]) / temperature)

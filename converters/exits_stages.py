@@ -69,11 +69,11 @@ class _Cut:
     outputs: dict[str, int]
 
 
-def _producers(g) -> dict[int, int]:
+def _producers(g: schema.SubGraphT) -> dict[int, int]:
     return {int(t): position for position, op in enumerate(g.operators) for t in op.outputs}
 
 
-def _closure(g, targets: list[int], boundary: int, producers: dict[int, int]) -> set[int]:
+def _closure(g: schema.SubGraphT, targets: list[int], boundary: int, producers: dict[int, int]) -> set[int]:
     """Operators needed to compute ``targets`` from ``boundary`` (and constants)."""
     needed: set[int] = set()
     stack = [t for t in targets if t != boundary]
@@ -114,7 +114,7 @@ def plan(flatbuffer: bytes) -> list[_Cut]:
     return cuts
 
 
-def _stage_model(model, cut: _Cut):
+def _stage_model(model: schema.ModelT, cut: _Cut) -> schema.ModelT:
     """A copy of ``model`` holding only the stage's operators, tensors and buffers, renumbered."""
     g = model.subgraphs[0]
     ops = [g.operators[p] for p in cut.operators]
@@ -166,7 +166,7 @@ def _signature(input_index: int, outputs: dict[str, int]):
     return signature
 
 
-def _pack(model) -> bytes:
+def _pack(model: schema.ModelT) -> bytes:
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

@@ -63,7 +63,7 @@ def _load_saved_model(path: Path) -> keras.Model:
     return keras.Model(inputs, outputs, name=path.name)
 
 
-def _is_softmax(activation) -> bool:
+def _is_softmax(activation: object) -> bool:
     return getattr(activation, "__name__", "") == "softmax"
 
 
@@ -138,7 +138,8 @@ def attach_supervisor(
     return keras.Model(inputs, {SCORES: probs, CONFIDENCE: confidence}, name="bisup_supervised")
 
 
-def supervise(supervisor: keras.layers.Layer, probs, logits, temperature: float = 1.0):
+def supervise(supervisor: keras.layers.Layer, probs: keras.KerasTensor, logits: keras.KerasTensor | None,
+              temperature: float = 1.0) -> keras.KerasTensor:
     """The supervisor's ``(batch, 1)`` confidence for one head: shared by the single-exit export and every
     exit of a multi-exit one. ``logits`` may be None (a model ending in probabilities)."""
     if temperature != 1.0:

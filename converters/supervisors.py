@@ -17,12 +17,16 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
 from bisup.converters import scores
 from bisup.converters.errors import ConversionError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 class Supervisor(keras.layers.Layer):
@@ -31,7 +35,7 @@ class Supervisor(keras.layers.Layer):
     kind = "custom"
     needs_logits = False
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, int]:
         return (input_shape[0], 1)
 
 
@@ -41,7 +45,7 @@ class MaxSoftmax(Supervisor):
 
     kind = "max-softmax"
 
-    def call(self, probs, logits=None):
+    def call(self, probs: tf.Tensor, logits: tf.Tensor | None = None) -> tf.Tensor:
         return keras.ops.max(probs, axis=-1, keepdims=True)
 
 
@@ -51,7 +55,7 @@ class Margin(Supervisor):
 
     kind = "margin"
 
-    def call(self, probs, logits=None):
+    def call(self, probs: tf.Tensor, logits: tf.Tensor | None = None) -> tf.Tensor:
         k = probs.shape[-1]
         keep = keras.ops.convert_to_tensor((1.0 - np.eye(k)).astype("float32"))
         leave_one_out = keras.ops.max(keras.ops.expand_dims(probs, 1) * keep, axis=-1)
@@ -66,7 +70,7 @@ class Entropy(Supervisor):
     kind = "entropy"
     needs_logits = True
 
-    def call(self, probs, logits=None):
+    def call(self, probs: tf.Tensor, logits: tf.Tensor | None = None) -> tf.Tensor:
         if logits is None:
             raise ConversionError("the entropy supervisor needs the model's logits")
         k = probs.shape[-1]
@@ -81,7 +85,7 @@ class DeepGini(Supervisor):
 
     kind = "deepgini"
 
-    def call(self, probs, logits=None):
+    def call(self, probs: tf.Tensor, logits: tf.Tensor | None = None) -> tf.Tensor:
         return keras.ops.sum(probs * probs, axis=-1, keepdims=True)
 
 

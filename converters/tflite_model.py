@@ -66,7 +66,7 @@ class ModelInfo:
         return self.outputs[self.output_positions[name]]
 
 
-def _opcode_name(code) -> str:
+def _opcode_name(code: schema.OperatorCodeT) -> str:
     # Schema rule: the real code is the larger of the deprecated byte and the 32-bit field.
     value = max(code.builtinCode, code.deprecatedBuiltinCode)
     if value == schema.BuiltinOperator.CUSTOM:
@@ -74,7 +74,7 @@ def _opcode_name(code) -> str:
     return _OP_NAMES.get(value, f"UNKNOWN_{value}")
 
 
-def _tensor(index: int, raw) -> Tensor:
+def _tensor(index: int, raw: schema.TensorT) -> Tensor:
     q = raw.quantization
     scales = tuple(float(s) for s in (q.scale if q is not None and q.scale is not None else ()))
     zps = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else ()))

@@ -55,7 +55,7 @@ class SinceLast:
 
 
 def _to_all(name: str):
-    def call(self: Fanout, *args) -> None:
+    def call(self: Fanout, *args: object) -> None:
         for observer in self.observers:
             getattr(observer, name)(*args)
     call.__doc__ = f"``{name}`` on every observer."

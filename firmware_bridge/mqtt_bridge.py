@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -68,13 +69,14 @@ class MqttWorker:
                 timeout_s=timeout_s)
         return self
 
-    def _subscribe(self, client, userdata, flags, reason_code, properties) -> None:
+    def _subscribe(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags | None, reason_code: ReasonCode,
+                   properties: Properties | None) -> None:
         with self._lock:  # answers in flight died with the old connection; their requests come again
             self._awaiting.clear()
             self._early.clear()
         client.subscribe(self.subscription, qos=1)  # idempotent; also restores a session the broker lost
 
-    def _dispatch(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+    def _dispatch(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.payload[1:2] in REMOTE_TYPES:
             self._pool.submit(self._serve, message)
         else:
@@ -110,7 +112,8 @@ class MqttWorker:
         if early is not None:
             self._answered(request, early, device, topic)
 
-    def _published(self, client, userdata, mid, reason_code, properties) -> None:
+    def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                   properties: Properties) -> None:
         """The broker took an answer (or refused it: an ACL, say): ack its request."""
         with self._lock:
             request = self._awaiting.pop(mid, None)
@@ -145,7 +148,7 @@ def _concrete_below(wanted: str | None, own: str) -> bool:
     return all(levels) and not any(c in wanted for c in "+#\0") and len(wanted.encode()) <= 65535
 
 
-def _reply_route(device: str, asked) -> tuple[str, Properties | None]:
+def _reply_route(device: str, asked: Properties | None) -> tuple[str, Properties | None]:
     """Where an answer goes: the device's resp topic, or a concrete MQTT 5 ResponseTopic below it (never
     another device's topic, never a filter), with the request's CorrelationData when it has one."""
     own = response_topic(device)

@@ -19,11 +19,13 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from bisup.converters.errors import BisupError
 from bisup.firmware_bridge import protocol as p
@@ -84,7 +86,7 @@ class Broker:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def _nodelay(client: mqtt.Client, userdata, sock) -> None:
+def _nodelay(client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
@@ -109,7 +111,8 @@ def connect(client: mqtt.Client, broker: Broker, clean_start: bool = True, sessi
     """Connect, start the network loop and wait for CONNACK; MqttError names the broker and the fix."""
     done, outcome = threading.Event(), {}
 
-    def on_connect(client, userdata, flags, reason_code, properties):
+    def on_connect(client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
+                   properties: Properties | None) -> None:
         outcome.setdefault("reason", reason_code)
         done.set()
 
@@ -174,7 +177,8 @@ class DeviceLink:
                                 ) from exc
             raise
 
-    def _subscribe(self, client, userdata, flags, reason_code, properties) -> None:
+    def _subscribe(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags | None, reason_code: ReasonCode,
+                   properties: Properties | None) -> None:
         client.subscribe(response_topic(self.device_id), qos=1)  # again after every reconnect
 
     def send(self, body: bytes) -> None:

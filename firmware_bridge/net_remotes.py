@@ -18,10 +18,14 @@ import re
 import socket
 import threading
 import urllib.parse
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bisup.firmware_bridge.remote_base import DEFAULT_TIMEOUT_S, RemoteError, as_probabilities
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _HINTS = {404: "check the model name and path in the URL", 503: "the model is not ready yet; retry later"}
@@ -113,7 +117,7 @@ class _RestRemote:
     def _error(self, reason: str) -> RemoteError:
         return RemoteError(f"remote {self.name}: {reason}")
 
-    def _probabilities(self, outputs, n: int, what: str) -> np.ndarray:
+    def _probabilities(self, outputs: ArrayLike, n: int, what: str) -> np.ndarray:
         """Class probabilities (n, K) from the server's outputs, which may be logits or probabilities."""
         try:
             out = np.asarray(outputs, dtype=np.float64)

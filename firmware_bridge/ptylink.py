@@ -64,7 +64,7 @@ class PtyServer:
         tty.setraw(self.slave)
         self.device_path = os.ttyname(self.slave)
 
-    def open(self, *args, **kwargs) -> PtyPort:
+    def open(self, *args: object, **kwargs: object) -> PtyPort:
         """A pyserial-style opener for ``SerialBridge``: a fresh handle on the master each time."""
         return PtyPort(os.dup(self.master))
 

@@ -12,6 +12,7 @@ import threading
 import urllib.parse
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from bisup.firmware_bridge.remote_registry import (
     register_remote,
     registered,
 )
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 __all__ = ["ACCEPTED", "DeferredRemote", "KerasRemote", "RemoteError", "RemoteModel", "RemoteSpecError",
            "TFLiteRemote", "check_remote", "open_remote", "register_remote"]
@@ -67,7 +71,7 @@ def _failed(name: str, x: np.ndarray, exc: Exception) -> RemoteError:
     return RemoteError(f"remote model {name} failed on inputs of shape {tuple(x.shape[1:])}: {reason}")
 
 
-def _single_output(outputs):
+def _single_output(outputs: tf.Tensor | dict[str, tf.Tensor]) -> tf.Tensor:
     if isinstance(outputs, dict):
         if len(outputs) != 1:
             raise RemoteError(f"remote SavedModel has outputs {sorted(outputs)}; expected one")

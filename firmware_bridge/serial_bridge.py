@@ -60,11 +60,11 @@ class SerialBridge:
         self.device = f"serial:{url}"  # replaced by the id the device gives in HELLO
         self.reopens = 0
 
-    def _reply(self, port, body: bytes | None) -> None:
+    def _reply(self, port: serial.SerialBase | PtyPort, body: bytes | None) -> None:
         if body is not None:
             port.write(framing.encode_frame(body))
 
-    def _serve(self, port, stop: threading.Event) -> None:
+    def _serve(self, port: serial.SerialBase | PtyPort, stop: threading.Event) -> None:
         reader = framing.FrameReader()
         while not stop.is_set():
             data = port.read(port.in_waiting or 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -20,6 +20,11 @@ from bisup.firmware_bridge import framing
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.device_model import LocalModel
 from bisup.firmware_bridge.relay import Answer
+
+if TYPE_CHECKING:
+    import serial
+
+    from bisup.firmware_bridge.ptylink import PtyPort
 
 
 class DeviceTimeout(BisupError, RuntimeError):
@@ -50,7 +55,7 @@ class Link(Protocol):
 class SerialLink:
     """A serial-like port (pyserial object or pty) with COBS + CRC framing."""
 
-    def __init__(self, port):
+    def __init__(self, port: serial.SerialBase | PtyPort):
         self.port, self.reader = port, framing.FrameReader()
 
     def send(self, body: bytes) -> None:

@@ -81,7 +81,8 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     return x.astype(np.float32), (y.astype(np.int64) if y is not None else None)
 
 
-def check_matches(x: np.ndarray, y: np.ndarray | None, input_shape: tuple[int, ...], num_classes: int, path) -> None:
+def check_matches(x: np.ndarray, y: np.ndarray | None, input_shape: tuple[int, ...], num_classes: int,
+                  path: str | Path) -> None:
     """Sample shape equal to the model's input shape; labels within the model's classes."""
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise DataError(
@@ -92,7 +93,7 @@ def check_matches(x: np.ndarray, y: np.ndarray | None, input_shape: tuple[int, .
         raise DataError(f"{path}: labels span {y.min()}..{y.max()} but the model has {num_classes} classes")
 
 
-def check_calibration_size(x: np.ndarray, path) -> None:
+def check_calibration_size(x: np.ndarray, path: str | Path) -> None:
     if len(x) < MIN_CALIBRATION_SAMPLES:
         raise DataError(
             f"{path} has {len(x)} samples; full-int8 calibration needs at least "

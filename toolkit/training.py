@@ -4,8 +4,12 @@ reproducible seeding and per-epoch progress lines."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 Progress = Callable[[str], None]
 
@@ -14,7 +18,7 @@ def epoch_reporter(total: int, label: str, progress: Progress):
     import keras
 
     class EpochProgress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             acc = (logs or {}).get("accuracy", float("nan"))
             progress(f"{label}: epoch {epoch + 1}/{total}, train accuracy {acc:.3f}")
 
@@ -30,7 +34,7 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def train(model, x: np.ndarray, y: np.ndarray, epochs: int, label: str, progress: Progress):
+def train(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, label: str, progress: Progress):
     """Fit with Adam on logits (call ``seed_everything`` first for a reproducible result)."""
     import keras
 

@@ -9,6 +9,7 @@ answers next to the certified bound and the target.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -18,8 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from bisup.converters.artefacts import trusted  # noqa: E402
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
-def _by_threshold(axis, calibration, points, x) -> None:
+    from bisup.calibration.single import Calibration
+    from bisup.calibration.thresholds import Point
+
+
+def _by_threshold(axis: Axes, calibration: Calibration, points: list[Point], x: list[float]) -> None:
     axis.plot(x, [p.accuracy for p in points], color="tab:blue", label="system accuracy")
     axis.axhline(calibration.baselines["remote_only_accuracy"], color="tab:blue", ls=":", lw=1,
                  label="remote-only accuracy")
@@ -40,7 +47,7 @@ def _by_threshold(axis, calibration, points, x) -> None:
     axis.set_title("against the local threshold", fontsize=9)
 
 
-def _by_remote_fraction(axis, calibration, points) -> str:
+def _by_remote_fraction(axis: Axes, calibration: Calibration, points: list[Point]) -> str:
     baselines, chosen = calibration.baselines, calibration.chosen
     axis.plot([p.remote_fraction for p in points], [p.accuracy for p in points], color="tab:blue",
               label="system (every threshold)")
@@ -64,7 +71,7 @@ def _by_remote_fraction(axis, calibration, points) -> str:
     return label
 
 
-def _risk(axis, calibration, points, x) -> None:
+def _risk(axis: Axes, calibration: Calibration, points: list[Point], x: list[float]) -> None:
     """Observed error of locally accepted answers, its certified (Clopper-Pearson) bound, and the target."""
     from bisup.calibration.thresholds import clopper_pearson_upper
 
@@ -86,7 +93,7 @@ def _risk(axis, calibration, points, x) -> None:
     axis.set_title("risk: certified against observed", fontsize=9)
 
 
-def tradeoff(calibration, path: Path) -> dict:
+def tradeoff(calibration: Calibration, path: Path) -> dict:
     """Draw ``tradeoff.png``; return what was drawn (panel titles and the chosen point's label)."""
     points = [p for p in calibration.points if p.threshold_int8 < 128]
     x = [calibration.local.threshold_float(p.threshold_int8) for p in points]

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from bisup.converters.errors import ConversionError
 from bisup.converters.runners import LiteRTRunner, TflmRunner
 from bisup.converters.runners import quantize as quantize_input
 from bisup.converters.signature import CONFIDENCE, SCORES
+
+if TYPE_CHECKING:
+    import keras
 
 Progress = Callable[[str], None]
 
@@ -63,7 +67,8 @@ def _quiet(message: str) -> None:
     """The default progress sink for library use: say nothing."""
 
 
-def _evaluate(supervised, model: bytes, info, x: np.ndarray, y, arena_bytes: int, progress: Progress) -> dict:
+def _evaluate(supervised: keras.Model, model: bytes, info: tflite_model.ModelInfo, x: np.ndarray, y: np.ndarray | None,
+              arena_bytes: int, progress: Progress) -> dict:
     progress(f"evaluating {len(x)} samples: float (Keras), int8 (TFLM oracle), int8 (LiteRT)")
     float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
     x_q = quantize_input(x, info.inputs[0])
@@ -122,7 +127,7 @@ def convert(
     return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, recommended, metrics, chosen, samples)
 
 
-def _temperature(model, calib_x: np.ndarray, kind: str) -> float:
+def _temperature(model: keras.Model, calib_x: np.ndarray, kind: str) -> float:
     source = graph.logits_source(model, calib_x[:32])
     if source is None:
         return 1.0

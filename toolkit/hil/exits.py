@@ -131,7 +131,7 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
     return hil.HilReport("exits", report, checks(report))
 
 
-def summarize(reports: list, profiles: dict[int, tuple[int, ...]], o, chosen: Policy,
+def summarize(reports: list, profiles: dict[int, tuple[int, ...]], o: policy.ExitOutcomes, chosen: Policy,
               machine: target.Machine | None) -> dict:
     """Accuracy, remote calls, the exit histogram, instructions per stage, and agreement with the policy
     applied offline to the host's TFLM outcomes (label and exit, input by input)."""

@@ -22,10 +22,12 @@ import numpy as np
 import pytest
 
 if TYPE_CHECKING:
+    from bisup.firmware_bridge.bundle import Bundle
+    from bisup.firmware_bridge.handler import RequestHandler
     from bisup.hil.runner import HilReport
 
 
-def pytest_addoption(parser) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
     from bisup.boards import emulated_names  # TOML files only: pytest loads this plugin at every start-up
 
     group = parser.getgroup("bisup", "bisup hardware-in-the-loop")
@@ -37,12 +39,12 @@ def pytest_addoption(parser) -> None:
     group.addoption("--bisup-timeout", type=float, default=10.0, help="Seconds to wait for HELLO and each report.")
 
 
-def _option(config, name: str):
+def _option(config: pytest.Config, name: str):
     return config.getoption(f"--bisup-{name}")
 
 
 @pytest.fixture(scope="session")
-def bisup_bundle(request):
+def bisup_bundle(request: pytest.FixtureRequest) -> Bundle:
     """The bundle under test (``bisup.firmware_bridge.bundle.Bundle``)."""
     from bisup.firmware_bridge.bundle import Bundle
 
@@ -55,7 +57,7 @@ def bisup_bundle(request):
 
 
 @pytest.fixture(scope="session")
-def bisup_bridge(request, bisup_bundle):
+def bisup_bridge(request: pytest.FixtureRequest, bisup_bundle: Bundle) -> RequestHandler:
     """The bridge role (``RequestHandler``): its ``counts`` say what the board asked for."""
     from bisup.firmware_bridge.remotes import open_remote
     from bisup.hil.runner import bridge_handler
@@ -82,7 +84,7 @@ class BoardUnderTest:
 
 
 @pytest.fixture
-def bisup_device(request, bisup_bundle, bisup_bridge) -> BoardUnderTest:
+def bisup_device(request: pytest.FixtureRequest, bisup_bundle: Bundle, bisup_bridge: RequestHandler) -> BoardUnderTest:
     config = request.config
     return BoardUnderTest(bisup_bundle, bisup_bridge, _option(config, "port"), _option(config, "emulate"),
                           _option(config, "timeout"))

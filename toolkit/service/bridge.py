@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bisup.converters.errors import BisupError
 from bisup.firmware_bridge.collect import Collector
@@ -25,6 +26,10 @@ from bisup.firmware_bridge.metrics import Metrics
 from bisup.firmware_bridge.mqtt_link import Broker
 from bisup.firmware_bridge.remotes import DeferredRemote, RemoteError, RemoteModel, RemoteSpecError, open_remote
 from bisup.firmware_bridge.resilience import CircuitBreaker, resilient
+
+if TYPE_CHECKING:
+    from types import FrameType
+    from wsgiref.simple_server import WSGIServer
 
 Progress = Callable[[str], None]
 RETURN_SHARE = 0.25  # of the devices' wait, left for the answer's way back
@@ -119,7 +124,7 @@ def _monitor(monitoring: Monitoring, remotes: dict, observers: list, progress: P
 
 
 class _HttpServer:
-    def __init__(self, server):
+    def __init__(self, server: WSGIServer):
         self.server = server
 
     def close(self) -> None:
@@ -201,7 +206,7 @@ def _stop_on_signals() -> threading.Event:
     would install none and `kill -INT` would do nothing."""
     stop = threading.Event()
 
-    def on_signal(signum: int, frame) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and stop.is_set():
             raise KeyboardInterrupt
         stop.set()
