@@ -20,11 +20,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-import numpy as np
-
 from bisup.converters.errors import BisupError
 
 if TYPE_CHECKING:
+    import numpy as np
     from _typeshed import DataclassInstance
     from numpy.typing import ArrayLike
 
@@ -408,6 +407,8 @@ NEVER = 2**40  # a threshold no score reaches: do not answer at that exit
 def features(confidence: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """int features of one exit for a batch: the int8 confidences of this exit and every earlier one
     (``confidence`` is ``(exits so far, N)``), the exit's top int8 score and its top-1 minus top-2."""
+    import numpy as np
+
     top2 = np.sort(np.asarray(scores, dtype=np.int64), axis=1)[:, -2:]
     return np.column_stack([np.asarray(confidence, dtype=np.int64).T, top2[:, 1], top2[:, 1] - top2[:, 0]])
 
@@ -420,6 +421,8 @@ class Scorer:
     bias: int
 
     def score(self, feats: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         return feats @ np.asarray(self.weights, dtype=np.int64) + self.bias
 
 
@@ -440,12 +443,16 @@ class Policy:
 
     def exit_score(self, exit_index: int, confidence: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Exit ``exit_index``'s (0-based) score for a batch; ``confidence`` holds exits 0..exit_index."""
+        import numpy as np
+
         if self.kind == "thresholds":
             return np.asarray(confidence[exit_index], dtype=np.int64)
         return self.scorers[exit_index].score(features(confidence[: exit_index + 1], scores))
 
     def answers_at(self, exit_index: int, score: np.ndarray) -> np.ndarray:
         """Whether exit ``exit_index`` answers locally (the rule the firmware applies after each stage)."""
+        import numpy as np
+
         return np.asarray(score) >= self.thresholds[exit_index]
 
     def to_json(self) -> dict:
