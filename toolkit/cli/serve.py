@@ -39,7 +39,8 @@ from bisup.cli.common import (
 @click.option("--threads", default=16, show_default=True, help="MQTT: concurrent requests per worker.")
 @click.option("--group", default="bisup", show_default=True, help="MQTT: shared-subscription group.")
 @click.option("--name", "worker_name", default=None,
-              help="MQTT: stable worker name, part of the client id [default: this host's name].")
+              help="MQTT: stable worker name, part of the client id, so a restarted bridge resumes its session "
+                   "[default: this host's name and process id, unique per bridge].")
 @click.option("--session-expiry", default=5, show_default=True,
               help="MQTT: seconds the broker keeps a dead worker's session and its queued requests.")
 @click.option("--max-batch", default=32, show_default=True, help="Remote: most requests in one batched call (1: none).")

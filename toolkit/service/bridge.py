@@ -9,6 +9,7 @@ answers, as the README promises for any remote failure.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -179,12 +180,18 @@ def serve_serial(url: str, handler: RequestHandler, baud: int, wait: bool, progr
             pty.close()
 
 
+def default_worker_name() -> str:
+    """The host and this process: two bridges on one host never share a client id (and so never take each
+    other's sessions). A restarted bridge then starts a new session; ``--name`` keeps one across restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def serve_mqtt(broker: Broker, handler: RequestHandler, workers: int, threads: int, group: str, name: str | None,
                session_expiry_s: int, progress: Progress) -> None:
     """Run ``workers`` shared-subscription workers until Ctrl-C or SIGTERM."""
     from bisup.firmware_bridge.mqtt_bridge import start_workers
 
-    prefix = f"{name or socket.gethostname()}-w"
+    prefix = f"{name or default_worker_name()}-w"
     running = start_workers(broker, handler, workers, group, threads, session_expiry_s, prefix)
     progress(f"{workers} worker(s) serving {broker.url} as group {group!r}: "
              f"{', '.join(w.client_id for w in running)} (Ctrl-C to stop)")
