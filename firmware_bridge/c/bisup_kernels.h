@@ -3,7 +3,7 @@
  * C99 from its specification, for the models `bisup export` generates as plain C (model_infer.c).
  *
  * Every requantization parameter (multiplier, shift, per channel) is computed at export time by
- * converters/engine.py exactly as TFLM computes it, so these kernels only do integer work and give
+ * converters/engine/lowering.py exactly as TFLM computes it, so these kernels only do integer work and give
  * the same bytes as the tflite-micro interpreter. Rounding follows TFLM's default build (double
  * rounding: saturating rounding doubling high multiply, then rounding divide by a power of two).
  * Right shifts of negative values are arithmetic, as on GCC and Clang for every target bisup uses.

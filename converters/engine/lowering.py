@@ -1,12 +1,10 @@
-"""Interpreter-free C for an exported int8 model: ``model_infer.h`` and ``model_infer.c``.
+"""Each operator lowered to one kernel call, a ``Step``: its C parameter definitions and the call.
 
 The generated code calls the int8 kernels in ``firmware_bridge/c/bisup_kernels.c`` with parameters
 computed here exactly as TFLite Micro computes them when it prepares each op (``QuantizeMultiplier``,
 the per-channel path in double, the per-tensor FULLY_CONNECTED path that multiplies the scales in
 float32 first, the softmax scaling and its input radius, the activation ranges), so its outputs are
-byte-equal to the tflite-micro interpreter's. Weights and biases are ``const`` arrays (flash);
-activations live in one static arena whose offsets are planned here from tensor lifetimes, with
-RESHAPE in place. No heap, no interpreter, no flatbuffer at run time.
+byte-equal to the tflite-micro interpreter's. Weights and biases become ``const`` arrays (flash).
 
 An op, a quantization or a layout the kernels do not implement is an ``EngineError`` naming the op,
 its position and the tensor: never generated code that compiles but computes something else.
@@ -14,134 +12,22 @@ its position and the tensor: never generated code that compiles but computes som
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+from numpy.typing import ArrayLike
 
-from bisup.converters.errors import ConversionError
-from bisup.converters.signature import ACTIVATION, CONFIDENCE, SCORES
-from bisup.converters.tflite_model import read as read_info
+from bisup.converters.engine.arithmetic import (
+    activation_range,
+    input_radius,
+    quantize_multiplier,
+    same_or_valid,
+    tflm_round,
+)
+from bisup.converters.engine.subgraph import EngineError, Graph
 
-ARENA_ALIGNMENT = 4
-INT8_MIN, INT8_MAX = -128, 127
-_ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
-_OPS = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-
-
-class EngineError(ConversionError):
-    """A model the C engine cannot run exactly; the TFLM export (model_data.cc) still works for it."""
-
-
-# --- TFLM's parameter arithmetic --------------------------------------------------------------------
-
-def tflm_round(x: float) -> int:
-    """std::round: half away from zero."""
-    return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
-
-
-def quantize_multiplier(real: float) -> tuple[int, int]:
-    """TFLM's QuantizeMultiplier: a Q0.31 significand and a power-of-two shift (positive: left)."""
-    if real == 0.0:
-        return 0, 0
-    significand, shift = math.frexp(real)
-    fixed = tflm_round(significand * (1 << 31))
-    if fixed == 1 << 31:
-        fixed //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    return fixed, shift
-
-
-def activation_range(code: int, scale: float, zero_point: int) -> tuple[int, int]:
-    """CalculateActivationRangeQuantized for int8: the bound divided in float32, then std::round."""
-    def q(x: float) -> int:
-        return zero_point + tflm_round(float(np.float32(x) / np.float32(scale)))
-
-    if code == 0:
-        return INT8_MIN, INT8_MAX
-    if code == 1:
-        return max(INT8_MIN, q(0.0)), INT8_MAX
-    if code == 3:
-        return max(INT8_MIN, q(0.0)), min(INT8_MAX, q(6.0))
-    if code == 2:
-        return max(INT8_MIN, q(-1.0)), min(INT8_MAX, q(1.0))
-    raise ValueError(code)
-
-
-def input_radius(integer_bits: int, left_shift: int) -> int:
-    """CalculateInputRadius: the largest input difference the fixed-point path represents (31 total bits)."""
-    return math.floor(((1 << integer_bits) - 1) * (1 << (31 - integer_bits)) * 2.0 ** -left_shift)
-
-
-def same_or_valid(padding: int, stride: int, dilation: int, size: int, filter_size: int) -> tuple[int, int]:
-    """ComputePaddingHeightWidth for one axis: (output size, padding before)."""
-    effective = (filter_size - 1) * dilation + 1
-    out = (size + stride - 1) // stride if padding == schema.Padding.SAME else (size - effective + stride) // stride
-    pad = max(0, ((out - 1) * stride + effective - size) // 2) if padding == schema.Padding.SAME else 0
-    return out, pad
-
-
-# --- the graph --------------------------------------------------------------------------------------
-
-@dataclass
-class Graph:
-    """The flatbuffer's one subgraph with its constant buffers."""
-
-    model: object
-    graph: object
-
-    @classmethod
-    def parse(cls, flatbuffer: bytes) -> Graph:
-        read_info(flatbuffer)  # the same checks and errors as every other reader
-        model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
-        return cls(model, model.subgraphs[0])
-
-    def tensor(self, index: int):
-        return self.graph.tensors[index]
-
-    def data(self, index: int) -> np.ndarray | None:
-        """A constant tensor's values, or None for an activation."""
-        raw = self.model.buffers[self.tensor(index).buffer].data
-        if raw is None or len(raw) == 0:
-            return None
-        dtype = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}.get(self.tensor(index).type)
-        if dtype is None:
-            raise EngineError(f"constant tensor {index} ({self.name(index)}) has type "
-                              f"{self.tensor(index).type}; the C engine takes int8 weights and int32 biases")
-        return np.frombuffer(bytes(np.asarray(raw, dtype=np.uint8)), dtype=dtype).reshape(self.shape(index))
-
-    def shape(self, index: int) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.tensor(index).shape)
-
-    def name(self, index: int) -> str:
-        return (self.tensor(index).name or b"").decode()
-
-    def scales(self, index: int) -> list[float]:
-        q = self.tensor(index).quantization
-        return [float(s) for s in (q.scale if q is not None and q.scale is not None else [])]
-
-    def scale(self, index: int) -> float:
-        scales = self.scales(index)
-        if not scales:
-            raise EngineError(f"tensor {index} ({self.name(index)}) is not quantized; export it full-int8")
-        return scales[0]
-
-    def zero_point(self, index: int) -> int:
-        q = self.tensor(index).quantization
-        return int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
-
-    def op_name(self, op) -> str:
-        code = self.model.operatorCodes[op.opcodeIndex]
-        return _OPS.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
-
-
-# --- one emitted op ---------------------------------------------------------------------------------
 
 @dataclass
 class Step:
@@ -158,7 +44,7 @@ class Step:
     parameter_bytes: int = 0  # the op's weights, biases and constant operands as stored in the model
 
 
-def _c_array(ctype: str, name: str, values) -> str:
+def _c_array(ctype: str, name: str, values: ArrayLike) -> str:
     flat = [int(v) for v in np.asarray(values).ravel()]
     rows = [", ".join(str(v) for v in flat[i : i + 20]) for i in range(0, len(flat), 20)]
     body = ",\n  ".join(rows)
@@ -235,7 +121,7 @@ class _Builder:
                               f"{'an activation' if data is None else data.dtype})")
         return _c_array("int8_t", f"{name}_filter", data)
 
-    def build(self, position: int, op) -> Step:
+    def build(self, position: int, op: schema.OperatorT) -> Step:
         kind = self.g.op_name(op)
         handler = getattr(self, f"_{kind.lower()}", None)
         if handler is None:
@@ -255,7 +141,7 @@ class _Builder:
         constants = (self.g.data(t) for t in ins if t >= 0)
         return sum(c.nbytes for c in constants if c is not None)
 
-    def _conv_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _conv_2d(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, w, y = ins[0], ins[1], outs[0]
         bias = ins[2] if len(ins) > 2 and ins[2] >= 0 else None
         o = op.builtinOptions
@@ -280,7 +166,7 @@ class _Builder:
                     f"bisup_kernel_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw * ic,
                     parameters=oc * fh * fw * ic + (oc if bias is not None else 0))
 
-    def _depthwise_conv_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _depthwise_conv_2d(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, w, y = ins[0], ins[1], outs[0]
         bias = ins[2] if len(ins) > 2 and ins[2] >= 0 else None
         o = op.builtinOptions
@@ -299,7 +185,7 @@ class _Builder:
                     f"bisup_kernel_depthwise_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw,
                     parameters=fh * fw * oc + (oc if bias is not None else 0))
 
-    def _fully_connected(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _fully_connected(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, w, y = ins[0], ins[1], outs[0]
         bias = ins[2] if len(ins) > 2 and ins[2] >= 0 else None
         o = op.builtinOptions
@@ -323,7 +209,7 @@ class _Builder:
                     f"bisup_kernel_fully_connected(&{name}, ${x}, ${y});", macs=batches * out_depth * in_depth,
                     parameters=out_depth * in_depth + (out_depth if bias is not None else 0))
 
-    def _max_pool_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _max_pool_2d(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         o = op.builtinOptions
         _, h, wd, _ = _shape4(self.g.shape(x), where)
@@ -340,13 +226,13 @@ class _Builder:
             raise EngineError(f"{where}: input {x} and output {y} are quantized differently; TFLM's int8 {kind} "
                               "needs them equal")
 
-    def _average_pool_2d(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _average_pool_2d(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         self._same_quantization(ins[0], outs[0], where, "AVERAGE_POOL_2D")
         step = self._max_pool_2d(name, op, ins, outs, where)
         step.call = step.call.replace("bisup_kernel_max_pool", "bisup_kernel_average_pool")
         return step
 
-    def _pad(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _pad(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         self._same_quantization(x, y, where, "PAD")
         paddings = np.asarray(self.g.data(ins[1])).reshape(-1, 2)
@@ -360,7 +246,7 @@ class _Builder:
 
     _padv2 = _pad
 
-    def _concatenation(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _concatenation(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         y = outs[0]
         shape = self.g.shape(y)
         axis = op.builtinOptions.axis % len(shape)
@@ -379,17 +265,17 @@ class _Builder:
             offset += inner
         return Step("CONCATENATION", list(ins), [y], defs, " ".join(calls))
 
-    def _quantize(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _quantize(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         multiplier, shift = self.rescale(x, y)
         params = (f"static const bisup_kernel_requantize_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
                   f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
         return Step("QUANTIZE", [x], [y], [params], f"bisup_kernel_requantize(&{name}, ${x}, ${y});")
 
-    def _reshape(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _reshape(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         return Step("RESHAPE", [ins[0]], [outs[0]], alias=True)
 
-    def _mul(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _mul(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         a, b, y = ins[0], ins[1], outs[0]
         real = (float(np.float32(self.g.scale(a))) * float(np.float32(self.g.scale(b)))
                 / float(np.float32(self.g.scale(y))))
@@ -423,7 +309,8 @@ class _Builder:
                 operands.append(f"${operand}")
         return defs, operands
 
-    def _add_or_sub(self, kind: str, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _add_or_sub(self, kind: str, name: str, op: schema.OperatorT, ins: list[int], outs: list[int],
+                    where: str) -> Step:
         """TFLM's int8 ADD (multipliers from doubles) and SUB (from float32 arithmetic), 20-bit headroom."""
         a, b, y = ins[0], ins[1], outs[0]
         defs, operands = self._binary_operands(name, a, b, y, where)
@@ -448,13 +335,13 @@ class _Builder:
         return Step(kind, activations, [y], [*defs, params],
                     f"bisup_kernel_{kind.lower()}(&{name}, {operands[0]}, {operands[1]}, ${y});")
 
-    def _add(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _add(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         return self._add_or_sub("ADD", name, op, ins, outs, where)
 
-    def _sub(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _sub(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         return self._add_or_sub("SUB", name, op, ins, outs, where)
 
-    def _sum(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _sum(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         outer, reduced, inner = self._axes(x, ins[1], where)
         multiplier, shift = self.rescale(x, y)
@@ -462,7 +349,7 @@ class _Builder:
                   f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
         return Step("SUM", [x], [y], [params], f"bisup_kernel_sum(&{name}, ${x}, ${y});")
 
-    def _mean(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _mean(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         """TFLM's int8 MEAN is its SUM with the multiplier divided by the element count (QuantizedMeanOrSum)."""
         x, y = ins[0], outs[0]
         outer, reduced, inner = self._axes(x, ins[1], where)
@@ -473,7 +360,7 @@ class _Builder:
                   f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
         return Step("MEAN", [x], [y], [params], f"bisup_kernel_sum(&{name}, ${x}, ${y});")
 
-    def _logistic(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _logistic(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         if self.g.zero_point(y) != -128 or self.g.scale(y) != np.float32(1 / 256):
             raise EngineError(f"{where}: int8 LOGISTIC output must have zero point -128 and scale 1/256 (TFLM's rule)")
@@ -495,7 +382,7 @@ class _Builder:
         return (int(np.prod(shape[: axes[0]])), int(np.prod([shape[a] for a in axes])),
                 int(np.prod(shape[axes[-1] + 1 :])))
 
-    def _softmax(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _softmax(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         if self.g.zero_point(y) != -128 or self.g.scale(y) != np.float32(1 / 256):
             raise EngineError(f"{where}: int8 SOFTMAX output must have zero point -128 and scale 1/256 (TFLM's rule)")
@@ -506,7 +393,7 @@ class _Builder:
                   f"{multiplier}, {left_shift}, {-radius}}};")
         return Step("SOFTMAX", [x], [y], [params], f"bisup_kernel_softmax(&{name}, ${x}, ${y});")
 
-    def _log_softmax(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _log_softmax(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         if self.g.zero_point(y) != 127 or self.g.scale(y) != np.float32(16 / 256):
             raise EngineError(f"{where}: int8 LOG_SOFTMAX output must have zero point 127 and scale 16/256 "
@@ -529,10 +416,10 @@ class _Builder:
         params = f"static const bisup_kernel_reduce_params {name} = {{{outer}, {reduced}, {inner}}};"
         return Step(kind, [x], [y], [params], f"bisup_kernel_{kind.lower()}(&{name}, ${x}, ${y});")
 
-    def _reduce_max(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _reduce_max(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         return self._reduce("REDUCE_MAX", name, ins, outs, where)
 
-    def _reduce_min(self, name: str, op, ins: list[int], outs: list[int], where: str) -> Step:
+    def _reduce_min(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         return self._reduce("REDUCE_MIN", name, ins, outs, where)
 
 
@@ -541,308 +428,3 @@ _WEIGHTED = {"ADD", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MUL", "S
 SUPPORTED = {"ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
              "LOGISTIC", "LOG_SOFTMAX", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "QUANTIZE", "REDUCE_MAX",
              "REDUCE_MIN", "RESHAPE", "SOFTMAX", "SUB", "SUM"}
-
-
-# --- the arena plan ---------------------------------------------------------------------------------
-
-@dataclass
-class Plan:
-    """Where each activation lives, and how good that is against the schedule's lower bound."""
-
-    offsets: dict[int, int]  # tensor -> byte offset (aliases share their root's)
-    arena_bytes: int
-    live_bytes: list[int]  # bytes live at each point: before the first op, during each op, after the last
-
-    @property
-    def lower_bound_bytes(self) -> int:
-        """The largest set of tensors live at once: no plan for this schedule can use less."""
-        return max(self.live_bytes)
-
-    @property
-    def ratio(self) -> float:
-        return self.arena_bytes / self.lower_bound_bytes
-
-
-def _align(n: int) -> int:
-    return (n + ARENA_ALIGNMENT - 1) // ARENA_ALIGNMENT * ARENA_ALIGNMENT
-
-
-def plan_arena(steps: list[Step], sizes: dict[int, int], graph_inputs: list[int], graph_outputs: list[int]) -> Plan:
-    """Greedy by size (TFLM's GreedyMemoryPlanner idea): each buffer takes the lowest offset that no
-    buffer alive at the same time occupies. RESHAPE outputs share their input's buffer."""
-    root: dict[int, int] = {}
-    for step in steps:
-        if step.alias:
-            root[step.outputs[0]] = root.get(step.inputs[0], step.inputs[0])
-    find = lambda t: root.get(t, t)  # noqa: E731
-    first: dict[int, int] = {find(t): -1 for t in graph_inputs}
-    last: dict[int, int] = {}
-    for position, step in enumerate(steps):
-        for t in step.outputs:
-            first.setdefault(find(t), position)
-        for t in step.inputs + step.outputs:
-            last[find(t)] = max(last.get(find(t), position), position)
-    for t in graph_outputs:
-        last[find(t)] = len(steps)
-    buffers = sorted(first, key=lambda t: (-sizes[t], t))
-    placed: list[tuple[int, int, int]] = []  # (offset, size, root)
-    offsets: dict[int, int] = {}
-    for t in buffers:
-        size, offset = _align(sizes[t]), 0
-        overlapping = sorted((o, s) for o, s, u in placed if first[u] <= last[t] and first[t] <= last[u])
-        for o, s in overlapping:
-            if offset + size <= o:
-                break
-            offset = max(offset, o + s)
-        placed.append((offset, size, t))
-        offsets[t] = offset
-    arena = max((o + s for o, s, _ in placed), default=0)
-    live = [sum(sizes[t] for t in first if first[t] <= p <= last[t]) for p in range(-1, len(steps) + 1)]
-    return Plan({t: offsets[find(t)] for t in set(sizes) if find(t) in offsets}, arena, live)
-
-
-# --- the generated files ----------------------------------------------------------------------------
-
-@dataclass
-class Generated:
-    header: str
-    source: str
-    plan: Plan
-    steps: list[Step]
-    input_bytes: int
-    classes: int
-    sizes: dict[int, int]
-    name: str = "model"
-
-
-def _check_fits(plan: Plan, steps: list[Step], arena_limit: int | None) -> None:
-    """A planned arena larger than the board allows is an error naming the op where memory peaks."""
-    if arena_limit is None or plan.arena_bytes <= arena_limit:
-        return
-    peak = max(range(len(steps)), key=lambda p: plan.live_bytes[p + 1])
-    raise EngineError(f"the planned arena of {plan.arena_bytes:,} B exceeds the {arena_limit:,} B the board leaves "
-                      f"for it; memory peaks at op {peak} ({steps[peak].op}) with {plan.live_bytes[peak + 1]:,} B "
-                      "live: use a board with more RAM, or shrink that layer (fewer channels, a stride, pooling)")
-
-
-def generate(flatbuffer: bytes, arena_limit: int | None = None, name: str = "model",
-             shared_arena: str | None = None) -> Generated:
-    """``{name}_infer.h`` and ``{name}_infer.c`` for the exported model; EngineError if it cannot, or if its
-    arena would exceed ``arena_limit`` bytes. A stage of a multi-exit model (``name`` ``stage1`` ...) also
-    has an ``activation`` output, which its function copies out for the next stage or the cloud.
-    ``shared_arena`` names an ``int32_t`` array defined elsewhere (at least ``{NAME}_ARENA_BYTES``) that
-    this model uses instead of its own: stages run one after another, so they can share one arena."""
-    info = read_info(flatbuffer)
-    missing = {SCORES, CONFIDENCE} - set(info.output_positions)
-    if missing:
-        raise EngineError(f"the model has no {' or '.join(sorted(missing))} output; export it with bisup export")
-    g = Graph.parse(flatbuffer)
-    builder = _Builder(g)
-    steps = [builder.build(position, op) for position, op in enumerate(g.graph.operators)]
-    inputs = [int(i) for i in g.graph.inputs]
-    outputs = {kind: info.output(kind).index for kind in (SCORES, CONFIDENCE, ACTIVATION)
-               if kind in info.output_positions}
-    sizes = {t: int(np.prod(g.shape(t))) for step in steps for t in step.inputs + step.outputs}
-    sizes.update({t: int(np.prod(g.shape(t))) for t in inputs})
-    plan = plan_arena(steps, sizes, inputs, list(outputs.values()))
-    _check_fits(plan, steps, arena_limit)
-    names = Names(name)
-    header = _header(info, flatbuffer, plan, steps, sizes, outputs, names)
-    source = _source(steps, plan, inputs[0], outputs, sizes, names, shared_arena)
-    return Generated(header, source, plan, steps, sizes[inputs[0]], sizes[outputs[SCORES]], sizes, name)
-
-
-@dataclass(frozen=True)
-class Names:
-    """The C names of one generated model: ``model`` for a single-exit export, ``stage1`` ... for stages."""
-
-    name: str
-
-    @property
-    def macro(self) -> str:
-        return f"BISUP_{self.name.upper()}"
-
-    @property
-    def function(self) -> str:
-        return f"bisup_{self.name}_infer"
-
-    @property
-    def stem(self) -> str:
-        return f"{self.name}_infer"
-
-
-def _parameters(outputs: dict[str, int]) -> str:
-    return ", ".join(f"int8_t *{kind}" for kind in outputs)
-
-
-def _header(info, flatbuffer: bytes, plan: Plan, steps: list[Step], sizes: dict[int, int], outputs: dict[str, int],
-            names: Names) -> str:
-    inp, m = info.inputs[0], names.macro
-    activation = ""
-    if ACTIVATION in outputs:
-        out = info.output(ACTIVATION)
-        activation = (f"#define {m}_ACTIVATION_BYTES {sizes[outputs[ACTIVATION]]}\n"
-                      f"#define {m}_ACTIVATION_SCALE {float(np.float32(out.scale))!r}f\n"
-                      f"#define {m}_ACTIVATION_ZERO_POINT {out.zero_point}\n")
-        what = (f" activation receives {m}_ACTIVATION_BYTES int8 values: the cut, the\n"
-                " * next stage's input (and what is relayed when this stage splits).")
-    else:
-        what = ""
-    return f"""/* Generated by bisup export (converters/engine.py): the model as plain C, no interpreter. */
-#ifndef {m}_INFER_H_
-#define {m}_INFER_H_
-
-#include <stdint.h>
-
-#define {m}_INPUT_BYTES {sizes[int(inp.index)]}
-#define {m}_CLASSES {sizes[outputs[SCORES]]}
-#define {m}_ARENA_BYTES {plan.arena_bytes}
-#define {m}_LAYERS {sum(1 for step in steps if step.call)} /* kernel calls: BISUP_MODEL_PROFILE after each */
-#define {m}_INPUT_SCALE {float(np.float32(inp.scale))!r}f
-#define {m}_INPUT_ZERO_POINT {inp.zero_point}
-{activation}/* SHA-256 of the .tflite this code was generated from: firmware compares it with the flashed image's. */
-#define {m}_SHA256 {{{", ".join(f"0x{b:02x}" for b in hashlib.sha256(flatbuffer).digest())}}}
-
-#ifdef __cplusplus
-extern "C" {{
-#endif
-
-/* One inference: input is {m}_INPUT_BYTES int8 values (q = round(x / scale) + zero point);
- * scores receives {m}_CLASSES int8 class scores, confidence the int8 supervisor output.{what}
- * Returns 0. Not reentrant: the activations live in one static arena. */
-int {names.function}(const int8_t *input, {_parameters(outputs)});
-
-/* Compiled with -DBISUP_MODEL_PROFILE_MARKS, the generated code calls this after each of the {m}_LAYERS
- * kernel calls (layer 0 first); the firmware defines it, e.g. to read a cycle counter. */
-void bisup_model_profile_mark(int layer);
-
-#ifdef __cplusplus
-}}
-#endif
-
-#endif /* {m}_INFER_H_ */
-"""
-
-
-def _source(steps: list[Step], plan: Plan, inp: int, outputs: dict[str, int], sizes: dict[int, int],
-            names: Names, shared_arena: str | None = None) -> str:
-    definitions = "\n\n".join(d for step in steps for d in step.definitions)
-    where = {t: f"arena + {o}" for t, o in plan.offsets.items()}
-    fill = lambda call: re.sub(r"\$(\d+)", lambda m: where[int(m.group(1))], call)  # noqa: E731
-    calls = "\n".join(f"  {fill(step.call)}\n  BISUP_MODEL_PROFILE({layer});"
-                      for layer, step in enumerate(s for s in steps if s.call))
-    copies = "\n".join(f"  memcpy({kind}, {where[t]}, {sizes[t]});" for kind, t in outputs.items())
-    arena_name = shared_arena or "arena_words"
-    arena = (f"extern int32_t {shared_arena}[]; /* shared by the stages: at least {names.macro}_ARENA_BYTES */"
-             if shared_arena else
-             f"static int32_t arena_words[({names.macro}_ARENA_BYTES + 3) / 4]; /* int32 for 4-byte alignment */")
-    return f"""/* Generated by bisup export (converters/engine.py). Weights are const (flash); activations share
- * one static arena of {names.macro}_ARENA_BYTES bytes, planned from tensor lifetimes. */
-#include <stddef.h>
-#include <string.h>
-
-#include "bisup_kernels.h"
-#include "{names.stem}.h"
-
-#ifdef BISUP_MODEL_PROFILE_MARKS /* the firmware times each layer in bisup_model_profile_mark */
-#define BISUP_MODEL_PROFILE(layer) bisup_model_profile_mark(layer)
-#else
-#define BISUP_MODEL_PROFILE(layer) ((void)0)
-#endif
-
-{definitions}
-
-{arena}
-
-int {names.function}(const int8_t *input, {_parameters(outputs)}) {{
-  int8_t *arena = (int8_t *){arena_name};
-  memcpy({where[inp]}, input, {sizes[inp]});
-{calls}
-{copies}
-  return 0;
-}}
-"""
-
-
-KERNELS_DIR = Path(__file__).resolve().parents[1] / "firmware_bridge" / "c"  # bisup.firmware_bridge, source or wheel
-_CPUS = {"cortex-m0plus": "cortex-m0plus", "cortex-m4": "cortex-m4", "cortex-m4f": "cortex-m4",
-         "cortex-m7": "cortex-m7", "cortex-m33": "cortex-m33"}
-# TFLM's interpreter code cannot be built here; its own documentation gives the size of the core runtime.
-TFLM_RUNTIME_BYTES = 16 * 1024
-TFLM_RUNTIME_SOURCE = ("TensorFlow Lite for Microcontrollers overview: 'The core runtime just fits in 16 KB on an Arm "
-                       "Cortex M3' (op kernels not included)")
-
-
-def measure_flash(out_dir: str | Path, arch: str, stems: tuple[str, ...] = ("model_infer",)) -> dict:
-    """Flash of the generated model plus the kernels, from arm-none-eabi-size of objects compiled for the
-    board's core (-Os, unused functions dropped at link time are still counted: an upper bound)."""
-    import shutil
-    import subprocess
-    import tempfile
-
-    cpu = _CPUS.get(arch, "cortex-m4")
-    measured_for = cpu if arch in _CPUS else f"cortex-m4 (no {arch} toolchain here)"
-    if shutil.which("arm-none-eabi-gcc") is None:
-        return {"flash_bytes": None, "flash_measured_for": "not measured: install gcc-arm-none-eabi"}
-    total = 0
-    with tempfile.TemporaryDirectory() as work:
-        for source in (*(Path(out_dir) / f"{stem}.c" for stem in stems), KERNELS_DIR / "bisup_kernels.c"):
-            obj = Path(work) / f"{source.stem}.o"
-            subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-Os", "-std=c99", "-ffunction-sections",
-                            "-fdata-sections", f"-I{out_dir}", f"-I{KERNELS_DIR}", "-c", str(source), "-o", str(obj)],
-                           check=True, capture_output=True)
-            text, data = subprocess.run(["arm-none-eabi-size", str(obj)], check=True, capture_output=True,
-                                        text=True).stdout.splitlines()[1].split()[:2]
-            total += int(text) + int(data)
-    return {"flash_bytes": total, "flash_measured_for": measured_for}
-
-
-def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> dict:
-    """The export report's engine section: memory against the lower bound and against TFLM, per op."""
-    plan = generated.plan
-    return {
-        "generated": True,
-        "arena_bytes": plan.arena_bytes,
-        "arena_lower_bound_bytes": plan.lower_bound_bytes,
-        "arena_vs_lower_bound": plan.ratio,
-        "tflm_arena_bytes": tflm_arena_bytes,
-        "arena_vs_tflm": plan.arena_bytes / tflm_arena_bytes,
-        **tflm_flash(model_bytes),
-        "macs": total_macs(generated),
-        "layers": layers(generated),
-    }
-
-
-def tflm_flash(model_bytes: int) -> dict:
-    """TFLM's flash for comparison: the flatbuffer plus the documented size of its core runtime."""
-    return {"tflm_flash_bytes": model_bytes + TFLM_RUNTIME_BYTES,
-            "tflm_flash_source": f"the flatbuffer ({model_bytes:,} B) plus {TFLM_RUNTIME_SOURCE}"}
-
-
-def total_macs(generated: Generated) -> int:
-    """Multiply-accumulates of one inference: the sum over the layers (only CONV, DEPTHWISE and FC have any)."""
-    return sum(step.macs for step in generated.steps)
-
-
-def layers(generated: Generated) -> list[dict]:
-    """One entry per kernel call (the BISUP_MODEL_LAYERS the profile marks count; RESHAPE moves nothing):
-    op, MACs, parameters (count and bytes), output bytes and where the output sits in the arena
-    (``arena_offset`` up to ``arena_end``, exclusive)."""
-    entries = []
-    for step in (s for s in generated.steps if s.call):
-        output_bytes = sum(generated.sizes[t] for t in step.outputs)
-        offset = generated.plan.offsets.get(step.outputs[0])
-        entries.append({"op": step.op, "macs": step.macs, "parameters": step.parameters,
-                        "parameter_bytes": step.parameter_bytes, "output_bytes": output_bytes,
-                        "arena_offset": offset, "arena_end": None if offset is None else offset + output_bytes})
-    return entries
-
-
-def write(flatbuffer: bytes, out_dir: str | Path, arena_limit: int | None = None, name: str = "model",
-          shared_arena: str | None = None) -> Generated:
-    """Write ``{name}_infer.h`` and ``{name}_infer.c`` into ``out_dir``."""
-    generated = generate(flatbuffer, arena_limit, name, shared_arena)
-    out = Path(out_dir)
-    (out / f"{Names(name).stem}.h").write_text(generated.header)
-    (out / f"{Names(name).stem}.c").write_text(generated.source)
-    return generated

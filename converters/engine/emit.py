@@ -1,0 +1,197 @@
+"""The generated files: ``{name}_infer.h`` and ``{name}_infer.c`` as text (``generate``) and on disk (``write``).
+
+Weights and biases are ``const`` arrays (flash); activations live in one static arena, or in one the
+stages share. No heap, no interpreter, no flatbuffer at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bisup.converters.engine.arena_plan import Plan, plan_arena
+from bisup.converters.engine.lowering import Step, _Builder
+from bisup.converters.engine.subgraph import EngineError, Graph
+from bisup.converters.signature import ACTIVATION, CONFIDENCE, SCORES
+from bisup.converters.tflite_model import ModelInfo
+from bisup.converters.tflite_model import read as read_info
+
+
+@dataclass
+class Generated:
+    """One model's generated header and source, with the steps and arena plan the report's figures come from."""
+
+    header: str
+    source: str
+    plan: Plan
+    steps: list[Step]
+    input_bytes: int
+    classes: int
+    sizes: dict[int, int]
+    name: str = "model"
+
+
+def _check_fits(plan: Plan, steps: list[Step], arena_limit: int | None) -> None:
+    """A planned arena larger than the board allows is an error naming the op where memory peaks."""
+    if arena_limit is None or plan.arena_bytes <= arena_limit:
+        return
+    peak = max(range(len(steps)), key=lambda p: plan.live_bytes[p + 1])
+    raise EngineError(f"the planned arena of {plan.arena_bytes:,} B exceeds the {arena_limit:,} B the board leaves "
+                      f"for it; memory peaks at op {peak} ({steps[peak].op}) with {plan.live_bytes[peak + 1]:,} B "
+                      "live: use a board with more RAM, or shrink that layer (fewer channels, a stride, pooling)")
+
+
+def generate(flatbuffer: bytes, arena_limit: int | None = None, name: str = "model",
+             shared_arena: str | None = None) -> Generated:
+    """``{name}_infer.h`` and ``{name}_infer.c`` for the exported model; EngineError if it cannot, or if its
+    arena would exceed ``arena_limit`` bytes. A stage of a multi-exit model (``name`` ``stage1`` ...) also
+    has an ``activation`` output, which its function copies out for the next stage or the cloud.
+    ``shared_arena`` names an ``int32_t`` array defined elsewhere (at least ``{NAME}_ARENA_BYTES``) that
+    this model uses instead of its own: stages run one after another, so they can share one arena."""
+    info = read_info(flatbuffer)
+    missing = {SCORES, CONFIDENCE} - set(info.output_positions)
+    if missing:
+        raise EngineError(f"the model has no {' or '.join(sorted(missing))} output; export it with bisup export")
+    g = Graph.parse(flatbuffer)
+    builder = _Builder(g)
+    steps = [builder.build(position, op) for position, op in enumerate(g.graph.operators)]
+    inputs = [int(i) for i in g.graph.inputs]
+    outputs = {kind: info.output(kind).index for kind in (SCORES, CONFIDENCE, ACTIVATION)
+               if kind in info.output_positions}
+    sizes = {t: int(np.prod(g.shape(t))) for step in steps for t in step.inputs + step.outputs}
+    sizes.update({t: int(np.prod(g.shape(t))) for t in inputs})
+    plan = plan_arena(steps, sizes, inputs, list(outputs.values()))
+    _check_fits(plan, steps, arena_limit)
+    names = Names(name)
+    header = _header(info, flatbuffer, plan, steps, sizes, outputs, names)
+    source = _source(steps, plan, inputs[0], outputs, sizes, names, shared_arena)
+    return Generated(header, source, plan, steps, sizes[inputs[0]], sizes[outputs[SCORES]], sizes, name)
+
+
+@dataclass(frozen=True)
+class Names:
+    """The C names of one generated model: ``model`` for a single-exit export, ``stage1`` ... for stages."""
+
+    name: str
+
+    @property
+    def macro(self) -> str:
+        return f"BISUP_{self.name.upper()}"
+
+    @property
+    def function(self) -> str:
+        return f"bisup_{self.name}_infer"
+
+    @property
+    def stem(self) -> str:
+        return f"{self.name}_infer"
+
+
+def _parameters(outputs: dict[str, int]) -> str:
+    return ", ".join(f"int8_t *{kind}" for kind in outputs)
+
+
+def _header(info: ModelInfo, flatbuffer: bytes, plan: Plan, steps: list[Step], sizes: dict[int, int],
+            outputs: dict[str, int], names: Names) -> str:
+    inp, m = info.inputs[0], names.macro
+    activation = ""
+    if ACTIVATION in outputs:
+        out = info.output(ACTIVATION)
+        activation = (f"#define {m}_ACTIVATION_BYTES {sizes[outputs[ACTIVATION]]}\n"
+                      f"#define {m}_ACTIVATION_SCALE {float(np.float32(out.scale))!r}f\n"
+                      f"#define {m}_ACTIVATION_ZERO_POINT {out.zero_point}\n")
+        what = (f" activation receives {m}_ACTIVATION_BYTES int8 values: the cut, the\n"
+                " * next stage's input (and what is relayed when this stage splits).")
+    else:
+        what = ""
+    return f"""/* Generated by bisup export (converters/engine.py): the model as plain C, no interpreter. */
+#ifndef {m}_INFER_H_
+#define {m}_INFER_H_
+
+#include <stdint.h>
+
+#define {m}_INPUT_BYTES {sizes[int(inp.index)]}
+#define {m}_CLASSES {sizes[outputs[SCORES]]}
+#define {m}_ARENA_BYTES {plan.arena_bytes}
+#define {m}_LAYERS {sum(1 for step in steps if step.call)} /* kernel calls: BISUP_MODEL_PROFILE after each */
+#define {m}_INPUT_SCALE {float(np.float32(inp.scale))!r}f
+#define {m}_INPUT_ZERO_POINT {inp.zero_point}
+{activation}/* SHA-256 of the .tflite this code was generated from: firmware compares it with the flashed image's. */
+#define {m}_SHA256 {{{", ".join(f"0x{b:02x}" for b in hashlib.sha256(flatbuffer).digest())}}}
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+/* One inference: input is {m}_INPUT_BYTES int8 values (q = round(x / scale) + zero point);
+ * scores receives {m}_CLASSES int8 class scores, confidence the int8 supervisor output.{what}
+ * Returns 0. Not reentrant: the activations live in one static arena. */
+int {names.function}(const int8_t *input, {_parameters(outputs)});
+
+/* Compiled with -DBISUP_MODEL_PROFILE_MARKS, the generated code calls this after each of the {m}_LAYERS
+ * kernel calls (layer 0 first); the firmware defines it, e.g. to read a cycle counter. */
+void bisup_model_profile_mark(int layer);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* {m}_INFER_H_ */
+"""
+
+
+def _source(steps: list[Step], plan: Plan, inp: int, outputs: dict[str, int], sizes: dict[int, int],
+            names: Names, shared_arena: str | None = None) -> str:
+    definitions = "\n\n".join(d for step in steps for d in step.definitions)
+    where = {t: f"arena + {o}" for t, o in plan.offsets.items()}
+
+    def fill(call: str) -> str:
+        return re.sub(r"\$(\d+)", lambda m: where[int(m.group(1))], call)
+
+    calls = "\n".join(f"  {fill(step.call)}\n  BISUP_MODEL_PROFILE({layer});"
+                      for layer, step in enumerate(s for s in steps if s.call))
+    copies = "\n".join(f"  memcpy({kind}, {where[t]}, {sizes[t]});" for kind, t in outputs.items())
+    arena_name = shared_arena or "arena_words"
+    arena = (f"extern int32_t {shared_arena}[]; /* shared by the stages: at least {names.macro}_ARENA_BYTES */"
+             if shared_arena else
+             f"static int32_t arena_words[({names.macro}_ARENA_BYTES + 3) / 4]; /* int32 for 4-byte alignment */")
+    return f"""/* Generated by bisup export (converters/engine.py). Weights are const (flash); activations share
+ * one static arena of {names.macro}_ARENA_BYTES bytes, planned from tensor lifetimes. */
+#include <stddef.h>
+#include <string.h>
+
+#include "bisup_kernels.h"
+#include "{names.stem}.h"
+
+#ifdef BISUP_MODEL_PROFILE_MARKS /* the firmware times each layer in bisup_model_profile_mark */
+#define BISUP_MODEL_PROFILE(layer) bisup_model_profile_mark(layer)
+#else
+#define BISUP_MODEL_PROFILE(layer) ((void)0)
+#endif
+
+{definitions}
+
+{arena}
+
+int {names.function}(const int8_t *input, {_parameters(outputs)}) {{
+  int8_t *arena = (int8_t *){arena_name};
+  memcpy({where[inp]}, input, {sizes[inp]});
+{calls}
+{copies}
+  return 0;
+}}
+"""
+
+
+def write(flatbuffer: bytes, out_dir: str | Path, arena_limit: int | None = None, name: str = "model",
+          shared_arena: str | None = None) -> Generated:
+    """Write ``{name}_infer.h`` and ``{name}_infer.c`` into ``out_dir``."""
+    generated = generate(flatbuffer, arena_limit, name, shared_arena)
+    out = Path(out_dir)
+    (out / f"{Names(name).stem}.h").write_text(generated.header)
+    (out / f"{Names(name).stem}.c").write_text(generated.source)
+    return generated

@@ -1,0 +1,84 @@
+"""The export report's engine figures: arena against its lower bound and TFLM's, flash, MACs, per-layer entries.
+
+``measure_flash`` compiles the generated C with the kernels in ``KERNELS_DIR`` for the board's core;
+TFLM's flash is the flatbuffer plus its documented runtime size (``TFLM_RUNTIME_BYTES``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bisup.converters.engine.emit import Generated
+
+KERNELS_DIR = Path(__file__).resolve().parents[2] / "firmware_bridge" / "c"  # bisup.firmware_bridge, source or wheel
+_CPUS = {"cortex-m0plus": "cortex-m0plus", "cortex-m4": "cortex-m4", "cortex-m4f": "cortex-m4",
+         "cortex-m7": "cortex-m7", "cortex-m33": "cortex-m33"}
+# TFLM's interpreter code cannot be built here; its own documentation gives the size of the core runtime.
+TFLM_RUNTIME_BYTES = 16 * 1024
+TFLM_RUNTIME_SOURCE = ("TensorFlow Lite for Microcontrollers overview: 'The core runtime just fits in 16 KB on an Arm "
+                       "Cortex M3' (op kernels not included)")
+
+
+def measure_flash(out_dir: str | Path, arch: str, stems: tuple[str, ...] = ("model_infer",)) -> dict:
+    """Flash of the generated model plus the kernels, from arm-none-eabi-size of objects compiled for the
+    board's core (-Os, unused functions dropped at link time are still counted: an upper bound)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    cpu = _CPUS.get(arch, "cortex-m4")
+    measured_for = cpu if arch in _CPUS else f"cortex-m4 (no {arch} toolchain here)"
+    if shutil.which("arm-none-eabi-gcc") is None:
+        return {"flash_bytes": None, "flash_measured_for": "not measured: install gcc-arm-none-eabi"}
+    total = 0
+    with tempfile.TemporaryDirectory() as work:
+        for source in (*(Path(out_dir) / f"{stem}.c" for stem in stems), KERNELS_DIR / "bisup_kernels.c"):
+            obj = Path(work) / f"{source.stem}.o"
+            subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-Os", "-std=c99", "-ffunction-sections",
+                            "-fdata-sections", f"-I{out_dir}", f"-I{KERNELS_DIR}", "-c", str(source), "-o", str(obj)],
+                           check=True, capture_output=True)
+            text, data = subprocess.run(["arm-none-eabi-size", str(obj)], check=True, capture_output=True,
+                                        text=True).stdout.splitlines()[1].split()[:2]
+            total += int(text) + int(data)
+    return {"flash_bytes": total, "flash_measured_for": measured_for}
+
+
+def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> dict:
+    """The export report's engine section: memory against the lower bound and against TFLM, per op."""
+    plan = generated.plan
+    return {
+        "generated": True,
+        "arena_bytes": plan.arena_bytes,
+        "arena_lower_bound_bytes": plan.lower_bound_bytes,
+        "arena_vs_lower_bound": plan.ratio,
+        "tflm_arena_bytes": tflm_arena_bytes,
+        "arena_vs_tflm": plan.arena_bytes / tflm_arena_bytes,
+        **tflm_flash(model_bytes),
+        "macs": total_macs(generated),
+        "layers": layers(generated),
+    }
+
+
+def tflm_flash(model_bytes: int) -> dict:
+    """TFLM's flash for comparison: the flatbuffer plus the documented size of its core runtime."""
+    return {"tflm_flash_bytes": model_bytes + TFLM_RUNTIME_BYTES,
+            "tflm_flash_source": f"the flatbuffer ({model_bytes:,} B) plus {TFLM_RUNTIME_SOURCE}"}
+
+
+def total_macs(generated: Generated) -> int:
+    """Multiply-accumulates of one inference: the sum over the layers (only CONV, DEPTHWISE and FC have any)."""
+    return sum(step.macs for step in generated.steps)
+
+
+def layers(generated: Generated) -> list[dict]:
+    """One entry per kernel call (the BISUP_MODEL_LAYERS the profile marks count; RESHAPE moves nothing):
+    op, MACs, parameters (count and bytes), output bytes and where the output sits in the arena
+    (``arena_offset`` up to ``arena_end``, exclusive)."""
+    entries = []
+    for step in (s for s in generated.steps if s.call):
+        output_bytes = sum(generated.sizes[t] for t in step.outputs)
+        offset = generated.plan.offsets.get(step.outputs[0])
+        entries.append({"op": step.op, "macs": step.macs, "parameters": step.parameters,
+                        "parameter_bytes": step.parameter_bytes, "output_bytes": output_bytes,
+                        "arena_offset": offset, "arena_end": None if offset is None else offset + output_bytes})
+    return entries
