@@ -34,7 +34,6 @@ from bisup.firmware_bridge.handler import RequestHandler
 from bisup.firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, connect, device_of, make_client, response_topic
 
 log = logging.getLogger("bisup.mqtt")
-SESSION_TAKEN_OVER = ReasonCode(PacketTypes.DISCONNECT, "Session taken over")  # MQTT 5 reason code 0x8E
 REMOTE_TYPES = (bytes([p.MsgType.INFER]), bytes([p.MsgType.SPLIT]))  # the request types that wait for a model
 
 
@@ -53,7 +52,6 @@ class MqttWorker:
         self.client_id = f"bisup-bridge-{group}-{name}"
         self.client = make_client(broker, self.client_id, manual_ack=True)
         self.client.on_connect = self._subscribe
-        self.client.on_disconnect = self._disconnected
         self.client.on_message = self._dispatch
         self.client.on_publish = self._published
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"bisup-{name}")
@@ -134,15 +132,6 @@ class MqttWorker:
         self.client.ack(message.mid, message.qos)
         with self._lock:
             self.served += 1
-
-    def _disconnected(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason_code: ReasonCode,
-                      properties: Properties | None) -> None:
-        """A second client with this worker's id takes its session, and the two then steal it from each other
-        on every reconnect: say which id, and how to give each bridge its own."""
-        if reason_code == SESSION_TAKEN_OVER:
-            log.error("worker %s: another client connected with the same client id and took its session; give "
-                      "each bridge its own --name (or leave --name out: the default is unique per process)",
-                      self.client_id)
 
     def stop(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)  # let running requests publish and be acked

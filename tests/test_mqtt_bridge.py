@@ -425,3 +425,14 @@ def test_secure_broker_end_to_end(secure_mosquitto, setup):
         workers[0].stop()
     assert unit.stats.requests > 0 and unit.stats.answered == unit.stats.requests
     assert [a.label for a in answers] == offline[:40].tolist()
+
+
+def test_two_bridges_on_one_host_never_share_a_client_id():
+    """Without --name, each bridge process names its workers after the host and its own process id."""
+    from bisup.service.bridge import default_worker_name
+
+    other = subprocess.run([sys.executable, "-c", "from bisup.service.bridge import default_worker_name; "
+                            "print(default_worker_name())"], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() != default_worker_name()
+    assert other.stdout.strip().split("-")[0] == default_worker_name().split("-")[0]  # the same host
+
