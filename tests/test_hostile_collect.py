@@ -122,15 +122,18 @@ def test_a_long_device_id_is_shortened_once_and_no_shard_passes_the_cap(tmp_path
     long_a, long_b = "a" * 30_000, "a" * 29_999 + "b"
     for _ in range(3000):
         inputs.relay(c, long_a)
-    inputs.relay(c, long_b)
     c.close()
     sizes = [shard.stat().st_size for shard in tmp_path.glob("shard-*.npz")]
     print(f"\nlong id: shards {sizes} B under a {CAP:,} B cap")
-    assert max(sizes) <= CAP and sum(sizes) <= CAP + RECORD
-    devices = set(read_collected(tmp_path).device.tolist())
-    assert len(devices) == 2 and all(len(d) == MAX_ID and d.startswith("a" * 23 + "~") for d in devices)
+    assert max(sizes) <= CAP and sum(sizes) <= CAP + RECORD and max(sizes) > CAP * 0.9
     assert sum("30,000 characters" in line for line in logged) == 1
     assert not any(long_a in line for line in logged)
+    both = Collector(tmp_path / "both", QUANT, HASH, print)  # two long ids that share their first 29,999 characters
+    inputs.relay(both, long_a)
+    inputs.relay(both, long_b)
+    both.close()
+    devices = set(read_collected(tmp_path / "both").device.tolist())
+    assert len(devices) == 2 and all(len(d) == MAX_ID and d.startswith("a" * 23 + "~") for d in devices)
 
 
 def test_leftover_temporary_files_are_cleared_and_a_complete_one_kept(tmp_path):
