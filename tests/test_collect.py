@@ -115,7 +115,8 @@ def test_a_corrupt_shard_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_killing_a_collecting_process_never_leaves_a_torn_shard(tmp_path):
-    """SIGKILL a process that writes a shard every record: whatever is there reads back whole."""
+    """SIGKILL a process that writes a shard every record: whatever is there reads back whole, and the next
+    collector on the folder leaves no temporary file behind."""
     script = textwrap.dedent("""
         import sys
         sys.path.insert(0, "tests")  # the test module's sibling imports, as pytest's rootdir mode sets them
@@ -136,6 +137,8 @@ def test_killing_a_collecting_process_never_leaves_a_torn_shard(tmp_path):
         process.wait()
         got = read_collected(folder)  # raises on a torn shard
         assert len(got) > 0 and len(np.unique(got.x_int8, axis=0)) == len(got)
+        Collector(folder, QUANT, "00", print).close()  # clears what the killed flush left, if it left anything
+        assert not list(folder.glob(".tmp-*")) and len(read_collected(folder)) >= len(got)
 
 
 @pytest.mark.slow

@@ -32,9 +32,13 @@ bisup_image_status bisup_image_open(const uint8_t *region, size_t region_bytes, 
   if (le16(region + 4) != 1u || le16(region + 6) != BISUP_IMAGE_HEADER_BYTES) return BISUP_IMAGE_BAD_VERSION;
   uint32_t size = le32(region + 8);
   if (size > region_bytes - BISUP_IMAGE_HEADER_BYTES) return BISUP_IMAGE_TRUNCATED;
+  /* As image.py refuses it: a threshold past the int8 range would trust every answer or none, silently. */
+  uint16_t raw = le16(region + 12);
+  int32_t threshold = (int32_t)raw - (raw >= 0x8000u ? 0x10000 : 0); /* i16, without an implementation-defined cast */
+  if (threshold < BISUP_IMAGE_THRESHOLD_MIN || threshold > BISUP_IMAGE_THRESHOLD_MAX) return BISUP_IMAGE_BAD_THRESHOLD;
   out->model = region + BISUP_IMAGE_HEADER_BYTES;
   out->model_bytes = size;
-  out->threshold_int8 = (int16_t)le16(region + 12);
+  out->threshold_int8 = (int16_t)threshold;
   out->hash = region + 16;
   return BISUP_IMAGE_OK;
 }

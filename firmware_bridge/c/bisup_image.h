@@ -6,7 +6,8 @@
  * u32 model size, i16 threshold, u16 0, 32-byte SHA-256, 16 bytes 0, then the model.
  * On ESP32 boards the image sits inside an ESP firmware-image container with one segment (the
  * container lets esptool check it); the reader skips that container's 32-byte prefix.
- * The reader checks structure only; a board with a SHA-256 engine may verify `hash` as well.
+ * The reader checks structure and the threshold's range (-128..128, as image.py does); a board with a
+ * SHA-256 engine may verify `hash` as well.
  *
  * Names: functions and types start with bisup_image_, macros and constants with BISUP_IMAGE_.
  * Every public C name of bisup starts with bisup_<module>_ or BISUP_<MODULE>_ (README, "Firmware templates").
@@ -22,6 +23,8 @@ extern "C" {
 #endif
 
 #define BISUP_IMAGE_HEADER_BYTES 64u
+#define BISUP_IMAGE_THRESHOLD_MIN (-128) /* the range firmware_bridge/image.py enforces: int8 confidences, */
+#define BISUP_IMAGE_THRESHOLD_MAX 128    /* and 128 for "never trust the local answer" */
 
 typedef enum {
   BISUP_IMAGE_OK = 0,
@@ -29,7 +32,8 @@ typedef enum {
   BISUP_IMAGE_BAD_MAGIC = 2,    /* nothing flashed, or another image */
   BISUP_IMAGE_BAD_VERSION = 3,  /* flashed by a newer bisup */
   BISUP_IMAGE_TRUNCATED = 4,    /* the model runs past the region */
-  BISUP_IMAGE_BAD_CONTAINER = 5 /* an ESP container with other than one segment */
+  BISUP_IMAGE_BAD_CONTAINER = 5, /* an ESP container with other than one segment */
+  BISUP_IMAGE_BAD_THRESHOLD = 6  /* a threshold outside -128..128, which bisup never writes */
 } bisup_image_status;
 
 typedef struct {

@@ -26,9 +26,9 @@ from bisup.converters.errors import BisupError
 from bisup.converters.scores import looks_like_probabilities
 from bisup.export import bundles
 from bisup.export import single as export
-from bisup.firmware_bridge.collect import Collected, read_collected
 from bisup.firmware_bridge.device_model import LocalModel
 from bisup.firmware_bridge.remotes import open_remote
+from bisup.firmware_bridge.shards import Collected, read_collected
 
 Progress = Callable[[str], None]
 
