@@ -6,7 +6,8 @@ naming what was wrong, or (for frames the device should never send) a counted, l
 A retry is the same device, the same boot id, the same sequence number *and* the same payload
 (its digest is part of the key), within a TTL. Sequence numbers restart after a reboot, but the
 boot id does not repeat, so a rebooted device never gets another input's answer from the cache.
-Each relay is logged as a JSON line; that log is also the labelled set of hard inputs.
+Each relay is logged as a JSON line; that log is also the labelled set of hard inputs. Device ids
+longer than HELLO allows are cut here (``protocol.bounded_id``), whatever the transport let through.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class RequestHandler:
 
     def error(self, exc: p.ProtocolError, device: str) -> bytes:
         """The ERROR reply for a frame or body that could not be accepted (counted and logged)."""
+        device = p.bounded_id(device)
         self.count(f"error_{exc.code.name.lower()}")
         self.events.error(device, exc.code.name)
         self.log.write({"time": time.time(), "device": device, "boot": exc.boot, "seq": exc.seq,
@@ -75,6 +77,7 @@ class RequestHandler:
         return p.encode_error(exc)
 
     def handle(self, device: str, body: bytes) -> bytes | None:
+        device = p.bounded_id(device)
         try:
             msg = p.decode(body)
         except p.ProtocolError as exc:
