@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bisup.converters.artefacts import Thresholds
-from bisup.firmware_bridge.events import Events, SinceLast
+from bisup.firmware_bridge.events import Events
 from bisup.firmware_bridge.relay import Answer, InferRequest
+from bisup.firmware_bridge.stats_ledger import StatsLedger
 
 Z_ALARM = 3.29  # two-sided 0.1%
 Z_CLEAR = 2.0  # back within this many standard errors to clear: without the gap, a rate on the edge flaps
@@ -95,7 +96,7 @@ class DriftAlarm(Events):
     def __init__(self, remote_fraction: Signal, disagreement: Signal | None, log: Callable[[str], None]):
         self.remote_fraction, self.disagreement, self.log = remote_fraction, disagreement, log
         self._lock = threading.Lock()
-        self._since_last = SinceLast()
+        self.ledger = StatsLedger()  # the handler checks STATS too; this one keeps direct callers honest
 
     @classmethod
     def from_thresholds(cls, t: Thresholds, log: Callable[[str], None], window: int = 500) -> DriftAlarm:
@@ -118,10 +119,10 @@ class DriftAlarm(Events):
         return [s for s in (self.remote_fraction, self.disagreement) if s is not None]
 
     def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
-        new = self._since_last.new(device, boot, inferences, relayed)
+        new = self.ledger.check(device, boot, inferences, local, relayed).new
         if new is not None:
             with self._lock:
-                self._update(self.remote_fraction, new[1], new[0])
+                self._update(self.remote_fraction, new[2], new[0])
 
     def relayed(self, device: str, request: InferRequest, answer: Answer) -> None:
         if self.disagreement is None or answer.remote_label is None:

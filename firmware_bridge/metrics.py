@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from bisup.converters.errors import BisupError
 from bisup.firmware_bridge.drift import DriftAlarm, Signal
-from bisup.firmware_bridge.events import Events, SinceLast
+from bisup.firmware_bridge.events import Events
+from bisup.firmware_bridge.stats_ledger import StatsLedger
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
@@ -46,7 +47,11 @@ class Metrics(Events):
                                   registry=r)
         self.local = Counter("bisup_device_local_answers", "Answers devices gave locally (STATS)", ["device"],
                              registry=r)
-        self._since_last = SinceLast()
+        self.implausible = Counter("bisup_implausible_stats", "STATS refused as impossible, by reason (the log "
+                                   "names each device once)", ["reason"], registry=r)
+        self.relays_short_stats = Counter("bisup_stats_relays_short", "STATS claiming fewer relays than the bridge "
+                                          "received from that boot (the log names each device once)", registry=r)
+        self.ledger = StatsLedger()
 
     def request(self, device: str, kind: str) -> None:
         self.requests.labels(device=device, kind=kind).inc()
@@ -64,10 +69,16 @@ class Metrics(Events):
         self.errors.labels(code=code).inc()
 
     def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
-        new = self._since_last.new(device, boot, inferences, local)
+        new = self.ledger.check(device, boot, inferences, local, relayed).new
         if new is not None:
             self.inferences.labels(device=device).inc(new[0])
             self.local.labels(device=device).inc(new[1])
+
+    def implausible_stats(self, device: str, reason: str) -> None:
+        self.implausible.labels(reason=reason).inc()
+
+    def relays_short(self, device: str, claimed: int, received: int) -> None:
+        self.relays_short_stats.inc()
 
     def watch_breakers(self, breakers: dict[str, Callable[[], str]]) -> None:
         """Export each remote's circuit breaker state (0 closed, 1 half-open, 2 open), read at scrape time."""
