@@ -7,8 +7,6 @@ run without any observer and lets observers be tested without a transport.
 
 from __future__ import annotations
 
-import threading
-
 from bisup.firmware_bridge.relay import Answer, InferRequest
 
 
@@ -33,25 +31,14 @@ class Events:
         """A request refused with an ERROR reply (``code``: the ErrorCode name)."""
 
     def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
-        """A device's STATS: its counts since boot ``boot``."""
+        """A device's STATS: its counts since boot ``boot``. Behind a ``RequestHandler`` only STATS its
+        ``StatsLedger`` accepts arrive here; an observer that counts keeps a ledger of its own to tell what is new."""
 
+    def implausible_stats(self, device: str, reason: str) -> None:
+        """A STATS refused as impossible (``reason``: a key of ``stats_ledger.REASONS``); nothing used it."""
 
-class SinceLast:
-    """Turns the cumulative counts of STATS into what is new since the last one, per device and boot id:
-    a repeated, late or reordered STATS yields nothing, a reboot starts from zero."""
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, int], tuple[int, ...]] = {}
-        self._lock = threading.Lock()
-
-    def new(self, device: str, boot: int, inferences: int, *counts: int) -> tuple[int, ...] | None:
-        """``(inferences, *counts)`` since the last STATS of this boot (counts never below 0), or None."""
-        with self._lock:
-            before = self._last.get((device, boot), (0,) * (1 + len(counts)))
-            if inferences <= before[0]:
-                return None
-            self._last[(device, boot)] = (inferences, *counts)
-        return (inferences - before[0], *(max(now - then, 0) for now, then in zip(counts, before[1:], strict=True)))
+    def relays_short(self, device: str, claimed: int, received: int) -> None:
+        """A STATS claims fewer relays since boot (``claimed``) than the bridge received from that boot."""
 
 
 def _to_all(name: str):
@@ -74,3 +61,5 @@ class Fanout(Events):
     relayed = _to_all("relayed")
     error = _to_all("error")
     device_stats = _to_all("device_stats")
+    implausible_stats = _to_all("implausible_stats")
+    relays_short = _to_all("relays_short")

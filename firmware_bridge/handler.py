@@ -7,15 +7,23 @@ A retry is the same device, the same boot id, the same sequence number *and* the
 (its digest is part of the key), within a TTL. Sequence numbers restart after a reboot, but the
 boot id does not repeat, so a rebooted device never gets another input's answer from the cache.
 Each relay is logged as a JSON line; that log is also the labelled set of hard inputs.
+
+STATS go to the observers only once a ``StatsLedger`` finds them possible; one that is not is dropped,
+counted, and its device named once in the text log (``warn``), not once per message, which a device
+stuck in a loop would turn into a flood. The ledger also counts the requests each boot relayed, so a
+device whose STATS understate them is named too. Device ids longer than HELLO allows are cut here
+(``protocol.bounded_id``), whatever the transport let through.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -26,6 +34,7 @@ from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.events import Events
 from bisup.firmware_bridge.relay import InferRequest, Relay
 from bisup.firmware_bridge.remotes import RemoteError
+from bisup.firmware_bridge.stats_ledger import REASONS, StatsLedger, Verdict
 
 FIRMWARE = (0, 2, 0)
 CacheKey = tuple[str, int, int, bytes]  # device, boot id, seq, payload digest
@@ -52,9 +61,12 @@ class RequestHandler:
     """Turns a request body from a device into the reply body (or None when nothing is owed)."""
 
     def __init__(self, relay: Relay, bundle: Bundle, log: RelayLog | None = None, cache_size: int = 4096,
-                 bridge_id: str = "bisup-bridge", cache_ttl_s: float = 600.0, events: Events | None = None):
+                 bridge_id: str = "bisup-bridge", cache_ttl_s: float = 600.0, events: Events | None = None,
+                 warn: Callable[[str], None] | None = None):
         self.relay, self.bundle, self.log = relay, bundle, log or RelayLog(None)
         self.events = events or Events()  # what monitoring sees (metrics, the drift alarm)
+        self.warn = warn or logging.getLogger("bisup.bridge").warning  # names devices whose STATS are wrong, once
+        self.ledger = StatsLedger()
         self.bridge_id = bridge_id
         self.counts: Counter[str] = Counter()
         self._cache: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
@@ -68,6 +80,7 @@ class RequestHandler:
 
     def error(self, exc: p.ProtocolError, device: str) -> bytes:
         """The ERROR reply for a frame or body that could not be accepted (counted and logged)."""
+        device = p.bounded_id(device)
         self.count(f"error_{exc.code.name.lower()}")
         self.events.error(device, exc.code.name)
         self.log.write({"time": time.time(), "device": device, "boot": exc.boot, "seq": exc.seq,
@@ -75,6 +88,7 @@ class RequestHandler:
         return p.encode_error(exc)
 
     def handle(self, device: str, body: bytes) -> bytes | None:
+        device = p.bounded_id(device)
         try:
             msg = p.decode(body)
         except p.ProtocolError as exc:
@@ -87,7 +101,7 @@ class RequestHandler:
             return p.encode(p.Pong(msg.seq, boot=msg.boot))
         if isinstance(msg, p.Stats):
             self.count("stats")
-            self.events.device_stats(device, msg.boot, msg.inferences, msg.local, msg.relayed)
+            self._stats(device, msg)
             return None  # cumulative counts: nothing to acknowledge
         if isinstance(msg, p.Infer | p.Split):
             start = time.perf_counter()
@@ -97,6 +111,33 @@ class RequestHandler:
             return reply
         self.count(f"ignored_{type(msg).__name__.lower()}")  # devices do not send these
         return None
+
+    def _stats(self, device: str, msg: p.Stats) -> None:
+        """Passes a possible STATS on; drops, counts and names (once per device) an impossible one."""
+        verdict = self.ledger.check(device, msg.boot, msg.inferences, msg.local, msg.relayed)
+        if verdict.refused:
+            self._refused(device, msg, verdict)
+            return
+        if verdict.short:
+            self._short(device, msg, verdict)
+        self.events.device_stats(device, msg.boot, msg.inferences, msg.local, msg.relayed)
+
+    def _refused(self, device: str, msg: p.Stats, verdict: Verdict) -> None:
+        self.count("stats_implausible")
+        self.events.implausible_stats(device, verdict.refused)
+        if verdict.first:
+            self.warn(f"device {device}: dropped a STATS with {REASONS[verdict.refused]} (inferences "
+                      f"{msg.inferences}, local {msg.local}, relayed {msg.relayed}, boot {msg.boot:#x}); its "
+                      "impossible STATS are dropped and counted (bisup_implausible_stats_total), not logged again")
+
+    def _short(self, device: str, msg: p.Stats, verdict: Verdict) -> None:
+        claimed, received = verdict.short
+        self.count("stats_relays_short")
+        self.events.relays_short(device, claimed, received)
+        if verdict.first:
+            self.warn(f"device {device}: its STATS claim {claimed} relays since boot {msg.boot:#x}, but the bridge "
+                      f"received {received} from that boot: its firmware undercounts (or hides) relays. Such STATS "
+                      "are counted (bisup_stats_relays_short_total), not logged again")
 
     def _expected(self, msg: p.Infer | p.Split) -> tuple[int, str]:
         """The element count a request must carry, and what takes it (0 for a stage with no remote tail)."""
@@ -125,6 +166,7 @@ class RequestHandler:
                 self.events.outcome(device, "duplicate")
                 return cached
             running.wait()  # a resend while the first copy is with the remote: answer both from one call
+        self.ledger.relay(device, msg.boot)  # a first copy: what the device's STATS must count at least
         try:
             reply = self._relay(device, msg)
             with self._lock:

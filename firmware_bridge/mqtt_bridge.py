@@ -55,7 +55,7 @@ class MqttWorker:
         self.client.on_message = self._dispatch
         self.client.on_publish = self._published
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"bisup-{name}")
-        self.served = 0
+        self.served = self._refused_ids = 0
         self._lock = threading.Lock()
         self._awaiting: dict[int, mqtt.MQTTMessage] = {}  # answer mid -> the request to ack on its PUBACK
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat the registration of their answer
@@ -89,6 +89,9 @@ class MqttWorker:
         worker and stop every device's requests. Only an answer lost with the connection leaves its
         request unacked, so that the broker delivers the request again."""
         device = device_of(message.topic)
+        if device and len(device) > p.MAX_ID:
+            self._refuse_id(device)
+            device = None
         try:
             reply = self.handler.handle(device, message.payload) if device else None
             if reply is not None:
@@ -98,6 +101,19 @@ class MqttWorker:
             self.handler.count("internal_error")
             log.exception("worker %s failed on a request from %s; acking it", self.client_id, device)
         self._ack(message)
+
+    def _refuse_id(self, device: str) -> None:
+        """Refuses (acks, unanswered) a request whose topic names an id longer than HELLO allows: every id
+        becomes state and a metric label, and a topic level may hold 65,535 characters. Logged at the 1st,
+        2nd, 4th, 8th... refusal, so that a flood of them makes a few lines."""
+        self.handler.count("refused_device_id")
+        with self._lock:
+            self._refused_ids += 1
+            refused = self._refused_ids
+        if refused & (refused - 1) == 0:
+            log.warning("refused a request from device id %s... of %d characters: device ids are 1..%d characters "
+                        "as in HELLO (%d refused by worker %s so far)", device[:40], len(device), p.MAX_ID, refused,
+                        self.client_id)
 
     def _publish(self, device: str, reply: bytes, request: mqtt.MQTTMessage) -> None:
         topic, props = _reply_route(device, getattr(request, "properties", None))

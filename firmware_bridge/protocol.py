@@ -11,6 +11,7 @@ reboot can never be answered with another boot's answers.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -189,6 +190,18 @@ INFER_FIXED = struct.Struct("<HbBI")  # local label, local confidence, dtype, el
 FEED_FIXED = struct.Struct("<BI")  # dtype, element count
 SPLIT_FIXED = struct.Struct("<BHbBI")  # stage, local label, local confidence, dtype, element count
 ANSWER_FMT, ERROR_FMT, REPORT_FMT, MAX_BODY_FMT, STATS_FMT = "<HHBB", "<BI", "<HBBHbII", "<I", "<III"
+
+
+def bounded_id(device: str) -> str:
+    """``device`` when it fits HELLO's 1..MAX_ID characters, else its first MAX_ID - 9, ``~`` and a digest.
+
+    Ids the bridge does not read from HELLO (an MQTT topic level, a serial port's name) have no limit of their
+    own, yet each becomes a key of the bridge's state and a metric label: a 60,000-character id cost 600 KB per
+    scrape. The digest keeps apart two long ids that share their first characters."""
+    if len(device) <= MAX_ID:
+        return device
+    digest = hashlib.blake2b(device.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{device[: MAX_ID - 9]}~{digest}"
 
 
 def _payload(msg: Message) -> tuple[MsgType, bytes]:

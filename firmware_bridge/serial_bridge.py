@@ -57,8 +57,18 @@ class SerialBridge:
     def __init__(self, url: str, handler: RequestHandler, baud: int = 921600,
                  opener: Callable[..., serial.SerialBase] = serial.serial_for_url):
         self.url, self.handler, self.baud, self._open = url, handler, baud, opener
-        self.device = f"serial:{url}"  # replaced by the id the device gives in HELLO
+        self.device = self._port_name(url)  # replaced by the id the device gives in HELLO
         self.reopens = 0
+
+    @staticmethod
+    def _port_name(url: str) -> str:
+        """``serial:URL``, cut to the length of a device id (which becomes state and a metric label)."""
+        name = f"serial:{url}"
+        short = p.bounded_id(name)
+        if short != name:
+            log.warning("the device on %s is called %s until it says HELLO: device ids are at most %d characters",
+                        url, short, p.MAX_ID)
+        return short
 
     def _reply(self, port: serial.SerialBase | PtyPort, body: bytes | None) -> None:
         if body is not None:

@@ -1,5 +1,5 @@
 """The drift alarm's statistics and the metrics it and the handler export, without a transport
-(the MQTT tests scrape a running bridge)."""
+(the MQTT tests scrape a running bridge). Lying devices: test_hostile_stats."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bisup.converters.artefacts import LocalThreshold, RemoteThreshold, Thresholds
-from bisup.firmware_bridge.drift import MIN_SAMPLES, DriftAlarm, Signal
+from bisup.firmware_bridge.drift import IDLE_S, MIN_SAMPLES, DriftAlarm, Signal
 from bisup.firmware_bridge.metrics import Metrics, MetricsError
 from bisup.firmware_bridge.protocol import Source
 from bisup.firmware_bridge.relay import Answer, InferRequest
@@ -84,6 +84,58 @@ def test_an_old_calibration_watches_the_remote_fraction_only():
     logged = []
     alarm = DriftAlarm.from_thresholds(_thresholds(0.3, None), logged.append)
     assert alarm.disagreement is None and "calibrate again" in logged[0]
+
+
+FLEET = [f"d{i:02}" for i in range(20)]
+
+
+def test_no_device_holds_more_than_its_share_of_the_window():
+    """A tenth of the window at most, from ten devices on, however large its reports; rates stay in [0, 1]."""
+    rng = np.random.default_rng(3)
+    signal = Signal("remote fraction", 0.3, 359, window=500)
+    for step in range(3000):
+        device = "big" if step % 3 == 0 else FLEET[int(rng.integers(len(FLEET)))]
+        size = 10**6 if device == "big" else int(rng.integers(1, 40))
+        signal.add(int(rng.integers(0, 2 * size)), size, device)  # hits beyond trials too
+        if sum(signal.held(d) > 0 for d in [*FLEET, "big"]) >= 10:
+            assert signal.held("big") <= 50, step
+        assert 0 <= signal.view().live <= 1
+
+
+def test_while_the_window_fills_a_device_weighs_no_more_than_its_share_of_what_is_there():
+    """Twenty devices' first STATS (200 inferences in all), then one of 10^6: its 50 would be a fifth."""
+    signal = Signal("remote fraction", 0.3, 359, window=500)
+    for device in FLEET:
+        signal.add(3, 10, device)
+    signal.add(10**6, 10**6, "big")
+    view = signal.view()
+    assert signal.held("big") == 50 and not signal.alarm and view.lower <= view.live <= view.upper
+    assert view.samples == 225  # the fleet's 200 and a tenth of 250
+
+
+def test_a_small_fleet_weighs_its_devices_alike_and_a_lone_device_is_the_fleet():
+    signal = Signal("remote fraction", 0.3, 359, window=500)
+    signal.add(300, 1000, "solo")
+    assert signal.held("solo") == 500  # as before: one device fills the window
+    for _ in range(50):
+        signal.add(3, 10, "a")
+        signal.add(3, 10, "b")
+    assert all(signal.held(d) <= 167 for d in ("solo", "a", "b")) and signal.view().samples >= 498  # rounding
+
+
+def test_a_device_silent_for_an_hour_leaves_the_windows():
+    """Otherwise its last counts would hold a third of a three-device window for good."""
+    now = [1000.0]
+    alarm = DriftAlarm.from_thresholds(_thresholds(0.3, 0.2), lambda line: None)
+    alarm.clock = alarm.ledger.clock = lambda: now[0]
+    for n in range(1, 61):  # STATS of 10 inferences a second each; "gone" stops after 30
+        if n == 31:
+            assert alarm.remote_fraction.held("gone") == 167  # a third of 500
+            now[0] += IDLE_S + 1
+        for device in ("a", "b", "gone") if n <= 30 else ("a", "b"):
+            alarm.device_stats(device, 1, 10 * n, 7 * n, 3 * n)
+        now[0] += 1
+    assert alarm.remote_fraction.held("gone") == 0 and alarm.remote_fraction.view().samples == 500
 
 
 def _samples(metrics: Metrics) -> dict:

@@ -341,6 +341,32 @@ def test_requests_a_worker_cannot_answer_are_still_acked(mosquitto, setup):
         worker.stop()
 
 
+def test_a_device_id_longer_than_hello_allows_is_refused_with_a_line(mosquitto, setup, caplog):
+    """Every id becomes state and a metric label; a topic level may hold 65,535 characters (a 60,000-character
+    id cost 600 KB per scrape). Refused requests are acked, and logged at the 1st, 2nd, 4th... refusal."""
+    broker = Broker.from_url(mosquitto.url)
+    handler = _handler(setup)
+    worker = start_workers(broker, handler, prefix="t7-")[0]
+    sender = make_client(broker, "long-id")
+    connect(sender, broker)
+    try:
+        with caplog.at_level("WARNING", logger="bisup.mqtt"):
+            for n in range(5):
+                sender.publish(request_topic("x" * 1000), p.encode(p.Stats(n, 10, 7, 3)), qos=1).wait_for_publish(5)
+            reply, _ = _ask(broker, p.encode(p.Ping(9)))  # another device is served as before
+        deadline = time.monotonic() + 10
+        while worker.served < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        worker.stop()
+    assert p.decode(reply) == p.Pong(9) and worker.served == 6
+    assert handler.counts["refused_device_id"] == 5 and handler.counts.get("stats", 0) == 0
+    lines = [r.getMessage() for r in caplog.records if "refused a request from device id" in r.getMessage()]
+    assert len(lines) == 3 and "of 1000 characters: device ids are 1..32 characters" in lines[0], lines
+
+
 class _Hanging:
     """A model server that accepted the request and never answers (stands in for a hung KServe pod)."""
 

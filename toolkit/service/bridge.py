@@ -104,7 +104,8 @@ def make_handler(bundle_path: str | Path, remote_spec: str, options: RemoteOptio
                          options.breaker_failures, options.breaker_cooldown_s)
                for spec in deployment.remote_specs(remote_spec)]
     events, closing = _monitor(monitoring, deployment.remote_names(guarded), observers, progress)
-    handler = RequestHandler(deployment.relay(guarded), deployment.identity(), RelayLog(json_log), events=events)
+    handler = RequestHandler(deployment.relay(guarded), deployment.identity(), RelayLog(json_log), events=events,
+                             warn=progress)
     return handler, _Closing([*guarded, *closing])
 
 
