@@ -86,3 +86,22 @@ def secure_mosquitto(tmp_path):
 
     with run_broker(tmp_path / "mosquitto-secure", secure=True, devices=("d1", "d2")) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def image_reader(tmp_path_factory):
+    """The firmware's model-image reader (tests/c/image_harness.c on bisup_image.c), built for the host under
+    sanitizers: a callable from an image file to what the harness prints."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed (CI installs it)")
+    root = Path(__file__).resolve().parents[1]
+    lib = root / "firmware_bridge" / "c"
+    exe = tmp_path_factory.mktemp("c") / "image_harness"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=all", f"-I{lib}", str(lib / "bisup_image.c"),
+                    str(root / "tests" / "c" / "image_harness.c"), "-o", str(exe)], check=True)
+    return lambda path: subprocess.run([str(exe), str(path)], check=True, capture_output=True, text=True).stdout

@@ -4,10 +4,7 @@ threshold outside -128..128 would make a device trust every answer or none, with
 from __future__ import annotations
 
 import hashlib
-import shutil
 import struct
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -15,21 +12,7 @@ from bisup.firmware_bridge.image import HEADER_BYTES, ImageError, ModelImage
 
 pytestmark = pytest.mark.toolchain
 
-ROOT = Path(__file__).resolve().parents[1]
-LIB = ROOT / "firmware_bridge" / "c"
 BAD_THRESHOLD = 6  # BISUP_IMAGE_BAD_THRESHOLD in bisup_image.h
-
-
-@pytest.fixture(scope="module")
-def reader(tmp_path_factory):
-    """tests/c/image_harness.c on the library, under sanitizers, as tests/test_flash.py builds it."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed (CI installs it)")
-    exe = tmp_path_factory.mktemp("c") / "image_harness"
-    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsanitize=address,undefined",
-                    "-fno-sanitize-recover=all", f"-I{LIB}", str(LIB / "bisup_image.c"),
-                    str(ROOT / "tests" / "c" / "image_harness.c"), "-o", str(exe)], check=True)
-    return exe
 
 
 def _image(threshold: int) -> bytes:
@@ -41,10 +24,10 @@ def _image(threshold: int) -> bytes:
 
 
 @pytest.mark.parametrize("threshold", [-32768, -129, -128, 0, 127, 128, 129, 32767])
-def test_the_c_reader_takes_the_thresholds_python_takes(reader, tmp_path, threshold):
+def test_the_c_reader_takes_the_thresholds_python_takes(image_reader, tmp_path, threshold):
     path = tmp_path / "model.bin"
     path.write_bytes(_image(threshold))
-    out = subprocess.run([str(reader), str(path)], check=True, capture_output=True, text=True).stdout.split()
+    out = image_reader(path).split()
     try:
         python_ok = ModelImage.decode(path.read_bytes()).threshold_int8 == threshold
     except ImageError:

@@ -7,9 +7,7 @@ import contextlib
 import hashlib
 import io
 import json
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,9 +19,6 @@ from bisup.cli import main
 from bisup.firmware_bridge.image import HEADER_BYTES, ImageError, ModelImage
 from bisup.flashing import esp_partitions
 from bisup.flashing.esp_partitions import Partition, PartitionError
-
-ROOT = Path(__file__).resolve().parents[1]
-LIB = ROOT / "firmware_bridge" / "c"
 
 
 def test_model_image_round_trip_and_refusals():
@@ -83,18 +78,6 @@ def _image_info(path: Path) -> str:
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-def c_reader(tmp_path_factory):
-    """The firmware's image reader, built for the host under sanitizers."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed (CI installs it)")
-    exe = tmp_path_factory.mktemp("c") / "image_harness"
-    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsanitize=address,undefined",
-                    "-fno-sanitize-recover=all", f"-I{LIB}", str(LIB / "bisup_image.c"),
-                    str(ROOT / "tests" / "c" / "image_harness.c"), "-o", str(exe)], check=True)
-    return lambda path: subprocess.run([str(exe), str(path)], check=True, capture_output=True, text=True).stdout
-
-
 def _dry_run(archive: Path, board: str, out: Path) -> dict:
     result = CliRunner().invoke(main, ["flash", str(archive), "--board", board, "--dry-run", "--out", str(out),
                                        "--json"])
@@ -104,7 +87,7 @@ def _dry_run(archive: Path, board: str, out: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.toolchain
-def test_esp32s3_dry_run_images_pass_esptool_and_the_firmware_reader(archive, bundle_dir, tmp_path, c_reader):
+def test_esp32s3_dry_run_images_pass_esptool_and_the_firmware_reader(archive, bundle_dir, tmp_path, image_reader):
     plan = _dry_run(archive, "esp32s3", tmp_path)
     assert [(w["offset"], w["file"]) for w in plan["writes"]] == [(0x8000, "partition-table.bin"),
                                                                  (0x310000, "model.bin")]
@@ -117,7 +100,7 @@ def test_esp32s3_dry_run_images_pass_esptool_and_the_firmware_reader(archive, bu
     assert (tmp_path / "partitions.csv").read_text() == esp_partitions.to_csv(table)
     model = (bundle_dir / "model.tflite").read_bytes()
     threshold = json.loads((bundle_dir / "thresholds.json").read_text())["local"]["threshold_int8"]
-    assert c_reader(tmp_path / "model.bin").split() == [
+    assert image_reader(tmp_path / "model.bin").split() == [
         "status=0", "offset=96", f"bytes={len(model)}", f"threshold={threshold}",
         f"hash={hashlib.sha256(model).hexdigest()}"]
 
@@ -133,10 +116,10 @@ def test_esptool_sees_a_corrupted_esp_model_image(archive, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.toolchain
-def test_cortex_m_dry_run_writes_the_bare_image_at_the_profile_address(archive, tmp_path, c_reader):
+def test_cortex_m_dry_run_writes_the_bare_image_at_the_profile_address(archive, tmp_path, image_reader):
     plan = _dry_run(archive, "nrf52840", tmp_path)
     assert plan["tool"] == "pyocd" and [w["offset"] for w in plan["writes"]] == [load_board("nrf52840").model_offset]
-    assert c_reader(tmp_path / "model.bin").split()[:2] == ["status=0", "offset=64"]
+    assert image_reader(tmp_path / "model.bin").split()[:2] == ["status=0", "offset=64"]
 
 
 @pytest.mark.slow
