@@ -2,7 +2,7 @@
 
 - every package folder is installed under its ``bisup`` name (pyproject lists them);
 - the import graph runs one way: ``bisup`` (toolkit/) uses converters, firmware_bridge and boards, never the
-  reverse, and no library module imports an example;
+  reverse, no library module imports an example, and only the command line imports the command line;
 - one place asks which kind a deployment is (``bisup.deployment``);
 - modules stay readable (at most 500 lines) and parameters are annotated (at least 95 %).
 """
@@ -59,6 +59,13 @@ def test_no_library_module_imports_an_example():
     users = {name: sorted(i for i in _imports(path) if i.startswith("bisup.examples"))
              for name, path in _modules().items()
              if not name.startswith("bisup.examples") and name != "bisup.cli.examples"}
+    assert {name: found for name, found in users.items() if found} == {}
+
+
+def test_only_the_command_line_imports_the_command_line():
+    """Presentation (tables, options) stays in ``bisup.cli``; the library returns results, never text for it."""
+    users = {name: sorted(i for i in _imports(path) if i.startswith("bisup.cli"))
+             for name, path in _modules().items() if not name.startswith("bisup.cli")}
     assert {name: found for name, found in users.items() if found} == {}
 
 

@@ -68,11 +68,18 @@ class CalibrationRequest:
 
 @dataclass(frozen=True)
 class Calibrated:
-    """What a calibration chose, as ``--json`` prints it and as the table reads, and the files it wrote."""
+    """What a calibration chose and the files it wrote: ``Thresholds`` for a single model, the policies by
+    kind for a multi-exit one (``kind`` says which; ``bisup.cli.tables.calibrated_table`` presents both)."""
 
-    json: dict[str, Any]
-    table: str
+    kind: str
+    chosen: Any  # Thresholds | dict[str, Policy]
     wrote: list[Path]
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``bisup calibrate --json`` prints."""
+        if self.kind == "exits":
+            return {name: policy.to_json() for name, policy in self.chosen.items()}
+        return self.chosen.to_json()
 
 
 class Deployment(ABC):
@@ -265,7 +272,6 @@ class SingleDeployment(Deployment):
     def calibrate(self, request: CalibrationRequest, progress: Progress) -> Calibrated:
         from bisup.calibration import single
         from bisup.calibration.thresholds import CostModel, RemoteRule
-        from bisup.cli.tables import calibration_table
         from bisup.firmware_bridge.remotes import open_remote
 
         self.check_calibration(request)
@@ -276,10 +282,7 @@ class SingleDeployment(Deployment):
                                   request.remote_supervisor,
                                   CostModel(request.price_per_call, request.latency_ms / 1000), progress)
         paths = single.write(result, request.out_dir)
-        thresholds = result.thresholds()
-        return Calibrated(thresholds.to_json(), calibration_table(thresholds),
-                          [paths["thresholds"], paths["plot"]])
-
+        return Calibrated(self.kind, result.thresholds(), [paths["thresholds"], paths["plot"]])
 
     def check_calibration(self, request: CalibrationRequest) -> None:
         _mode(request)
@@ -406,17 +409,10 @@ class ExitsDeployment(Deployment):
         tails = open_tail_dir(Path(request.remote), self.staged.table)
         link = exit_calibration.LinkCost(request.bandwidth_kbps * 1000, request.cloud_gmacs * 1e9)
         chosen, _ = exit_calibration.calibrate(self.staged, tails, request.data_path, request.max_device_fraction,
-                                        request.max_remote_fraction, request.max_reject, link,
-                                        request.remote_supervisor, progress, request.out_dir)
-        lines = []
-        for kind, found in chosen.items():
-            a = found.achieved
-            lines.append(f"{kind:10s} depth {found.depth}, split {found.split}: accuracy {100 * a['accuracy']:.2f} %, "
-                         f"remote {100 * a['remote_fraction']:.1f} %, device {a['mean_device_macs']:,.0f} MACs, "
-                         f"{a['mean_bytes_sent']:.1f} B sent per input")
-        return Calibrated({k: v.to_json() for k, v in chosen.items()}, "\n".join(lines),
+                                               request.max_remote_fraction, request.max_reject, link,
+                                               request.remote_supervisor, progress, request.out_dir)
+        return Calibrated(self.kind, chosen,
                           [request.out_dir / "policy.json", request.out_dir / "policy-thresholds.json"])
-
 
     def check_calibration(self, request: CalibrationRequest) -> None:
         self.check_remote(request.remote)
@@ -429,7 +425,7 @@ def _tails_folder(remote_spec: str) -> Path:
     folder = Path(remote_spec)
     if not folder.exists():
         raise MissingTails(f"remote tails folder {folder} does not exist; give the folder `bisup exits --out` "
-                               "wrote")
+                           "wrote")
     return folder
 
 

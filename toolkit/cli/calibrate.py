@@ -76,6 +76,7 @@ def calibrate_command(local_path: Path, remote: str, data_path: Path, max_remote
     --max-device-fraction and --max-remote-fraction, written to policy-thresholds.json and policy.json.
     """
     from bisup.calibration.single import ModeError
+    from bisup.cli.tables import calibrated_table
     from bisup.deployment import CalibrationError, CalibrationRequest, open_deployment
 
     check_exists(local_path, "local model", "give the model.tflite that `bisup export --out DIR` writes")
@@ -90,5 +91,5 @@ def calibrate_command(local_path: Path, remote: str, data_path: Path, max_remote
         raise click.UsageError(str(exc)) from None
     quiet_tensorflow()
     done = deployment.calibrate(request, progress)
-    click.echo(json.dumps(done.json, indent=2) if as_json else done.table)
+    click.echo(json.dumps(done.to_json(), indent=2) if as_json else calibrated_table(done))
     progress("wrote " + " and ".join(str(path) for path in done.wrote))

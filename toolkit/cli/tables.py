@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from bisup.converters.artefacts import BoardProfile, ExportReport, Thresholds
 
 if TYPE_CHECKING:
+    from bisup.deployment import Calibrated
     from bisup.flashing.flash import FlashPlan
     from bisup.hil.runner import HilReport
 
@@ -244,6 +245,19 @@ def retrain_table(result: dict) -> str:
                      f"remote calls (chosen on the held-out set: a reference, not a deployable threshold)")
     lines.append(f"collected {result['collected']} relayed inputs, trained on {result['trained_on']}; "
                  f"new bundle {result['bundle']}")
+    return "\n".join(lines)
+
+
+def calibrated_table(done: Calibrated) -> str:
+    """What ``bisup calibrate`` chose: the thresholds of a single model, or one line per multi-exit policy."""
+    if done.kind == "single":
+        return calibration_table(done.chosen)
+    lines = []
+    for kind, found in done.chosen.items():
+        a = found.achieved
+        lines.append(f"{kind:10s} depth {found.depth}, split {found.split}: accuracy {100 * a['accuracy']:.2f} %, "
+                     f"remote {100 * a['remote_fraction']:.1f} %, device {a['mean_device_macs']:,.0f} MACs, "
+                     f"{a['mean_bytes_sent']:.1f} B sent per input")
     return "\n".join(lines)
 
 
