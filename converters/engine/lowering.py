@@ -1,6 +1,6 @@
 """Each operator lowered to one kernel call, a ``Step``: its C parameter definitions and the call.
 
-The generated code calls the int8 kernels in ``firmware_bridge/c/bisup_kernels.c`` with parameters
+The generated code calls the int8 kernels in ``engine/kernels/`` (C) with parameters
 computed here exactly as TFLite Micro computes them when it prepares each op (``QuantizeMultiplier``,
 the per-channel path in double, the per-tensor FULLY_CONNECTED path that multiplies the scales in
 float32 first, the softmax scaling and its input radius, the activation ranges), so its outputs are

@@ -27,7 +27,7 @@ import serial
 from bisup.boards import Emulation, emulated_names, firmware_dir, load_board
 from bisup.converters import engine
 from bisup.converters.errors import BisupError
-from bisup.firmware_bridge import framing
+from bisup.firmware_bridge import C_LIBRARY, framing
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.handler import RequestHandler
@@ -36,7 +36,6 @@ from bisup.firmware_bridge.serial_bridge import port_problem
 
 Progress = Callable[[str], None]
 
-C_LIBRARY = engine.KERNELS_DIR  # the C device library: firmware_bridge/c, beside the engine's kernels
 
 
 Machine = Emulation  # an emulated board's machine, core, clock and memory map: its profile's [emulation] table
@@ -115,7 +114,7 @@ def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int 
 
 def compile_firmware(machine: str, workdir: Path, sources: list[Path], max_body: int, defines: list[str]) -> Path:
     """The board's firmware folder (its profile's ``firmware``, e.g. ``boards/mps2``): its shared part (start-up,
-    UART, clock, frame I/O), the C device library's protocol, app step and kernels, and ``sources``: one
+    UART, clock, frame I/O), the C device library's protocol and app step, the engine's kernels, and ``sources``: one
     program's main, its generated C and the library modules it needs (``workdir`` holds the generated
     headers); return the ELF."""
     if shutil.which("arm-none-eabi-gcc") is None:
@@ -124,12 +123,13 @@ def compile_firmware(machine: str, workdir: Path, sources: list[Path], max_body:
     (workdir / "link.ld").write_text((firmware / "link.ld.in").read_text().format(**vars(board)))
     elf = workdir / "firmware.elf"
     shared = [firmware / "startup.c", firmware / "board.c", C_LIBRARY / "bisup_proto.c", C_LIBRARY / "bisup_app.c",
-              C_LIBRARY / "bisup_kernels.c"]
+              *engine.kernel_sources()]
     cmd = ["arm-none-eabi-gcc", f"-mcpu={board.cpu}", "-mthumb", "-mfloat-abi=soft", "-O2", "-std=c99", "-Wall",
            "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-nostartfiles",
            "--specs=nano.specs", "--specs=nosys.specs", f"-DBISUP_PROTO_MAX_BODY={max_body}u",
            f"-DBISUP_UART0_BASE={board.uart0:#x}u", f"-DBISUP_CPU_HZ={board.cpu_hz}u", *defines, f"-I{workdir}",
-           f"-I{firmware}", f"-I{C_LIBRARY}", "-T", str(workdir / "link.ld"), *(str(f) for f in shared + sources),
+           f"-I{firmware}", f"-I{C_LIBRARY}", f"-I{engine.KERNELS_DIR}", "-T", str(workdir / "link.ld"),
+           *(str(f) for f in shared + sources),
            "-o", str(elf)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
