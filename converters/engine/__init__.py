@@ -13,7 +13,7 @@ Modules, one job each, importing only the ones above them:
   ``input_radius``, ``same_or_valid``).
 - ``subgraph``: ``EngineError``, and the flatbuffer's one subgraph (``Graph``) as the lowering reads it.
 - ``lowering``: each operator lowered to a kernel call (``Step``), checking everything the kernels assume;
-  ``SUPPORTED`` lists the ops.
+  ``LOWERINGS`` is the one table of ops and their lowerings, ``SUPPORTED`` its keys.
 - ``arena_plan``: the static arena's offsets from tensor lifetimes (``Plan``, ``plan_arena``).
 - ``emit``: the header and source text (``Names``, ``Generated``, ``generate``) and the files (``write``).
 - ``report``: the export report's figures (``summary``, ``layers``, ``total_macs``), flash measured with

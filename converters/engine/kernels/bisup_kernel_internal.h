@@ -13,6 +13,25 @@
 
 #include "bisup_kernels.h"
 
+/* The instruction set the kernels use, chosen when they are compiled, from the ACLE feature macros the
+ * compiler sets for -mcpu (a board profile's arch): Helium (M-profile Vector Extension, integer) on the
+ * Cortex-M55, the DSP extension's SIMD multiply-accumulates on ARMv7E-M and ARMv8-M Mainline (Cortex-M4, M7,
+ * M33), portable C everywhere else. -DBISUP_KERNELS_PORTABLE forces portable C (the benchmarks' baseline).
+ *
+ * Each op's entry point (bisup_kernel_<op>) first offers the input to its ISA variant in <op>_mve.c or
+ * <op>_dsp.c, which returns 0 for a shape it does not cover; the portable kernel then runs it. An
+ * uncovered shape is slower, never wrong. */
+#if !defined(BISUP_KERNELS_PORTABLE) && defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define BISUP_KERNEL_MVE 1
+#else
+#define BISUP_KERNEL_MVE 0
+#endif
+#if !defined(BISUP_KERNELS_PORTABLE) && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#define BISUP_KERNEL_DSP 1
+#else
+#define BISUP_KERNEL_DSP 0
+#endif
+
 static inline int32_t clamp32(int32_t x, int32_t lo, int32_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
 /* (a * b * 2) >> 32 rounded to nearest, halves away from zero; saturates the one overflowing product. */

@@ -2,6 +2,8 @@
  * logistic (see bisup_kernels.h). */
 #include "bisup_kernel_internal.h"
 
+const char *bisup_kernel_isa(void) { return BISUP_KERNEL_MVE ? "mve" : (BISUP_KERNEL_DSP ? "dsp" : "portable"); }
+
 int32_t bisup_kernel_saturating_rounding_doubling_high_mul(int32_t a, int32_t b) { return srdhm(a, b); }
 
 int32_t bisup_kernel_rounding_divide_by_pot(int32_t x, int exponent) { return rdbp(x, exponent); }
