@@ -29,8 +29,8 @@ def _c_time(model: bytes, x_q, work: Path) -> tuple[float, object]:
 
     generated = engine.write(model, work)
     exe = work / "engine_bench"
-    subprocess.run(["gcc", "-std=c99", "-O2", f"-I{work}", f"-I{ROOT / 'firmware_bridge' / 'c'}",
-                    str(work / "model_infer.c"), str(ROOT / "firmware_bridge" / "c" / "bisup_kernels.c"),
+    subprocess.run(["gcc", "-std=c99", "-O2", f"-I{work}", f"-I{engine.KERNELS_DIR}",
+                    str(work / "model_infer.c"), *map(str, engine.kernel_sources()),
                     str(Path(__file__).with_name("engine_bench.c")), "-o", str(exe)], check=True)
     runs = [float(subprocess.run([str(exe), str(COUNT)], input=x_q.tobytes(), capture_output=True, check=True,
                                  text=False).stdout.split()[0]) for _ in range(ROUNDS)]

@@ -9,7 +9,7 @@ With and without one flooding device, and always against a raw paho echo on the 
 Devices are protocol only (no TFLM): each is a device id whose requests are INFER bodies (16 int8
 elements, a new seq each, so the dedup cache never answers) or, with ``--kind ping``, PING. Device ids
 share ``--senders`` paho clients (8 by default) in one load process: thousands of TCP connections would
-measure the OS, not the bridge. Each sender subscribes to its own devices' exact ``bisup/v1/<id>/resp``
+measure the OS, not the bridge. Each sender subscribes to its own devices' exact ``bisup/v1/<deployment>/<id>/resp``
 topics (a ``bisup/v1/+/resp`` wildcard on every sender would make the broker deliver every answer to
 every sender, which would measure that fan-out). A device sends its requests one after another and
 waits at most ``--deadline`` (2 s) for each answer, as firmware would before falling back to its local
@@ -63,6 +63,7 @@ SBIN = "/usr/sbin:/usr/local/sbin"  # where Debian puts mosquitto; not on every 
 ELEMENTS = 16  # int8 elements per INFER: a small unsure input, so the wire and the bridge dominate, not the model
 CLASSES = 4
 GROUP = "fleet"  # the shared-subscription group of both the echo and the bridge workers
+DEPLOYMENT = "fleet"  # the topics' deployment level, served by both the echo and the bridge workers
 SEQ = struct.Struct("<I")  # every protocol version has the seq at offset 2, and the echo returns the body as is
 SUBSCRIBE_CHUNK = 200  # topics per SUBSCRIBE packet
 READY_TIMEOUT_S = 60.0
@@ -164,7 +165,7 @@ class Sender:
         from bisup.firmware_bridge.mqtt_link import connect, response_topic
 
         connect(self.client, self.broker)
-        topics = [(response_topic(i), 1) for i in self.ids]
+        topics = [(response_topic(i, DEPLOYMENT), 1) for i in self.ids]
         self._chunks = [topics[k : k + SUBSCRIBE_CHUNK] for k in range(0, len(topics), SUBSCRIBE_CHUNK)]
         for chunk in self._chunks:
             self.client.subscribe(chunk)
@@ -191,7 +192,8 @@ class Sender:
         now = time.perf_counter()
         self.pending[device] = (self.seq[device], now)
         self.deadlines.append((now + self.plan.deadline_s, device, self.seq[device]))
-        return request_topic(device), _body(self.plan.kind, self.seq[device], self.plan.boot, self.data[device])
+        body = _body(self.plan.kind, self.seq[device], self.plan.boot, self.data[device])
+        return request_topic(device, DEPLOYMENT), body
 
     def _next_device(self) -> tuple[str, bytes] | None:
         return self._request(self.waiting.popleft()) if self.waiting else None
@@ -212,7 +214,7 @@ class Sender:
 
     def _answer(self, client: Any, userdata: Any, message: Any) -> None:
         now = time.perf_counter()
-        device = message.topic.split("/")[2]
+        device = message.topic.split("/")[3]
         seq = SEQ.unpack_from(message.payload, 2)[0] if len(message.payload) >= 6 else -1
         with self._lock:
             pending = self.pending.get(device)
@@ -291,10 +293,10 @@ def run_flood(plan: Plan, conn: Connection) -> None:
 
     client.on_message, client.on_publish = answered, published
     connect(client, broker)
-    client.subscribe(response_topic("flood"), qos=1)
+    client.subscribe(response_topic("flood", DEPLOYMENT), qos=1)
     data = bytes(ELEMENTS)
     bodies = [_body(plan.kind, seq, plan.boot, data) for seq in range(1, plan.flood + 1)]
-    topic = request_topic("flood")
+    topic = request_topic("flood", DEPLOYMENT)
     time.sleep(0.2)  # the SUBACK
     conn.send("ready")
     conn.recv()
@@ -341,12 +343,12 @@ def _handler() -> Any:
 
 def _echo(broker: Any, tag: str) -> Callable[[], None]:
     """The baseline: raw paho in the same shared subscription, republishing each body from the network thread."""
-    from bisup.firmware_bridge.mqtt_link import TOPIC_ROOT, connect, make_client, response_topic
+    from bisup.firmware_bridge.mqtt_link import connect, make_client, reply_topic, requests_of
 
     client = make_client(broker, f"fleet-{tag}-echo")
-    client.on_message = lambda c, u, m: c.publish(response_topic(m.topic.split("/")[2]), m.payload, qos=1)
+    client.on_message = lambda c, u, m: c.publish(reply_topic(m.topic), m.payload, qos=1)
     connect(client, broker)
-    client.subscribe(f"$share/{GROUP}/{TOPIC_ROOT}/+/req", qos=1)
+    client.subscribe(f"$share/{GROUP}/{requests_of(DEPLOYMENT)}", qos=1)
 
     def stop() -> None:
         client.disconnect()
@@ -356,11 +358,11 @@ def _echo(broker: Any, tag: str) -> Callable[[], None]:
 
 
 def _bridge(broker: Any, tag: str, count: int, threads: int) -> Callable[[], None]:
-    from bisup.firmware_bridge.mqtt_bridge import start_workers
+    from bisup.firmware_bridge.mqtt_bridge import Routing, start_workers
 
     # Session expiry 0: a stopped worker must not keep a share (or a queued backlog) of the next phase's requests.
     workers = start_workers(broker, _handler(), count, group=GROUP, threads=threads, session_expiry_s=0,
-                            prefix=f"{tag}-w")
+                            prefix=f"{tag}-w", routing=Routing(DEPLOYMENT))
 
     def stop() -> None:
         for worker in workers:

@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+DEPLOYMENT = "bench"  # the topics' deployment level, served by both the echo and the bridge worker
+
 
 def _summary(name: str, seconds: list[float], wall: float | None = None) -> dict:
     ms = np.array(seconds) * 1000
@@ -43,12 +45,12 @@ class Echo:
     """The baseline: raw paho, same topics, same QoS, answers from the network thread."""
 
     def __init__(self, broker):
-        from bisup.firmware_bridge.mqtt_link import connect, make_client, response_topic
+        from bisup.firmware_bridge.mqtt_link import connect, make_client, reply_topic, requests_of
 
         self.client = make_client(broker, "bench-echo")
-        self.client.on_message = lambda c, u, m: c.publish(response_topic(m.topic.split("/")[2]), m.payload, qos=1)
+        self.client.on_message = lambda c, u, m: c.publish(reply_topic(m.topic), m.payload, qos=1)
         connect(self.client, broker)
-        self.client.subscribe("$share/bench-echo/bisup/v1/+/req", qos=1)
+        self.client.subscribe(f"$share/bench-echo/{requests_of(DEPLOYMENT)}", qos=1)
         time.sleep(0.2)
 
     def stop(self) -> None:
@@ -62,11 +64,11 @@ class Device:
     def __init__(self, broker, device_id: str):
         from bisup.firmware_bridge.mqtt_link import connect, make_client, request_topic, response_topic
 
-        self.topic, self.reply = request_topic(device_id), threading.Event()
+        self.topic, self.reply = request_topic(device_id, DEPLOYMENT), threading.Event()
         self.client = make_client(broker, f"bench-{device_id}")
         self.client.on_message = lambda c, u, m: self.reply.set()
         connect(self.client, broker)
-        self.client.subscribe(response_topic(device_id), qos=1)
+        self.client.subscribe(response_topic(device_id, DEPLOYMENT), qos=1)
 
     def ask(self, body: bytes) -> float:
         self.reply.clear()
@@ -118,10 +120,11 @@ def _concurrent(broker, body: Callable[[], bytes], devices: int, seconds: float)
 
 
 def _with_bridge(broker, handler, threads: int, work):
-    from bisup.firmware_bridge.mqtt_bridge import start_workers
+    from bisup.firmware_bridge.mqtt_bridge import Routing, start_workers
 
     # Session expiry 0: a stopped worker must not keep a share of the next measurement's requests.
-    workers = start_workers(broker, handler, 1, threads=threads, session_expiry_s=0, prefix="bench-")
+    workers = start_workers(broker, handler, 1, threads=threads, session_expiry_s=0, prefix="bench-",
+                            routing=Routing(DEPLOYMENT))
     time.sleep(0.2)
     try:
         return work()

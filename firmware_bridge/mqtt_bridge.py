@@ -1,9 +1,15 @@
 """``bisup bridge --mqtt``: bridge workers on a shared subscription, QoS 1 both ways, acks after answers.
 
 Each worker is one MQTT v5 client with a fixed client id and a persistent session (clean_start
-false, a session expiry), subscribed to ``$share/<group>/bisup/v1/+/req``. The broker spreads
+false, a session expiry), subscribed to ``$share/<group>/bisup/v1/<deployment>/+/req``. The broker spreads
 requests over the group's workers, so throughput grows by adding workers, in this process or on
 other machines (a clustered broker such as EMQX, HiveMQ or VerneMQ takes it past one broker).
+
+Deployments: a worker takes only its deployment's requests (by default named after its bundle's model hash,
+``mqtt_link.deployment_name``), so two deployments on one broker (a rollout's v1 and v2 bundles) each answer
+their own devices, with one remote call per request. A shared subscription is one per (group, filter), so the
+deployments may even share a group name. Legacy topics (``bisup/v1/<id>/req``, no deployment level) cannot be
+routed and are served only with ``legacy_topics``, by the one deployment their devices belong to.
 
 Delivery: paho acks nothing by itself (``manual_ack``); a request is acked only once its answer is
 published, so a worker that dies loses nothing the broker will not deliver again. The network loop
@@ -22,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,9 +38,29 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.handler import RequestHandler
-from bisup.firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, connect, device_of, make_client, response_topic
+from bisup.firmware_bridge.mqtt_link import (
+    LEGACY_REQUESTS,
+    Broker,
+    check_deployment,
+    connect,
+    deployment_name,
+    device_of,
+    make_client,
+    reply_topic,
+    requests_of,
+)
 
 log = logging.getLogger("bisup.mqtt")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which requests a bridge takes: its deployment's (None: named after the bundle's model hash), and the
+    legacy topics too when ``legacy_topics``."""
+
+    deployment: str | None = None
+    legacy_topics: bool = False
+
 REMOTE_TYPES = (bytes([p.MsgType.INFER]), bytes([p.MsgType.SPLIT]))  # the request types that wait for a model
 
 
@@ -47,8 +74,10 @@ class MqttWorker:
     """
 
     def __init__(self, broker: Broker, handler: RequestHandler, name: str = "w1", group: str = "bisup",
-                 threads: int = 16, session_expiry_s: int = 5):
+                 threads: int = 16, session_expiry_s: int = 5, routing: Routing | None = None):
         self.broker, self.handler, self.group, self.session_expiry_s = broker, handler, group, session_expiry_s
+        self.routing = routing or Routing()
+        self.deployment = check_deployment(self.routing.deployment or deployment_name(handler.bundle.model_hash))
         self.client_id = f"bisup-bridge-{group}-{name}"
         self.client = make_client(broker, self.client_id, manual_ack=True)
         self.client.on_connect = self._subscribe
@@ -61,8 +90,10 @@ class MqttWorker:
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat the registration of their answer
 
     @property
-    def subscription(self) -> str:
-        return f"$share/{self.group}/{TOPIC_ROOT}/+/req"
+    def subscriptions(self) -> list[str]:
+        """The deployment's requests, and the legacy ones when asked, each shared by the group."""
+        filters = [requests_of(self.deployment), *([LEGACY_REQUESTS] if self.routing.legacy_topics else [])]
+        return [f"$share/{self.group}/{topic}" for topic in filters]
 
     def start(self, timeout_s: float = 10.0) -> MqttWorker:
         connect(self.client, self.broker, clean_start=False, session_expiry_s=self.session_expiry_s,
@@ -74,7 +105,7 @@ class MqttWorker:
         with self._lock:  # answers in flight died with the old connection; their requests come again
             self._awaiting.clear()
             self._early.clear()
-        client.subscribe(self.subscription, qos=1)  # idempotent; also restores a session the broker lost
+        client.subscribe([(topic, 1) for topic in self.subscriptions])  # idempotent; restores a lost session
 
     def _dispatch(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.payload[1:2] in REMOTE_TYPES:
@@ -116,7 +147,7 @@ class MqttWorker:
                         self.client_id)
 
     def _publish(self, device: str, reply: bytes, request: mqtt.MQTTMessage) -> None:
-        topic, props = _reply_route(device, getattr(request, "properties", None))
+        topic, props = _reply_route(reply_topic(request.topic), getattr(request, "properties", None))
         info = self.client.publish(topic, reply, qos=1, properties=props)
         if info.rc == mqtt.MQTT_ERR_NO_CONN:
             log.warning("answer to %s not sent (no connection); the broker delivers the request again", device)
@@ -164,10 +195,10 @@ def _concrete_below(wanted: str | None, own: str) -> bool:
     return all(levels) and not any(c in wanted for c in "+#\0") and len(wanted.encode()) <= 65535
 
 
-def _reply_route(device: str, asked: Properties | None) -> tuple[str, Properties | None]:
-    """Where an answer goes: the device's resp topic, or a concrete MQTT 5 ResponseTopic below it (never
-    another device's topic, never a filter), with the request's CorrelationData when it has one."""
-    own = response_topic(device)
+def _reply_route(own: str, asked: Properties | None) -> tuple[str, Properties | None]:
+    """Where an answer goes: the device's resp topic ``own`` (in the request's deployment), or a concrete MQTT 5
+    ResponseTopic below it (never another device's topic, never a filter), with the request's CorrelationData
+    when it has one."""
     wanted = getattr(asked, "ResponseTopic", None) if asked is not None else None
     correlation = getattr(asked, "CorrelationData", None) if asked is not None else None
     topic = wanted if _concrete_below(wanted, own) else own
@@ -179,12 +210,14 @@ def _reply_route(device: str, asked: Properties | None) -> tuple[str, Properties
 
 
 def start_workers(broker: Broker, handler: RequestHandler, count: int = 1, group: str = "bisup",
-                  threads: int = 16, session_expiry_s: int = 5, prefix: str = "w") -> list[MqttWorker]:
+                  threads: int = 16, session_expiry_s: int = 5, prefix: str = "w",
+                  routing: Routing | None = None) -> list[MqttWorker]:
     """``count`` workers in this process, sharing the handler (and so its dedup cache)."""
     workers: list[MqttWorker] = []
     try:
         for i in range(count):
-            workers.append(MqttWorker(broker, handler, f"{prefix}{i + 1}", group, threads, session_expiry_s).start())
+            workers.append(MqttWorker(broker, handler, f"{prefix}{i + 1}", group, threads, session_expiry_s,
+                                      routing).start())
     except Exception:
         for worker in workers:
             worker.stop()

@@ -1,11 +1,14 @@
 """MQTT plumbing shared by the bridge workers and the virtual device: broker URLs, paho 2.x clients
 (MQTT v5) with TCP_NODELAY, and the bisup topics.
 
-Topics: a device publishes request bodies to ``bisup/v1/<device_id>/req`` and receives answers on
-``bisup/v1/<device_id>/resp``. The payload is the protocol body exactly as on serial (without
-COBS and CRC, which TCP and MQTT make redundant); the sequence number inside it is the correlation
-id, so MQTT 3.1.1 devices work. MQTT 5 CorrelationData is echoed, and a ResponseTopic is honoured when
-it lies below the device's own resp topic (never another device's: a device must not route answers).
+Topics: a device publishes request bodies to ``bisup/v1/<deployment>/<device_id>/req`` and receives answers
+on ``bisup/v1/<deployment>/<device_id>/resp``. The deployment level routes a request to the bridges that serve
+the device's bundle (by default ``m`` and the first 16 hex digits of its model hash, see ``deployment_name``), so
+that two deployments on one broker (a rollout's v1 and v2) never both answer one request. The payload is the
+protocol body exactly as on serial (without COBS and CRC, which TCP and MQTT make redundant); the sequence number
+inside it is the correlation id, so MQTT 3.1.1 devices work. MQTT 5 CorrelationData is echoed, and a ResponseTopic
+is honoured when it lies below the device's own resp topic (never another device's: a device must not route
+answers).
 
 paho does not set TCP_NODELAY; with Nagle's algorithm and delayed ACKs a QoS 1 round trip on
 loopback costs about 44 ms instead of about 1.3 ms. Every client made here sets it on each socket.
@@ -14,6 +17,7 @@ loopback costs about 44 ms instead of about 1.3 ms. Every client made here sets 
 from __future__ import annotations
 
 import queue
+import re
 import socket
 import ssl
 import threading
@@ -31,18 +35,42 @@ from bisup.converters.errors import BisupError
 from bisup.firmware_bridge import protocol as p
 
 TOPIC_ROOT = "bisup/v1"
+DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # one plain topic level: no / + # or NUL
+HASH_DIGITS = 16  # of the model hash in a default deployment name: 64 bits, 17 bytes more per message
 
 
 class MqttError(BisupError, RuntimeError):
     """A broker that cannot be reached or refuses us; the message names the broker and the fix."""
 
 
-def request_topic(device_id: str) -> str:
-    return f"{TOPIC_ROOT}/{device_id}/req"
+def deployment_name(model_hash: bytes) -> str:
+    """The default deployment of a bundle: its model hash (which devices also send in HELLO), cut to a topic level
+    short enough to send with every request. Two bundles of one model need ``--deployment`` to be told apart."""
+    return f"m{model_hash.hex()[:HASH_DIGITS]}"
 
 
-def response_topic(device_id: str) -> str:
-    return f"{TOPIC_ROOT}/{device_id}/resp"
+def check_deployment(name: str) -> str:
+    """``name`` if it can be one topic level of every request; MqttError naming the fix otherwise."""
+    if not DEPLOYMENT_NAME.fullmatch(name):
+        raise MqttError(f"deployment name {name[:80]!r} is not 1..64 letters, digits, '_', '.' or '-' (starting "
+                        "with a letter or digit): give --deployment such a name, the same to its bridges and devices")
+    return name
+
+
+def request_topic(device_id: str, deployment: str) -> str:
+    return f"{TOPIC_ROOT}/{deployment}/{device_id}/req"
+
+
+def response_topic(device_id: str, deployment: str) -> str:
+    return f"{TOPIC_ROOT}/{deployment}/{device_id}/resp"
+
+
+def requests_of(deployment: str) -> str:
+    """The filter of every request to one deployment (what its bridge group shares)."""
+    return f"{TOPIC_ROOT}/{deployment}/+/req"
+
+
+LEGACY_REQUESTS = f"{TOPIC_ROOT}/+/req"  # before deployments: served only by a bridge given --legacy-topics
 
 
 def device_client_id(device_id: str) -> str:
@@ -51,9 +79,17 @@ def device_client_id(device_id: str) -> str:
 
 
 def device_of(topic: str) -> str | None:
-    """The device id in a request topic, or None for a topic that is not one."""
+    """The device id in a request topic (``bisup/v1/<deployment>/<id>/req`` or the legacy ``bisup/v1/<id>/req``),
+    or None for a topic that is not one."""
     parts = topic.split("/")
-    return parts[2] if len(parts) == 4 and "/".join(parts[:2]) == TOPIC_ROOT and parts[3] == "req" else None
+    if len(parts) not in (4, 5) or "/".join(parts[:2]) != TOPIC_ROOT or parts[-1] != "req":
+        return None
+    return parts[-2]
+
+
+def reply_topic(request: str) -> str:
+    """Where the answer to a request topic goes: the same levels, ``resp`` for ``req`` (legacy topics stay legacy)."""
+    return request.removesuffix("req") + "resp"
 
 
 @dataclass(frozen=True)
@@ -161,8 +197,8 @@ def _give_up(client: mqtt.Client) -> None:
 class DeviceLink:
     """A device's side of the MQTT transport, with the same send/receive shape as a serial link."""
 
-    def __init__(self, broker: Broker, device_id: str, timeout_s: float = 10.0):
-        self.device_id = device_id
+    def __init__(self, broker: Broker, device_id: str, deployment: str, timeout_s: float = 10.0):
+        self.device_id, self.deployment = device_id, check_deployment(deployment)
         self._inbox: queue.Queue[bytes] = queue.Queue()
         self._client = make_client(broker, device_client_id(device_id))
         self._client.on_connect = self._subscribe
@@ -179,10 +215,10 @@ class DeviceLink:
 
     def _subscribe(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags | None, reason_code: ReasonCode,
                    properties: Properties | None) -> None:
-        client.subscribe(response_topic(self.device_id), qos=1)  # again after every reconnect
+        client.subscribe(response_topic(self.device_id, self.deployment), qos=1)  # again after every reconnect
 
     def send(self, body: bytes) -> None:
-        self._client.publish(request_topic(self.device_id), body, qos=1)
+        self._client.publish(request_topic(self.device_id, self.deployment), body, qos=1)
 
     def receive(self, timeout_s: float) -> list[bytes | p.ProtocolError]:
         """What arrived within ``timeout_s`` (MQTT delivers whole bodies, so never a cut frame)."""

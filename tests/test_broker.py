@@ -30,11 +30,13 @@ from bisup.firmware_bridge.mqtt_link import (
     device_client_id,
     make_client,
     request_topic,
+    requests_of,
     response_topic,
 )
 from bisup.service.broker import BrokerError, run_broker
 
 WAIT_S = 3.0
+V1, V2 = "v1", "v2"  # two deployments of a rollout
 NOT_AUTHORIZED = 0x87
 
 
@@ -110,14 +112,14 @@ def _publish(client: mqtt.Client, topic: str, payload: bytes) -> int:
 def test_plain_broker_delivers_qos1(mosquitto, clients):
     inbox = Inbox()
     receiver = clients.connect(mosquitto.endpoint(), "receiver", inbox)
-    assert _subscribe(receiver, request_topic("d1")) == 1
-    assert _publish(clients.connect(mosquitto.endpoint(), "sender"), request_topic("d1"), b"hello") == 0
-    assert inbox.wait_for(1) == [(request_topic("d1"), b"hello")]
+    assert _subscribe(receiver, request_topic("d1", V1)) == 1
+    assert _publish(clients.connect(mosquitto.endpoint(), "sender"), request_topic("d1", V1), b"hello") == 0
+    assert inbox.wait_for(1) == [(request_topic("d1", V1), b"hello")]
     assert mosquitto.url == f"mqtt://127.0.0.1:{mosquitto.port}" and mosquitto.ca_path is None
 
 
 def test_restart_keeps_a_persistent_sessions_queued_message(mosquitto, clients):
-    endpoint, topic = mosquitto.endpoint(), response_topic("d1")
+    endpoint, topic = mosquitto.endpoint(), response_topic("d1", V1)
     offline = clients.connect(endpoint, "persistent", clean_start=False, session_expiry_s=300)
     assert _subscribe(offline, topic) == 1
     clients.close(offline)
@@ -135,22 +137,52 @@ def test_devices_see_only_their_own_topics_and_reach_the_bridge(secure_mosquitto
     broker = secure_mosquitto
     bridge_inbox, a_inbox, b_inbox = Inbox(), Inbox(), Inbox()
     bridge = clients.connect(broker.endpoint("bisup-bridge"), "bridge", bridge_inbox)
-    assert _subscribe(bridge, f"$share/{broker.bridge_group}/bisup/v1/+/req") == 1
+    assert _subscribe(bridge, f"$share/{broker.bridge_group}/{requests_of(V1)}") == 1
     device_a = clients.connect(broker.endpoint("d1"), device_client_id("d1"), a_inbox)
     device_b = clients.connect(broker.endpoint("d2"), device_client_id("d2"), b_inbox)
-    assert _subscribe(device_b, response_topic("d2")) == 1
-    assert _subscribe(device_a, response_topic("d2")) == NOT_AUTHORIZED
+    assert _subscribe(device_b, response_topic("d2", V1)) == 1
+    assert _subscribe(device_a, response_topic("d2", V1)) == NOT_AUTHORIZED
     assert _subscribe(device_a, f"{TOPIC_ROOT}/#") == NOT_AUTHORIZED
-    assert _subscribe(device_a, response_topic("d1")) == 1
+    assert _subscribe(device_a, response_topic("d1", V1)) == 1
 
-    assert _publish(device_a, request_topic("d2"), b"posing as d2") == NOT_AUTHORIZED
-    assert _publish(device_a, request_topic("d1"), b"mine") == 0
-    assert bridge_inbox.wait_for(1) == [(request_topic("d1"), b"mine")]
+    assert _publish(device_a, request_topic("d2", V1), b"posing as d2") == NOT_AUTHORIZED
+    assert _publish(device_a, request_topic("d1", V1), b"mine") == 0
+    assert bridge_inbox.wait_for(1) == [(request_topic("d1", V1), b"mine")]
 
-    assert _publish(bridge, response_topic("d2"), b"for d2") == 0
-    assert _publish(bridge, response_topic("d1"), b"for d1") == 0
-    assert a_inbox.wait_for(1) == [(response_topic("d1"), b"for d1")]
-    assert b_inbox.wait_for(1) == [(response_topic("d2"), b"for d2")]
+    assert _publish(bridge, response_topic("d2", V1), b"for d2") == 0
+    assert _publish(bridge, response_topic("d1", V1), b"for d1") == 0
+    assert a_inbox.wait_for(1) == [(response_topic("d1", V1), b"for d1")]
+    assert b_inbox.wait_for(1) == [(response_topic("d2", V1), b"for d2")]
+
+
+def test_device_acls_follow_a_rollout_and_nothing_more(secure_mosquitto, clients):
+    """A device may move from deployment v1 to v2 (its own id in any deployment) but reach no other device's
+    topics in any deployment, nor the legacy topics without a deployment level; the bridge holds one shared
+    subscription per deployment under its one group name."""
+    broker = secure_mosquitto
+    bridge_inbox, a_inbox, b_inbox = Inbox(), Inbox(), Inbox()
+    bridge = clients.connect(broker.endpoint("bisup-bridge"), "bridge", bridge_inbox)
+    for deployment in (V1, V2):
+        assert _subscribe(bridge, f"$share/{broker.bridge_group}/{requests_of(deployment)}") == 1
+    device_a = clients.connect(broker.endpoint("d1"), device_client_id("d1"), a_inbox)
+    device_b = clients.connect(broker.endpoint("d2"), device_client_id("d2"), b_inbox)
+    legacy_request, legacy_answer = f"{TOPIC_ROOT}/d1/req", f"{TOPIC_ROOT}/d1/resp"
+    for forbidden in (response_topic("d2", V2), response_topic("+", V2), response_topic("d2", "+"), legacy_answer,
+                      f"$share/{broker.bridge_group}/{requests_of(V2)}"):
+        assert _subscribe(device_a, forbidden) == NOT_AUTHORIZED, forbidden
+    assert _subscribe(device_a, response_topic("d1", "+")) == 1  # its own answers, whichever deployment it runs
+    assert _subscribe(device_b, response_topic("d2", V2)) == 1
+    for forbidden in (request_topic("d2", V2), legacy_request):
+        assert _publish(device_a, forbidden, b"refused") == NOT_AUTHORIZED, forbidden
+    assert _publish(device_a, request_topic("d1", V1), b"as v1") == 0
+    assert _publish(device_a, request_topic("d1", V2), b"as v2") == 0
+    expected = [(request_topic("d1", V1), b"as v1"), (request_topic("d1", V2), b"as v2")]
+    assert sorted(bridge_inbox.wait_for(2)) == expected
+
+    assert _publish(bridge, response_topic("d2", V2), b"for d2") == 0
+    assert _publish(bridge, response_topic("d1", V2), b"for d1") == 0
+    assert a_inbox.wait_for(1) == [(response_topic("d1", V2), b"for d1")]
+    assert b_inbox.wait_for(1) == [(response_topic("d2", V2), b"for d2")]
 
 
 def test_a_device_that_learns_the_group_name_cannot_join_it(secure_mosquitto, clients):
@@ -159,14 +191,14 @@ def test_a_device_that_learns_the_group_name_cannot_join_it(secure_mosquitto, cl
     bridge's real group name gets it nothing, and every request reaches the bridge."""
     broker, bridge_inbox, spy_inbox = secure_mosquitto, Inbox(), Inbox()
     bridge = clients.connect(broker.endpoint("bisup-bridge"), "bridge", bridge_inbox)
-    assert _subscribe(bridge, f"$share/{broker.bridge_group}/bisup/v1/+/req") == 1
+    assert _subscribe(bridge, f"$share/{broker.bridge_group}/{requests_of(V1)}") == 1
     device = clients.connect(broker.endpoint("d1"), device_client_id("d1"), spy_inbox)
     for group in (broker.bridge_group, "bisup"):
-        assert _subscribe(device, f"$share/{group}/bisup/v1/+/req") == NOT_AUTHORIZED
+        assert _subscribe(device, f"$share/{group}/{requests_of(V1)}") == NOT_AUTHORIZED
     other = clients.connect(broker.endpoint("d2"), device_client_id("d2"))
     for n in range(4):
-        assert _publish(other, request_topic("d2"), bytes([n])) == 0
-    assert bridge_inbox.wait_for(4) == [(request_topic("d2"), bytes([n])) for n in range(4)]
+        assert _publish(other, request_topic("d2", V1), bytes([n])) == 0
+    assert bridge_inbox.wait_for(4) == [(request_topic("d2", V1), bytes([n])) for n in range(4)]
     assert spy_inbox.wait_for(1, timeout_s=0.5) == []
 
 
@@ -174,14 +206,14 @@ def test_a_device_cannot_take_another_devices_client_id(secure_mosquitto, client
     """Client ids are bound to credentials: d1's password with d2's client id is refused, and d2 stays on."""
     broker, inbox = secure_mosquitto, Inbox()
     victim = clients.connect(broker.endpoint("d2"), device_client_id("d2"), inbox)
-    assert _subscribe(victim, response_topic("d2")) == 1
+    assert _subscribe(victim, response_topic("d2", V1)) == 1
     with pytest.raises(MqttError, match="Not authorized"):
         connect(make_client(broker.endpoint("d1"), device_client_id("d2")), broker.endpoint("d1"), timeout_s=WAIT_S)
     with pytest.raises(MqttError, match="--device-id must equal its --username"):
-        DeviceLink(broker.endpoint("d1"), "d2", timeout_s=WAIT_S)
+        DeviceLink(broker.endpoint("d1"), "d2", V1, timeout_s=WAIT_S)
     assert victim.is_connected()
-    assert _publish(clients.connect(broker.endpoint("bisup-bridge"), "bridge"), response_topic("d2"), b"ok") == 0
-    assert inbox.wait_for(1) == [(response_topic("d2"), b"ok")]
+    assert _publish(clients.connect(broker.endpoint("bisup-bridge"), "bridge"), response_topic("d2", V1), b"ok") == 0
+    assert inbox.wait_for(1) == [(response_topic("d2", V1), b"ok")]
 
 
 def test_wrong_password_anonymous_plain_tcp_and_unknown_ca_are_refused(secure_mosquitto):
@@ -296,7 +328,7 @@ def test_secure_broker_prints_commands_that_work_as_printed(tmp_path):
         option = {words[i]: words[i + 1] for i in range(2, len(words) - 1, 2)}
         password = Path(option["--password-file"]).read_text().strip()
         endpoint = Broker.from_url(option["--mqtt"], option["--username"], password, option["--tls-ca"])
-        DeviceLink(endpoint, option["--device-id"]).close()  # connects: the printed credentials are right
+        DeviceLink(endpoint, option["--device-id"], V1).close()  # connects: the printed credentials are right
 
 
 def test_cli_broker_on_a_taken_port_is_one_line(tmp_path):

@@ -90,7 +90,7 @@ def test_mqtts_without_the_ca_is_named_a_certificate_problem(secure_mosquitto):
     credentials = secure_mosquitto.endpoint("d1")
     untrusted = Broker.from_url(secure_mosquitto.url, "d1", credentials.password)  # mqtts:// but no --tls-ca
     with pytest.raises(MqttError) as caught:
-        DeviceLink(untrusted, "d1", timeout_s=5)
+        DeviceLink(untrusted, "d1", "v1", timeout_s=5)
     message = str(caught.value)
     assert message.startswith(f"TLS with the MQTT broker at {secure_mosquitto.url} failed (")
     assert message.endswith("): the broker's certificate is not signed by a CA this machine trusts: pass --tls-ca "

@@ -22,7 +22,7 @@ from bisup.converters.signature import CONFIDENCE, SCORES
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain]
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNELS = ROOT / "firmware_bridge" / "c"
+KERNELS = engine.KERNELS_DIR
 HARNESS = ROOT / "tests" / "c" / "engine_harness.c"
 WARNINGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 
@@ -34,7 +34,7 @@ def build_host(generated_dir: Path) -> Path:
     exe = generated_dir / "engine_harness"
     subprocess.run(["gcc", *WARNINGS, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                     f"-I{generated_dir}", f"-I{KERNELS}", str(generated_dir / "model_infer.c"),
-                    str(KERNELS / "bisup_kernels.c"), str(HARNESS), "-o", str(exe)], check=True)
+                    *map(str, engine.kernel_sources()), str(HARNESS), "-o", str(exe)], check=True)
     return exe
 
 
@@ -85,7 +85,7 @@ def test_cortex_m4_build_is_warning_free(converted, tmp_path):
     if shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("arm-none-eabi-gcc not installed (CI installs it)")
     engine.write(converted.model, tmp_path)
-    for source in (tmp_path / "model_infer.c", KERNELS / "bisup_kernels.c"):
+    for source in (tmp_path / "model_infer.c", *engine.kernel_sources()):
         subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-O2", *WARNINGS, f"-I{tmp_path}",
                         f"-I{KERNELS}", "-c", str(source), "-o", str(tmp_path / f"{source.stem}.o")], check=True)
 
@@ -145,7 +145,7 @@ def test_random_models_are_byte_equal_to_tflm(tmp_path):
         generated = engine.write(model, folder)
         exe = folder / "engine_harness"
         subprocess.run(["gcc", *WARNINGS, "-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all", f"-I{folder}",
-                        f"-I{KERNELS}", str(folder / "model_infer.c"), str(KERNELS / "bisup_kernels.c"), str(HARNESS),
+                        f"-I{KERNELS}", str(folder / "model_infer.c"), *map(str, engine.kernel_sources()), str(HARNESS),
                         "-o", str(exe)], check=True)
         x_q = np.random.default_rng(seed).integers(-128, 128, size=(8, *shape[1:]), dtype=np.int8)
         scores, confidence = run_c(exe, x_q, generated.classes)

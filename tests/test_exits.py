@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bisup.converters import engine
+
 ROOT = Path(__file__).resolve().parents[1]
-KERNELS = ROOT / "firmware_bridge" / "c"
+KERNELS = engine.KERNELS_DIR
 
 
 def _residual():
@@ -192,8 +194,9 @@ def test_generated_stages_in_c_match_tflm_byte_for_byte(exits_run, tmp_path):
     (tmp_path / "chain.c").write_text(_chain_harness(n))
     exe = tmp_path / "chain"
     sources = [str(out / f"stage{i}_infer.c") for i in range(1, n + 1)] + [str(out / "stages_arena.c")]
+    sources += map(str, engine.kernel_sources())
     subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-fsanitize=address,undefined",
-                    "-fno-sanitize-recover=all", f"-I{out}", f"-I{KERNELS}", *sources, str(KERNELS / "bisup_kernels.c"),
+                    "-fno-sanitize-recover=all", f"-I{out}", f"-I{KERNELS}", *sources,
                     str(tmp_path / "chain.c"), "-o", str(exe)], check=True)
     run = model.run_all(np.load(out / "test.npz")["x"])
     expected = []

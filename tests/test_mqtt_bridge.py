@@ -30,8 +30,16 @@ from bisup.converters.artefacts import dumps
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.handler import RequestHandler
-from bisup.firmware_bridge.mqtt_bridge import start_workers
-from bisup.firmware_bridge.mqtt_link import Broker, DeviceLink, connect, make_client, request_topic
+from bisup.firmware_bridge.mqtt_bridge import Routing, start_workers
+from bisup.firmware_bridge.mqtt_link import (
+    Broker,
+    DeviceLink,
+    connect,
+    deployment_name,
+    make_client,
+    request_topic,
+    response_topic,
+)
 from bisup.firmware_bridge.relay import InferRequest, Relay
 from bisup.firmware_bridge.remotes import RemoteError, open_remote
 from bisup.firmware_bridge.resilience import resilient
@@ -69,6 +77,12 @@ def setup(relay_bundle, digits_example):
     return bundle, remote, x, y, np.array(offline), local
 
 
+@pytest.fixture(scope="module")
+def route(setup) -> str:
+    """The deployment the bridge serves by default, and devices of this bundle use: named after the model hash."""
+    return deployment_name(setup[0].model_hash)
+
+
 def _handler(setup) -> RequestHandler:
     bundle, remote = setup[0], setup[1]
     return RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle)
@@ -82,7 +96,7 @@ def _run_devices(broker: Broker, setup, timeout_s=0.5, retries=3, during=None, x
     units: dict[str, VirtualDevice] = {}
 
     def one(device_id, index):
-        link = DeviceLink(broker, device_id)
+        link = DeviceLink(broker, device_id, deployment_name(bundle.model_hash))
         try:  # one TFLM interpreter per device: an interpreter is not thread-safe
             unit = VirtualDevice(link, bundle.local_model(), bundle.threshold_int8, device_id, timeout_s, retries)
             units[device_id] = unit
@@ -258,15 +272,16 @@ class _Down:
         raise RemoteError("remote down refused the connection")
 
 
-def _ask(broker: Broker, body: bytes, properties: Properties | None = None, topic=None) -> tuple[bytes, object]:
+def _ask(broker: Broker, route: str, body: bytes, properties: Properties | None = None,
+         topic=None) -> tuple[bytes, object]:
     got, done = {}, threading.Event()
     client = make_client(broker, "probe")
     client.on_message = lambda c, u, m: (got.update(payload=m.payload, props=m.properties), done.set())
     connect(client, broker)
     try:
-        client.subscribe(topic or "bisup/v1/probe/resp", qos=1)
+        client.subscribe(topic or response_topic("probe", route), qos=1)
         time.sleep(0.2)
-        client.publish(request_topic("probe"), body, qos=1, properties=properties)
+        client.publish(request_topic("probe", route), body, qos=1, properties=properties)
         assert done.wait(10), "no answer"
     finally:
         client.disconnect()
@@ -274,16 +289,16 @@ def _ask(broker: Broker, body: bytes, properties: Properties | None = None, topi
     return got["payload"], got["props"]
 
 
-def test_bad_tensor_and_remote_outage_get_immediate_replies(mosquitto, setup):
+def test_bad_tensor_and_remote_outage_get_immediate_replies(mosquitto, setup, route):
     broker = Broker.from_url(mosquitto.url)
     bundle = setup[0]
     handler = RequestHandler(Relay(_Down(), bundle.remote_supervisor, bundle.quantization), bundle)
     workers = start_workers(broker, handler, prefix="t4-")
     try:
-        reply, _ = _ask(broker, p.encode(p.Infer(7, 3, -100, b"\x00" * 5)))
+        reply, _ = _ask(broker, route, p.encode(p.Infer(7, 3, -100, b"\x00" * 5)))
         error = p.decode(reply)
         assert isinstance(error, p.ErrorMsg) and error.code is p.ErrorCode.BAD_TENSOR and error.seq == 7
-        reply, _ = _ask(broker, p.encode(p.Infer(8, 3, -100, b"\x00" * bundle.input_elements)))
+        reply, _ = _ask(broker, route, p.encode(p.Infer(8, 3, -100, b"\x00" * bundle.input_elements)))
         answer = p.decode(reply)
         assert answer.source is p.Source.FALLBACK and answer.label == 3 and answer.seq == 8
     finally:
@@ -291,20 +306,22 @@ def test_bad_tensor_and_remote_outage_get_immediate_replies(mosquitto, setup):
     assert handler.counts["error_bad_tensor"] == 1 and handler.counts["remote_unavailable"] == 1
 
 
-@pytest.mark.parametrize("asked, answered_on", [
-    ("bisup/v1/probe/resp/call-42", "bisup/v1/probe/resp/call-42"),
-    ("bisup/v1/other-device/resp", "bisup/v1/probe/resp"),  # a device cannot route answers to another
-    ("bisup/v1/probe/resp/#", "bisup/v1/probe/resp"),  # a filter is no topic: paho would refuse to publish
-    ("bisup/v1/probe/resp/+/x", "bisup/v1/probe/resp"),
-    ("bisup/v1/probe/resp//x", "bisup/v1/probe/resp"),
+@pytest.mark.parametrize("asked, answered_on", [  # {own}: the probe's resp topic in the bridge's deployment
+    ("{own}/call-42", "{own}/call-42"),
+    ("bisup/v1/{route}/other-device/resp", "{own}"),  # a device cannot route answers to another
+    ("bisup/v1/elsewhere/probe/resp", "{own}"),  # nor to another deployment
+    ("{own}/#", "{own}"),  # a filter is no topic: paho would refuse to publish
+    ("{own}/+/x", "{own}"),
+    ("{own}//x", "{own}"),
 ])
-def test_mqtt5_response_topic_and_correlation_data(mosquitto, setup, asked, answered_on):
+def test_mqtt5_response_topic_and_correlation_data(mosquitto, setup, route, asked, answered_on):
     broker = Broker.from_url(mosquitto.url)
     workers = start_workers(broker, _handler(setup), prefix="t5-")
     props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic, props.CorrelationData = asked, b"corr-42"
+    own = response_topic("probe", route)
+    props.ResponseTopic, props.CorrelationData = asked.format(own=own, route=route), b"corr-42"
     try:
-        reply, got = _ask(broker, p.encode(p.Ping(5)), props, topic=answered_on)
+        reply, got = _ask(broker, route, p.encode(p.Ping(5)), props, topic=answered_on.format(own=own))
     finally:
         workers[0].stop()
     assert p.decode(reply) == p.Pong(5) and got.CorrelationData == b"corr-42"
@@ -325,12 +342,12 @@ def test_requests_a_worker_cannot_answer_are_still_acked(mosquitto, setup):
 
     broker = Broker.from_url(mosquitto.url)
     broken = Broken()
-    worker = start_workers(broker, broken, prefix="t6-")[0]
+    worker = start_workers(broker, broken, prefix="t6-", routing=Routing("t6"))[0]  # a name: Broken has no bundle
     sender = make_client(broker, "flooder")
     connect(sender, broker)
     try:
         for n in range(150):
-            sender.publish(request_topic("flooder"), p.encode(p.Ping(n)), qos=1).wait_for_publish(5)
+            sender.publish(request_topic("flooder", "t6"), p.encode(p.Ping(n)), qos=1).wait_for_publish(5)
         deadline = time.monotonic() + 10
         while worker.served < 150 and time.monotonic() < deadline:  # served counts acks, after the count
             time.sleep(0.05)
@@ -341,7 +358,7 @@ def test_requests_a_worker_cannot_answer_are_still_acked(mosquitto, setup):
         worker.stop()
 
 
-def test_a_device_id_longer_than_hello_allows_is_refused_with_a_line(mosquitto, setup, caplog):
+def test_a_device_id_longer_than_hello_allows_is_refused_with_a_line(mosquitto, setup, route, caplog):
     """Every id becomes state and a metric label; a topic level may hold 65,535 characters (a 60,000-character
     id cost 600 KB per scrape). Refused requests are acked, and logged at the 1st, 2nd, 4th... refusal."""
     broker = Broker.from_url(mosquitto.url)
@@ -352,8 +369,9 @@ def test_a_device_id_longer_than_hello_allows_is_refused_with_a_line(mosquitto, 
     try:
         with caplog.at_level("WARNING", logger="bisup.mqtt"):
             for n in range(5):
-                sender.publish(request_topic("x" * 1000), p.encode(p.Stats(n, 10, 7, 3)), qos=1).wait_for_publish(5)
-            reply, _ = _ask(broker, p.encode(p.Ping(9)))  # another device is served as before
+                sender.publish(request_topic("x" * 1000, route), p.encode(p.Stats(n, 10, 7, 3)),
+                               qos=1).wait_for_publish(5)
+            reply, _ = _ask(broker, route, p.encode(p.Ping(9)))  # another device is served as before
         deadline = time.monotonic() + 10
         while worker.served < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -392,7 +410,7 @@ def test_a_hung_remote_still_answers_before_the_device_gives_up(mosquitto, setup
                         options.breaker_failures, options.breaker_cooldown_s)
     handler = RequestHandler(Relay(guarded, bundle.remote_supervisor, bundle.quantization), bundle)
     worker = start_workers(Broker.from_url(mosquitto.url), handler, prefix="t7-")[0]
-    link = DeviceLink(Broker.from_url(mosquitto.url), "hung")
+    link = DeviceLink(Broker.from_url(mosquitto.url), "hung", deployment_name(bundle.model_hash))
     try:
         unit = VirtualDevice(link, bundle.local_model(), 128, "hung", timeout_s=0.5, retries=3)  # relay all
         unit.hello(10)
@@ -441,7 +459,7 @@ def test_secure_broker_end_to_end(secure_mosquitto, setup):
     bundle, _, x, _, offline, local = setup
     workers = start_workers(secure_mosquitto.endpoint("bisup-bridge"), _handler(setup),
                             group=secure_mosquitto.bridge_group, prefix="t6-")
-    link = DeviceLink(secure_mosquitto.endpoint("d1"), "d1")
+    link = DeviceLink(secure_mosquitto.endpoint("d1"), "d1", deployment_name(bundle.model_hash))
     try:
         unit = VirtualDevice(link, local, bundle.threshold_int8, "d1", 2.0, 2)
         unit.hello(10)

@@ -43,14 +43,16 @@ def test_nrf52840_model_address_is_where_the_profile_says():
 
 def test_the_c_engine_builds_compile_the_generated_model_and_the_kernels():
     """With BISUP_ENGINE=C (ESP-IDF) or env nano33ble_engine_c (PlatformIO) the build takes model_infer.c
-    and bisup_kernels.c and defines BISUP_ENGINE_C; the TFLM builds leave them out."""
+    and every kernel source (converters/engine/kernels) and defines BISUP_ENGINE_C; the TFLM builds leave them out."""
     cmake = (PROFILE_DIR / "esp32s3" / "main" / "CMakeLists.txt").read_text()
     c_branch = cmake.split('if(BISUP_ENGINE STREQUAL "C")')[1].split("else()")[0]
-    assert "model_infer.c" in c_branch and "bisup_kernels.c" in c_branch and "BISUP_ENGINE_C" in c_branch
+    assert "model_infer.c" in c_branch and "${BISUP_KERNEL_SOURCES}" in c_branch and "BISUP_ENGINE_C" in c_branch
+    assert 'GLOB BISUP_KERNEL_SOURCES "${BISUP_KERNELS}/*.c"' in c_branch and "converters/engine/kernels" in cmake
     assert "model_data.cc" not in c_branch
     ini = (PROFILE_DIR / "nrf52840" / "platformio.ini").read_text()
     engine_c = ini.split("[env:nano33ble_engine_c]")[1]
-    assert "-DBISUP_ENGINE_C" in engine_c and "bisup_kernels.c" in engine_c and "-<model_data.cc>" in engine_c
+    assert "-DBISUP_ENGINE_C" in engine_c and "-<model_data.cc>" in engine_c
+    assert "+<../../../converters/engine/kernels/*.c>" in engine_c and "-I../../converters/engine/kernels" in engine_c
     assert "-<model_infer.c>" in ini.split("[env:nano33ble]")[1].split("[env:")[0]
 
 

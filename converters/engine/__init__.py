@@ -1,6 +1,6 @@
 """Interpreter-free C for an exported int8 model: ``model_infer.h`` and ``model_infer.c``.
 
-The generated code calls the int8 kernels in ``firmware_bridge/c/bisup_kernels.c`` with parameters
+The generated code calls the int8 kernels in ``kernels/`` (C, one file per op) with parameters
 computed exactly as TFLite Micro computes them when it prepares each op, so its outputs are byte-equal
 to the tflite-micro interpreter's. Weights and biases are ``const`` arrays (flash); activations live in
 one static arena whose offsets are planned from tensor lifetimes, with RESHAPE in place. No heap, no
@@ -13,11 +13,11 @@ Modules, one job each, importing only the ones above them:
   ``input_radius``, ``same_or_valid``).
 - ``subgraph``: ``EngineError``, and the flatbuffer's one subgraph (``Graph``) as the lowering reads it.
 - ``lowering``: each operator lowered to a kernel call (``Step``), checking everything the kernels assume;
-  ``SUPPORTED`` lists the ops.
+  ``LOWERINGS`` is the one table of ops and their lowerings, ``SUPPORTED`` its keys.
 - ``arena_plan``: the static arena's offsets from tensor lifetimes (``Plan``, ``plan_arena``).
 - ``emit``: the header and source text (``Names``, ``Generated``, ``generate``) and the files (``write``).
 - ``report``: the export report's figures (``summary``, ``layers``, ``total_macs``), flash measured with
-  the kernels in ``KERNELS_DIR`` (``measure_flash``) and TFLM's for comparison (``tflm_flash``).
+  the kernels in ``KERNELS_DIR`` (``kernel_sources``, ``measure_flash``) and TFLM's for comparison (``tflm_flash``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from bisup.converters.engine.report import (
     KERNELS_DIR,
     TFLM_RUNTIME_BYTES,
     TFLM_RUNTIME_SOURCE,
+    kernel_sources,
     layers,
     measure_flash,
     summary,
@@ -63,6 +64,7 @@ __all__ = [
     "activation_range",
     "generate",
     "input_radius",
+    "kernel_sources",
     "layers",
     "measure_flash",
     "plan_arena",

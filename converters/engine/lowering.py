@@ -1,6 +1,6 @@
 """Each operator lowered to one kernel call, a ``Step``: its C parameter definitions and the call.
 
-The generated code calls the int8 kernels in ``firmware_bridge/c/bisup_kernels.c`` with parameters
+The generated code calls the int8 kernels in ``engine/kernels/`` (C) with parameters
 computed here exactly as TFLite Micro computes them when it prepares each op (``QuantizeMultiplier``,
 the per-channel path in double, the per-tensor FULLY_CONNECTED path that multiplies the scales in
 float32 first, the softmax scaling and its input radius, the activation ranges), so its outputs are
@@ -13,6 +13,7 @@ its position and the tensor: never generated code that compiles but computes som
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,7 +60,19 @@ def _shape4(shape: tuple[int, ...], where: str) -> tuple[int, int, int, int]:
 
 
 def _shape_c(shape: tuple[int, ...], where: str) -> str:
-    return "{" + ", ".join(str(d) for d in _shape4(shape, where)) + "}"
+    batches, height, width, depth = _shape4(shape, where)
+    return f"{{.batches = {batches}, .height = {height}, .width = {width}, .depth = {depth}}}"
+
+
+def _reduce_shape(outer: int, reduced: int, inner: int) -> str:
+    return f"{{.outer = {outer}, .reduced = {reduced}, .inner = {inner}}}"
+
+
+def _struct(ctype: str, name: str, **fields: object) -> str:
+    """A kernel's parameters as a C99 designated initializer: a field the kernels' header reorders or renames
+    fails to compile instead of silently taking another field's value."""
+    body = ", ".join(f".{key} = {value}" for key, value in fields.items())
+    return f"static const {ctype} {name} = {{{body}}};"
 
 
 class _Builder:
@@ -123,7 +136,7 @@ class _Builder:
 
     def build(self, position: int, op: schema.OperatorT) -> Step:
         kind = self.g.op_name(op)
-        handler = getattr(self, f"_{kind.lower()}", None)
+        handler = LOWERINGS.get(kind)
         if handler is None:
             raise EngineError(f"{self.where(position, kind)} is not supported by the C engine (supported: "
                               f"{', '.join(sorted(SUPPORTED))}); use the TFLM export (model_data.cc) for this model")
@@ -131,7 +144,7 @@ class _Builder:
         where = self.where(position, kind)
         for index in [ins[0], *outs]:
             self.int8(index, where)
-        step = handler(f"op{position}", op, ins, outs, where)
+        step = handler(self, f"op{position}", op, ins, outs, where)
         step.op = kind  # the flatbuffer's name (PADV2 shares PAD's kernel)
         step.parameter_bytes = self.constant_bytes(ins) if kind in _WEIGHTED else 0
         return step
@@ -155,11 +168,14 @@ class _Builder:
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
         sums = self.g.data(w).reshape(oc, -1).astype(np.int64).sum(axis=1)
         defs.append(_c_array("int32_t", f"{name}_filter_sums", sums))
-        params = (f"static const bisup_kernel_conv_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
-                  f"{_shape_c(self.g.shape(y), where)}, {fh}, {fw}, {o.strideH}, {o.strideW}, {o.dilationHFactor}, "
-                  f"{o.dilationWFactor}, {pad_h}, {pad_w}, {-self.g.zero_point(x)}, {self.g.zero_point(y)}, {lo}, "
-                  f"{hi}, {name}_filter, {f'{name}_bias' if bias is not None else 'NULL'}, {name}_multiplier, "
-                  f"{name}_shift, {name}_filter_sums}};")
+        params = _struct("bisup_kernel_conv_params", name, input=_shape_c(self.g.shape(x), where),
+                         output=_shape_c(self.g.shape(y), where), filter_height=fh, filter_width=fw,
+                         stride_height=o.strideH, stride_width=o.strideW, dilation_height=o.dilationHFactor,
+                         dilation_width=o.dilationWFactor, pad_height=pad_h, pad_width=pad_w,
+                         input_offset=-self.g.zero_point(x), output_offset=self.g.zero_point(y), activation_min=lo,
+                         activation_max=hi, filter=f"{name}_filter",
+                         bias=f"{name}_bias" if bias is not None else "NULL", multiplier=f"{name}_multiplier",
+                         shift=f"{name}_shift", filter_sums=f"{name}_filter_sums")
         if (out_h, out_w) != self.g.shape(y)[1:3]:
             raise EngineError(f"{where}: output shape {self.g.shape(y)} does not follow from the padding")
         return Step("CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
@@ -176,11 +192,14 @@ class _Builder:
         out_w, pad_w = same_or_valid(o.padding, o.strideW, o.dilationWFactor, wd, fw)
         defs, _ = self.requant(name, x, w, y, bias, where, channels=oc)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
-        params = (f"static const bisup_kernel_depthwise_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
-                  f"{_shape_c(self.g.shape(y), where)}, {fh}, {fw}, {oc // c}, {o.strideH}, {o.strideW}, "
-                  f"{o.dilationHFactor}, {o.dilationWFactor}, {pad_h}, {pad_w}, {-self.g.zero_point(x)}, "
-                  f"{self.g.zero_point(y)}, {lo}, {hi}, {name}_filter, "
-                  f"{f'{name}_bias' if bias is not None else 'NULL'}, {name}_multiplier, {name}_shift}};")
+        params = _struct("bisup_kernel_depthwise_params", name, input=_shape_c(self.g.shape(x), where),
+                         output=_shape_c(self.g.shape(y), where), filter_height=fh, filter_width=fw,
+                         depth_multiplier=oc // c, stride_height=o.strideH, stride_width=o.strideW,
+                         dilation_height=o.dilationHFactor, dilation_width=o.dilationWFactor, pad_height=pad_h,
+                         pad_width=pad_w, input_offset=-self.g.zero_point(x), output_offset=self.g.zero_point(y),
+                         activation_min=lo, activation_max=hi, filter=f"{name}_filter",
+                         bias=f"{name}_bias" if bias is not None else "NULL", multiplier=f"{name}_multiplier",
+                         shift=f"{name}_shift")
         return Step("DEPTHWISE_CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
                     f"bisup_kernel_depthwise_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw,
                     parameters=fh * fw * oc + (oc if bias is not None else 0))
@@ -202,9 +221,10 @@ class _Builder:
             raise EngineError(f"{where}: the folded bias overflows int32 (weights too large for this input offset)")
         defs.append(_c_array("int32_t", f"{name}_bias", folded))
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
-        params = (f"static const bisup_kernel_fully_connected_params {name} = {{{batches}, {in_depth}, {out_depth}, "
-                  f"{self.g.zero_point(y)}, {lo}, {hi}, {name}_filter, {name}_bias, {name}_multiplier, "
-                  f"{name}_shift, {int(per_channel)}}};")
+        params = _struct("bisup_kernel_fully_connected_params", name, batches=batches, input_depth=in_depth,
+                         output_depth=out_depth, output_offset=self.g.zero_point(y), activation_min=lo,
+                         activation_max=hi, filter=f"{name}_filter", bias=f"{name}_bias",
+                         multiplier=f"{name}_multiplier", shift=f"{name}_shift", per_channel=int(per_channel))
         return Step("FULLY_CONNECTED", [x], [y], [self.weights(name, w, where), *defs, params],
                     f"bisup_kernel_fully_connected(&{name}, ${x}, ${y});", macs=batches * out_depth * in_depth,
                     parameters=out_depth * in_depth + (out_depth if bias is not None else 0))
@@ -216,9 +236,10 @@ class _Builder:
         _, pad_h = same_or_valid(o.padding, o.strideH, 1, h, o.filterHeight)
         _, pad_w = same_or_valid(o.padding, o.strideW, 1, wd, o.filterWidth)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
-        params = (f"static const bisup_kernel_pool_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
-                  f"{_shape_c(self.g.shape(y), where)}, {o.filterHeight}, {o.filterWidth}, {o.strideH}, "
-                  f"{o.strideW}, {pad_h}, {pad_w}, {lo}, {hi}}};")
+        params = _struct("bisup_kernel_pool_params", name, input=_shape_c(self.g.shape(x), where),
+                         output=_shape_c(self.g.shape(y), where), filter_height=o.filterHeight,
+                         filter_width=o.filterWidth, stride_height=o.strideH, stride_width=o.strideW,
+                         pad_height=pad_h, pad_width=pad_w, activation_min=lo, activation_max=hi)
         return Step("MAX_POOL_2D", [x], [y], [params], f"bisup_kernel_max_pool(&{name}, ${x}, ${y});")
 
     def _same_quantization(self, x: int, y: int, where: str, kind: str) -> None:
@@ -240,11 +261,10 @@ class _Builder:
         value = self.g.zero_point(y)
         if len(ins) > 2 and ins[2] >= 0:  # PADV2: an explicit constant
             value = int(np.asarray(self.g.data(ins[2])).ravel()[0])
-        params = (f"static const bisup_kernel_pad_params {name} = {{{_shape_c(self.g.shape(x), where)}, "
-                  f"{_shape_c(self.g.shape(y), where)}, {', '.join(map(str, before))}, {value}}};")
+        params = _struct("bisup_kernel_pad_params", name, input=_shape_c(self.g.shape(x), where),
+                         output=_shape_c(self.g.shape(y), where), before_batches=before[0], before_height=before[1],
+                         before_width=before[2], before_depth=before[3], value=value)
         return Step("PAD", [x], [y], [params], f"bisup_kernel_pad(&{name}, ${x}, ${y});")
-
-    _padv2 = _pad
 
     def _concatenation(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         y = outs[0]
@@ -259,8 +279,8 @@ class _Builder:
             if self.g.data(x) is not None:
                 raise EngineError(f"{where}: constant input {x} to CONCATENATION is not supported")
             inner = int(np.prod(self.g.shape(x)[axis:]))
-            defs.append(f"static const bisup_kernel_concat_params {name}_{k} = "
-                        f"{{{outer}, {inner}, {output_inner}, {offset}}};")
+            defs.append(_struct("bisup_kernel_concat_params", f"{name}_{k}", outer=outer, inner=inner,
+                                output_inner=output_inner, offset=offset))
             calls.append(f"bisup_kernel_concat(&{name}_{k}, ${x}, ${y});")
             offset += inner
         return Step("CONCATENATION", list(ins), [y], defs, " ".join(calls))
@@ -268,8 +288,9 @@ class _Builder:
     def _quantize(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         multiplier, shift = self.rescale(x, y)
-        params = (f"static const bisup_kernel_requantize_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
-                  f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
+        params = _struct("bisup_kernel_requantize_params", name, count=int(np.prod(self.g.shape(x))),
+                         input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
+                         multiplier=multiplier, shift=shift)
         return Step("QUANTIZE", [x], [y], [params], f"bisup_kernel_requantize(&{name}, ${x}, ${y});")
 
     def _reshape(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -283,10 +304,11 @@ class _Builder:
         o = op.builtinOptions
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
         defs, operands = self._binary_operands(name, a, b, y, where)
-        params = (f"static const bisup_kernel_mul_params {name} = {{{_shape_c(self.g.shape(a), where)}, "
-                  f"{_shape_c(self.g.shape(b), where)}, {_shape_c(self.g.shape(y), where)}, "
-                  f"{-self.g.zero_point(a)}, {-self.g.zero_point(b)}, {self.g.zero_point(y)}, {lo}, {hi}, "
-                  f"{multiplier}, {shift}}};")
+        params = _struct("bisup_kernel_mul_params", name, input1=_shape_c(self.g.shape(a), where),
+                         input2=_shape_c(self.g.shape(b), where), output=_shape_c(self.g.shape(y), where),
+                         input1_offset=-self.g.zero_point(a), input2_offset=-self.g.zero_point(b),
+                         output_offset=self.g.zero_point(y), activation_min=lo, activation_max=hi,
+                         multiplier=multiplier, shift=shift)
         activations = [t for t in (a, b) if self.g.data(t) is None]
         return Step("MUL", activations, [y], [*defs, params],
                     f"bisup_kernel_mul(&{name}, {operands[0]}, {operands[1]}, ${y});")
@@ -326,11 +348,13 @@ class _Builder:
             raise EngineError(f"{where}: scales give a multiplier above one; TFLM refuses this {kind}")
         o = op.builtinOptions
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
-        multipliers = ", ".join(f"{m}, {s}" for m, s in pairs)
-        params = (f"static const bisup_kernel_add_params {name} = {{{_shape_c(self.g.shape(a), where)}, "
-                  f"{_shape_c(self.g.shape(b), where)}, {_shape_c(self.g.shape(y), where)}, "
-                  f"{-self.g.zero_point(a)}, {-self.g.zero_point(b)}, {self.g.zero_point(y)}, {lo}, {hi}, 20, "
-                  f"{multipliers}}};")
+        (m1, s1), (m2, s2), (mo, so) = pairs
+        params = _struct("bisup_kernel_add_params", name, input1=_shape_c(self.g.shape(a), where),
+                         input2=_shape_c(self.g.shape(b), where), output=_shape_c(self.g.shape(y), where),
+                         input1_offset=-self.g.zero_point(a), input2_offset=-self.g.zero_point(b),
+                         output_offset=self.g.zero_point(y), activation_min=lo, activation_max=hi, left_shift=20,
+                         input1_multiplier=m1, input1_shift=s1, input2_multiplier=m2, input2_shift=s2,
+                         output_multiplier=mo, output_shift=so)
         activations = [t for t in (a, b) if self.g.data(t) is None]
         return Step(kind, activations, [y], [*defs, params],
                     f"bisup_kernel_{kind.lower()}(&{name}, {operands[0]}, {operands[1]}, ${y});")
@@ -345,8 +369,9 @@ class _Builder:
         x, y = ins[0], outs[0]
         outer, reduced, inner = self._axes(x, ins[1], where)
         multiplier, shift = self.rescale(x, y)
-        params = (f"static const bisup_kernel_sum_params {name} = {{{{{outer}, {reduced}, {inner}}}, "
-                  f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
+        params = _struct("bisup_kernel_sum_params", name, shape=_reduce_shape(outer, reduced, inner),
+                         input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
+                         multiplier=multiplier, shift=shift)
         return Step("SUM", [x], [y], [params], f"bisup_kernel_sum(&{name}, ${x}, ${y});")
 
     def _mean(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -356,8 +381,9 @@ class _Builder:
         multiplier, shift = self.rescale(x, y)
         extra = min(reduced.bit_length() - 1, 32, 31 + shift)
         multiplier, shift = (multiplier << extra) // reduced, shift - extra
-        params = (f"static const bisup_kernel_sum_params {name} = {{{{{outer}, {reduced}, {inner}}}, "
-                  f"{self.g.zero_point(x)}, {self.g.zero_point(y)}, {multiplier}, {shift}}};")
+        params = _struct("bisup_kernel_sum_params", name, shape=_reduce_shape(outer, reduced, inner),
+                         input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
+                         multiplier=multiplier, shift=shift)
         return Step("MEAN", [x], [y], [params], f"bisup_kernel_sum(&{name}, ${x}, ${y});")
 
     def _logistic(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -369,8 +395,9 @@ class _Builder:
         multiplier = tflm_round(significand * (1 << 31))
         multiplier = (multiplier + (1 << 31)) % (1 << 32) - (1 << 31)  # TFLM casts to int32 without the fix-up
         radius = input_radius(4, left_shift)
-        params = (f"static const bisup_kernel_logistic_params {name} = {{{int(np.prod(self.g.shape(x)))}, "
-                  f"{self.g.zero_point(x)}, {radius}, {multiplier}, {left_shift}}};")
+        params = _struct("bisup_kernel_logistic_params", name, count=int(np.prod(self.g.shape(x))),
+                         input_zero_point=self.g.zero_point(x), input_range_radius=radius,
+                         input_multiplier=multiplier, input_left_shift=left_shift)
         return Step("LOGISTIC", [x], [y], [params], f"bisup_kernel_logistic(&{name}, ${x}, ${y});")
 
     def _axes(self, x: int, axes_tensor: int, where: str) -> tuple[int, int, int]:
@@ -389,8 +416,8 @@ class _Builder:
         multiplier, left_shift, radius = self.softmax_scaling(x, float(np.float32(op.builtinOptions.beta)), where)
         shape = self.g.shape(x)
         depth = shape[-1]
-        params = (f"static const bisup_kernel_softmax_params {name} = {{{int(np.prod(shape)) // depth}, {depth}, "
-                  f"{multiplier}, {left_shift}, {-radius}}};")
+        params = _struct("bisup_kernel_softmax_params", name, outer=int(np.prod(shape)) // depth, depth=depth,
+                         input_multiplier=multiplier, input_left_shift=left_shift, diff_min=-radius)
         return Step("SOFTMAX", [x], [y], [params], f"bisup_kernel_softmax(&{name}, ${x}, ${y});")
 
     def _log_softmax(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -403,9 +430,9 @@ class _Builder:
         if reverse_shift > 0:
             raise EngineError(f"{where}: log-softmax input scale {self.g.scale(x)} is outside TFLM's int8 range")
         shape = self.g.shape(x)
-        params = (f"static const bisup_kernel_log_softmax_params {name} = "
-                  f"{{{int(np.prod(shape)) // shape[-1]}, {shape[-1]}, {multiplier}, {left_shift}, {reverse}, "
-                  f"{reverse_shift}, {-radius}}};")
+        params = _struct("bisup_kernel_log_softmax_params", name, outer=int(np.prod(shape)) // shape[-1],
+                         depth=shape[-1], input_multiplier=multiplier, input_left_shift=left_shift,
+                         reverse_scaling_divisor=reverse, reverse_scaling_left_shift=reverse_shift, diff_min=-radius)
         return Step("LOG_SOFTMAX", [x], [y], [params], f"bisup_kernel_log_softmax(&{name}, ${x}, ${y});")
 
     def _reduce(self, kind: str, name: str, ins: list[int], outs: list[int], where: str) -> Step:
@@ -413,7 +440,7 @@ class _Builder:
         if self.g.scale(x) != self.g.scale(y) or self.g.zero_point(x) != self.g.zero_point(y):
             raise EngineError(f"{where}: input and output quantization differ; TFLM's int8 {kind} requires equal")
         outer, reduced, inner = self._axes(x, ins[1], where)
-        params = f"static const bisup_kernel_reduce_params {name} = {{{outer}, {reduced}, {inner}}};"
+        params = f"static const bisup_kernel_reduce_params {name} = {_reduce_shape(outer, reduced, inner)};"
         return Step(kind, [x], [y], [params], f"bisup_kernel_{kind.lower()}(&{name}, ${x}, ${y});")
 
     def _reduce_max(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -425,6 +452,15 @@ class _Builder:
 
 # Ops whose constant inputs are parameters; the others' (PAD's paddings, MEAN's axes) only describe shapes.
 _WEIGHTED = {"ADD", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MUL", "SUB"}
-SUPPORTED = {"ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
-             "LOGISTIC", "LOG_SOFTMAX", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "QUANTIZE", "REDUCE_MAX",
-             "REDUCE_MIN", "RESHAPE", "SOFTMAX", "SUB", "SUM"}
+# The one table of what the engine runs: each op's lowering (a _Builder method); the supported-op list, the
+# error message for any other op and the random-model test's coverage check all derive from it.
+LOWERINGS: dict[str, Callable[..., Step]] = {
+    "ADD": _Builder._add, "AVERAGE_POOL_2D": _Builder._average_pool_2d, "CONCATENATION": _Builder._concatenation,
+    "CONV_2D": _Builder._conv_2d, "DEPTHWISE_CONV_2D": _Builder._depthwise_conv_2d,
+    "FULLY_CONNECTED": _Builder._fully_connected, "LOGISTIC": _Builder._logistic, "LOG_SOFTMAX": _Builder._log_softmax,
+    "MAX_POOL_2D": _Builder._max_pool_2d, "MEAN": _Builder._mean, "MUL": _Builder._mul, "PAD": _Builder._pad,
+    "PADV2": _Builder._pad, "QUANTIZE": _Builder._quantize, "REDUCE_MAX": _Builder._reduce_max,
+    "REDUCE_MIN": _Builder._reduce_min, "RESHAPE": _Builder._reshape, "SOFTMAX": _Builder._softmax,
+    "SUB": _Builder._sub, "SUM": _Builder._sum,
+}
+SUPPORTED = frozenset(LOWERINGS)

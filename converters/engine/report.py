@@ -1,7 +1,7 @@
 """The export report's engine figures: arena against its lower bound and TFLM's, flash, MACs, per-layer entries.
 
-``measure_flash`` compiles the generated C with the kernels in ``KERNELS_DIR`` for the board's core;
-TFLM's flash is the flatbuffer plus its documented runtime size (``TFLM_RUNTIME_BYTES``).
+``measure_flash`` compiles the generated C with the kernels (``kernel_sources``, in ``KERNELS_DIR``) for the
+board's core; TFLM's flash is the flatbuffer plus its documented runtime size (``TFLM_RUNTIME_BYTES``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,14 @@ from pathlib import Path
 
 from bisup.converters.engine.emit import Generated
 
-KERNELS_DIR = Path(__file__).resolve().parents[2] / "firmware_bridge" / "c"  # bisup.firmware_bridge, source or wheel
+KERNELS_DIR = Path(__file__).resolve().parent / "kernels"  # the C kernels, beside the generator that calls them
+
+
+def kernel_sources() -> list[Path]:
+    """Every C file of the kernels (one per op, plus the fixed-point primitives): what a build compiles
+    beside the generated model_infer.c, with ``-I KERNELS_DIR``."""
+    return sorted(KERNELS_DIR.glob("*.c"))
+
 _CPUS = {"cortex-m0plus": "cortex-m0plus", "cortex-m4": "cortex-m4", "cortex-m4f": "cortex-m4",
          "cortex-m7": "cortex-m7", "cortex-m33": "cortex-m33"}
 # TFLM's interpreter code cannot be built here; its own documentation gives the size of the core runtime.
@@ -32,7 +39,7 @@ def measure_flash(out_dir: str | Path, arch: str, stems: tuple[str, ...] = ("mod
         return {"flash_bytes": None, "flash_measured_for": "not measured: install gcc-arm-none-eabi"}
     total = 0
     with tempfile.TemporaryDirectory() as work:
-        for source in (*(Path(out_dir) / f"{stem}.c" for stem in stems), KERNELS_DIR / "bisup_kernels.c"):
+        for source in (*(Path(out_dir) / f"{stem}.c" for stem in stems), *kernel_sources()):
             obj = Path(work) / f"{source.stem}.o"
             subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-Os", "-std=c99", "-ffunction-sections",
                             "-fdata-sections", f"-I{out_dir}", f"-I{KERNELS_DIR}", "-c", str(source), "-o", str(obj)],

@@ -138,9 +138,23 @@ def mqtt_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--username", help="MQTT username (`bisup broker --secure` prints them)."),
         click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
                      help="File holding the MQTT password (kept off the command line)."),
+        click.option("--deployment", "topic_deployment", callback=_deployment,
+                     help="MQTT: the deployment level of the topics, bisup/v1/<deployment>/<id>/req, which routes "
+                          "each device's requests to the bridges of its own bundle (the same name on both) "
+                          "[default: m + the first 16 hex digits of the bundle's model hash]."),
     ]):
         command = option(command)
     return command
+
+
+def _deployment(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
+    """Refuse, before any model loads, a name that cannot be one topic level."""
+    from bisup.firmware_bridge.mqtt_link import MqttError, check_deployment
+
+    try:
+        return None if value is None else check_deployment(value)
+    except MqttError as exc:
+        raise click.BadParameter(str(exc), context, parameter) from None
 
 
 def mqtt_broker(mqtt_url: str, tls_ca: Path | None, username: str | None, password_file: Path | None) -> Broker:

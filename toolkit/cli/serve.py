@@ -43,6 +43,9 @@ from bisup.cli.common import (
                    "[default: this host's name and process id, unique per bridge].")
 @click.option("--session-expiry", default=5, show_default=True,
               help="MQTT: seconds the broker keeps a dead worker's session and its queued requests.")
+@click.option("--legacy-topics", is_flag=True,
+              help="MQTT: also serve the topics of devices without a deployment level, bisup/v1/<id>/req (they "
+                   "cannot be routed: give this to one deployment per broker, the one those devices run).")
 @click.option("--max-batch", default=32, show_default=True, help="Remote: most requests in one batched call (1: none).")
 @click.option("--max-delay-ms", default=2.0, show_default=True, help="Remote: longest wait to fill a batch.")
 @click.option("--device-wait-ms", default=2000.0, show_default=True,
@@ -71,8 +74,9 @@ from bisup.cli.common import (
               help="Stop collecting (and say so) once the --collect folder holds this much.")
 @trusted
 def bridge(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, username: str | None,
-           password_file: Path | None, remote: str, bundle_dir: Path, baud: int, json_log: Path | None, wait: bool,
-           workers: int, threads: int, group: str, worker_name: str | None, session_expiry: int, max_batch: int,
+           password_file: Path | None, topic_deployment: str | None, remote: str, bundle_dir: Path, baud: int,
+           json_log: Path | None, wait: bool, workers: int, threads: int, group: str, worker_name: str | None,
+           session_expiry: int, legacy_topics: bool, max_batch: int,
            max_delay_ms: float, device_wait_ms: float, deadline_ms: float | None, breaker_failures: int,
            breaker_cooldown: float, metrics_port: int | None, metrics_addr: str, drift_window: int,
            collect_dir: Path | None, collect_max_mb: float) -> None:
@@ -81,11 +85,13 @@ def bridge(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, us
     \b
     Serial (--serial): frames are COBS + CRC-16 (firmware_bridge/PROTOCOL.md); a port that goes
     away is reopened with backoff.
-    MQTT (--mqtt): devices publish to bisup/v1/<id>/req and get answers on bisup/v1/<id>/resp.
-    Workers share $share/<group>/bisup/v1/+/req, so more workers (here or on other machines, same
-    --group, different --name) share the load. QoS 1 both ways; a request is acked only after its
-    answer is published. A worker that dies strands its queued requests for --session-expiry
-    seconds; devices whose retries outlast that lose nothing.
+    MQTT (--mqtt): devices publish to bisup/v1/<deployment>/<id>/req and get answers on
+    bisup/v1/<deployment>/<id>/resp. Workers share $share/<group>/bisup/v1/<deployment>/+/req, so
+    more workers (here or on other machines, same --group, different --name) share the load, and
+    each deployment on a broker (a rollout's v1 and v2 bundles) answers only its own devices.
+    QoS 1 both ways; a request is acked only after its answer is published. A worker that dies
+    strands its queued requests for --session-expiry seconds; devices whose retries outlast that
+    lose nothing.
     Both: retried requests are answered from a cache without a second remote call; malformed ones
     get an ERROR reply. Concurrent requests are batched into one remote call; a request past its
     deadline, or any request while the circuit breaker is open, is answered `fallback` at once.
@@ -111,8 +117,11 @@ def bridge(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, us
         if serial_url:
             serve.serve_serial(serial_url, handler, baud, wait, progress)
         else:
+            from bisup.firmware_bridge.mqtt_bridge import Routing
+
             broker = mqtt_broker(mqtt_url, tls_ca, username, password_file)
-            serve.serve_mqtt(broker, handler, workers, threads, group, worker_name, session_expiry, progress)
+            serve.serve_mqtt(broker, handler, workers, threads, group, worker_name, session_expiry, progress,
+                             Routing(topic_deployment, legacy_topics))
     finally:
         guarded.close()
         handler.log.close()
@@ -128,15 +137,15 @@ def bridge(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, us
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help=".npz with x (and y for the accuracy).")
 @click.option("--device-id", default="virtual-0", show_default=True,
-              help="The device's id; over MQTT also its topics bisup/v1/<id>/req|resp.")
+              help="The device's id; over MQTT also its topics bisup/v1/<deployment>/<id>/req|resp.")
 @click.option("--timeout-ms", default=500, show_default=True, help="Wait per attempt before resending.")
 @click.option("--retries", default=3, show_default=True, help="Resends (same sequence number) before falling back.")
 @click.option("--hello-timeout", default=10.0, show_default=True, help="Seconds to wait for the bridge's HELLO.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @trusted
 def device(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, username: str | None,
-           password_file: Path | None, bundle_dir: Path, data_path: Path, device_id: str, timeout_ms: int, retries: int,
-           hello_timeout: float, as_json: bool) -> None:
+           password_file: Path | None, topic_deployment: str | None, bundle_dir: Path, data_path: Path, device_id: str,
+           timeout_ms: int, retries: int, hello_timeout: float, as_json: bool) -> None:
     """Be a device without a board: run the bundle's model in TFLM, decide with the int8 threshold,
     and relay unsure inputs to a `bisup bridge` over a serial link (--serial) or MQTT (--mqtt)."""
     one_transport(serial_url, mqtt_url)
@@ -147,7 +156,7 @@ def device(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, us
 
     broker = mqtt_broker(mqtt_url, tls_ca, username, password_file) if mqtt_url else None
     summary = virtual.run(bundle_dir, data_path, serial_url, broker, device_id, timeout_ms, retries, hello_timeout,
-                          progress)
+                          progress, topic_deployment)
     click.echo(json.dumps(summary) if as_json else device_table(summary))
 
 
@@ -180,7 +189,8 @@ def broker(port: int | None, secure: bool, devices: tuple[str, ...], workdir: Pa
     Plain: anonymous, loopback only. --secure: TLS (CA and server certificate generated into --dir)
     and mosquitto's dynamic-security plugin: a password per device, client id bisup-device-<id>
     bound to it, and deny-by-default rules by which device <id> may only publish
-    bisup/v1/%u/req and only read bisup/v1/%u/resp. The bridge user reads every request and
+    bisup/v1/+/%u/req and only read bisup/v1/+/%u/resp (any deployment, its own id). The bridge
+    user reads every request and
     writes every answer, under a shared-subscription group name that devices are not told
     (pass it to `bisup bridge --group`). Persistence is on, so QoS 1 sessions survive a restart.
     Both set TCP_NODELAY (a QoS 1 round trip on loopback: about 1.3 ms instead of 44 ms).

@@ -27,7 +27,7 @@ import serial
 from bisup.boards import Emulation, emulated_names, firmware_dir, load_board
 from bisup.converters import engine
 from bisup.converters.errors import BisupError
-from bisup.firmware_bridge import framing
+from bisup.firmware_bridge import C_LIBRARY, framing
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.handler import RequestHandler
@@ -36,7 +36,6 @@ from bisup.firmware_bridge.serial_bridge import port_problem
 
 Progress = Callable[[str], None]
 
-C_LIBRARY = engine.KERNELS_DIR  # the C device library: firmware_bridge/c, beside the engine's kernels
 
 
 Machine = Emulation  # an emulated board's machine, core, clock and memory map: its profile's [emulation] table
@@ -113,16 +112,6 @@ def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int 
     return compile_firmware(machine, workdir, sources, max_body, ["-DBISUP_MODEL_PROFILE_MARKS"])
 
 
-def kernel_sources() -> list[Path]:
-    """The int8 kernels' C files, from one place: the engine's own list where it has one, with every C file
-    beside them (a kernel set split into several files still builds); else the device library's."""
-    listed = getattr(engine, "kernel_sources", None)
-    if listed is None:
-        return [C_LIBRARY / "bisup_kernels.c"]
-    files = [Path(f) for f in listed()]
-    return sorted({*files, *(c for f in files for c in f.parent.glob("*.c"))})
-
-
 def _build_error(stderr: str) -> str:
     """The line that says why a build failed: the compiler's first error, or the linker's (a region that
     overflowed names the memory and by how much) rather than collect2's summary."""
@@ -134,7 +123,7 @@ def _build_error(stderr: str) -> str:
 
 def compile_firmware(machine: str, workdir: Path, sources: list[Path], max_body: int, defines: list[str]) -> Path:
     """The board's firmware folder (its profile's ``firmware``, e.g. ``boards/mps2``): its shared part (start-up,
-    UART, clock, frame I/O), the C device library's protocol, app step and kernels, and ``sources``: one
+    UART, clock, frame I/O), the C device library's protocol and app step, the engine's kernels, and ``sources``: one
     program's main, its generated C and the library modules it needs (``workdir`` holds the generated
     headers); return the ELF."""
     if shutil.which("arm-none-eabi-gcc") is None:
@@ -142,17 +131,16 @@ def compile_firmware(machine: str, workdir: Path, sources: list[Path], max_body:
     board, firmware = emulated(machine), firmware_dir(machine)
     (workdir / "link.ld").write_text((firmware / "link.ld.in").read_text().format(**vars(board)))
     elf = workdir / "firmware.elf"
-    kernels = kernel_sources()
     shared = [firmware / "startup.c", firmware / "board.c", C_LIBRARY / "bisup_proto.c", C_LIBRARY / "bisup_app.c",
-              *kernels]
-    includes = [f"-I{folder}" for folder in dict.fromkeys([workdir, firmware, C_LIBRARY, *(k.parent for k in kernels)])]
+              *engine.kernel_sources()]
     # softfp, not soft: the core's FPU and vector extension stay usable (-mfloat-abi=soft drops the M55's
     # __ARM_FEATURE_MVE, so Helium kernels would never be built); calls keep the soft-float convention.
     cmd = ["arm-none-eabi-gcc", f"-mcpu={board.cpu}", "-mthumb", "-mfloat-abi=softfp", "-O2", "-std=c99", "-Wall",
            "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-nostartfiles",
            "--specs=nano.specs", "--specs=nosys.specs", f"-DBISUP_PROTO_MAX_BODY={max_body}u",
-           f"-DBISUP_UART0_BASE={board.uart0:#x}u", f"-DBISUP_CPU_HZ={board.cpu_hz}u", *defines, *includes, "-T",
-           str(workdir / "link.ld"), *(str(f) for f in shared + sources), "-o", str(elf)]
+           f"-DBISUP_UART0_BASE={board.uart0:#x}u", f"-DBISUP_CPU_HZ={board.cpu_hz}u", *defines, f"-I{workdir}",
+           f"-I{firmware}", f"-I{C_LIBRARY}", f"-I{engine.KERNELS_DIR}", "-T", str(workdir / "link.ld"),
+           *(str(f) for f in shared + sources), "-o", str(elf)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise HilError(f"building the {machine} firmware failed: {_build_error(done.stderr)}")

@@ -24,13 +24,15 @@ from bisup.firmware_bridge.drift import DriftAlarm
 from bisup.firmware_bridge.events import Fanout
 from bisup.firmware_bridge.handler import RelayLog, RequestHandler
 from bisup.firmware_bridge.metrics import Metrics
-from bisup.firmware_bridge.mqtt_link import Broker
+from bisup.firmware_bridge.mqtt_link import LEGACY_REQUESTS, Broker, requests_of
 from bisup.firmware_bridge.remotes import DeferredRemote, RemoteError, RemoteModel, RemoteSpecError, open_remote
 from bisup.firmware_bridge.resilience import CircuitBreaker, resilient
 
 if TYPE_CHECKING:
     from types import FrameType
     from wsgiref.simple_server import WSGIServer
+
+    from bisup.firmware_bridge.mqtt_bridge import Routing
 
 Progress = Callable[[str], None]
 RETURN_SHARE = 0.25  # of the devices' wait, left for the answer's way back
@@ -188,14 +190,17 @@ def default_worker_name() -> str:
 
 
 def serve_mqtt(broker: Broker, handler: RequestHandler, workers: int, threads: int, group: str, name: str | None,
-               session_expiry_s: int, progress: Progress) -> None:
-    """Run ``workers`` shared-subscription workers until Ctrl-C or SIGTERM."""
+               session_expiry_s: int, progress: Progress, routing: Routing | None = None) -> None:
+    """Run ``workers`` shared-subscription workers until Ctrl-C or SIGTERM, taking only the requests of their
+    deployment (``routing``; by default the one named after the bundle's model hash)."""
     from bisup.firmware_bridge.mqtt_bridge import start_workers
 
     prefix = f"{name or default_worker_name()}-w"
-    running = start_workers(broker, handler, workers, group, threads, session_expiry_s, prefix)
+    running = start_workers(broker, handler, workers, group, threads, session_expiry_s, prefix, routing)
     progress(f"{workers} worker(s) serving {broker.url} as group {group!r}: "
              f"{', '.join(w.client_id for w in running)} (Ctrl-C to stop)")
+    progress(f"deployment {running[0].deployment!r}: devices publish to {requests_of(running[0].deployment)}"
+             + (f" (and legacy {LEGACY_REQUESTS})" if running[0].routing.legacy_topics else ""))
     stop = _stop_on_signals()
     try:
         stop.wait()

@@ -11,9 +11,11 @@ TCP_NODELAY, because Nagle's algorithm costs tens of milliseconds per QoS 1 roun
 localhost/127.0.0.1/::1) and mosquitto's dynamic-security plugin, whose file this module writes: one
 random password per device plus a bridge user (PBKDF2-SHA512 hashes, as the plugin stores them), and
 per-device roles. Device ``d`` must connect with client id ``bisup-device-d`` (so no device can take
-over another's session or kick it off), may only publish ``bisup/v1/d/req``, and may only subscribe to
-and receive ``bisup/v1/d/resp[/...]``; everything else is denied by default, subscriptions included.
-The bridge user reads every ``req`` (also through its ``$share`` group) and writes every ``resp``.
+over another's session or kick it off), may only publish ``bisup/v1/<deployment>/d/req``, and may only subscribe
+to and receive ``bisup/v1/<deployment>/d/resp[/...]``, for any deployment (a rollout moves a device from one to
+the next without touching the broker; its id stays its own); everything else is denied by default, subscriptions
+included, the legacy topics without a deployment level too. The bridge user reads every ``req`` (also through its
+``$share`` group, one shared subscription per deployment) and writes every ``resp``.
 The CA, server certificate and passwords are reused when the folder already has them, so devices keep
 working across runs.
 
@@ -54,7 +56,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bisup.converters.errors import BisupError
 from bisup.firmware_bridge.mqtt_link import (
-    TOPIC_ROOT,
     Broker,
     MqttError,
     connect,
@@ -242,21 +243,21 @@ def _acl(kind: str, topic: str) -> dict:
 
 def _dynsec(config: BrokerConfig, credentials: Credentials) -> dict:
     """The plugin's whole configuration: deny by default, one role per device, one for the bridge."""
-    root = TOPIC_ROOT
+    requests = request_topic("+", "+")  # every device's, in every deployment
     clients = [{"username": config.bridge_user, "textName": "bisup bridge workers", "roles": [{"rolename": "bridge"}],
                 **_hashed(credentials.passwords[config.bridge_user])}]
-    shared = f"$share/{credentials.bridge_group}/{root}/+/req"
+    shared = f"$share/{credentials.bridge_group}/{requests}"
     roles = [{"rolename": "bridge", "acls": [
-        _acl("subscribePattern", f"{root}/+/req"), _acl("subscribeLiteral", shared),
-        _acl("publishClientReceive", f"{root}/+/req"), _acl("publishClientSend", f"{root}/+/resp/#")]}]
+        _acl("subscribePattern", requests), _acl("subscribePattern", shared),
+        _acl("publishClientReceive", requests), _acl("publishClientSend", response_topic("+", "+") + "/#")]}]
     for device in config.devices:
         clients.append({"username": device, "clientid": device_client_id(device), "textName": f"bisup device {device}",
                         "roles": [{"rolename": f"device-{device}"}], **_hashed(credentials.passwords[device])})
+        answers = response_topic(device, "+")  # its own, in any deployment
         roles.append({"rolename": f"device-{device}", "acls": [
-            _acl("publishClientSend", request_topic(device)),
-            _acl("subscribeLiteral", response_topic(device)), _acl("subscribePattern", f"{response_topic(device)}/#"),
-            _acl("publishClientReceive", response_topic(device)),
-            _acl("publishClientReceive", f"{response_topic(device)}/#")]})
+            _acl("publishClientSend", request_topic(device, "+")),
+            _acl("subscribePattern", answers), _acl("subscribePattern", f"{answers}/#"),
+            _acl("publishClientReceive", answers), _acl("publishClientReceive", f"{answers}/#")]})
     deny = {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True}
     return {"defaultACLAccess": deny, "clients": clients, "groups": [], "roles": roles}
 

@@ -10,17 +10,18 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from bisup.firmware_bridge.mqtt_link import Broker, DeviceLink
+from bisup.firmware_bridge.mqtt_link import Broker, DeviceLink, deployment_name, request_topic
 from bisup.firmware_bridge.serial_bridge import BridgeError, port_problem
-from bisup.firmware_bridge.virtual_device import SerialLink
+from bisup.firmware_bridge.virtual_device import DeviceTimeout, SerialLink
 
 Progress = Callable[[str], None]
 
 
-def open_link(serial_url: str | None, broker: Broker | None, device_id: str):
-    """The device's link, closed on exit: MQTT when a broker is given, otherwise the serial URL."""
+def open_link(serial_url: str | None, broker: Broker | None, device_id: str, deployment: str = ""):
+    """The device's link, closed on exit: MQTT (on ``deployment``'s topics) when a broker is given, otherwise the
+    serial URL."""
     if broker is not None:
-        return contextlib.closing(DeviceLink(broker, device_id))
+        return contextlib.closing(DeviceLink(broker, device_id, deployment))
     import serial
 
     try:
@@ -31,16 +32,26 @@ def open_link(serial_url: str | None, broker: Broker | None, device_id: str):
 
 
 def run(bundle_path: str | Path, data_path: str | Path, serial_url: str | None, broker: Broker | None,
-        device_id: str, timeout_ms: int, retries: int, hello_timeout_s: float, progress: Progress) -> dict:
+        device_id: str, timeout_ms: int, retries: int, hello_timeout_s: float, progress: Progress,
+        topic_deployment: str | None = None) -> dict:
     """Greet the bridge, run every input as deployed, and return the summary `bisup device` prints (a
-    multi-exit deployment adds its exits, device MACs and bytes sent)."""
+    multi-exit deployment adds its exits, device MACs and bytes sent). Over MQTT the device asks the bridges of
+    ``topic_deployment``, by default the deployment named after its bundle's model hash, as its bridge's is."""
     from bisup.deployment import open_deployment
 
     deployment = open_deployment(bundle_path)
     x, y = deployment.load_data(Path(data_path))
-    with open_link(serial_url, broker, device_id) as link:
+    route = topic_deployment or deployment_name(deployment.model_hash)
+    with open_link(serial_url, broker, device_id, route) as link:
         unit = deployment.device(link, device_id, timeout_ms / 1000, retries)
-        reply = unit.hello(hello_timeout_s)
+        try:
+            reply = unit.hello(hello_timeout_s)
+        except DeviceTimeout as exc:
+            if broker is None:
+                raise
+            raise DeviceTimeout(f"{exc} Over MQTT: no bridge serves deployment {route!r} (topic "
+                                f"{request_topic(device_id, route)}); start `bisup bridge` with this bundle, or give "
+                                "both the same --deployment") from None
         if reply.model_hash != deployment.model_hash:
             progress("warning: the bridge serves a different model (hash mismatch); answers may not fit")
         return deployment.run_device(unit, x, y)

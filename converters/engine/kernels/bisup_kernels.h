@@ -22,6 +22,9 @@
 extern "C" {
 #endif
 
+/* The instruction set these kernels were compiled for: "mve", "dsp" or "portable" (see bisup_kernel_internal.h). */
+const char *bisup_kernel_isa(void);
+
 /* Fixed-point primitives (exposed for the tests). */
 int32_t bisup_kernel_saturating_rounding_doubling_high_mul(int32_t a, int32_t b);
 int32_t bisup_kernel_rounding_divide_by_pot(int32_t x, int exponent);

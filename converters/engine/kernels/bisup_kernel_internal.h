@@ -1,0 +1,84 @@
+/*
+ * What the kernels share, inline so that every kernel's inner loop can use it without a call: TFLM's
+ * fixed-point requantization (double rounding), NHWC offsets, clamping, and the gemmlowp helpers the
+ * softmax family and the logistic use (defined in fixedpoint.c).
+ *
+ * Not part of the public API (bisup_kernels.h); the names are static or start with bisup_kernel_.
+ */
+#ifndef BISUP_KERNEL_INTERNAL_H_
+#define BISUP_KERNEL_INTERNAL_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bisup_kernels.h"
+
+/* The instruction set the kernels use, chosen when they are compiled, from the ACLE feature macros the
+ * compiler sets for -mcpu (a board profile's arch): Helium (M-profile Vector Extension, integer) on the
+ * Cortex-M55, the DSP extension's SIMD multiply-accumulates on ARMv7E-M and ARMv8-M Mainline (Cortex-M4, M7,
+ * M33), portable C everywhere else. -DBISUP_KERNELS_PORTABLE forces portable C (the benchmarks' baseline).
+ *
+ * Each op's entry point (bisup_kernel_<op>) first offers the input to its ISA variant in <op>_mve.c or
+ * <op>_dsp.c, which returns 0 for a shape it does not cover; the portable kernel then runs it. An
+ * uncovered shape is slower, never wrong. */
+#if !defined(BISUP_KERNELS_PORTABLE) && defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define BISUP_KERNEL_MVE 1
+#else
+#define BISUP_KERNEL_MVE 0
+#endif
+#if !defined(BISUP_KERNELS_PORTABLE) && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#define BISUP_KERNEL_DSP 1
+#else
+#define BISUP_KERNEL_DSP 0
+#endif
+
+static inline int32_t clamp32(int32_t x, int32_t lo, int32_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+/* (a * b * 2) >> 32 rounded to nearest, halves away from zero; saturates the one overflowing product. */
+static inline int32_t srdhm(int32_t a, int32_t b) {
+  if (a == b && a == INT32_MIN) return INT32_MAX;
+  int64_t ab = (int64_t)a * (int64_t)b;
+  int32_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
+  return (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C division truncates toward zero */
+}
+
+/* x / 2^exponent rounded to nearest, halves away from zero. */
+static inline int32_t rdbp(int32_t x, int exponent) {
+  int32_t mask = (int32_t)(((int64_t)1 << exponent) - 1);
+  int32_t remainder = x & mask;
+  int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+/* TFLM's MultiplyByQuantizedMultiplier: x * multiplier * 2^shift with its two roundings. */
+static inline int32_t mbqm(int32_t x, int32_t multiplier, int shift) {
+  int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+  int32_t scaled = (int32_t)((uint32_t)x << left); /* wraps as TFLM's int32 multiply does */
+  return rdbp(srdhm(scaled, multiplier), right);
+}
+
+static inline int32_t offset4(const bisup_kernel_shape *s, int32_t b, int32_t y, int32_t x, int32_t c) {
+  return ((b * s->height + y) * s->width + x) * s->depth + c;
+}
+
+static inline int8_t requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t output_offset, int32_t lo,
+                                int32_t hi) {
+  acc = mbqm(acc, multiplier, (int)shift) + output_offset;
+  return (int8_t)clamp32(acc, lo, hi);
+}
+
+/* Index of a broadcast operand: a dimension of 1 stays at 0. */
+static inline int32_t broadcast_offset(const bisup_kernel_shape *s, int32_t b, int32_t y, int32_t x, int32_t c) {
+  return offset4(s, s->batches == 1 ? 0 : b, s->height == 1 ? 0 : y, s->width == 1 ? 0 : x, s->depth == 1 ? 0 : c);
+}
+
+static inline int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+
+/* gemmlowp fixed point for the softmax family and the logistic (fixedpoint.c). */
+int32_t bisup_kernel_saturating_shift_left(int32_t x, int exponent);
+int32_t bisup_kernel_exp_on_negative_values(int32_t a, int integer_bits);
+int32_t bisup_kernel_one_over_one_plus_x(int32_t a);
+int32_t bisup_kernel_rounding_half_sum(int32_t a, int32_t b);
+int bisup_kernel_count_leading_zeros(uint32_t x);
+
+#endif /* BISUP_KERNEL_INTERNAL_H_ */
