@@ -53,6 +53,8 @@ static void uart_write(void *ctx, const uint8_t *data, size_t len) {
   }
 }
 
+void bisup_board_write(const uint8_t *data, size_t len) { uart_write(NULL, data, len); }
+
 bool bisup_board_read(void *ctx, uint8_t *byte) {
   (void)ctx;
   if (!(UART_STATE & 2u)) return false;

@@ -1,6 +1,7 @@
 /*
  * The QEMU MPS2 boards' shared part, used by both HIL programs (main_model.c: one model; main_stages.c:
- * a multi-exit device): the CMSDK UART, SysTick time, the boot id, and the frame I/O with the host.
+ * a multi-exit device) and by main_engine.c (the generated model alone, for the kernels' checks): the
+ * CMSDK UART, SysTick time, the boot id, and the frame I/O with the host.
  *
  * Device time: SysTick counts the core clock (BISUP_CPU_HZ). Under QEMU's -icount shift=0 one
  * instruction takes one nanosecond of virtual time, so cycles counted here are instructions / (1e9 /
@@ -16,6 +17,7 @@
 #define BISUP_BOARD_H_
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "bisup_proto.h"
@@ -35,6 +37,8 @@ void bisup_board_init(void);
 bisup_proto_client_config bisup_board_link(void);
 /* Polls the UART for one byte (a bisup_app_read_byte). */
 bool bisup_board_read(void *ctx, uint8_t *byte);
+/* Writes raw bytes to the UART (main_engine.c's unframed line; the HIL programs send frames). */
+void bisup_board_write(const uint8_t *data, size_t len);
 /* Core cycles since boot (wraps after 2^32 / BISUP_CPU_HZ seconds of device time). */
 uint32_t bisup_board_cycles(void);
 /* PROFILE: the cycles of each of `count` layers or stages of input `seq`. */

@@ -113,6 +113,25 @@ def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int 
     return compile_firmware(machine, workdir, sources, max_body, ["-DBISUP_MODEL_PROFILE_MARKS"])
 
 
+def kernel_sources() -> list[Path]:
+    """The int8 kernels' C files, from one place: the engine's own list where it has one, with every C file
+    beside them (a kernel set split into several files still builds); else the device library's."""
+    listed = getattr(engine, "kernel_sources", None)
+    if listed is None:
+        return [C_LIBRARY / "bisup_kernels.c"]
+    files = [Path(f) for f in listed()]
+    return sorted({*files, *(c for f in files for c in f.parent.glob("*.c"))})
+
+
+def _build_error(stderr: str) -> str:
+    """The line that says why a build failed: the compiler's first error, or the linker's (a region that
+    overflowed names the memory and by how much) rather than collect2's summary."""
+    lines = stderr.strip().splitlines()
+    why = [line for line in lines if ("error" in line or "overflowed" in line or "will not fit" in line)
+           and not line.startswith("collect2")]
+    return (why or lines or ["no message"])[0]
+
+
 def compile_firmware(machine: str, workdir: Path, sources: list[Path], max_body: int, defines: list[str]) -> Path:
     """The board's firmware folder (its profile's ``firmware``, e.g. ``boards/mps2``): its shared part (start-up,
     UART, clock, frame I/O), the C device library's protocol, app step and kernels, and ``sources``: one
@@ -123,18 +142,20 @@ def compile_firmware(machine: str, workdir: Path, sources: list[Path], max_body:
     board, firmware = emulated(machine), firmware_dir(machine)
     (workdir / "link.ld").write_text((firmware / "link.ld.in").read_text().format(**vars(board)))
     elf = workdir / "firmware.elf"
+    kernels = kernel_sources()
     shared = [firmware / "startup.c", firmware / "board.c", C_LIBRARY / "bisup_proto.c", C_LIBRARY / "bisup_app.c",
-              C_LIBRARY / "bisup_kernels.c"]
-    cmd = ["arm-none-eabi-gcc", f"-mcpu={board.cpu}", "-mthumb", "-mfloat-abi=soft", "-O2", "-std=c99", "-Wall",
+              *kernels]
+    includes = [f"-I{folder}" for folder in dict.fromkeys([workdir, firmware, C_LIBRARY, *(k.parent for k in kernels)])]
+    # softfp, not soft: the core's FPU and vector extension stay usable (-mfloat-abi=soft drops the M55's
+    # __ARM_FEATURE_MVE, so Helium kernels would never be built); calls keep the soft-float convention.
+    cmd = ["arm-none-eabi-gcc", f"-mcpu={board.cpu}", "-mthumb", "-mfloat-abi=softfp", "-O2", "-std=c99", "-Wall",
            "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-nostartfiles",
            "--specs=nano.specs", "--specs=nosys.specs", f"-DBISUP_PROTO_MAX_BODY={max_body}u",
-           f"-DBISUP_UART0_BASE={board.uart0:#x}u", f"-DBISUP_CPU_HZ={board.cpu_hz}u", *defines, f"-I{workdir}",
-           f"-I{firmware}", f"-I{C_LIBRARY}", "-T", str(workdir / "link.ld"), *(str(f) for f in shared + sources),
-           "-o", str(elf)]
+           f"-DBISUP_UART0_BASE={board.uart0:#x}u", f"-DBISUP_CPU_HZ={board.cpu_hz}u", *defines, *includes, "-T",
+           str(workdir / "link.ld"), *(str(f) for f in shared + sources), "-o", str(elf)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.strip().splitlines()
-        raise HilError(f"building the {machine} firmware failed: {errors[0]}")
+        raise HilError(f"building the {machine} firmware failed: {_build_error(done.stderr)}")
     return elf
 
 
