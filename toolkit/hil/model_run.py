@@ -1,4 +1,4 @@
-"""The generated model alone on an emulated core: every output byte, and the instructions it took.
+"""Generated models alone on an emulated core: every output byte, and the instructions it took.
 
 What the int8 kernels of each instruction set (portable C; Cortex-M DSP; Helium/MVE, chosen at compile time by
 the ACLE macros ``-mcpu`` sets, or forced portable with ``BISUP_KERNELS_PORTABLE``) need to be checked and
@@ -7,6 +7,7 @@ firmware folder with it for the board's core (-O2, per-layer marks), boots it in
 and sends the inputs over the UART. The firmware answers each input with its scores and confidence, and the
 cycles of the inference and of each layer; at boot it says which kernel set its build had in effect, so a
 wrong flag shows as such. No supervisor decision, bridge or model image is involved (``bisup hil`` runs those).
+``run_many`` puts several models in one firmware: the build costs more host time than running small models.
 
 Every wait runs on QEMU's CPU time (``target.BoardLink``), never the host's clock: a busy host makes the
 emulator slower, not the board's answers later in its own time.
@@ -14,9 +15,10 @@ emulator slower, not the board's answers later in its own time.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +29,12 @@ from bisup.converters import engine
 from bisup.hil import target
 from bisup.hil.target import BoardLink, HilError
 
-GREETING = b"BISE"  # main_engine.c's first bytes, before its kernel-set word and the model's sizes
+GREETING = b"BISE"  # main_engine.c's first bytes, before its kernel-set word and the models' sizes
 RECORD = b"R"  # the first byte of each input's answer
 FEATURES = {1: "dsp", 2: "mve", 4: "portable"}  # the kernel-set word's bits (main_engine.c)
 BOOT_BUDGET_S = 30.0  # QEMU CPU seconds for the greeting: start-up is a few thousand instructions
 INPUT_BUDGET_S = 120.0  # QEMU CPU seconds per input: far above any model the emulated boards hold
+Job = tuple[bytes, np.ndarray]  # an exported int8 .tflite and its int8 inputs, one per row
 
 
 @dataclass(frozen=True)
@@ -64,52 +67,85 @@ def run(model: bytes, x_q: np.ndarray, board: str, portable: bool = False,
     """Run ``model`` (an exported int8 .tflite) on each int8 input of ``x_q`` (one per row) on the emulated
     ``board``; ``portable`` builds it with ``-DBISUP_KERNELS_PORTABLE``. ``timeout_s``: QEMU CPU seconds an
     input may take. A model that does not fit the board raises ``HilError`` with the linker's message."""
+    return run_many([(model, x_q)], board, portable, progress, timeout_s)[0]
+
+
+def run_many(jobs: Sequence[Job], board: str, portable: bool = False,
+             progress: Callable[[str], None] | None = None, timeout_s: float = INPUT_BUDGET_S) -> list[ModelRun]:
+    """``run`` for several models in one firmware and one boot; their runs in the order given."""
     say = progress or (lambda _message: None)
     machine = target.emulated(board)
     with tempfile.TemporaryDirectory(prefix="bisup-model-run-") as work:
-        elf, generated = build(model, board, Path(work), portable)
-        samples = _samples(x_q, generated.input_bytes)
-        say(f"booting {board} ({len(_layers(generated))} layers, {len(samples)} inputs)")
+        generated = _write_models([model for model, _ in jobs], Path(work))
+        samples = [_samples(x_q, g.input_bytes, k) for k, ((_, x_q), g) in enumerate(zip(jobs, generated, strict=True))]
+        elf = _compile(board, Path(work), len(generated), portable)
+        say(f"booting {board} with {len(jobs)} model(s), {sum(len(s) for s in samples)} inputs")
         with target.qemu(board, elf) as link:
-            features = _greeting(link, generated)
-            rows = [_infer(link, index, sample, generated, timeout_s) for index, sample in enumerate(samples)]
-    cycles = np.array([row[0] for row in rows], dtype=np.float64)
-    layers = np.array([row[1] for row in rows], dtype=np.float64)
-    outputs = np.frombuffer(b"".join(row[2] for row in rows), dtype=np.int8).reshape(len(rows), -1)
-    ns = machine.nanoseconds_per_cycle
-    return ModelRun(board, features, outputs[:, :generated.classes], outputs[:, generated.classes],
-                    cycles * ns, np.median(layers, axis=0) * ns, tuple(s.op for s in _layers(generated)), ns)
+            features, seq = _greeting(link, generated), itertools.count(1)
+            answers = [[_infer(link, k, sample, g, next(seq), timeout_s) for sample in rows]
+                       for k, (rows, g) in enumerate(zip(samples, generated, strict=True))]
+    return [_model_run(board, features, rows, g, machine.nanoseconds_per_cycle)
+            for rows, g in zip(answers, generated, strict=True)]
 
 
-def _layers(generated: engine.Generated) -> list[engine.Step]:
-    """The steps that call a kernel: the BISUP_MODEL_LAYERS the firmware times."""
-    return [step for step in generated.steps if step.call]
+def build(models: Sequence[bytes], board: str, workdir: Path,
+          portable: bool = False) -> tuple[Path, list[engine.Generated]]:
+    """The firmware ELF in ``workdir``: the models as generated C (``m0_infer.c`` ...) with main_engine.c, for
+    the board's core."""
+    generated = _write_models(models, workdir)
+    return _compile(board, workdir, len(generated), portable), generated
 
 
-def build(model: bytes, board: str, workdir: Path, portable: bool = False) -> tuple[Path, engine.Generated]:
-    """The firmware ELF in ``workdir``: the model as generated C with main_engine.c, for the board's core."""
+def _write_models(models: Sequence[bytes], workdir: Path) -> list[engine.Generated]:
+    """Each model's C (``m0_infer.c`` ...) and ``engine_models.h``, which lists them for main_engine.c."""
+    if not models:
+        raise HilError("no model to run")
+    generated = []
+    for k, model in enumerate(models):
+        try:
+            generated.append(engine.write(model, workdir, name=f"m{k}"))
+        except engine.EngineError as exc:
+            raise HilError(f"model {k} cannot run as generated C: {exc}") from exc
+    (workdir / "engine_models.h").write_text(_model_list(generated))
+    return generated
+
+
+def _compile(board: str, workdir: Path, count: int, portable: bool) -> Path:
+    """main_engine.c with the ``count`` models ``_write_models`` wrote, for the board's core."""
     main = firmware_dir(board) / "main_engine.c"
     if not main.is_file():
         raise HilError(f"the {board} firmware folder {main.parent} has no main_engine.c, the program that runs "
-                       "a model alone; copy it from bisup's boards/mps2")
-    try:
-        generated = engine.write(model, workdir)
-    except engine.EngineError as exc:
-        raise HilError(f"the model cannot run as generated C: {exc}") from exc
+                       "models alone; copy it from bisup's boards/mps2")
     (workdir / "hil_config.h").write_text(target.config_header(f"qemu-{board}", 0, 0))  # board.c's; no requests
     defines = ["-DBISUP_MODEL_PROFILE_MARKS", *(["-DBISUP_KERNELS_PORTABLE"] if portable else [])]
-    return target.compile_firmware(board, workdir, [main, workdir / "model_infer.c"], 1024, defines), generated
+    sources = [main, *(workdir / f"m{k}_infer.c" for k in range(count))]
+    return target.compile_firmware(board, workdir, sources, 1024, defines)
 
 
-def _samples(x_q: np.ndarray, input_bytes: int) -> np.ndarray:
-    """``x_q`` as one row of bytes per input; a wrong type or size is one line naming what the model takes."""
+def _model_list(generated: Sequence[engine.Generated]) -> str:
+    """``engine_models.h``: each model's header and the list main_engine.c builds its table from."""
+    includes = "".join(f'#include "m{k}_infer.h"\n' for k in range(len(generated)))
+    return (f"/* Generated by bisup.hil.model_run for main_engine.c. */\n{includes}"
+            f"#define BISUP_ENGINE_MODEL_LIST {' '.join(f'X(m{k}, M{k})' for k in range(len(generated)))}\n"
+            f"#define BISUP_ENGINE_MAX_INPUT_BYTES {max(g.input_bytes for g in generated)}\n"
+            f"#define BISUP_ENGINE_MAX_CLASSES {max(g.classes for g in generated)}\n"
+            f"#define BISUP_ENGINE_MAX_LAYERS {max(1, *(len(_layers(g)) for g in generated))}\n")
+
+
+def _layers(generated: engine.Generated) -> list[engine.Step]:
+    """The steps that call a kernel: the layers the firmware times (BISUP_M0_LAYERS ...)."""
+    return [step for step in generated.steps if step.call]
+
+
+def _samples(x_q: np.ndarray, input_bytes: int, k: int) -> np.ndarray:
+    """``x_q`` as one row of bytes per input; a wrong type or size is one line naming what model ``k`` takes."""
     x_q = np.asarray(x_q)
     if x_q.dtype != np.int8 or x_q.ndim < 1 or not len(x_q):
-        raise HilError(f"inputs must be a non-empty int8 array, one input per row, not {x_q.dtype} of shape "
-                       f"{x_q.shape}")
+        raise HilError(f"model {k}'s inputs must be a non-empty int8 array, one input per row, not {x_q.dtype} of "
+                       f"shape {x_q.shape}")
     if x_q[0].size != input_bytes:
-        raise HilError(f"each input holds {x_q[0].size} int8 values (shape {x_q.shape[1:]}); the model takes "
-                       f"{input_bytes}")
+        raise HilError(f"model {k}'s inputs hold {x_q[0].size} int8 values each (shape {x_q.shape[1:]}); the "
+                       f"model takes {input_bytes}")
     return x_q.reshape(len(x_q), input_bytes)
 
 
@@ -128,25 +164,37 @@ def _words(data: bytes) -> tuple[int, ...]:
     return struct.unpack(f"<{len(data) // 4}I", data)
 
 
-def _greeting(link: BoardLink, generated: engine.Generated) -> frozenset[str]:
-    """The firmware's kernel-set word, once its greeting says it runs this model."""
-    head = _read(link, len(GREETING) + 16, BOOT_BUDGET_S, "the greeting")
+def _greeting(link: BoardLink, generated: Sequence[engine.Generated]) -> frozenset[str]:
+    """The firmware's kernel-set word, once its greeting says it holds these models."""
+    head = _read(link, len(GREETING) + 8 + 12 * len(generated), BOOT_BUDGET_S, "the greeting")
     word, *sizes = _words(head[len(GREETING):])
-    expected = [generated.input_bytes, generated.classes, len(_layers(generated))]
+    expected = [len(generated), *(n for g in generated for n in (g.input_bytes, g.classes, len(_layers(g))))]
     if head[:len(GREETING)] != GREETING or sizes != expected:
-        raise HilError(f"the emulated board's greeting {head.hex()} is not main_engine.c's for this model (input "
-                       f"bytes, classes, layers {expected})")
+        raise HilError(f"the emulated board's greeting {head[:40].hex()}... is not main_engine.c's for these models "
+                       f"(count, then input bytes, classes and layers of each: {expected[:7]}...)")
     return frozenset(name for bit, name in FEATURES.items() if word & bit)
 
 
-def _infer(link: BoardLink, index: int, sample: np.ndarray, generated: engine.Generated,
+def _infer(link: BoardLink, k: int, sample: np.ndarray, generated: engine.Generated, seq: int,
            budget_s: float) -> tuple[int, tuple[int, ...], bytes]:
-    """One input through the board: its inference cycles, each layer's cycles and its output bytes."""
-    link.port.write(sample.tobytes())
-    layers = len(_layers(generated))
-    record = _read(link, len(RECORD) + 8 + 4 * layers + generated.classes + 1, budget_s, f"input {index}'s answer")
-    count, cycles, *layer_cycles = _words(record[len(RECORD):len(RECORD) + 8 + 4 * layers])
-    if record[:len(RECORD)] != RECORD or count != index + 1:
-        raise HilError(f"the emulated board's answer to input {index} is out of step (it counts {count}); "
+    """The ``seq``-th input (from 1) through the board, one of model ``k``: its inference cycles, each layer's
+    cycles, its output bytes."""
+    link.port.write(struct.pack("<I", k) + sample.tobytes())
+    head = len(RECORD) + 8 + 4 * len(_layers(generated))
+    record = _read(link, head + generated.classes + 1, budget_s, f"an answer of model {k}")
+    count, cycles, *layer_cycles = _words(record[len(RECORD):head])
+    if record[:len(RECORD)] != RECORD or count != seq:
+        raise HilError(f"the emulated board's answer to input {seq} (model {k}) is out of step: "
                        f"{record[:16].hex()}...")
-    return cycles, tuple(layer_cycles), record[len(RECORD) + 8 + 4 * layers:]
+    return cycles, tuple(layer_cycles), record[head:]
+
+
+def _model_run(board: str, features: frozenset[str], answers: list[tuple[int, tuple[int, ...], bytes]],
+               generated: engine.Generated, ns_per_cycle: float) -> ModelRun:
+    """One model's answers as outputs and instructions."""
+    cycles = np.array([cycles for cycles, _, _ in answers], dtype=np.float64)
+    layers = np.array([layers for _, layers, _ in answers], dtype=np.float64).reshape(len(answers), -1)
+    outputs = np.frombuffer(b"".join(out for _, _, out in answers), dtype=np.int8).reshape(len(answers), -1)
+    return ModelRun(board, features, outputs[:, :generated.classes], outputs[:, generated.classes],
+                    cycles * ns_per_cycle, np.median(layers, axis=0) * ns_per_cycle,
+                    tuple(step.op for step in _layers(generated)), ns_per_cycle)

@@ -127,8 +127,8 @@ def _build_error(stderr: str) -> str:
     """The line that says why a build failed: the compiler's first error, or the linker's (a region that
     overflowed names the memory and by how much) rather than collect2's summary."""
     lines = stderr.strip().splitlines()
-    why = [line for line in lines if ("error" in line or "overflowed" in line or "will not fit" in line)
-           and not line.startswith("collect2")]
+    why = [line for line in lines if "overflowed" in line] + [line for line in lines if "error" in line and
+                                                               not line.startswith("collect2")]
     return (why or lines or ["no message"])[0]
 
 
