@@ -7,7 +7,8 @@ generated data and cached on first use):
 
 - ``bisup export`` as a subprocess, timed (wall seconds, TensorFlow's start-up included: what a user waits);
 - the exported C engine (gcc -O2 on the host) against the tflite-micro interpreter on ``--inputs`` inputs of
-  the calibration set: the fraction of inputs whose every output byte matches;
+  the calibration set (the only inputs there are, the data being generated): the fraction of inputs whose
+  every output byte matches;
 - ``bisup.hil.model_run`` on the emulated Cortex-M4 (mps2-an386), M7 (mps2-an500), M33 (mps2-an505) and
   M55 (mps3-an547) with each board's own kernels, and on the M4 once more with the portable C kernels
   (``BISUP_KERNELS_PORTABLE``): instructions per inference (QEMU ``-icount shift=0``, one instruction per
