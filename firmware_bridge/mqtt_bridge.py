@@ -7,7 +7,14 @@ other machines (a clustered broker such as EMQX, HiveMQ or VerneMQ takes it past
 
 Delivery: paho acks nothing by itself (``manual_ack``); a request is acked only once its answer is
 published, so a worker that dies loses nothing the broker will not deliver again. The network loop
-only queues messages; the remote call runs on a worker thread. Dedup by (device, seq) is the
+only queues messages; the remote call runs on a worker thread.
+
+Admission (``admission``): INFER and SPLIT wait in a bounded queue per device, and the worker's threads take
+the devices in turn, at most a few requests of one device at a time, so one device's backlog never delays
+another's. A request over its device's rate or queue, or past the bound on everything queued, is answered
+BUSY (ERROR 9, at QoS 0: a lost BUSY costs the device only its wait) and acked at once, from the network
+thread: nothing is buffered because paho delivers faster than the threads serve, which QoS 0 requests (not
+held back by the broker's in-flight window) would otherwise make unbounded. Dedup by (device, seq) is the
 handler's TTL cache. Dispatch happens in ``on_message``: paho's ``message_callback_add`` does not
 match ``$share/...`` filters.
 
@@ -21,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.admission import DEFAULT_LIMITS, FairQueue, Limits, Refusal
 from bisup.firmware_bridge.handler import RequestHandler
 from bisup.firmware_bridge.mqtt_link import TOPIC_ROOT, Broker, connect, device_of, make_client, response_topic
 
@@ -40,25 +47,31 @@ REMOTE_TYPES = (bytes([p.MsgType.INFER]), bytes([p.MsgType.SPLIT]))  # the reque
 class MqttWorker:
     """One member of the bridge's shared subscription.
 
-    Requests that need the remote (INFER, SPLIT) run on a thread pool, so the network loop never waits for a
-    model; everything else (PING, HELLO, malformed bodies) is answered on the network thread, which
+    Requests that need the remote (INFER, SPLIT) are admitted per device (``limits``) and run on ``threads``
+    threads that take the devices in turn, so the network loop never waits for a model; everything else
+    (PING, HELLO, malformed bodies) is answered on the network thread, which
     saves a thread hop. No thread waits for a PUBACK: a request is acked from ``on_publish`` when the
     broker has taken its answer.
     """
 
     def __init__(self, broker: Broker, handler: RequestHandler, name: str = "w1", group: str = "bisup",
-                 threads: int = 16, session_expiry_s: int = 5):
+                 threads: int = 16, session_expiry_s: int = 5, limits: Limits = DEFAULT_LIMITS):
         self.broker, self.handler, self.group, self.session_expiry_s = broker, handler, group, session_expiry_s
         self.client_id = f"bisup-bridge-{group}-{name}"
         self.client = make_client(broker, self.client_id, manual_ack=True)
         self.client.on_connect = self._subscribe
         self.client.on_message = self._dispatch
         self.client.on_publish = self._published
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"bisup-{name}")
         self.served = self._refused_ids = 0
         self._lock = threading.Lock()
         self._awaiting: dict[int, mqtt.MQTTMessage] = {}  # answer mid -> the request to ack on its PUBACK
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat the registration of their answer
+        self._quiet: set[int] = set()  # mids of BUSY replies (QoS 0): paho reports them written, nothing to ack
+        self._queue: FairQueue[mqtt.MQTTMessage] = FairQueue(limits)
+        self._threads = [threading.Thread(target=self._work, name=f"bisup-{name}-{i}", daemon=True)
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def subscription(self) -> str:
@@ -74,13 +87,38 @@ class MqttWorker:
         with self._lock:  # answers in flight died with the old connection; their requests come again
             self._awaiting.clear()
             self._early.clear()
+            self._quiet.clear()
         client.subscribe(self.subscription, qos=1)  # idempotent; also restores a session the broker lost
 
     def _dispatch(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.payload[1:2] in REMOTE_TYPES:
-            self._pool.submit(self._serve, message)
-        else:
-            self._serve(message)
+        device = device_of(message.topic)
+        if message.payload[1:2] not in REMOTE_TYPES or not device or len(device) > p.MAX_ID:
+            self._serve(message)  # answered (or refused) at once, here
+            return
+        refusal = self._queue.offer(device, message, len(message.payload))
+        if refusal is not None:
+            self._busy(device, message, refusal)
+
+    def _work(self) -> None:
+        """One of the worker's threads: the devices' requests in turn, until ``stop``."""
+        while (taken := self._queue.take()) is not None:
+            device, message = taken
+            try:
+                self._serve(message)
+            finally:
+                self._queue.done(device)
+
+    def _busy(self, device: str, message: mqtt.MQTTMessage, refusal: Refusal) -> None:
+        """Answers a refused request BUSY at QoS 0 (unless the device is over its BUSY budget) and acks it now."""
+        reply = self.handler.busy(device, message.payload, refusal.reason, refusal.hold_ms, refusal.answer)
+        if reply is not None:
+            topic, props = _reply_route(device, getattr(message, "properties", None))
+            info = self.client.publish(topic, reply, qos=0, properties=props)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                with self._lock:
+                    if self._early.pop(info.mid, None) is None:
+                        self._quiet.add(info.mid)
+        self._ack(message)
 
     def _serve(self, message: mqtt.MQTTMessage) -> None:
         """Answer one request; it is acked once the broker has its answer, or at once if there is none.
@@ -132,6 +170,9 @@ class MqttWorker:
                    properties: Properties) -> None:
         """The broker took an answer (or refused it: an ACL, say): ack its request."""
         with self._lock:
+            if mid in self._quiet:
+                self._quiet.discard(mid)
+                return
             request = self._awaiting.pop(mid, None)
             if request is None:
                 self._early[mid] = reason_code
@@ -150,7 +191,9 @@ class MqttWorker:
             self.served += 1
 
     def stop(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)  # let running requests publish and be acked
+        self._queue.close()  # let queued and running requests publish and be acked
+        for thread in self._threads:
+            thread.join()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -179,12 +222,15 @@ def _reply_route(device: str, asked: Properties | None) -> tuple[str, Properties
 
 
 def start_workers(broker: Broker, handler: RequestHandler, count: int = 1, group: str = "bisup",
-                  threads: int = 16, session_expiry_s: int = 5, prefix: str = "w") -> list[MqttWorker]:
-    """``count`` workers in this process, sharing the handler (and so its dedup cache)."""
+                  threads: int = 16, session_expiry_s: int = 5, prefix: str = "w",
+                  limits: Limits = DEFAULT_LIMITS) -> list[MqttWorker]:
+    """``count`` workers in this process, sharing the handler (and so its dedup cache); each admits requests
+    with its own ``limits``, so a device's share of one bridge process grows with ``count``."""
     workers: list[MqttWorker] = []
     try:
         for i in range(count):
-            workers.append(MqttWorker(broker, handler, f"{prefix}{i + 1}", group, threads, session_expiry_s).start())
+            workers.append(MqttWorker(broker, handler, f"{prefix}{i + 1}", group, threads, session_expiry_s,
+                                      limits).start())
     except Exception:
         for worker in workers:
             worker.stop()

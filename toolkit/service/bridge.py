@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bisup.converters.errors import BisupError
+from bisup.firmware_bridge.admission import DEFAULT_LIMITS, Limits
 from bisup.firmware_bridge.collect import Collector
 from bisup.firmware_bridge.drift import DriftAlarm
 from bisup.firmware_bridge.events import Fanout
@@ -188,12 +189,13 @@ def default_worker_name() -> str:
 
 
 def serve_mqtt(broker: Broker, handler: RequestHandler, workers: int, threads: int, group: str, name: str | None,
-               session_expiry_s: int, progress: Progress) -> None:
-    """Run ``workers`` shared-subscription workers until Ctrl-C or SIGTERM."""
+               session_expiry_s: int, progress: Progress, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Run ``workers`` shared-subscription workers until Ctrl-C or SIGTERM, each admitting requests per device
+    within ``limits`` (what goes past them is answered BUSY)."""
     from bisup.firmware_bridge.mqtt_bridge import start_workers
 
     prefix = f"{name or default_worker_name()}-w"
-    running = start_workers(broker, handler, workers, group, threads, session_expiry_s, prefix)
+    running = start_workers(broker, handler, workers, group, threads, session_expiry_s, prefix, limits)
     progress(f"{workers} worker(s) serving {broker.url} as group {group!r}: "
              f"{', '.join(w.client_id for w in running)} (Ctrl-C to stop)")
     stop = _stop_on_signals()
