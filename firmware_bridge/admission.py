@@ -36,7 +36,7 @@ NOTICE_DEVICES = 4096  # devices the notices remember before forgetting those na
 class Limits:
     """Admission limits of one bridge worker (``bisup bridge --device-rate`` and the like)."""
 
-    rate: float = 20.0  # requests a second one device may sustain, bursts of a second's worth (0: no limit)
+    rate: float = 100.0  # requests a second one device may sustain, bursts of a second's worth (0: no limit)
     queue: int = 4  # requests of one device waiting for a thread
     in_flight: int = 2  # requests of one device being served at once
     max_queued: int = 1024  # requests waiting, all devices together

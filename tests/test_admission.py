@@ -193,7 +193,7 @@ def test_a_flooding_device_gets_busy_and_slows_only_itself(mosquitto):
     assert max(waits) < 1.0, waits
     refused = sum(handler.counts[f"busy_{reason}"] for reason in ("rate", "queue", "full"))
     assert refused > 2000 and flooder.answers + refused == 3000  # every request was served or refused
-    assert 0 < flooder.busy <= refused and flooder.answers < 200, (flooder.answers, flooder.busy)
+    assert 0 < flooder.busy <= refused and flooder.answers < 750, (flooder.answers, flooder.busy)  # FIFO: 3,000
     counted = sum(metrics.registry.get_sample_value("bisup_busy_total", {"device": "flood", "reason": reason}) or 0
                   for reason in ("rate", "queue", "full"))
     assert counted == refused and not metrics.registry.get_sample_value("bisup_busy_total", {"device": "honest",

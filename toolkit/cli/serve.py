@@ -43,7 +43,7 @@ from bisup.cli.common import (
                    "[default: this host's name and process id, unique per bridge].")
 @click.option("--session-expiry", default=5, show_default=True,
               help="MQTT: seconds the broker keeps a dead worker's session and its queued requests.")
-@click.option("--device-rate", default=20.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--device-rate", default=100.0, show_default=True, type=click.FloatRange(min=0),
               help="MQTT admission: INFER/SPLIT a second one device may sustain per worker, in bursts of a second's "
                    "worth (0: no limit); more are answered BUSY and the device answers locally meanwhile.")
 @click.option("--device-queue", default=4, show_default=True, type=click.IntRange(1),
