@@ -13,8 +13,8 @@ Admission (``admission``): INFER and SPLIT wait in a bounded queue per device, a
 the devices in turn, at most a few requests of one device at a time, so one device's backlog never delays
 another's. A request over its device's rate or queue, or past the bound on everything queued, is answered
 BUSY (ERROR 9, at QoS 0: a lost BUSY costs the device only its wait) and acked at once, from the network
-thread: nothing is buffered because paho delivers faster than the threads serve, which QoS 0 requests (not
-held back by the broker's in-flight window) would otherwise make unbounded. Dedup by (device, seq) is the
+thread. So nothing piles up when paho delivers faster than the threads serve; before, QoS 0 requests, which
+the broker's in-flight window does not hold back, made that pile unbounded. Dedup by (device, seq) is the
 handler's TTL cache. Dispatch happens in ``on_message``: paho's ``message_callback_add`` does not
 match ``$share/...`` filters.
 
