@@ -198,6 +198,8 @@ def test_a_flooding_device_gets_busy_and_slows_only_itself(mosquitto):
                   for reason in ("rate", "queue", "full"))
     assert counted == refused and not metrics.registry.get_sample_value("bisup_busy_total", {"device": "honest",
                                                                                              "reason": "rate"})
+    unanswered = metrics.registry.get_sample_value("bisup_busy_unanswered_total", {"device": "flood"})
+    assert unanswered > 0 and flooder.busy <= refused - unanswered  # past its BUSY budget: acked without a reply
     assert len([line for line in lines if "device flood" in line]) == 1 and not any("honest" in x for x in lines)
 
 
