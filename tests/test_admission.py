@@ -4,6 +4,9 @@ itself while an honest device beside it is answered, and a virtual device that h
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import threading
 import time
 from types import SimpleNamespace
@@ -237,3 +240,47 @@ def test_the_device_summary_names_busy_answers_only_when_there_were_some():
     assert "  bridge busy             2 BUSY answers; 7 inputs answered locally during their holds" in (
         device_table(summary).splitlines())
     assert "bridge busy" not in device_table(summary | {"busy": 0, "held": 0})
+
+
+@pytest.mark.slow
+def test_the_answer_window_is_what_the_broker_allows(mosquitto, tmp_path):
+    """paho's default window of 20 answers made requests hold the broker's in-flight slots longer (bench/fleet.py);
+    a worker takes the broker's Receive Maximum, up to 100, and reconnects within a smaller one."""
+    worker = start_workers(Broker.from_url(mosquitto.url), _handler(), threads=1, prefix="win-")[0]
+    worker.stop()
+    assert worker.client.max_inflight_messages == 100  # `bisup broker`'s max_inflight_messages
+    port = _free_port()
+    (tmp_path / "small.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 10\n")
+    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(tmp_path / "small.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # bisup broker's is fixed at 100
+    try:
+        small = Broker.from_url(f"mqtt://127.0.0.1:{port}")
+        _wait_for(port)
+        worker = start_workers(small, _handler(), threads=1, prefix="win-")[0]
+        link = DeviceLink(small, "windowed")
+        try:
+            answer = VirtualDevice(link, None, 0, "windowed", timeout_s=2.0, retries=0).ask(np.zeros(ELEMENTS, np.int8),
+                                                                                           1, -5)
+        finally:
+            link.close()
+            worker.stop()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    assert worker.client.max_inflight_messages == 10 and answer.source is p.Source.REMOTE
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"mosquitto did not listen on {port}")
