@@ -29,7 +29,8 @@ requests as fast as its client can (QoS 1 by default, up to the broker's ``max_i
 flight). Reported, for the other devices' requests sent while the flood lasted (its first request to
 its last answer): their share answered within the deadline and their p50/p99; then their share over the
 whole run, the flood's answered count (once the others are done, the flooder waits until no answer came
-for a deadline), the bridge process's RSS before, at its peak and after, the broker's RSS growth, and
+for a deadline; of its replies, how many were BUSY: the bridge's admission refusing it), the bridge process's RSS
+before, at its peak and after, the broker's RSS growth, and
 mosquitto's "messages are being dropped" notices (a client's queue, ``max_queued_messages``, ran over).
 
 Every ratio is against the echo measured in the same run, because the machine is shared and noisy.
@@ -111,6 +112,7 @@ class Phase:
     flood_sent: int = 0
     flood_refused: int = 0
     flood_answered: int = 0
+    flood_busy: int = 0  # of the flood's replies, ERROR BUSY (the admission limits refused the request)
     flood_send_s: float = 0.0
     flood_s: float = 0.0  # from the flood's first request to its last answer
     during_sent: int = 0  # the others' requests sent within that window, and their figures
@@ -276,15 +278,18 @@ def run_flood(plan: Plan, conn: Connection) -> None:
     """A flooding device: ``plan.flood`` INFER requests from one id, as fast as its client can publish them.
     Once the other devices are done it waits for the rest of its answers until none came for a deadline, so
     that "answered" tells dropped requests from a backlog still being served."""
+    from bisup.firmware_bridge import protocol as p
     from bisup.firmware_bridge.mqtt_link import Broker, connect, make_client, request_topic, response_topic
 
     broker = Broker.from_url(plan.url)
     client = make_client(broker, f"fleet-{plan.tag}-flood")
     client.max_inflight_messages_set(plan.broker_inflight)  # the broker's receive maximum; more would be refused
-    state = {"answered": 0, "refused": 0, "last": 0.0}
+    state = {"answered": 0, "busy": 0, "refused": 0, "last": 0.0}
+    error, busy = bytes([p.MsgType.ERROR]), bytes([p.ErrorCode.BUSY])  # the type, and an ERROR's code after the header
 
     def answered(c: Any, u: Any, message: Any) -> None:
         state["answered"] += 1
+        state["busy"] += message.payload[1:2] == error and message.payload[p.HEADER.size : p.HEADER.size + 1] == busy
         state["last"] = time.perf_counter()
 
     def published(c: Any, u: Any, mid: int, reason_code: Any, properties: Any) -> None:
@@ -498,6 +503,7 @@ def _fill(result: Phase, fleet: dict, flood: dict | None) -> None:
     if flood is None:
         return
     result.flood_sent, result.flood_refused, result.flood_answered = flood["sent"], flood["refused"], flood["answered"]
+    result.flood_busy = flood["busy"]
     result.flood_send_s = flood["send_s"]
     end = flood["last"] if flood["answered"] else flood["start"] + flood["send_s"]
     result.flood_s = end - flood["start"]
@@ -561,17 +567,17 @@ def _flood_table(rows: list[Phase], normal: dict[str, Phase]) -> None:
     """The others' figures for the requests they sent while the flood lasted (its first request to its last
     answer), the whole run's share, and what the flood cost in memory."""
     print(f"{'subject':16s} {'flood s':>7s} {'others sent':>11s} {'<=deadline':>10s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'p99/calm':>8s} {'whole run':>9s} {'flood answered':>15s} {'bridge RSS MB':>15s} {'broker +MB':>10s} "
-          f"{'drops':>5s}")
+          f"{'p99/calm':>8s} {'whole run':>9s} {'flood answered (BUSY)':>22s} {'bridge RSS MB':>15s} "
+          f"{'broker +MB':>10s} {'drops':>5s}")
     for r in rows:
         during = 100 * r.during_answered / r.during_sent if r.during_sent else float("nan")
         whole = 100 * r.answered / r.sent if r.sent else float("nan")
         calm = normal.get(r.subject)
         rss = f"{r.rss_before_mb:.0f}/{r.rss_peak_mb:.0f}/{r.rss_after_mb:.0f}"
-        flood = f"{r.flood_answered:,d}/{r.flood_sent:,d}"
+        flood = f"{r.flood_answered:,d}/{r.flood_sent:,d} ({r.flood_busy:,d})"
         print(f"{r.subject:16s} {r.flood_s:7.1f} {r.during_sent:11,d} {during:9.1f}% {_ms(r.during_p50_ms):>8s} "
               f"{_ms(r.during_p99_ms):>8s} {_ratio(r.during_p99_ms, calm.p99_ms if calm else float('nan')):>8s} "
-              f"{whole:8.1f}% {flood:>15s} {rss:>15s} {r.broker_rss_growth_mb:10.1f} {len(r.drop_notices):5d}")
+              f"{whole:8.1f}% {flood:>22s} {rss:>15s} {r.broker_rss_growth_mb:10.1f} {len(r.drop_notices):5d}")
 
 
 def _measure(args: argparse.Namespace, running: Any, settings: dict[str, str], version: str,

@@ -120,11 +120,13 @@ def _concurrent(broker, body: Callable[[], bytes], devices: int, seconds: float)
 
 
 def _with_bridge(broker, handler, threads: int, work):
+    from bisup.firmware_bridge.admission import Limits
     from bisup.firmware_bridge.mqtt_bridge import Routing, start_workers
 
-    # Session expiry 0: a stopped worker must not keep a share of the next measurement's requests.
+    # Session expiry 0: a stopped worker must not keep a share of the next measurement's requests. No rate limit:
+    # each simulated device asks as fast as it is answered, far past --device-rate, to measure the bridge's path.
     workers = start_workers(broker, handler, 1, threads=threads, session_expiry_s=0, prefix="bench-",
-                            routing=Routing(DEPLOYMENT))
+                            routing=Routing(DEPLOYMENT), limits=Limits(rate=0))
     time.sleep(0.2)
     try:
         return work()

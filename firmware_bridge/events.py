@@ -30,6 +30,10 @@ class Events:
     def error(self, device: str, code: str) -> None:
         """A request refused with an ERROR reply (``code``: the ErrorCode name)."""
 
+    def busy(self, device: str, reason: str, answered: bool) -> None:
+        """A request refused by the admission limits (``reason``: rate, queue or full); ``answered``: with a BUSY
+        reply, else acked unanswered (the device was over its BUSY budget)."""
+
     def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
         """A device's STATS: its counts since boot ``boot``. Behind a ``RequestHandler`` only STATS its
         ``StatsLedger`` accepts arrive here; an observer that counts keeps a ledger of its own to tell what is new."""
@@ -60,6 +64,7 @@ class Fanout(Events):
     outcome = _to_all("outcome")
     relayed = _to_all("relayed")
     error = _to_all("error")
+    busy = _to_all("busy")
     device_stats = _to_all("device_stats")
     implausible_stats = _to_all("implausible_stats")
     relays_short = _to_all("relays_short")

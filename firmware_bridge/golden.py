@@ -32,6 +32,7 @@ def _valid() -> list[tuple[str, p.Message]]:
         ("answer_remote", p.AnswerMsg(7, 5, 0.875, p.Source.REMOTE, boot=BOOT)),
         ("answer_rejected", p.AnswerMsg(8, 9, 0.25, p.Source.FALLBACK, rejected=True, boot=BOOT)),
         ("error_tensor", p.ErrorMsg(9, p.ErrorCode.BAD_TENSOR, IMAGE_96X96X3 * 3, boot=BOOT)),
+        ("error_busy", p.ErrorMsg(12, p.ErrorCode.BUSY, 1500, boot=BOOT)),  # answer locally for 1.5 s
         ("ping", p.Ping(0xFFFFFFFF, boot=1)),
         ("feed", p.Feed(17, bytes((i * 11) % 256 for i in range(64)), boot=BOOT)),
         ("report_remote", p.Report(17, 4, p.Source.REMOTE, False, 9, -60, 1234, 56789, boot=BOOT)),

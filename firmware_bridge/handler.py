@@ -30,6 +30,7 @@ from typing import TextIO
 import numpy as np
 
 from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.admission import Notices
 from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.events import Events
 from bisup.firmware_bridge.relay import InferRequest, Relay
@@ -67,6 +68,7 @@ class RequestHandler:
         self.events = events or Events()  # what monitoring sees (metrics, the drift alarm)
         self.warn = warn or logging.getLogger("bisup.bridge").warning  # names devices whose STATS are wrong, once
         self.ledger = StatsLedger()
+        self.notices = Notices(self.warn)  # devices over the admission limits, named once per interval
         self.bridge_id = bridge_id
         self.counts: Counter[str] = Counter()
         self._cache: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
@@ -86,6 +88,20 @@ class RequestHandler:
         self.log.write({"time": time.time(), "device": device, "boot": exc.boot, "seq": exc.seq,
                         "error": exc.code.name, "detail": str(exc)})
         return p.encode_error(exc)
+
+    def busy(self, device: str, body: bytes, reason: str, hold_ms: int, answer: bool) -> bytes | None:
+        """The BUSY reply to a request the admission limits refused (``reason``; see ``admission``), or None when
+        it goes unanswered: over the device's BUSY budget, or a header this side cannot answer in. Counted and
+        observed per request, named in the log once per device per interval; not in the JSON log, which a
+        flood would fill."""
+        device = p.bounded_id(device)
+        self.count(f"busy_{reason}")
+        self.events.busy(device, reason, answer)
+        self.notices.note(device, reason)
+        if not answer or len(body) < p.HEADER.size or body[0] != p.VERSION:
+            return None
+        _, _, seq, boot = p.HEADER.unpack_from(body)
+        return p.encode(p.ErrorMsg(seq, p.ErrorCode.BUSY, hold_ms, boot=boot))
 
     def handle(self, device: str, body: bytes) -> bytes | None:
         device = p.bounded_id(device)

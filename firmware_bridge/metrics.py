@@ -105,6 +105,12 @@ class Metrics(Events):
                                     "open breaker answers some at once)", ["device"],
                                     registry=r)
         self.errors = Counter("bisup_errors", "Requests refused with an ERROR reply, by code", ["code"], registry=r)
+        self.busy_refused = Counter("bisup_busy", "Requests refused by the admission limits, by reason: rate (the "
+                                    "device's --device-rate), queue (its --device-queue), full (--max-queued); "
+                                    "answered BUSY or, past the device's BUSY budget, acked unanswered",
+                                    ["device", "reason"], registry=r)
+        self.busy_silent = Counter("bisup_busy_unanswered", "Refused requests acked without a BUSY reply (the device "
+                                   "was over its budget of BUSY replies)", ["device"], registry=r)
         self.latency = Histogram("bisup_request_seconds", "Bridge latency of a request, arrival to reply",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.remote_latency = Histogram("bisup_remote_seconds", "Remote model latency (batching wait included)",
@@ -149,6 +155,10 @@ class Metrics(Events):
 
     def error(self, device: str, code: str) -> None:
         self.errors.labels(code=code).inc()
+
+    def busy(self, device: str, reason: str, answered: bool) -> None:
+        silent = [] if answered else [(self.busy_silent, (), 1)]
+        self._inc([(self.busy_refused, (reason,), 1), *silent], device)
 
     def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
         new = self.ledger.check(bounded_id(device), boot, inferences, local, relayed).new

@@ -13,7 +13,14 @@ routed and are served only with ``legacy_topics``, by the one deployment their d
 
 Delivery: paho acks nothing by itself (``manual_ack``); a request is acked only once its answer is
 published, so a worker that dies loses nothing the broker will not deliver again. The network loop
-only queues messages; the remote call runs on a worker thread. Dedup by (device, seq) is the
+only queues messages; the remote call runs on a worker thread.
+
+Admission (``admission``): INFER and SPLIT wait in a bounded queue per device, and the worker's threads take
+the devices in turn, at most a few requests of one device at a time, so one device's backlog never delays
+another's. A request over its device's rate or queue, or past the bound on everything queued, is answered
+BUSY (ERROR 9, at QoS 0: a lost BUSY costs the device only its wait) and acked at once, from the network
+thread. So nothing piles up when paho delivers faster than the threads serve; before, QoS 0 requests, which
+the broker's in-flight window does not hold back, made that pile unbounded. Dedup by (device, seq) is the
 handler's TTL cache. Dispatch happens in ``on_message``: paho's ``message_callback_add`` does not
 match ``$share/...`` filters.
 
@@ -27,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +43,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bisup.firmware_bridge import protocol as p
+from bisup.firmware_bridge.admission import DEFAULT_LIMITS, FairQueue, Limits, Refusal
 from bisup.firmware_bridge.handler import RequestHandler
 from bisup.firmware_bridge.mqtt_link import (
     LEGACY_REQUESTS,
@@ -62,32 +69,46 @@ class Routing:
     legacy_topics: bool = False
 
 REMOTE_TYPES = (bytes([p.MsgType.INFER]), bytes([p.MsgType.SPLIT]))  # the request types that wait for a model
+# Answers a worker may have awaiting the broker's PUBACK, at most the Receive Maximum the broker states (100 in
+# `bisup broker`'s config). paho's default of 20 made answers queue in paho; their requests, acked only after, held
+# the broker's in-flight window to this worker longer, so a flood queued there drained slower. bench/fleet.py, 1
+# worker, a 20,000-request QoS 1 flood: others answered within 2 s during it 20-44% with 20, 67-98% with 100.
+ANSWER_WINDOW = 100
 
 
 class MqttWorker:
     """One member of the bridge's shared subscription.
 
-    Requests that need the remote (INFER, SPLIT) run on a thread pool, so the network loop never waits for a
-    model; everything else (PING, HELLO, malformed bodies) is answered on the network thread, which
+    Requests that need the remote (INFER, SPLIT) are admitted per device (``limits``) and run on ``threads``
+    threads that take the devices in turn, so the network loop never waits for a model; everything else
+    (PING, HELLO, malformed bodies) is answered on the network thread, which
     saves a thread hop. No thread waits for a PUBACK: a request is acked from ``on_publish`` when the
     broker has taken its answer.
     """
 
     def __init__(self, broker: Broker, handler: RequestHandler, name: str = "w1", group: str = "bisup",
-                 threads: int = 16, session_expiry_s: int = 5, routing: Routing | None = None):
+                 threads: int = 16, session_expiry_s: int = 5, routing: Routing | None = None,
+                 limits: Limits = DEFAULT_LIMITS):
         self.broker, self.handler, self.group, self.session_expiry_s = broker, handler, group, session_expiry_s
         self.routing = routing or Routing()
         self.deployment = check_deployment(self.routing.deployment or deployment_name(handler.bundle.model_hash))
         self.client_id = f"bisup-bridge-{group}-{name}"
         self.client = make_client(broker, self.client_id, manual_ack=True)
+        self.client.max_inflight_messages_set(ANSWER_WINDOW)
+        self._receive_maximum = ANSWER_WINDOW  # what the broker's CONNACK allows
         self.client.on_connect = self._subscribe
         self.client.on_message = self._dispatch
         self.client.on_publish = self._published
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"bisup-{name}")
         self.served = self._refused_ids = 0
         self._lock = threading.Lock()
         self._awaiting: dict[int, mqtt.MQTTMessage] = {}  # answer mid -> the request to ack on its PUBACK
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat the registration of their answer
+        self._quiet: set[int] = set()  # mids of BUSY replies (QoS 0): paho reports them written, nothing to ack
+        self._queue: FairQueue[mqtt.MQTTMessage] = FairQueue(limits)
+        self._threads = [threading.Thread(target=self._work, name=f"bisup-{name}-{i}", daemon=True)
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def subscriptions(self) -> list[str]:
@@ -96,8 +117,15 @@ class MqttWorker:
         return [f"$share/{self.group}/{topic}" for topic in filters]
 
     def start(self, timeout_s: float = 10.0) -> MqttWorker:
-        connect(self.client, self.broker, clean_start=False, session_expiry_s=self.session_expiry_s,
-                timeout_s=timeout_s)
+        """Connect; again with a smaller answer window if the broker allows fewer (paho cannot shrink an open one)."""
+        for _ in range(2):
+            connect(self.client, self.broker, clean_start=False, session_expiry_s=self.session_expiry_s,
+                    timeout_s=timeout_s)
+            if self._receive_maximum >= self.client.max_inflight_messages:
+                break
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client.max_inflight_messages_set(self._receive_maximum)
         return self
 
     def _subscribe(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags | None, reason_code: ReasonCode,
@@ -105,13 +133,39 @@ class MqttWorker:
         with self._lock:  # answers in flight died with the old connection; their requests come again
             self._awaiting.clear()
             self._early.clear()
+            self._quiet.clear()
+        self._receive_maximum = getattr(properties, "ReceiveMaximum", 65535)  # MQTT 5: none stated means 65,535
         client.subscribe([(topic, 1) for topic in self.subscriptions])  # idempotent; restores a lost session
 
     def _dispatch(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.payload[1:2] in REMOTE_TYPES:
-            self._pool.submit(self._serve, message)
-        else:
-            self._serve(message)
+        device = device_of(message.topic)
+        if message.payload[1:2] not in REMOTE_TYPES or not device or len(device) > p.MAX_ID:
+            self._serve(message)  # answered (or refused) at once, here
+            return
+        refusal = self._queue.offer(device, message, len(message.payload))
+        if refusal is not None:
+            self._busy(device, message, refusal)
+
+    def _work(self) -> None:
+        """One of the worker's threads: the devices' requests in turn, until ``stop``."""
+        while (taken := self._queue.take()) is not None:
+            device, message = taken
+            try:
+                self._serve(message)
+            finally:
+                self._queue.done(device)
+
+    def _busy(self, device: str, message: mqtt.MQTTMessage, refusal: Refusal) -> None:
+        """Answers a refused request BUSY at QoS 0 (unless the device is over its BUSY budget) and acks it now."""
+        reply = self.handler.busy(device, message.payload, refusal.reason, refusal.hold_ms, refusal.answer)
+        if reply is not None:
+            topic, props = _reply_route(reply_topic(message.topic), getattr(message, "properties", None))
+            info = self.client.publish(topic, reply, qos=0, properties=props)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                with self._lock:
+                    if self._early.pop(info.mid, None) is None:
+                        self._quiet.add(info.mid)
+        self._ack(message)
 
     def _serve(self, message: mqtt.MQTTMessage) -> None:
         """Answer one request; it is acked once the broker has its answer, or at once if there is none.
@@ -163,6 +217,9 @@ class MqttWorker:
                    properties: Properties) -> None:
         """The broker took an answer (or refused it: an ACL, say): ack its request."""
         with self._lock:
+            if mid in self._quiet:
+                self._quiet.discard(mid)
+                return
             request = self._awaiting.pop(mid, None)
             if request is None:
                 self._early[mid] = reason_code
@@ -181,7 +238,9 @@ class MqttWorker:
             self.served += 1
 
     def stop(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)  # let running requests publish and be acked
+        self._queue.close()  # let queued and running requests publish and be acked
+        for thread in self._threads:
+            thread.join()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -211,13 +270,15 @@ def _reply_route(own: str, asked: Properties | None) -> tuple[str, Properties | 
 
 def start_workers(broker: Broker, handler: RequestHandler, count: int = 1, group: str = "bisup",
                   threads: int = 16, session_expiry_s: int = 5, prefix: str = "w",
-                  routing: Routing | None = None) -> list[MqttWorker]:
-    """``count`` workers in this process, sharing the handler (and so its dedup cache)."""
+                  routing: Routing | None = None, limits: Limits = DEFAULT_LIMITS) -> list[MqttWorker]:
+    """``count`` workers in this process, sharing the handler (and so its dedup cache), taking their deployment's
+    requests (``routing``); each admits requests with its own ``limits``, so a device's share of one bridge
+    process grows with ``count``."""
     workers: list[MqttWorker] = []
     try:
         for i in range(count):
             workers.append(MqttWorker(broker, handler, f"{prefix}{i + 1}", group, threads, session_expiry_s,
-                                      routing).start())
+                                      routing, limits).start())
     except Exception:
         for worker in workers:
             worker.stop()

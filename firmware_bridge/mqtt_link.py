@@ -150,6 +150,7 @@ def connect(client: mqtt.Client, broker: Broker, clean_start: bool = True, sessi
     def on_connect(client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
                    properties: Properties | None) -> None:
         outcome.setdefault("reason", reason_code)
+        outcome.setdefault("properties", properties)  # the CONNACK's (Receive Maximum...), for the caller's on_connect
         done.set()
 
     previous = client.on_connect
@@ -174,7 +175,7 @@ def connect(client: mqtt.Client, broker: Broker, clean_start: bool = True, sessi
                         "username, password file and TLS CA")
     client.on_connect = previous
     if previous is not None:
-        previous(client, None, None, outcome["reason"], None)
+        previous(client, None, None, outcome["reason"], outcome["properties"])
 
 
 def _tls_failure(broker: Broker, exc: ssl.SSLError) -> str:

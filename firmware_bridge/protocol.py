@@ -26,6 +26,7 @@ LEGACY_HEADER = struct.Struct("<BBI")
 HASH_BYTES = 32
 MAX_ID = 32
 DTYPE_INT8 = 1
+MAX_HOLD_MS = 60_000  # the longest a device honours BUSY's hold (its detail), whatever a host asks
 
 
 class MsgType(IntEnum):
@@ -51,6 +52,7 @@ class ErrorCode(IntEnum):
     BAD_LENGTH = 6
     BAD_TENSOR = 7
     REMOTE_UNAVAILABLE = 8
+    BUSY = 9  # the bridge's admission limits refused the request: answer locally for ``detail`` ms
 
 
 class Source(IntEnum):

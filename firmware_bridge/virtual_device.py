@@ -1,7 +1,8 @@
 """A device without a board: the exported model in the TFLM interpreter, the int8 threshold, and
 the wire protocol over a link (a serial-like port, or MQTT through ``mqtt_link.DeviceLink``). It
 behaves as the C library's state machine does: one request at a time, resent with the same
-sequence number on timeout, local fallback at the end. Each instance is one boot: it draws a fresh
+sequence number on timeout, local fallback at the end, and after a BUSY no relay until its hold has
+passed (the inputs are answered locally meanwhile). Each instance is one boot: it draws a fresh
 random boot id, stamps it on every message and ignores replies addressed to another boot.
 """
 
@@ -42,6 +43,8 @@ class DeviceStats:
     rejected: int = 0
     resends: int = 0
     bad_frames: int = 0
+    busy: int = 0  # BUSY answers: the bridge's admission limits refused the request
+    held: int = 0  # unsure inputs answered locally, unsent, while a BUSY's hold lasted
 
 
 class Link(Protocol):
@@ -80,6 +83,7 @@ class VirtualDevice:
         self.boot = secrets.randbits(32)  # a new identity per boot, as firmware draws from its RNG
         self._seq = 0
         self.stats_every, self.inferences, self.local_answers, self.relayed = stats_every, 0, 0, 0
+        self.hold_until = 0.0  # time.monotonic() before which a BUSY asked for no relay
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -130,7 +134,11 @@ class VirtualDevice:
 
     def ask(self, x_int8: np.ndarray, label: int, confidence: int, stage: int = 0) -> Answer:
         """Relay one unsure input (with ``stage``, the activation at that stage's cut, as SPLIT): resend with
-        the same seq on timeout, fall back after the retries."""
+        the same seq on timeout, fall back after the retries; while a BUSY's hold lasts, answer locally unsent."""
+        if time.monotonic() < self.hold_until:
+            self.count_inference(relayed=False)  # the bridge never sees it: local in STATS, as the C app counts it
+            self.stats.held += 1
+            return Answer(0, label, 0.0, p.Source.FALLBACK)
         self.count_inference(relayed=True)
         seq = self._next_seq()
         data = x_int8.astype(np.int8).tobytes()
@@ -148,9 +156,16 @@ class VirtualDevice:
                 self.stats.fallback += reply.source is not p.Source.REMOTE
                 return Answer(seq, reply.label, reply.confidence, reply.source, reply.rejected)
             if isinstance(reply, p.ErrorMsg):
+                self._busy(reply)
                 break
         self.stats.fallback += 1
         return Answer(seq, label, 0.0, p.Source.FALLBACK)
+
+    def _busy(self, error: p.ErrorMsg) -> None:
+        """A BUSY starts its hold (at most ``protocol.MAX_HOLD_MS``); any ERROR ends the request locally."""
+        if error.code is p.ErrorCode.BUSY:
+            self.stats.busy += 1
+            self.hold_until = time.monotonic() + min(error.detail, p.MAX_HOLD_MS) / 1000
 
     def run(self, x: np.ndarray) -> list[Answer]:
         """Every input as deployed: int8 inference and decision here, unsure ones over the link."""

@@ -40,17 +40,18 @@ bisup_app_result bisup_app_decide(bisup_app *app, const int8_t *input, uint32_t 
 
 bisup_app_result bisup_app_ask(bisup_app *app, uint8_t stage, const int8_t *data, uint32_t count, uint16_t local_label,
                                int8_t local_confidence, bisup_app_read_byte read_byte, void *read_ctx) {
-  bisup_app_result result = {local_label, BISUP_PROTO_SRC_LOCAL, false};
+  bisup_app_result result = {local_label, BISUP_PROTO_SRC_FALLBACK, false};
+  if (bisup_proto_client_holding(&app->client)) {
+    count_inference(app, false); /* the bridge said BUSY: answer locally until its hold ends, send nothing */
+    return result;
+  }
   count_inference(app, true); /* before the request, so a STATS never interleaves with its answer */
   bool sent = stage ? bisup_proto_client_request_split(&app->client, app->next_seq, stage, data, count, local_label,
                                                        local_confidence)
                     : bisup_proto_client_request(&app->client, app->next_seq, data, count, local_label,
                                                  local_confidence);
   app->next_seq++;
-  if (!sent) {
-    result.source = BISUP_PROTO_SRC_FALLBACK; /* input too large for a frame: answer locally */
-    return result;
-  }
+  if (!sent) return result; /* input too large for a frame: answer locally */
   uint8_t byte;
   while (bisup_proto_client_poll(&app->client) != BISUP_PROTO_CLIENT_DONE) {
     if (read_byte(read_ctx, &byte)) bisup_proto_client_feed(&app->client, &byte, 1);

@@ -45,7 +45,9 @@ bisup_app_result bisup_app_decide(bisup_app *app, const int8_t *input, uint32_t 
 void bisup_app_count_local(bisup_app *app);
 /* Relays unconditionally and waits: the raw input as INFER (stage 0) or, for a multi-exit device, the
  * activation at the cut after `stage` as SPLIT. A result with source BISUP_PROTO_SRC_FALLBACK means no usable remote
- * answer (the caller decides what to do: a multi-exit device runs its remaining stages). */
+ * answer (the caller decides what to do: a multi-exit device runs its remaining stages). After a BUSY the app sends
+ * nothing until the hold the bridge named has passed: such inputs are answered at once with the fallback and
+ * counted as local in STATS (they never reached the bridge). */
 bisup_app_result bisup_app_ask(bisup_app *app, uint8_t stage, const int8_t *data, uint32_t count, uint16_t local_label,
                                int8_t local_confidence, bisup_app_read_byte read_byte, void *read_ctx);
 

@@ -259,7 +259,7 @@ static bisup_proto_status decode_payload(const uint8_t *p, size_t n, bisup_proto
       m->u.answer.rejected = (uint8_t)(p[5] & 1u);
       return BISUP_PROTO_OK;
     case BISUP_PROTO_ERROR:
-      if (n != 5u || p[0] < BISUP_PROTO_E_BAD_CRC || p[0] > BISUP_PROTO_E_REMOTE_UNAVAILABLE) {
+      if (n != 5u || p[0] < BISUP_PROTO_E_BAD_CRC || p[0] > BISUP_PROTO_E_BUSY) {
         return BISUP_PROTO_E_BAD_LENGTH;
       }
       m->u.error.code = p[0];
@@ -376,7 +376,7 @@ static void send_request(bisup_proto_client *c) {
 static bool start_request(bisup_proto_client *c, uint8_t type, uint8_t stage, uint32_t seq, const int8_t *data,
                           uint32_t count, uint16_t local_label, int8_t local_confidence) {
   uint32_t fixed = type == BISUP_PROTO_SPLIT ? BISUP_PROTO_SPLIT_FIXED_BYTES : BISUP_PROTO_INFER_FIXED_BYTES;
-  if (c->state == BISUP_PROTO_CLIENT_WAITING) return false;
+  if (c->state == BISUP_PROTO_CLIENT_WAITING || bisup_proto_client_holding(c)) return false;
   if (count > BISUP_PROTO_MAX_BODY - BISUP_PROTO_HEADER_BYTES - fixed) return false;
   memset(&c->request, 0, sizeof(c->request));
   c->request.type = type;
@@ -411,8 +411,19 @@ static void on_message(bisup_proto_client *c, const bisup_proto_msg *m) {
   if (m->type == BISUP_PROTO_ANSWER) {
     finish(c, m->u.answer.label, m->u.answer.confidence_q16, m->u.answer.source, m->u.answer.rejected != 0);
   } else if (m->type == BISUP_PROTO_ERROR) {
+    if (m->u.error.code == BISUP_PROTO_E_BUSY) {
+      uint32_t hold = m->u.error.detail < BISUP_PROTO_MAX_HOLD_MS ? m->u.error.detail : BISUP_PROTO_MAX_HOLD_MS;
+      c->busy++;
+      c->holding = true;
+      c->hold_until = c->cfg.now_ms(c->cfg.ctx) + hold;
+    }
     finish(c, c->request.u.infer.label, 0, BISUP_PROTO_SRC_FALLBACK, false);
   }
+}
+
+bool bisup_proto_client_holding(bisup_proto_client *c) {
+  if (c->holding && (int32_t)(c->cfg.now_ms(c->cfg.ctx) - c->hold_until) >= 0) c->holding = false; /* wrap-safe */
+  return c->holding;
 }
 
 void bisup_proto_client_feed(bisup_proto_client *c, const uint8_t *data, size_t len) {

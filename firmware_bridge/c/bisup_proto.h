@@ -38,6 +38,8 @@ extern "C" {
 #define BISUP_PROTO_HASH_BYTES 32u
 #define BISUP_PROTO_MAX_ID 32u
 #define BISUP_PROTO_DTYPE_INT8 1u
+/* The longest hold a BUSY may impose (its detail is capped to this), whatever a host asks. */
+#define BISUP_PROTO_MAX_HOLD_MS 60000u
 /* Longest COBS-encoded frame, without its 0x00 delimiter. */
 #define BISUP_PROTO_MAX_FRAME \
   (BISUP_PROTO_MAX_BODY + BISUP_PROTO_CRC_BYTES + (BISUP_PROTO_MAX_BODY + BISUP_PROTO_CRC_BYTES) / 254u + 1u)
@@ -66,6 +68,7 @@ typedef enum {
   BISUP_PROTO_E_BAD_LENGTH = 6,
   BISUP_PROTO_E_BAD_TENSOR = 7,
   BISUP_PROTO_E_REMOTE_UNAVAILABLE = 8,
+  BISUP_PROTO_E_BUSY = 9, /* the bridge's admission limits refused the request; detail: ms to answer locally */
   BISUP_PROTO_E_NO_ROOM = 100 /* local only: the output buffer is too small */
 } bisup_proto_status;
 
@@ -196,13 +199,18 @@ typedef struct {
   uint16_t confidence_q16;
   uint8_t source;
   bool rejected;
+  /* after a BUSY: relay nothing before hold_until (ms), answer locally instead */
+  bool holding;
+  uint32_t hold_until;
   /* counters */
   uint32_t resends;
   uint32_t bad_frames;
+  uint32_t busy; /* BUSY answers: requests the bridge refused under load */
 } bisup_proto_client;
 
 void bisup_proto_client_init(bisup_proto_client *c, const bisup_proto_client_config *cfg);
-/* Sends INFER and starts waiting. Returns false if a request is pending or the input is too big.
+/* Sends INFER and starts waiting. Returns false if a request is pending, the input is too big, or the client
+ * holds off after a BUSY (bisup_proto_client_holding): answer locally then.
  * `input` must stay valid and unchanged until the request is DONE (resends read it again). */
 bool bisup_proto_client_request(bisup_proto_client *c, uint32_t seq, const int8_t *input, uint32_t count,
                                 uint16_t local_label, int8_t local_confidence);
@@ -216,6 +224,10 @@ bool bisup_proto_client_request_split(bisup_proto_client *c, uint32_t seq, uint8
 void bisup_proto_client_feed(bisup_proto_client *c, const uint8_t *data, size_t len);
 /* Checks the deadline: resends with the same seq, or ends in the local fallback. */
 bisup_proto_client_state bisup_proto_client_poll(bisup_proto_client *c);
+/* True while a BUSY's hold lasts. A BUSY (ERROR code 9) ends its request at once with the local fallback, without
+ * a resend, and asks the device to relay nothing for `detail` ms (at most BISUP_PROTO_MAX_HOLD_MS): requests
+ * refused meanwhile are answered locally, so an overloaded bridge sees no retry storm. */
+bool bisup_proto_client_holding(bisup_proto_client *c);
 /* Back to idle after the caller has read a DONE result. */
 void bisup_proto_client_reset(bisup_proto_client *c);
 

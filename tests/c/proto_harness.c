@@ -307,6 +307,31 @@ static int run_client(void) {
   error.u.error.detail = 64;
   host_says(&c, &error);
   CHECK(c.state == BISUP_PROTO_CLIENT_DONE && c.source == BISUP_PROTO_SRC_FALLBACK && c.label == 9);
+  CHECK(c.busy == 0 && !bisup_proto_client_holding(&c)); /* only BUSY asks for a hold */
+  /* 3b: BUSY ends the request at once (no resend), and nothing is relayed until its hold has passed */
+  bisup_proto_client_reset(&c);
+  sent_count = 0;
+  uint32_t resends = c.resends;
+  CHECK(bisup_proto_client_request(&c, 45, input, 64, 8, -2));
+  error.seq = 45;
+  error.u.error.code = BISUP_PROTO_E_BUSY;
+  error.u.error.detail = 300;
+  host_says(&c, &error);
+  CHECK(c.state == BISUP_PROTO_CLIENT_DONE && c.source == BISUP_PROTO_SRC_FALLBACK && c.label == 8 && c.busy == 1);
+  clock_ms += 1000; /* past the request's deadlines: a finished request is never resent */
+  CHECK(bisup_proto_client_poll(&c) == BISUP_PROTO_CLIENT_DONE && sent_count == 1 && c.resends == resends);
+  clock_ms -= 1000 - 299;
+  bisup_proto_client_reset(&c);
+  CHECK(bisup_proto_client_holding(&c) && !bisup_proto_client_request(&c, 46, input, 64, 8, -2) && sent_count == 1);
+  clock_ms += 1;
+  CHECK(!bisup_proto_client_holding(&c) && bisup_proto_client_request(&c, 46, input, 64, 8, -2) && sent_count == 2);
+  error.seq = 46;
+  error.u.error.detail = 0xFFFFFFFFu; /* a host cannot silence a device for longer than BISUP_PROTO_MAX_HOLD_MS */
+  host_says(&c, &error);
+  clock_ms += BISUP_PROTO_MAX_HOLD_MS - 1u;
+  CHECK(c.busy == 2 && bisup_proto_client_holding(&c));
+  clock_ms += 1;
+  CHECK(!bisup_proto_client_holding(&c));
   /* 4: the decision step, and sequence numbers that wrap */
   CHECK(bisup_proto_trusted(-20, -20) && !bisup_proto_trusted(-21, -20) && !bisup_proto_trusted(127, 128) &&
         bisup_proto_trusted(-128, -128));
@@ -323,17 +348,27 @@ static int run_client(void) {
   CHECK(r.source == BISUP_PROTO_SRC_LOCAL && r.label == 3 && sent_count == 0);
   r = bisup_app_decide(&app, input, 64, 4, -21, silent_link, NULL);
   CHECK(r.source == BISUP_PROTO_SRC_FALLBACK && r.label == 4 && !r.rejected && sent_count == 3);
+  /* 5a: after a BUSY the app answers unsure inputs locally, sending nothing, until the hold has passed */
+  app.client.holding = true;
+  app.client.hold_until = clock_ms + 50u;
+  sent_count = 0;
+  r = bisup_app_decide(&app, input, 64, 6, -21, silent_link, NULL);
+  CHECK(r.source == BISUP_PROTO_SRC_FALLBACK && r.label == 6 && sent_count == 0);
+  CHECK(app.stats.u.stats.relayed == 1u && app.stats.u.stats.local == 2u); /* never sent: counted local */
+  clock_ms += 50;
+  r = bisup_app_decide(&app, input, 64, 6, -21, silent_link, NULL);
+  CHECK(r.source == BISUP_PROTO_SRC_FALLBACK && sent_count == 3 && app.stats.u.stats.relayed == 2u);
   /* 5b: every BISUP_APP_STATS_EVERY inferences the app tells the host its counts since boot (STATS) */
   sent_count = 0;
   memset(sent_len, 0, sizeof(sent_len));
-  for (uint32_t i = 2; i < BISUP_APP_STATS_EVERY; ++i) bisup_app_decide(&app, input, 64, 5, 0, silent_link, NULL);
+  for (uint32_t i = 4; i < BISUP_APP_STATS_EVERY; ++i) bisup_app_decide(&app, input, 64, 5, 0, silent_link, NULL);
   CHECK(sent_count == 1);
   bisup_proto_msg stats;
   uint8_t scratch[BISUP_PROTO_MAX_FRAME];
   CHECK(sent_len[0] > 1 &&
         bisup_proto_decode_frame(sent[0], sent_len[0] - 1, scratch, sizeof(scratch), &stats) == BISUP_PROTO_OK);
   CHECK(stats.type == BISUP_PROTO_STATS && stats.boot == BOOT && stats.u.stats.inferences == BISUP_APP_STATS_EVERY);
-  CHECK(stats.u.stats.local == BISUP_APP_STATS_EVERY - 1u && stats.u.stats.relayed == 1u);
+  CHECK(stats.u.stats.local == BISUP_APP_STATS_EVERY - 2u && stats.u.stats.relayed == 2u);
   /* 6: the largest input the build allows goes out as one frame; one element more is refused */
   static int8_t big[BISUP_PROTO_MAX_BODY];
   uint32_t most = BISUP_PROTO_MAX_BODY - BISUP_PROTO_HEADER_BYTES - BISUP_PROTO_INFER_FIXED_BYTES;

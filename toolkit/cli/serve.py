@@ -46,6 +46,17 @@ from bisup.cli.common import (
 @click.option("--legacy-topics", is_flag=True,
               help="MQTT: also serve the topics of devices without a deployment level, bisup/v1/<id>/req (they "
                    "cannot be routed: give this to one deployment per broker, the one those devices run).")
+@click.option("--device-rate", default=100.0, show_default=True, type=click.FloatRange(min=0),
+              help="MQTT admission: INFER/SPLIT a second one device may sustain per worker, in bursts of a second's "
+                   "worth (0: no limit); more are answered BUSY and the device answers locally meanwhile.")
+@click.option("--device-queue", default=4, show_default=True, type=click.IntRange(1),
+              help="MQTT admission: requests of one device waiting per worker; devices are served in turn, at most "
+                   "--device-in-flight of one device's requests at once, so one device's backlog delays only it.")
+@click.option("--device-in-flight", default=2, show_default=True, type=click.IntRange(1),
+              help="MQTT admission: requests of one device served at once per worker.")
+@click.option("--max-queued", default=1024, show_default=True, type=click.IntRange(1),
+              help="MQTT admission: requests waiting per worker, all devices together (and at most 32 MiB of "
+                   "them): the bound on the bridge's memory under any flood; past it requests are answered BUSY.")
 @click.option("--max-batch", default=32, show_default=True, help="Remote: most requests in one batched call (1: none).")
 @click.option("--max-delay-ms", default=2.0, show_default=True, help="Remote: longest wait to fill a batch.")
 @click.option("--device-wait-ms", default=2000.0, show_default=True,
@@ -76,7 +87,8 @@ from bisup.cli.common import (
 def bridge(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, username: str | None,
            password_file: Path | None, topic_deployment: str | None, remote: str, bundle_dir: Path, baud: int,
            json_log: Path | None, wait: bool, workers: int, threads: int, group: str, worker_name: str | None,
-           session_expiry: int, legacy_topics: bool, max_batch: int,
+           session_expiry: int, legacy_topics: bool, device_rate: float, device_queue: int, device_in_flight: int,
+           max_queued: int, max_batch: int,
            max_delay_ms: float, device_wait_ms: float, deadline_ms: float | None, breaker_failures: int,
            breaker_cooldown: float, metrics_port: int | None, metrics_addr: str, drift_window: int,
            collect_dir: Path | None, collect_max_mb: float) -> None:
@@ -92,6 +104,11 @@ def bridge(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, us
     QoS 1 both ways; a request is acked only after its answer is published. A worker that dies
     strands its queued requests for --session-expiry seconds; devices whose retries outlast that
     lose nothing.
+    Admission: each device has its own short queue and the devices are served in turn, so a
+    flooding device slows only itself; past its rate or queue (or the bound on all queues) a
+    request is answered BUSY at once (ERROR 9), and the device answers locally for the time BUSY
+    names. Refusals are counted (bisup_busy_total) and each device is named in the log at most
+    once per 10 s.
     Both: retried requests are answered from a cache without a second remote call; malformed ones
     get an ERROR reply. Concurrent requests are batched into one remote call; a request past its
     deadline, or any request while the circuit breaker is open, is answered `fallback` at once.
@@ -120,8 +137,9 @@ def bridge(serial_url: str | None, mqtt_url: str | None, tls_ca: Path | None, us
             from bisup.firmware_bridge.mqtt_bridge import Routing
 
             broker = mqtt_broker(mqtt_url, tls_ca, username, password_file)
+            limits = serve.Limits(device_rate, device_queue, device_in_flight, max_queued)
             serve.serve_mqtt(broker, handler, workers, threads, group, worker_name, session_expiry, progress,
-                             Routing(topic_deployment, legacy_topics))
+                             Routing(topic_deployment, legacy_topics), limits)
     finally:
         guarded.close()
         handler.log.close()

@@ -311,6 +311,9 @@ def device_table(summary: dict) -> str:
                            "supervisor)"),
         ("bad frames", f"{summary['bad_frames']:,}"),
     ]
+    if summary.get("busy"):
+        rows.append(("bridge busy", f"{summary['busy']:,} BUSY answers; {summary['held']:,} inputs answered locally "
+                                    "during their holds"))
     if "exits" in summary:
         rows += [("exits", ", ".join(f"{name} {count:,}" for name, count in summary["exits"].items())),
                  ("device MACs per input", f"{summary['mean_device_macs']:,.0f} (mean)"),

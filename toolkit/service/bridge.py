@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bisup.converters.errors import BisupError
+from bisup.firmware_bridge.admission import DEFAULT_LIMITS, Limits
 from bisup.firmware_bridge.collect import Collector
 from bisup.firmware_bridge.drift import DriftAlarm
 from bisup.firmware_bridge.events import Fanout
@@ -190,13 +191,15 @@ def default_worker_name() -> str:
 
 
 def serve_mqtt(broker: Broker, handler: RequestHandler, workers: int, threads: int, group: str, name: str | None,
-               session_expiry_s: int, progress: Progress, routing: Routing | None = None) -> None:
+               session_expiry_s: int, progress: Progress, routing: Routing | None = None,
+               limits: Limits = DEFAULT_LIMITS) -> None:
     """Run ``workers`` shared-subscription workers until Ctrl-C or SIGTERM, taking only the requests of their
-    deployment (``routing``; by default the one named after the bundle's model hash)."""
+    deployment (``routing``; by default the one named after the bundle's model hash), each admitting requests per
+    device within ``limits`` (what goes past them is answered BUSY)."""
     from bisup.firmware_bridge.mqtt_bridge import start_workers
 
     prefix = f"{name or default_worker_name()}-w"
-    running = start_workers(broker, handler, workers, group, threads, session_expiry_s, prefix, routing)
+    running = start_workers(broker, handler, workers, group, threads, session_expiry_s, prefix, routing, limits)
     progress(f"{workers} worker(s) serving {broker.url} as group {group!r}: "
              f"{', '.join(w.client_id for w in running)} (Ctrl-C to stop)")
     progress(f"deployment {running[0].deployment!r}: devices publish to {requests_of(running[0].deployment)}"
