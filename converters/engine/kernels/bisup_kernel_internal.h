@@ -74,6 +74,39 @@ static inline int32_t broadcast_offset(const bisup_kernel_shape *s, int32_t b, i
 
 static inline int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
 
+#if BISUP_KERNEL_MVE
+#include <arm_mve.h>
+
+/* TFLM's MultiplyByQuantizedMultiplier (double rounding), then the output offset and the clamp, on four int32
+ * lanes, bit-exact with requantize() for every int32 input and every shift in [-31, 30]:
+ * - the left shift is VSHL (register), which wraps as mbqm's (uint32_t)x << left does;
+ * - gemmlowp's SaturatingRoundingDoublingHighMul is exactly VQRDMULH: for a*b = q*2^31 + r (0 <= r < 2^31) both
+ *   give q + (r >= 2^30) (srdhm's nudge 1 - 2^30 with truncation toward zero rounds a negative tie up too), and
+ *   both saturate only INT32_MIN * INT32_MIN, to INT32_MAX (this is how gemmlowp's own NEON path computes it);
+ * - RoundingDivideByPOT (halves away from zero) is x - 1 for negative x (a saturating add: INT32_MIN stays,
+ *   and rounds the same) then VRSHL's rounding shift right (halves up, computed without overflow): for
+ *   x = q*2^e + r both give q + (r > 2^(e-1)) when x < 0 and q + (r >= 2^(e-1)) when x >= 0; e = 0 adds
+ *   nothing (the fix-up is x & -e's sign bit). tests/test_engine_isa.py checks it against tflite-micro. */
+static inline int32x4_t bisup_kernel_requantize_mve(int32x4_t acc, int32x4_t multiplier, int32x4_t shift,
+                                                    int32_t output_offset, int32_t lo, int32_t hi) {
+  const int32x4_t zero = vdupq_n_s32(0);
+  const int32x4_t right = vminq_s32(shift, zero); /* -(right shift) */
+  int32x4_t x = vshlq_s32(acc, vmaxq_s32(shift, zero));
+  x = vqrdmulhq_s32(x, multiplier);
+  x = vqaddq_s32(x, vshrq_n_s32(vandq_s32(x, right), 31));
+  x = vrshlq_s32(x, right);
+  x = vaddq_n_s32(x, output_offset);
+  return vminq_s32(vmaxq_s32(x, vdupq_n_s32(lo)), vdupq_n_s32(hi));
+}
+
+/* Helium variants (conv_mve.c, depthwise_conv_mve.c, fully_connected_mve.c): 1 when done, 0 for a shape they
+ * do not cover (the portable kernel then runs it). */
+int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output);
+int bisup_kernel_depthwise_conv2d_mve(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output);
+int bisup_kernel_fully_connected_mve(const bisup_kernel_fully_connected_params *p, const int8_t *input,
+                                     int8_t *output);
+#endif
+
 /* gemmlowp fixed point for the softmax family and the logistic (fixedpoint.c). */
 int32_t bisup_kernel_saturating_shift_left(int32_t x, int exponent);
 int32_t bisup_kernel_exp_on_negative_values(int32_t a, int integer_bits);

@@ -1,0 +1,156 @@
+/* bisup int8 kernels: CONV_2D on Helium (MVE, the Cortex-M55), a matrix product of pixels by filters.
+ *
+ * Covers every CONV_2D whose window fits the im2col rows (filter_height x filter_width x input depth <=
+ * BISUP_KERNEL_MVE_IM2COL_ROW bytes) and whose input zero point is an int8 (-input_offset in [-128, 127]: always so
+ * for a TFLite int8 tensor), and every 1x1 convolution without padding (any depth: no copy, the input pixels
+ * are the rows). Returns 0 for anything else, which the portable kernel then runs.
+ *
+ * Arithmetic, the same integers as TFLM's sum(w * (x + input_offset)) + bias:
+ * - each output pixel's window is one row of K = filter_height x filter_width x depth int8 values, either the
+ *   input pixel itself (1x1, no padding) or copied into a static im2col row, where a tap outside the input is
+ *   the input zero point (x + input_offset = 0 there, so it adds nothing, as TFLM's skipped tap);
+ * - the filter of an output channel is a row of K int8 values as stored ([oc][fh][fw][ic]);
+ * - acc = sum(w * x) (VMLADAVA: 16 int8 products summed into an int32 per instruction, the last partial vector
+ *   zero-filled by a tail predicate) + input_offset * filter_sums[oc] + bias[oc]: exact integer algebra (every
+ *   window is a full window once padded with the zero point);
+ * - two pixels by four output channels per pass (each loaded vector used twice or four times); an odd last
+ *   pixel computes a pair with itself, a partial last group of channels repeats the last filter and stores
+ *   only the real lanes;
+ * - requantization four channels at a time with bisup_kernel_requantize_mve, bit-exact with TFLM's.
+ *
+ * Scratch: two static im2col rows of BISUP_KERNEL_MVE_IM2COL_ROW bytes (2 KB of RAM), only on MVE builds; the
+ * kernels run one at a time, never re-entrantly. */
+#include "bisup_kernel_internal.h"
+
+#if BISUP_KERNEL_MVE
+#include <string.h>
+
+#define BISUP_KERNEL_MVE_IM2COL_ROW 1024
+
+static int8_t im2col_rows[2][BISUP_KERNEL_MVE_IM2COL_ROW];
+
+static void copy_bytes(int8_t *dst, const int8_t *src, int32_t n) {
+  for (int32_t i = 0; i < n; i += 16) {
+    const mve_pred16_t lanes = vctp8q((uint32_t)(n - i));
+    vstrbq_p_s8(dst + i, vldrbq_z_s8(src + i, lanes), lanes);
+  }
+}
+
+static void fill_bytes(int8_t *dst, int8_t value, int32_t n) {
+  const int8x16_t v = vdupq_n_s8(value);
+  for (int32_t i = 0; i < n; i += 16) vstrbq_p_s8(dst + i, v, vctp8q((uint32_t)(n - i)));
+}
+
+/* The window of output pixel (b, oy, ox) as one row of K values, padding = the input zero point. */
+static const int8_t *im2col(const bisup_kernel_conv_params *p, const int8_t *input, int32_t b, int32_t oy,
+                            int32_t ox, int8_t *row) {
+  const bisup_kernel_shape *in = &p->input;
+  const int32_t depth = in->depth, y0 = oy * p->stride_height - p->pad_height;
+  const int32_t x0 = ox * p->stride_width - p->pad_width, row_bytes = p->filter_width * depth;
+  const int8_t pad = (int8_t)(-p->input_offset);
+  int8_t *dst = row;
+  for (int32_t fy = 0; fy < p->filter_height; ++fy, dst += row_bytes) {
+    const int32_t iy = y0 + p->dilation_height * fy;
+    if (iy < 0 || iy >= in->height) {
+      fill_bytes(dst, pad, row_bytes);
+      continue;
+    }
+    if (p->dilation_width == 1 && x0 >= 0 && x0 + p->filter_width <= in->width) {
+      copy_bytes(dst, input + offset4(in, b, iy, x0, 0), row_bytes);
+      continue;
+    }
+    for (int32_t fx = 0; fx < p->filter_width; ++fx) {
+      const int32_t ix = x0 + p->dilation_width * fx;
+      if (ix < 0 || ix >= in->width) {
+        fill_bytes(dst + fx * depth, pad, depth);
+      } else {
+        copy_bytes(dst + fx * depth, input + offset4(in, b, iy, ix, 0), depth);
+      }
+    }
+  }
+  return row;
+}
+
+/* Output channels of two pixels (rows a0, a1 of k values; results to out0, out1, which may be the same). */
+static void pixel_pair(const bisup_kernel_conv_params *p, const int8_t *a0, const int8_t *a1, int32_t k,
+                       int8_t *out0, int8_t *out1) {
+  const int32_t channels = p->output.depth;
+  for (int32_t oc = 0; oc < channels; oc += 4) {
+    const int32_t last = channels - 1;
+    const int8_t *w0 = p->filter + (size_t)oc * k;
+    const int8_t *w1 = p->filter + (size_t)(oc + 1 < last ? oc + 1 : last) * k;
+    const int8_t *w2 = p->filter + (size_t)(oc + 2 < last ? oc + 2 : last) * k;
+    const int8_t *w3 = p->filter + (size_t)(oc + 3 < last ? oc + 3 : last) * k;
+    int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+    int32_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+      const int8x16_t x0 = vld1q_s8(a0 + i), x1 = vld1q_s8(a1 + i);
+      int8x16_t f = vld1q_s8(w0 + i);
+      s00 = vmladavaq_s8(s00, x0, f);
+      s10 = vmladavaq_s8(s10, x1, f);
+      f = vld1q_s8(w1 + i);
+      s01 = vmladavaq_s8(s01, x0, f);
+      s11 = vmladavaq_s8(s11, x1, f);
+      f = vld1q_s8(w2 + i);
+      s02 = vmladavaq_s8(s02, x0, f);
+      s12 = vmladavaq_s8(s12, x1, f);
+      f = vld1q_s8(w3 + i);
+      s03 = vmladavaq_s8(s03, x0, f);
+      s13 = vmladavaq_s8(s13, x1, f);
+    }
+    if (i < k) {
+      const mve_pred16_t tail = vctp8q((uint32_t)(k - i));
+      const int8x16_t x0 = vldrbq_z_s8(a0 + i, tail), x1 = vldrbq_z_s8(a1 + i, tail);
+      int8x16_t f = vldrbq_z_s8(w0 + i, tail);
+      s00 = vmladavaq_s8(s00, x0, f);
+      s10 = vmladavaq_s8(s10, x1, f);
+      f = vldrbq_z_s8(w1 + i, tail);
+      s01 = vmladavaq_s8(s01, x0, f);
+      s11 = vmladavaq_s8(s11, x1, f);
+      f = vldrbq_z_s8(w2 + i, tail);
+      s02 = vmladavaq_s8(s02, x0, f);
+      s12 = vmladavaq_s8(s12, x1, f);
+      f = vldrbq_z_s8(w3 + i, tail);
+      s03 = vmladavaq_s8(s03, x0, f);
+      s13 = vmladavaq_s8(s13, x1, f);
+    }
+    const mve_pred16_t lanes = vctp32q((uint32_t)(channels - oc));
+    int32x4_t base = vmulq_n_s32(vldrwq_z_s32(p->filter_sums + oc, lanes), p->input_offset);
+    if (p->bias) base = vaddq_s32(base, vldrwq_z_s32(p->bias + oc, lanes));
+    const int32x4_t multiplier = vldrwq_z_s32(p->multiplier + oc, lanes), shift = vldrwq_z_s32(p->shift + oc, lanes);
+    int32x4_t acc = vsetq_lane_s32(s03, vsetq_lane_s32(s02, vsetq_lane_s32(s01, vdupq_n_s32(s00), 1), 2), 3);
+    acc = bisup_kernel_requantize_mve(vaddq_s32(acc, base), multiplier, shift, p->output_offset, p->activation_min,
+                                      p->activation_max);
+    vstrbq_p_s32(out0 + oc, acc, lanes);
+    acc = vsetq_lane_s32(s13, vsetq_lane_s32(s12, vsetq_lane_s32(s11, vdupq_n_s32(s10), 1), 2), 3);
+    acc = bisup_kernel_requantize_mve(vaddq_s32(acc, base), multiplier, shift, p->output_offset, p->activation_min,
+                                      p->activation_max);
+    vstrbq_p_s32(out1 + oc, acc, lanes);
+  }
+}
+
+int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output) {
+  const bisup_kernel_shape *in = &p->input, *out = &p->output;
+  const int direct = p->filter_height == 1 && p->filter_width == 1 && p->pad_height == 0 && p->pad_width == 0;
+  const int32_t k = p->filter_height * p->filter_width * in->depth, pixels = out->height * out->width;
+  if (!direct && (k > BISUP_KERNEL_MVE_IM2COL_ROW || p->input_offset < -127 || p->input_offset > 128)) return 0;
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t t = 0; t < pixels; t += 2) {
+      const int32_t t1 = t + 1 < pixels ? t + 1 : t; /* an odd last pixel pairs with itself */
+      const int32_t oy0 = t / out->width, ox0 = t % out->width, oy1 = t1 / out->width, ox1 = t1 % out->width;
+      const int8_t *a0, *a1;
+      if (direct) {
+        a0 = input + offset4(in, b, oy0 * p->stride_height, ox0 * p->stride_width, 0);
+        a1 = input + offset4(in, b, oy1 * p->stride_height, ox1 * p->stride_width, 0);
+      } else {
+        a0 = im2col(p, input, b, oy0, ox0, im2col_rows[0]);
+        a1 = t1 == t ? a0 : im2col(p, input, b, oy1, ox1, im2col_rows[1]);
+      }
+      pixel_pair(p, a0, a1, k, output + offset4(out, b, oy0, ox0, 0), output + offset4(out, b, oy1, ox1, 0));
+    }
+  }
+  return 1;
+}
+#else
+typedef int bisup_kernel_conv_mve_unused; /* ISO C: a translation unit is not empty */
+#endif
