@@ -77,6 +77,10 @@ static inline int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uin
 #if BISUP_KERNEL_MVE
 #include <arm_mve.h>
 
+/* A helper a Helium kernel calls with constant flags (a full vector or a predicated tail), to be specialised
+ * at each call: every compiler with Helium intrinsics (GCC, Clang, Arm Compiler 6) takes this attribute. */
+#define BISUP_KERNEL_SPECIALISED static inline __attribute__((always_inline))
+
 /* TFLM's MultiplyByQuantizedMultiplier (double rounding), then the output offset and the clamp, on four int32
  * lanes, bit-exact with requantize() for every int32 input and every shift in [-31, 30]:
  * - the left shift is VSHL (register), which wraps as mbqm's (uint32_t)x << left does;

@@ -30,7 +30,9 @@
 static int8_t im2col_rows[2][BISUP_KERNEL_MVE_IM2COL_ROW];
 
 static void copy_bytes(int8_t *dst, const int8_t *src, int32_t n) {
-  for (int32_t i = 0; i < n; i += 16) {
+  int32_t i = 0;
+  for (; i + 16 <= n; i += 16) vst1q_s8(dst + i, vld1q_s8(src + i));
+  if (i < n) {
     const mve_pred16_t lanes = vctp8q((uint32_t)(n - i));
     vstrbq_p_s8(dst + i, vldrbq_z_s8(src + i, lanes), lanes);
   }
@@ -38,7 +40,9 @@ static void copy_bytes(int8_t *dst, const int8_t *src, int32_t n) {
 
 static void fill_bytes(int8_t *dst, int8_t value, int32_t n) {
   const int8x16_t v = vdupq_n_s8(value);
-  for (int32_t i = 0; i < n; i += 16) vstrbq_p_s8(dst + i, v, vctp8q((uint32_t)(n - i)));
+  int32_t i = 0;
+  for (; i + 16 <= n; i += 16) vst1q_s8(dst + i, v);
+  if (i < n) vstrbq_p_s8(dst + i, v, vctp8q((uint32_t)(n - i)));
 }
 
 /* The window of output pixel (b, oy, ox) as one row of K values, padding = the input zero point. */
@@ -71,62 +75,83 @@ static const int8_t *im2col(const bisup_kernel_conv_params *p, const int8_t *inp
   return row;
 }
 
-/* Output channels of two pixels (rows a0, a1 of k values; results to out0, out1, which may be the same). */
-static void pixel_pair(const bisup_kernel_conv_params *p, const int8_t *a0, const int8_t *a1, int32_t k,
-                       int8_t *out0, int8_t *out1) {
-  const int32_t channels = p->output.depth;
-  for (int32_t oc = 0; oc < channels; oc += 4) {
-    const int32_t last = channels - 1;
-    const int8_t *w0 = p->filter + (size_t)oc * k;
-    const int8_t *w1 = p->filter + (size_t)(oc + 1 < last ? oc + 1 : last) * k;
-    const int8_t *w2 = p->filter + (size_t)(oc + 2 < last ? oc + 2 : last) * k;
-    const int8_t *w3 = p->filter + (size_t)(oc + 3 < last ? oc + 3 : last) * k;
-    int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
-    int32_t i = 0;
-    for (; i + 16 <= k; i += 16) {
-      const int8x16_t x0 = vld1q_s8(a0 + i), x1 = vld1q_s8(a1 + i);
-      int8x16_t f = vld1q_s8(w0 + i);
-      s00 = vmladavaq_s8(s00, x0, f);
-      s10 = vmladavaq_s8(s10, x1, f);
-      f = vld1q_s8(w1 + i);
-      s01 = vmladavaq_s8(s01, x0, f);
-      s11 = vmladavaq_s8(s11, x1, f);
-      f = vld1q_s8(w2 + i);
-      s02 = vmladavaq_s8(s02, x0, f);
-      s12 = vmladavaq_s8(s12, x1, f);
-      f = vld1q_s8(w3 + i);
-      s03 = vmladavaq_s8(s03, x0, f);
-      s13 = vmladavaq_s8(s13, x1, f);
-    }
-    if (i < k) {
-      const mve_pred16_t tail = vctp8q((uint32_t)(k - i));
-      const int8x16_t x0 = vldrbq_z_s8(a0 + i, tail), x1 = vldrbq_z_s8(a1 + i, tail);
-      int8x16_t f = vldrbq_z_s8(w0 + i, tail);
-      s00 = vmladavaq_s8(s00, x0, f);
-      s10 = vmladavaq_s8(s10, x1, f);
-      f = vldrbq_z_s8(w1 + i, tail);
-      s01 = vmladavaq_s8(s01, x0, f);
-      s11 = vmladavaq_s8(s11, x1, f);
-      f = vldrbq_z_s8(w2 + i, tail);
-      s02 = vmladavaq_s8(s02, x0, f);
-      s12 = vmladavaq_s8(s12, x1, f);
-      f = vldrbq_z_s8(w3 + i, tail);
-      s03 = vmladavaq_s8(s03, x0, f);
-      s13 = vmladavaq_s8(s13, x1, f);
-    }
-    const mve_pred16_t lanes = vctp32q((uint32_t)(channels - oc));
-    int32x4_t base = vmulq_n_s32(vldrwq_z_s32(p->filter_sums + oc, lanes), p->input_offset);
-    if (p->bias) base = vaddq_s32(base, vldrwq_z_s32(p->bias + oc, lanes));
-    const int32x4_t multiplier = vldrwq_z_s32(p->multiplier + oc, lanes), shift = vldrwq_z_s32(p->shift + oc, lanes);
-    int32x4_t acc = vsetq_lane_s32(s03, vsetq_lane_s32(s02, vsetq_lane_s32(s01, vdupq_n_s32(s00), 1), 2), 3);
-    acc = bisup_kernel_requantize_mve(vaddq_s32(acc, base), multiplier, shift, p->output_offset, p->activation_min,
-                                      p->activation_max);
-    vstrbq_p_s32(out0 + oc, acc, lanes);
-    acc = vsetq_lane_s32(s13, vsetq_lane_s32(s12, vsetq_lane_s32(s11, vdupq_n_s32(s10), 1), 2), 3);
-    acc = bisup_kernel_requantize_mve(vaddq_s32(acc, base), multiplier, shift, p->output_offset, p->activation_min,
-                                      p->activation_max);
-    vstrbq_p_s32(out1 + oc, acc, lanes);
+/* The layer's constants a pass needs, locals of the caller (a store through int8_t * could alias *p). */
+typedef struct {
+  const int8_t *filter;
+  const int32_t *bias, *filter_sums, *multiplier, *shift;
+  int32_t channels, input_offset, output_offset, lo, hi;
+} pass_params;
+
+/* Output channels oc .. oc + 3 of two pixels (rows a0, a1 of k values; results to out0, out1, which may be the
+ * same). `full`: all four channels exist (no predicate); else channels - oc of them, the last filter repeated.
+ * Inlined twice: with and without the predicates. */
+BISUP_KERNEL_SPECIALISED void channels4(const pass_params *q, const int8_t *a0, const int8_t *a1, int32_t k, int32_t oc,
+                             int full, int8_t *out0, int8_t *out1) {
+  const int32_t last = q->channels - 1;
+  const int8_t *w0 = q->filter + (size_t)oc * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+  if (!full) {
+    w1 = q->filter + (size_t)(oc + 1 < last ? oc + 1 : last) * k;
+    w2 = q->filter + (size_t)(oc + 2 < last ? oc + 2 : last) * k;
+    w3 = q->filter + (size_t)(oc + 3 < last ? oc + 3 : last) * k;
   }
+  int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+  int32_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    const int8x16_t x0 = vld1q_s8(a0 + i), x1 = vld1q_s8(a1 + i);
+    int8x16_t f = vld1q_s8(w0 + i);
+    s00 = vmladavaq_s8(s00, x0, f);
+    s10 = vmladavaq_s8(s10, x1, f);
+    f = vld1q_s8(w1 + i);
+    s01 = vmladavaq_s8(s01, x0, f);
+    s11 = vmladavaq_s8(s11, x1, f);
+    f = vld1q_s8(w2 + i);
+    s02 = vmladavaq_s8(s02, x0, f);
+    s12 = vmladavaq_s8(s12, x1, f);
+    f = vld1q_s8(w3 + i);
+    s03 = vmladavaq_s8(s03, x0, f);
+    s13 = vmladavaq_s8(s13, x1, f);
+  }
+  if (i < k) {
+    const mve_pred16_t tail = vctp8q((uint32_t)(k - i));
+    const int8x16_t x0 = vldrbq_z_s8(a0 + i, tail), x1 = vldrbq_z_s8(a1 + i, tail);
+    int8x16_t f = vldrbq_z_s8(w0 + i, tail);
+    s00 = vmladavaq_s8(s00, x0, f);
+    s10 = vmladavaq_s8(s10, x1, f);
+    f = vldrbq_z_s8(w1 + i, tail);
+    s01 = vmladavaq_s8(s01, x0, f);
+    s11 = vmladavaq_s8(s11, x1, f);
+    f = vldrbq_z_s8(w2 + i, tail);
+    s02 = vmladavaq_s8(s02, x0, f);
+    s12 = vmladavaq_s8(s12, x1, f);
+    f = vldrbq_z_s8(w3 + i, tail);
+    s03 = vmladavaq_s8(s03, x0, f);
+    s13 = vmladavaq_s8(s13, x1, f);
+  }
+  const mve_pred16_t lanes = full ? 0xffff : vctp32q((uint32_t)(q->channels - oc));
+  int32x4_t base = full ? vldrwq_s32(q->filter_sums + oc) : vldrwq_z_s32(q->filter_sums + oc, lanes);
+  base = vmulq_n_s32(base, q->input_offset);
+  if (q->bias) base = vaddq_s32(base, full ? vldrwq_s32(q->bias + oc) : vldrwq_z_s32(q->bias + oc, lanes));
+  const int32x4_t multiplier = full ? vldrwq_s32(q->multiplier + oc) : vldrwq_z_s32(q->multiplier + oc, lanes);
+  const int32x4_t shift = full ? vldrwq_s32(q->shift + oc) : vldrwq_z_s32(q->shift + oc, lanes);
+  int32x4_t acc0 = vsetq_lane_s32(s03, vsetq_lane_s32(s02, vsetq_lane_s32(s01, vdupq_n_s32(s00), 1), 2), 3);
+  int32x4_t acc1 = vsetq_lane_s32(s13, vsetq_lane_s32(s12, vsetq_lane_s32(s11, vdupq_n_s32(s10), 1), 2), 3);
+  acc0 = bisup_kernel_requantize_mve(vaddq_s32(acc0, base), multiplier, shift, q->output_offset, q->lo, q->hi);
+  acc1 = bisup_kernel_requantize_mve(vaddq_s32(acc1, base), multiplier, shift, q->output_offset, q->lo, q->hi);
+  if (full) {
+    vstrbq_s32(out0 + oc, acc0);
+    vstrbq_s32(out1 + oc, acc1);
+  } else {
+    vstrbq_p_s32(out0 + oc, acc0, lanes);
+    vstrbq_p_s32(out1 + oc, acc1, lanes);
+  }
+}
+
+/* Every output channel of two pixels. */
+static void pixel_pair(const pass_params *q, const int8_t *a0, const int8_t *a1, int32_t k, int8_t *out0,
+                       int8_t *out1) {
+  int32_t oc = 0;
+  for (; oc + 4 <= q->channels; oc += 4) channels4(q, a0, a1, k, oc, 1, out0, out1);
+  if (oc < q->channels) channels4(q, a0, a1, k, oc, 0, out0, out1);
 }
 
 int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output) {
@@ -134,6 +159,10 @@ int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *inp
   const int direct = p->filter_height == 1 && p->filter_width == 1 && p->pad_height == 0 && p->pad_width == 0;
   const int32_t k = p->filter_height * p->filter_width * in->depth, pixels = out->height * out->width;
   if (!direct && (k > BISUP_KERNEL_MVE_IM2COL_ROW || p->input_offset < -127 || p->input_offset > 128)) return 0;
+  const pass_params q = {.filter = p->filter, .bias = p->bias, .filter_sums = p->filter_sums,
+                         .multiplier = p->multiplier, .shift = p->shift, .channels = out->depth,
+                         .input_offset = p->input_offset, .output_offset = p->output_offset,
+                         .lo = p->activation_min, .hi = p->activation_max};
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t t = 0; t < pixels; t += 2) {
       const int32_t t1 = t + 1 < pixels ? t + 1 : t; /* an odd last pixel pairs with itself */
@@ -146,7 +175,7 @@ int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *inp
         a0 = im2col(p, input, b, oy0, ox0, im2col_rows[0]);
         a1 = t1 == t ? a0 : im2col(p, input, b, oy1, ox1, im2col_rows[1]);
       }
-      pixel_pair(p, a0, a1, k, output + offset4(out, b, oy0, ox0, 0), output + offset4(out, b, oy1, ox1, 0));
+      pixel_pair(&q, a0, a1, k, output + offset4(out, b, oy0, ox0, 0), output + offset4(out, b, oy1, ox1, 0));
     }
   }
   return 1;
