@@ -29,7 +29,16 @@
 
 static int8_t im2col_rows[2][BISUP_KERNEL_MVE_IM2COL_ROW];
 
-static void copy_bytes(int8_t *dst, const int8_t *src, int32_t n) {
+/* The layer's geometry for im2col, locals of the caller (a store through int8_t * could alias *p). */
+typedef struct {
+  const int8_t *input;
+  int32_t height, width, depth, filter_height, filter_width, stride_height, stride_width, pad_height, pad_width;
+  int32_t dilation_height, dilation_width, row_bytes, image_bytes;
+  int8_t pad;
+} im2col_params;
+
+/* n bytes from src to dst: full vectors, then one predicated store of the n % 16 left. */
+BISUP_KERNEL_SPECIALISED void copy_bytes(int8_t *dst, const int8_t *src, int32_t n) {
   int32_t i = 0;
   for (; i + 16 <= n; i += 16) vst1q_s8(dst + i, vld1q_s8(src + i));
   if (i < n) {
@@ -38,37 +47,33 @@ static void copy_bytes(int8_t *dst, const int8_t *src, int32_t n) {
   }
 }
 
-static void fill_bytes(int8_t *dst, int8_t value, int32_t n) {
-  const int8x16_t v = vdupq_n_s8(value);
+BISUP_KERNEL_SPECIALISED void fill_bytes(int8_t *dst, int8x16_t value, int32_t n) {
   int32_t i = 0;
-  for (; i + 16 <= n; i += 16) vst1q_s8(dst + i, v);
-  if (i < n) vstrbq_p_s8(dst + i, v, vctp8q((uint32_t)(n - i)));
+  for (; i + 16 <= n; i += 16) vst1q_s8(dst + i, value);
+  if (i < n) vstrbq_p_s8(dst + i, value, vctp8q((uint32_t)(n - i)));
 }
 
-/* The window of output pixel (b, oy, ox) as one row of K values, padding = the input zero point. */
-static const int8_t *im2col(const bisup_kernel_conv_params *p, const int8_t *input, int32_t b, int32_t oy,
-                            int32_t ox, int8_t *row) {
-  const bisup_kernel_shape *in = &p->input;
-  const int32_t depth = in->depth, y0 = oy * p->stride_height - p->pad_height;
-  const int32_t x0 = ox * p->stride_width - p->pad_width, row_bytes = p->filter_width * depth;
-  const int8_t pad = (int8_t)(-p->input_offset);
+/* The window of output pixel (b, oy, ox) as one row of K values, padding = the input zero point. Addresses
+ * are formed only for taps inside the input. */
+static const int8_t *im2col(const im2col_params *g, int32_t b, int32_t oy, int32_t ox, int8_t *row) {
+  const int32_t depth = g->depth, row_bytes = g->row_bytes;
+  const int32_t y0 = oy * g->stride_height - g->pad_height, x0 = ox * g->stride_width - g->pad_width;
+  const int8x16_t pad = vdupq_n_s8(g->pad);
+  const int8_t *image = g->input + (size_t)b * g->image_bytes;
+  const int inside_x = g->dilation_width == 1 && x0 >= 0 && x0 + g->filter_width <= g->width;
   int8_t *dst = row;
-  for (int32_t fy = 0; fy < p->filter_height; ++fy, dst += row_bytes) {
-    const int32_t iy = y0 + p->dilation_height * fy;
-    if (iy < 0 || iy >= in->height) {
+  for (int32_t fy = 0, iy = y0; fy < g->filter_height; ++fy, iy += g->dilation_height, dst += row_bytes) {
+    if (iy < 0 || iy >= g->height) {
       fill_bytes(dst, pad, row_bytes);
-      continue;
-    }
-    if (p->dilation_width == 1 && x0 >= 0 && x0 + p->filter_width <= in->width) {
-      copy_bytes(dst, input + offset4(in, b, iy, x0, 0), row_bytes);
-      continue;
-    }
-    for (int32_t fx = 0; fx < p->filter_width; ++fx) {
-      const int32_t ix = x0 + p->dilation_width * fx;
-      if (ix < 0 || ix >= in->width) {
-        fill_bytes(dst + fx * depth, pad, depth);
-      } else {
-        copy_bytes(dst + fx * depth, input + offset4(in, b, iy, ix, 0), depth);
+    } else if (inside_x) {
+      copy_bytes(dst, image + (iy * g->width + x0) * depth, row_bytes);
+    } else {
+      for (int32_t fx = 0, ix = x0; fx < g->filter_width; ++fx, ix += g->dilation_width) {
+        if (ix < 0 || ix >= g->width) {
+          fill_bytes(dst + fx * depth, pad, depth);
+        } else {
+          copy_bytes(dst + fx * depth, image + (iy * g->width + ix) * depth, depth);
+        }
       }
     }
   }
@@ -163,6 +168,14 @@ int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *inp
                          .multiplier = p->multiplier, .shift = p->shift, .channels = out->depth,
                          .input_offset = p->input_offset, .output_offset = p->output_offset,
                          .lo = p->activation_min, .hi = p->activation_max};
+  const im2col_params g = {.input = input, .height = in->height, .width = in->width, .depth = in->depth,
+                           .filter_height = p->filter_height, .filter_width = p->filter_width,
+                           .stride_height = p->stride_height, .stride_width = p->stride_width,
+                           .pad_height = p->pad_height, .pad_width = p->pad_width,
+                           .dilation_height = p->dilation_height, .dilation_width = p->dilation_width,
+                           .row_bytes = p->filter_width * in->depth,
+                           .image_bytes = in->height * in->width * in->depth,
+                           .pad = (int8_t)(-p->input_offset)};
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t t = 0; t < pixels; t += 2) {
       const int32_t t1 = t + 1 < pixels ? t + 1 : t; /* an odd last pixel pairs with itself */
@@ -172,8 +185,8 @@ int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *inp
         a0 = input + offset4(in, b, oy0 * p->stride_height, ox0 * p->stride_width, 0);
         a1 = input + offset4(in, b, oy1 * p->stride_height, ox1 * p->stride_width, 0);
       } else {
-        a0 = im2col(p, input, b, oy0, ox0, im2col_rows[0]);
-        a1 = t1 == t ? a0 : im2col(p, input, b, oy1, ox1, im2col_rows[1]);
+        a0 = im2col(&g, b, oy0, ox0, im2col_rows[0]);
+        a1 = t1 == t ? a0 : im2col(&g, b, oy1, ox1, im2col_rows[1]);
       }
       pixel_pair(&q, a0, a1, k, output + offset4(out, b, oy0, ox0, 0), output + offset4(out, b, oy1, ox1, 0));
     }
