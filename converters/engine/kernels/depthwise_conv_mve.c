@@ -94,6 +94,12 @@ BISUP_KERNEL_SPECIALISED void channels8(const pass_params *q, const int8_t *x_ro
   }
 }
 
+/* The predicated tail of a pixel's channels, one copy for every call. */
+static void channels8_tail(const pass_params *q, const int8_t *x_row, const int8_t *w_row, int32_t c, int32_t left,
+                           int8_t *result) {
+  channels8(q, x_row, w_row, c, left, 0, 0, result);
+}
+
 int bisup_kernel_depthwise_conv2d_mve(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
   if (p->depth_multiplier != 1) return 0;
   /* Every field a local: a store through int8_t * could alias *p, which would reload them all per store. */
@@ -129,10 +135,13 @@ int bisup_kernel_depthwise_conv2d_mve(const bisup_kernel_depthwise_params *p, co
         int32_t c = 0;
         if (pair) {
           for (; c + 8 <= depth; c += 8) channels8(&q, window + c, filter_taps + c, c, 8, 1, 1, result);
-          if (c < depth) channels8(&q, window + c, filter_taps + c, c, depth - c, 0, 1, result);
+          if (c < depth) { /* the predicated tail one pixel at a time: less code */
+            channels8_tail(&q, window + c, filter_taps + c, c, depth - c, result);
+            channels8_tail(&q, window + q.pixel_step + c, filter_taps + c, c, depth - c, result + q.result_step);
+          }
         } else {
           for (; c + 8 <= depth; c += 8) channels8(&q, window + c, filter_taps + c, c, 8, 1, 0, result);
-          if (c < depth) channels8(&q, window + c, filter_taps + c, c, depth - c, 0, 0, result);
+          if (c < depth) channels8_tail(&q, window + c, filter_taps + c, c, depth - c, result);
         }
       }
       oy += pair ? 2 : 1;
