@@ -91,16 +91,22 @@ static inline int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uin
  *   and rounds the same) then VRSHL's rounding shift right (halves up, computed without overflow): for
  *   x = q*2^e + r both give q + (r > 2^(e-1)) when x < 0 and q + (r >= 2^(e-1)) when x >= 0; e = 0 adds
  *   nothing (the fix-up is x & -e's sign bit). tests/test_engine_isa.py checks it against tflite-micro. */
-static inline int32x4_t bisup_kernel_requantize_mve(int32x4_t acc, int32x4_t multiplier, int32x4_t shift,
-                                                    int32_t output_offset, int32_t lo, int32_t hi) {
-  const int32x4_t zero = vdupq_n_s32(0);
-  const int32x4_t right = vminq_s32(shift, zero); /* -(right shift) */
-  int32x4_t x = vshlq_s32(acc, vmaxq_s32(shift, zero));
-  x = vqrdmulhq_s32(x, multiplier);
+/* The same with the shift split once for many calls: left = max(shift, 0), right = min(shift, 0). */
+static inline int32x4_t bisup_kernel_requantize_split_mve(int32x4_t acc, int32x4_t multiplier, int32x4_t left,
+                                                          int32x4_t right, int32_t output_offset, int32_t lo,
+                                                          int32_t hi) {
+  int32x4_t x = vqrdmulhq_s32(vshlq_s32(acc, left), multiplier);
   x = vqaddq_s32(x, vshrq_n_s32(vandq_s32(x, right), 31));
   x = vrshlq_s32(x, right);
   x = vaddq_n_s32(x, output_offset);
   return vminq_s32(vmaxq_s32(x, vdupq_n_s32(lo)), vdupq_n_s32(hi));
+}
+
+static inline int32x4_t bisup_kernel_requantize_mve(int32x4_t acc, int32x4_t multiplier, int32x4_t shift,
+                                                    int32_t output_offset, int32_t lo, int32_t hi) {
+  const int32x4_t zero = vdupq_n_s32(0);
+  return bisup_kernel_requantize_split_mve(acc, multiplier, vmaxq_s32(shift, zero), vminq_s32(shift, zero),
+                                           output_offset, lo, hi);
 }
 
 /* Helium variants (conv_mve.c, depthwise_conv_mve.c, fully_connected_mve.c): 1 when done, 0 for a shape they

@@ -60,13 +60,19 @@ static const int8_t *im2col(const im2col_params *g, int32_t b, int32_t oy, int32
   const int32_t y0 = oy * g->stride_height - g->pad_height, x0 = ox * g->stride_width - g->pad_width;
   const int8x16_t pad = vdupq_n_s8(g->pad);
   const int8_t *image = g->input + (size_t)b * g->image_bytes;
-  const int inside_x = g->dilation_width == 1 && x0 >= 0 && x0 + g->filter_width <= g->width;
+  /* With dilation 1 the taps inside the input are one run [fx0, fx1) of each row: pad, copy, pad. */
+  int32_t fx0 = x0 < 0 ? -x0 : 0, fx1 = g->width - x0 < g->filter_width ? g->width - x0 : g->filter_width;
+  if (fx0 > g->filter_width) fx0 = g->filter_width; /* a window wholly outside: all padding */
+  if (fx1 < fx0) fx1 = fx0;
+  const int32_t before = fx0 * depth, run = (fx1 - fx0) * depth, after = row_bytes - before - run;
   int8_t *dst = row;
   for (int32_t fy = 0, iy = y0; fy < g->filter_height; ++fy, iy += g->dilation_height, dst += row_bytes) {
     if (iy < 0 || iy >= g->height) {
       fill_bytes(dst, pad, row_bytes);
-    } else if (inside_x) {
-      copy_bytes(dst, image + (iy * g->width + x0) * depth, row_bytes);
+    } else if (g->dilation_width == 1) {
+      if (before) fill_bytes(dst, pad, before);
+      if (run) copy_bytes(dst + before, image + (iy * g->width + x0 + fx0) * depth, run);
+      if (after) fill_bytes(dst + before + run, pad, after);
     } else {
       for (int32_t fx = 0, ix = x0; fx < g->filter_width; ++fx, ix += g->dilation_width) {
         if (ix < 0 || ix >= g->width) {
@@ -159,6 +165,62 @@ static void pixel_pair(const pass_params *q, const int8_t *a0, const int8_t *a1,
   if (oc < q->channels) channels4(q, a0, a1, k, oc, 0, out0, out1);
 }
 
+/* 1x1 without padding, output channels oc .. oc + 3 (`full`: all four exist; else the last filter repeats and
+ * only the real lanes are stored) of every pixel, one pixel a pass: the group's filters, bias, offset term,
+ * multipliers and shifts stay in registers across the pixels. Inlined twice: with and without predicates. */
+BISUP_KERNEL_SPECIALISED void pointwise_channels4(const pass_params *q, const bisup_kernel_conv_params *p,
+                                                  const int8_t *input, int8_t *output, int32_t oc, int full) {
+  const int32_t k = p->input.depth, last = q->channels - 1;
+  const int8_t *w0 = q->filter + (size_t)oc * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+  if (!full) {
+    w1 = q->filter + (size_t)(oc + 1 < last ? oc + 1 : last) * k;
+    w2 = q->filter + (size_t)(oc + 2 < last ? oc + 2 : last) * k;
+    w3 = q->filter + (size_t)(oc + 3 < last ? oc + 3 : last) * k;
+  }
+  const mve_pred16_t lanes = full ? 0xffff : vctp32q((uint32_t)(q->channels - oc));
+  const mve_pred16_t tail = vctp8q((uint32_t)(k & 15));
+  int32x4_t base = full ? vldrwq_s32(q->filter_sums + oc) : vldrwq_z_s32(q->filter_sums + oc, lanes);
+  base = vmulq_n_s32(base, q->input_offset);
+  if (q->bias) base = vaddq_s32(base, full ? vldrwq_s32(q->bias + oc) : vldrwq_z_s32(q->bias + oc, lanes));
+  const int32x4_t multiplier = full ? vldrwq_s32(q->multiplier + oc) : vldrwq_z_s32(q->multiplier + oc, lanes);
+  const int32x4_t shift = full ? vldrwq_s32(q->shift + oc) : vldrwq_z_s32(q->shift + oc, lanes);
+  const int32x4_t left = vmaxq_s32(shift, vdupq_n_s32(0)), right = vminq_s32(shift, vdupq_n_s32(0));
+  const int32_t image = p->input.height * p->input.width * k, line = p->stride_height * p->input.width * k;
+  const int32_t step = p->stride_width * k, width = p->output.width, height = p->output.height;
+  int8_t *out = output + oc;
+  for (int32_t b = 0; b < p->output.batches; ++b) {
+    const int8_t *a_line = input + (size_t)b * image;
+    for (int32_t oy = 0; oy < height; ++oy, a_line += line) {
+      const int8_t *a = a_line;
+      for (int32_t ox = 0; ox < width; ++ox, a += step, out += q->channels) {
+        int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, i = 0;
+        for (; i + 16 <= k; i += 16) {
+          const int8x16_t x = vld1q_s8(a + i);
+          s0 = vmladavaq_s8(s0, x, vld1q_s8(w0 + i));
+          s1 = vmladavaq_s8(s1, x, vld1q_s8(w1 + i));
+          s2 = vmladavaq_s8(s2, x, vld1q_s8(w2 + i));
+          s3 = vmladavaq_s8(s3, x, vld1q_s8(w3 + i));
+        }
+        if (i < k) {
+          const int8x16_t x = vldrbq_z_s8(a + i, tail);
+          s0 = vmladavaq_s8(s0, x, vldrbq_z_s8(w0 + i, tail));
+          s1 = vmladavaq_s8(s1, x, vldrbq_z_s8(w1 + i, tail));
+          s2 = vmladavaq_s8(s2, x, vldrbq_z_s8(w2 + i, tail));
+          s3 = vmladavaq_s8(s3, x, vldrbq_z_s8(w3 + i, tail));
+        }
+        int32x4_t acc = vsetq_lane_s32(s3, vsetq_lane_s32(s2, vsetq_lane_s32(s1, vdupq_n_s32(s0), 1), 2), 3);
+        acc = bisup_kernel_requantize_split_mve(vaddq_s32(acc, base), multiplier, left, right, q->output_offset,
+                                                q->lo, q->hi);
+        if (full) {
+          vstrbq_s32(out, acc);
+        } else {
+          vstrbq_p_s32(out, acc, lanes);
+        }
+      }
+    }
+  }
+}
+
 int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output) {
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int direct = p->filter_height == 1 && p->filter_width == 1 && p->pad_height == 0 && p->pad_width == 0;
@@ -176,6 +238,12 @@ int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *inp
                            .row_bytes = p->filter_width * in->depth,
                            .image_bytes = in->height * in->width * in->depth,
                            .pad = (int8_t)(-p->input_offset)};
+  if (direct) {
+    int32_t oc = 0;
+    for (; oc + 4 <= q.channels; oc += 4) pointwise_channels4(&q, p, input, output, oc, 1);
+    if (oc < q.channels) pointwise_channels4(&q, p, input, output, oc, 0);
+    return 1;
+  }
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t t = 0; t < pixels; t += 2) {
       const int32_t t1 = t + 1 < pixels ? t + 1 : t; /* an odd last pixel pairs with itself */
