@@ -66,6 +66,16 @@ static const int8_t *im2col(const im2col_params *g, int32_t b, int32_t oy, int32
   if (fx1 < fx0) fx1 = fx0;
   const int32_t before = fx0 * depth, run = (fx1 - fx0) * depth, after = row_bytes - before - run;
   int8_t *dst = row;
+  if (g->dilation_width == 1 && run == row_bytes) { /* the window inside the input across: whole rows */
+    for (int32_t fy = 0, iy = y0; fy < g->filter_height; ++fy, iy += g->dilation_height, dst += row_bytes) {
+      if (iy < 0 || iy >= g->height) {
+        fill_bytes(dst, pad, row_bytes);
+      } else {
+        copy_bytes(dst, image + (iy * g->width + x0) * depth, row_bytes);
+      }
+    }
+    return row;
+  }
   for (int32_t fy = 0, iy = y0; fy < g->filter_height; ++fy, iy += g->dilation_height, dst += row_bytes) {
     if (iy < 0 || iy >= g->height) {
       fill_bytes(dst, pad, row_bytes);
