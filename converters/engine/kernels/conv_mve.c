@@ -1,33 +1,31 @@
 /* bisup int8 kernels: CONV_2D on Helium (MVE, the Cortex-M55), a matrix product of pixels by filters.
  *
- * Covers every CONV_2D whose window fits the im2col rows (filter_height x filter_width x input depth <=
- * BISUP_KERNEL_MVE_IM2COL_ROW bytes) and whose input zero point is an int8 (-input_offset in [-128, 127]: always so
+ * Covers every CONV_2D whose window fits the im2col buffer (K = filter_height x filter_width x input depth <=
+ * BISUP_KERNEL_MVE_IM2COL_BYTES) and whose input zero point is an int8 (-input_offset in [-128, 127]: always so
  * for a TFLite int8 tensor), and every 1x1 convolution without padding (any depth: no copy, the input pixels
  * are the rows). Returns 0 for anything else, which the portable kernel then runs.
  *
  * Arithmetic, the same integers as TFLM's sum(w * (x + input_offset)) + bias:
- * - each output pixel's window is one row of K = filter_height x filter_width x depth int8 values, either the
- *   input pixel itself (1x1, no padding) or copied into a static im2col row, where a tap outside the input is
- *   the input zero point (x + input_offset = 0 there, so it adds nothing, as TFLM's skipped tap);
+ * - each output pixel's window is one row of K int8 values, either the input pixel itself (1x1, no padding) or
+ *   copied into the static im2col buffer, where a tap outside the input is the input zero point
+ *   (x + input_offset = 0 there, so it adds nothing, as TFLM's skipped tap);
  * - the filter of an output channel is a row of K int8 values as stored ([oc][fh][fw][ic]);
  * - acc = sum(w * x) (VMLADAVA: 16 int8 products summed into an int32 per instruction, the last partial vector
  *   zero-filled by a tail predicate) + input_offset * filter_sums[oc] + bias[oc]: exact integer algebra (every
  *   window is a full window once padded with the zero point);
- * - two pixels by four output channels per pass (each loaded vector used twice or four times); an odd last
- *   pixel computes a pair with itself, a partial last group of channels repeats the last filter and stores
- *   only the real lanes;
- * - requantization four channels at a time with bisup_kernel_requantize_mve, bit-exact with TFLM's.
+ * - output channels in groups of four outer, pixels inner (a group's filters, offset term, multipliers and
+ *   shifts loaded once for all the pixels the buffer holds, or the whole image for a 1x1 at stride 1), one
+ *   pixel by four channels a pass; a partial last group repeats the last filter and stores only its real lanes;
+ * - requantization four channels at a time with bisup_kernel_requantize_split_mve, bit-exact with TFLM's.
  *
- * Scratch: two static im2col rows of BISUP_KERNEL_MVE_IM2COL_ROW bytes (2 KB of RAM), only on MVE builds; the
- * kernels run one at a time, never re-entrantly. */
+ * Scratch: a static im2col buffer of BISUP_KERNEL_MVE_IM2COL_BYTES (2 KB of RAM; floor(2048 / K) pixels at a
+ * time), only on MVE builds; the kernels run one at a time, never re-entrantly. */
 #include "bisup_kernel_internal.h"
 
 #if BISUP_KERNEL_MVE
-#include <string.h>
+#define BISUP_KERNEL_MVE_IM2COL_BYTES 2048
 
-#define BISUP_KERNEL_MVE_IM2COL_ROW 1024
-
-static int8_t im2col_rows[2][BISUP_KERNEL_MVE_IM2COL_ROW];
+static int8_t im2col_rows[BISUP_KERNEL_MVE_IM2COL_BYTES];
 
 /* The layer's geometry for im2col, locals of the caller (a store through int8_t * could alias *p). */
 typedef struct {
@@ -103,84 +101,14 @@ typedef struct {
   int32_t channels, input_offset, output_offset, lo, hi;
 } pass_params;
 
-/* Output channels oc .. oc + 3 of two pixels (rows a0, a1 of k values; results to out0, out1, which may be the
- * same). `full`: all four channels exist (no predicate); else channels - oc of them, the last filter repeated.
+/* Output channels oc .. oc + 3 of `count` pixels: pixel j's row of k values at a + j x a_step, its outputs at
+ * out + j x out_step (+ oc). `full`: all four channels exist; else the last filter repeats and only the real
+ * lanes are stored. The group's filters, offset term, multipliers and split shifts stay in registers across
+ * the pixels; one pixel a pass (the four dot products' accumulators and six pointers fill the core registers).
  * Inlined twice: with and without the predicates. */
-BISUP_KERNEL_SPECIALISED void channels4(const pass_params *q, const int8_t *a0, const int8_t *a1, int32_t k, int32_t oc,
-                             int full, int8_t *out0, int8_t *out1) {
+BISUP_KERNEL_SPECIALISED void rows_channels4(const pass_params *q, const int8_t *a, int32_t a_step, int32_t count,
+                                             int32_t k, int32_t oc, int full, int8_t *out, int32_t out_step) {
   const int32_t last = q->channels - 1;
-  const int8_t *w0 = q->filter + (size_t)oc * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
-  if (!full) {
-    w1 = q->filter + (size_t)(oc + 1 < last ? oc + 1 : last) * k;
-    w2 = q->filter + (size_t)(oc + 2 < last ? oc + 2 : last) * k;
-    w3 = q->filter + (size_t)(oc + 3 < last ? oc + 3 : last) * k;
-  }
-  int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
-  int32_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    const int8x16_t x0 = vld1q_s8(a0 + i), x1 = vld1q_s8(a1 + i);
-    int8x16_t f = vld1q_s8(w0 + i);
-    s00 = vmladavaq_s8(s00, x0, f);
-    s10 = vmladavaq_s8(s10, x1, f);
-    f = vld1q_s8(w1 + i);
-    s01 = vmladavaq_s8(s01, x0, f);
-    s11 = vmladavaq_s8(s11, x1, f);
-    f = vld1q_s8(w2 + i);
-    s02 = vmladavaq_s8(s02, x0, f);
-    s12 = vmladavaq_s8(s12, x1, f);
-    f = vld1q_s8(w3 + i);
-    s03 = vmladavaq_s8(s03, x0, f);
-    s13 = vmladavaq_s8(s13, x1, f);
-  }
-  if (i < k) {
-    const mve_pred16_t tail = vctp8q((uint32_t)(k - i));
-    const int8x16_t x0 = vldrbq_z_s8(a0 + i, tail), x1 = vldrbq_z_s8(a1 + i, tail);
-    int8x16_t f = vldrbq_z_s8(w0 + i, tail);
-    s00 = vmladavaq_s8(s00, x0, f);
-    s10 = vmladavaq_s8(s10, x1, f);
-    f = vldrbq_z_s8(w1 + i, tail);
-    s01 = vmladavaq_s8(s01, x0, f);
-    s11 = vmladavaq_s8(s11, x1, f);
-    f = vldrbq_z_s8(w2 + i, tail);
-    s02 = vmladavaq_s8(s02, x0, f);
-    s12 = vmladavaq_s8(s12, x1, f);
-    f = vldrbq_z_s8(w3 + i, tail);
-    s03 = vmladavaq_s8(s03, x0, f);
-    s13 = vmladavaq_s8(s13, x1, f);
-  }
-  const mve_pred16_t lanes = full ? 0xffff : vctp32q((uint32_t)(q->channels - oc));
-  int32x4_t base = full ? vldrwq_s32(q->filter_sums + oc) : vldrwq_z_s32(q->filter_sums + oc, lanes);
-  base = vmulq_n_s32(base, q->input_offset);
-  if (q->bias) base = vaddq_s32(base, full ? vldrwq_s32(q->bias + oc) : vldrwq_z_s32(q->bias + oc, lanes));
-  const int32x4_t multiplier = full ? vldrwq_s32(q->multiplier + oc) : vldrwq_z_s32(q->multiplier + oc, lanes);
-  const int32x4_t shift = full ? vldrwq_s32(q->shift + oc) : vldrwq_z_s32(q->shift + oc, lanes);
-  int32x4_t acc0 = vsetq_lane_s32(s03, vsetq_lane_s32(s02, vsetq_lane_s32(s01, vdupq_n_s32(s00), 1), 2), 3);
-  int32x4_t acc1 = vsetq_lane_s32(s13, vsetq_lane_s32(s12, vsetq_lane_s32(s11, vdupq_n_s32(s10), 1), 2), 3);
-  acc0 = bisup_kernel_requantize_mve(vaddq_s32(acc0, base), multiplier, shift, q->output_offset, q->lo, q->hi);
-  acc1 = bisup_kernel_requantize_mve(vaddq_s32(acc1, base), multiplier, shift, q->output_offset, q->lo, q->hi);
-  if (full) {
-    vstrbq_s32(out0 + oc, acc0);
-    vstrbq_s32(out1 + oc, acc1);
-  } else {
-    vstrbq_p_s32(out0 + oc, acc0, lanes);
-    vstrbq_p_s32(out1 + oc, acc1, lanes);
-  }
-}
-
-/* Every output channel of two pixels. */
-static void pixel_pair(const pass_params *q, const int8_t *a0, const int8_t *a1, int32_t k, int8_t *out0,
-                       int8_t *out1) {
-  int32_t oc = 0;
-  for (; oc + 4 <= q->channels; oc += 4) channels4(q, a0, a1, k, oc, 1, out0, out1);
-  if (oc < q->channels) channels4(q, a0, a1, k, oc, 0, out0, out1);
-}
-
-/* 1x1 without padding, output channels oc .. oc + 3 (`full`: all four exist; else the last filter repeats and
- * only the real lanes are stored) of every pixel, one pixel a pass: the group's filters, bias, offset term,
- * multipliers and shifts stay in registers across the pixels. Inlined twice: with and without predicates. */
-BISUP_KERNEL_SPECIALISED void pointwise_channels4(const pass_params *q, const bisup_kernel_conv_params *p,
-                                                  const int8_t *input, int8_t *output, int32_t oc, int full) {
-  const int32_t k = p->input.depth, last = q->channels - 1;
   const int8_t *w0 = q->filter + (size_t)oc * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
   if (!full) {
     w1 = q->filter + (size_t)(oc + 1 < last ? oc + 1 : last) * k;
@@ -195,47 +123,47 @@ BISUP_KERNEL_SPECIALISED void pointwise_channels4(const pass_params *q, const bi
   const int32x4_t multiplier = full ? vldrwq_s32(q->multiplier + oc) : vldrwq_z_s32(q->multiplier + oc, lanes);
   const int32x4_t shift = full ? vldrwq_s32(q->shift + oc) : vldrwq_z_s32(q->shift + oc, lanes);
   const int32x4_t left = vmaxq_s32(shift, vdupq_n_s32(0)), right = vminq_s32(shift, vdupq_n_s32(0));
-  const int32_t image = p->input.height * p->input.width * k, line = p->stride_height * p->input.width * k;
-  const int32_t step = p->stride_width * k, width = p->output.width, height = p->output.height;
-  int8_t *out = output + oc;
-  for (int32_t b = 0; b < p->output.batches; ++b) {
-    const int8_t *a_line = input + (size_t)b * image;
-    for (int32_t oy = 0; oy < height; ++oy, a_line += line) {
-      const int8_t *a = a_line;
-      for (int32_t ox = 0; ox < width; ++ox, a += step, out += q->channels) {
-        int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, i = 0;
-        for (; i + 16 <= k; i += 16) {
-          const int8x16_t x = vld1q_s8(a + i);
-          s0 = vmladavaq_s8(s0, x, vld1q_s8(w0 + i));
-          s1 = vmladavaq_s8(s1, x, vld1q_s8(w1 + i));
-          s2 = vmladavaq_s8(s2, x, vld1q_s8(w2 + i));
-          s3 = vmladavaq_s8(s3, x, vld1q_s8(w3 + i));
-        }
-        if (i < k) {
-          const int8x16_t x = vldrbq_z_s8(a + i, tail);
-          s0 = vmladavaq_s8(s0, x, vldrbq_z_s8(w0 + i, tail));
-          s1 = vmladavaq_s8(s1, x, vldrbq_z_s8(w1 + i, tail));
-          s2 = vmladavaq_s8(s2, x, vldrbq_z_s8(w2 + i, tail));
-          s3 = vmladavaq_s8(s3, x, vldrbq_z_s8(w3 + i, tail));
-        }
-        int32x4_t acc = vsetq_lane_s32(s3, vsetq_lane_s32(s2, vsetq_lane_s32(s1, vdupq_n_s32(s0), 1), 2), 3);
-        acc = bisup_kernel_requantize_split_mve(vaddq_s32(acc, base), multiplier, left, right, q->output_offset,
-                                                q->lo, q->hi);
-        if (full) {
-          vstrbq_s32(out, acc);
-        } else {
-          vstrbq_p_s32(out, acc, lanes);
-        }
-      }
+  out += oc;
+  for (int32_t j = 0; j < count; ++j, a += a_step, out += out_step) {
+    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, i = 0;
+    for (; i + 16 <= k; i += 16) {
+      const int8x16_t x = vld1q_s8(a + i);
+      s0 = vmladavaq_s8(s0, x, vld1q_s8(w0 + i));
+      s1 = vmladavaq_s8(s1, x, vld1q_s8(w1 + i));
+      s2 = vmladavaq_s8(s2, x, vld1q_s8(w2 + i));
+      s3 = vmladavaq_s8(s3, x, vld1q_s8(w3 + i));
+    }
+    if (i < k) {
+      const int8x16_t x = vldrbq_z_s8(a + i, tail);
+      s0 = vmladavaq_s8(s0, x, vldrbq_z_s8(w0 + i, tail));
+      s1 = vmladavaq_s8(s1, x, vldrbq_z_s8(w1 + i, tail));
+      s2 = vmladavaq_s8(s2, x, vldrbq_z_s8(w2 + i, tail));
+      s3 = vmladavaq_s8(s3, x, vldrbq_z_s8(w3 + i, tail));
+    }
+    int32x4_t acc = vsetq_lane_s32(s3, vsetq_lane_s32(s2, vsetq_lane_s32(s1, vdupq_n_s32(s0), 1), 2), 3);
+    acc = bisup_kernel_requantize_split_mve(vaddq_s32(acc, base), multiplier, left, right, q->output_offset, q->lo,
+                                            q->hi);
+    if (full) {
+      vstrbq_s32(out, acc);
+    } else {
+      vstrbq_p_s32(out, acc, lanes);
     }
   }
+}
+
+/* Every output channel of `count` pixels (rows and outputs as rows_channels4 takes them). */
+static void rows(const pass_params *q, const int8_t *a, int32_t a_step, int32_t count, int32_t k, int8_t *out,
+                 int32_t out_step) {
+  int32_t oc = 0;
+  for (; oc + 4 <= q->channels; oc += 4) rows_channels4(q, a, a_step, count, k, oc, 1, out, out_step);
+  if (oc < q->channels) rows_channels4(q, a, a_step, count, k, oc, 0, out, out_step);
 }
 
 int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output) {
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int direct = p->filter_height == 1 && p->filter_width == 1 && p->pad_height == 0 && p->pad_width == 0;
   const int32_t k = p->filter_height * p->filter_width * in->depth, pixels = out->height * out->width;
-  if (!direct && (k > BISUP_KERNEL_MVE_IM2COL_ROW || p->input_offset < -127 || p->input_offset > 128)) return 0;
+  if (!direct && (k > BISUP_KERNEL_MVE_IM2COL_BYTES || p->input_offset < -127 || p->input_offset > 128)) return 0;
   const pass_params q = {.filter = p->filter, .bias = p->bias, .filter_sums = p->filter_sums,
                          .multiplier = p->multiplier, .shift = p->shift, .channels = out->depth,
                          .input_offset = p->input_offset, .output_offset = p->output_offset,
@@ -248,25 +176,28 @@ int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *inp
                            .row_bytes = p->filter_width * in->depth,
                            .image_bytes = in->height * in->width * in->depth,
                            .pad = (int8_t)(-p->input_offset)};
-  if (direct) {
-    int32_t oc = 0;
-    for (; oc + 4 <= q.channels; oc += 4) pointwise_channels4(&q, p, input, output, oc, 1);
-    if (oc < q.channels) pointwise_channels4(&q, p, input, output, oc, 0);
+  const int32_t channels = out->depth;
+  if (direct) { /* each output line's pixels are input pixels stride_width apart */
+    const int32_t step = p->stride_width * in->depth;
+    if (p->stride_height == 1 && p->stride_width == 1) { /* the image is one run of pixels */
+      rows(&q, input, in->depth, out->batches * pixels, k, output, channels);
+      return 1;
+    }
+    for (int32_t b = 0; b < out->batches; ++b) {
+      for (int32_t oy = 0; oy < out->height; ++oy) {
+        rows(&q, input + offset4(in, b, oy * p->stride_height, 0, 0), step, out->width, k,
+             output + offset4(out, b, oy, 0, 0), channels);
+      }
+    }
     return 1;
   }
+  /* im2col: as many pixels' windows as the rows hold, then every output channel of them */
+  const int32_t block = (int32_t)sizeof im2col_rows / k;
   for (int32_t b = 0; b < out->batches; ++b) {
-    for (int32_t t = 0; t < pixels; t += 2) {
-      const int32_t t1 = t + 1 < pixels ? t + 1 : t; /* an odd last pixel pairs with itself */
-      const int32_t oy0 = t / out->width, ox0 = t % out->width, oy1 = t1 / out->width, ox1 = t1 % out->width;
-      const int8_t *a0, *a1;
-      if (direct) {
-        a0 = input + offset4(in, b, oy0 * p->stride_height, ox0 * p->stride_width, 0);
-        a1 = input + offset4(in, b, oy1 * p->stride_height, ox1 * p->stride_width, 0);
-      } else {
-        a0 = im2col(&g, b, oy0, ox0, im2col_rows[0]);
-        a1 = t1 == t ? a0 : im2col(&g, b, oy1, ox1, im2col_rows[1]);
-      }
-      pixel_pair(&q, a0, a1, k, output + offset4(out, b, oy0, ox0, 0), output + offset4(out, b, oy1, ox1, 0));
+    for (int32_t t = 0; t < pixels; t += block) {
+      const int32_t count = pixels - t < block ? pixels - t : block;
+      for (int32_t j = 0; j < count; ++j) im2col(&g, b, (t + j) / out->width, (t + j) % out->width, im2col_rows + j * k);
+      rows(&q, im2col_rows, k, count, k, output + ((size_t)b * pixels + t) * channels, channels);
     }
   }
   return 1;
