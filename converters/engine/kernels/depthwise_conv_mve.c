@@ -10,7 +10,9 @@
  * bias + sum((x + input_offset) * w). A partial last group of channels is predicated (no load or store past
  * the tensors). Requantization four channels at a time (even, then odd) with bisup_kernel_requantize_mve,
  * bit-exact with TFLM's; the two results, within int8, are narrowed back into channel order (VMOVNB/VMOVNT)
- * and stored as eight bytes. No scratch. */
+ * and stored as eight bytes. Two output pixels a pass (the pixel and the one below) when their windows have the
+ * same taps inside the input (every row pair but the first and last rows, mostly): one filter load and one set
+ * of requantization constants for both. No scratch. */
 #include "bisup_kernel_internal.h"
 
 #if BISUP_KERNEL_MVE
