@@ -19,7 +19,10 @@ def kernel_sources() -> list[Path]:
     return sorted(KERNELS_DIR.glob("*.c"))
 
 _CPUS = {"cortex-m0plus": "cortex-m0plus", "cortex-m4": "cortex-m4", "cortex-m4f": "cortex-m4",
-         "cortex-m7": "cortex-m7", "cortex-m33": "cortex-m33"}
+         "cortex-m7": "cortex-m7", "cortex-m33": "cortex-m33", "cortex-m55": "cortex-m55"}
+# As the HIL firmware is built (toolkit/hil/target.py): the default soft float ABI would drop the M55's
+# __ARM_FEATURE_MVE, and with it the Helium kernels the board runs.
+_FLOAT_ABI = {"cortex-m55": ["-mfloat-abi=softfp"]}
 # TFLM's interpreter code cannot be built here; its own documentation gives the size of the core runtime.
 TFLM_RUNTIME_BYTES = 16 * 1024
 TFLM_RUNTIME_SOURCE = ("TensorFlow Lite for Microcontrollers overview: 'The core runtime just fits in 16 KB on an Arm "
@@ -56,8 +59,9 @@ def measure_flash(out_dir: str | Path, arch: str, stems: tuple[str, ...] = ("mod
     with tempfile.TemporaryDirectory() as work:
         for source in (*(Path(out_dir) / f"{stem}.c" for stem in stems), *kernel_sources()):
             obj = Path(work) / f"{source.stem}.o"
-            subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-Os", "-std=c99", "-ffunction-sections",
-                            "-fdata-sections", f"-I{out_dir}", f"-I{KERNELS_DIR}", "-c", str(source), "-o", str(obj)],
+            subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", *_FLOAT_ABI.get(cpu, []), "-Os", "-std=c99",
+                            "-ffunction-sections", "-fdata-sections", f"-I{out_dir}", f"-I{KERNELS_DIR}", "-c",
+                            str(source), "-o", str(obj)],
                            check=True, capture_output=True)
             text, data = subprocess.run(["arm-none-eabi-size", str(obj)], check=True, capture_output=True,
                                         text=True).stdout.splitlines()[1].split()[:2]

@@ -26,9 +26,15 @@ static void add_or_sub(const bisup_kernel_add_params *p, const int8_t *input1, c
 }
 
 void bisup_kernel_add(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
+#if BISUP_KERNEL_MVE
+  if (bisup_kernel_add_mve(p, input1, input2, output, 1)) return;
+#endif
   add_or_sub(p, input1, input2, output, 1);
 }
 
 void bisup_kernel_sub(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
+#if BISUP_KERNEL_MVE
+  if (bisup_kernel_add_mve(p, input1, input2, output, -1)) return;
+#endif
   add_or_sub(p, input1, input2, output, -1);
 }

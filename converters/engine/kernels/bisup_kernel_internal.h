@@ -74,6 +74,59 @@ static inline int32_t broadcast_offset(const bisup_kernel_shape *s, int32_t b, i
 
 static inline int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
 
+#if BISUP_KERNEL_MVE
+#include <arm_mve.h>
+
+/* A helper a Helium kernel calls with constant flags (a full vector or a predicated tail), to be specialised
+ * at each call: every compiler with Helium intrinsics (GCC, Clang, Arm Compiler 6) takes this attribute. */
+#define BISUP_KERNEL_SPECIALISED static inline __attribute__((always_inline))
+
+/* TFLM's MultiplyByQuantizedMultiplier (double rounding) on four int32 lanes, the shift split once for many
+ * calls (left = max(shift, 0), right = min(shift, 0)), bit-exact with mbqm() for every int32 input and every
+ * shift in [-31, 30]:
+ * - the left shift is VSHL (register), which wraps as mbqm's (uint32_t)x << left does;
+ * - gemmlowp's SaturatingRoundingDoublingHighMul is exactly VQRDMULH: for a*b = q*2^31 + r (0 <= r < 2^31) both
+ *   give q + (r >= 2^30) (srdhm's nudge 1 - 2^30 with truncation toward zero rounds a negative tie up too), and
+ *   both saturate only INT32_MIN * INT32_MIN, to INT32_MAX (this is how gemmlowp's own NEON path computes it);
+ * - RoundingDivideByPOT (halves away from zero) is x - 1 for negative x (a saturating add: INT32_MIN stays,
+ *   and rounds the same) then VRSHL's rounding shift right (halves up, computed without overflow): for
+ *   x = q*2^e + r both give q + (r > 2^(e-1)) when x < 0 and q + (r >= 2^(e-1)) when x >= 0; e = 0 adds
+ *   nothing (the fix-up is x & -e's sign bit).
+ * tests/test_kernels_mve.py checks it on the emulated M55 against requantize() on 4 M corner and random cases;
+ * tests/test_engine_isa.py checks whole models against tflite-micro. */
+static inline int32x4_t bisup_kernel_mbqm_mve(int32x4_t x, int32x4_t multiplier, int32x4_t left, int32x4_t right) {
+  x = vqrdmulhq_s32(vshlq_s32(x, left), multiplier);
+  x = vqaddq_s32(x, vshrq_n_s32(vandq_s32(x, right), 31));
+  return vrshlq_s32(x, right);
+}
+
+/* requantize() on four lanes, the shift split: the multiply, the output offset and the clamp. */
+static inline int32x4_t bisup_kernel_requantize_split_mve(int32x4_t acc, int32x4_t multiplier, int32x4_t left,
+                                                          int32x4_t right, int32_t output_offset, int32_t lo,
+                                                          int32_t hi) {
+  const int32x4_t x = vaddq_n_s32(bisup_kernel_mbqm_mve(acc, multiplier, left, right), output_offset);
+  return vminq_s32(vmaxq_s32(x, vdupq_n_s32(lo)), vdupq_n_s32(hi));
+}
+
+/* requantize() on four lanes. */
+static inline int32x4_t bisup_kernel_requantize_mve(int32x4_t acc, int32x4_t multiplier, int32x4_t shift,
+                                                    int32_t output_offset, int32_t lo, int32_t hi) {
+  const int32x4_t zero = vdupq_n_s32(0);
+  return bisup_kernel_requantize_split_mve(acc, multiplier, vmaxq_s32(shift, zero), vminq_s32(shift, zero),
+                                           output_offset, lo, hi);
+}
+
+/* Helium variants (conv_mve.c, depthwise_conv_mve.c, fully_connected_mve.c, add_mve.c): 1 when done, 0 for a
+ * shape they do not cover (the portable kernel then runs it). */
+int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output);
+int bisup_kernel_depthwise_conv2d_mve(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output);
+int bisup_kernel_fully_connected_mve(const bisup_kernel_fully_connected_params *p, const int8_t *input,
+                                     int8_t *output);
+/* ADD (sign 1) and SUB (sign -1), add_mve.c. */
+int bisup_kernel_add_mve(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
+                         int32_t sign);
+#endif
+
 /* gemmlowp fixed point for the softmax family and the logistic (fixedpoint.c). */
 int32_t bisup_kernel_saturating_shift_left(int32_t x, int exponent);
 int32_t bisup_kernel_exp_on_negative_values(int32_t a, int integer_bits);

@@ -12,6 +12,9 @@ static void valid_taps(int32_t origin, int32_t dilation, int32_t taps, int32_t s
 /* sum(w * (x + offset)) = sum(w * x) + offset * sum(w): the same integer, with one add per MAC fewer.
  * A window inside the input takes sum(w) precomputed; one clipped by padding sums the taps it uses. */
 void bisup_kernel_conv2d(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output) {
+#if BISUP_KERNEL_MVE
+  if (bisup_kernel_conv2d_mve(p, input, output)) return;
+#endif
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int32_t depth = in->depth, taps_per_row = p->filter_width * depth, pixel_step = p->dilation_width * depth;
   for (int32_t b = 0; b < out->batches; ++b) {

@@ -2,6 +2,9 @@
 #include "bisup_kernel_internal.h"
 
 void bisup_kernel_depthwise_conv2d(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
+#if BISUP_KERNEL_MVE
+  if (bisup_kernel_depthwise_conv2d_mve(p, input, output)) return;
+#endif
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t oy = 0; oy < out->height; ++oy) {

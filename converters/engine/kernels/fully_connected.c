@@ -2,6 +2,9 @@
 #include "bisup_kernel_internal.h"
 
 void bisup_kernel_fully_connected(const bisup_kernel_fully_connected_params *p, const int8_t *input, int8_t *output) {
+#if BISUP_KERNEL_MVE
+  if (bisup_kernel_fully_connected_mve(p, input, output)) return;
+#endif
   for (int32_t b = 0; b < p->batches; ++b) {
     const int8_t *row = input + (size_t)b * p->input_depth;
     for (int32_t oc = 0; oc < p->output_depth; ++oc) {
