@@ -1,7 +1,7 @@
 /* bisup int8 kernels: CONV_2D with the Cortex-M DSP extension (ARMv7E-M, ARMv8-M Mainline: M4, M7, M33).
  *
  * Paths, by the im2col column length k = filter_height x filter_width x input depth:
- * - k <= BISUP_KERNEL_CONV_DSP_COLUMN_MAX (768; two widened columns: 3 KB of static RAM), any filter,
+ * - k <= BISUP_KERNEL_CONV_DSP_COLUMN_MAX (768; two widened columns, interleaved: 3 KB of static RAM), any filter,
  *   stride, dilation, padding, batch: two output pixels at a time, each pixel's int8 values (the input
  *   pixel itself for a 1x1 filter without padding, else its im2col column from conv.c, where padding taps
  *   hold the input zero point) are widened once to int16, in pairs (x0, x2), (x1, x3) per group of four
@@ -129,27 +129,28 @@ void bisup_kernel_gemm_rows_dsp(const bisup_kernel_gemm *g, const int8_t *row0, 
 #define BISUP_KERNEL_CONV_DSP_COLUMN_MAX 768 /* two columns of int16: 3 KB */
 #endif
 
-/* Two widened columns, one after the other in one array (the second is read at a constant offset from the
- * first, which saves a register in the inner loop): each k4 / 2 words of int16 pairs, then the
- * k % 4 last values. */
-#define WIDE_STRIDE (BISUP_KERNEL_CONV_DSP_COLUMN_MAX / 2 + 4)
-static int32_t wide[2 * WIDE_STRIDE];
+/* Two output pixels' widened columns, interleaved: for each group of four values, pixel 0's pairs
+ * (x0, x2), (x1, x3), then pixel 1's, so that one pointer and two LDRD read both; the k % 4 last values of
+ * each pixel apart. */
+static int32_t wide[2 * (BISUP_KERNEL_CONV_DSP_COLUMN_MAX / 2)];
+static int32_t wide_tail[2][3];
 
-static void widen(const int8_t *x, int32_t k, int32_t *dst) {
+/* k int8 values into the pairs of one pixel (every fourth word pair from dst), the k % 4 last into tail. */
+static void widen(const int8_t *x, int32_t k, int32_t *dst, int32_t *tail) {
   int32_t i = 0;
-  for (; i + 4 <= k; i += 4, dst += 2) {
+  for (; i + 4 <= k; i += 4, dst += 4) {
     const uint32_t v = load4(x + i);
     dst[0] = EVEN(v);
     dst[1] = ODD(v);
   }
-  for (; i < k; ++i) *dst++ = x[i];
+  for (int32_t j = 0; i < k; ++i, ++j) tail[j] = x[i];
 }
 
 /* Output pixel (b, oy, ox)'s widened im2col column, straight from the input where every segment (a filter
  * row inside the input, or a tap) is a multiple of 4 values, so that the groups of four never straddle two
  * segments; through the int8 im2col (conv.c) otherwise. Padding taps widen the input zero point. */
 static void widen_window(const bisup_kernel_conv_params *p, const int8_t *input, int32_t b, int32_t oy, int32_t ox,
-                         int32_t *dst) {
+                         int32_t *dst, int32_t *tail) {
   const bisup_kernel_shape *in = &p->input;
   const int32_t depth = in->depth, row_bytes = p->filter_width * depth;
   const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
@@ -157,24 +158,25 @@ static void widen_window(const bisup_kernel_conv_params *p, const int8_t *input,
   const int rows_whole = p->dilation_width == 1 && inside_x && (row_bytes & 3) == 0;
   if (!rows_whole && (depth & 3) != 0) {
     bisup_kernel_conv_im2col(p, input, b, oy, ox, bisup_kernel_conv_columns[0]);
-    widen(bisup_kernel_conv_columns[0], p->filter_height * row_bytes, dst);
+    widen(bisup_kernel_conv_columns[0], p->filter_height * row_bytes, dst, tail);
     return;
   }
   const int32_t zero_points = EVEN((uint32_t)(uint8_t)(-p->input_offset) * 0x01010101u);
   for (int32_t fy = 0; fy < p->filter_height; ++fy) {
     const int32_t y = y0 + fy * p->dilation_height;
     if (y < 0 || y >= in->height) {
-      for (int32_t n = row_bytes >> 1; n > 0; --n) *dst++ = zero_points;
+      for (int32_t n = row_bytes >> 2; n > 0; --n, dst += 4) dst[0] = dst[1] = zero_points;
     } else if (rows_whole) {
-      widen(input + offset4(in, b, y, x0, 0), row_bytes, dst);
-      dst += row_bytes >> 1;
+      widen(input + offset4(in, b, y, x0, 0), row_bytes, dst, tail);
+      dst += row_bytes;
     } else {
-      for (int32_t fx = 0; fx < p->filter_width; ++fx, dst += depth >> 1) {
+      for (int32_t fx = 0; fx < p->filter_width; ++fx) {
         const int32_t x = x0 + fx * p->dilation_width;
         if (x < 0 || x >= in->width) {
-          for (int32_t n = 0; n < depth >> 1; ++n) dst[n] = zero_points;
+          for (int32_t n = depth >> 2; n > 0; --n, dst += 4) dst[0] = dst[1] = zero_points;
         } else {
-          widen(input + offset4(in, b, y, x, 0), depth, dst);
+          widen(input + offset4(in, b, y, x, 0), depth, dst, tail);
+          dst += depth;
         }
       }
     }
@@ -182,31 +184,57 @@ static void widen_window(const bisup_kernel_conv_params *p, const int8_t *input,
 }
 
 /* wide's first column (and, when two, its second) times every output channel's weights, requantized. */
+/* The 2 x 2 inner loop (GCC lays its C out with a spilled register: 23 instructions; this is 19): for each
+ * group of four values, channel c's and c + 1's weight words (w, w + k), split by SXTB16 into even and odd
+ * pairs, times both pixels' widened pairs (x[0], x[1] and x[2], x[3]), eight SMLAD. Twelve registers; x and
+ * the widened columns are word-aligned (LDRD), the weights need not be (LDR). Runs at least one group;
+ * returns w past the groups. */
+static inline const int8_t *product_2x2(const int8_t *w, int32_t k, const int32_t *x, const int32_t *end,
+                                        int32_t *a00, int32_t *a01, int32_t *a10, int32_t *a11) {
+  int32_t s00 = *a00, s01 = *a01, s10 = *a10, s11 = *a11, e, o, xe, xo;
+  __asm__("1:\n\t"
+          "ldr    %[e], [%[w], %[k]]\n\t"
+          "sxtb16 %[o], %[e], ror #8\n\t"
+          "sxtb16 %[e], %[e]\n\t"
+          "ldrd   %[xe], %[xo], [%[x], #8]\n\t"
+          "smlad  %[s11], %[xe], %[e], %[s11]\n\t"
+          "smlad  %[s11], %[xo], %[o], %[s11]\n\t"
+          "ldrd   %[xe], %[xo], [%[x]], #16\n\t"
+          "smlad  %[s01], %[xe], %[e], %[s01]\n\t"
+          "smlad  %[s01], %[xo], %[o], %[s01]\n\t"
+          "ldr    %[e], [%[w]], #4\n\t"
+          "sxtb16 %[o], %[e], ror #8\n\t"
+          "sxtb16 %[e], %[e]\n\t"
+          "smlad  %[s00], %[xe], %[e], %[s00]\n\t"
+          "smlad  %[s00], %[xo], %[o], %[s00]\n\t"
+          "ldrd   %[xe], %[xo], [%[x], #-8]\n\t"
+          "smlad  %[s10], %[xe], %[e], %[s10]\n\t"
+          "smlad  %[s10], %[xo], %[o], %[s10]\n\t"
+          "cmp    %[x], %[end]\n\t"
+          "bne    1b"
+          : [s00] "+r"(s00), [s01] "+r"(s01), [s10] "+r"(s10), [s11] "+r"(s11), [w] "+r"(w), [x] "+r"(x),
+            [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe), [xo] "=&r"(xo)
+          : [k] "r"(k), [end] "r"(end)
+          : "cc", "memory");
+  *a00 = s00;
+  *a01 = s01;
+  *a10 = s10;
+  *a11 = s11;
+  return w;
+}
+
 static void gemm_wide_block(const bisup_kernel_gemm *gemm, int two, int32_t c0, int32_t c1, int32_t *acc0,
                             int32_t *acc1) {
   const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the sums' stores cannot alias it */
   const int32_t k = g->k, groups = k >> 2, rest = k & 3;
-  const int32_t *tail0 = wide + 2 * groups, *tail1 = tail0 + WIDE_STRIDE;
+  const int32_t *tail0 = wide_tail[0], *tail1 = wide_tail[1], *end = wide + 4 * groups;
   int32_t c = c0;
   for (; c + 2 <= c1; c += 2) {
     const int8_t *w = g->weights + (size_t)c * k;
-    const int32_t *x = wide, *end = wide + 2 * groups;
+    const int32_t *x = wide;
     int32_t a00 = g->bias[c], a01 = g->bias[c + 1], a10 = a00, a11 = a01; /* a<row><channel> */
     if (two) {
-      for (; x != end; w += 4, x += 2) {
-        const uint32_t v0 = load4(w);
-        const int32_t v0e = EVEN(v0), v0o = ODD(v0);
-        a00 = __smlad(x[0], v0e, a00);
-        a00 = __smlad(x[1], v0o, a00);
-        a10 = __smlad(x[WIDE_STRIDE], v0e, a10);
-        a10 = __smlad(x[WIDE_STRIDE + 1], v0o, a10);
-        const uint32_t v1 = load4(w + k);
-        const int32_t v1e = EVEN(v1), v1o = ODD(v1);
-        a01 = __smlad(x[0], v1e, a01);
-        a01 = __smlad(x[1], v1o, a01);
-        a11 = __smlad(x[WIDE_STRIDE], v1e, a11);
-        a11 = __smlad(x[WIDE_STRIDE + 1], v1o, a11);
-      }
+      if (groups > 0) w = product_2x2(w, k, x, end, &a00, &a01, &a10, &a11);
       for (int32_t j = 0; j < rest; ++j) {
         a00 += w[j] * tail0[j];
         a01 += w[k + j] * tail0[j];
@@ -216,7 +244,7 @@ static void gemm_wide_block(const bisup_kernel_gemm *gemm, int two, int32_t c0, 
       acc1[c - c0] = a10;
       acc1[c - c0 + 1] = a11;
     } else {
-      for (; x != end; w += 4, x += 2) {
+      for (; x != end; w += 4, x += 4) {
         const uint32_t v0 = load4(w), v1 = load4(w + k);
         a00 = __smlad(x[0], EVEN(v0), a00);
         a00 = __smlad(x[1], ODD(v0), a00);
@@ -237,11 +265,11 @@ static void gemm_wide_block(const bisup_kernel_gemm *gemm, int two, int32_t c0, 
     for (int32_t n = 0; n < groups; ++n) {
       const uint32_t v0 = load4(w + 4 * n);
       const int32_t v0e = EVEN(v0), v0o = ODD(v0);
-      a00 = __smlad(wide[2 * n], v0e, a00);
-      a00 = __smlad(wide[2 * n + 1], v0o, a00);
+      a00 = __smlad(wide[4 * n], v0e, a00);
+      a00 = __smlad(wide[4 * n + 1], v0o, a00);
       if (two) {
-        a10 = __smlad(wide[WIDE_STRIDE + 2 * n], v0e, a10);
-        a10 = __smlad(wide[WIDE_STRIDE + 2 * n + 1], v0o, a10);
+        a10 = __smlad(wide[4 * n + 2], v0e, a10);
+        a10 = __smlad(wide[4 * n + 3], v0o, a10);
       }
     }
     for (int32_t j = 0; j < rest; ++j) {
@@ -279,10 +307,10 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
   for (int32_t n = 0; n < pixels; ++n) {
     const int32_t b = n / plane, oy = (n % plane) / out->width, ox = n % out->width;
     if (direct) {
-      widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k,
-            wide + pending * WIDE_STRIDE);
+      widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * pending,
+            wide_tail[pending]);
     } else {
-      widen_window(p, input, b, oy, ox, wide + pending * WIDE_STRIDE);
+      widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending]);
     }
     if (++pending == 2) {
       gemm_wide(&g, 1, output + (size_t)(n - 1) * out->depth, output + (size_t)n * out->depth);
