@@ -85,7 +85,12 @@ typedef struct {
   const int32_t *multiplier, *shift; /* [channels], or one entry when per_channel is 0 */
   int32_t per_channel;               /* 0 or 1 */
   int32_t output_offset, activation_min, activation_max;
+  int32_t right_shifts; /* 1: every shift <= 0 and no multiplier INT32_MIN (bisup_kernel_gemm_right_shifts) */
 } bisup_kernel_gemm;
+
+/* 1 when every multiplier of the layer is above INT32_MIN and every shift <= 0 (the requantization's
+ * short form applies); checked once per layer call (conv.c). */
+int32_t bisup_kernel_gemm_right_shifts(const int32_t *multiplier, const int32_t *shift, int32_t count);
 
 /* Rows row0 and row1 into out0 and out1; row1 (and out1) NULL: one row. */
 typedef void bisup_kernel_gemm_rows_fn(const bisup_kernel_gemm *g, const int8_t *row0, const int8_t *row1,

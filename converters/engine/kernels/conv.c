@@ -71,14 +71,36 @@ void bisup_kernel_gemm_rows(const bisup_kernel_gemm *g, const int8_t *row0, cons
   }
 }
 
+int32_t bisup_kernel_gemm_right_shifts(const int32_t *multiplier, const int32_t *shift, int32_t count) {
+  for (int32_t c = 0; c < count; ++c) {
+    if (multiplier[c] == INT32_MIN || shift[c] > 0) return 0;
+  }
+  return 1;
+}
+
+/* With right_shifts, mbqm_fast's short form: x * multiplier in one SMLAL (the rounding 2^30 as its start),
+ * then TFLM's rounding divide by 2^-shift; no branch. */
 void bisup_kernel_gemm_requantize(const bisup_kernel_gemm *g, const int32_t *acc, int32_t c0, int32_t c1,
                                   int8_t *out) {
   const int32_t step = g->per_channel, output_offset = g->output_offset;
   const int32_t lo = g->activation_min, hi = g->activation_max;
   const int32_t *multiplier = g->multiplier + c0 * step, *shift = g->shift + c0 * step;
+  out += c0;
+  if (g->right_shifts) {
+    for (int32_t n = 0; n < c1 - c0; ++n) {
+      const int32_t right = -shift[n * step];
+      const int32_t high = (int32_t)(((int64_t)acc[n] * multiplier[n * step] + ((int64_t)1 << 30)) >> 31);
+      const int32_t mask = (int32_t)((1u << right) - 1u);
+      const int32_t threshold = (mask >> 1) + (int32_t)((uint32_t)high >> 31);
+      int32_t v = (high >> right) + ((high & mask) > threshold) + output_offset;
+      v = v < lo ? lo : v;
+      out[n] = (int8_t)(v > hi ? hi : v);
+    }
+    return;
+  }
   for (int32_t n = 0; n < c1 - c0; ++n) {
     const int32_t v = mbqm_fast(acc[n], multiplier[n * step], (int)shift[n * step]) + output_offset;
-    out[c0 + n] = (int8_t)clamp32(v, lo, hi);
+    out[n] = (int8_t)clamp32(v, lo, hi);
   }
 }
 
@@ -118,7 +140,8 @@ int bisup_kernel_conv2d_gemm(const bisup_kernel_conv_params *p, const int8_t *in
   const bisup_kernel_gemm g = {.weights = p->filter, .k = k, .channels = out->depth, .bias = p->folded_bias,
                                .multiplier = p->multiplier, .shift = p->shift, .per_channel = 1,
                                .output_offset = p->output_offset, .activation_min = p->activation_min,
-                               .activation_max = p->activation_max};
+                               .activation_max = p->activation_max,
+                               .right_shifts = bisup_kernel_gemm_right_shifts(p->multiplier, p->shift, out->depth)};
   const int32_t plane = out->height * out->width, pixels = out->batches * plane;
   const int8_t *row[2] = {NULL, NULL};
   int32_t pending = 0;

@@ -301,7 +301,8 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
   const bisup_kernel_gemm g = {.weights = p->filter, .k = k, .channels = out->depth, .bias = p->folded_bias,
                                .multiplier = p->multiplier, .shift = p->shift, .per_channel = 1,
                                .output_offset = p->output_offset, .activation_min = p->activation_min,
-                               .activation_max = p->activation_max};
+                               .activation_max = p->activation_max,
+                               .right_shifts = bisup_kernel_gemm_right_shifts(p->multiplier, p->shift, out->depth)};
   const int32_t plane = out->height * out->width, pixels = out->batches * plane;
   int32_t pending = 0;
   for (int32_t n = 0; n < pixels; ++n) {

@@ -13,7 +13,9 @@ void bisup_kernel_fully_connected(const bisup_kernel_fully_connected_params *p, 
   const bisup_kernel_gemm g = {.weights = p->filter, .k = p->input_depth, .channels = p->output_depth,
                                .bias = p->bias, .multiplier = p->multiplier,
                                .shift = p->shift, .per_channel = p->per_channel, .output_offset = p->output_offset,
-                               .activation_min = p->activation_min, .activation_max = p->activation_max};
+                               .activation_min = p->activation_min, .activation_max = p->activation_max,
+                               .right_shifts = bisup_kernel_gemm_right_shifts(p->multiplier, p->shift,
+                                                                              p->per_channel ? p->output_depth : 1)};
   const size_t in_step = (size_t)p->input_depth, out_step = (size_t)p->output_depth;
   int32_t b = 0;
   for (; b + 2 <= p->batches; b += 2) {
