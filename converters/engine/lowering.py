@@ -170,6 +170,10 @@ class _Builder:
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
         sums = self.g.data(w).reshape(oc, -1).astype(np.int64).sum(axis=1)
         defs.append(_c_array("int32_t", f"{name}_filter_sums", sums))
+        # bias - zero_point * sum(w), wrapped to int32 as TFLM's int32 accumulator wraps (exact modulo 2^32)
+        folded = (self.g.data(bias).astype(np.int64) if bias is not None else np.zeros(oc, np.int64)) + \
+            -self.g.zero_point(x) * sums
+        defs.append(_c_array("int32_t", f"{name}_folded_bias", (folded + (1 << 31)) % (1 << 32) - (1 << 31)))
         params = _struct("bisup_kernel_conv_params", name, input=_shape_c(self.g.shape(x), where),
                          output=_shape_c(self.g.shape(y), where), filter_height=fh, filter_width=fw,
                          stride_height=o.strideH, stride_width=o.strideW, dilation_height=o.dilationHFactor,
@@ -177,7 +181,8 @@ class _Builder:
                          input_offset=-self.g.zero_point(x), output_offset=self.g.zero_point(y), activation_min=lo,
                          activation_max=hi, filter=f"{name}_filter",
                          bias=f"{name}_bias" if bias is not None else "NULL", multiplier=f"{name}_multiplier",
-                         shift=f"{name}_shift", filter_sums=f"{name}_filter_sums")
+                         shift=f"{name}_shift", filter_sums=f"{name}_filter_sums",
+                         folded_bias=f"{name}_folded_bias")
         if (out_h, out_w) != self.g.shape(y)[1:3]:
             raise EngineError(f"{where}: output shape {self.g.shape(y)} does not follow from the padding")
         return Step("CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],

@@ -127,6 +127,71 @@ int bisup_kernel_add_mve(const bisup_kernel_add_params *p, const int8_t *input1,
                          int32_t sign);
 #endif
 
+/* A matrix product with TFLM's requantization, the core of CONV_2D (1x1 convolutions directly on the input,
+ * the others on im2col columns) and FULLY_CONNECTED: out[c] = requantize(bias[c] + sum_i row[i] * weights[c][i])
+ * for c < channels, for one or two rows of k int8 values at a time (two rows share each weight load). The
+ * input offset is in bias (folded at export: bias + input_offset x sum(w), TFLM's sum as the same integer). */
+typedef struct {
+  const int8_t *weights; /* [channels][k] */
+  int32_t k, channels;
+  const int32_t *bias;               /* [channels], never NULL: the accumulators start from it */
+  const int32_t *multiplier, *shift; /* [channels], or one entry when per_channel is 0 */
+  int32_t per_channel;               /* 0 or 1 */
+  int32_t output_offset, activation_min, activation_max;
+  int32_t right_shifts; /* 1: every shift <= 0 and no multiplier INT32_MIN (bisup_kernel_gemm_right_shifts) */
+} bisup_kernel_gemm;
+
+/* 1 when every multiplier of the layer is above INT32_MIN and every shift <= 0 (the requantization's
+ * short form applies); checked once per layer call (conv.c). */
+int32_t bisup_kernel_gemm_right_shifts(const int32_t *multiplier, const int32_t *shift, int32_t count);
+
+/* Rows row0 and row1 into out0 and out1; row1 (and out1) NULL: one row. */
+typedef void bisup_kernel_gemm_rows_fn(const bisup_kernel_gemm *g, const int8_t *row0, const int8_t *row1,
+                                       int8_t *out0, int8_t *out1);
+bisup_kernel_gemm_rows_fn bisup_kernel_gemm_rows;     /* portable C (conv.c) */
+bisup_kernel_gemm_rows_fn bisup_kernel_gemm_rows_dsp; /* SMLAD (conv_dsp.c), when BISUP_KERNEL_DSP */
+
+/* mbqm, the same integer with fewer instructions: srdhm's (ab + nudge) / 2^31, nudge 2^30 for ab >= 0 and
+ * 1 - 2^30 below, truncated toward zero, is floor((ab + 2^30) / 2^31) for both signs (for ab < 0, truncation
+ * of a negative s is floor((s + 2^31 - 1) / 2^31)): one SMLAL and a shift. Only a == b == INT32_MIN
+ * saturates, which a multiplier the lowering computes (in [0, 2^31)) never is; it takes mbqm anyway. */
+static inline int32_t mbqm_fast(int32_t x, int32_t multiplier, int shift) {
+  if (multiplier == INT32_MIN) return mbqm(x, multiplier, shift);
+  const int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+  const int32_t scaled = (int32_t)((uint32_t)x << left); /* wraps as TFLM's int32 multiply does */
+  const int32_t high = (int32_t)(((int64_t)scaled * multiplier + ((int64_t)1 << 30)) >> 31);
+  return rdbp(high, right);
+}
+
+/* The products run over blocks of this many output channels, their sums kept on the stack (2 x 256 bytes),
+ * then requantized together (bisup_kernel_gemm_requantize: a tight loop, every parameter in a register). */
+#define BISUP_KERNEL_GEMM_BLOCK 64
+
+/* out[c] for c0 <= c < c1 from acc[c - c0] (conv.c). */
+void bisup_kernel_gemm_requantize(const bisup_kernel_gemm *g, const int32_t *acc, int32_t c0, int32_t c1,
+                                  int8_t *out);
+
+/* The im2col scratch (conv.c): two columns of filter_height x filter_width x input depth int8 values. */
+#ifndef BISUP_KERNEL_CONV_COLUMN_MAX
+#define BISUP_KERNEL_CONV_COLUMN_MAX 1152 /* 3x3 on 128 channels; 2 columns: 2304 bytes of static RAM */
+#endif
+extern int8_t bisup_kernel_conv_columns[2][BISUP_KERNEL_CONV_COLUMN_MAX];
+
+/* Output pixel (b, oy, ox)'s im2col column: [filter_height][filter_width][depth]; taps outside the input hold
+ * the input zero point (-input_offset), whose x + input_offset is 0, as TFLM skips them. */
+void bisup_kernel_conv_im2col(const bisup_kernel_conv_params *p, const int8_t *input, int32_t b, int32_t oy,
+                              int32_t ox, int8_t *col);
+
+/* CONV_2D as a matrix product over output pixels (conv.c): returns 0, computing nothing, for a filter whose
+ * im2col column would not fit BISUP_KERNEL_CONV_COLUMN_MAX bytes. */
+int bisup_kernel_conv2d_gemm(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output,
+                             bisup_kernel_gemm_rows_fn *rows);
+
+/* The DSP variants (conv_dsp.c, fully_connected_dsp.c): 0 for a shape they do not cover. */
+int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output);
+int bisup_kernel_fully_connected_dsp(const bisup_kernel_fully_connected_params *p, const int8_t *input,
+                                     int8_t *output);
+
 /* gemmlowp fixed point for the softmax family and the logistic (fixedpoint.c). */
 int32_t bisup_kernel_saturating_shift_left(int32_t x, int exponent);
 int32_t bisup_kernel_exp_on_negative_values(int32_t a, int integer_bits);

@@ -44,6 +44,9 @@ typedef struct {
   const int32_t *bias; /* may be NULL */
   const int32_t *multiplier, *shift; /* one per output channel */
   const int32_t *filter_sums; /* per output channel: windows inside the input add input_offset x this */
+  /* per output channel, bias + input_offset x filter_sums (modulo 2^32, as int32 sums wrap): the paths
+   * that give padding taps the input zero point (x + input_offset = 0) add only this to sum(w * x) */
+  const int32_t *folded_bias;
 } bisup_kernel_conv_params;
 
 typedef struct {

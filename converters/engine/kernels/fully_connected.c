@@ -1,23 +1,29 @@
-/* bisup int8 kernels: FULLY_CONNECTED (see bisup_kernels.h). */
+/* bisup int8 kernels: FULLY_CONNECTED (see bisup_kernels.h).
+ *
+ * The ISA variants first (fully_connected_mve.c on the Cortex-M55, fully_connected_dsp.c on M4/M7/M33); otherwise the portable matrix product
+ * (bisup_kernel_gemm_rows, conv.c): two batch rows x two output channels per pass, any shape. The input
+ * offset is folded into the bias at export (bias + input_offset x sum(w): TFLM's sum as the same integer).
+ */
 #include "bisup_kernel_internal.h"
 
 void bisup_kernel_fully_connected(const bisup_kernel_fully_connected_params *p, const int8_t *input, int8_t *output) {
 #if BISUP_KERNEL_MVE
   if (bisup_kernel_fully_connected_mve(p, input, output)) return;
 #endif
-  for (int32_t b = 0; b < p->batches; ++b) {
-    const int8_t *row = input + (size_t)b * p->input_depth;
-    for (int32_t oc = 0; oc < p->output_depth; ++oc) {
-      const int8_t *weights = p->filter + (size_t)oc * p->input_depth;
-      int32_t acc = p->bias[oc], i = 0; /* the input offset is folded into the bias */
-      for (; i + 4 <= p->input_depth; i += 4) {
-        acc += weights[i] * row[i] + weights[i + 1] * row[i + 1] + weights[i + 2] * row[i + 2] +
-               weights[i + 3] * row[i + 3];
-      }
-      for (; i < p->input_depth; ++i) acc += weights[i] * row[i];
-      const int32_t k = p->per_channel ? oc : 0;
-      output[(size_t)b * p->output_depth + oc] =
-          requantize(acc, p->multiplier[k], p->shift[k], p->output_offset, p->activation_min, p->activation_max);
-    }
+#if BISUP_KERNEL_DSP
+  if (bisup_kernel_fully_connected_dsp(p, input, output)) return;
+#endif
+  const bisup_kernel_gemm g = {.weights = p->filter, .k = p->input_depth, .channels = p->output_depth,
+                               .bias = p->bias, .multiplier = p->multiplier,
+                               .shift = p->shift, .per_channel = p->per_channel, .output_offset = p->output_offset,
+                               .activation_min = p->activation_min, .activation_max = p->activation_max,
+                               .right_shifts = bisup_kernel_gemm_right_shifts(p->multiplier, p->shift,
+                                                                              p->per_channel ? p->output_depth : 1)};
+  const size_t in_step = (size_t)p->input_depth, out_step = (size_t)p->output_depth;
+  int32_t b = 0;
+  for (; b + 2 <= p->batches; b += 2) {
+    bisup_kernel_gemm_rows(&g, input + b * in_step, input + (b + 1) * in_step, output + b * out_step,
+                           output + (b + 1) * out_step);
   }
+  if (b < p->batches) bisup_kernel_gemm_rows(&g, input + b * in_step, NULL, output + b * out_step, NULL);
 }

@@ -1,0 +1,326 @@
+/* bisup int8 kernels: CONV_2D with the Cortex-M DSP extension (ARMv7E-M, ARMv8-M Mainline: M4, M7, M33).
+ *
+ * Paths, by the im2col column length k = filter_height x filter_width x input depth:
+ * - k <= BISUP_KERNEL_CONV_DSP_COLUMN_MAX (768; two widened columns, interleaved: 3 KB of static RAM), any filter,
+ *   stride, dilation, padding, batch: two output pixels at a time, each pixel's int8 values (the input
+ *   pixel itself for a 1x1 filter without padding, else its im2col column from conv.c, where padding taps
+ *   hold the input zero point) are widened once to int16, in pairs (x0, x2), (x1, x3) per group of four
+ *   (SXTB16 of the word and of the word rotated by 8). The weights are split the same way, so each SMLAD
+ *   adds two products: two weight loads, four SXTB16, four column loads and eight SMLAD for 16
+ *   multiply-accumulates (two pixels x two output channels).
+ * - else a 1x1 filter without padding, or k <= BISUP_KERNEL_CONV_COLUMN_MAX: the int8 x int8 product
+ *   bisup_kernel_gemm_rows_dsp (SXTB16 on both operands, no scratch beyond the int8 im2col).
+ * - else 0: the portable kernel runs it.
+ * The accumulators start from folded_bias = bias + input_offset x sum(w), so each output is TFLM's
+ * sum(w * (x + input_offset)) + bias as the same integer (SMLAD's sum wraps exactly as int32 addition),
+ * then TFLM's requantization.
+ *
+ * bisup_kernel_gemm_rows_dsp is also FULLY_CONNECTED's: four int8 of a row and of a weight row are read with
+ * one unaligned 32-bit load each (memcpy: LDR on these cores); SXTB16 splits each word into its even bytes
+ * (0, 2) and, rotated by 8, its odd bytes (1, 3) as two int16 pairs, and SMLAD adds both products of a pair
+ * to an accumulator; a k not a multiple of 4 finishes value by value.
+ */
+#include "bisup_kernel_internal.h"
+
+#if BISUP_KERNEL_DSP
+#include <arm_acle.h>
+#include <string.h>
+
+static inline uint32_t load4(const int8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* The odd bytes: SXTB16 with its own rotation (GCC 12 does not fold __sxtb16(rotate) into one instruction). */
+static inline int32_t odd_bytes(uint32_t v) {
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+
+#define EVEN(v) __sxtb16(v)
+#define ODD(v) odd_bytes(v)
+
+static void gemm_block(const bisup_kernel_gemm *gemm, const int8_t *row0, const int8_t *row1, int32_t c0, int32_t c1,
+                       int32_t *acc0, int32_t *acc1) {
+  const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the sums' stores cannot alias it */
+  const int32_t k = g->k, k4 = k & ~3;
+  int32_t c = c0;
+  for (; c + 2 <= c1; c += 2) {
+    const int8_t *w0 = g->weights + (size_t)c * k, *w1 = w0 + k;
+    int32_t a00 = g->bias[c], a01 = g->bias[c + 1], a10 = a00, a11 = a01, i = 0; /* a<row><channel> */
+    if (row1) {
+      const int8_t *p0 = row0, *p1 = row1, *q0 = w0, *q1 = w1;
+      for (int32_t n = k4 >> 2; n > 0; --n, p0 += 4, p1 += 4, q0 += 4, q1 += 4) {
+        const uint32_t v0 = load4(q0), v1 = load4(q1), x0 = load4(p0), x1 = load4(p1);
+        const int32_t v0e = EVEN(v0), v0o = ODD(v0), v1e = EVEN(v1), v1o = ODD(v1);
+        const int32_t x0e = EVEN(x0), x0o = ODD(x0), x1e = EVEN(x1), x1o = ODD(x1);
+        a00 = __smlad(x0e, v0e, a00);
+        a00 = __smlad(x0o, v0o, a00);
+        a01 = __smlad(x0e, v1e, a01);
+        a01 = __smlad(x0o, v1o, a01);
+        a10 = __smlad(x1e, v0e, a10);
+        a10 = __smlad(x1o, v0o, a10);
+        a11 = __smlad(x1e, v1e, a11);
+        a11 = __smlad(x1o, v1o, a11);
+      }
+      i = k4;
+      for (; i < k; ++i) {
+        a00 += row0[i] * w0[i];
+        a01 += row0[i] * w1[i];
+        a10 += row1[i] * w0[i];
+        a11 += row1[i] * w1[i];
+      }
+      acc1[c - c0] = a10;
+      acc1[c - c0 + 1] = a11;
+    } else {
+      for (; i < k4; i += 4) {
+        const uint32_t v0 = load4(w0 + i), v1 = load4(w1 + i), x0 = load4(row0 + i);
+        const int32_t x0e = EVEN(x0), x0o = ODD(x0);
+        a00 = __smlad(x0e, EVEN(v0), a00);
+        a00 = __smlad(x0o, ODD(v0), a00);
+        a01 = __smlad(x0e, EVEN(v1), a01);
+        a01 = __smlad(x0o, ODD(v1), a01);
+      }
+      for (; i < k; ++i) {
+        a00 += row0[i] * w0[i];
+        a01 += row0[i] * w1[i];
+      }
+    }
+    acc0[c - c0] = a00;
+    acc0[c - c0 + 1] = a01;
+  }
+  if (c < c1) {
+    const int8_t *w0 = g->weights + (size_t)c * k;
+    int32_t a00 = g->bias[c], a10 = a00, i = 0;
+    for (; i < k4; i += 4) {
+      const uint32_t v0 = load4(w0 + i), x0 = load4(row0 + i);
+      const int32_t v0e = EVEN(v0), v0o = ODD(v0);
+      a00 = __smlad(EVEN(x0), v0e, a00);
+      a00 = __smlad(ODD(x0), v0o, a00);
+      if (row1) {
+        const uint32_t x1 = load4(row1 + i);
+        a10 = __smlad(EVEN(x1), v0e, a10);
+        a10 = __smlad(ODD(x1), v0o, a10);
+      }
+    }
+    for (; i < k; ++i) {
+      a00 += row0[i] * w0[i];
+      if (row1) a10 += row1[i] * w0[i];
+    }
+    acc0[c - c0] = a00;
+    if (row1) acc1[c - c0] = a10;
+  }
+}
+
+void bisup_kernel_gemm_rows_dsp(const bisup_kernel_gemm *g, const int8_t *row0, const int8_t *row1, int8_t *out0,
+                                int8_t *out1) {
+  int32_t acc0[BISUP_KERNEL_GEMM_BLOCK], acc1[BISUP_KERNEL_GEMM_BLOCK];
+  for (int32_t c0 = 0; c0 < g->channels; c0 += BISUP_KERNEL_GEMM_BLOCK) {
+    const int32_t c1 = g->channels - c0 < BISUP_KERNEL_GEMM_BLOCK ? g->channels : c0 + BISUP_KERNEL_GEMM_BLOCK;
+    gemm_block(g, row0, row1, c0, c1, acc0, acc1);
+    bisup_kernel_gemm_requantize(g, acc0, c0, c1, out0);
+    if (row1) bisup_kernel_gemm_requantize(g, acc1, c0, c1, out1);
+  }
+}
+
+#ifndef BISUP_KERNEL_CONV_DSP_COLUMN_MAX
+#define BISUP_KERNEL_CONV_DSP_COLUMN_MAX 768 /* two columns of int16: 3 KB */
+#endif
+
+/* Two output pixels' widened columns, interleaved: for each group of four values, pixel 0's pairs
+ * (x0, x2), (x1, x3), then pixel 1's, so that one pointer and two LDRD read both; the k % 4 last values of
+ * each pixel apart. */
+static int32_t wide[2 * (BISUP_KERNEL_CONV_DSP_COLUMN_MAX / 2)];
+static int32_t wide_tail[2][3];
+
+/* k int8 values into the pairs of one pixel (every fourth word pair from dst), the k % 4 last into tail. */
+static void widen(const int8_t *x, int32_t k, int32_t *dst, int32_t *tail) {
+  int32_t i = 0;
+  for (; i + 4 <= k; i += 4, dst += 4) {
+    const uint32_t v = load4(x + i);
+    dst[0] = EVEN(v);
+    dst[1] = ODD(v);
+  }
+  for (int32_t j = 0; i < k; ++i, ++j) tail[j] = x[i];
+}
+
+/* Output pixel (b, oy, ox)'s widened im2col column, straight from the input where every segment (a filter
+ * row inside the input, or a tap) is a multiple of 4 values, so that the groups of four never straddle two
+ * segments; through the int8 im2col (conv.c) otherwise. Padding taps widen the input zero point. */
+static void widen_window(const bisup_kernel_conv_params *p, const int8_t *input, int32_t b, int32_t oy, int32_t ox,
+                         int32_t *dst, int32_t *tail) {
+  const bisup_kernel_shape *in = &p->input;
+  const int32_t depth = in->depth, row_bytes = p->filter_width * depth;
+  const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+  const int inside_x = x0 >= 0 && x0 + (p->filter_width - 1) * p->dilation_width < in->width;
+  const int rows_whole = p->dilation_width == 1 && inside_x && (row_bytes & 3) == 0;
+  if (!rows_whole && (depth & 3) != 0) {
+    bisup_kernel_conv_im2col(p, input, b, oy, ox, bisup_kernel_conv_columns[0]);
+    widen(bisup_kernel_conv_columns[0], p->filter_height * row_bytes, dst, tail);
+    return;
+  }
+  const int32_t zero_points = EVEN((uint32_t)(uint8_t)(-p->input_offset) * 0x01010101u);
+  for (int32_t fy = 0; fy < p->filter_height; ++fy) {
+    const int32_t y = y0 + fy * p->dilation_height;
+    if (y < 0 || y >= in->height) {
+      for (int32_t n = row_bytes >> 2; n > 0; --n, dst += 4) dst[0] = dst[1] = zero_points;
+    } else if (rows_whole) {
+      widen(input + offset4(in, b, y, x0, 0), row_bytes, dst, tail);
+      dst += row_bytes;
+    } else {
+      for (int32_t fx = 0; fx < p->filter_width; ++fx) {
+        const int32_t x = x0 + fx * p->dilation_width;
+        if (x < 0 || x >= in->width) {
+          for (int32_t n = depth >> 2; n > 0; --n, dst += 4) dst[0] = dst[1] = zero_points;
+        } else {
+          widen(input + offset4(in, b, y, x, 0), depth, dst, tail);
+          dst += depth;
+        }
+      }
+    }
+  }
+}
+
+/* wide's first column (and, when two, its second) times every output channel's weights, requantized. */
+/* The 2 x 2 inner loop (GCC lays its C out with a spilled register: 23 instructions; this is 19): for each
+ * group of four values, channel c's and c + 1's weight words (w, w + k), split by SXTB16 into even and odd
+ * pairs, times both pixels' widened pairs (x[0], x[1] and x[2], x[3]), eight SMLAD. Twelve registers; x and
+ * the widened columns are word-aligned (LDRD), the weights need not be (LDR). Runs at least one group;
+ * returns w past the groups. */
+static inline const int8_t *product_2x2(const int8_t *w, int32_t k, const int32_t *x, const int32_t *end,
+                                        int32_t *a00, int32_t *a01, int32_t *a10, int32_t *a11) {
+  int32_t s00 = *a00, s01 = *a01, s10 = *a10, s11 = *a11, e, o, xe, xo;
+  __asm__("1:\n\t"
+          "ldr    %[e], [%[w], %[k]]\n\t"
+          "sxtb16 %[o], %[e], ror #8\n\t"
+          "sxtb16 %[e], %[e]\n\t"
+          "ldrd   %[xe], %[xo], [%[x], #8]\n\t"
+          "smlad  %[s11], %[xe], %[e], %[s11]\n\t"
+          "smlad  %[s11], %[xo], %[o], %[s11]\n\t"
+          "ldrd   %[xe], %[xo], [%[x]], #16\n\t"
+          "smlad  %[s01], %[xe], %[e], %[s01]\n\t"
+          "smlad  %[s01], %[xo], %[o], %[s01]\n\t"
+          "ldr    %[e], [%[w]], #4\n\t"
+          "sxtb16 %[o], %[e], ror #8\n\t"
+          "sxtb16 %[e], %[e]\n\t"
+          "smlad  %[s00], %[xe], %[e], %[s00]\n\t"
+          "smlad  %[s00], %[xo], %[o], %[s00]\n\t"
+          "ldrd   %[xe], %[xo], [%[x], #-8]\n\t"
+          "smlad  %[s10], %[xe], %[e], %[s10]\n\t"
+          "smlad  %[s10], %[xo], %[o], %[s10]\n\t"
+          "cmp    %[x], %[end]\n\t"
+          "bne    1b"
+          : [s00] "+r"(s00), [s01] "+r"(s01), [s10] "+r"(s10), [s11] "+r"(s11), [w] "+r"(w), [x] "+r"(x),
+            [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe), [xo] "=&r"(xo)
+          : [k] "r"(k), [end] "r"(end)
+          : "cc", "memory");
+  *a00 = s00;
+  *a01 = s01;
+  *a10 = s10;
+  *a11 = s11;
+  return w;
+}
+
+static void gemm_wide_block(const bisup_kernel_gemm *gemm, int two, int32_t c0, int32_t c1, int32_t *acc0,
+                            int32_t *acc1) {
+  const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the sums' stores cannot alias it */
+  const int32_t k = g->k, groups = k >> 2, rest = k & 3;
+  const int32_t *tail0 = wide_tail[0], *tail1 = wide_tail[1], *end = wide + 4 * groups;
+  int32_t c = c0;
+  for (; c + 2 <= c1; c += 2) {
+    const int8_t *w = g->weights + (size_t)c * k;
+    const int32_t *x = wide;
+    int32_t a00 = g->bias[c], a01 = g->bias[c + 1], a10 = a00, a11 = a01; /* a<row><channel> */
+    if (two) {
+      if (groups > 0) w = product_2x2(w, k, x, end, &a00, &a01, &a10, &a11);
+      for (int32_t j = 0; j < rest; ++j) {
+        a00 += w[j] * tail0[j];
+        a01 += w[k + j] * tail0[j];
+        a10 += w[j] * tail1[j];
+        a11 += w[k + j] * tail1[j];
+      }
+      acc1[c - c0] = a10;
+      acc1[c - c0 + 1] = a11;
+    } else {
+      for (; x != end; w += 4, x += 4) {
+        const uint32_t v0 = load4(w), v1 = load4(w + k);
+        a00 = __smlad(x[0], EVEN(v0), a00);
+        a00 = __smlad(x[1], ODD(v0), a00);
+        a01 = __smlad(x[0], EVEN(v1), a01);
+        a01 = __smlad(x[1], ODD(v1), a01);
+      }
+      for (int32_t j = 0; j < rest; ++j) {
+        a00 += w[j] * tail0[j];
+        a01 += w[k + j] * tail0[j];
+      }
+    }
+    acc0[c - c0] = a00;
+    acc0[c - c0 + 1] = a01;
+  }
+  if (c < c1) {
+    const int8_t *w = g->weights + (size_t)c * k;
+    int32_t a00 = g->bias[c], a10 = a00;
+    for (int32_t n = 0; n < groups; ++n) {
+      const uint32_t v0 = load4(w + 4 * n);
+      const int32_t v0e = EVEN(v0), v0o = ODD(v0);
+      a00 = __smlad(wide[4 * n], v0e, a00);
+      a00 = __smlad(wide[4 * n + 1], v0o, a00);
+      if (two) {
+        a10 = __smlad(wide[4 * n + 2], v0e, a10);
+        a10 = __smlad(wide[4 * n + 3], v0o, a10);
+      }
+    }
+    for (int32_t j = 0; j < rest; ++j) {
+      a00 += w[4 * groups + j] * tail0[j];
+      if (two) a10 += w[4 * groups + j] * tail1[j];
+    }
+    acc0[c - c0] = a00;
+    if (two) acc1[c - c0] = a10;
+  }
+}
+
+static void gemm_wide(const bisup_kernel_gemm *g, int two, int8_t *out0, int8_t *out1) {
+  int32_t acc0[BISUP_KERNEL_GEMM_BLOCK], acc1[BISUP_KERNEL_GEMM_BLOCK];
+  for (int32_t c0 = 0; c0 < g->channels; c0 += BISUP_KERNEL_GEMM_BLOCK) {
+    const int32_t c1 = g->channels - c0 < BISUP_KERNEL_GEMM_BLOCK ? g->channels : c0 + BISUP_KERNEL_GEMM_BLOCK;
+    gemm_wide_block(g, two, c0, c1, acc0, acc1);
+    bisup_kernel_gemm_requantize(g, acc0, c0, c1, out0);
+    if (two) bisup_kernel_gemm_requantize(g, acc1, c0, c1, out1);
+  }
+}
+
+int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output) {
+  const bisup_kernel_shape *out = &p->output;
+  const int32_t k = p->filter_height * p->filter_width * p->input.depth;
+  const int direct = p->filter_height == 1 && p->filter_width == 1 && p->pad_height == 0 && p->pad_width == 0;
+  if (k > BISUP_KERNEL_CONV_DSP_COLUMN_MAX || (!direct && k > BISUP_KERNEL_CONV_COLUMN_MAX)) {
+    return bisup_kernel_conv2d_gemm(p, input, output, bisup_kernel_gemm_rows_dsp);
+  }
+  const bisup_kernel_gemm g = {.weights = p->filter, .k = k, .channels = out->depth, .bias = p->folded_bias,
+                               .multiplier = p->multiplier, .shift = p->shift, .per_channel = 1,
+                               .output_offset = p->output_offset, .activation_min = p->activation_min,
+                               .activation_max = p->activation_max,
+                               .right_shifts = bisup_kernel_gemm_right_shifts(p->multiplier, p->shift, out->depth)};
+  const int32_t plane = out->height * out->width, pixels = out->batches * plane;
+  int32_t pending = 0;
+  for (int32_t n = 0; n < pixels; ++n) {
+    const int32_t b = n / plane, oy = (n % plane) / out->width, ox = n % out->width;
+    if (direct) {
+      widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * pending,
+            wide_tail[pending]);
+    } else {
+      widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending]);
+    }
+    if (++pending == 2) {
+      gemm_wide(&g, 1, output + (size_t)(n - 1) * out->depth, output + (size_t)n * out->depth);
+      pending = 0;
+    }
+  }
+  if (pending) gemm_wide(&g, 0, output + (size_t)(pixels - 1) * out->depth, NULL);
+  return 1;
+}
+#else
+typedef int bisup_kernel_conv_dsp_unused; /* ISO C forbids an empty translation unit */
+#endif
