@@ -192,6 +192,10 @@ class _Builder:
         out_w, pad_w = same_or_valid(o.padding, o.strideW, o.dilationWFactor, wd, fw)
         defs, _ = self.requant(name, x, w, y, bias, where, channels=oc)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
+        # bias + input_offset x sum(taps), per channel, wrapped to int32 as the kernels' uint32 sums wrap
+        sums = self.g.data(w).reshape(-1, oc).astype(np.int64).sum(axis=0)
+        folded = (self.g.data(bias).astype(np.int64) if bias is not None else 0) - self.g.zero_point(x) * sums
+        defs.append(_c_array("int32_t", f"{name}_interior_bias", (folded + (1 << 31)) % (1 << 32) - (1 << 31)))
         params = _struct("bisup_kernel_depthwise_params", name, input=_shape_c(self.g.shape(x), where),
                          output=_shape_c(self.g.shape(y), where), filter_height=fh, filter_width=fw,
                          depth_multiplier=oc // c, stride_height=o.strideH, stride_width=o.strideW,
@@ -199,7 +203,7 @@ class _Builder:
                          pad_width=pad_w, input_offset=-self.g.zero_point(x), output_offset=self.g.zero_point(y),
                          activation_min=lo, activation_max=hi, filter=f"{name}_filter",
                          bias=f"{name}_bias" if bias is not None else "NULL", multiplier=f"{name}_multiplier",
-                         shift=f"{name}_shift")
+                         shift=f"{name}_shift", interior_bias=f"{name}_interior_bias")
         return Step("DEPTHWISE_CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
                     f"bisup_kernel_depthwise_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw,
                     parameters=fh * fw * oc + (oc if bias is not None else 0))

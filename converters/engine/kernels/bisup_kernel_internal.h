@@ -74,6 +74,34 @@ static inline int32_t broadcast_offset(const bisup_kernel_shape *s, int32_t b, i
 
 static inline int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
 
+/* mbqm in fewer instructions, equal to it for every multiplier but INT32_MIN (quantize_multiplier's are 0 or in
+ * [2^30, 2^31)) and right shifts up to 31 (it returns none larger). srdhm's nudge-then-truncate is one rounding
+ * shift of the 64-bit product for either sign: for ab < 0, C's truncation of (ab + 1 - 2^30) / 2^31 is
+ * floor((ab + 2^30) / 2^31); and ab + 2^30 cannot overflow int64. rdbp's mask is taken in 32 bits. */
+static inline int32_t mbqm_fast(int32_t x, int32_t multiplier, int32_t shift) {
+  const int32_t scaled = shift > 0 ? (int32_t)((uint32_t)x << shift) : x;
+  const int32_t high = (int32_t)(((int64_t)scaled * multiplier + ((int64_t)1 << 30)) >> 31);
+  const int exponent = shift > 0 ? 0 : (int)-shift;
+  const int32_t mask = (int32_t)((1u << exponent) - 1u);
+  const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
+  return (high >> exponent) + ((high & mask) > threshold ? 1 : 0);
+}
+
+static inline int8_t requantize_fast(int32_t acc, int32_t multiplier, int32_t shift, int32_t output_offset,
+                                     int32_t lo, int32_t hi) {
+  return (int8_t)clamp32(mbqm_fast(acc, multiplier, shift) + output_offset, lo, hi);
+}
+
+/* DEPTHWISE_CONV_2D (depthwise_conv.c): one output pixel, every channel, any shape, taps outside the input
+ * skipped as TFLM's padding does; the ISA variants run their border pixels with it. */
+void bisup_kernel_depthwise_pixel(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output,
+                                  int32_t b, int32_t oy, int32_t ox);
+/* The output rows (or columns) [*lo, *hi) whose every tap lies inside the input. */
+void bisup_kernel_interior_range(int32_t out_n, int32_t stride, int32_t pad, int32_t dilation, int32_t filter,
+                                 int32_t in_n, int32_t *lo, int32_t *hi);
+/* The DSP variant (depthwise_conv_dsp.c): 1 when it ran the op, 0 for a shape it does not cover. */
+int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output);
+
 /* gemmlowp fixed point for the softmax family and the logistic (fixedpoint.c). */
 int32_t bisup_kernel_saturating_shift_left(int32_t x, int exponent);
 int32_t bisup_kernel_exp_on_negative_values(int32_t a, int integer_bits);

@@ -54,6 +54,9 @@ typedef struct {
   const int8_t *filter; /* [1][filter_height][filter_width][output depth] */
   const int32_t *bias;
   const int32_t *multiplier, *shift;
+  /* Per output channel, bias + input_offset x the sum of the channel's taps (wrapped to int32): the accumulator's
+   * start for a window wholly inside the input. May be NULL (then every pixel takes the general path). */
+  const int32_t *interior_bias;
 } bisup_kernel_depthwise_params;
 
 typedef struct {
