@@ -77,14 +77,17 @@ static inline int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uin
 /* mbqm in fewer instructions, equal to it for every multiplier but INT32_MIN (quantize_multiplier's are 0 or in
  * [2^30, 2^31)) and right shifts up to 31 (it returns none larger). srdhm's nudge-then-truncate is one rounding
  * shift of the 64-bit product for either sign: for ab < 0, C's truncation of (ab + 1 - 2^30) / 2^31 is
- * floor((ab + 2^30) / 2^31); and ab + 2^30 cannot overflow int64. rdbp's mask is taken in 32 bits. */
+ * floor((ab + 2^30) / 2^31) (and ab + 2^30 cannot overflow int64), so |high| <= 2^31 - 2. rdbp by e >= 1, half
+ * away from zero, is floor((h - [h < 0] + 2^(e-1)) / 2^e) = (((h - [h < 0]) >> (e - 1)) + 1) >> 1 (nested floors),
+ * which cannot overflow for such h. */
 static inline int32_t mbqm_fast(int32_t x, int32_t multiplier, int32_t shift) {
-  const int32_t scaled = shift > 0 ? (int32_t)((uint32_t)x << shift) : x;
-  const int32_t high = (int32_t)(((int64_t)scaled * multiplier + ((int64_t)1 << 30)) >> 31);
-  const int exponent = shift > 0 ? 0 : (int)-shift;
-  const int32_t mask = (int32_t)((1u << exponent) - 1u);
-  const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
-  return (high >> exponent) + ((high & mask) > threshold ? 1 : 0);
+  if (shift >= 0) {
+    const int32_t scaled = (int32_t)((uint32_t)x << shift); /* wraps as TFLM's int32 multiply does */
+    return (int32_t)(((int64_t)scaled * multiplier + ((int64_t)1 << 30)) >> 31);
+  }
+  int32_t high = (int32_t)(((int64_t)x * multiplier + ((int64_t)1 << 30)) >> 31);
+  high += high >> 31; /* h - [h < 0] */
+  return ((high >> (-shift - 1)) + 1) >> 1;
 }
 
 static inline int8_t requantize_fast(int32_t acc, int32_t multiplier, int32_t shift, int32_t output_offset,
@@ -96,6 +99,12 @@ static inline int8_t requantize_fast(int32_t acc, int32_t multiplier, int32_t sh
  * skipped as TFLM's padding does; the ISA variants run their border pixels with it. */
 void bisup_kernel_depthwise_pixel(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output,
                                   int32_t b, int32_t oy, int32_t ox);
+/* The taps of output pixel (b, oy, ox), depth multiplier 1: src[t] points at tap t's input pixel (channel 0) and
+ * mask[t] is ~0, or, for a tap outside the input, src[t] points at `zero_point` (the input's zero point, at least
+ * 4 bytes of it) and mask[t] is 0: read channel c at src[t] + (c & mask[t]). Such a tap adds w x (zp + offset) = 0
+ * to a window that starts from interior_bias, so every pixel sums as an interior one. */
+void bisup_kernel_depthwise_taps(const bisup_kernel_depthwise_params *p, const int8_t *input, int32_t b, int32_t oy,
+                                 int32_t ox, const int8_t *zero_point, const int8_t **src, int32_t *mask);
 /* The output rows (or columns) [*lo, *hi) whose every tap lies inside the input. */
 void bisup_kernel_interior_range(int32_t out_n, int32_t stride, int32_t pad, int32_t dilation, int32_t filter,
                                  int32_t in_n, int32_t *lo, int32_t *hi);

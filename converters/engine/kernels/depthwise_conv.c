@@ -4,17 +4,17 @@
  * Paths, tried in order (each gives TFLM's bytes; the int32 sums are TFLM's, the requantization is TFLM's):
  *  - an ISA variant (depthwise_conv_dsp.c on the Cortex-M DSP extension) when it covers the shape;
  *  - depth multiplier 1, at most BISUP_DW_MAX_TAPS filter taps, interior_bias given (the generator always gives
- *    it): output pixels outside, channels inside, four channels per pass. A pixel whose every tap lies inside the
- *    input (an interior pixel) starts from interior_bias = bias + input_offset x sum(taps), so its taps need no
- *    offset and no bounds check: sum(w * (x + off)) = sum(w * x) + off * sum(w). Any stride, dilation, padding,
- *    filter size and channel count (the last depth % 4 channels one at a time);
- *  - everything else (depth multiplier > 1, border pixels, larger filters): the general per-pixel path, taps
- *    outside the input skipped as TFLM's padding does.
- * No scratch memory: the tap offsets live in a BISUP_DW_MAX_TAPS-entry array on the stack.
+ *    it): output pixels outside, channels inside, four channels per pass. Every pixel starts from interior_bias =
+ *    bias + input_offset x sum(taps), so its taps need no offset: sum(w * (x + off)) = sum(w * x) + off * sum(w);
+ *    a tap outside the input (padding) reads the input's zero point instead, which adds w * (zp + off) = 0. Any
+ *    stride, dilation, padding, filter size and channel count (the last depth % 4 channels one at a time);
+ *  - everything else (depth multiplier > 1, larger filters): the general per-pixel path, taps outside the input
+ *    skipped as TFLM's padding does.
+ * No scratch memory beyond BISUP_DW_MAX_TAPS tap pointers and masks on the stack.
  */
 #include "bisup_kernel_internal.h"
 
-#define BISUP_DW_MAX_TAPS 25 /* 5 x 5: the portable fast path's tap offsets, 100 bytes of stack */
+#define BISUP_DW_MAX_TAPS 25 /* 5 x 5: the fast path's tap pointers and masks, 200 bytes of stack */
 
 void bisup_kernel_depthwise_pixel(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output,
                                   int32_t b, int32_t oy, int32_t ox) {
@@ -51,17 +51,32 @@ void bisup_kernel_interior_range(int32_t out_n, int32_t stride, int32_t pad, int
   *hi = z;
 }
 
-/* One interior pixel, depth multiplier 1: `x` points at its window's first tap (channel 0), `offsets` holds each
- * tap's distance from it. */
-static void interior_pixel(const bisup_kernel_depthwise_params *p, const int8_t *x, int8_t *o,
-                           const int32_t *offsets, int32_t taps) {
+void bisup_kernel_depthwise_taps(const bisup_kernel_depthwise_params *p, const int8_t *input, int32_t b, int32_t oy,
+                                 int32_t ox, const int8_t *zero_point, const int8_t **src, int32_t *mask) {
+  const bisup_kernel_shape *in = &p->input;
+  const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+  int32_t t = 0;
+  for (int32_t fy = 0; fy < p->filter_height; ++fy) {
+    const int32_t iy = y0 + fy * p->dilation_height;
+    for (int32_t fx = 0; fx < p->filter_width; ++fx, ++t) {
+      const int32_t ix = x0 + fx * p->dilation_width;
+      const int inside = iy >= 0 && iy < in->height && ix >= 0 && ix < in->width;
+      src[t] = inside ? input + offset4(in, b, iy, ix, 0) : zero_point;
+      mask[t] = inside ? ~0 : 0;
+    }
+  }
+}
+
+/* One output pixel, depth multiplier 1, from its taps (bisup_kernel_depthwise_taps). */
+static void pixel(const bisup_kernel_depthwise_params *p, int8_t *o, const int8_t *const *src, const int32_t *mask,
+                  int32_t taps) {
   const int32_t depth = p->output.depth, off = p->output_offset, lo = p->activation_min, hi = p->activation_max;
   int32_t c = 0;
   for (; c + 4 <= depth; c += 4) {
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0; /* |sum| <= 128 x 127 x taps: no overflow */
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0; /* |sum| <= 128 x 128 x taps: no overflow */
     const int8_t *w = p->filter + c;
     for (int32_t t = 0; t < taps; ++t, w += depth) {
-      const int8_t *v = x + offsets[t] + c;
+      const int8_t *v = src[t] + (c & mask[t]);
       a0 += w[0] * v[0];
       a1 += w[1] * v[1];
       a2 += w[2] * v[2];
@@ -75,36 +90,23 @@ static void interior_pixel(const bisup_kernel_depthwise_params *p, const int8_t 
   }
   for (; c < depth; ++c) {
     int32_t a = 0;
-    for (int32_t t = 0; t < taps; ++t) a += p->filter[t * depth + c] * x[offsets[t] + c];
+    for (int32_t t = 0; t < taps; ++t) a += p->filter[t * depth + c] * src[t][c & mask[t]];
     o[c] = requantize_fast(wrapping_add(p->interior_bias[c], a), p->multiplier[c], p->shift[c], off, lo, hi);
   }
 }
 
 static int depthwise_multiplier_one(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
-  const bisup_kernel_shape *in = &p->input, *out = &p->output;
-  const int32_t taps = p->filter_height * p->filter_width;
-  if (p->depth_multiplier != 1 || !p->interior_bias || taps > BISUP_DW_MAX_TAPS) return 0;
-  int32_t offsets[BISUP_DW_MAX_TAPS];
-  for (int32_t fy = 0; fy < p->filter_height; ++fy) {
-    for (int32_t fx = 0; fx < p->filter_width; ++fx) {
-      offsets[fy * p->filter_width + fx] = (fy * p->dilation_height * in->width + fx * p->dilation_width) * in->depth;
-    }
-  }
-  int32_t y_lo, y_hi, x_lo, x_hi;
-  bisup_kernel_interior_range(out->height, p->stride_height, p->pad_height, p->dilation_height, p->filter_height,
-                              in->height, &y_lo, &y_hi);
-  bisup_kernel_interior_range(out->width, p->stride_width, p->pad_width, p->dilation_width, p->filter_width,
-                              in->width, &x_lo, &x_hi);
+  const bisup_kernel_shape *out = &p->output;
+  const int32_t taps = p->filter_height * p->filter_width, zp = -p->input_offset;
+  if (p->depth_multiplier != 1 || !p->interior_bias || taps > BISUP_DW_MAX_TAPS || zp < -128 || zp > 127) return 0;
+  const int8_t zero_point[4] = {(int8_t)zp, (int8_t)zp, (int8_t)zp, (int8_t)zp};
+  const int8_t *src[BISUP_DW_MAX_TAPS];
+  int32_t mask[BISUP_DW_MAX_TAPS];
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t oy = 0; oy < out->height; ++oy) {
-      const int inside = oy >= y_lo && oy < y_hi;
       for (int32_t ox = 0; ox < out->width; ++ox) {
-        if (!inside || ox < x_lo || ox >= x_hi) {
-          bisup_kernel_depthwise_pixel(p, input, output, b, oy, ox);
-          continue;
-        }
-        const int32_t iy = oy * p->stride_height - p->pad_height, ix = ox * p->stride_width - p->pad_width;
-        interior_pixel(p, input + offset4(in, b, iy, ix, 0), output + offset4(out, b, oy, ox, 0), offsets, taps);
+        bisup_kernel_depthwise_taps(p, input, b, oy, ox, zero_point, src, mask);
+        pixel(p, output + offset4(out, b, oy, ox, 0), src, mask, taps);
       }
     }
   }
