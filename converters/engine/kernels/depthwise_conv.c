@@ -68,8 +68,8 @@ void bisup_kernel_depthwise_taps(const bisup_kernel_depthwise_params *p, const i
 }
 
 /* One output pixel, depth multiplier 1, from its taps (bisup_kernel_depthwise_taps). */
-static void pixel(const bisup_kernel_depthwise_params *p, int8_t *o, const int8_t *const *src, const int32_t *mask,
-                  int32_t taps) {
+static void pixel(const bisup_kernel_depthwise_params *p, int8_t *restrict o, const int8_t *const *src,
+                  const int32_t *mask, int32_t taps) {
   const int32_t depth = p->output.depth, off = p->output_offset, lo = p->activation_min, hi = p->activation_max;
   int32_t c = 0;
   for (; c + 4 <= depth; c += 4) {

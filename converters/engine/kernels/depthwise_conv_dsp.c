@@ -46,8 +46,8 @@ static inline int32_t sxtb16_ror8(int32_t v) {
     a3 = __smlatt(x13, w13, a3);                     \
   } while (0)
 
-static void store4(const bisup_kernel_depthwise_params *p, int32_t c, int8_t *o, int32_t a0, int32_t a1, int32_t a2,
-                   int32_t a3) {
+static void store4(const bisup_kernel_depthwise_params *p, int32_t c, int8_t *restrict o, int32_t a0, int32_t a1,
+                   int32_t a2, int32_t a3) {
   const int32_t off = p->output_offset, lo = p->activation_min, hi = p->activation_max;
   const int32_t *ib = p->interior_bias + c, *mu = p->multiplier + c, *sh = p->shift + c;
   o[c] = requantize_fast(wrapping_add(ib[0], a0), mu[0], sh[0], off, lo, hi);
@@ -57,7 +57,7 @@ static void store4(const bisup_kernel_depthwise_params *p, int32_t c, int8_t *o,
 }
 
 /* One output pixel from its taps (bisup_kernel_depthwise_taps): any filter, border pixels too. */
-static void pixel_taps(const bisup_kernel_depthwise_params *p, int8_t *o, const int8_t *const *src,
+static void pixel_taps(const bisup_kernel_depthwise_params *p, int8_t *restrict o, const int8_t *const *src,
                        const int32_t *mask, int32_t taps) {
   const int32_t depth = p->output.depth;
   int32_t c = 0;
@@ -76,7 +76,8 @@ static void pixel_taps(const bisup_kernel_depthwise_params *p, int8_t *o, const 
 }
 
 /* An interior pixel, 3 x 3 filter: `row` is the distance between filter rows in the input, `col` between columns. */
-static void pixel_3x3(const bisup_kernel_depthwise_params *p, const int8_t *x, int8_t *o, int32_t row, int32_t col) {
+static void pixel_3x3(const bisup_kernel_depthwise_params *p, const int8_t *x, int8_t *restrict o, int32_t row,
+                      int32_t col) {
   const int32_t depth = p->output.depth;
   int32_t c = 0;
   for (; c + 4 <= depth; c += 4) {
