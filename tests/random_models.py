@@ -348,7 +348,7 @@ def kernel_path_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
     dilation = 2 if rng.random() < 0.15 and h >= 2 * fh - 1 and w >= 2 * fw - 1 else 1
     y = _depthwise(m, x, fh, fw, stride, padding, multiplier, dilation)
     if m.shape(y) == m.shape(x) and rng.random() < 0.7:  # a residual connection
-        y = _same_shape_binary(m, x, y, OP.ADD if rng.random() < 0.6 else int(rng.choice([OP.SUB, OP.MUL])))
+        y = _same_shape_binary(m, x, y, int(rng.choice([OP.ADD, OP.SUB, OP.MUL])))
     elif rng.random() < 0.5:  # y + y or y x y (y - y would be constant)
         y = _same_shape_binary(m, y, y, int(rng.choice([OP.ADD, OP.MUL])))
     _, h, w, _ = m.shape(y)
