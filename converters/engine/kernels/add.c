@@ -48,6 +48,9 @@ static void add_or_sub(const bisup_kernel_add_params *p, const int8_t *input1, c
                        int8_t *restrict output, int32_t sign) {
   const bisup_kernel_shape *out = &p->output;
   const int32_t count = elements(out);
+#if BISUP_KERNEL_DSP
+  if (bisup_kernel_add_dsp(p, input1, input2, output, sign)) return;
+#endif
   if (elements(&p->input1) == count && elements(&p->input2) == count && p->left_shift >= 0 && p->left_shift <= 22 &&
       in_range(p->input1_shift) && in_range(p->input2_shift) && in_range(p->output_shift)) {
     const scaler s1 = scaler_of(p->input1_multiplier, p->input1_shift);

@@ -108,6 +108,9 @@ void bisup_kernel_depthwise_taps(const bisup_kernel_depthwise_params *p, const i
 /* The output rows (or columns) [*lo, *hi) whose every tap lies inside the input. */
 void bisup_kernel_interior_range(int32_t out_n, int32_t stride, int32_t pad, int32_t dilation, int32_t filter,
                                  int32_t in_n, int32_t *lo, int32_t *hi);
+/* ADD / SUB's DSP variant (add_dsp.c; sign +1 or -1): 1 when it ran the op, 0 for shapes it does not cover. */
+int bisup_kernel_add_dsp(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
+                         int32_t sign);
 /* The DSP variant (depthwise_conv_dsp.c): 1 when it ran the op, 0 for a shape it does not cover. */
 int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output);
 
