@@ -440,6 +440,7 @@ class Policy:
     remote_thresholds: list[float] = field(default_factory=list)  # per split, for the bridge's supervisor
     remote_supervisor: str = "max-softmax"
     achieved: dict = field(default_factory=dict)
+    guarantee: dict = field(default_factory=dict)  # risk mode: what is certified, in numbers and in words
 
     def exit_score(self, exit_index: int, confidence: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Exit ``exit_index``'s (0-based) score for a batch; ``confidence`` holds exits 0..exit_index."""

@@ -3,8 +3,9 @@ int8 kernels (portable C, Cortex-M DSP on the M4/M7/M33, Helium/MVE on the M55) 
 
 Random models (tests/random_models.py) run through ``bisup.hil.model_run`` on every emulated board, and with
 ``BISUP_KERNELS_PORTABLE`` on the M4; each board's firmware reports which ACLE features its build had in
-effect, which checks the ``-mcpu`` and float-ABI flags before any ISA kernel exists to use them. Several models
-share one firmware (``run_many``): the build costs more than running them.
+effect and which kernel set the kernels chose (``bisup_kernel_isa()``), which checks the ``-mcpu`` and float-ABI
+flags (``-mfloat-abi=soft`` drops the M55's MVE). Several models share one firmware (``run_many``): the build
+costs more than running them.
 
 More models locally: BISUP_ISA_MODELS=200 (BISUP_ISA_SEED picks the first seed, BISUP_ISA_BATCH the models per
 firmware: the M55's code memory, half its 512 KB ITCM, bounds it).
@@ -33,7 +34,8 @@ SEED = int(os.environ.get("BISUP_ISA_SEED", "0"))
 BATCH = int(os.environ.get("BISUP_ISA_BATCH", "16"))
 INPUTS = 8  # per model
 
-# Each board, the kernel set its core implies, and the ACLE features (and define) its build must have in effect.
+# Each board, the kernel set its core implies (bisup_kernel_isa()), and the ACLE features (and define) its build
+# must have in effect.
 CORES = [("mps2-an386", False, "dsp", {"dsp"}), ("mps2-an500", False, "dsp", {"dsp"}),
          ("mps2-an505", False, "dsp", {"dsp"}), ("mps3-an547", False, "mve", {"dsp", "mve"}),
          ("mps2-an386", True, "portable", {"dsp", "portable"})]

@@ -350,6 +350,33 @@ def test_exits_export_and_calibrate_from_the_command_line(digits_example, tmp_pa
         assert found["achieved"]["remote_fraction"] <= 0.3
         assert found["achieved"]["mean_device_macs"] <= 0.8 * full
         assert (tmp_path / "e" / ("policy.json" if kind == "learned" else "policy-thresholds.json")).is_file()
+    _risk_mode_from_the_command_line(tmp_path / "e", tmp_path / "m", digits_example["val"], tmp_path / "r")
+
+
+def _risk_mode_from_the_command_line(export, tails, val, out):
+    """An error no policy meets names the smallest the data supports; that one is certified and recorded."""
+    import re
+
+    from cli_errors import error_line
+
+    def risk(*options):
+        return _cli("calibrate", "--local", export, "--remote", tails, "--data", val, "--delta", 0.2, "--out", out,
+                    *options)
+
+    both = risk("--max-local-error", 0.05, "--max-device-fraction", 0.5)
+    assert "drop --max-device-fraction" in error_line(both)
+    refused = error_line(risk("--max-local-error", 0.0001))
+    smallest = re.search(r"the smallest the data supports is (\d+\.\d)%", refused)
+    assert smallest, refused
+    certified = risk("--max-local-error", float(smallest.group(1)) / 100, "--json")
+    assert certified.exit_code == 0, certified.stderr
+    found = json.loads(certified.stdout)["certified"]
+    assert found["guarantee"]["max_local_error"] == float(smallest.group(1)) / 100
+    assert found["guarantee"]["delta"] == 0.2
+    assert "more often than the full network's" in found["guarantee"]["statement"]
+    assert found["achieved"]["early_loss"] <= found["guarantee"]["max_local_error"]
+    assert json.loads((out / "policy.json").read_text())["guarantee"] == found["guarantee"]
+    assert "certified <=" in risk("--max-local-error", float(smallest.group(1)) / 100).stdout
 
 
 @pytest.mark.slow

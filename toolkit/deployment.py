@@ -408,17 +408,44 @@ class ExitsDeployment(Deployment):
         self.check_calibration(request)
         tails = open_tail_dir(Path(request.remote), self.staged.table)
         link = exit_calibration.LinkCost(request.bandwidth_kbps * 1000, request.cloud_gmacs * 1e9)
+        if request.max_local_error is not None:
+            return self._calibrate_risk(request, tails, link, progress)
         chosen, _ = exit_calibration.calibrate(self.staged, tails, request.data_path, request.max_device_fraction,
                                                request.max_remote_fraction, request.max_reject, link,
                                                request.remote_supervisor, progress, request.out_dir)
         return Calibrated(self.kind, chosen,
                           [request.out_dir / "policy.json", request.out_dir / "policy-thresholds.json"])
 
+    def _calibrate_risk(self, request: CalibrationRequest, tails: dict, link: Any, progress: Progress) -> Calibrated:
+        """Risk mode: one certified policy (``bisup.calibration.exits_risk``) in policy.json."""
+        from bisup.calibration import exits_risk
+
+        policy = exits_risk.calibrate(self.staged, tails, request.data_path, _risk_target(request), request.max_reject,
+                                      link, request.remote_supervisor, progress, request.out_dir)
+        return Calibrated(self.kind, {"certified": policy}, [request.out_dir / "policy.json"])
+
     def check_calibration(self, request: CalibrationRequest) -> None:
         self.check_remote(request.remote)
+        if request.target_accuracy is not None:
+            raise CalibrationError("a multi-exit export takes budgets (--max-device-fraction and "
+                                   "--max-remote-fraction) or a risk (--max-local-error), not --target-accuracy")
+        if request.max_local_error is not None:
+            if request.max_device_fraction is not None:
+                raise CalibrationError("risk mode exits as early as the guarantee allows, the least device cost it "
+                                       "can certify; drop --max-device-fraction (or --max-local-error for budgets)")
+            _risk_target(request).check()
+            return
         if request.max_device_fraction is None or request.max_remote_fraction is None:
             raise CalibrationError("a multi-exit export needs both budgets: --max-device-fraction and "
                                    "--max-remote-fraction")
+
+
+def _risk_target(request: CalibrationRequest) -> Any:
+    """The multi-exit risk mode's target from the single-exit risk mode's options (delta 0.1 unless given)."""
+    from bisup.calibration.exits_risk import RiskTarget
+
+    return RiskTarget(request.max_local_error, 0.1 if request.delta is None else request.delta,
+                      request.risk_procedure, request.max_remote_fraction)
 
 
 def _tails_folder(remote_spec: str) -> Path:

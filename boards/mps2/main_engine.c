@@ -10,17 +10,20 @@
  *
  * Line format (little-endian words, no framing: QEMU's socket chardev is lossless and holds bytes back until
  * the UART takes them, so the host sends one input and reads its answer):
- *   at boot        "BISE", kernel-set word, model count, then each model's input bytes, classes and layers
+ *   at boot        "BISE", the ACLE word, the length of the kernels' ISA name and the name (bisup_kernel_isa():
+ *                  "mve", "dsp" or "portable"), model count, then each model's input bytes, classes and layers
  *   per input      host -> board: the model's index (word), its input bytes of int8 values
  *                  board -> host: "R", inputs so far, inference cycles, each layer's cycles, the model's
  *                                 int8 scores, its int8 confidence ("E" alone: no such model)
- * The kernel-set word says what the build had in effect as the compiler saw it (-mcpu and the defines), so a
- * wrong flag shows on the host rather than as slow code: bit 0 __ARM_FEATURE_DSP, bit 1 __ARM_FEATURE_MVE,
- * bit 2 BISUP_KERNELS_PORTABLE.
+ * The ACLE word says what the build had in effect as the compiler saw it (-mcpu and the defines), and the ISA
+ * name which kernel set the kernels chose from it, so a wrong flag shows on the host rather than as slow code:
+ * bit 0 __ARM_FEATURE_DSP, bit 1 __ARM_FEATURE_MVE, bit 2 BISUP_KERNELS_PORTABLE.
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "bisup_kernels.h"
 #include "board.h"
 #include "engine_models.h"
 
@@ -82,6 +85,9 @@ static uint32_t read_word(void) {
 static void greet(void) {
   bisup_board_write((const uint8_t *)"BISE", 4);
   send_word(KERNEL_DSP | KERNEL_MVE | KERNEL_PORTABLE);
+  const char *isa = bisup_kernel_isa();
+  send_word((uint32_t)strlen(isa));
+  bisup_board_write((const uint8_t *)isa, strlen(isa));
   send_word(MODELS);
   for (size_t k = 0; k < MODELS; ++k) {
     send_word(models[k].input_bytes);

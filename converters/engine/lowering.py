@@ -40,6 +40,8 @@ class Step:
     definitions: list[str] = field(default_factory=list)
     call: str = ""  # with $tensor placeholders that the arena plan fills in
     alias: bool = False  # RESHAPE: the output is the input, in place
+    # Inputs the output may overwrite if they die here: the kernel reads each element before writing it.
+    in_place: tuple[int, ...] = ()
     macs: int = 0
     parameters: int = 0
     parameter_bytes: int = 0  # the op's weights, biases and constant operands as stored in the model
@@ -308,7 +310,7 @@ class _Builder:
         params = _struct("bisup_kernel_requantize_params", name, count=int(np.prod(self.g.shape(x))),
                          input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
                          multiplier=multiplier, shift=shift)
-        return Step("QUANTIZE", [x], [y], [params], f"bisup_kernel_requantize(&{name}, ${x}, ${y});")
+        return Step("QUANTIZE", [x], [y], [params], f"bisup_kernel_requantize(&{name}, ${x}, ${y});", in_place=(x,))
 
     def _reshape(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         return Step("RESHAPE", [ins[0]], [outs[0]], alias=True)
@@ -328,7 +330,7 @@ class _Builder:
                          multiplier=multiplier, shift=shift)
         activations = [t for t in (a, b) if self.g.data(t) is None]
         return Step("MUL", activations, [y], [*defs, params],
-                    f"bisup_kernel_mul(&{name}, {operands[0]}, {operands[1]}, ${y});")
+                    f"bisup_kernel_mul(&{name}, {operands[0]}, {operands[1]}, ${y});", in_place=tuple(activations))
 
     def _binary_operands(self, name: str, a: int, b: int, y: int, where: str) -> tuple[list[str], list[str]]:
         """Constant operands as arrays, activations as $tensor placeholders; shapes must broadcast."""
@@ -374,7 +376,8 @@ class _Builder:
                          output_multiplier=mo, output_shift=so)
         activations = [t for t in (a, b) if self.g.data(t) is None]
         return Step(kind, activations, [y], [*defs, params],
-                    f"bisup_kernel_{kind.lower()}(&{name}, {operands[0]}, {operands[1]}, ${y});")
+                    f"bisup_kernel_{kind.lower()}(&{name}, {operands[0]}, {operands[1]}, ${y});",
+                    in_place=tuple(activations))
 
     def _add(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         return self._add_or_sub("ADD", name, op, ins, outs, where)
@@ -415,7 +418,7 @@ class _Builder:
         params = _struct("bisup_kernel_logistic_params", name, count=int(np.prod(self.g.shape(x))),
                          input_zero_point=self.g.zero_point(x), input_range_radius=radius,
                          input_multiplier=multiplier, input_left_shift=left_shift)
-        return Step("LOGISTIC", [x], [y], [params], f"bisup_kernel_logistic(&{name}, ${x}, ${y});")
+        return Step("LOGISTIC", [x], [y], [params], f"bisup_kernel_logistic(&{name}, ${x}, ${y});", in_place=(x,))
 
     def _axes(self, x: int, axes_tensor: int, where: str) -> tuple[int, int, int]:
         """(outer, reduced, inner) for a reduction over contiguous axes."""

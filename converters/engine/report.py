@@ -26,6 +26,21 @@ TFLM_RUNTIME_SOURCE = ("TensorFlow Lite for Microcontrollers overview: 'The core
                        "Cortex M3' (op kernels not included)")
 
 
+# The kernels' instruction set per board arch: what -mcpu turns on (bisup_kernel_internal.h chooses by the same
+# ACLE macros). Every other arch (Cortex-M0+, Xtensa, RISC-V, the host) runs the portable C kernels.
+_KERNEL_SETS = {"cortex-m4": "dsp", "cortex-m4f": "dsp", "cortex-m7": "dsp", "cortex-m33": "dsp",
+                "cortex-m55": "mve"}
+
+
+def kernel_set(arch: str) -> dict:
+    """Which of the engine's kernel sets a board of ``arch`` gets, and in words why."""
+    chosen = _KERNEL_SETS.get(arch, "portable")
+    why = {"dsp": f"{arch}: the DSP extension's SIMD multiply-accumulates (SMLAD, SXTB16)",
+           "mve": f"{arch}: Helium (MVE) vectors, the DSP kernels where no Helium one exists",
+           "portable": f"{arch} has no DSP or Helium kernel set in bisup: the portable C kernels"}[chosen]
+    return {"kernel_set": chosen, "kernel_set_note": why}
+
+
 def measure_flash(out_dir: str | Path, arch: str, stems: tuple[str, ...] = ("model_infer",)) -> dict:
     """Flash of the generated model plus the kernels, from arm-none-eabi-size of objects compiled for the
     board's core (-Os, unused functions dropped at link time are still counted: an upper bound)."""
@@ -56,7 +71,8 @@ def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> di
     return {
         "generated": True,
         "arena_bytes": plan.arena_bytes,
-        "arena_lower_bound_bytes": plan.lower_bound_bytes,
+        "arena_lower_bound_bytes": plan.lower_bound_bytes,  # with the ops that run in place sharing a buffer
+        "arena_lower_bound_without_in_place_bytes": plan.copy_lower_bound_bytes,
         "arena_vs_lower_bound": plan.ratio,
         "tflm_arena_bytes": tflm_arena_bytes,
         "arena_vs_tflm": plan.arena_bytes / tflm_arena_bytes,

@@ -230,6 +230,19 @@ def with_remote_rule(o: ExitOutcomes, remote_confidence: np.ndarray, thresholds:
     return replace(o, remote_accepted=remote_confidence >= thresholds[:, None])
 
 
+def labelled_outcomes(staged: StagedModel, tails: dict[int, RemoteModel], data_path: str | Path, max_reject: float,
+                      remote_supervisor: str, progress: Progress) -> tuple[ExitOutcomes, np.ndarray]:
+    """The outcomes on the labelled set at ``data_path`` under the remote rule of ``max_reject``, and that rule's
+    per-split remote thresholds (what both the budget search and the risk mode choose from)."""
+    x, y = datasets.load_npz(data_path)
+    if y is None:
+        raise datasets.DataError(f"{data_path} has no labels 'y'; calibration needs a labelled validation set")
+    progress(f"running {len(x)} samples through {len(staged)} stages (TFLM) and {len(tails)} remote tails")
+    o, remote_conf = outcomes(staged, tails, x, y, remote_supervisor)
+    thresholds = remote_thresholds(remote_conf, max_reject)
+    return with_remote_rule(o, remote_conf, thresholds), thresholds
+
+
 def calibrate(staged: StagedModel, tails: dict[int, RemoteModel], data_path: str | Path,
               max_device_fraction: float, max_remote_fraction: float, max_reject: float = 0.005,
               link: LinkCost = DEFAULT_LINK, remote_supervisor: str = "max-softmax",
@@ -238,20 +251,14 @@ def calibrate(staged: StagedModel, tails: dict[int, RemoteModel], data_path: str
     """The baseline and learned policies within ``max_device_fraction`` of the full network's MACs and
     ``max_remote_fraction`` remote calls, and the outcomes they were chosen on; writes ``policy.json`` (the
     learned one) and ``policy-thresholds.json`` (the baseline) into ``out_dir`` (default: next to the stages)."""
-    x, y = datasets.load_npz(data_path)
-    if y is None:
-        raise datasets.DataError(f"{data_path} has no labels 'y'; calibration needs a labelled validation set")
-    progress(f"running {len(x)} samples through {len(staged)} stages (TFLM) and {len(tails)} remote tails")
-    o, remote_conf = outcomes(staged, tails, x, y, remote_supervisor)
-    thresholds = remote_thresholds(remote_conf, max_reject)
-    o = with_remote_rule(o, remote_conf, thresholds)
+    o, thresholds = labelled_outcomes(staged, tails, data_path, max_reject, remote_supervisor, progress)
     budget = max_device_fraction * o.cumulative_macs[-1]
     chosen = {}
     for kind in ("thresholds", "learned"):
         found, result = search(o, kind, budget, max_remote_fraction, link)
         chosen[kind] = replace(found, remote_thresholds=[float(t) for t in thresholds],
                                remote_supervisor=remote_supervisor,
-                               achieved=result.figures(o.y) | {"samples": len(y), "data": str(data_path)})
+                               achieved=result.figures(o.y) | {"samples": len(o.y), "data": str(data_path)})
         progress(f"{kind}: " + ", ".join(f"{k} {v:.4g}" for k, v in chosen[kind].achieved.items()
                                           if isinstance(v, float)))
     out = Path(out_dir or staged.directory)

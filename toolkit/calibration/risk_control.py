@@ -25,6 +25,7 @@ Each candidate int8 threshold ``t`` is a hypothesis "the error rate among inputs
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,29 +76,28 @@ def _walk_looser(passed: np.ndarray, start: int) -> int:
     return chosen
 
 
-def fixed_sequence(confidence_int8: np.ndarray, correct: np.ndarray, max_risk: float, delta: float) -> int:
+TallyOf = Callable[[np.ndarray], Tally]  # the tally of the validation inputs at these indices
+
+
+def fixed_sequence(tally: Tally, max_risk: float, delta: float) -> int:
     """From the strictest threshold accepting at least ``samples_needed`` inputs, loosening."""
-    tally = Tally.of(confidence_int8, correct)
     testable = np.flatnonzero(tally.accepted >= samples_needed(max_risk, delta))
     if len(testable) == 0:
         return NEVER_TRUST
     return _walk_looser(tally.p_values(max_risk) <= delta, int(testable.max()))
 
 
-def split_fixed_sequence(confidence_int8: np.ndarray, correct: np.ndarray, max_risk: float, delta: float,
+def split_fixed_sequence(tally_of: TallyOf, n: int, max_risk: float, delta: float,
                          fraction: float = ORDERING_FRACTION, seed: int = ORDERING_SEED) -> int:
     """Start where the ordering split is most certain, then fixed-sequence on the rest (module docstring)."""
-    n = len(confidence_int8)
     order = np.random.default_rng(seed).permutation(n)
     head, rest = order[: int(n * fraction)], order[int(n * fraction):]
-    start = int(np.argmin(Tally.of(confidence_int8[head], correct[head]).p_values(max_risk)))
-    tally = Tally.of(confidence_int8[rest], correct[rest])
-    return _walk_looser(tally.p_values(max_risk) <= delta, start)
+    start = int(np.argmin(tally_of(head).p_values(max_risk)))
+    return _walk_looser(tally_of(rest).p_values(max_risk) <= delta, start)
 
 
-def sgr(confidence_int8: np.ndarray, correct: np.ndarray, max_risk: float, delta: float) -> int:
+def sgr(tally: Tally, max_risk: float, delta: float) -> int:
     """Binary search for the loosest passing threshold, each step at delta / ceil(log2 m)."""
-    tally = Tally.of(confidence_int8, correct)
     passed = tally.p_values(max_risk) <= delta / math.ceil(math.log2(len(CODES)))
     lo, hi, chosen = 0, len(CODES) - 1, NEVER_TRUST
     while lo <= hi:
@@ -130,12 +130,21 @@ def resolve(procedure: str, samples: int) -> str:
     return procedure
 
 
+def certify_tallies(procedure: str, tally_of: TallyOf, n: int, max_risk: float, delta: float) -> int:
+    """The loosest threshold ``procedure`` certifies (NEVER_TRUST if none), for any risk a ``Tally`` counts:
+    ``tally_of(indices)`` tallies those of the ``n`` validation inputs (the split procedure tallies two parts)."""
+    resolved = resolve(procedure, n)
+    if resolved == "split-fixed-sequence":
+        return split_fixed_sequence(tally_of, n, max_risk, delta)
+    run = {"fixed-sequence": fixed_sequence, "sgr": sgr}[resolved]
+    return run(tally_of(np.arange(n)), max_risk, delta)
+
+
 def certify(procedure: str, confidence_int8: np.ndarray, correct: np.ndarray, max_risk: float,
             delta: float) -> int:
-    """The loosest threshold ``procedure`` certifies (NEVER_TRUST if none)."""
-    runs = {"split-fixed-sequence": split_fixed_sequence, "fixed-sequence": fixed_sequence, "sgr": sgr}
-    run = runs[resolve(procedure, len(confidence_int8))]
-    return run(np.asarray(confidence_int8), np.asarray(correct, dtype=bool), max_risk, delta)
+    """The loosest threshold ``procedure`` certifies for one exit's error (NEVER_TRUST if none)."""
+    conf, right = np.asarray(confidence_int8), np.asarray(correct, dtype=bool)
+    return certify_tallies(procedure, lambda at: Tally.of(conf[at], right[at]), len(conf), max_risk, delta)
 
 
 def describe(procedure: str, delta: float, samples: int) -> str:

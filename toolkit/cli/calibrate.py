@@ -29,7 +29,12 @@ from bisup.converters.scores import KINDS
 @click.option("--max-remote-fraction", type=float,
               help="Budget: the most accurate point with at most this fraction of remote calls.")
 @click.option("--target-accuracy", type=float, help="Fewest remote calls that reach this system accuracy.")
-@click.option("--max-local-error", type=float, help=RISK_HELP.format(procedure="see --risk-procedure"))
+@click.option("--max-local-error", type=float,
+              help=RISK_HELP.format(procedure="see --risk-procedure") + " Multi-exit: the share of answers taken at "
+                   "early exits that are wrong where the full network (the last exit) would be right, so early "
+                   "answers are wrong at most this much more often than the full network's on the same inputs; one "
+                   "confidence threshold shared by every exit; --max-remote-fraction, if given, is certified too "
+                   "(both hold together with probability 1-2*DELTA).")
 @click.option("--delta", type=float, default=None,
               help="Risk mode: allowed failure probability [default: 0.1]. Budget mode: given, the deployed remote "
                    "fraction exceeds --max-remote-fraction with probability at most this (an upper confidence "
@@ -74,6 +79,8 @@ def calibrate_command(local_path: Path, remote: str, data_path: Path, max_remote
     Given a multi-exit export (--local DIR with stages.json), it chooses the exit policy instead: the
     per-exit-threshold baseline and EENet's learned scorers, each the most accurate within
     --max-device-fraction and --max-remote-fraction, written to policy-thresholds.json and policy.json.
+    With --max-local-error instead (risk mode), policy.json holds the policy that answers early as often as
+    a Learn-then-Test guarantee allows, and the guarantee (error, delta, procedure, samples, in words).
     """
     from bisup.calibration.single import ModeError
     from bisup.cli.tables import calibrated_table

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bisup.converters.artefacts import BoardProfile, ExportReport, Thresholds
+from bisup.converters.artefacts import BoardProfile, ExportReport, Policy, Thresholds
 
 if TYPE_CHECKING:
     from bisup.deployment import Calibrated
@@ -79,6 +79,8 @@ def _memory_table(report: ExportReport) -> str:
     e = report.engine
     if e.get("generated"):
         bound = f"lower bound {e['arena_lower_bound_bytes']:,} B"
+        copies = e.get("arena_lower_bound_without_in_place_bytes", e["arena_lower_bound_bytes"])
+        bound += f" ({copies:,} B without in-place ops)" if copies != e["arena_lower_bound_bytes"] else ""
         flash = (f"{e['flash_bytes']:,} B", f"code + weights, arm-none-eabi-size -Os for {e['flash_measured_for']}") \
             if e.get("flash_bytes") is not None else ("-", e.get("flash_measured_for", "not measured"))
         engine_row = ("C engine", f"{e['arena_bytes']:,} B", bound, *flash)
@@ -258,7 +260,18 @@ def calibrated_table(done: Calibrated) -> str:
         lines.append(f"{kind:10s} depth {found.depth}, split {found.split}: accuracy {100 * a['accuracy']:.2f} %, "
                      f"remote {100 * a['remote_fraction']:.1f} %, device {a['mean_device_macs']:,.0f} MACs, "
                      f"{a['mean_bytes_sent']:.1f} B sent per input")
+        if found.guarantee:
+            lines += _guarantee_lines(found)
     return "\n".join(lines)
+
+
+def _guarantee_lines(found: Policy) -> list[str]:
+    """A certified policy's threshold, what it measured on the calibration set, and the promise in words."""
+    g, a = found.guarantee, found.achieved
+    return [f"{'':10s} threshold {found.thresholds[0]} at every exit: {100 * a['early_fraction']:.1f} % answered "
+            f"early, {100 * a['early_loss']:.2f} % of them lost against the full network (certified <= "
+            f"{100 * g['max_local_error']:.2f} %, delta {g['delta']}, {g['procedure']}, n = {g['samples']:,})",
+            f"{'':10s} {g['statement']}"]
 
 
 def hil_table(report: HilReport) -> str:

@@ -218,7 +218,8 @@ def _engine(converted: Converted, board: BoardProfile, out: Path, progress: Prog
                 | _figures_beyond_budget(converted.model, board))
     progress(f"compiling model_infer.c and the kernels with arm-none-eabi-gcc -Os to measure flash ({board.arch})")
     figures = engine.summary(generated, converted.arena_bytes, len(converted.model))
-    return figures | _latency(figures["macs"], board) | engine.measure_flash(out, board.arch)
+    return (figures | _latency(figures["macs"], board) | engine.measure_flash(out, board.arch)
+            | engine.kernel_set(board.arch))
 
 
 def _latency(macs: int, board: BoardProfile) -> dict:

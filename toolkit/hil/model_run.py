@@ -5,9 +5,10 @@ the ACLE macros ``-mcpu`` sets, or forced portable with ``BISUP_KERNELS_PORTABLE
 measured on the core they are for: ``run`` generates the model's C, builds ``main_engine.c`` of the board's
 firmware folder with it for the board's core (-O2, per-layer marks), boots it in QEMU under ``-icount shift=0``
 and sends the inputs over the UART. The firmware answers each input with its scores and confidence, and the
-cycles of the inference and of each layer; at boot it says which kernel set its build had in effect, so a
-wrong flag shows as such. No supervisor decision, bridge or model image is involved (``bisup hil`` runs those).
-``run_many`` puts several models in one firmware: the build costs more host time than running small models.
+cycles of the inference and of each layer; at boot it says which ACLE features its build had in effect and
+which kernel set the kernels chose from them (``bisup_kernel_isa()``), so a wrong flag shows as such. No
+supervisor decision, bridge or model image is involved (``bisup hil`` runs those). ``run_many`` puts several
+models in one firmware: the build costs more host time than running small models.
 
 Every wait runs on QEMU's CPU time (``target.BoardLink``), never the host's clock: a busy host makes the
 emulator slower, not the board's answers later in its own time.
@@ -29,11 +30,12 @@ from bisup.converters import engine
 from bisup.hil import target
 from bisup.hil.target import BoardLink, HilError
 
-GREETING = b"BISE"  # main_engine.c's first bytes, before its kernel-set word and the models' sizes
+GREETING = b"BISE"  # main_engine.c's first bytes, before its ACLE word, the kernels' ISA and the models' sizes
 RECORD = b"R"  # the first byte of each input's answer
-FEATURES = {1: "dsp", 2: "mve", 4: "portable"}  # the kernel-set word's bits (main_engine.c)
-BOOT_BUDGET_S = 30.0  # QEMU CPU seconds for the greeting: start-up is a few thousand instructions
-INPUT_BUDGET_S = 120.0  # QEMU CPU seconds per input: far above any model the emulated boards hold
+FEATURES = {1: "dsp", 2: "mve", 4: "portable"}  # the ACLE word's bits (main_engine.c)
+ISA_NAME_BYTES = 32  # longer is no ISA name but a line out of step
+BOOT_BUDGET_S = 10.0  # QEMU CPU seconds for the greeting: start-up is a few thousand instructions
+INPUT_BUDGET_S = 60.0  # QEMU CPU seconds per input: billions of instructions, far above any model here
 Job = tuple[bytes, np.ndarray]  # an exported int8 .tflite and its int8 inputs, one per row
 
 
@@ -46,20 +48,13 @@ class ModelRun:
 
     board: str
     features: frozenset[str]  # what the firmware's build had in effect: "dsp", "mve", "portable"
+    kernel_set: str  # what the kernels chose from them: bisup_kernel_isa(), "mve", "dsp" or "portable"
     scores: np.ndarray
     confidence: np.ndarray
     instructions: np.ndarray  # per input, the whole inference
     layer_instructions: np.ndarray  # per layer (kernel call), the median over the inputs
     layer_ops: tuple[str, ...]  # each layer's op (RESHAPE moves nothing and is no layer)
     resolution: float  # instructions per SysTick cycle
-
-    @property
-    def kernel_set(self) -> str:
-        """The kernels the build selects: Helium where the core has MVE, else DSP, else the portable C (or
-        the portable C when ``BISUP_KERNELS_PORTABLE`` forces it)."""
-        if "portable" in self.features:
-            return "portable"
-        return next((name for name in ("mve", "dsp") if name in self.features), "portable")
 
 
 def run(model: bytes, x_q: np.ndarray, board: str, portable: bool = False,
@@ -81,10 +76,10 @@ def run_many(jobs: Sequence[Job], board: str, portable: bool = False,
         elf = _compile(board, Path(work), len(generated), portable)
         say(f"booting {board} with {len(jobs)} model(s), {sum(len(s) for s in samples)} inputs")
         with target.qemu(board, elf) as link:
-            features, seq = _greeting(link, generated), itertools.count(1)
+            (features, isa), seq = _greeting(link, generated), itertools.count(1)
             answers = [[_infer(link, k, sample, g, next(seq), timeout_s) for sample in rows]
                        for k, (rows, g) in enumerate(zip(samples, generated, strict=True))]
-    return [_model_run(board, features, rows, g, machine.nanoseconds_per_cycle)
+    return [_model_run(board, features, isa, rows, g, machine.nanoseconds_per_cycle)
             for rows, g in zip(answers, generated, strict=True)]
 
 
@@ -164,15 +159,19 @@ def _words(data: bytes) -> tuple[int, ...]:
     return struct.unpack(f"<{len(data) // 4}I", data)
 
 
-def _greeting(link: BoardLink, generated: Sequence[engine.Generated]) -> frozenset[str]:
-    """The firmware's kernel-set word, once its greeting says it holds these models."""
-    head = _read(link, len(GREETING) + 8 + 12 * len(generated), BOOT_BUDGET_S, "the greeting")
-    word, *sizes = _words(head[len(GREETING):])
+def _greeting(link: BoardLink, generated: Sequence[engine.Generated]) -> tuple[frozenset[str], str]:
+    """The build's ACLE features and the kernels' ISA, once the greeting says the firmware holds these models."""
+    head = _read(link, len(GREETING) + 8, BOOT_BUDGET_S, "the greeting")
+    word, isa_bytes = _words(head[len(GREETING):])
+    if head[:len(GREETING)] != GREETING or isa_bytes > ISA_NAME_BYTES:
+        raise HilError(f"the emulated board's greeting {head.hex()} is not main_engine.c's")
+    isa = _read(link, isa_bytes, BOOT_BUDGET_S, "the kernels' ISA").decode("ascii", "replace")
+    sizes = list(_words(_read(link, 4 + 12 * len(generated), BOOT_BUDGET_S, "the models' sizes")))
     expected = [len(generated), *(n for g in generated for n in (g.input_bytes, g.classes, len(_layers(g))))]
-    if head[:len(GREETING)] != GREETING or sizes != expected:
-        raise HilError(f"the emulated board's greeting {head[:40].hex()}... is not main_engine.c's for these models "
-                       f"(count, then input bytes, classes and layers of each: {expected[:7]}...)")
-    return frozenset(name for bit, name in FEATURES.items() if word & bit)
+    if sizes != expected:
+        raise HilError(f"the emulated board holds other models: count, then input bytes, classes and layers of "
+                       f"each {sizes[:7]}... where these have {expected[:7]}...")
+    return frozenset(name for bit, name in FEATURES.items() if word & bit), isa
 
 
 def _infer(link: BoardLink, k: int, sample: np.ndarray, generated: engine.Generated, seq: int,
@@ -189,12 +188,12 @@ def _infer(link: BoardLink, k: int, sample: np.ndarray, generated: engine.Genera
     return cycles, tuple(layer_cycles), record[head:]
 
 
-def _model_run(board: str, features: frozenset[str], answers: list[tuple[int, tuple[int, ...], bytes]],
+def _model_run(board: str, features: frozenset[str], isa: str, answers: list[tuple[int, tuple[int, ...], bytes]],
                generated: engine.Generated, ns_per_cycle: float) -> ModelRun:
     """One model's answers as outputs and instructions."""
     cycles = np.array([cycles for cycles, _, _ in answers], dtype=np.float64)
     layers = np.array([layers for _, layers, _ in answers], dtype=np.float64).reshape(len(answers), -1)
     outputs = np.frombuffer(b"".join(out for _, _, out in answers), dtype=np.int8).reshape(len(answers), -1)
-    return ModelRun(board, features, outputs[:, :generated.classes], outputs[:, generated.classes],
+    return ModelRun(board, features, isa, outputs[:, :generated.classes], outputs[:, generated.classes],
                     cycles * ns_per_cycle, np.median(layers, axis=0) * ns_per_cycle,
                     tuple(step.op for step in _layers(generated)), ns_per_cycle)
