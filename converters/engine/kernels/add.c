@@ -45,7 +45,7 @@ static int in_range(int32_t shift) { return shift <= 0 && shift >= -31; }
 static int32_t elements(const bisup_kernel_shape *s) { return s->batches * s->height * s->width * s->depth; }
 
 static void add_or_sub(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2,
-                       int8_t *restrict output, int32_t sign) {
+                       int8_t *output, int32_t sign) {
   const bisup_kernel_shape *out = &p->output;
   const int32_t count = elements(out);
 #if BISUP_KERNEL_DSP

@@ -6,7 +6,8 @@
  * scales is below 2^30 in magnitude (|x + offset| <= 255, shifted left by 20; each scaling only shrinks it), so
  * TFLM's srdhm(v, m) = floor((v m + 2^30) / 2^31) is one SMMULR of 2v: floor((2vm + 2^31) / 2^32), and the
  * rounding divide by 2^e is floor((h + 2^(e-1) - [h < 0 and e > 0]) / 2^e) (rounding half away from zero, no
- * overflow). No scratch memory.
+ * overflow). No scratch memory. The output may be an input (the arena plan's in-place ADD): element i is read
+ * before it is written.
  */
 #include "bisup_kernel_internal.h"
 
@@ -40,8 +41,8 @@ static int in_range(int32_t shift) { return shift <= 0 && shift >= -31; }
 
 static int32_t elements(const bisup_kernel_shape *s) { return s->batches * s->height * s->width * s->depth; }
 
-int bisup_kernel_add_dsp(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2,
-                         int8_t *restrict output, int32_t sign) {
+int bisup_kernel_add_dsp(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
+                         int32_t sign) {
   const int32_t count = elements(&p->output);
   if (elements(&p->input1) != count || elements(&p->input2) != count || p->left_shift < 0 || p->left_shift > 20 ||
       !in_range(p->input1_shift) || !in_range(p->input2_shift) || !in_range(p->output_shift)) {

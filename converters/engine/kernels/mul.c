@@ -12,7 +12,7 @@ static inline int8_t mul_one(const bisup_kernel_mul_params *p, int32_t x1, int32
                          p->output_offset, p->activation_min, p->activation_max);
 }
 
-static void mul(const bisup_kernel_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *restrict output) {
+static void mul(const bisup_kernel_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output) {
   const bisup_kernel_shape *out = &p->output, *s1 = &p->input1, *s2 = &p->input2;
   const int32_t count = out->batches * out->height * out->width * out->depth;
   if (s1->batches * s1->height * s1->width * s1->depth == count &&
