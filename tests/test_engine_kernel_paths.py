@@ -4,7 +4,7 @@ padding, channel counts not a multiple of 4, multipliers above 1; residual ADD /
 pooling and global average pooling), which random_model rarely reaches.
 
 On the host (portable C, under UBSan) and, where QEMU and arm-none-eabi-gcc are installed, on the emulated
-Cortex-M4, M7 and M33, where the DSP kernels run. More models locally: BISUP_PATH_MODELS=300.
+Cortex-M4, M7 and M33, where the DSP kernels run, and the M55. More models locally: BISUP_PATH_MODELS=300.
 """
 
 from __future__ import annotations
@@ -69,8 +69,10 @@ def test_kernel_paths_are_byte_equal_to_tflm_on_the_host(cases, tmp_path):
 
 @pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
                     reason="qemu-system-arm and arm-none-eabi-gcc are needed (CI installs them)")
-@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500", "mps2-an505"])
-def test_kernel_paths_are_byte_equal_to_tflm_on_the_dsp_cores(cases, board):
+@pytest.mark.parametrize(("board", "kernels"), [("mps2-an386", "dsp"), ("mps2-an500", "dsp"), ("mps2-an505", "dsp"),
+                                                ("mps3-an547", "mve")])
+def test_kernel_paths_are_byte_equal_to_tflm_on_the_cortex_m_cores(cases, board, kernels):
+    """The DSP kernels on the M4, M7 and M33; on the M55 the Helium kernels, and the DSP ones where those decline."""
     from bisup.hil import model_run
 
     batch = 16
@@ -78,6 +80,6 @@ def test_kernel_paths_are_byte_equal_to_tflm_on_the_dsp_cores(cases, board):
         chunk = cases[start:start + batch]
         runs = model_run.run_many([(model, x_q) for _, model, x_q, _ in chunk], board)
         for (seed, _, _, (scores, confidence)), got in zip(chunk, runs, strict=True):
-            assert got.kernel_set == "dsp", f"{board}: the build's -mcpu flags"
+            assert got.kernel_set == kernels, f"{board}: the build's -mcpu flags"
             differ = np.any(got.scores != scores, axis=1) | (got.confidence != confidence)
             assert not differ.any(), f"seed {seed} on {board}: inputs {np.flatnonzero(differ).tolist()} differ"
