@@ -272,6 +272,12 @@ def random_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
             x = _logistic(m, x)
         elif kind in ("mul", "add", "sub"):
             x = _binary(m, x, {"mul": OP.MUL, "add": OP.ADD, "sub": OP.SUB}[kind])
+    return _head(m, inp, x), tuple(shape)
+
+
+def _head(m: _Model, inp: int, x: int) -> bytes:
+    """RESHAPE -> FULLY_CONNECTED -> SOFTMAX ("scores") and a random supervisor head ("confidence")."""
+    rng = m.rng
     flat = int(np.prod(m.shape(x)))
     new_shape = m.tensor([2], 1.0, 0, INT32, np.array([1, flat], dtype=np.int32))
     flat_x = m.tensor([1, flat], m.scale(x), m.tensors[x].quantization.zeroPoint[0])
@@ -289,4 +295,95 @@ def random_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
     softmax.beta = float(rng.choice([1.0, 1.0, 0.5, 2.0]))
     m.op(OP.SOFTMAX, [logits], [probs], s.BuiltinOptions.SoftmaxOptions, softmax)
     confidence = _confidence(m, logits, probs, classes)
-    return m.finish([inp], probs, confidence), tuple(shape)
+    return m.finish([inp], probs, confidence)
+
+
+def _depthwise(m: _Model, x: int, fh: int, fw: int, stride: int, padding: int, multiplier: int,
+               dilation: int) -> int:
+    _, h, w, c = m.shape(x)
+    eh, ew = (fh - 1) * dilation + 1, (fw - 1) * dilation + 1
+    oc = c * multiplier
+    wt, b = m.weights([1, fh, fw, oc], 3 if m.rng.random() < 0.8 else None, m.scale(x), oc)
+    out_h = (h + stride - 1) // stride if padding == s.Padding.SAME else (h - eh + stride) // stride
+    out_w = (w + stride - 1) // stride if padding == s.Padding.SAME else (w - ew + stride) // stride
+    # an output scale the sums fill (about 40 steps per standard deviation), so few outputs saturate
+    w_scale = float(np.mean(m.tensors[wt].quantization.scale))
+    y_scale = 74 * 73 * np.sqrt(fh * fw) * m.scale(x) * w_scale / 40 * m.rng.uniform(0.7, 1.4)
+    y = m.tensor([1, out_h, out_w, oc], y_scale, int(m.rng.integers(-20, 20)))
+    o = s.DepthwiseConv2DOptionsT()
+    o.padding, o.strideW, o.strideH, o.depthMultiplier = padding, stride, stride, multiplier
+    o.dilationWFactor = o.dilationHFactor = dilation
+    o.fusedActivationFunction = int(m.rng.choice([0, 0, 1]))  # no RELU6: these scales are not RELU6's
+    m.op(OP.DEPTHWISE_CONV_2D, [x, wt, b], [y], s.BuiltinOptions.DepthwiseConv2DOptions, o)
+    return y
+
+
+def _same_shape_binary(m: _Model, a: int, b: int, code: int) -> int:
+    """ADD / SUB / MUL of two activations of one shape (no broadcast), as a residual connection is; the output
+    scale is one the results fill."""
+    sa, sb = m.scale(a), m.scale(b)
+    y_scale = (sa * sb * 60 if code == OP.MUL else sa + sb) * m.rng.uniform(0.6, 1.2)
+    y = m.tensor(m.shape(a), y_scale, int(m.rng.integers(-20, 20)))
+    kind = {OP.MUL: (s.BuiltinOptions.MulOptions, s.MulOptionsT()), OP.ADD: (s.BuiltinOptions.AddOptions,
+            s.AddOptionsT()), OP.SUB: (s.BuiltinOptions.SubOptions, s.SubOptionsT())}[code]
+    kind[1].fusedActivationFunction = int(m.rng.choice([0, 0, 1]))
+    m.op(code, [a, b], [y], *kind)
+    return y
+
+
+def kernel_path_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
+    """A model aimed at the kernels' specialised paths, which random_model rarely reaches: a depthwise layer with
+    many channels (3 x 3 mostly; strides 1 and 2, odd sizes, SAME and VALID, channel counts not a multiple of 4,
+    multipliers above 1, dilation), a residual ADD / SUB / MUL of equal shapes, then pooling (a 2 x 2 max pool, a
+    global average pool over the whole map, or MEAN) or none; the last tensor is the output, every byte of it."""
+    m = _Model(np.random.default_rng(10_000 + seed))
+    rng = m.rng
+    shape = [1, int(rng.integers(1, 12)), int(rng.integers(1, 12)), int(rng.choice([1, 3, 4, 5, 8, 12, 17, 32]))]
+    x = inp = m.activation(shape)
+    _, h, w, c = shape
+    fh, fw = (3, 3) if rng.random() < 0.7 else (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+    fh, fw = min(fh, h), min(fw, w)
+    stride, padding = int(rng.integers(1, 3)), int(rng.integers(0, 2))
+    multiplier = 1 if rng.random() < 0.75 else int(rng.integers(2, 4))
+    dilation = 2 if rng.random() < 0.15 and h >= 2 * fh - 1 and w >= 2 * fw - 1 else 1
+    y = _depthwise(m, x, fh, fw, stride, padding, multiplier, dilation)
+    if m.shape(y) == m.shape(x) and rng.random() < 0.7:  # a residual connection
+        y = _same_shape_binary(m, x, y, int(rng.choice([OP.ADD, OP.SUB, OP.MUL])))
+    elif rng.random() < 0.5:  # y + y or y x y (y - y would be constant)
+        y = _same_shape_binary(m, y, y, int(rng.choice([OP.ADD, OP.MUL])))
+    _, h, w, _ = m.shape(y)
+    tail = rng.integers(0, 6)  # 3 and above: no pooling
+    if tail == 0 and min(h, w) >= 2:
+        y = _pool(m, y, OP.MAX_POOL_2D)
+    elif tail == 1:  # global average pooling as AVERAGE_POOL_2D over the whole map
+        o = s.Pool2DOptionsT()
+        o.padding, o.strideW, o.strideH, o.filterWidth, o.filterHeight = s.Padding.VALID, w, h, w, h
+        o.fusedActivationFunction = m.activation_code()
+        pooled = m.tensor([1, 1, 1, m.shape(y)[3]], m.scale(y), m.tensors[y].quantization.zeroPoint[0])
+        m.op(OP.AVERAGE_POOL_2D, [y], [pooled], s.BuiltinOptions.Pool2DOptions, o)
+        y = pooled
+    elif tail == 2:  # MEAN over height and width, to a scale its averages fill
+        axes = m.tensor([2], 1.0, 0, INT32, np.array([1, 2], dtype=np.int32))
+        mean = m.tensor([1, 1, 1, m.shape(y)[3]], m.scale(y) / 4, int(rng.integers(-20, 20)))
+        reducer = s.ReducerOptionsT()
+        reducer.keepDims = True
+        m.op(OP.MEAN, [y, axes], [mean], s.BuiltinOptions.ReducerOptions, reducer)
+        y = mean
+    return _raw_head(m, inp, y), tuple(shape)
+
+
+def _raw_head(m: _Model, inp: int, x: int) -> bytes:
+    """x itself as "scores" (flattened: every byte the kernels wrote is compared, none washed out by a softmax)
+    and its maximum as "confidence"."""
+    flat = int(np.prod(m.shape(x)))
+    new_shape = m.tensor([2], 1.0, 0, INT32, np.array([1, flat], dtype=np.int32))
+    scores = m.tensor([1, flat], m.scale(x), m.tensors[x].quantization.zeroPoint[0])
+    reshape = s.ReshapeOptionsT()
+    reshape.newShape = [1, flat]
+    m.op(OP.RESHAPE, [x, new_shape], [scores], s.BuiltinOptions.ReshapeOptions, reshape)
+    axis = m.tensor([1], 1.0, 0, INT32, np.array([-1], dtype=np.int32))
+    reducer = s.ReducerOptionsT()
+    reducer.keepDims = True
+    confidence = m.tensor([1, 1], m.scale(x), m.tensors[x].quantization.zeroPoint[0])
+    m.op(OP.REDUCE_MAX, [scores, axis], [confidence], s.BuiltinOptions.ReducerOptions, reducer)
+    return m.finish([inp], scores, confidence)

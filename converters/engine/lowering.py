@@ -70,6 +70,11 @@ def _reduce_shape(outer: int, reduced: int, inner: int) -> str:
     return f"{{.outer = {outer}, .reduced = {reduced}, .inner = {inner}}}"
 
 
+def _wrap32(values: np.ndarray) -> np.ndarray:
+    """int64 values wrapped to int32, as C's uint32 arithmetic wraps them."""
+    return (np.asarray(values, dtype=np.int64) + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
 def _struct(ctype: str, name: str, **fields: object) -> str:
     """A kernel's parameters as a C99 designated initializer: a field the kernels' header reorders or renames
     fails to compile instead of silently taking another field's value."""
@@ -199,6 +204,18 @@ class _Builder:
         out_w, pad_w = same_or_valid(o.padding, o.strideW, o.dilationWFactor, wd, fw)
         defs, _ = self.requant(name, x, w, y, bias, where, channels=oc)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
+        # bias + input_offset x sum(taps), per channel, wrapped to int32 as the kernels' uint32 sums wrap
+        sums = self.g.data(w).reshape(-1, oc).astype(np.int64).sum(axis=0)
+        folded = (self.g.data(bias).astype(np.int64) if bias is not None else 0) - self.g.zero_point(x) * sums
+        defs.append(_c_array("int32_t", f"{name}_interior_bias", _wrap32(folded)))
+        pairs = "NULL"
+        if oc == c and c >= 4:  # multiplier 1: the DSP kernel's int16 filter pairs, defined only where it runs
+            taps = self.g.data(w).reshape(-1, oc)[:, : c // 4 * 4].astype(np.int64) & 0xFFFF
+            groups = taps.reshape(-1, c // 4, 4).transpose(1, 0, 2)  # [group][tap][4 channels]
+            words = np.stack([groups[..., 0] | groups[..., 2] << 16, groups[..., 1] | groups[..., 3] << 16], axis=-1)
+            defs.append(f"#if BISUP_KERNEL_DW_PAIRS_USED\n{_c_array('int32_t', f'{name}_filter_pairs', _wrap32(words))}"
+                        "\n#endif")
+            pairs = f"BISUP_KERNEL_DW_PAIRS({name}_filter_pairs)"
         params = _struct("bisup_kernel_depthwise_params", name, input=_shape_c(self.g.shape(x), where),
                          output=_shape_c(self.g.shape(y), where), filter_height=fh, filter_width=fw,
                          depth_multiplier=oc // c, stride_height=o.strideH, stride_width=o.strideW,
@@ -206,7 +223,7 @@ class _Builder:
                          pad_width=pad_w, input_offset=-self.g.zero_point(x), output_offset=self.g.zero_point(y),
                          activation_min=lo, activation_max=hi, filter=f"{name}_filter",
                          bias=f"{name}_bias" if bias is not None else "NULL", multiplier=f"{name}_multiplier",
-                         shift=f"{name}_shift")
+                         shift=f"{name}_shift", interior_bias=f"{name}_interior_bias", filter_pairs=pairs)
         return Step("DEPTHWISE_CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
                     f"bisup_kernel_depthwise_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw,
                     parameters=fh * fw * oc + (oc if bias is not None else 0))

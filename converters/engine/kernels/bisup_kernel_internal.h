@@ -151,18 +151,6 @@ typedef void bisup_kernel_gemm_rows_fn(const bisup_kernel_gemm *g, const int8_t 
 bisup_kernel_gemm_rows_fn bisup_kernel_gemm_rows;     /* portable C (conv.c) */
 bisup_kernel_gemm_rows_fn bisup_kernel_gemm_rows_dsp; /* SMLAD (conv_dsp.c), when BISUP_KERNEL_DSP */
 
-/* mbqm, the same integer with fewer instructions: srdhm's (ab + nudge) / 2^31, nudge 2^30 for ab >= 0 and
- * 1 - 2^30 below, truncated toward zero, is floor((ab + 2^30) / 2^31) for both signs (for ab < 0, truncation
- * of a negative s is floor((s + 2^31 - 1) / 2^31)): one SMLAL and a shift. Only a == b == INT32_MIN
- * saturates, which a multiplier the lowering computes (in [0, 2^31)) never is; it takes mbqm anyway. */
-static inline int32_t mbqm_fast(int32_t x, int32_t multiplier, int shift) {
-  if (multiplier == INT32_MIN) return mbqm(x, multiplier, shift);
-  const int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
-  const int32_t scaled = (int32_t)((uint32_t)x << left); /* wraps as TFLM's int32 multiply does */
-  const int32_t high = (int32_t)(((int64_t)scaled * multiplier + ((int64_t)1 << 30)) >> 31);
-  return rdbp(high, right);
-}
-
 /* The products run over blocks of this many output channels, their sums kept on the stack (2 x 256 bytes),
  * then requantized together (bisup_kernel_gemm_requantize: a tight loop, every parameter in a register). */
 #define BISUP_KERNEL_GEMM_BLOCK 64
@@ -191,6 +179,47 @@ int bisup_kernel_conv2d_gemm(const bisup_kernel_conv_params *p, const int8_t *in
 int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output);
 int bisup_kernel_fully_connected_dsp(const bisup_kernel_fully_connected_params *p, const int8_t *input,
                                      int8_t *output);
+
+/* mbqm in fewer instructions, equal to it for every multiplier (INT32_MIN, which quantize_multiplier never
+ * makes, takes mbqm itself) and right shifts up to 31 (it returns none larger). srdhm's nudge-then-truncate is
+ * one rounding shift of the 64-bit product for either sign: for ab < 0, C's truncation of (ab + 1 - 2^30) / 2^31 is
+ * floor((ab + 2^30) / 2^31) (and ab + 2^30 cannot overflow int64), so |high| <= 2^31 - 2. rdbp by e >= 1, half
+ * away from zero, is floor((h - [h < 0] + 2^(e-1)) / 2^e) = (((h - [h < 0]) >> (e - 1)) + 1) >> 1 (nested floors),
+ * which cannot overflow for such h. */
+static inline int32_t mbqm_fast(int32_t x, int32_t multiplier, int32_t shift) {
+  if (multiplier == INT32_MIN) return mbqm(x, multiplier, (int)shift); /* never from the lowering; exact anyway */
+  if (shift >= 0) {
+    const int32_t scaled = (int32_t)((uint32_t)x << shift); /* wraps as TFLM's int32 multiply does */
+    return (int32_t)(((int64_t)scaled * multiplier + ((int64_t)1 << 30)) >> 31);
+  }
+  int32_t high = (int32_t)(((int64_t)x * multiplier + ((int64_t)1 << 30)) >> 31);
+  high += high >> 31; /* h - [h < 0] */
+  return ((high >> (-shift - 1)) + 1) >> 1;
+}
+
+static inline int8_t requantize_fast(int32_t acc, int32_t multiplier, int32_t shift, int32_t output_offset,
+                                     int32_t lo, int32_t hi) {
+  return (int8_t)clamp32(mbqm_fast(acc, multiplier, shift) + output_offset, lo, hi);
+}
+
+/* DEPTHWISE_CONV_2D (depthwise_conv.c): one output pixel, every channel, any shape, taps outside the input
+ * skipped as TFLM's padding does; the ISA variants run their border pixels with it. */
+void bisup_kernel_depthwise_pixel(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output,
+                                  int32_t b, int32_t oy, int32_t ox);
+/* The taps of output pixel (b, oy, ox), depth multiplier 1: src[t] points at tap t's input pixel (channel 0) and
+ * mask[t] is ~0, or, for a tap outside the input, src[t] points at `zero_point` (the input's zero point, at least
+ * 4 bytes of it) and mask[t] is 0: read channel c at src[t] + (c & mask[t]). Such a tap adds w x (zp + offset) = 0
+ * to a window that starts from interior_bias, so every pixel sums as an interior one. */
+void bisup_kernel_depthwise_taps(const bisup_kernel_depthwise_params *p, const int8_t *input, int32_t b, int32_t oy,
+                                 int32_t ox, const int8_t *zero_point, const int8_t **src, int32_t *mask);
+/* The output rows (or columns) [*lo, *hi) whose every tap lies inside the input. */
+void bisup_kernel_interior_range(int32_t out_n, int32_t stride, int32_t pad, int32_t dilation, int32_t filter,
+                                 int32_t in_n, int32_t *lo, int32_t *hi);
+/* ADD / SUB's DSP variant (add_dsp.c; sign +1 or -1): 1 when it ran the op, 0 for shapes it does not cover. */
+int bisup_kernel_add_dsp(const bisup_kernel_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
+                         int32_t sign);
+/* The DSP variant (depthwise_conv_dsp.c): 1 when it ran the op, 0 for a shape it does not cover. */
+int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output);
 
 /* gemmlowp fixed point for the softmax family and the logistic (fixedpoint.c). */
 int32_t bisup_kernel_saturating_shift_left(int32_t x, int exponent);

@@ -57,7 +57,23 @@ typedef struct {
   const int8_t *filter; /* [1][filter_height][filter_width][output depth] */
   const int32_t *bias;
   const int32_t *multiplier, *shift;
+  /* Per output channel, bias + input_offset x the sum of the channel's taps (wrapped to int32): the accumulator's
+   * start for a window wholly inside the input. May be NULL (then every pixel takes the general path). */
+  const int32_t *interior_bias;
+  /* Depth multiplier 1, for the DSP kernels: per group of 4 channels g and tap t, words 2 (g x taps + t) and one
+   * after hold the filter's channels 4g, 4g+2 and 4g+1, 4g+3 as int16 pairs (low half first). NULL elsewhere: the
+   * generated code gives BISUP_KERNEL_DW_PAIRS(its array), which is NULL where no kernel reads it. */
+  const int32_t *filter_pairs;
 } bisup_kernel_depthwise_params;
+
+/* Where the DSP depthwise kernel runs, the generated code defines and points at filter_pairs; elsewhere neither. */
+#if !defined(BISUP_KERNELS_PORTABLE) && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP /* = BISUP_KERNEL_DSP */
+#define BISUP_KERNEL_DW_PAIRS_USED 1
+#define BISUP_KERNEL_DW_PAIRS(name) (name)
+#else
+#define BISUP_KERNEL_DW_PAIRS_USED 0
+#define BISUP_KERNEL_DW_PAIRS(name) NULL
+#endif
 
 typedef struct {
   int32_t batches, input_depth, output_depth;

@@ -196,7 +196,9 @@ int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *inp
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t t = 0; t < pixels; t += block) {
       const int32_t count = pixels - t < block ? pixels - t : block;
-      for (int32_t j = 0; j < count; ++j) im2col(&g, b, (t + j) / out->width, (t + j) % out->width, im2col_rows + j * k);
+      for (int32_t j = 0; j < count; ++j) {
+        im2col(&g, b, (t + j) / out->width, (t + j) % out->width, im2col_rows + j * k);
+      }
       rows(&q, im2col_rows, k, count, k, output + ((size_t)b * pixels + t) * channels, channels);
     }
   }

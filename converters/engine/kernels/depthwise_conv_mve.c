@@ -123,7 +123,9 @@ int bisup_kernel_depthwise_conv2d_mve(const bisup_kernel_depthwise_params *p, co
       const int32_t y0 = oy * stride_height - pad_height;
       int32_t fy0, fy1, next0 = -1, next1 = -1;
       inside_taps(y0, dilation_height, filter_height, in.height, &fy0, &fy1);
-      if (oy + 1 < out.height) inside_taps(y0 + stride_height, dilation_height, filter_height, in.height, &next0, &next1);
+      if (oy + 1 < out.height) {
+        inside_taps(y0 + stride_height, dilation_height, filter_height, in.height, &next0, &next1);
+      }
       const int pair = next0 == fy0 && next1 == fy1; /* the pixels below have windows with the same taps inside */
       q.rows = fy1 - fy0;
       for (int32_t ox = 0; ox < out.width; ++ox) {

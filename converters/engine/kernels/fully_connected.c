@@ -1,6 +1,7 @@
 /* bisup int8 kernels: FULLY_CONNECTED (see bisup_kernels.h).
  *
- * The ISA variants first (fully_connected_mve.c on the Cortex-M55, fully_connected_dsp.c on M4/M7/M33); otherwise the portable matrix product
+ * The ISA variants first (fully_connected_mve.c on the Cortex-M55, fully_connected_dsp.c on M4/M7/M33);
+ * otherwise the portable matrix product
  * (bisup_kernel_gemm_rows, conv.c): two batch rows x two output channels per pass, any shape. The input
  * offset is folded into the bias at export (bias + input_offset x sum(w): TFLM's sum as the same integer).
  */

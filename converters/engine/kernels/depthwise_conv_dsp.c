@@ -1,0 +1,252 @@
+/*
+ * bisup int8 kernels: DEPTHWISE_CONV_2D with the Cortex-M DSP extension (ARMv7E-M, ARMv8-M Mainline: M4, M7, M33).
+ *
+ * Covers depth multiplier 1, depth >= 4 and an input zero point in int8 (every TFLM int8 model); any filter size,
+ * stride, dilation, padding, batch. Returns 0 for anything else (depthwise_conv.c runs it).
+ *
+ * Output pixels outside, channels inside, four adjacent channels per pass: their input bytes and their filter
+ * bytes are one 32-bit word each (read with memcpy: an unaligned LDR). SXTAB16 splits the input word into its even
+ * and odd channels as int16 pairs and adds input_offset to each in the same instruction (|x + offset| <= 255 fits);
+ * SXTB16 splits the filter word (or filter_pairs, made by the lowering, holds it split); SMLABB / SMLATT add one
+ * channel's product each into four int32 accumulators that start from the bias: TFLM's
+ * sum(w * (x + input_offset)) + bias, in TFLM's int32. Interior pixels of a 3 x 3 filter are unrolled and read
+ * filter_pairs at fixed offsets (when it is given); other pixels loop over the taps inside the input only (TFLM's
+ * padding: the others add nothing).
+ * The last depth % 4 channels go one by one.
+ *
+ * Requantization: when every accumulator of the layer, after its channel's left shift, is below 2^30 in magnitude
+ * (checked once per call from the biases, the tap count and the shifts; true of real models), srdhm is one SMMULR of
+ * twice the accumulator (floor((2ab + 2^31) / 2^32) = floor((ab + 2^30) / 2^31), as in mbqm_fast) and the rounding
+ * divide is mbqm_fast's; otherwise mbqm_fast itself. No scratch memory.
+ */
+#include "bisup_kernel_internal.h"
+
+#if BISUP_KERNEL_DSP
+#include <arm_acle.h>
+#include <string.h>
+
+#define BISUP_DW_DSP_ZERO_ROW 256 /* the 3 x 3 path's row of zero points on the stack: up to 256 channels */
+
+static inline int32_t word(const int8_t *p) {
+  int32_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* The odd bytes of x as two int16, each plus the matching half of a: SXTAB16 with its rotation (GCC 12's
+ * arm_acle.h has no __ror to fold into it). */
+static inline int32_t sxtab16_ror8(int32_t a, int32_t x) {
+  int32_t r;
+  __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
+  return r;
+}
+
+static inline int32_t sxtb16_ror8(int32_t x) {
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+  return r;
+}
+
+/* (a * b + 2^31) >> 32. */
+static inline int32_t smmulr(int32_t a, int32_t b) {
+  int32_t r;
+  __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+/* One tap of four channels: input word xv (plus the offset pair off2), filter word wv, into a0..a3. */
+#define BISUP_DW_TAP(xv, wv)                                \
+  do {                                                      \
+    const int32_t x_ = (xv), w_ = (wv);                     \
+    const int32_t x02 = __sxtab16(off2, x_), w02 = __sxtb16(w_); \
+    const int32_t x13 = sxtab16_ror8(off2, x_);             \
+    const int32_t w13 = sxtb16_ror8(w_);                    \
+    a0 = __smlabb(x02, w02, a0);                            \
+    a2 = __smlatt(x02, w02, a2);                            \
+    a1 = __smlabb(x13, w13, a1);                            \
+    a3 = __smlatt(x13, w13, a3);                            \
+  } while (0)
+
+typedef struct {
+  const int32_t *multiplier, *shift;
+  int32_t output_offset, lo, hi;
+  int small; /* every accumulator, after its left shift, below 2^30 in magnitude */
+  int right;  /* small, and every shift < 0 (a right shift) */
+} requant;
+
+static inline int8_t output_of(const requant *r, int32_t acc, int32_t c) {
+  const int32_t m = r->multiplier[c], s = r->shift[c];
+  int32_t v;
+  if (r->right) {
+    int32_t h = smmulr(acc * 2, m);
+    h += h >> 31;
+    v = ((h >> (-s - 1)) + 1) >> 1;
+  } else if (!r->small) {
+    v = mbqm_fast(acc, m, s);
+  } else if (s >= 0) {
+    v = smmulr((int32_t)((uint32_t)acc << (s + 1)), m);
+  } else {
+    int32_t h = smmulr(acc * 2, m);
+    h += h >> 31;
+    v = ((h >> (-s - 1)) + 1) >> 1;
+  }
+  return (int8_t)clamp32(v + r->output_offset, r->lo, r->hi);
+}
+
+static inline int32_t bias_of(const bisup_kernel_depthwise_params *p, int32_t c) { return p->bias ? p->bias[c] : 0; }
+
+/* Channels c0 and up of output pixel o, from the taps [fy0, fy1) x [fx0, fx1) of a window whose tap (fy0, fx0) is
+ * at x (channel 0). */
+static void pixel_taps(const bisup_kernel_depthwise_params *p, const requant *r, int32_t off2, const int8_t *x,
+                       int8_t *restrict o, int32_t fy0, int32_t fy1, int32_t fx0, int32_t fx1, int32_t c0) {
+  const int32_t depth = p->output.depth, fw = p->filter_width;
+  const int32_t row = p->dilation_height * p->input.width * depth, col = p->dilation_width * depth;
+  int32_t c = c0;
+  for (; c + 4 <= depth; c += 4) {
+    int32_t a0 = bias_of(p, c), a1 = bias_of(p, c + 1), a2 = bias_of(p, c + 2), a3 = bias_of(p, c + 3);
+    const int8_t *v = x + c;
+    for (int32_t fy = fy0; fy < fy1; ++fy, v += row) {
+      const int8_t *w = p->filter + (fy * fw + fx0) * depth + c, *u = v;
+      for (int32_t fx = fx0; fx < fx1; ++fx, u += col, w += depth) BISUP_DW_TAP(word(u), word(w));
+    }
+    o[c] = output_of(r, a0, c);
+    o[c + 1] = output_of(r, a1, c + 1);
+    o[c + 2] = output_of(r, a2, c + 2);
+    o[c + 3] = output_of(r, a3, c + 3);
+  }
+  for (; c < depth; ++c) {
+    int32_t a = 0;
+    const int8_t *v = x + c;
+    for (int32_t fy = fy0; fy < fy1; ++fy, v += row) {
+      const int8_t *w = p->filter + (fy * fw + fx0) * depth + c, *u = v;
+      for (int32_t fx = fx0; fx < fx1; ++fx, u += col, w += depth) a += *w * (*u + p->input_offset);
+    }
+    o[c] = output_of(r, a + bias_of(p, c), c);
+  }
+}
+
+/* One tap of four channels from filter_pairs: input word xv, filter words w02 (channels 0, 2), w13 (1, 3). */
+#define BISUP_DW_TAP_PAIRS(xv, w02, w13)            \
+  do {                                              \
+    const int32_t x_ = (xv);                        \
+    const int32_t x02 = __sxtab16(off2, x_);        \
+    const int32_t x13 = sxtab16_ror8(off2, x_);     \
+    a0 = __smlabb(x02, (w02), a0);                  \
+    a2 = __smlatt(x02, (w02), a2);                  \
+    a1 = __smlabb(x13, (w13), a1);                  \
+    a3 = __smlatt(x13, (w13), a3);                  \
+  } while (0)
+
+/* An output pixel of a 3 x 3 filter with filter_pairs: tap[t] is tap t's input pixel (channel 0), or a row of
+ * the input's zero point (x + input_offset = 0: the tap adds nothing, as TFLM's padding) for a tap outside. */
+static void pixel_3x3(const bisup_kernel_depthwise_params *p, const requant *r, int32_t off2,
+                      const int8_t *const *tap, int8_t *restrict o) {
+  const int32_t depth = p->output.depth;
+  const int32_t *w = p->filter_pairs;
+  int32_t c = 0;
+  for (; c + 4 <= depth; c += 4, w += 18) {
+    int32_t a0 = bias_of(p, c), a1 = bias_of(p, c + 1), a2 = bias_of(p, c + 2), a3 = bias_of(p, c + 3);
+    BISUP_DW_TAP_PAIRS(word(tap[0] + c), w[0], w[1]);
+    BISUP_DW_TAP_PAIRS(word(tap[1] + c), w[2], w[3]);
+    BISUP_DW_TAP_PAIRS(word(tap[2] + c), w[4], w[5]);
+    BISUP_DW_TAP_PAIRS(word(tap[3] + c), w[6], w[7]);
+    BISUP_DW_TAP_PAIRS(word(tap[4] + c), w[8], w[9]);
+    BISUP_DW_TAP_PAIRS(word(tap[5] + c), w[10], w[11]);
+    BISUP_DW_TAP_PAIRS(word(tap[6] + c), w[12], w[13]);
+    BISUP_DW_TAP_PAIRS(word(tap[7] + c), w[14], w[15]);
+    BISUP_DW_TAP_PAIRS(word(tap[8] + c), w[16], w[17]);
+    o[c] = output_of(r, a0, c);
+    o[c + 1] = output_of(r, a1, c + 1);
+    o[c + 2] = output_of(r, a2, c + 2);
+    o[c + 3] = output_of(r, a3, c + 3);
+  }
+  for (; c < depth; ++c) {
+    int32_t a = bias_of(p, c);
+    for (int32_t t = 0; t < 9; ++t) a += p->filter[t * depth + c] * (tap[t][c] + p->input_offset);
+    o[c] = output_of(r, a, c);
+  }
+}
+
+/* The first tap index at or after which y0 + t * d >= 0, and the end of those with y0 + t * d < n. */
+static void valid_taps(int32_t y0, int32_t d, int32_t f, int32_t n, int32_t *t0, int32_t *t1) {
+  int32_t a = 0, z = f;
+  while (a < f && y0 + a * d < 0) ++a;
+  while (z > a && y0 + (z - 1) * d >= n) --z;
+  *t0 = a;
+  *t1 = z;
+}
+
+int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
+  const bisup_kernel_shape *in = &p->input, *out = &p->output;
+  const int32_t taps = p->filter_height * p->filter_width, zp = -p->input_offset;
+  if (p->depth_multiplier != 1 || in->depth < 4 || zp < -128 || zp > 127) return 0;
+  /* |x + offset| <= 255, |w| <= 128: the accumulators' bound, shifted left by the largest left shift. */
+  int32_t bias_max = 0, left = 0;
+  for (int32_t c = 0; c < out->depth; ++c) {
+    const int32_t b = bias_of(p, c);
+    const int32_t mag = b == INT32_MIN ? INT32_MAX : (b < 0 ? -b : b);
+    bias_max = mag > bias_max ? mag : bias_max;
+    left = p->shift[c] > left ? p->shift[c] : left;
+  }
+  const int64_t bound = ((int64_t)bias_max + (int64_t)255 * 128 * taps) << (left < 31 ? left : 31);
+  int all_right = 1;
+  for (int32_t c = 0; c < out->depth; ++c) all_right &= p->shift[c] < 0;
+  const int small = bound < ((int64_t)1 << 30);
+  const requant r = {p->multiplier, p->shift, p->output_offset, p->activation_min, p->activation_max, small,
+                     small && all_right};
+  const int32_t off2 = (int32_t)(((uint32_t)p->input_offset & 0xffffu) | ((uint32_t)p->input_offset << 16));
+  const int is_3x3 = p->filter_height == 3 && p->filter_width == 3 && p->filter_pairs &&
+                     in->depth <= BISUP_DW_DSP_ZERO_ROW;
+  int8_t zero_row[BISUP_DW_DSP_ZERO_ROW];
+  if (is_3x3) memset(zero_row, zp, (size_t)in->depth);
+  int32_t offsets[9], y_lo, y_hi, x_lo, x_hi; /* an interior pixel's taps, from its first */
+  for (int32_t t = 0; t < 9; ++t) {
+    offsets[t] = ((t / 3) * p->dilation_height * in->width + (t % 3) * p->dilation_width) * in->depth;
+  }
+  bisup_kernel_interior_range(out->height, p->stride_height, p->pad_height, p->dilation_height, p->filter_height,
+                              in->height, &y_lo, &y_hi);
+  bisup_kernel_interior_range(out->width, p->stride_width, p->pad_width, p->dilation_width, p->filter_width,
+                              in->width, &x_lo, &x_hi);
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t oy = 0; oy < out->height; ++oy) {
+      const int32_t y0 = oy * p->stride_height - p->pad_height;
+      int32_t fy0, fy1;
+      valid_taps(y0, p->dilation_height, p->filter_height, in->height, &fy0, &fy1);
+      for (int32_t ox = 0; ox < out->width; ++ox) {
+        const int32_t x0 = ox * p->stride_width - p->pad_width;
+        int8_t *o = output + offset4(out, b, oy, ox, 0);
+        int32_t fx0, fx1;
+        valid_taps(x0, p->dilation_width, p->filter_width, in->width, &fx0, &fx1);
+        if (is_3x3 && oy >= y_lo && oy < y_hi && ox >= x_lo && ox < x_hi) {
+          const int8_t *x = input + offset4(in, b, y0, x0, 0), *tap[9];
+          for (int32_t t = 0; t < 9; ++t) tap[t] = x + offsets[t];
+          pixel_3x3(p, &r, off2, tap, o);
+          continue;
+        }
+        if (is_3x3) {
+          const int8_t *tap[9];
+          for (int32_t fy = 0; fy < 3; ++fy) {
+            for (int32_t fx = 0; fx < 3; ++fx) {
+              const int inside = fy >= fy0 && fy < fy1 && fx >= fx0 && fx < fx1;
+              tap[fy * 3 + fx] = inside ? input + offset4(in, b, y0 + fy * p->dilation_height,
+                                                          x0 + fx * p->dilation_width, 0)
+                                        : zero_row;
+            }
+          }
+          pixel_3x3(p, &r, off2, tap, o);
+          continue;
+        }
+        if (fy0 >= fy1 || fx0 >= fx1) { /* no tap inside the input: the bias alone */
+          for (int32_t c = 0; c < out->depth; ++c) o[c] = output_of(&r, bias_of(p, c), c);
+          continue;
+        }
+        const int8_t *x = input + offset4(in, b, y0 + fy0 * p->dilation_height, x0 + fx0 * p->dilation_width, 0);
+        pixel_taps(p, &r, off2, x, o, fy0, fy1, fx0, fx1, 0);
+      }
+    }
+  }
+  return 1;
+}
+#else
+typedef int bisup_kernel_depthwise_dsp_unused; /* ISO C forbids an empty translation unit */
+#endif
