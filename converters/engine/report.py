@@ -70,7 +70,16 @@ def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> di
         **tflm_flash(model_bytes),
         "macs": total_macs(generated),
         "layers": layers(generated),
+        "arena_peak": peak(generated),
     }
+
+
+def peak(generated: Generated) -> dict:
+    """The layer (its row in ``layers``) during which the most activation bytes are live: the one to shrink,
+    or to split, when the arena does not fit (TFLM runs the ops in the same order, so it peaks there too)."""
+    calls = [position for position, step in enumerate(generated.steps) if step.call]
+    row = max(range(len(calls)), key=lambda k: generated.plan.live_bytes[calls[k] + 1])
+    return {"layer": row, "op": generated.steps[calls[row]].op, "live_bytes": generated.plan.live_bytes[calls[row] + 1]}
 
 
 def tflm_flash(model_bytes: int) -> dict:

@@ -7,7 +7,6 @@ of boards: ``convert`` does the board-independent work (conversion, checks, aren
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from bisup.converters.errors import ConversionError
 from bisup.converters.runners import LiteRTRunner, TflmRunner
 from bisup.converters.runners import quantize as quantize_input
 from bisup.converters.signature import CONFIDENCE, SCORES
+from bisup.export import fit
 
 if TYPE_CHECKING:
     import keras
@@ -118,7 +118,7 @@ def convert(
     info = tflite_model.read(flatbuffer)
     coverage.check_graph(info)
 
-    progress("measuring the minimum tensor arena with TFLM (binary search, one subprocess per probe)")
+    progress("measuring the minimum tensor arena with TFLM (binary search, probes in a worker process)")
     minimum = arena.minimum_arena_of(flatbuffer)
     recommended = arena.recommended(minimum)
     metrics = _evaluate(supervised, flatbuffer, info, eval_x, eval_y, recommended, progress)
@@ -139,26 +139,13 @@ def _quant(tensor: tflite_model.Tensor, position: int | None = None) -> dict:
     return entry if position is None else entry | {"output_index": position}
 
 
-def fit_problems(converted: Converted, board: BoardProfile) -> list[str]:
-    """Why the model does not fit the board; empty when it fits."""
-    problems = []
-    if len(converted.model) > board.model_flash_budget:
-        problems.append(
-            f"model needs {len(converted.model):,} B of flash but {board.name} leaves {board.model_flash_budget:,} B "
-            f"for it ({board.flash_bytes:,} B flash - {board.reserved_flash_bytes:,} B reserved for firmware)"
-        )
-    if converted.arena_recommended_bytes > board.arena_ram_budget:
-        problems.append(
-            f"tensor arena needs {converted.arena_recommended_bytes:,} B of RAM but {board.name} leaves "
-            f"{board.arena_ram_budget:,} B for it ({board.ram_bytes:,} B RAM - {board.reserved_ram_bytes:,} B reserved)"
-        )
-    return problems
-
-
-def report(converted: Converted, board: BoardProfile) -> ExportReport:
-    """The board-specific report (``report.json``)."""
-    info, metrics = converted.info, converted.metrics
-    problems = fit_problems(converted, board)
+def report(converted: Converted, board: BoardProfile, engine_figures: dict | None = None,
+           requested: str | None = None) -> ExportReport:
+    """The board-specific report (``report.json``), its verdict by the engine that will run the model: ``requested``
+    (``c`` or ``tflm``), or by default the C engine wherever ``engine_figures`` show it can run the model."""
+    info, metrics, engine_figures = converted.info, converted.metrics, engine_figures or {}
+    chosen = fit.choose(requested, engine_figures)
+    problems = fit.problems(chosen, engine_figures, board, len(converted.model), converted.arena_recommended_bytes)
     return ExportReport(
         board=board.name,
         board_title=board.title,
@@ -189,18 +176,21 @@ def report(converted: Converted, board: BoardProfile) -> ExportReport:
         },
         samples=converted.samples,
         oracle="int8 figures come from the tflite-micro host interpreter; LiteRT is compared, not the device",
+        engine=engine_figures,
+        fit_engine=chosen,
     )
 
 
 def write(converted: Converted, board: BoardProfile, out_dir: str | Path, symbol: str = "g_model_data",
-          progress: Progress = _quiet) -> ExportReport:
-    """Write ``model.tflite``, ``model_data.h/.cc`` and ``report.json``; return the report."""
+          progress: Progress = _quiet, engine_choice: str | None = None) -> ExportReport:
+    """Write ``model.tflite``, ``model_data.h/.cc``, ``model_infer.c/.h`` and ``report.json``; return the report,
+    judged by ``engine_choice`` (``c``, ``tflm``; None: see ``report``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress(f"writing model.tflite and the TFLM C arrays (model_data.h/.cc) to {out}")
     (out / "model.tflite").write_bytes(converted.model)
     c_arrays.write(converted.model, converted.info, out, converted.arena_recommended_bytes, symbol)
-    result = dataclasses.replace(report(converted, board), engine=_engine(converted, board, out, progress))
+    result = report(converted, board, _engine(converted, board, out, progress), engine_choice)
     (out / "report.json").write_text(dumps(result))
     return result
 
@@ -234,7 +224,8 @@ def _figures_beyond_budget(model: bytes, board: BoardProfile) -> dict:
     except engine.EngineError:
         return {}
     macs = engine.total_macs(generated)
-    planned = {"arena_bytes": generated.plan.arena_bytes, "macs": macs, "layers": engine.layers(generated)}
+    planned = {"arena_bytes": generated.plan.arena_bytes, "macs": macs, "layers": engine.layers(generated),
+               "arena_peak": engine.peak(generated)}
     return planned | _latency(macs, board)
 
 
@@ -248,10 +239,11 @@ def export(
     symbol: str = "g_model_data",
     progress: Progress = _quiet,
     temperature_value: float | None = None,
+    engine_choice: str | None = None,
 ) -> ExportReport:
     """Convert, write the artefacts for ``board``, and return the report (see ``write``)."""
     converted = convert(model_path, calib_path, supervisor, eval_path, progress, temperature_value)
-    return write(converted, board, out_dir, symbol, progress)
+    return write(converted, board, out_dir, symbol, progress, engine_choice)
 
 
 def stderr_progress(message: str) -> None:
