@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,18 +68,31 @@ def _quiet(message: str) -> None:
     """The default progress sink for library use: say nothing."""
 
 
-def _evaluate(supervised: keras.Model, model: bytes, info: tflite_model.ModelInfo, x: np.ndarray, y: np.ndarray | None,
-              arena_bytes: int, progress: Progress) -> dict:
-    progress(f"evaluating {len(x)} samples: float (Keras), int8 (TFLM oracle), int8 (LiteRT)")
-    float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
+def _litert(model: bytes, x_q: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """LiteRT's outputs with its default (XNNPACK) and its reference kernels, compared with TFLM's afterwards."""
+    return {"xnnpack": LiteRTRunner(model).run(x_q), "reference": LiteRTRunner(model, reference_kernels=True).run(x_q)}
+
+
+def _measure(supervised: keras.Model, model: bytes, info: tflite_model.ModelInfo, x: np.ndarray, y: np.ndarray | None,
+             progress: Progress) -> tuple[int, dict]:
+    """TFLM's minimum arena and the evaluation's metrics, measured side by side.
+
+    The arena search runs in a worker process and LiteRT's interpreters release the GIL, so both run in
+    threads while Keras computes the float outputs: on two cores they cost little wall time. TFLM then runs
+    with the recommended arena, as before (its outputs do not depend on it, but it must work)."""
+    progress("measuring the minimum tensor arena with TFLM (binary search, probes in a worker process)")
+    progress(f"evaluating {len(x)} samples alongside: float (Keras), int8 (TFLM oracle), int8 (LiteRT)")
     x_q = quantize_input(x, info.inputs[0])
-    tflm = TflmRunner(model, info, arena_bytes).run(x_q)
-    metrics = fidelity.compare(float_out, tflm, y)
-    metrics["tflm_vs_litert_bitexact"] = {
-        "xnnpack": fidelity.bitexact_fraction(tflm, LiteRTRunner(model).run(x_q)),
-        "reference": fidelity.bitexact_fraction(tflm, LiteRTRunner(model, reference_kernels=True).run(x_q)),
-    }
-    return metrics
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        search = pool.submit(arena.minimum_arena_of, model)
+        litert = pool.submit(_litert, model, x_q)
+        float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
+        minimum = search.result()
+        tflm = TflmRunner(model, info, arena.recommended(minimum)).run(x_q)
+        metrics = fidelity.compare(float_out, tflm, y)
+        metrics["tflm_vs_litert_bitexact"] = {kernels: fidelity.bitexact_fraction(tflm, outputs)
+                                              for kernels, outputs in litert.result().items()}
+    return minimum, metrics
 
 
 def convert(
@@ -118,13 +132,11 @@ def convert(
     info = tflite_model.read(flatbuffer)
     coverage.check_graph(info)
 
-    progress("measuring the minimum tensor arena with TFLM (binary search, probes in a worker process)")
-    minimum = arena.minimum_arena_of(flatbuffer)
-    recommended = arena.recommended(minimum)
-    metrics = _evaluate(supervised, flatbuffer, info, eval_x, eval_y, recommended, progress)
+    minimum, metrics = _measure(supervised, flatbuffer, info, eval_x, eval_y, progress)
     samples = {"calibration": len(calib_x), "evaluation": len(eval_x), "evaluation_set": str(eval_path or calib_path),
                "on_calibration": eval_path is None}
-    return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, recommended, metrics, chosen, samples)
+    return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, arena.recommended(minimum), metrics,
+                     chosen, samples)
 
 
 def _temperature(model: keras.Model, calib_x: np.ndarray, kind: str) -> float:
