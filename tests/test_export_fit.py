@@ -109,3 +109,20 @@ def test_the_command_line_verdict_follows_the_engine(digits_example, tmp_path):
     assert line.startswith("Error: model does not fit between: TFLM's tensor arena")
     assert "memory peaks at layer" in line and line.endswith(f"the C engine needs {report['engine']['arena_bytes']:,} "
                                                              "B (--engine c)")
+
+
+def test_a_multi_exit_model_is_not_judged_by_tflm_on_request(tmp_path):
+    """Its stages share one C engine arena; asking for a TFLM verdict would be silently ignored, so it is refused."""
+    import keras
+    import numpy as np
+
+    from bisup.converters import exits
+
+    inputs = keras.Input((8, 8, 1))
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(stem)
+    exits.attach(keras.Model(inputs, keras.layers.Dense(3)(pooled)), ["stem"]).save(tmp_path / "multi.keras")
+    np.savez(tmp_path / "calib.npz", x=np.zeros((120, 8, 8, 1), np.float32))
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "multi.keras"), "--calib", str(tmp_path / "calib.npz"),
+                                       "--board", "esp32", "--out", str(tmp_path / "o"), "--engine", "tflm"])
+    assert "stages are judged by the C engine's shared arena" in error_line(result)

@@ -92,6 +92,10 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     from bisup.export import single as exporter
 
     if staged.is_multi_exit(model):
+        if engine_choice == "tflm":
+            raise click.BadParameter("a multi-exit model's stages are judged by the C engine's shared arena "
+                                     "(stages.json lists TFLM's arena per stage); leave --engine out",
+                                     param_hint="'--engine'")
         _export_stages(model, calib, profile, out_dir, supervisor, eval_path, as_json)
         return
 
