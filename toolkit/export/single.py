@@ -77,21 +77,21 @@ def _measure(supervised: keras.Model, model: bytes, info: tflite_model.ModelInfo
              progress: Progress) -> tuple[int, dict]:
     """TFLM's minimum arena and the evaluation's metrics, measured side by side.
 
-    The arena search runs in a worker process and LiteRT's interpreters release the GIL, so both run in
-    threads while Keras computes the float outputs: on two cores they cost little wall time. TFLM then runs
-    with the recommended arena, as before (its outputs do not depend on it, but it must work)."""
+    The arena search runs in a worker process, so a thread waits for it while Keras and LiteRT compute their
+    outputs; TFLM then runs with the recommended arena, as before (its outputs do not depend on it, but it must
+    work). LiteRT stays in this thread: beside TFLM, whose calls hold the GIL, it only waited its turn."""
     progress("measuring the minimum tensor arena with TFLM (binary search, probes in a worker process)")
     progress(f"evaluating {len(x)} samples alongside: float (Keras), int8 (TFLM oracle), int8 (LiteRT)")
     x_q = quantize_input(x, info.inputs[0])
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool:
         search = pool.submit(arena.minimum_arena_of, model)
-        litert = pool.submit(_litert, model, x_q)
         float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
+        litert = _litert(model, x_q)
         minimum = search.result()
-        tflm = TflmRunner(model, info, arena.recommended(minimum)).run(x_q)
-        metrics = fidelity.compare(float_out, tflm, y)
-        metrics["tflm_vs_litert_bitexact"] = {kernels: fidelity.bitexact_fraction(tflm, outputs)
-                                              for kernels, outputs in litert.result().items()}
+    tflm = TflmRunner(model, info, arena.recommended(minimum)).run(x_q)
+    metrics = fidelity.compare(float_out, tflm, y)
+    metrics["tflm_vs_litert_bitexact"] = {kernels: fidelity.bitexact_fraction(tflm, outputs)
+                                          for kernels, outputs in litert.items()}
     return minimum, metrics
 
 
