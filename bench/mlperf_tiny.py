@@ -60,7 +60,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlperf_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNELS = ROOT / "firmware_bridge" / "c"
 HARNESS = ROOT / "tests" / "c" / "engine_harness.c"  # int8 inputs on stdin, scores + confidence on stdout
 BOARDS = ("mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547")
 PORTABLE_BOARD = "mps2-an386"
@@ -116,9 +115,11 @@ def export(model: Path, calib: Path, out: Path) -> tuple[float, dict]:
 
 def host_byte_exact(out: Path, model: bytes, x_q: np.ndarray, tflm: dict[str, np.ndarray]) -> float:
     """The fraction of inputs whose scores and confidence from the exported C (host gcc -O2) equal TFLM's."""
+    from bisup.converters import engine
+
     exe = out / "engine_host"
-    subprocess.run(["gcc", "-std=c99", "-O2", f"-I{out}", f"-I{KERNELS}", str(out / "model_infer.c"),
-                    str(KERNELS / "bisup_kernels.c"), str(HARNESS), "-o", str(exe)], check=True)
+    subprocess.run(["gcc", "-std=c99", "-O2", f"-I{out}", f"-I{engine.KERNELS_DIR}", str(out / "model_infer.c"),
+                    *map(str, engine.kernel_sources()), str(HARNESS), "-o", str(exe)], check=True)
     stdout = subprocess.run([str(exe)], input=x_q.tobytes(), capture_output=True, check=True).stdout
     return float(np.mean(_matches(np.frombuffer(stdout, dtype=np.int8).reshape(len(x_q), -1), tflm)))
 

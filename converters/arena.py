@@ -2,7 +2,8 @@
 
 ``print_allocations()`` under-reports (2,128 B said vs about 2,492 B needed in one probe), so the
 size is measured: each candidate runs ``AllocateTensors`` + ``Invoke`` in the ``tflite-micro``
-interpreter, in a fresh subprocess, because some undersized arenas crash with SIGSEGV.
+interpreter in a worker process, because some undersized arenas crash with SIGSEGV; one worker
+answers the whole search and is replaced only when it crashes (see ``Prober``).
 
 The host interpreter is 64-bit; a 32-bit MCU stores smaller structs, so the measured size is an
 upper bound for the same kernels. Optimized kernels (CMSIS-NN, esp-nn) may ask for scratch
@@ -12,6 +13,7 @@ buffers the reference kernels do not, hence the recommended size adds a margin o
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bisup.converters.errors import ConversionError
+from bisup.converters.tflm_probe import OK
 
 ALIGNMENT = 16  # MicroArenaBufferAlignment()
 START_BYTES = 64 * 1024
@@ -32,20 +35,77 @@ class ProbeResult:
     detail: str
 
 
+class Prober:
+    """One ``tflm_probe`` worker process answering many arena sizes for one model.
+
+    Starting Python, numpy and tflite-micro costs about 0.3 s on a quiet machine and far more on a busy
+    one, against milliseconds for the probe itself: a search of 13 probes in one worker takes a fraction
+    of 13 processes. A worker that crashes (SIGSEGV on an undersized arena) answers that probe with the
+    signal, and the next probe starts a fresh one, so every probe still runs in a process of its own kind.
+    """
+
+    def __init__(self, model_path: Path):
+        self._model_path = model_path
+        self._worker: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the worker: closing its stdin ends its loop; one that hangs is killed."""
+        if self._worker is None:
+            return
+        worker, self._worker = self._worker, None
+        worker.stdin.close()
+        try:
+            worker.wait(timeout=PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        worker.stdout.close()
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self._worker is None:
+            cmd = [sys.executable, "-m", "bisup.converters.tflm_probe", str(self._model_path)]
+            self._worker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        return self._worker
+
+    def probe(self, arena_bytes: int) -> ProbeResult:
+        """Try one arena size; a crash or a timeout counts as failure, with its cause named."""
+        worker = self._start()
+        try:
+            worker.stdin.write(f"{arena_bytes}\n")
+            worker.stdin.flush()
+        except BrokenPipeError:
+            return self._died()
+        ready, _, _ = select.select([worker.stdout], [], [], PROBE_TIMEOUT_S)
+        if not ready:
+            worker.kill()
+            self.close()
+            return ProbeResult(False, f"TFLM probe timed out after {PROBE_TIMEOUT_S} s")
+        answer = worker.stdout.readline().strip()
+        if not answer:
+            return self._died()
+        return ProbeResult(True, "") if answer == OK else ProbeResult(False, answer)
+
+    def _died(self) -> ProbeResult:
+        """The worker ended without answering: name the signal that killed it, and let the next probe restart."""
+        worker, self._worker = self._worker, None
+        code = worker.wait()
+        worker.stdout.close()
+        if code < 0:
+            return ProbeResult(False, f"TFLM crashed with signal {-code}")
+        return ProbeResult(False, f"exit code {code}")
+
+
 def probe(model_path: Path, arena_bytes: int) -> ProbeResult:
-    """Try one arena size in a subprocess; a crash counts as failure, with its signal named."""
-    cmd = [sys.executable, "-m", "bisup.converters.tflm_probe", str(model_path), str(arena_bytes)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return ProbeResult(False, f"TFLM probe timed out after {PROBE_TIMEOUT_S} s")
-    if done.returncode == 0:
-        return ProbeResult(True, "")
-    if done.returncode < 0:
-        return ProbeResult(False, f"TFLM crashed with signal {-done.returncode}")
-    missing = [line.strip() for line in done.stderr.splitlines() if "Didn't find op" in line]
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    return ProbeResult(False, "; ".join(missing + lines[-1:]) or f"exit code {done.returncode}")
+    """Try one arena size in a worker process of its own (see ``Prober``)."""
+    with Prober(model_path) as prober:
+        return prober.probe(arena_bytes)
 
 
 def recommended(arena_bytes: int) -> int:
@@ -54,10 +114,10 @@ def recommended(arena_bytes: int) -> int:
     return -(-padded // ALIGNMENT) * ALIGNMENT
 
 
-def _upper_bound(model_path: Path) -> int:
+def _upper_bound(prober: Prober) -> int:
     size = START_BYTES
     while True:
-        result = probe(model_path, size)
+        result = prober.probe(size)
         if result.ok:
             return size
         if "Didn't find op" in result.detail:
@@ -71,21 +131,22 @@ def _upper_bound(model_path: Path) -> int:
 
 def minimum_arena(model_path: Path) -> int:
     """Smallest 16-byte multiple with which TFLM allocates and invokes the model."""
-    good = _upper_bound(model_path)
-    bad = 0
-    while good - bad > ALIGNMENT:
-        middle = (bad + good) // 2 // ALIGNMENT * ALIGNMENT
-        if middle <= bad:
-            break
-        if probe(model_path, middle).ok:
-            good = middle
-        else:
-            bad = middle
+    with Prober(model_path) as prober:
+        good = _upper_bound(prober)
+        bad = 0
+        while good - bad > ALIGNMENT:
+            middle = (bad + good) // 2 // ALIGNMENT * ALIGNMENT
+            if middle <= bad:
+                break
+            if prober.probe(middle).ok:
+                good = middle
+            else:
+                bad = middle
     return good
 
 
 def minimum_arena_of(flatbuffer: bytes) -> int:
-    """``minimum_arena`` of a model held in memory (the probes are subprocesses, so they read a file)."""
+    """``minimum_arena`` of a model held in memory (the probe worker is a subprocess, so it reads a file)."""
     with tempfile.NamedTemporaryFile(suffix=".tflite") as handle:
         handle.write(flatbuffer)
         handle.flush()

@@ -206,6 +206,7 @@ class ExportReport:
     samples: dict
     oracle: str
     engine: dict = field(default_factory=dict)  # the generated C: arena, flash, per-layer (empty: not generated)
+    fit_engine: str = "tflm"  # the engine fits and fit_problems judge by: "c" (model_infer.c) or "tflm"
 
     @property
     def num_classes(self) -> int:

@@ -116,6 +116,11 @@ def attach(model: keras.Model, at: list[str]) -> keras.Model:
     return keras.Model(base.inputs, outputs, name=f"{model.name}_exits")
 
 
+def are_exit_names(names: list[str]) -> bool:
+    """Whether a model's output names are those of a multi-exit model: ``exit1`` .. ``exitN`` and ``final``."""
+    return FINAL in names and sorted(names) == sorted([exit_name(i) for i in range(1, len(names))] + [FINAL])
+
+
 def exit_names(multi: keras.Model) -> list[str]:
     """``exit1`` .. ``exitN``, then ``final``; ExitError when ``multi`` is not a multi-exit model."""
     try:
@@ -124,7 +129,7 @@ def exit_names(multi: keras.Model) -> list[str]:
         output = None
     names = list(output.keys()) if isinstance(output, dict) else []
     exits = [exit_name(i) for i in range(1, len(names))]
-    if FINAL not in names or sorted(names) != sorted(exits + [FINAL]):
+    if not are_exit_names(names):
         raise ExitError(f"model {multi.name!r} is not a multi-exit model made by `bisup exits` "
                         f"(outputs {names or 'not a dict'})")
     return exits + [FINAL]

@@ -7,7 +7,7 @@ were measured on one model, whose share of non-MAC work (pooling, softmax) anoth
 The figures are ``bisup hil --emulate <machine>`` on the digits example (README, "bisup hil --emulate
 mps2-an386"): QEMU with ``-icount shift=0`` counts executed instructions exactly (to the SysTick's
 resolution of 40 instructions), for firmware built with ``arm-none-eabi-gcc -O2 -mcpu=<core>`` around the
-generated ``model_infer.c`` and ``bisup_kernels.c``. Reproduce them with ``bisup digits build/``, ``bisup
+generated ``model_infer.c`` and the kernels (``engine.kernel_sources()``). Reproduce them with ``bisup digits build/``, ``bisup
 export``, ``bisup calibrate``, ``bisup bundle`` (README walk-through) and ``bisup hil --emulate mps2-an386
 --bundle build/digits.bisup --data build/test.npz --remote build/remote.keras --json``: its
 ``device_inference`` holds ``instructions_p50`` and ``macs``. A re-run on a freshly trained digits model gave

@@ -1,7 +1,7 @@
 """Full-int8 conversion through a SavedModel, with TFLite builtin int8 ops only.
 
-Keras 3 models convert through ``ExportArchive`` + ``from_saved_model``: concrete functions over
-Keras 3 resource variables fail during calibration (READ_VARIABLE). The endpoint returns a dict,
+Keras 3 models convert through a SavedModel + ``from_saved_model``: concrete functions over Keras 3
+resource variables fail during calibration (READ_VARIABLE). The endpoint returns a dict,
 so the TFLite signature carries the output *names*; the converter reorders outputs, so callers
 map them by name (see ``tflite_model``), never by position. SELECT_TF_OPS (Flex) is never enabled:
 it cannot run on a board.
@@ -36,14 +36,22 @@ def _unsupported_ops(log: str) -> list[str]:
 
 
 def _export_saved_model(model: keras.Model, directory: str) -> None:
+    """A SavedModel holding only the serving function and the variables it reads.
+
+    Keras's ``ExportArchive`` saves the tracked model's whole object graph, tracing every layer again:
+    half the conversion's CPU time for MobileNet (6.1 s of it against 3.1 s here). The converter reads
+    only the signature, and the int8 flatbuffer is byte-identical (checked on the MLPerf Tiny models and
+    the digits CNN)."""
     import tensorflow as tf
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
     spec = tf.TensorSpec((1, *model.inputs[0].shape[1:]), tf.float32, name=INPUT)
-    archive.add_endpoint("serving_default", lambda x: model(x, training=False), input_signature=[spec])
+    serve = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    concrete = serve.get_concrete_function()
+    module = tf.Module()
+    module.serve = serve
+    module.captured = list(concrete.variables)
     with capture_fd(2):
-        archive.write_out(directory, verbose=False)
+        tf.saved_model.save(module, directory, signatures={"serving_default": concrete})
 
 
 def _layers(model: keras.Model) -> Iterator[keras.layers.Layer]:

@@ -74,6 +74,18 @@ def test_a_plain_model_is_not_taken_for_a_multi_exit_one():
         exits.exit_names(_residual())
 
 
+def test_the_export_tells_a_multi_exit_archive_without_loading_it(tmp_path, monkeypatch):
+    """``bisup export`` asks before it converts; answering from config.json saves one model load (seconds)."""
+    from bisup.converters import exits, graph
+    from bisup.export.exits import is_multi_exit
+
+    exits.attach(_residual(), ["stem"]).save(tmp_path / "multi.keras")
+    _residual().save(tmp_path / "plain.keras")
+    monkeypatch.setattr(graph, "load_model", lambda path: pytest.fail(f"{path} was loaded"))
+    assert is_multi_exit(tmp_path / "multi.keras")
+    assert not is_multi_exit(tmp_path / "plain.keras")
+
+
 @pytest.fixture(scope="module")
 def exits_run(demo_run, tmp_path_factory):
     """`bisup demo --exits` once, on the models the demo session trained."""

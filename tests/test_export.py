@@ -217,3 +217,29 @@ def test_the_measured_rate_gives_the_readmes_hil_latency():
     assert latency.estimate(25_600, "cortex-m0plus", 133) == {
         "estimate_us": None, "reason": "no estimate for cortex-m0plus: no instructions-per-MAC measurement "
                                        "(measured: cortex-m33, cortex-m4, cortex-m4f, cortex-m7)"}
+
+
+def test_the_lean_savedmodel_converts_to_the_bytes_exportarchive_gave(digits_example, converted, monkeypatch):
+    """quantize saves only the serving function and its variables (Keras's ExportArchive re-traced every layer,
+    half the conversion's time); the int8 flatbuffer must stay byte for byte what the archive gave."""
+    import keras
+
+    from bisup.converters import graph, quantize, supervisors
+    from bisup.converters.quiet import capture_fd
+
+    def through_the_archive(model: keras.Model, directory: str) -> None:
+        import tensorflow as tf
+
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        spec = tf.TensorSpec((1, *model.inputs[0].shape[1:]), tf.float32, name=graph.INPUT)
+        archive.add_endpoint("serving_default", lambda x: model(x, training=False), input_signature=[spec])
+        with capture_fd(2):
+            archive.write_out(directory, verbose=False)
+
+    calib = np.load(digits_example["calib"])["x"]
+    supervised = graph.attach_supervisor(graph.load_model(digits_example["model"]), supervisors.resolve("margin"),
+                                         calib[:32], converted.temperature)
+    lean = quantize.to_int8_tflite(supervised, calib)
+    monkeypatch.setattr(quantize, "_export_saved_model", through_the_archive)
+    assert quantize.to_int8_tflite(supervised, calib) == lean

@@ -68,6 +68,17 @@ def test_exit_codes_pass_through():
     assert process.returncode == 3
 
 
+def test_the_child_skips_teardown_but_not_what_must_finish():
+    """The child ends with os._exit (TensorFlow's teardown takes seconds), after joining its threads, running
+    atexit handlers (temporary files) and flushing: none of their output may be lost."""
+    process = _guarded("import atexit, threading; atexit.register(print, 'atexit ran'); "
+                       "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done'))).start(); "
+                       "print('unflushed', end=''); sys.exit(0)")
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert stdout == "unflushedthread done\natexit ran\n"
+
+
 @pytest.mark.slow
 def test_a_recurrent_layer_is_refused_by_name_before_the_converter_crashes(tmp_path):
     """An LSTM that is not unrolled kills TensorFlow's int8 converter with SIGSEGV; bisup names the layer and

@@ -16,7 +16,7 @@ Modules, one job each, importing only the ones above them:
   ``LOWERINGS`` is the one table of ops and their lowerings, ``SUPPORTED`` its keys.
 - ``arena_plan``: the static arena's offsets from tensor lifetimes (``Plan``, ``plan_arena``).
 - ``emit``: the header and source text (``Names``, ``Generated``, ``generate``) and the files (``write``).
-- ``report``: the export report's figures (``summary``, ``layers``, ``total_macs``), flash measured with
+- ``report``: the export report's figures (``summary``, ``layers``, ``total_macs``, ``peak``), flash measured with
   the kernels in ``KERNELS_DIR`` (``kernel_sources``, ``measure_flash``) and TFLM's for comparison (``tflm_flash``).
 """
 
@@ -42,6 +42,7 @@ from bisup.converters.engine.report import (
     kernel_sources,
     layers,
     measure_flash,
+    peak,
     summary,
     tflm_flash,
     total_macs,
@@ -69,6 +70,7 @@ __all__ = [
     "kernel_sources",
     "layers",
     "measure_flash",
+    "peak",
     "plan_arena",
     "quantize_multiplier",
     "same_or_valid",

@@ -55,18 +55,31 @@ def measure_flash(out_dir: str | Path, arch: str, stems: tuple[str, ...] = ("mod
     measured_for = cpu if arch in _CPUS else f"cortex-m4 (no {arch} toolchain here)"
     if shutil.which("arm-none-eabi-gcc") is None:
         return {"flash_bytes": None, "flash_measured_for": "not measured: install gcc-arm-none-eabi"}
-    total = 0
+    sources = [*(Path(out_dir) / f"{stem}.c" for stem in stems), *kernel_sources()]
     with tempfile.TemporaryDirectory() as work:
-        for source in (*(Path(out_dir) / f"{stem}.c" for stem in stems), *kernel_sources()):
-            obj = Path(work) / f"{source.stem}.o"
-            subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", *_FLOAT_ABI.get(cpu, []), "-Os", "-std=c99",
-                            "-ffunction-sections", "-fdata-sections", f"-I{out_dir}", f"-I{KERNELS_DIR}", "-c",
-                            str(source), "-o", str(obj)],
-                           check=True, capture_output=True)
-            text, data = subprocess.run(["arm-none-eabi-size", str(obj)], check=True, capture_output=True,
-                                        text=True).stdout.splitlines()[1].split()[:2]
-            total += int(text) + int(data)
+        objects = _compile(sources, cpu, Path(out_dir), Path(work))
+        rows = subprocess.run(["arm-none-eabi-size", *map(str, objects)], check=True, capture_output=True,
+                              text=True).stdout.splitlines()[1:]
+        total = sum(int(row.split()[0]) + int(row.split()[1]) for row in rows)  # text + data of each object
     return {"flash_bytes": total, "flash_measured_for": measured_for}
+
+
+def _compile(sources: list[Path], cpu: str, out_dir: Path, work: Path) -> list[Path]:
+    """Objects of ``sources`` for ``cpu``, compiled all at once: the compilers are independent, and on two
+    cores the kernels build beside the model's."""
+    import subprocess
+
+    objects = [work / f"{index}_{source.stem}.o" for index, source in enumerate(sources)]
+    flags = [f"-mcpu={cpu}", "-mthumb", *_FLOAT_ABI.get(cpu, []), "-Os", "-std=c99", "-ffunction-sections",
+             "-fdata-sections", f"-I{out_dir}", f"-I{KERNELS_DIR}"]
+    builds = [subprocess.Popen(["arm-none-eabi-gcc", *flags, "-c", str(source), "-o", str(obj)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+              for source, obj in zip(sources, objects, strict=True)]
+    for build in builds:
+        _, errors = build.communicate()
+        if build.returncode:
+            raise subprocess.CalledProcessError(build.returncode, build.args, stderr=errors)
+    return objects
 
 
 def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> dict:
@@ -83,7 +96,16 @@ def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> di
         **tflm_flash(model_bytes),
         "macs": total_macs(generated),
         "layers": layers(generated),
+        "arena_peak": peak(generated),
     }
+
+
+def peak(generated: Generated) -> dict:
+    """The layer (its row in ``layers``) during which the most activation bytes are live: the one to shrink,
+    or to split, when the arena does not fit (TFLM runs the ops in the same order, so it peaks there too)."""
+    calls = [position for position, step in enumerate(generated.steps) if step.call]
+    row = max(range(len(calls)), key=lambda k: generated.plan.live_bytes[calls[k] + 1])
+    return {"layer": row, "op": generated.steps[calls[row]].op, "live_bytes": generated.plan.live_bytes[calls[row] + 1]}
 
 
 def tflm_flash(model_bytes: int) -> dict:

@@ -18,6 +18,7 @@ from bisup.cli.common import (
     warn_caveats,
 )
 from bisup.converters.scores import KINDS
+from bisup.export.fit import ENGINES
 
 if TYPE_CHECKING:
     from bisup.converters.artefacts import BoardProfile
@@ -58,14 +59,20 @@ def boards(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table.")
 @click.option("--layers/--no-layers", default=True, show_default=True,
               help="Print the C engine's per-layer table (op, MACs, parameter bytes, output bytes, arena place).")
+@click.option("--engine", "engine_choice", type=click.Choice(ENGINES),
+              help="The engine the board will run, which the fit verdict and the table's flash and arena rows use: "
+                   "c = model_infer.c (static arena planned from tensor lifetimes, code + weights in flash), "
+                   "tflm = the TFLM interpreter with model_data.cc (measured arena + margin, the flatbuffer). "
+                   "Default: c wherever the C engine can run the model, else tflm. Both are written either way.")
 def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str, eval_path: Path | None,
-           temperature: float | None, symbol: str, as_json: bool, layers: bool) -> None:
+           temperature: float | None, symbol: str, as_json: bool, layers: bool, engine_choice: str | None) -> None:
     """Export MODEL (.keras or SavedModel dir) with an in-graph supervisor for a board.
 
     Writes a full-int8 model.tflite with two named outputs (scores, confidence), TFLite Micro C
     arrays with a generated op resolver, and report.json. The int8 figures come from the
     tflite-micro interpreter, the oracle for what the board computes. Exits non-zero, after
-    writing everything, when the model does not fit the board.
+    writing everything, when the model does not fit the board with the engine that will run it
+    (--engine), naming the layer where memory peaks.
 
     Also writes the C engine (model_infer.c/.h). The table gives total MACs, the C engine's arena
     and flash (code + weights) next to TFLM's, a latency ESTIMATE at the board's clock (MACs x
@@ -85,11 +92,16 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     from bisup.export import single as exporter
 
     if staged.is_multi_exit(model):
+        if engine_choice == "tflm":
+            raise click.BadParameter("a multi-exit model's stages are judged by the C engine's shared arena "
+                                     "(stages.json lists TFLM's arena per stage); leave --engine out",
+                                     param_hint="'--engine'")
         _export_stages(model, calib, profile, out_dir, supervisor, eval_path, as_json)
         return
 
     result = exporter.export(
-        model, calib, profile, out_dir, supervisor, eval_path, symbol, exporter.stderr_progress, temperature
+        model, calib, profile, out_dir, supervisor, eval_path, symbol, exporter.stderr_progress, temperature,
+        engine_choice,
     )
     if result.engine and not result.engine["generated"]:
         click.echo(f"Warning: no model_infer.c (the C engine): {result.engine['reason']}", err=True)

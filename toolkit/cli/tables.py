@@ -38,9 +38,7 @@ def export_table(report: ExportReport, layers: bool = True) -> str:
         ("board", f"{report.board} ({report.arch}, {report.cpu_mhz} MHz, {report.kernels} kernels)"),
         ("ops", f"{len(report.ops)}: {', '.join(report.ops)}"),
         *_cost_rows(report.engine),
-        ("flash (model)", f"{report.flash_bytes:,} B of {report.flash_budget_bytes:,} B budget"),
-        ("arena (measured min)", f"{report.arena_bytes:,} B"),
-        ("arena (recommended)", f"{report.arena_recommended_bytes:,} B of {report.arena_budget_bytes:,} B budget"),
+        *_budget_rows(report),
         ("evaluated on", f"{report.samples.get('evaluation', '?')} samples of {evaluated}{on}"),
         ("float top-1", _pct(report.float_accuracy)),
         ("int8 top-1 (TFLM)", _pct(report.int8_accuracy)),
@@ -74,6 +72,22 @@ def _cost_rows(engine: dict) -> list[tuple[str, str]]:
                    ("  how estimated", estimate["basis"].removeprefix("estimate: "))]
 
 
+def _budget_rows(report: ExportReport) -> list[tuple[str, str]]:
+    """Flash and arena against the board's budgets, of the engine the verdict is for (the other's are in the
+    memory table below)."""
+    e = report.engine
+    if report.fit_engine == "c" and "arena_bytes" in e:
+        flash = (f"{e['flash_bytes']:,} B of {report.flash_budget_bytes:,} B budget (code + weights)"
+                 if e.get("flash_bytes") is not None else
+                 f"{report.flash_bytes:,} B of {report.flash_budget_bytes:,} B budget (the flatbuffer: C not measured)")
+        return [("engine", "C engine (model_infer.c); --engine tflm judges by TFLM"), ("flash (C engine)", flash),
+                ("arena (C engine)", f"{e['arena_bytes']:,} B of {report.arena_budget_bytes:,} B budget (exact)")]
+    return [("engine", "TFLM (model_data.cc)" + ("; --engine c judges by the C engine" if "arena_bytes" in e else "")),
+            ("flash (model)", f"{report.flash_bytes:,} B of {report.flash_budget_bytes:,} B budget"),
+            ("arena (measured min)", f"{report.arena_bytes:,} B"),
+            ("arena (recommended)", f"{report.arena_recommended_bytes:,} B of {report.arena_budget_bytes:,} B budget")]
+
+
 def _memory_table(report: ExportReport) -> str:
     """RAM and flash of the C engine next to TFLM's: what each deployment costs on the board."""
     e = report.engine
@@ -96,7 +110,9 @@ def _memory_table(report: ExportReport) -> str:
     tflm_row = ("TFLM", f"{report.arena_bytes:,} B", f"measured min; {report.arena_recommended_bytes:,} B rec.",
                 *tflm_flash)
     header = ("memory", "arena (RAM)", "", "flash", "")
-    cells = [engine_row, tflm_row]
+    chosen = 0 if report.fit_engine == "c" else 1  # the row the fit verdict is judged by
+    cells = [(f"{row[0]} (verdict)" if k == chosen else row[0], *row[1:])
+             for k, row in enumerate((engine_row, tflm_row))]
     widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
     right = {1, 3}
     return "\n".join("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)

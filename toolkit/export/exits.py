@@ -9,6 +9,8 @@ MACs, arena (generated C and TFLM), activation bytes and exit accuracy per stage
 from __future__ import annotations
 
 import hashlib
+import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,13 +30,34 @@ SHARED_ARENA = "bisup_stages_arena"  # one arena for every stage: they run one a
 
 
 def is_multi_exit(model_path: str | Path) -> bool:
-    """Whether the ``.keras`` file is a multi-exit model made by ``bisup exits``."""
-    model = graph.load_model(model_path)
+    """Whether the model is a multi-exit model made by ``bisup exits``.
+
+    A ``.keras`` archive is answered from its ``config.json`` (the outputs' names), because loading the model
+    takes seconds and the export loads it again anyway; anything else is loaded and asked."""
+    names = _archived_output_names(Path(model_path))
+    if names is not None:
+        return exits.are_exit_names(names)
     try:
-        exits.exit_names(model)
+        exits.exit_names(graph.load_model(model_path))
     except exits.ExitError:
         return False
     return True
+
+
+def _archived_output_names(path: Path) -> list[str] | None:
+    """The output names a ``.keras`` archive's functional config gives (none: not a dict of outputs); None
+    when the file is not such an archive or its config is not the functional layout, so the caller loads it."""
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return None
+    outputs = config.get("config", {}).get("output_layers") if config.get("class_name") == "Functional" else None
+    if outputs is None:
+        return None
+    return list(outputs) if isinstance(outputs, dict) else []
 
 
 def _check_chain(whole: dict[str, np.ndarray], parts: list[bytes], x_q: np.ndarray) -> None:

@@ -7,9 +7,9 @@ of boards: ``convert`` does the board-independent work (conversion, checks, aren
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,7 @@ from bisup.converters.errors import ConversionError
 from bisup.converters.runners import LiteRTRunner, TflmRunner
 from bisup.converters.runners import quantize as quantize_input
 from bisup.converters.signature import CONFIDENCE, SCORES
+from bisup.export import fit
 
 if TYPE_CHECKING:
     import keras
@@ -67,18 +68,31 @@ def _quiet(message: str) -> None:
     """The default progress sink for library use: say nothing."""
 
 
-def _evaluate(supervised: keras.Model, model: bytes, info: tflite_model.ModelInfo, x: np.ndarray, y: np.ndarray | None,
-              arena_bytes: int, progress: Progress) -> dict:
-    progress(f"evaluating {len(x)} samples: float (Keras), int8 (TFLM oracle), int8 (LiteRT)")
-    float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
+def _litert(model: bytes, x_q: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """LiteRT's outputs with its default (XNNPACK) and its reference kernels, compared with TFLM's afterwards."""
+    return {"xnnpack": LiteRTRunner(model).run(x_q), "reference": LiteRTRunner(model, reference_kernels=True).run(x_q)}
+
+
+def _measure(supervised: keras.Model, model: bytes, info: tflite_model.ModelInfo, x: np.ndarray, y: np.ndarray | None,
+             progress: Progress) -> tuple[int, dict]:
+    """TFLM's minimum arena and the evaluation's metrics, measured side by side.
+
+    The arena search runs in a worker process, so a thread waits for it while Keras and LiteRT compute their
+    outputs; TFLM then runs with the recommended arena, as before (its outputs do not depend on it, but it must
+    work). LiteRT stays in this thread: beside TFLM, whose calls hold the GIL, it only waited its turn."""
+    progress("measuring the minimum tensor arena with TFLM (binary search, probes in a worker process)")
+    progress(f"evaluating {len(x)} samples alongside: float (Keras), int8 (TFLM oracle), int8 (LiteRT)")
     x_q = quantize_input(x, info.inputs[0])
-    tflm = TflmRunner(model, info, arena_bytes).run(x_q)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        search = pool.submit(arena.minimum_arena_of, model)
+        float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
+        litert = _litert(model, x_q)
+        minimum = search.result()
+    tflm = TflmRunner(model, info, arena.recommended(minimum)).run(x_q)
     metrics = fidelity.compare(float_out, tflm, y)
-    metrics["tflm_vs_litert_bitexact"] = {
-        "xnnpack": fidelity.bitexact_fraction(tflm, LiteRTRunner(model).run(x_q)),
-        "reference": fidelity.bitexact_fraction(tflm, LiteRTRunner(model, reference_kernels=True).run(x_q)),
-    }
-    return metrics
+    metrics["tflm_vs_litert_bitexact"] = {kernels: fidelity.bitexact_fraction(tflm, outputs)
+                                          for kernels, outputs in litert.items()}
+    return minimum, metrics
 
 
 def convert(
@@ -118,13 +132,11 @@ def convert(
     info = tflite_model.read(flatbuffer)
     coverage.check_graph(info)
 
-    progress("measuring the minimum tensor arena with TFLM (binary search, one subprocess per probe)")
-    minimum = arena.minimum_arena_of(flatbuffer)
-    recommended = arena.recommended(minimum)
-    metrics = _evaluate(supervised, flatbuffer, info, eval_x, eval_y, recommended, progress)
+    minimum, metrics = _measure(supervised, flatbuffer, info, eval_x, eval_y, progress)
     samples = {"calibration": len(calib_x), "evaluation": len(eval_x), "evaluation_set": str(eval_path or calib_path),
                "on_calibration": eval_path is None}
-    return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, recommended, metrics, chosen, samples)
+    return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, arena.recommended(minimum), metrics,
+                     chosen, samples)
 
 
 def _temperature(model: keras.Model, calib_x: np.ndarray, kind: str) -> float:
@@ -139,26 +151,13 @@ def _quant(tensor: tflite_model.Tensor, position: int | None = None) -> dict:
     return entry if position is None else entry | {"output_index": position}
 
 
-def fit_problems(converted: Converted, board: BoardProfile) -> list[str]:
-    """Why the model does not fit the board; empty when it fits."""
-    problems = []
-    if len(converted.model) > board.model_flash_budget:
-        problems.append(
-            f"model needs {len(converted.model):,} B of flash but {board.name} leaves {board.model_flash_budget:,} B "
-            f"for it ({board.flash_bytes:,} B flash - {board.reserved_flash_bytes:,} B reserved for firmware)"
-        )
-    if converted.arena_recommended_bytes > board.arena_ram_budget:
-        problems.append(
-            f"tensor arena needs {converted.arena_recommended_bytes:,} B of RAM but {board.name} leaves "
-            f"{board.arena_ram_budget:,} B for it ({board.ram_bytes:,} B RAM - {board.reserved_ram_bytes:,} B reserved)"
-        )
-    return problems
-
-
-def report(converted: Converted, board: BoardProfile) -> ExportReport:
-    """The board-specific report (``report.json``)."""
-    info, metrics = converted.info, converted.metrics
-    problems = fit_problems(converted, board)
+def report(converted: Converted, board: BoardProfile, engine_figures: dict | None = None,
+           requested: str | None = None) -> ExportReport:
+    """The board-specific report (``report.json``), its verdict by the engine that will run the model: ``requested``
+    (``c`` or ``tflm``), or by default the C engine wherever ``engine_figures`` show it can run the model."""
+    info, metrics, engine_figures = converted.info, converted.metrics, engine_figures or {}
+    chosen = fit.choose(requested, engine_figures)
+    problems = fit.problems(chosen, engine_figures, board, len(converted.model), converted.arena_recommended_bytes)
     return ExportReport(
         board=board.name,
         board_title=board.title,
@@ -189,18 +188,21 @@ def report(converted: Converted, board: BoardProfile) -> ExportReport:
         },
         samples=converted.samples,
         oracle="int8 figures come from the tflite-micro host interpreter; LiteRT is compared, not the device",
+        engine=engine_figures,
+        fit_engine=chosen,
     )
 
 
 def write(converted: Converted, board: BoardProfile, out_dir: str | Path, symbol: str = "g_model_data",
-          progress: Progress = _quiet) -> ExportReport:
-    """Write ``model.tflite``, ``model_data.h/.cc`` and ``report.json``; return the report."""
+          progress: Progress = _quiet, engine_choice: str | None = None) -> ExportReport:
+    """Write ``model.tflite``, ``model_data.h/.cc``, ``model_infer.c/.h`` and ``report.json``; return the report,
+    judged by ``engine_choice`` (``c``, ``tflm``; None: see ``report``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress(f"writing model.tflite and the TFLM C arrays (model_data.h/.cc) to {out}")
     (out / "model.tflite").write_bytes(converted.model)
     c_arrays.write(converted.model, converted.info, out, converted.arena_recommended_bytes, symbol)
-    result = dataclasses.replace(report(converted, board), engine=_engine(converted, board, out, progress))
+    result = report(converted, board, _engine(converted, board, out, progress), engine_choice)
     (out / "report.json").write_text(dumps(result))
     return result
 
@@ -235,7 +237,8 @@ def _figures_beyond_budget(model: bytes, board: BoardProfile) -> dict:
     except engine.EngineError:
         return {}
     macs = engine.total_macs(generated)
-    planned = {"arena_bytes": generated.plan.arena_bytes, "macs": macs, "layers": engine.layers(generated)}
+    planned = {"arena_bytes": generated.plan.arena_bytes, "macs": macs, "layers": engine.layers(generated),
+               "arena_peak": engine.peak(generated)}
     return planned | _latency(macs, board)
 
 
@@ -249,10 +252,11 @@ def export(
     symbol: str = "g_model_data",
     progress: Progress = _quiet,
     temperature_value: float | None = None,
+    engine_choice: str | None = None,
 ) -> ExportReport:
     """Convert, write the artefacts for ``board``, and return the report (see ``write``)."""
     converted = convert(model_path, calib_path, supervisor, eval_path, progress, temperature_value)
-    return write(converted, board, out_dir, symbol, progress)
+    return write(converted, board, out_dir, symbol, progress, engine_choice)
 
 
 def stderr_progress(message: str) -> None:
