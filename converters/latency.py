@@ -8,7 +8,8 @@ The figures are ``bisup hil --emulate <machine>`` on the digits example (README,
 mps2-an386"): QEMU with ``-icount shift=0`` counts executed instructions exactly (to the SysTick's
 resolution of 40 instructions), for firmware built with ``arm-none-eabi-gcc -O2 -mcpu=<core>`` around the
 generated ``model_infer.c`` and the kernels (``engine.kernel_sources()``). Reproduce them with ``bisup digits
-build/``, ``bisup export``, ``bisup calibrate``, ``bisup bundle`` (README walk-through) and ``bisup hil --emulate mps2-an386
+build/``, ``bisup export``, ``bisup calibrate``, ``bisup bundle`` (README walk-through) and ``bisup hil
+--emulate mps2-an386
 --bundle build/digits.bisup --data build/test.npz --remote build/remote.keras --json``: its
 ``device_inference`` holds ``instructions_p50`` and ``macs``. A re-run on a freshly trained digits model gave
 317,720 (Cortex-M4), 318,640 (M7) and 318,300 (M33) instructions, within 0.2 % of the figures below.
