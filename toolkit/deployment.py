@@ -163,7 +163,7 @@ class Deployment(ABC):
     # -- HIL and calibration
     @abstractmethod
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
-                timeout_s: float, progress: Progress, policy_path: Path | None = None) -> HilReport:
+                timeout_s: float | None, progress: Progress, policy_path: Path | None = None) -> HilReport:
         """Feed ``x`` to the board (or QEMU) while serving the bridge's role; the checked report."""
 
     @abstractmethod
@@ -261,7 +261,7 @@ class SingleDeployment(Deployment):
         return summary
 
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
-                timeout_s: float, progress: Progress, policy_path: Path | None = None) -> HilReport:
+                timeout_s: float | None, progress: Progress, policy_path: Path | None = None) -> HilReport:
         from bisup.firmware_bridge.remotes import open_remote
         from bisup.hil import runner
 
@@ -394,7 +394,7 @@ class ExitsDeployment(Deployment):
         return summary
 
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
-                timeout_s: float, progress: Progress, policy_path: Path | None = None) -> HilReport:
+                timeout_s: float | None, progress: Progress, policy_path: Path | None = None) -> HilReport:
         from bisup.export.exits import open_tail_dir
         from bisup.hil import exits
 

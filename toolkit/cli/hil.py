@@ -38,13 +38,14 @@ if TYPE_CHECKING:
               help="Multi-exit: the exit policy [default: policy.json in the --bundle folder].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JSON here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here.")
-@click.option("--timeout", default=10.0, show_default=True,
-              help="Seconds to wait for HELLO and for each report; with --emulate, seconds of QEMU's own CPU time, "
-                   "so a busy machine needs no larger value.")
+@click.option("--timeout", type=float,
+              help="Seconds the board may stay silent before HELLO and while an input is in flight [default: 10; "
+                   "with --emulate, derived from the model's MACs and input size, in the emulated board's own time "
+                   "(QEMU's instruction count), so a busy machine needs no larger value].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @trusted
 def hil(port_url: str | None, emulate: str | None, bundle_path: Path, data_path: Path, remote: str,
-        policy_path: Path | None, report_path: Path | None, junit_path: Path | None, timeout: float,
+        policy_path: Path | None, report_path: Path | None, junit_path: Path | None, timeout: float | None,
         as_json: bool) -> None:
     """Hardware-in-the-loop: run a labelled set through a board (or QEMU) and the bridge.
 
@@ -79,7 +80,7 @@ def hil(port_url: str | None, emulate: str | None, bundle_path: Path, data_path:
 
 
 def _hil_run(port_url: str | None, emulate: str | None, bundle_path: Path, data_path: Path, remote: str,
-             policy_path: Path | None, timeout: float) -> HilReport:
+             policy_path: Path | None, timeout: float | None) -> HilReport:
     """Check the inputs, open the deployment once and run the set on the board."""
     from bisup.deployment import open_deployment
 
