@@ -35,6 +35,7 @@ from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.handler import RequestHandler
 from bisup.firmware_bridge.relay import Relay
 from bisup.firmware_bridge.remotes import RemoteModel
+from bisup.hil import cycles
 from bisup.hil.target import HilSession, Machine, boot, build_firmware, emulated, emulated_waits, serial_link
 
 Progress = Callable[[str], None]
@@ -178,10 +179,21 @@ def waits(bundle: Bundle, emulate: str | None, timeout_s: float | None) -> tuple
     return emulated_waits(macs, p.HEADER.size + p.FEED_FIXED.size + bundle.input_elements)
 
 
+def cycle_estimate(emulate: str, bundle: Bundle, x_q: np.ndarray, wait_s: tuple[float, float]) -> dict:
+    """Estimated core cycles of one inference of ``x_q``, per layer, from its traced instruction mix (see
+    ``bisup.hil.cycles``): QEMU counts instructions, and a load or a taken branch costs a core more than one."""
+    layers = len(engine.layers(engine.generate(bundle.model)))
+    with tempfile.TemporaryDirectory(prefix="bisup-cycles-") as workdir:
+        found = cycles.estimate(emulate, bundle, x_q, layers, Path(workdir), wait_s)
+    return cycles.summary(found, emulated(emulate).cpu)
+
+
 def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, port_url: str | None = None,
-        emulate: str | None = None, timeout_s: float | None = None, progress: Progress = lambda m: None) -> HilReport:
+        emulate: str | None = None, timeout_s: float | None = None, progress: Progress = lambda m: None,
+        estimate_cycles: bool = False) -> HilReport:
     """Run the set through the board (``port_url``) or QEMU (``emulate``); return the report. ``timeout_s``:
-    see ``waits``."""
+    see ``waits``; ``estimate_cycles``: also trace the first input's inference on the emulated board
+    (``cycle_estimate``)."""
     board = emulated(emulate) if emulate else None  # a bad profile is named before the host's TFLM run
     o, x_q = calibrate.outcomes(bundle.local_model(), handler.relay.remote, bundle.remote_supervisor.kind, x, y)
     with tempfile.TemporaryDirectory(prefix="bisup-hil-") as workdir, contextlib.ExitStack() as stack:
@@ -197,6 +209,9 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
         reports = session.feed_all(x_q, report_s, progress)
     report = summarize(reports, bundle, o, board, session.profiles)
     report["board"] = emulate or port_url
+    if estimate_cycles and emulate:
+        progress("tracing one inference for the cycle estimate (slow: QEMU logs every block it runs)")
+        report["device_cycle_estimate"] = cycle_estimate(emulate, bundle, x_q[0], waits(bundle, emulate, timeout_s))
     return HilReport("single", report, checks(report))
 
 

@@ -74,7 +74,6 @@ EMULATED_REQUEST_TIMEOUT_MS = 2000
 INSTRUCTIONS_PER_MAC_CEILING = 60
 INSTRUCTIONS_PER_FRAME_BYTE_CEILING = 40_000
 GREETING_MS = 10  # boards/mps2/board.c greets this often until the host greets back
-SLOWEST_USEFUL_RATE = 10e6  # instructions per host second: below this (QEMU with ~4 % of a core) the host is too busy
 
 
 def emulated_waits(macs: int, frame_bytes: int) -> tuple[float, float]:
@@ -351,6 +350,7 @@ class HilSession:
     such, with its load and what QEMU got."""
 
     MIN_WALL_S = 60.0
+    SLOWEST_USEFUL_RATE = 10e6  # instructions per host second: below it (QEMU with ~4 % of a core) the host is too busy
 
     def __init__(self, link: BoardLink, handler: RequestHandler | None):
         """`handler` may be None for a session that only checks the handshake and answers nothing."""
@@ -365,7 +365,7 @@ class HilSession:
 
     def _frames(self, budget_s: float) -> Iterator[bytes]:
         start, wall_start, cpu_start = self.link.clock(), time.monotonic(), self.link.cpu()
-        wall_limit = max(self.MIN_WALL_S, budget_s * 1e9 / SLOWEST_USEFUL_RATE)
+        wall_limit = max(self.MIN_WALL_S, budget_s * 1e9 / self.SLOWEST_USEFUL_RATE)
         while (used := self.link.clock() - start) < budget_s:
             if self.link.emulated and (wall := time.monotonic() - wall_start) > wall_limit:
                 raise HilError(_too_busy(used, budget_s, wall, self.link.cpu() - cpu_start))
