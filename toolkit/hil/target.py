@@ -67,10 +67,10 @@ EMULATED_REQUEST_TIMEOUT_MS = 2000
 
 
 # What an emulated board's waits are derived from (device time: instructions, one per nanosecond). The engine's
-# plain C kernels take 7-33 instructions per MAC (README, "Device cost"); receiving a FEED costs the UART poll,
-# COBS and CRC per byte plus however long QEMU's I/O thread takes to hand the board each byte, which the busy
-# CPU meanwhile spends polling: ~2,000 instructions per byte on an idle 2-core host (VWW's 27 KB: ~60 M), so
-# the ceiling below is twenty times that.
+# plain C kernels take 4-37 instructions per MAC (VWW on the M55: 10.6 overall); receiving a FEED costs the
+# UART poll, COBS and CRC per byte plus however long QEMU's I/O thread takes to hand the board each byte, which
+# the board spends polling: 1,681-1,693 instructions per byte for VWW's 27,648 (46.5 M per FEED) on mps2-an386,
+# 2 CPUs at load 12, so the ceiling below is more than twenty times that.
 INSTRUCTIONS_PER_MAC_CEILING = 60
 INSTRUCTIONS_PER_FRAME_BYTE_CEILING = 40_000
 GREETING_MS = 10  # boards/mps2/board.c greets this often until the host greets back
