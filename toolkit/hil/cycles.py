@@ -263,10 +263,11 @@ def _read(fifo: Path, timing: Timing, start_pc: int, mark_pc: int, layers: int, 
     with open(fifo, errors="replace") as log:
         try:
             found["tally"] = tally(log, timing, start_pc, mark_pc, layers)
-        except target.HilError as exc:
+        except (target.HilError, ValueError) as exc:
             found["error"] = exc
-        for _ in iter(lambda: log.read(1 << 20), ""):
-            pass
+        finally:
+            for _ in iter(lambda: log.read(1 << 20), ""):
+                pass
 
 
 def summary(found: Tally, cpu: str) -> dict:
