@@ -222,7 +222,12 @@ class _DeviceClock:
 
     def _reply(self) -> dict:
         while True:
-            line = self.stream.readline()
+            try:
+                line = self.stream.readline()
+            except TimeoutError:
+                load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+                raise HilError(f"QEMU did not answer its QMP socket within 30 s: the host is too busy (load average "
+                               f"{load} on {os.cpu_count()} CPUs); retry on a quieter machine") from None
             if not line:
                 raise HilError("QEMU closed its QMP socket (the emulator exited)")
             message = json.loads(line)
