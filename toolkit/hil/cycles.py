@@ -34,6 +34,7 @@ import re
 import subprocess
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,6 @@ _MULTIPLY = re.compile(r"^(?:mul|mla|mls|smul|umul|smla|umla|smls|smmul|smmla|sm
 _SIMD = re.compile(r"^(?:[su]h?q?(?:add|sub|asx|sax)(?:8|16)|q(?:add|sub|dadd|dsub)|[su]sat|sel|pkh|[su]xta?b16|"
                    r"usada?8|[su]xtab|[su]xtah|clz|rev|rbit)")
 _INSN = re.compile(r"^0x([0-9a-f]+):\s+((?:[0-9a-f]{4} ?)+)\s+(\S+)\s*(.*)$")
-_EXEC = re.compile(r"^Trace \d+: (0x[0-9a-f]+) \[[0-9a-f]+/([0-9a-f]+)/")
 
 
 @dataclass(frozen=True)
@@ -174,36 +174,54 @@ class Tally:
 
 def tally(log: Iterable[str], timing: Timing, start_pc: int, mark_pc: int, layers: int) -> Tally:
     """Stream-parse a ``-d exec,nochain,in_asm`` log: the blocks run from the first entry of ``start_pc`` until
-    the ``layers``-th entry of ``mark_pc``, attributed to layers by those entries."""
-    result, blocks, pending = Tally(layers), {}, []
+    the ``layers``-th entry of ``mark_pc``, attributed to layers by those entries. Executions are only counted
+    per block and layer here (a log line each, millions of them); the costs are summed once at the end."""
+    costed: list[Block] = []  # every translation, by its index
+    current: dict[str, int] = {}  # host pointer -> the translation that lives there now
+    executions = [Counter() for _ in range(layers)]
+    taken, pending = [0] * layers, []
     layer, previous = -1, None
     for line in log:
-        if line.startswith("0x"):
-            match = _INSN.match(line)
+        if line[:1] != "T":
+            match = _INSN.match(line) if line[:2] == "0x" else None
             if match:
                 pending.append((int(match[1], 16), len(match[2].replace(" ", "")) // 2, match[3], match[4]))
             continue
-        match = _EXEC.match(line)
-        if not match:
+        parts = line.split(" ", 4)
+        if len(parts) < 4 or parts[0] != "Trace":
             continue
         if pending:  # the block translated just now runs first
-            blocks[match[1]] = cost_block(pending, timing)
+            current[parts[2]] = len(costed)
+            costed.append(cost_block(pending, timing))
             pending = []
-        pc, block = int(match[2], 16), blocks.get(match[1])
-        if layer < 0 and pc == start_pc:
+        pc = int(parts[3][1:].split("/")[1], 16)
+        if layer < 0:
+            if pc != start_pc:
+                continue
             layer = 0
-        elif layer >= 0 and pc == mark_pc:
+        elif pc == mark_pc:
             layer += 1
             if layer == layers:
-                return result
-        if layer < 0 or block is None:
+                return _sum(costed, executions, taken, timing)
+        index = current.get(parts[2])
+        if index is None:
             continue
         if previous is not None and previous.branches and pc != previous.end:
-            result.cycles[layer] += timing.taken_branch_penalty
-        result.counts[layer] += block.counts
-        result.cycles[layer] += block.cycles
-        previous = block
+            taken[layer] += 1
+        executions[layer][index] += 1
+        previous = costed[index]
     raise target.HilError(f"the trace ended after {max(layer, 0)} of {layers} layers")
+
+
+def _sum(costed: list[Block], executions: list[Counter], taken: list[int], timing: Timing) -> Tally:
+    """Per layer: executions x each block's instructions by class and cycles, plus the taken branches' refills."""
+    result = Tally(len(executions))
+    for layer, counter in enumerate(executions):
+        for index, times in counter.items():
+            result.counts[layer] += times * costed[index].counts
+            result.cycles[layer] += times * costed[index].cycles
+        result.cycles[layer] += taken[layer] * timing.taken_branch_penalty
+    return result
 
 
 def _symbol(elf: Path, name: str) -> int:
