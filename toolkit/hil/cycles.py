@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from bisup.firmware_bridge.bundle import Bundle
+from bisup.firmware_bridge.handler import RequestHandler
 from bisup.hil import target
 
 CLASSES = ("load_store", "multiply_mac", "branch", "dsp_simd", "other")
@@ -243,9 +244,10 @@ def _fifo() -> Iterator[Path]:
 
 
 def estimate(machine: str, bundle: Bundle, x_q: np.ndarray, layers: int, workdir: Path,
-             wait_s: tuple[float, float]) -> Tally:
+             wait_s: tuple[float, float], handler: RequestHandler) -> Tally:
     """Trace one inference of ``x_q`` on the emulated ``machine`` and tally it per layer (``layers`` profile
-    marks). ``wait_s``: the HELLO and report waits, in the board's own time."""
+    marks). ``wait_s``: the HELLO and report waits, in the board's own time; ``handler``: the bridge role, which
+    greets the board back (until then it only greets) and answers it if it relays."""
     board = target.emulated(machine)
     elf = target.build_firmware(machine, bundle, workdir)
     start_pc, mark_pc = _symbol(elf, "bisup_model_infer"), _symbol(elf, "bisup_model_profile_mark")
@@ -256,7 +258,7 @@ def estimate(machine: str, bundle: Bundle, x_q: np.ndarray, layers: int, workdir
         try:
             with target.qemu(machine, elf, loaders=[target.image_loader(machine, workdir / target.MODEL_IMAGE)],
                              extra=["-d", "exec,nochain,in_asm", "-D", str(fifo)]) as link:
-                session = _TracedSession(link, None)
+                session = _TracedSession(link, handler)
                 session.handshake(bundle.model_hash, wait_s[0])
                 session.feed(0, x_q, wait_s[1])
         finally:

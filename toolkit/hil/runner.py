@@ -179,12 +179,13 @@ def waits(bundle: Bundle, emulate: str | None, timeout_s: float | None) -> tuple
     return emulated_waits(macs, p.HEADER.size + p.FEED_FIXED.size + bundle.input_elements)
 
 
-def cycle_estimate(emulate: str, bundle: Bundle, x_q: np.ndarray, wait_s: tuple[float, float]) -> dict:
+def cycle_estimate(emulate: str, bundle: Bundle, x_q: np.ndarray, wait_s: tuple[float, float],
+                   handler: RequestHandler) -> dict:
     """Estimated core cycles of one inference of ``x_q``, per layer, from its traced instruction mix (see
     ``bisup.hil.cycles``): QEMU counts instructions, and a load or a taken branch costs a core more than one."""
     layers = len(engine.layers(engine.generate(bundle.model)))
     with tempfile.TemporaryDirectory(prefix="bisup-cycles-") as workdir:
-        found = cycles.estimate(emulate, bundle, x_q, layers, Path(workdir), wait_s)
+        found = cycles.estimate(emulate, bundle, x_q, layers, Path(workdir), wait_s, handler)
     return cycles.summary(found, emulated(emulate).cpu)
 
 
@@ -211,7 +212,8 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
     report["board"] = emulate or port_url
     if estimate_cycles and emulate:
         progress("tracing one inference for the cycle estimate (slow: QEMU logs every block it runs)")
-        report["device_cycle_estimate"] = cycle_estimate(emulate, bundle, x_q[0], waits(bundle, emulate, timeout_s))
+        report["device_cycle_estimate"] = cycle_estimate(emulate, bundle, x_q[0], waits(bundle, emulate, timeout_s),
+                                                         handler)
     return HilReport("single", report, checks(report))
 
 
