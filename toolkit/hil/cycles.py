@@ -19,7 +19,9 @@ Timings (``TIMINGS``), assuming zero-wait-state memory (QEMU models none) and no
 - Cortex-M33: its TRM (ARM 100230) publishes no instruction timings; its 3-stage in-order single-issue pipeline
   is the M4's, so the M4 table stands in.
 - Cortex-M55: its TRM publishes no scalar table either; the M4 table stands in, an upper bound for a core with
-  a 4-stage pipeline that issues some instruction pairs together.
+  a 4-stage pipeline that issues some instruction pairs together. Its firmware has no MVE instructions (soft
+  float, none vectorized) but uses Armv8.1-M low-overhead loops: ``dls`` and ``le`` count as other (1 cycle, no
+  refill), as the loop cache makes ``le`` close to free after the first pass.
 - Cortex-M7: no public per-instruction table (TRM ARM DDI 0489). Approximated as 1 cycle per instruction
   (loads included: TCM, zero wait states), LDM/STM (N+1)/2 (64-bit bus), a taken branch +1 (the branch target
   cache hits in loops), and dual issue as greedy pairing of neighbouring instructions in a block when at most one
