@@ -29,6 +29,7 @@ _CAVEATS_FILE = PROFILE_DIR / "caveats.toml"
 _REQUIRED = ("name", "title", "arch", "cpu_mhz", "flash_bytes", "ram_bytes", "flash_method")
 _EMULATION_TEXT = ("machine", "cpu")
 _EMULATION_SIZES = ("cpu_hz", "flash_bytes", "ram_bytes")  # must be positive; origins and uart0 may be 0
+_EMULATION_OPTIONAL = ("vectors_origin",)
 
 
 class BoardError(BisupError, ValueError):
@@ -93,13 +94,13 @@ def _emulation(path: Path, table: object) -> Emulation:
     if unknown:
         raise BoardError(f"board profile {path}: emulation.{unknown[0]} is not a key of [emulation]; it holds "
                          f"{', '.join(keys)}")
-    missing = [key for key in keys if key not in table]
+    missing = [key for key in keys if key not in table and key not in _EMULATION_OPTIONAL]
     if missing:
         raise BoardError(f"board profile {path}: [emulation] lacks {', '.join(f'emulation.{k}' for k in missing)}")
     for key in _EMULATION_TEXT:
         if not isinstance(table[key], str) or not table[key]:
             raise BoardError(f"board profile {path}: emulation.{key} must be a non-empty string, not {table[key]!r}")
-    for key in keys[len(_EMULATION_TEXT):]:
+    for key in (key for key in keys[len(_EMULATION_TEXT):] if key in table):
         value = table[key]
         if type(value) is not int or value < 0 or (value == 0 and key in _EMULATION_SIZES) or value >= 1 << 32:
             raise BoardError(f"board profile {path}: emulation.{key} must be a{' positive' * (key in _EMULATION_SIZES)}"

@@ -337,6 +337,9 @@ class Emulation:
     ram_origin: int
     ram_bytes: int
     uart0: int
+    # Where the core reads its vector table at reset (QEMU's initial secure VTOR), when that is not
+    # flash_origin: the an547 boots from ITCM but keeps its code in the larger SRAM.
+    vectors_origin: int | None = None
 
     @property
     def boot_entropy_address(self) -> int:

@@ -25,8 +25,8 @@ KNOWN_MACHINES = {
     "mps2-an386": ("mps2-an386", "cortex-m4", 25_000_000, 0x0, 4 * MB, 0x20000000, 4 * MB, 0x40004000),
     "mps2-an500": ("mps2-an500", "cortex-m7", 25_000_000, 0x0, 4 * MB, 0x20000000, 4 * MB, 0x40004000),
     "mps2-an505": ("mps2-an505", "cortex-m33", 20_000_000, 0x10000000, 4 * MB, 0x38000000, 2 * MB, 0x50200000),
-    # SSE-300: ITCM and DTCM (512 KB each, `info mtree`) and the FPGA's UART0, at their secure aliases
-    "mps3-an547": ("mps3-an547", "cortex-m55", 32_000_000, 0x10000000, MB // 2, 0x30000000, MB // 2, 0x59303000),
+    # SSE-300: the FPGA's 2 MB SRAM, DTCM (512 KB, `info mtree`) and the FPGA's UART0, at their secure aliases
+    "mps3-an547": ("mps3-an547", "cortex-m55", 32_000_000, 0x11000000, 2 * MB, 0x30000000, MB // 2, 0x59303000),
 }
 
 
@@ -38,6 +38,8 @@ def test_emulated_boards_are_the_profiles_with_an_emulation_table():
         assert (board.machine, board.cpu, board.cpu_hz, board.flash_origin, board.flash_bytes, board.ram_origin,
                 board.ram_bytes, board.uart0) == values
         assert load_board(name).firmware == "mps2" and firmware_dir(name) == PROFILE_DIR / "mps2"
+    # the an547 boots from ITCM (its vector table) but runs from the FPGA SRAM, which fits VWW's code and image
+    assert [target.emulated(name).vectors_origin for name in KNOWN_MACHINES] == [None, None, None, 0x10000000]
 
 
 def _extra_board(folder: Path, name: str = "my-m4", edit=lambda text: text) -> Path:

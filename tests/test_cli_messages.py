@@ -244,8 +244,8 @@ def test_a_hello_timeout_under_emulation_blames_host_load_not_the_port(monkeypat
     with pytest.raises(target.HilError) as caught:
         hil.run(bundle, np.zeros((1, 4), np.float32), np.zeros(1, np.int64), handler, emulate="mps2-an386",
                 timeout_s=0.2)
-    assert str(caught.value) == ("the emulated board did not send HELLO within 0.2 s of QEMU's CPU time; retry with "
-                                 "a larger --timeout")
+    assert str(caught.value) == ("the emulated board did not send HELLO within 0.2 s of its own time (200 M "
+                                 "instructions); its firmware or model image is wrong, or it needs a larger --timeout")
     with target.serial_link("loop://") as link, pytest.raises(target.HilError) as real:  # a real port keeps its advice
         target.HilSession(link, None).handshake(bytes(32), 0.2)
     assert str(real.value) == ("the board did not send HELLO within 0.2 s; check the port, the baud rate and that "

@@ -60,6 +60,47 @@ def test_each_emulated_board_runs_the_model_itself(hil_setup, machine, tmp_path)
     assert sum(layer["instructions_p50"] for layer in layers) == pytest.approx(cost["instructions_p50"], rel=0.05)
 
 
+@pytest.mark.parametrize("machine", ["mps2-an386", "mps2-an500"])
+def test_cycles_are_estimated_per_layer_from_a_trace(hil_setup, machine, tmp_path):
+    """--cycles traces input 0's inference: the trace's instructions per layer are what the board's SysTick
+    measured (so the layers are delimited right), and the estimated cycles are more than the instructions on the
+    single-issue M4 (loads and taken branches cost 2-3) and fewer on the dual-issue M7."""
+    out, remote_path, _ = hil_setup
+    # input 0 twice: the profile's median is then input 0's, the one traced (data-dependent layers differ)
+    np.savez(tmp_path / "few.npz", **{k: v[[0, 0]] for k, v in np.load(out / "test.npz").items()})
+    result = CliRunner().invoke(main, ["hil", "--emulate", machine, "--bundle", str(out / "digits.bisup"), "--data",
+                                       str(tmp_path / "few.npz"), "--remote", str(remote_path), "--cycles",
+                                       "--report", str(tmp_path / "hil.json")])
+    assert result.exit_code == 0, result.stderr + result.stdout
+    report = json.loads((tmp_path / "hil.json").read_text())
+    estimate, layers = report["device_cycle_estimate"], report["device_layers"]
+    assert len(estimate["layers"]) == len(layers)
+    for traced, measured in zip(estimate["layers"], layers, strict=True):  # SysTick resolves 40 instructions
+        assert traced["instructions"] == pytest.approx(measured["instructions_p50"], rel=0.02, abs=200)
+    assert sum(estimate["mix"].values()) == pytest.approx(1.0) and estimate["mix"]["load_store"] > 0.2
+    ratio = estimate["cycles_per_instruction"]
+    assert (1.1 < ratio < 2.5) if machine == "mps2-an386" else (0.5 < ratio < 1.0)
+    assert "cycles, estimated (input 0)" in result.stdout and "est. cycles" in result.stdout
+
+
+def test_hil_passes_beside_cpu_burners(hil_setup):
+    """The waits count the board's own instructions: two busy loops beside the run change how long it takes in
+    host seconds, not whether it passes (bench/hil_under_load.py repeats this on VWW on every board)."""
+    import subprocess
+    import sys
+
+    out, remote_path, _ = hil_setup
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        result = CliRunner().invoke(main, ["hil", "--emulate", "mps3-an547", "--bundle", str(out / "digits.bisup"),
+                                           "--data", str(out / "test.npz"), "--remote", str(remote_path)])
+    finally:
+        for burner in burners:
+            burner.terminate()
+            burner.wait()
+    assert result.exit_code == 0, result.stderr + result.stdout
+
+
 def test_hil_on_qemu_matches_the_calibrated_figures(hil_setup):
     out, remote_path, achieved = hil_setup
     result = CliRunner().invoke(main, ["hil", "--emulate", "mps2-an386", "--bundle", str(out / "digits.bisup"),
@@ -111,7 +152,8 @@ def test_emulated_board_refuses_an_image_it_cannot_run(hil_setup, converted, tmp
         path.write_bytes(image)
         with pytest.raises(target.HilError, match="did not send HELLO"), \
                 target.qemu("mps2-an386", elf, loaders=[target.image_loader("mps2-an386", path)]) as link:
-            target.HilSession(link, None).handshake(board_bundle.model_hash, 2)
+            # 0.2 s of the board's own time: 200 M instructions, a thousand times what booting and greeting take
+            target.HilSession(link, None).handshake(board_bundle.model_hash, 0.2)
 
 
 def test_port_problems_are_named(hil_setup, tmp_path):

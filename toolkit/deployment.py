@@ -163,7 +163,8 @@ class Deployment(ABC):
     # -- HIL and calibration
     @abstractmethod
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
-                timeout_s: float, progress: Progress, policy_path: Path | None = None) -> HilReport:
+                timeout_s: float | None, progress: Progress, policy_path: Path | None = None,
+                estimate_cycles: bool = False) -> HilReport:
         """Feed ``x`` to the board (or QEMU) while serving the bridge's role; the checked report."""
 
     @abstractmethod
@@ -261,13 +262,14 @@ class SingleDeployment(Deployment):
         return summary
 
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
-                timeout_s: float, progress: Progress, policy_path: Path | None = None) -> HilReport:
+                timeout_s: float | None, progress: Progress, policy_path: Path | None = None,
+                estimate_cycles: bool = False) -> HilReport:
         from bisup.firmware_bridge.remotes import open_remote
         from bisup.hil import runner
 
         self.check_remote(remote_spec)
         handler = runner.bridge_handler(self.bundle, open_remote(remote_spec))
-        return runner.run(self.bundle, x, y, handler, port_url, emulate, timeout_s, progress)
+        return runner.run(self.bundle, x, y, handler, port_url, emulate, timeout_s, progress, estimate_cycles)
 
     def calibrate(self, request: CalibrationRequest, progress: Progress) -> Calibrated:
         from bisup.calibration import single
@@ -394,10 +396,13 @@ class ExitsDeployment(Deployment):
         return summary
 
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
-                timeout_s: float, progress: Progress, policy_path: Path | None = None) -> HilReport:
+                timeout_s: float | None, progress: Progress, policy_path: Path | None = None,
+                estimate_cycles: bool = False) -> HilReport:
         from bisup.export.exits import open_tail_dir
         from bisup.hil import exits
 
+        if estimate_cycles:
+            raise BisupError("--cycles traces a single model's inference; a multi-exit export has no estimate yet")
         tails = open_tail_dir(_tails_folder(remote_spec), self.staged.table)
         return exits.run(self.staged, self.policy(policy_path), x, y, tails, emulate, port_url, timeout_s, progress)
 

@@ -38,14 +38,18 @@ if TYPE_CHECKING:
               help="Multi-exit: the exit policy [default: policy.json in the --bundle folder].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JSON here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here.")
-@click.option("--timeout", default=10.0, show_default=True,
-              help="Seconds to wait for HELLO and for each report; with --emulate, seconds of QEMU's own CPU time, "
-                   "so a busy machine needs no larger value.")
+@click.option("--timeout", type=float,
+              help="Seconds the board may stay silent before HELLO and while an input is in flight [default: 10; "
+                   "with --emulate, derived from the model's MACs and input size, in the emulated board's own time "
+                   "(QEMU's instruction count), so a busy machine needs no larger value].")
+@click.option("--cycles", "estimate_cycles", is_flag=True,
+              help="With --emulate: also trace the first input's inference and estimate the core's cycles per layer "
+                   "from the executed instruction mix and the core's published timings (slow).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @trusted
 def hil(port_url: str | None, emulate: str | None, bundle_path: Path, data_path: Path, remote: str,
-        policy_path: Path | None, report_path: Path | None, junit_path: Path | None, timeout: float,
-        as_json: bool) -> None:
+        policy_path: Path | None, report_path: Path | None, junit_path: Path | None, timeout: float | None,
+        estimate_cycles: bool, as_json: bool) -> None:
     """Hardware-in-the-loop: run a labelled set through a board (or QEMU) and the bridge.
 
     The host feeds each input; the board infers, decides with its int8 threshold, asks the bridge when
@@ -60,8 +64,10 @@ def hil(port_url: str | None, emulate: str | None, bundle_path: Path, data_path:
     """
     if (port_url is None) == (emulate is None):
         raise click.UsageError("give exactly one of --port and --emulate")
+    if estimate_cycles and emulate is None:
+        raise click.UsageError("--cycles needs --emulate (it traces the emulated core)")
     try:
-        result = _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, timeout)
+        result = _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, timeout, estimate_cycles)
     except BisupError as exc:
         if junit_path:  # CI reads the JUnit file: a run that never got to its checks must show up there too
             with contextlib.suppress(OSError):
@@ -79,7 +85,7 @@ def hil(port_url: str | None, emulate: str | None, bundle_path: Path, data_path:
 
 
 def _hil_run(port_url: str | None, emulate: str | None, bundle_path: Path, data_path: Path, remote: str,
-             policy_path: Path | None, timeout: float) -> HilReport:
+             policy_path: Path | None, timeout: float | None, estimate_cycles: bool) -> HilReport:
     """Check the inputs, open the deployment once and run the set on the board."""
     from bisup.deployment import open_deployment
 
@@ -90,7 +96,7 @@ def _hil_run(port_url: str | None, emulate: str | None, bundle_path: Path, data_
     deployment.check_remote(remote)  # before the bundle is read: the cheaper mistake is named first
     x, y = deployment.load_data(data_path, labels_for="a HIL run")
     quiet_tensorflow()
-    return deployment.run_hil(x, y, remote, emulate, port_url, timeout, progress, policy_path)
+    return deployment.run_hil(x, y, remote, emulate, port_url, timeout, progress, policy_path, estimate_cycles)
 
 
 def _junit_error(message: str) -> str:

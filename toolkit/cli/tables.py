@@ -356,21 +356,35 @@ def _hil_single_table(report: dict) -> str:
         ("device outputs = host TFLM", f"{100 * report['device_outputs_equal_oracle']:.1f} %"),
         ("answers = offline decisions", f"{100 * report['offline_agreement']:.1f} %"),
     ]
+    estimate = report.get("device_cycle_estimate")
+    if estimate:
+        rows.append(("cycles, estimated (input 0)", f"{estimate['cycles']:,.0f} "
+                     f"({estimate['cycles_per_instruction']:.2f} per instruction; {estimate['core']}: "
+                     f"{estimate['timings']})"))
     width = max(len(k) for k, _ in rows)
-    return "\n".join([f"  {k.ljust(width)}  {v}" for k, v in rows] + _layer_lines(report["device_layers"]))
+    return "\n".join([f"  {k.ljust(width)}  {v}" for k, v in rows]
+                     + _layer_lines(report["device_layers"], estimate["layers"] if estimate else None))
 
 
-def _layer_lines(layers: list[dict]) -> list[str]:
-    """The per-layer profile under the table, when the board sent one."""
+def _layer_lines(layers: list[dict], estimates: list[dict] | None = None) -> list[str]:
+    """The per-layer profile under the table, when the board sent one; with ``--cycles`` the estimated cycles and
+    cycles per instruction of each layer too."""
     if not layers or "instructions_p50" not in layers[0]:
         return []
-    lines = ["", f"  {'layer':<18}{'MACs':>8}{'params':>8}{'out B':>7}{'arena @':>9}{'instructions':>14}{'per MAC':>9}"]
+    extra = f"{'est. cycles':>13}{'CPI':>6}" if estimates else ""
+    lines = ["", f"  {'layer':<18}{'MACs':>8}{'params':>8}{'out B':>7}{'arena @':>9}{'instructions':>14}{'per MAC':>9}"
+             + extra]
     for k, layer in enumerate(layers):
         per_mac = f"{layer['instructions_per_mac']:.1f}" if layer["instructions_per_mac"] else "-"
         lines.append(f"  {k:>2} {layer['op']:<15}{layer['macs']:>8,}{layer['parameters']:>8,}"
                      f"{layer['output_bytes']:>7,}{layer['arena_offset']:>9,}{layer['instructions_p50']:>14,.0f}"
-                     f"{per_mac:>9}")
+                     f"{per_mac:>9}" + (_estimate_cells(estimates[k]) if estimates else ""))
     return lines
+
+
+def _estimate_cells(estimate: dict) -> str:
+    cpi = f"{estimate['cycles_per_instruction']:.2f}" if estimate["cycles_per_instruction"] else "-"
+    return f"{estimate['cycles']:>13,.0f}{cpi:>6}"
 
 
 def _cost_line(cost: dict) -> str:

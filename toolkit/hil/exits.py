@@ -109,10 +109,12 @@ def _per_stage(profiles: dict[int, tuple[int, ...]], n: int, machine: target.Mac
 
 
 def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails: dict[int, RemoteModel],
-        machine: str | None = "mps2-an386", port_url: str | None = None, timeout_s: float = 20.0,
+        machine: str | None = "mps2-an386", port_url: str | None = None, timeout_s: float | None = None,
         progress: Progress = lambda message: None) -> hil.HilReport:
     """Feed ``x`` to the multi-exit board (``port_url``, flashed with the stages) or QEMU (``machine``) while
-    serving the tails; return the report."""
+    serving the tails; return the report. ``timeout_s``: how long the board may stay silent (on QEMU in its own
+    time), 20 s when not given."""
+    timeout_s = 20.0 if timeout_s is None else timeout_s
     board = target.emulated(machine) if machine is not None else None
     o, remote_conf = policy.outcomes(staged, tails, x, y)
     o = policy.with_remote_rule(o, remote_conf, np.asarray(chosen.remote_thresholds))

@@ -36,7 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="Run the firmware in QEMU instead, on a board profile with an [emulation] table.")
     group.addoption("--bisup-bundle", help="The .bisup bundle (or build folder) the board runs.")
     group.addoption("--bisup-remote", help="Remote model for the bridge role.")
-    group.addoption("--bisup-timeout", type=float, default=10.0, help="Seconds to wait for HELLO and each report.")
+    group.addoption("--bisup-timeout", type=float, default=10.0,
+                    help="Seconds the board may stay silent before HELLO and while an input is in flight (with "
+                         "--bisup-emulate, of the emulated board's own time: QEMU's instruction count).")
 
 
 def _option(config: pytest.Config, name: str):

@@ -35,7 +35,8 @@ from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.handler import RequestHandler
 from bisup.firmware_bridge.relay import Relay
 from bisup.firmware_bridge.remotes import RemoteModel
-from bisup.hil.target import HilSession, Machine, boot, build_firmware, emulated, serial_link
+from bisup.hil import cycles
+from bisup.hil.target import HilSession, Machine, boot, build_firmware, emulated, emulated_waits, serial_link
 
 Progress = Callable[[str], None]
 def _rate(values: np.ndarray) -> float:
@@ -163,9 +164,37 @@ def checks(report: dict) -> list[tuple[str, bool, str]]:
     ]
 
 
+PORT_TIMEOUT_S = 10.0  # a real board's waits, in host seconds
+
+
+def waits(bundle: Bundle, emulate: str | None, timeout_s: float | None) -> tuple[float, float]:
+    """How long the board may stay silent before its HELLO and while an input is in flight: ``timeout_s`` for
+    both when given; else on an emulated board derived from the model's MACs and input frame, in its own time
+    (``target.emulated_waits``), and on a real board ``PORT_TIMEOUT_S``."""
+    if timeout_s is not None:
+        return timeout_s, timeout_s
+    if not emulate:
+        return PORT_TIMEOUT_S, PORT_TIMEOUT_S
+    macs = sum(step.macs for step in engine.generate(bundle.model).steps)
+    return emulated_waits(macs, p.HEADER.size + p.FEED_FIXED.size + bundle.input_elements)
+
+
+def cycle_estimate(emulate: str, bundle: Bundle, x_q: np.ndarray, wait_s: tuple[float, float],
+                   handler: RequestHandler) -> dict:
+    """Estimated core cycles of one inference of ``x_q``, per layer, from its traced instruction mix (see
+    ``bisup.hil.cycles``): QEMU counts instructions, and a load or a taken branch costs a core more than one."""
+    layers = len(engine.layers(engine.generate(bundle.model)))
+    with tempfile.TemporaryDirectory(prefix="bisup-cycles-") as workdir:
+        found = cycles.estimate(emulate, bundle, x_q, layers, Path(workdir), wait_s, handler)
+    return cycles.summary(found, emulated(emulate).cpu)
+
+
 def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, port_url: str | None = None,
-        emulate: str | None = None, timeout_s: float = 10.0, progress: Progress = lambda m: None) -> HilReport:
-    """Run the set through the board (``port_url``) or QEMU (``emulate``); return the report."""
+        emulate: str | None = None, timeout_s: float | None = None, progress: Progress = lambda m: None,
+        estimate_cycles: bool = False) -> HilReport:
+    """Run the set through the board (``port_url``) or QEMU (``emulate``); return the report. ``timeout_s``:
+    see ``waits``; ``estimate_cycles``: also trace the first input's inference on the emulated board
+    (``cycle_estimate``)."""
     board = emulated(emulate) if emulate else None  # a bad profile is named before the host's TFLM run
     o, x_q = calibrate.outcomes(bundle.local_model(), handler.relay.remote, bundle.remote_supervisor.kind, x, y)
     with tempfile.TemporaryDirectory(prefix="bisup-hil-") as workdir, contextlib.ExitStack() as stack:
@@ -175,12 +204,16 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
             link = stack.enter_context(boot(emulate, elf))
         else:
             link = stack.enter_context(serial_link(port_url))
-        session = HilSession(link, handler)
-        session.handshake(bundle.model_hash, timeout_s)
+        session, (hello_s, report_s) = HilSession(link, handler), waits(bundle, emulate, timeout_s)
+        session.handshake(bundle.model_hash, hello_s)
         progress(f"board answered HELLO on {emulate or port_url}; feeding {len(x)} inputs")
-        reports = session.feed_all(x_q, timeout_s, progress)
+        reports = session.feed_all(x_q, report_s, progress)
     report = summarize(reports, bundle, o, board, session.profiles)
     report["board"] = emulate or port_url
+    if estimate_cycles and emulate:
+        progress("tracing one inference for the cycle estimate (slow: QEMU logs every block it runs)")
+        report["device_cycle_estimate"] = cycle_estimate(emulate, bundle, x_q[0], waits(bundle, emulate, timeout_s),
+                                                         handler)
     return HilReport("single", report, checks(report))
 
 

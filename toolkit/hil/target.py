@@ -3,13 +3,15 @@ serial port, and the FEED/REPORT session with it.
 
 An emulated board (a profile with an ``[emulation]`` table) gets its firmware folder compiled with
 ``arm-none-eabi-gcc`` for the profile's core and memory map, with the model as generated C, and runs in
-``qemu-system-arm -icount shift=0``: device time counts instructions, and every wait on it runs on QEMU's own
-CPU time, so a busy host needs no longer timeouts.
+``qemu-system-arm -icount shift=0``: device time counts instructions, and every wait on it runs on the board's
+own time (QEMU's instruction count, read over QMP), so a busy host needs no longer timeouts; a host too busy to
+emulate at a useful pace is named as such, with its load and what QEMU got.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -63,6 +65,25 @@ def emulated(name: str) -> Machine:
 EMULATED_REQUEST_TIMEOUT_MS = 2000
 
 
+# What an emulated board's waits are derived from (device time: instructions, one per nanosecond). The engine's
+# plain C kernels take 4-37 instructions per MAC (VWW on the M55: 10.6 overall); receiving a FEED costs the
+# UART poll, COBS and CRC per byte plus however long QEMU's I/O thread takes to hand the board each byte, which
+# the board spends polling: 1,681-1,693 instructions per byte for VWW's 27,648 (46.5 M per FEED) on mps2-an386,
+# 2 CPUs at load 12, so the ceiling below is more than twenty times that.
+INSTRUCTIONS_PER_MAC_CEILING = 60
+INSTRUCTIONS_PER_FRAME_BYTE_CEILING = 40_000
+GREETING_MS = 10  # boards/mps2/board.c greets this often until the host greets back
+
+
+def emulated_waits(macs: int, frame_bytes: int) -> tuple[float, float]:
+    """Device seconds an emulated board may stay silent: before its HELLO (start-up and a few greetings) and while
+    one input is in flight (the FEED's bytes plus the inference at generous ceilings, or the board's wait for a
+    bridge answer before it resends, whichever is longer)."""
+    hello_s = 20 * GREETING_MS / 1000
+    infer_s = (macs * INSTRUCTIONS_PER_MAC_CEILING + frame_bytes * INSTRUCTIONS_PER_FRAME_BYTE_CEILING) / 1e9
+    return hello_s, max(infer_s, 2 * EMULATED_REQUEST_TIMEOUT_MS / 1000)
+
+
 class HilError(BisupError, RuntimeError):
     """A board that cannot be reached or does not fit the bundle; the message says what to do."""
 
@@ -83,11 +104,26 @@ def config_header(device_id: str, timeout_ms: int, retries: int) -> str:
 MODEL_IMAGE = "model.bin"  # the bundle's model image, as `bisup flash` writes it, next to the ELF
 
 
+VECTORS_BYTES = 0x400  # the vector table's region: 16 words today, room for the external interrupts
+
+
 def model_image_address(machine: str) -> int:
     """Where the emulated board keeps its model image: the upper half of its code memory (``_model_image``
     in ``boards/mps2/link.ld.in``)."""
     board = emulated(machine)
     return board.flash_origin + board.flash_bytes // 2
+
+
+def link_script(board: Machine, template: str) -> str:
+    """The firmware folder's ``link.ld.in`` filled in for ``board``: the vector table where the core reads it at
+    reset, the code in the lower half of the code memory (after the table when both start there), the model
+    image in the upper half, and the RAM."""
+    half = board.flash_bytes // 2
+    vectors = board.flash_origin if board.vectors_origin is None else board.vectors_origin
+    code = board.flash_origin + (VECTORS_BYTES if vectors == board.flash_origin else 0)
+    return template.format(vectors_origin=vectors, vectors_bytes=VECTORS_BYTES, code_origin=code,
+                           code_bytes=board.flash_origin + half - code, image_origin=board.flash_origin + half,
+                           image_bytes=half, ram_origin=board.ram_origin, ram_bytes=board.ram_bytes)
 
 
 def image_loader(machine: str, image: Path) -> str:
@@ -129,7 +165,7 @@ def compile_firmware(machine: str, workdir: Path, sources: list[Path], max_body:
     if shutil.which("arm-none-eabi-gcc") is None:
         raise HilError("arm-none-eabi-gcc is not installed; apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi")
     board, firmware = emulated(machine), firmware_dir(machine)
-    (workdir / "link.ld").write_text((firmware / "link.ld.in").read_text().format(**vars(board)))
+    (workdir / "link.ld").write_text(link_script(board, (firmware / "link.ld.in").read_text()))
     elf = workdir / "firmware.elf"
     shared = [firmware / "startup.c", firmware / "board.c", C_LIBRARY / "bisup_proto.c", C_LIBRARY / "bisup_app.c",
               *engine.kernel_sources()]
@@ -151,13 +187,15 @@ def compile_firmware(machine: str, workdir: Path, sources: list[Path], max_body:
 class BoardLink:
     """An open line to one board: its port (pyserial's ``read``/``write``) and the clock its waits run on.
 
-    A real board's clock is the host's. An emulated board's is the CPU time QEMU has had: under
-    ``-icount shift=0`` that is what advances the board's own time, so a wait measured in it means the
-    same on a quiet machine and on a busy one, where QEMU may get a tenth of a core."""
+    A real board's clock is the host's. An emulated board's is its own: QEMU's instruction count (under
+    ``-icount shift=0``, nanoseconds), so a wait measured in it means the same on a quiet machine and on a busy
+    one, where QEMU may get a tenth of a core; ``cpu`` is the CPU time QEMU has had, to say so when it got
+    too little."""
 
     port: Any
     clock: Callable[[], float] = time.monotonic
     emulated: bool = False
+    cpu: Callable[[], float] = time.process_time
 
 
 class _SocketPort:
@@ -179,6 +217,45 @@ class _SocketPort:
 
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+
+class _DeviceClock:
+    """The emulated board's own time in seconds: QEMU's instruction count, which QMP's ``query-replay`` returns
+    whether or not a replay runs (QEMU 7.2), divided by 1e9 (``-icount shift=0``: a nanosecond each)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.settimeout(30.0)
+        self.stream = sock.makefile("rwb")
+        self._reply()  # the greeting
+        self._command("qmp_capabilities")
+
+    def _reply(self) -> dict:
+        while True:
+            try:
+                line = self.stream.readline()
+            except TimeoutError:
+                load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+                raise HilError(f"QEMU did not answer its QMP socket within 30 s: the host is too busy (load average "
+                               f"{load} on {os.cpu_count()} CPUs); retry on a quieter machine") from None
+            if not line:
+                raise HilError("QEMU closed its QMP socket (the emulator exited)")
+            message = json.loads(line)
+            if "event" not in message:
+                return message
+
+    def _command(self, name: str) -> dict:
+        self.stream.write(json.dumps({"execute": name}).encode() + b"\n")
+        self.stream.flush()
+        message = self._reply()
+        if "return" not in message:
+            raise HilError(f"QEMU refused QMP {name}: {message.get('error', message)}")
+        return message["return"]
+
+    def instructions(self) -> int:
+        return int(self._command("query-replay")["icount"])
+
+    def __call__(self) -> float:
+        return self.instructions() / 1e9
 
 
 def _cpu_clock(pid: int) -> Callable[[], float]:
@@ -205,9 +282,11 @@ def boot(machine: str, elf: Path):
 
 
 @contextlib.contextmanager
-def qemu(machine: str, elf: Path, start_timeout_s: float = 120.0, loaders: Sequence[str] = ()) -> Iterator[BoardLink]:
-    """Run the firmware in QEMU; yield the line to its UART0. ``loaders``: more QEMU generic-loader devices
-    (``image_loader``: the model image in the board's flash).
+def qemu(machine: str, elf: Path, start_timeout_s: float = 120.0, loaders: Sequence[str] = (),
+         extra: Sequence[str] = ()) -> Iterator[BoardLink]:
+    """Run the firmware in QEMU; yield the line to its UART0, with the board's own clock (QMP). ``loaders``: more
+    QEMU generic-loader devices (``image_loader``: the model image in the board's flash); ``extra``: more QEMU
+    options (``-d`` for a trace).
 
     QEMU connects to a socket that listens before QEMU starts, so the line is open before the board
     runs its first instruction and no greeting is lost (a probe of a listening QEMU would take, and cut,
@@ -217,15 +296,16 @@ def qemu(machine: str, elf: Path, start_timeout_s: float = 120.0, loaders: Seque
     board = emulated(machine)
     entropy = (f"loader,addr={board.boot_entropy_address:#x},data={secrets.randbits(32):#x},"
                "data-len=4")  # the board's TRNG
-    with socket.create_server(("127.0.0.1", 0)) as server:
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_server(("127.0.0.1", 0)) as qmp:
         process = subprocess.Popen(["qemu-system-arm", "-machine", board.machine, "-nographic", "-monitor", "none",
                                     "-icount", "shift=0", "-serial", f"tcp:127.0.0.1:{server.getsockname()[1]}",
-                                    "-kernel", str(elf), "-device", entropy,
-                                    *(arg for loader in loaders for arg in ("-device", loader))],
+                                    "-qmp", f"tcp:127.0.0.1:{qmp.getsockname()[1]}", "-kernel", str(elf),
+                                    "-device", entropy, *(arg for loader in loaders for arg in ("-device", loader)),
+                                    *extra],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            with _accept(server, process, start_timeout_s) as conn:
-                yield BoardLink(_SocketPort(conn), _cpu_clock(process.pid), emulated=True)
+            with _accept(server, process, start_timeout_s) as conn, _accept(qmp, process, start_timeout_s) as control:
+                yield BoardLink(_SocketPort(conn), _DeviceClock(control), emulated=True, cpu=_cpu_clock(process.pid))
         finally:
             process.terminate()
             try:
@@ -267,14 +347,24 @@ def open_port(url: str):
         raise HilError(port_problem(url, exc)) from exc
 
 
+def _too_busy(device_s: float, budget_s: float, wall_s: float, cpu_s: float) -> str:
+    """Why a wait on an emulated board gave up in host time: what the board ran, what QEMU got, the load."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"the host is too busy to emulate the board: in {wall_s:.0f} s QEMU ran {device_s * 1e3:,.0f} M of the "
+            f"{budget_s * 1e3:,.0f} M instructions this wait allows ({device_s * 1e9 / wall_s / 1e6:.1f} M per second; "
+            f"QEMU had {cpu_s:.1f} s of CPU; load average {load} on {os.cpu_count()} CPUs); retry on a quieter machine")
+
+
 class HilSession:
     """One board on one line: handshake, then feed inputs while serving the bridge role.
 
-    Every wait is measured on the line's clock (see ``BoardLink``). On an emulated board a wait also
-    ends after ``WALL_FACTOR`` times as many host seconds: QEMU that gets almost no CPU means the host
-    is too busy, which is said as such."""
+    Every wait is the longest the board may stay silent, measured on the line's clock (see ``BoardLink``): each
+    frame from the board starts it again. On an emulated board a wait also ends when QEMU runs the board at less
+    than ``SLOWEST_USEFUL_RATE`` (but not before a minute of host time): the host is too busy, which is said as
+    such, with its load and what QEMU got."""
 
-    WALL_FACTOR = 30
+    MIN_WALL_S = 60.0
+    SLOWEST_USEFUL_RATE = 10e6  # instructions per host second: below it (QEMU with ~4 % of a core) the host is too busy
 
     def __init__(self, link: BoardLink, handler: RequestHandler | None):
         """`handler` may be None for a session that only checks the handshake and answers nothing."""
@@ -288,12 +378,11 @@ class HilSession:
         return self.board.device_id if self.board else "board"
 
     def _frames(self, budget_s: float) -> Iterator[bytes]:
-        start, wall_start = self.link.clock(), time.monotonic()
+        start, wall_start, cpu_start = self.link.clock(), time.monotonic(), self.link.cpu()
+        wall_limit = max(self.MIN_WALL_S, budget_s * 1e9 / self.SLOWEST_USEFUL_RATE)
         while (used := self.link.clock() - start) < budget_s:
-            wall = time.monotonic() - wall_start
-            if self.link.emulated and wall > self.WALL_FACTOR * budget_s:
-                raise HilError(f"the host is too busy to emulate the board: QEMU had {used:.1f} s of CPU in "
-                               f"{wall:.0f} s; retry on a quieter machine")
+            if self.link.emulated and (wall := time.monotonic() - wall_start) > wall_limit:
+                raise HilError(_too_busy(used, budget_s, wall, self.link.cpu() - cpu_start))
             for item in self.reader.feed(self.port.read(4096)):
                 if isinstance(item, p.ProtocolError):
                     # A frame cut when the port opened mid-frame is noise; the board resends HELLO.
@@ -301,6 +390,7 @@ class HilSession:
                         self.port.write(framing.encode_frame(self.handler.error(item, self.device)))
                 else:
                     yield item
+                    start, wall_start, cpu_start = self.link.clock(), time.monotonic(), self.link.cpu()
 
     def _serve(self, body: bytes) -> None:
         if self.handler is None:
@@ -324,8 +414,9 @@ class HilSession:
                 self._serve(body)
                 return hello
         if self.link.emulated:
-            raise HilError(f"the emulated board did not send HELLO within {timeout_s:g} s of QEMU's CPU time; "
-                           "retry with a larger --timeout")
+            raise HilError(f"the emulated board did not send HELLO within {timeout_s:g} s of its own time "
+                           f"({timeout_s * 1e3:g} M instructions); its firmware or model image is wrong, or it needs "
+                           "a larger --timeout")
         raise HilError(f"the board did not send HELLO within {timeout_s:g} s; check the port, the baud rate and "
                        "that the bisup firmware is flashed")
 
@@ -347,9 +438,19 @@ class HilSession:
                 msg = p.decode(body)
                 if msg.seq == index and msg.boot == self.board.boot:
                     return msg
+            elif kind == p.MsgType.HELLO:
+                self._greeted_again(p.decode(body))
             else:
                 self._serve(body)
         return None
+
+    def _greeted_again(self, hello: p.Hello) -> None:
+        """A greeting the board sent before it heard ours needs no answer (each answer would draw another HELLO
+        from the board, for ever); one from a new boot means the board restarted mid-run."""
+        assert self.board is not None
+        if hello.boot != self.board.boot:
+            raise HilError(f"the board restarted (boot id {self.board.boot:#x}, now {hello.boot:#x}) while inputs "
+                           "were in flight")
 
 
     def feed_all(self, x_q: np.ndarray, timeout_s: float, progress: Progress,
