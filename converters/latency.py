@@ -1,48 +1,47 @@
 """A latency estimate for the generated C engine: MACs x measured instructions per MAC / the board's clock.
 
-Only an estimate, and labelled so wherever it is shown: it assumes one instruction per cycle (real cores
-have flash wait states, and the Cortex-M7 issues two instructions per cycle), and instructions per MAC
-were measured on one model, whose share of non-MAC work (pooling, softmax) another model does not share.
+Only an estimate, and labelled so wherever it is shown: it assumes one instruction per cycle (real cores have
+flash wait states and multi-cycle loads, and the Cortex-M7 issues two instructions per cycle; `bisup hil
+--emulate B --cycles` estimates the cycles of one model from its executed instruction mix), and instructions
+per MAC depend on the model's shapes and its share of non-MAC work.
 
-The figures are ``bisup hil --emulate <machine>`` on the digits example (README, "bisup hil --emulate
-mps2-an386"): QEMU with ``-icount shift=0`` counts executed instructions exactly (to the SysTick's
-resolution of 40 instructions), for firmware built with ``arm-none-eabi-gcc -O2 -mcpu=<core>`` around the
-generated ``model_infer.c`` and the kernels (``engine.kernel_sources()``). Reproduce them with ``bisup digits
-build/``, ``bisup export``, ``bisup calibrate``, ``bisup bundle`` (README walk-through) and ``bisup hil
---emulate mps2-an386
---bundle build/digits.bisup --data build/test.npz --remote build/remote.keras --json``: its
-``device_inference`` holds ``instructions_p50`` and ``macs``. A re-run on a freshly trained digits model gave
-317,720 (Cortex-M4), 318,640 (M7) and 318,300 (M33) instructions, within 0.2 % of the figures below.
+The rates are the three MLPerf Tiny classification models together (KWS DS-CNN, VWW MobileNetV1-0.25, IC
+ResNet-8: 22,648,064 MACs; ``python bench/mlperf_tiny.py``, README "MLPerf Tiny models"): instructions per
+inference summed over the three and divided by their MACs, counted by QEMU with ``-icount shift=0`` on each
+emulated core, for firmware built with ``arm-none-eabi-gcc -O2 -mcpu=<core>`` around the generated
+``model_infer.c`` and the kernels of that core's instruction set (DSP on the M4, M7 and M33; Helium on the M55).
+A small model with few channels (the digits CNN: 4.8 per MAC on the M4) runs at a worse rate than these.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DIGITS_MACS = 25_600  # the digits CNN: CONV_2D 4,608 + CONV_2D 18,432 + FULLY_CONNECTED 2,560
+MLPERF_TINY_MACS = 22_648_064  # KWS 2,656,768 + VWW 7,489,664 + IC 12,501,632
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """Instructions for one inference of the digits model (median over 360 test digits) on an emulated core."""
+    """Instructions for one inference of each MLPerf Tiny model, summed, on an emulated core."""
 
     machine: str
     core: str
     instructions: int
-    macs: int = DIGITS_MACS
+    macs: int = MLPERF_TINY_MACS
 
     @property
     def instructions_per_mac(self) -> float:
         return self.instructions / self.macs
 
 
-# README "bisup hil --emulate mps2-an386": 317,280 (Cortex-M4), 318,120 (M7, mps2-an500), 317,850 (M33, mps2-an505).
-_M4 = Measurement("mps2-an386", "Cortex-M4", 317_280)
+# python bench/mlperf_tiny.py (README "MLPerf Tiny models"): KWS + VWW + IC on each emulated core.
+_M4 = Measurement("mps2-an386", "Cortex-M4", 51_215_160)
 MEASURED: dict[str, Measurement] = {
     "cortex-m4": _M4,
     "cortex-m4f": _M4,  # the kernels are integer-only: the FPU adds no instruction to them
-    "cortex-m7": Measurement("mps2-an500", "Cortex-M7", 318_120),
-    "cortex-m33": Measurement("mps2-an505", "Cortex-M33", 317_850),
+    "cortex-m7": Measurement("mps2-an500", "Cortex-M7", 50_646_880),
+    "cortex-m33": Measurement("mps2-an505", "Cortex-M33", 50_768_800),
+    "cortex-m55": Measurement("mps3-an547", "Cortex-M55", 11_053_936),
 }
 
 
@@ -56,6 +55,7 @@ def estimate(macs: int, arch: str, cpu_mhz: float) -> dict:
         "estimate_us": macs * measured.instructions_per_mac / cpu_mhz,
         "instructions_per_mac": round(measured.instructions_per_mac, 2),
         "cpu_mhz": cpu_mhz,
-        "basis": (f"estimate: {macs:,} MACs x {measured.instructions_per_mac:.1f} instructions/MAC (digits model on "
-                  f"the emulated {measured.core}, `bisup hil --emulate {measured.machine}`), 1 instruction/cycle"),
+        "basis": (f"estimate: {macs:,} MACs x {measured.instructions_per_mac:.2f} instructions/MAC (the MLPerf Tiny "
+                  f"models on the emulated {measured.core}, `bisup.hil.model_run` on {measured.machine}), "
+                  "1 instruction/cycle"),
     }

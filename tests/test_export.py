@@ -207,17 +207,21 @@ def test_export_says_what_it_does_before_each_long_step(converted, tmp_path):
     assert "arm-none-eabi-gcc" in said[-1]
 
 
-def test_the_measured_rate_gives_the_readmes_hil_latency():
-    """README, `bisup hil --emulate mps2-an386`: 317,280 instructions, "12.4 per MAC, 12,691 us at the board
-    clock" (25 MHz): the estimate of that run's model on that machine must give that run's figures back."""
+def test_the_latency_estimate_scales_with_macs_and_clock_and_names_what_is_measured():
+    """MACs x the measured rate / MHz: twice the MACs take twice as long, twice the clock half; Helium's rate
+    (the M55) is below the DSP kernels' (the M4); an arch without a measurement gets the reason, not a guess."""
     from bisup.converters import latency
 
-    estimate = latency.estimate(25_600, "cortex-m4", 25)
-    assert estimate["instructions_per_mac"] == 12.39 and round(estimate["estimate_us"]) == 12_691
+    m4 = latency.estimate(latency.MLPERF_TINY_MACS, "cortex-m4", 120)
+    assert latency.estimate(2 * latency.MLPERF_TINY_MACS, "cortex-m4", 120)["estimate_us"] == \
+        pytest.approx(2 * m4["estimate_us"])
+    assert latency.estimate(latency.MLPERF_TINY_MACS, "cortex-m4", 240)["estimate_us"] == \
+        pytest.approx(m4["estimate_us"] / 2)
+    assert latency.MEASURED["cortex-m55"].instructions_per_mac < latency.MEASURED["cortex-m4"].instructions_per_mac
+    assert "MLPerf Tiny" in m4["basis"] and "1 instruction/cycle" in m4["basis"]
     assert latency.estimate(25_600, "cortex-m0plus", 133) == {
         "estimate_us": None, "reason": "no estimate for cortex-m0plus: no instructions-per-MAC measurement "
-                                       "(measured: cortex-m33, cortex-m4, cortex-m4f, cortex-m7)"}
-
+                                       "(measured: cortex-m33, cortex-m4, cortex-m4f, cortex-m55, cortex-m7)"}
 
 def test_the_lean_savedmodel_converts_to_the_bytes_exportarchive_gave(digits_example, converted, monkeypatch):
     """quantize saves only the serving function and its variables (Keras's ExportArchive re-traced every layer,
