@@ -223,6 +223,7 @@ def test_the_latency_estimate_scales_with_macs_and_clock_and_names_what_is_measu
         "estimate_us": None, "reason": "no estimate for cortex-m0plus: no instructions-per-MAC measurement "
                                        "(measured: cortex-m33, cortex-m4, cortex-m4f, cortex-m55, cortex-m7)"}
 
+
 def test_the_lean_savedmodel_converts_to_the_bytes_exportarchive_gave(digits_example, converted, monkeypatch):
     """quantize saves only the serving function and its variables (Keras's ExportArchive re-traced every layer,
     half the conversion's time); the int8 flatbuffer must stay byte for byte what the archive gave."""
