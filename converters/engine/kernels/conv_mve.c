@@ -8,7 +8,9 @@
  * Arithmetic, the same integers as TFLM's sum(w * (x + input_offset)) + bias:
  * - each output pixel's window is one row of K int8 values, either the input pixel itself (1x1, no padding) or
  *   copied into the static im2col buffer, where a tap outside the input is the input zero point
- *   (x + input_offset = 0 there, so it adds nothing, as TFLM's skipped tap);
+ *   (x + input_offset = 0 there, so it adds nothing, as TFLM's skipped tap); a window wholly inside the input
+ *   (dilation 1 across) is copied as filter_height runs of filter_width x depth contiguous bytes, without the
+ *   border arithmetic, whole vectors only when a run is a multiple of 16 bytes;
  * - the filter of an output channel is a row of K int8 values as stored ([oc][fh][fw][ic]);
  * - acc = sum(w * x) (VMLADAVA: 16 int8 products summed into an int32 per instruction, the last partial vector
  *   zero-filled by a tail predicate) + input_offset * filter_sums[oc] + bias[oc]: exact integer algebra (every
@@ -49,6 +51,15 @@ BISUP_KERNEL_SPECIALISED void fill_bytes(int8_t *dst, int8x16_t value, int32_t n
   int32_t i = 0;
   for (; i + 16 <= n; i += 16) vst1q_s8(dst + i, value);
   if (i < n) vstrbq_p_s8(dst + i, value, vctp8q((uint32_t)(n - i)));
+}
+
+/* `lines` runs of vectors x 16 bytes, line_step apart, from src to dst one after another. */
+BISUP_KERNEL_SPECIALISED void copy_lines16(int8_t *dst, const int8_t *src, int32_t lines, int32_t line_step,
+                                           int32_t vectors) {
+  for (int32_t l = 0; l < lines; ++l, src += line_step) {
+    const int8_t *s = src;
+    for (int32_t i = 0; i < vectors; ++i, s += 16, dst += 16) vst1q_s8(dst, vld1q_s8(s));
+  }
 }
 
 /* The window of output pixel (b, oy, ox) as one row of K values, padding = the input zero point. Addresses
@@ -191,13 +202,41 @@ int bisup_kernel_conv2d_mve(const bisup_kernel_conv_params *p, const int8_t *inp
     }
     return 1;
   }
-  /* im2col: as many pixels' windows as the rows hold, then every output channel of them */
-  const int32_t block = (int32_t)sizeof im2col_rows / k;
+  /* im2col: as many pixels' windows as the rows hold, then every output channel of them. A window wholly
+   * inside the input (dilation 1 across) is filter_height runs of filter_width x depth contiguous bytes:
+   * copied without the border arithmetic. */
+  const int32_t block = (int32_t)sizeof im2col_rows / k, out_width = out->width;
+  const int32_t ox_lo = (p->pad_width + p->stride_width - 1) / p->stride_width;
+  const int32_t reach = in->width + p->pad_width - p->filter_width;
+  int32_t ox_hi = reach < 0 ? 0 : reach / p->stride_width + 1;
+  if (ox_hi > out_width) ox_hi = out_width;
+  if (p->dilation_width != 1) ox_hi = 0; /* no run is contiguous: every window through im2col() */
+  const int32_t line_step = p->dilation_height * in->width * in->depth, row_bytes = g.row_bytes;
+  const int32_t y_last = (p->filter_height - 1) * p->dilation_height;
   for (int32_t b = 0; b < out->batches; ++b) {
+    const int8_t *image = input + (size_t)b * g.image_bytes;
+    int32_t oy = 0, ox = 0;
     for (int32_t t = 0; t < pixels; t += block) {
       const int32_t count = pixels - t < block ? pixels - t : block;
       for (int32_t j = 0; j < count; ++j) {
-        im2col(&g, b, (t + j) / out->width, (t + j) % out->width, im2col_rows + j * k);
+        int8_t *dst = im2col_rows + j * k;
+        const int32_t y0 = oy * p->stride_height - p->pad_height;
+        if (ox >= ox_lo && ox < ox_hi && y0 >= 0 && y0 + y_last < in->height) {
+          const int8_t *src = image + ((size_t)y0 * in->width + ox * p->stride_width - p->pad_width) * in->depth;
+          if (row_bytes % 16 == 0) {
+            copy_lines16(dst, src, p->filter_height, line_step, row_bytes / 16);
+          } else {
+            for (int32_t fy = 0; fy < p->filter_height; ++fy, src += line_step, dst += row_bytes) {
+              copy_bytes(dst, src, row_bytes);
+            }
+          }
+        } else {
+          im2col(&g, b, oy, ox, dst);
+        }
+        if (++ox == out_width) {
+          ox = 0;
+          ++oy;
+        }
       }
       rows(&q, im2col_rows, k, count, k, output + ((size_t)b * pixels + t) * channels, channels);
     }
