@@ -14,6 +14,7 @@ firmware: the M55's code memory, half its 512 KB ITCM, bounds it).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -70,8 +71,9 @@ def test_a_model_the_board_cannot_hold_gets_the_linkers_words(oracle, tmp_path, 
     """A user's M55 board with 8 KB of code memory (4 KB for code, the rest the model image's): the firmware
     does not fit, and the error names the board and the region that overflowed."""
     shipped = (PROFILE_DIR / "mps3-an547.toml").read_text()
-    (tmp_path / "tiny-m55.toml").write_text(shipped.replace('name = "mps3-an547"', 'name = "tiny-m55"')
-                                            .replace("flash_bytes = 0x80000", "flash_bytes = 0x2000"))
+    tiny = re.sub(r"(?m)^flash_bytes = 0x[0-9a-fA-F]+", "flash_bytes = 0x2000", shipped)  # the [emulation] table's
+    assert tiny != shipped, "the shipped profile's emulated code memory is no longer a hex flash_bytes line"
+    (tmp_path / "tiny-m55.toml").write_text(tiny.replace('name = "mps3-an547"', 'name = "tiny-m55"'))
     monkeypatch.setenv(BOARDS_PATH_ENV, str(tmp_path))
     with pytest.raises(HilError, match=r"building the tiny-m55 firmware failed: .*region `FLASH' overflowed by \d+"):
         model_run.run(oracle[0][1], oracle[0][2], "tiny-m55")
