@@ -281,6 +281,101 @@ static void gemm_wide_block(const bisup_kernel_gemm *gemm, int two, int32_t c0, 
   }
 }
 
+/* The requantization fused into the product, for a layer whose every channel passes short_form(): no sums
+ * stored, each channel's multiplier and shift loaded once for both pixels. Exact (equal to mbqm):
+ * - every |acc| < 2^30 (checked: |folded_bias| + k x 128 x 128 < 2^30), so 2 acc fits and SMMULR (the high word
+ *   of 2 acc x m + 2^31) is floor((acc x m + 2^30) / 2^31), srdhm as mbqm_fast computes it (no saturation: acc is
+ *   not INT32_MIN, m is not INT32_MIN), |h| < 2^30;
+ * - the right shift e = -shift in [1, 31]: rdbp(h, e) = ((h - [h < 0]) >> (e - 1) + 1) >> 1 (mbqm_fast), and
+ *   floor((t + 1) / 2) + offset = floor((t + 1 + 2 offset) / 2) adds the output offset in the same step. */
+static inline int32_t smmulr(int32_t a, int32_t b) {
+  int32_t r;
+  __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+static inline int8_t requantize_short(int32_t acc, int32_t m, int32_t e1, int32_t offset21, int32_t lo, int32_t hi) {
+  int32_t h = smmulr((int32_t)((uint32_t)acc << 1), m);
+  h += h >> 31;
+  int32_t v = ((h >> e1) + offset21) >> 1;
+  v = v < lo ? lo : v;
+  return (int8_t)(v > hi ? hi : v);
+}
+
+/* 1 when requantize_short is exact for every channel of the layer (see above). */
+static int short_form(const bisup_kernel_gemm *g) {
+  const int64_t products = (int64_t)g->k * 128 * 128;
+  for (int32_t c = 0; c < g->channels; ++c) {
+    const int32_t m = g->multiplier[c * g->per_channel], shift = g->shift[c * g->per_channel];
+    const int64_t bias = g->bias[c];
+    if (m == INT32_MIN || shift > -1 || shift < -31) return 0;
+    if ((bias < 0 ? -bias : bias) + products >= ((int64_t)1 << 30)) return 0;
+  }
+  return 1;
+}
+
+static void gemm_wide_short(const bisup_kernel_gemm *gemm, int two, int8_t *out0, int8_t *out1) {
+  const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the output stores cannot alias it */
+  const int32_t k = g->k, groups = k >> 2, rest = k & 3, step = g->per_channel, c1 = g->channels;
+  const int32_t offset21 = 2 * g->output_offset + 1, lo = g->activation_min, hi = g->activation_max;
+  const int32_t *tail0 = wide_tail[0], *tail1 = wide_tail[1], *end = wide + 4 * groups;
+  const int32_t *multiplier = g->multiplier, *shift = g->shift;
+  int32_t c = 0;
+  for (; c + 2 <= c1; c += 2) {
+    const int8_t *w = g->weights + (size_t)c * k;
+    const int32_t *x = wide;
+    int32_t a00 = g->bias[c], a01 = g->bias[c + 1], a10 = a00, a11 = a01; /* a<row><channel> */
+    const int32_t m0 = multiplier[c * step], m1 = multiplier[(c + 1) * step];
+    const int32_t e0 = -shift[c * step] - 1, e1 = -shift[(c + 1) * step] - 1;
+    if (two) {
+      if (groups > 0) w = product_2x2(w, k, x, end, &a00, &a01, &a10, &a11);
+      for (int32_t j = 0; j < rest; ++j) {
+        a00 += w[j] * tail0[j];
+        a01 += w[k + j] * tail0[j];
+        a10 += w[j] * tail1[j];
+        a11 += w[k + j] * tail1[j];
+      }
+      out1[c] = requantize_short(a10, m0, e0, offset21, lo, hi);
+      out1[c + 1] = requantize_short(a11, m1, e1, offset21, lo, hi);
+    } else {
+      for (; x != end; w += 4, x += 4) {
+        const uint32_t v0 = load4(w), v1 = load4(w + k);
+        a00 = __smlad(x[0], EVEN(v0), a00);
+        a00 = __smlad(x[1], ODD(v0), a00);
+        a01 = __smlad(x[0], EVEN(v1), a01);
+        a01 = __smlad(x[1], ODD(v1), a01);
+      }
+      for (int32_t j = 0; j < rest; ++j) {
+        a00 += w[j] * tail0[j];
+        a01 += w[k + j] * tail0[j];
+      }
+    }
+    out0[c] = requantize_short(a00, m0, e0, offset21, lo, hi);
+    out0[c + 1] = requantize_short(a01, m1, e1, offset21, lo, hi);
+  }
+  if (c < c1) {
+    const int8_t *w = g->weights + (size_t)c * k;
+    const int32_t m0 = multiplier[c * step], e0 = -shift[c * step] - 1;
+    int32_t a00 = g->bias[c], a10 = a00;
+    for (int32_t n = 0; n < groups; ++n) {
+      const uint32_t v0 = load4(w + 4 * n);
+      const int32_t v0e = EVEN(v0), v0o = ODD(v0);
+      a00 = __smlad(wide[4 * n], v0e, a00);
+      a00 = __smlad(wide[4 * n + 1], v0o, a00);
+      if (two) {
+        a10 = __smlad(wide[4 * n + 2], v0e, a10);
+        a10 = __smlad(wide[4 * n + 3], v0o, a10);
+      }
+    }
+    for (int32_t j = 0; j < rest; ++j) {
+      a00 += w[4 * groups + j] * tail0[j];
+      if (two) a10 += w[4 * groups + j] * tail1[j];
+    }
+    out0[c] = requantize_short(a00, m0, e0, offset21, lo, hi);
+    if (two) out1[c] = requantize_short(a10, m0, e0, offset21, lo, hi);
+  }
+}
+
 static void gemm_wide(const bisup_kernel_gemm *g, int two, int8_t *out0, int8_t *out1) {
   int32_t acc0[BISUP_KERNEL_GEMM_BLOCK], acc1[BISUP_KERNEL_GEMM_BLOCK];
   for (int32_t c0 = 0; c0 < g->channels; c0 += BISUP_KERNEL_GEMM_BLOCK) {
@@ -304,6 +399,7 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
                                .activation_max = p->activation_max,
                                .right_shifts = bisup_kernel_gemm_right_shifts(p->multiplier, p->shift, out->depth)};
   const int32_t plane = out->height * out->width, pixels = out->batches * plane;
+  const int fused = short_form(&g);
   int32_t pending = 0;
   for (int32_t n = 0; n < pixels; ++n) {
     const int32_t b = n / plane, oy = (n % plane) / out->width, ox = n % out->width;
@@ -314,11 +410,12 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
       widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending]);
     }
     if (++pending == 2) {
-      gemm_wide(&g, 1, output + (size_t)(n - 1) * out->depth, output + (size_t)n * out->depth);
+      (fused ? gemm_wide_short : gemm_wide)(&g, 1, output + (size_t)(n - 1) * out->depth,
+                                            output + (size_t)n * out->depth);
       pending = 0;
     }
   }
-  if (pending) gemm_wide(&g, 0, output + (size_t)(pixels - 1) * out->depth, NULL);
+  if (pending) (fused ? gemm_wide_short : gemm_wide)(&g, 0, output + (size_t)(pixels - 1) * out->depth, NULL);
   return 1;
 }
 #else
