@@ -132,13 +132,18 @@ void bisup_kernel_gemm_rows_dsp(const bisup_kernel_gemm *g, const int8_t *row0, 
 /* Two output pixels' widened columns, interleaved: for each group of four values, pixel 0's pairs
  * (x0, x2), (x1, x3), then pixel 1's, so that one pointer and two LDRD read both; the k % 4 last values of
  * each pixel apart. */
-static int32_t wide[2 * (BISUP_KERNEL_CONV_DSP_COLUMN_MAX / 2)];
-static int32_t wide_tail[2][3];
+#ifndef BISUP_KERNEL_CONV_DSP_THREE_MAX
+#define BISUP_KERNEL_CONV_DSP_THREE_MAX 576 /* three columns of int16: 3.4 KB (the 3x3 convolutions on 64 channels) */
+#endif
+#define WIDE_TWO (2 * (BISUP_KERNEL_CONV_DSP_COLUMN_MAX / 2))
+#define WIDE_THREE (3 * (BISUP_KERNEL_CONV_DSP_THREE_MAX / 2))
+static int32_t wide[WIDE_TWO > WIDE_THREE ? WIDE_TWO : WIDE_THREE];
+static int32_t wide_tail[3][3];
 
 /* k int8 values into the pairs of one pixel (every fourth word pair from dst), the k % 4 last into tail. */
-static void widen(const int8_t *x, int32_t k, int32_t *dst, int32_t *tail) {
+static void widen(const int8_t *x, int32_t k, int32_t *dst, int32_t *tail, int32_t stride) {
   int32_t i = 0;
-  for (; i + 4 <= k; i += 4, dst += 4) {
+  for (; i + 4 <= k; i += 4, dst += stride) {
     const uint32_t v = load4(x + i);
     dst[0] = EVEN(v);
     dst[1] = ODD(v);
@@ -150,7 +155,7 @@ static void widen(const int8_t *x, int32_t k, int32_t *dst, int32_t *tail) {
  * row inside the input, or a tap) is a multiple of 4 values, so that the groups of four never straddle two
  * segments; through the int8 im2col (conv.c) otherwise. Padding taps widen the input zero point. */
 static void widen_window(const bisup_kernel_conv_params *p, const int8_t *input, int32_t b, int32_t oy, int32_t ox,
-                         int32_t *dst, int32_t *tail) {
+                         int32_t *dst, int32_t *tail, int32_t stride) {
   const bisup_kernel_shape *in = &p->input;
   const int32_t depth = in->depth, row_bytes = p->filter_width * depth;
   const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
@@ -158,25 +163,25 @@ static void widen_window(const bisup_kernel_conv_params *p, const int8_t *input,
   const int rows_whole = p->dilation_width == 1 && inside_x && (row_bytes & 3) == 0;
   if (!rows_whole && (depth & 3) != 0) {
     bisup_kernel_conv_im2col(p, input, b, oy, ox, bisup_kernel_conv_columns[0]);
-    widen(bisup_kernel_conv_columns[0], p->filter_height * row_bytes, dst, tail);
+    widen(bisup_kernel_conv_columns[0], p->filter_height * row_bytes, dst, tail, stride);
     return;
   }
   const int32_t zero_points = EVEN((uint32_t)(uint8_t)(-p->input_offset) * 0x01010101u);
   for (int32_t fy = 0; fy < p->filter_height; ++fy) {
     const int32_t y = y0 + fy * p->dilation_height;
     if (y < 0 || y >= in->height) {
-      for (int32_t n = row_bytes >> 2; n > 0; --n, dst += 4) dst[0] = dst[1] = zero_points;
+      for (int32_t n = row_bytes >> 2; n > 0; --n, dst += stride) dst[0] = dst[1] = zero_points;
     } else if (rows_whole) {
-      widen(input + offset4(in, b, y, x0, 0), row_bytes, dst, tail);
-      dst += row_bytes;
+      widen(input + offset4(in, b, y, x0, 0), row_bytes, dst, tail, stride);
+      dst += (row_bytes >> 2) * stride;
     } else {
       for (int32_t fx = 0; fx < p->filter_width; ++fx) {
         const int32_t x = x0 + fx * p->dilation_width;
         if (x < 0 || x >= in->width) {
-          for (int32_t n = depth >> 2; n > 0; --n, dst += 4) dst[0] = dst[1] = zero_points;
+          for (int32_t n = depth >> 2; n > 0; --n, dst += stride) dst[0] = dst[1] = zero_points;
         } else {
-          widen(input + offset4(in, b, y, x, 0), depth, dst, tail);
-          dst += depth;
+          widen(input + offset4(in, b, y, x, 0), depth, dst, tail, stride);
+          dst += (depth >> 2) * stride;
         }
       }
     }
@@ -281,6 +286,193 @@ static void gemm_wide_block(const bisup_kernel_gemm *gemm, int two, int32_t c0, 
   }
 }
 
+/* The requantization fused into the product, for a layer whose every channel passes short_form(): no sums
+ * stored, each channel's multiplier and shift loaded once for both pixels. Exact (equal to mbqm):
+ * - every |acc| < 2^30 (checked: |folded_bias| + k x 128 x 128 < 2^30), so 2 acc fits and SMMULR (the high word
+ *   of 2 acc x m + 2^31) is floor((acc x m + 2^30) / 2^31), srdhm as mbqm_fast computes it (no saturation: acc is
+ *   not INT32_MIN, m is not INT32_MIN), |h| < 2^30;
+ * - the right shift e = -shift in [1, 31]: rdbp(h, e) = ((h - [h < 0]) >> (e - 1) + 1) >> 1 (mbqm_fast), and
+ *   floor((t + 1) / 2) + offset = floor((t + 1 + 2 offset) / 2) adds the output offset in the same step. */
+static inline int32_t smmulr(int32_t a, int32_t b) {
+  int32_t r;
+  __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+static inline int8_t requantize_short(int32_t acc, int32_t m, int32_t e1, int32_t offset21, int32_t lo, int32_t hi) {
+  int32_t h = smmulr((int32_t)((uint32_t)acc << 1), m);
+  h += h >> 31;
+  int32_t v = ((h >> e1) + offset21) >> 1;
+  v = v < lo ? lo : v;
+  return (int8_t)(v > hi ? hi : v);
+}
+
+/* 1 when requantize_short is exact for every channel of the layer (see above). */
+static int short_form(const bisup_kernel_gemm *g) {
+  const int64_t products = (int64_t)g->k * 128 * 128;
+  for (int32_t c = 0; c < g->channels; ++c) {
+    const int32_t m = g->multiplier[c * g->per_channel], shift = g->shift[c * g->per_channel];
+    const int64_t bias = g->bias[c];
+    if (m == INT32_MIN || shift > -1 || shift < -31) return 0;
+    if ((bias < 0 ? -bias : bias) + products >= ((int64_t)1 << 30)) return 0;
+  }
+  return 1;
+}
+
+static void gemm_wide_short(const bisup_kernel_gemm *gemm, int two, int8_t *out0, int8_t *out1) {
+  const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the output stores cannot alias it */
+  const int32_t k = g->k, groups = k >> 2, rest = k & 3, step = g->per_channel, c1 = g->channels;
+  const int32_t offset21 = 2 * g->output_offset + 1, lo = g->activation_min, hi = g->activation_max;
+  const int32_t *tail0 = wide_tail[0], *tail1 = wide_tail[1], *end = wide + 4 * groups;
+  const int32_t *multiplier = g->multiplier, *shift = g->shift;
+  int32_t c = 0;
+  for (; c + 2 <= c1; c += 2) {
+    const int8_t *w = g->weights + (size_t)c * k;
+    const int32_t *x = wide;
+    int32_t a00 = g->bias[c], a01 = g->bias[c + 1], a10 = a00, a11 = a01; /* a<row><channel> */
+    const int32_t m0 = multiplier[c * step], m1 = multiplier[(c + 1) * step];
+    const int32_t e0 = -shift[c * step] - 1, e1 = -shift[(c + 1) * step] - 1;
+    if (two) {
+      if (groups > 0) w = product_2x2(w, k, x, end, &a00, &a01, &a10, &a11);
+      for (int32_t j = 0; j < rest; ++j) {
+        a00 += w[j] * tail0[j];
+        a01 += w[k + j] * tail0[j];
+        a10 += w[j] * tail1[j];
+        a11 += w[k + j] * tail1[j];
+      }
+      out1[c] = requantize_short(a10, m0, e0, offset21, lo, hi);
+      out1[c + 1] = requantize_short(a11, m1, e1, offset21, lo, hi);
+    } else {
+      for (; x != end; w += 4, x += 4) {
+        const uint32_t v0 = load4(w), v1 = load4(w + k);
+        a00 = __smlad(x[0], EVEN(v0), a00);
+        a00 = __smlad(x[1], ODD(v0), a00);
+        a01 = __smlad(x[0], EVEN(v1), a01);
+        a01 = __smlad(x[1], ODD(v1), a01);
+      }
+      for (int32_t j = 0; j < rest; ++j) {
+        a00 += w[j] * tail0[j];
+        a01 += w[k + j] * tail0[j];
+      }
+    }
+    out0[c] = requantize_short(a00, m0, e0, offset21, lo, hi);
+    out0[c + 1] = requantize_short(a01, m1, e1, offset21, lo, hi);
+  }
+  if (c < c1) {
+    const int8_t *w = g->weights + (size_t)c * k;
+    const int32_t m0 = multiplier[c * step], e0 = -shift[c * step] - 1;
+    int32_t a00 = g->bias[c], a10 = a00;
+    for (int32_t n = 0; n < groups; ++n) {
+      const uint32_t v0 = load4(w + 4 * n);
+      const int32_t v0e = EVEN(v0), v0o = ODD(v0);
+      a00 = __smlad(wide[4 * n], v0e, a00);
+      a00 = __smlad(wide[4 * n + 1], v0o, a00);
+      if (two) {
+        a10 = __smlad(wide[4 * n + 2], v0e, a10);
+        a10 = __smlad(wide[4 * n + 3], v0o, a10);
+      }
+    }
+    for (int32_t j = 0; j < rest; ++j) {
+      a00 += w[4 * groups + j] * tail0[j];
+      if (two) a10 += w[4 * groups + j] * tail1[j];
+    }
+    out0[c] = requantize_short(a00, m0, e0, offset21, lo, hi);
+    if (two) out1[c] = requantize_short(a10, m0, e0, offset21, lo, hi);
+  }
+}
+
+/* Three output pixels at a time (a layer passing short_form(), k <= BISUP_KERNEL_CONV_DSP_THREE_MAX): wide holds
+ * per group of four values pixel 0's pairs, pixel 1's, pixel 2's (six words). The 3 x 2 inner loop: channel
+ * c + 1's weight word split by SXTB16 times the three pixels' pairs, then channel c's in the other order (pixel
+ * 2's pairs still loaded): two LDR, four SXTB16, five LDRD, twelve SMLAD and the loop's two, 25 instructions
+ * for 24 multiply-accumulates (the 2 x 2 loop's 19 for 16). Fourteen registers. Runs at least one group;
+ * returns w past the groups. */
+static inline const int8_t *product_3x2(const int8_t *w, int32_t k, const int32_t *x, const int32_t *end,
+                                        int32_t *acc) {
+  int32_t s00 = acc[0], s01 = acc[1], s10 = acc[2], s11 = acc[3], s20 = acc[4], s21 = acc[5], e, o, xe, xo;
+  __asm__("1:\n\t"
+          "ldr    %[e], [%[w], %[k]]\n\t"
+          "sxtb16 %[o], %[e], ror #8\n\t"
+          "sxtb16 %[e], %[e]\n\t"
+          "ldrd   %[xe], %[xo], [%[x]]\n\t"
+          "smlad  %[s01], %[xe], %[e], %[s01]\n\t"
+          "smlad  %[s01], %[xo], %[o], %[s01]\n\t"
+          "ldrd   %[xe], %[xo], [%[x], #8]\n\t"
+          "smlad  %[s11], %[xe], %[e], %[s11]\n\t"
+          "smlad  %[s11], %[xo], %[o], %[s11]\n\t"
+          "ldrd   %[xe], %[xo], [%[x], #16]\n\t"
+          "smlad  %[s21], %[xe], %[e], %[s21]\n\t"
+          "smlad  %[s21], %[xo], %[o], %[s21]\n\t"
+          "ldr    %[e], [%[w]], #4\n\t"
+          "sxtb16 %[o], %[e], ror #8\n\t"
+          "sxtb16 %[e], %[e]\n\t"
+          "smlad  %[s20], %[xe], %[e], %[s20]\n\t"
+          "smlad  %[s20], %[xo], %[o], %[s20]\n\t"
+          "ldrd   %[xe], %[xo], [%[x], #8]\n\t"
+          "smlad  %[s10], %[xe], %[e], %[s10]\n\t"
+          "smlad  %[s10], %[xo], %[o], %[s10]\n\t"
+          "ldrd   %[xe], %[xo], [%[x]], #24\n\t"
+          "smlad  %[s00], %[xe], %[e], %[s00]\n\t"
+          "smlad  %[s00], %[xo], %[o], %[s00]\n\t"
+          "cmp    %[x], %[end]\n\t"
+          "bne    1b"
+          : [s00] "+r"(s00), [s01] "+r"(s01), [s10] "+r"(s10), [s11] "+r"(s11), [s20] "+r"(s20), [s21] "+r"(s21),
+            [w] "+r"(w), [x] "+r"(x), [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe), [xo] "=&r"(xo)
+          : [k] "r"(k), [end] "r"(end)
+          : "cc", "memory");
+  acc[0] = s00;
+  acc[1] = s01;
+  acc[2] = s10;
+  acc[3] = s11;
+  acc[4] = s20;
+  acc[5] = s21;
+  return w;
+}
+
+/* pixels (1 to 3) output pixels from wide's three-pixel layout, requantized by requantize_short. */
+static void gemm_wide_three(const bisup_kernel_gemm *gemm, int32_t pixels, int8_t *out) {
+  const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the output stores cannot alias it */
+  const int32_t k = g->k, groups = k >> 2, rest = k & 3, step = g->per_channel, channels = g->channels;
+  const int32_t offset21 = 2 * g->output_offset + 1, lo = g->activation_min, hi = g->activation_max;
+  const int32_t *end = wide + 6 * groups;
+  int32_t c = 0;
+  if (pixels == 3 && groups > 0) {
+    for (; c + 2 <= channels; c += 2) {
+      const int8_t *w = g->weights + (size_t)c * k;
+      int32_t acc[6]; /* acc[2 p + j]: pixel p, channel c + j */
+      acc[0] = acc[2] = acc[4] = g->bias[c];
+      acc[1] = acc[3] = acc[5] = g->bias[c + 1];
+      w = product_3x2(w, k, wide, end, acc);
+      for (int32_t j = 0; j < rest; ++j) {
+        for (int32_t q = 0; q < 3; ++q) {
+          acc[2 * q] += w[j] * wide_tail[q][j];
+          acc[2 * q + 1] += w[k + j] * wide_tail[q][j];
+        }
+      }
+      const int32_t m0 = g->multiplier[c * step], m1 = g->multiplier[(c + 1) * step];
+      const int32_t e0 = -g->shift[c * step] - 1, e1 = -g->shift[(c + 1) * step] - 1;
+      for (int32_t q = 0; q < 3; ++q) {
+        out[q * channels + c] = requantize_short(acc[2 * q], m0, e0, offset21, lo, hi);
+        out[q * channels + c + 1] = requantize_short(acc[2 * q + 1], m1, e1, offset21, lo, hi);
+      }
+    }
+  }
+  for (; c < channels; ++c) {
+    const int8_t *w = g->weights + (size_t)c * k;
+    const int32_t m0 = g->multiplier[c * step], e0 = -g->shift[c * step] - 1;
+    for (int32_t q = 0; q < pixels; ++q) {
+      int32_t a = g->bias[c];
+      for (int32_t n = 0; n < groups; ++n) {
+        const uint32_t v = load4(w + 4 * n);
+        a = __smlad(wide[6 * n + 2 * q], EVEN(v), a);
+        a = __smlad(wide[6 * n + 2 * q + 1], ODD(v), a);
+      }
+      for (int32_t j = 0; j < rest; ++j) a += w[4 * groups + j] * wide_tail[q][j];
+      out[q * channels + c] = requantize_short(a, m0, e0, offset21, lo, hi);
+    }
+  }
+}
+
 static void gemm_wide(const bisup_kernel_gemm *g, int two, int8_t *out0, int8_t *out1) {
   int32_t acc0[BISUP_KERNEL_GEMM_BLOCK], acc1[BISUP_KERNEL_GEMM_BLOCK];
   for (int32_t c0 = 0; c0 < g->channels; c0 += BISUP_KERNEL_GEMM_BLOCK) {
@@ -304,21 +496,40 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
                                .activation_max = p->activation_max,
                                .right_shifts = bisup_kernel_gemm_right_shifts(p->multiplier, p->shift, out->depth)};
   const int32_t plane = out->height * out->width, pixels = out->batches * plane;
+  const int fused = short_form(&g);
   int32_t pending = 0;
+  if (fused && k <= BISUP_KERNEL_CONV_DSP_THREE_MAX && (k & 3) == 0) { /* (a k % 4 tail is faster two by two) */
+    for (int32_t n = 0; n < pixels; ++n) {
+      const int32_t b = n / plane, oy = (n % plane) / out->width, ox = n % out->width;
+      if (direct) {
+        widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * pending,
+              wide_tail[pending], 6);
+      } else {
+        widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending], 6);
+      }
+      if (++pending == 3) {
+        gemm_wide_three(&g, 3, output + (size_t)(n - 2) * out->depth);
+        pending = 0;
+      }
+    }
+    if (pending) gemm_wide_three(&g, pending, output + (size_t)(pixels - pending) * out->depth);
+    return 1;
+  }
   for (int32_t n = 0; n < pixels; ++n) {
     const int32_t b = n / plane, oy = (n % plane) / out->width, ox = n % out->width;
     if (direct) {
       widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * pending,
-            wide_tail[pending]);
+            wide_tail[pending], 4);
     } else {
-      widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending]);
+      widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending], 4);
     }
     if (++pending == 2) {
-      gemm_wide(&g, 1, output + (size_t)(n - 1) * out->depth, output + (size_t)n * out->depth);
+      (fused ? gemm_wide_short : gemm_wide)(&g, 1, output + (size_t)(n - 1) * out->depth,
+                                            output + (size_t)n * out->depth);
       pending = 0;
     }
   }
-  if (pending) gemm_wide(&g, 0, output + (size_t)(pixels - 1) * out->depth, NULL);
+  if (pending) (fused ? gemm_wide_short : gemm_wide)(&g, 0, output + (size_t)(pixels - 1) * out->depth, NULL);
   return 1;
 }
 #else
