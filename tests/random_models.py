@@ -275,8 +275,9 @@ def random_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
     return _head(m, inp, x), tuple(shape)
 
 
-def _head(m: _Model, inp: int, x: int) -> bytes:
-    """RESHAPE -> FULLY_CONNECTED -> SOFTMAX ("scores") and a random supervisor head ("confidence")."""
+def _head(m: _Model, inp: int, x: int, beta: float | None = None) -> bytes:
+    """RESHAPE -> FULLY_CONNECTED -> SOFTMAX ("scores") and a random supervisor head ("confidence"). The
+    softmax's beta is drawn unless given (a fixed one draws nothing, so a caller's later draws stay put)."""
     rng = m.rng
     flat = int(np.prod(m.shape(x)))
     new_shape = m.tensor([2], 1.0, 0, INT32, np.array([1, flat], dtype=np.int32))
@@ -292,7 +293,7 @@ def _head(m: _Model, inp: int, x: int) -> bytes:
     m.op(OP.FULLY_CONNECTED, [flat_x, wt, b], [logits], s.BuiltinOptions.FullyConnectedOptions, fc)
     probs = m.tensor([1, classes], 1 / 256, -128)
     softmax = s.SoftmaxOptionsT()
-    softmax.beta = float(rng.choice([1.0, 1.0, 0.5, 2.0]))
+    softmax.beta = float(rng.choice([1.0, 1.0, 0.5, 2.0])) if beta is None else beta
     m.op(OP.SOFTMAX, [logits], [probs], s.BuiltinOptions.SoftmaxOptions, softmax)
     confidence = _confidence(m, logits, probs, classes)
     return m.finish([inp], probs, confidence)

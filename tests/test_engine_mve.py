@@ -19,7 +19,7 @@ import shutil
 
 import numpy as np
 import pytest
-from random_models import INT32, OP, _confidence, _Model, s
+from random_models import OP, _head, _Model, s
 from test_engine import run_tflm
 
 from bisup.hil import model_run
@@ -96,23 +96,7 @@ def mve_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
     x = inp = m.activation(shape)
     for _ in range(int(rng.integers(1, 4))):
         x = _step(m, x)
-    flat = int(np.prod(m.shape(x)))
-    new_shape = m.tensor([2], 1.0, 0, INT32, np.array([1, flat], dtype=np.int32))
-    flat_x = m.tensor([1, flat], m.scale(x), m.tensors[x].quantization.zeroPoint[0])
-    reshape = s.ReshapeOptionsT()
-    reshape.newShape = [1, flat]
-    m.op(OP.RESHAPE, [x, new_shape], [flat_x], s.BuiltinOptions.ReshapeOptions, reshape)
-    classes = int(rng.integers(2, 11))
-    wt, b = m.weights([classes, flat], 0 if rng.random() < 0.5 else None, m.scale(flat_x), classes)
-    logits = m.activation([1, classes])
-    fc = s.FullyConnectedOptionsT()
-    fc.fusedActivationFunction = 0
-    m.op(OP.FULLY_CONNECTED, [flat_x, wt, b], [logits], s.BuiltinOptions.FullyConnectedOptions, fc)
-    probs = m.tensor([1, classes], 1 / 256, -128)
-    softmax = s.SoftmaxOptionsT()
-    softmax.beta = 1.0
-    m.op(OP.SOFTMAX, [logits], [probs], s.BuiltinOptions.SoftmaxOptions, softmax)
-    return m.finish([inp], probs, _confidence(m, logits, probs, classes)), tuple(shape)
+    return _head(m, inp, x, beta=1.0), tuple(shape)
 
 
 def test_helium_shaped_models_are_byte_equal_to_tflm_on_the_m55():
