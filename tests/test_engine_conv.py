@@ -150,8 +150,7 @@ def test_conv_shapes_are_byte_equal_to_tflm_on_the_host(cases, tmp_path):
                     reason="qemu-system-arm and arm-none-eabi-gcc are needed (CI installs them)")
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500", "mps2-an505"])
 def test_conv_shapes_are_byte_equal_to_tflm_with_the_dsp_kernels(cases, board):
-    """The Cortex-M4, M7 and M33 builds, whose CONV_2D and FULLY_CONNECTED run conv_dsp.c and
-    fully_connected_dsp.c."""
+    """The Cortex-M4, M7 and M33 builds, whose CONV_2D and FULLY_CONNECTED run conv_dsp.c."""
     from bisup.hil import model_run
 
     runs = model_run.run_many([(model, x_q.reshape(len(x_q), -1)) for _, model, x_q, _ in cases], board)

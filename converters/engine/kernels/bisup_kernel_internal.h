@@ -175,10 +175,9 @@ void bisup_kernel_conv_im2col(const bisup_kernel_conv_params *p, const int8_t *i
 int bisup_kernel_conv2d_gemm(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output,
                              bisup_kernel_gemm_rows_fn *rows);
 
-/* The DSP variants (conv_dsp.c, fully_connected_dsp.c): 0 for a shape they do not cover. */
+/* CONV_2D's DSP variant (conv_dsp.c): 0 for a shape it does not cover. FULLY_CONNECTED takes the DSP rows
+ * (bisup_kernel_gemm_rows_dsp) directly: they cover every shape. */
 int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *input, int8_t *output);
-int bisup_kernel_fully_connected_dsp(const bisup_kernel_fully_connected_params *p, const int8_t *input,
-                                     int8_t *output);
 
 /* mbqm in fewer instructions, equal to it for every multiplier (INT32_MIN, which quantize_multiplier never
  * makes, takes mbqm itself) and right shifts up to 31 (it returns none larger). srdhm's nudge-then-truncate is

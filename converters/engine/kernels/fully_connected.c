@@ -1,9 +1,10 @@
 /* bisup int8 kernels: FULLY_CONNECTED (see bisup_kernels.h).
  *
- * The ISA variants first (fully_connected_mve.c on the Cortex-M55, fully_connected_dsp.c on M4/M7/M33);
- * otherwise the portable matrix product
- * (bisup_kernel_gemm_rows, conv.c): two batch rows x two output channels per pass, any shape. The input
- * offset is folded into the bias at export (bias + input_offset x sum(w): TFLM's sum as the same integer).
+ * The Helium variant first (fully_connected_mve.c on the Cortex-M55); otherwise the matrix product CONV_2D
+ * also uses, two batch rows x two output channels per pass, any shape: its DSP rows on the M4/M7/M33
+ * (bisup_kernel_gemm_rows_dsp, conv_dsp.c: SXTB16 + SMLAD on four int8 at a time), portable C elsewhere
+ * (bisup_kernel_gemm_rows, conv.c). The input offset is folded into the bias at export (bias + input_offset x
+ * sum(w): TFLM's sum as the same integer).
  */
 #include "bisup_kernel_internal.h"
 
@@ -12,7 +13,9 @@ void bisup_kernel_fully_connected(const bisup_kernel_fully_connected_params *p, 
   if (bisup_kernel_fully_connected_mve(p, input, output)) return;
 #endif
 #if BISUP_KERNEL_DSP
-  if (bisup_kernel_fully_connected_dsp(p, input, output)) return;
+  bisup_kernel_gemm_rows_fn *const rows = bisup_kernel_gemm_rows_dsp;
+#else
+  bisup_kernel_gemm_rows_fn *const rows = bisup_kernel_gemm_rows;
 #endif
   const bisup_kernel_gemm g = {.weights = p->filter, .k = p->input_depth, .channels = p->output_depth,
                                .bias = p->bias, .multiplier = p->multiplier,
@@ -23,8 +26,7 @@ void bisup_kernel_fully_connected(const bisup_kernel_fully_connected_params *p, 
   const size_t in_step = (size_t)p->input_depth, out_step = (size_t)p->output_depth;
   int32_t b = 0;
   for (; b + 2 <= p->batches; b += 2) {
-    bisup_kernel_gemm_rows(&g, input + b * in_step, input + (b + 1) * in_step, output + b * out_step,
-                           output + (b + 1) * out_step);
+    rows(&g, input + b * in_step, input + (b + 1) * in_step, output + b * out_step, output + (b + 1) * out_step);
   }
-  if (b < p->batches) bisup_kernel_gemm_rows(&g, input + b * in_step, NULL, output + b * out_step, NULL);
+  if (b < p->batches) rows(&g, input + b * in_step, NULL, output + b * out_step, NULL);
 }
