@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -128,9 +129,33 @@ RANDOM_MODELS = int(os.environ.get("BISUP_ENGINE_MODELS", "200"))  # more locall
 RANDOM_SEED = int(os.environ.get("BISUP_ENGINE_SEED", "0"))
 
 
+UBSAN = ["-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all"]
+
+
+def _compile_kernels(out: Path, pool: ThreadPoolExecutor) -> list[str]:
+    """The kernels compiled once under UBSan: every random model links the same objects, so a model costs one
+    compile of its own model_infer.c instead of every kernel again."""
+    out.mkdir()
+
+    def compile_one(source: Path) -> str:
+        obj = out / f"{source.stem}.o"
+        subprocess.run(["gcc", *WARNINGS, *UBSAN, f"-I{KERNELS}", "-c", str(source), "-o", str(obj)], check=True)
+        return str(obj)
+
+    return list(pool.map(compile_one, engine.kernel_sources()))
+
+
+def _build_and_run(folder: Path, objects: list[str], x_q: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    exe = folder / "engine_harness"
+    subprocess.run(["gcc", *WARNINGS, *UBSAN, f"-I{folder}", f"-I{KERNELS}", str(folder / "model_infer.c"),
+                    str(HARNESS), *objects, "-o", str(exe)], check=True)
+    return run_c(exe, x_q, classes)
+
+
 def test_random_models_are_byte_equal_to_tflm(tmp_path):
     """Random op sequences, shapes, strides, padding, per-channel and per-tensor scales, zero points and
-    fused activations (tests/random_models.py), each compiled under UBSan and fed random int8 inputs."""
+    fused activations (tests/random_models.py), each compiled under UBSan and fed random int8 inputs.
+    Models are generated and checked against TFLM in order; gcc and the harness run one per core."""
     from collections import Counter
 
     from random_models import random_model
@@ -138,21 +163,23 @@ def test_random_models_are_byte_equal_to_tflm(tmp_path):
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed (CI installs it)")
     seen: Counter[str] = Counter()
-    for seed in range(RANDOM_SEED, RANDOM_SEED + RANDOM_MODELS):
-        model, shape = random_model(seed)
-        folder = tmp_path / str(seed)
-        folder.mkdir()
-        generated = engine.write(model, folder)
-        exe = folder / "engine_harness"
-        subprocess.run(["gcc", *WARNINGS, "-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all", f"-I{folder}",
-                        f"-I{KERNELS}", str(folder / "model_infer.c"), *map(str, engine.kernel_sources()), str(HARNESS),
-                        "-o", str(exe)], check=True)
-        x_q = np.random.default_rng(seed).integers(-128, 128, size=(8, *shape[1:]), dtype=np.int8)
-        scores, confidence = run_c(exe, x_q, generated.classes)
-        want_scores, want_confidence = run_tflm(model, x_q)
-        assert np.array_equal(scores, want_scores) and np.array_equal(confidence, want_confidence), (
-            f"model seed {seed}: {[step.op for step in generated.steps]}")
-        seen.update(step.op for step in generated.steps)
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        objects = _compile_kernels(tmp_path / "kernels", pool)
+        jobs = []
+        for seed in range(RANDOM_SEED, RANDOM_SEED + RANDOM_MODELS):
+            model, shape = random_model(seed)
+            folder = tmp_path / str(seed)
+            folder.mkdir()
+            generated = engine.write(model, folder)
+            x_q = np.random.default_rng(seed).integers(-128, 128, size=(8, *shape[1:]), dtype=np.int8)
+            jobs.append((seed, model, generated, x_q,
+                         pool.submit(_build_and_run, folder, objects, x_q, generated.classes)))
+        for seed, model, generated, x_q, job in jobs:
+            scores, confidence = job.result()
+            want_scores, want_confidence = run_tflm(model, x_q)
+            assert np.array_equal(scores, want_scores) and np.array_equal(confidence, want_confidence), (
+                f"model seed {seed}: {[step.op for step in generated.steps]}")
+            seen.update(step.op for step in generated.steps)
     assert set(seen) == engine.SUPPORTED, f"ops the random models never drew: {engine.SUPPORTED - set(seen)}"
 
 
