@@ -15,6 +15,7 @@ within it, is every cell's last resort and what a device outside the grid uses.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -175,3 +176,28 @@ def _append(entries: list[Entry], safe: Profile) -> int:
     """The safe entry when no cell chose it (every cell relays): a device outside the grid still needs it."""
     entries.append(safe.entry)
     return len(entries) - 1
+
+
+MACS_PER_CYCLE = 0.25  # int8 reference kernels on a Cortex-M4 class core, about 4 cycles per MAC
+
+
+def board_model(board: str, device_mmacs: float | None, cloud_macs_per_s: float) -> LatencyModel:
+    """The latency model of the export's board: ``device_mmacs`` if given, else its clock at ``MACS_PER_CYCLE``."""
+    from bisup.boards import load_board
+
+    speed = device_mmacs * 1e6 if device_mmacs else load_board(board).cpu_mhz * 1e6 * MACS_PER_CYCLE
+    return LatencyModel(speed, cloud_macs_per_s)
+
+
+POLICY_FILES = {"learned": "policy.json", "thresholds": "policy-thresholds.json"}
+
+
+def attach(chosen: dict[str, Policy], o: ExitOutcomes, slo_ms: float, model: LatencyModel,
+           out_dir: Path) -> dict[str, Policy]:
+    """Each calibrated policy with its table, rewritten into ``out_dir``: the policy itself stays what a device
+    without the scheduler runs (and what the table's cells improve on)."""
+    scheduled = {kind: replace(policy, schedule=build(o, policy, slo_ms, model).to_json())
+                 for kind, policy in chosen.items()}
+    for kind, policy in scheduled.items():
+        (Path(out_dir) / POLICY_FILES[kind]).write_text(policy.dumps())
+    return scheduled
