@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from bisup.converters.errors import BisupError
@@ -156,3 +157,35 @@ class ScheduleTable:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json())
+
+
+def c_link(measured: Condition | None) -> tuple[int, int, int, int, int]:
+    """``measured`` in the C lookup's integer units (outage, bps down, round trip µs up, loss ppm up, load): on a
+    grid of integers in those units, the C device then picks exactly the entry ``ScheduleTable.lookup`` does."""
+    if measured is None:
+        return 1, 0, 0, 0, 0
+    return (0, min(math.floor(measured.bandwidth_bps), 2**32 - 1), min(math.ceil(measured.rtt_s * 1e6), 2**32 - 1),
+            min(math.ceil(measured.loss * 1e6), 2**32 - 1), measured.load)
+
+
+def _array(c_type: str, name: str, values: list[int]) -> str:
+    return f"static const {c_type} {name}[] = {{{', '.join(str(v) for v in values)}}};"
+
+
+def c_source(table: ScheduleTable, exits: int, name: str = "bisup_schedule") -> str:
+    """The table as C for ``bisup_exit_lookup`` (``bisup_exits.h``), and per entry its depth, relay, split and
+    ``exits`` thresholds (2^40: never), so the firmware runs the entry the lookup names."""
+    axes = [("uint32_t", "bandwidths", [int(v) for v in table.bandwidths_bps]),
+            ("uint32_t", "rtts", [round(v * 1e6) for v in table.rtts_s]),
+            ("uint32_t", "losses", [round(v * 1e6) for v in table.losses]),
+            ("uint8_t", "loads", list(table.loads)), ("uint8_t", "cells", table.cells)]
+    never = 2**40
+    rows = [", ".join(str(t) for t in (list(e.thresholds) + [never] * exits)[:exits]) for e in table.entries]
+    lines = ['#include "bisup_exits.h"', *(_array(t, f"{name}_{axis}", v) for t, axis, v in axes),
+             f"const uint8_t {name}_depth[] = {{{', '.join(str(e.depth) for e in table.entries)}}};",
+             f"const uint8_t {name}_relay[] = {{{', '.join(str(int(e.relay)) for e in table.entries)}}};",
+             f"const uint8_t {name}_split[] = {{{', '.join(str(e.split) for e in table.entries)}}};",
+             f"const int64_t {name}_thresholds[][{exits}] = {{{', '.join('{' + r + '}' for r in rows)}}};",
+             f"const bisup_exit_table {name} = {{{name}_bandwidths, {name}_rtts, {name}_losses, {name}_loads, "
+             f"{', '.join(str(n) for n in table.shape)}, {name}_cells, {table.safe}}};"]
+    return "\n".join(lines) + "\n"

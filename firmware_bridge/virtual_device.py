@@ -47,6 +47,16 @@ class DeviceStats:
     held: int = 0  # unsure inputs answered locally, unsent, while a BUSY's hold lasted
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """What one relay showed of the link: the answered attempt's seconds (None: no attempt was answered), the
+    attempts that timed out before, and the bridge's load hint. A multi-exit device's scheduler learns from it."""
+
+    seconds: float | None
+    lost: int
+    load: int = 0
+
+
 class Link(Protocol):
     """Carries whole protocol bodies between a device and the bridge."""
 
@@ -84,6 +94,7 @@ class VirtualDevice:
         self._seq = 0
         self.stats_every, self.inferences, self.local_answers, self.relayed = stats_every, 0, 0, 0
         self.hold_until = 0.0  # time.monotonic() before which a BUSY asked for no relay
+        self.last_exchange: Exchange | None = None  # the last relay's timing (None: it was held or refused)
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -145,11 +156,14 @@ class VirtualDevice:
         request = (p.Split(seq, stage, label, confidence, data, boot=self.boot) if stage
                    else p.Infer(seq, label, confidence, data, boot=self.boot))
         self.stats.requests += 1
+        self.last_exchange = None
         for attempt in range(self.retries + 1):
             self.stats.resends += attempt > 0
             self._send(request)
-            reply = self._await(seq, (p.AnswerMsg, p.ErrorMsg), time.monotonic() + self.timeout_s)
+            sent = time.monotonic()
+            reply = self._await(seq, (p.AnswerMsg, p.ErrorMsg), sent + self.timeout_s)
             if isinstance(reply, p.AnswerMsg):
+                self.last_exchange = Exchange(time.monotonic() - sent, attempt, reply.load)
                 self.stats.answered += 1
                 self.stats.remote += reply.source is p.Source.REMOTE
                 self.stats.rejected += reply.rejected
@@ -158,6 +172,8 @@ class VirtualDevice:
             if isinstance(reply, p.ErrorMsg):
                 self._busy(reply)
                 break
+        else:
+            self.last_exchange = Exchange(None, self.retries + 1)
         self.stats.fallback += 1
         return Answer(seq, label, 0.0, p.Source.FALLBACK)
 

@@ -192,11 +192,11 @@ def board_model(board: str, device_mmacs: float | None, cloud_macs_per_s: float)
 POLICY_FILES = {"learned": "policy.json", "thresholds": "policy-thresholds.json"}
 
 
-def attach(chosen: dict[str, Policy], o: ExitOutcomes, slo_ms: float, model: LatencyModel,
-           out_dir: Path) -> dict[str, Policy]:
+def attach(chosen: dict[str, Policy], o: ExitOutcomes, slo_ms: float, model: LatencyModel, out_dir: Path,
+           grid: Grid = Grid()) -> dict[str, Policy]:
     """Each calibrated policy with its table, rewritten into ``out_dir``: the policy itself stays what a device
     without the scheduler runs (and what the table's cells improve on)."""
-    scheduled = {kind: replace(policy, schedule=build(o, policy, slo_ms, model).to_json())
+    scheduled = {kind: replace(policy, schedule=build(o, policy, slo_ms, model, grid).to_json())
                  for kind, policy in chosen.items()}
     for kind, policy in scheduled.items():
         (Path(out_dir) / POLICY_FILES[kind]).write_text(policy.dumps())
