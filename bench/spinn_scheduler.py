@@ -1,6 +1,6 @@
 """SPINN's run-time scheduler against the calibration-time policy, on a link that moves (issue 21, item 4).
 
-    python bench/spinn_scheduler.py [--slo-ms 50] [--link bench/spinn_link.txt] [--period-ms 200]
+    python bench/spinn_scheduler.py [--slo-ms 50] [--link bench/spinn_link.txt] [--period-ms 200] [--plot PNG]
 
 On the digits demo's multi-exit export (`bisup demo --exits`, run first if its cache is missing): the
 schedule table is calibrated on the validation split for the latency objective, and the test split's real
@@ -8,7 +8,7 @@ outcomes go through a simulated device (``bisup.calibration.schedule_sim``) on t
 arriving every --period-ms: the adaptive device (the real scheduler and estimator, which see only their
 own relays and PINGs) and the static one (the demo's calibrated policy.json, chosen for a 1 Mbps link).
 Per phase: p95 latency against the objective, accuracy, remote fraction, and the accuracy each gives up
-against remote-only.
+against remote-only. --plot draws each input's latency over time for both, under the link's bandwidth.
 """
 
 from __future__ import annotations
@@ -50,6 +50,27 @@ def demo_outcomes() -> tuple[exits.ExitOutcomes, exits.ExitOutcomes, Policy]:
     return on("val"), on("test"), static
 
 
+def plot(traces: dict[str, schedule_sim.Trace], link: LinkSchedule, slo_ms: float, path: Path) -> None:
+    """Latency of every input over time (log scale, the objective dashed) above the link's bandwidth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 5), height_ratios=(3, 1))
+    for (name, trace), colour, layer in zip(traces.items(), ("tab:blue", "tab:red"), (3, 2), strict=False):
+        top.scatter(trace.arrival, np.asarray(trace.latency) * 1e3, s=3, color=colour, label=name, zorder=layer)
+    top.axhline(slo_ms, color="black", linestyle="--", label=f"p95 objective {slo_ms:g} ms")
+    top.set(yscale="log", ylabel="latency (ms)")
+    top.legend(loc="upper left")
+    starts = [s for s, _, _ in link.spans()] + [link.end_s]
+    rates = [max(p.bandwidth_bps, 1.0) for _, _, p in link.spans()]
+    bottom.stairs(rates, starts, baseline=None, color="tab:gray")
+    bottom.set(yscale="log", ylabel="link (bps; 1: outage)", xlabel="time (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slo-ms", type=float, default=50.0)
@@ -57,6 +78,7 @@ def main() -> None:
     parser.add_argument("--period-ms", type=float, default=200.0)
     parser.add_argument("--device-mmacs", type=float, default=16.0, help="nRF52840: 64 MHz, 4 cycles per MAC")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", type=Path, help="Also draw the latencies over time into this PNG.")
     args = parser.parse_args()
     link = LinkSchedule.read(args.link)
     val, test, static = demo_outcomes()
@@ -85,6 +107,9 @@ def main() -> None:
                   f"{remote_only - f['accuracy']:9.2%} {f['remote_fraction']:7.1%} {f['out_of_range']:8.1%}")
     stats = devices["adaptive"].scheduler.stats
     print(f"adaptive STATS: {stats.decisions} decisions, {stats.out_of_range} out of the calibrated range")
+    if args.plot:
+        plot(traces, link, args.slo_ms, args.plot)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

@@ -79,14 +79,14 @@ class StagedDevice(VirtualDevice):
         if self.scheduler is None:
             return self.ask(data, label, confidence, stage=policy.split)
         configured = self.timeout_s
-        self.timeout_s = max(configured, self.scheduler.timeout_s(policy, data.size))
+        self.timeout_s = waited = max(configured, self.scheduler.timeout_s(policy, data.size))
         try:
             reply = self.ask(data, label, confidence, stage=policy.split)
         finally:
             self.timeout_s = configured
         if self.last_exchange is not None:
             x = self.last_exchange
-            self.scheduler.relayed(policy.split, data.size, x.seconds, x.lost, self.timeout_s, x.load)
+            self.scheduler.relayed(policy.split, data.size, x.seconds, x.lost, waited, x.load)
         return reply
 
     def send_stats(self) -> None:

@@ -78,11 +78,10 @@ class LinkEstimator:
 
 @dataclass
 class ScheduleStats:
-    """What the scheduler decided: inputs, those outside the calibrated range (the safe entry), per entry."""
+    """What the scheduler decided: inputs, and those outside the calibrated range (given the safe entry)."""
 
     decisions: int = 0
     out_of_range: int = 0
-    by_entry: dict | None = None
 
 
 class Scheduler:
@@ -94,7 +93,7 @@ class Scheduler:
         self.macs = cumulative_macs
         self.policies = [replace(base, depth=e.depth, thresholds=list(e.thresholds), relay=e.relay, split=e.split)
                          for e in table.entries]
-        self.stats = ScheduleStats(by_entry={})
+        self.stats = ScheduleStats()
         self.current, self.in_range = table.safe, False
 
     @classmethod
@@ -109,7 +108,6 @@ class Scheduler:
         self.current, self.in_range = self.table.lookup(self.estimator.condition())
         self.stats.decisions += 1
         self.stats.out_of_range += not self.in_range
-        self.stats.by_entry[self.current] = self.stats.by_entry.get(self.current, 0) + 1
         return self.policies[self.current]
 
     def tail_macs(self, split: int) -> int:

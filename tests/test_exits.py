@@ -519,3 +519,41 @@ def test_a_multi_exit_bundle_carries_every_stage_and_the_policy_and_is_verified(
             target.writestr(info, data[:-1] + bytes([data[-1] ^ 1]) if info.filename == "stage2.tflite" else data)
     with pytest.raises(BundleError, match="stage2.tflite has SHA-256"):
         bundles.verify(tampered)
+
+
+@pytest.mark.slow
+def test_a_scheduled_device_relays_over_a_live_bridge_and_reports_its_range(exits_run):
+    """A policy with a run-time schedule (`bisup calibrate --latency-slo-ms`) on the virtual device over the serial
+    bridge: it PINGs, measures its relays, picks relaying entries on the fast local link, and its STATS carry the
+    out-of-range counter."""
+    import time
+    from dataclasses import replace
+
+    from bisup.calibration import schedule
+    from bisup.converters.artefacts import Policy
+    from bisup.firmware_bridge.exits_device import StagedDevice
+    from bisup.firmware_bridge.exits_model import StagedIdentity, relay_for
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.schedule_table import LatencyModel
+    from bisup.firmware_bridge.serial_bridge import bridge_over_pty
+    from bisup.firmware_bridge.virtual_device import SerialLink
+
+    out = Path(exits_run["out_dir"])
+    learned = Policy.from_json(exits_run["policies"]["learned (EENet)"])
+    val, model, tails = _outcomes(out, "val", learned.remote_thresholds)
+    grid = schedule.Grid((1e3, 1e5, 1e7), (0.05, 0.5, 2.0), (0.0, 0.05), (0, 7))
+    table = schedule.build(val, learned, 5000.0, LatencyModel(16e6), grid)  # a loaded test machine's remote is slow
+    scheduled = replace(learned, schedule=table.to_json())
+    x = np.load(out / "test.npz")["x"]
+    handler = RequestHandler(relay_for(model, tails, scheduled), StagedIdentity.of(model))
+    with bridge_over_pty(handler) as port:
+        device = StagedDevice(SerialLink(port), model, scheduled, timeout_s=10.0, retries=1)
+        device.hello()
+        answers = [device.infer_one(s) for s in model.quantize(x[:40])]
+        device.send_stats()
+        for _ in range(100):  # the bridge reads the STATS on its own thread
+            if handler.counts["stats"]:
+                break
+            time.sleep(0.02)
+    assert device.scheduler.stats.out_of_range == 0 and any(a.exit_taken < 0 for a in answers)
+    assert handler.counts["stats"] >= 1 and not any(name.startswith("error") for name in handler.counts)

@@ -28,6 +28,7 @@ BANDWIDTHS_BPS = [float(f"{v:.3g}") for v in np.logspace(3, 7, 13)]  # 1 kbps ..
 RTTS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
 LOSSES = [0.0, 0.01, 0.05, 0.2]
 LOADS = [0, 1, 3, 7]
+MAX_ENTRIES = 256  # the C table's cells are uint8
 
 
 @dataclass(frozen=True)
@@ -144,38 +145,39 @@ def safe_entry(local: list[Profile], model: LatencyModel, slo_s: float) -> Profi
     return local[max(feasible)[2]]
 
 
+def _best(relaying: list[Profile], safe: Profile, model: LatencyModel, c: Condition,
+          slo_s: float) -> tuple[Profile, float, float]:
+    """The most accurate candidate within the objective at ``c`` (ties: the lower p95), the safe one if none."""
+    best = (safe, *safe.figures(model, c))
+    for p in relaying:
+        accuracy, p95 = p.figures(model, c)
+        if p95 <= slo_s and (accuracy, -p95) > (best[1], -best[2]):
+            best = (p, accuracy, p95)
+    return best
+
+
 def build(o: ExitOutcomes, base: Policy, slo_ms: float, model: LatencyModel, grid: Grid = Grid()) -> ScheduleTable:
-    """The table for ``base``'s kind: per cell of ``grid``, the most accurate candidate within ``slo_ms``."""
+    """The table for ``base``'s kind: per cell of ``grid``, the most accurate candidate within ``slo_ms``. Entry 0
+    is the safe one; each entry states the lowest accuracy and highest p95 of the cells that chose it."""
     slo_s = slo_ms / 1e3
     relaying, local = candidates(o, base)
     safe = safe_entry(local, model, slo_s)
-    entries: list[Entry] = []
-    chosen: dict[int, int] = {}
-    worst: dict[int, float] = {}
-    cells = []
-    safe_figures = safe.figures(model, Condition(1.0, 0.0))
-    for c in grid.conditions():
-        best, best_key = safe, (safe_figures[0], -safe_figures[1])
-        for p in relaying:
-            accuracy, p95 = p.figures(model, c)
-            if p95 <= slo_s and (accuracy, -p95) > best_key:
-                best, best_key = p, (accuracy, -p95)
-        key = id(best)
-        if key not in chosen:
-            chosen[key] = len(entries)
-            entries.append(replace(best.entry, accuracy=round(best_key[0], 6)))
-        cells.append(chosen[key])
-        worst[key] = max(worst.get(key, 0.0), -best_key[1])
-    entries = [replace(e, p95_ms=round(worst[k] * 1e3, 3)) for k, e in zip(chosen, entries, strict=True)]
+    picks = [_best(relaying, safe, model, c, slo_s) for c in grid.conditions()]
+    order = {id(safe): safe}
+    for p, _, _ in picks:
+        order.setdefault(id(p), p)
+    index = {key: i for i, key in enumerate(order)}
+    if len(index) > MAX_ENTRIES:
+        raise PolicyError(f"the schedule needs {len(index)} entries, more than a device's table holds "
+                          f"({MAX_ENTRIES}); calibrate on a smaller grid")
+    entries = []
+    for key, p in order.items():
+        chose = [(acc, p95) for q, acc, p95 in picks if id(q) == key] or [safe.figures(model, Condition(1.0, 0.0))]
+        entries.append(replace(p.entry, accuracy=round(min(a for a, _ in chose), 6),
+                               p95_ms=round(max(t for _, t in chose) * 1e3, 3)))
     return ScheduleTable(slo_ms, list(grid.bandwidths_bps), list(grid.rtts_s), list(grid.losses), list(grid.loads),
-                         entries, cells, chosen[id(safe)] if id(safe) in chosen else _append(entries, safe), model,
+                         entries, [index[id(p)] for p, _, _ in picks], 0, model,
                          notes={"samples": len(o.y), "kind": base.kind})
-
-
-def _append(entries: list[Entry], safe: Profile) -> int:
-    """The safe entry when no cell chose it (every cell relays): a device outside the grid still needs it."""
-    entries.append(safe.entry)
-    return len(entries) - 1
 
 
 MACS_PER_CYCLE = 0.25  # int8 reference kernels on a Cortex-M4 class core, about 4 cycles per MAC
