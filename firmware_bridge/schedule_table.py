@@ -27,6 +27,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from bisup.converters.errors import BisupError
 
 TABLE_FORMAT = 1
@@ -65,7 +67,7 @@ class LatencyModel:
 
     def timeout_s(self, expected_s: float) -> float:
         """How long the device waits for an attempt it expects to take ``expected_s``."""
-        return max(self.min_timeout_s, self.timeout_factor * expected_s)
+        return np.maximum(self.min_timeout_s, self.timeout_factor * expected_s)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ RTTS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
 LOSSES = [0.0, 0.01, 0.05, 0.2]
 LOADS = [0, 1, 3, 7]
 MAX_ENTRIES = 256  # the C table's cells are uint8
+ANY_LINK = Condition(1.0, 0.0)  # what a policy that never relays is evaluated at: the link does not matter
 
 
 @dataclass(frozen=True)
@@ -69,29 +70,37 @@ class Profile:
         return self.accepted + self.rejected > 0
 
     def atoms(self, model: LatencyModel, c: Condition) -> tuple[np.ndarray, np.ndarray]:
-        """Latency values (s) and their probabilities over the set, at condition ``c``."""
-        values, weights = [model.device_s(self.local_macs)], [self.local_weights]
+        """Latency values (s) and their probabilities over the set, ``(cells, atoms)`` for the conditions in ``c``
+        (a ``Condition`` of arrays, ``conditions``)."""
+        cells = np.shape(c.rtt_s)
+        values = [np.broadcast_to(model.device_s(self.local_macs), (*cells, len(self.local_macs)))]
+        weights = [np.broadcast_to(self.local_weights, values[0].shape)]
         if self.relays:
             base, finish = model.device_s(self.depth_macs), model.device_s(self.finish_macs)
-            attempt = model.attempt_s(c, self.payload, self.tail_macs)
-            timeout, fail = model.timeout_s(attempt), c.attempt_fails
+            attempt = np.asarray(model.attempt_s(c, self.payload, self.tail_macs))[..., None]
+            timeout, fail = model.timeout_s(attempt), np.asarray(c.attempt_fails)[..., None]
             k = np.arange(model.retries + 1)
-            through = (1 - fail) * fail ** k
+            through, lost = (1 - fail) * fail**k, fail ** (model.retries + 1)
             values += [base + k * timeout + attempt, base + k * timeout + attempt + finish,
-                       [base + (model.retries + 1) * timeout + finish]]
-            weights += [self.accepted * through, self.rejected * through,
-                        [(self.accepted + self.rejected) * fail ** (model.retries + 1)]]
-        return np.concatenate(values), np.concatenate(weights)
+                       base + (model.retries + 1) * timeout + finish]
+            weights += [self.accepted * through, self.rejected * through, (self.accepted + self.rejected) * lost]
+        return np.concatenate(values, axis=-1), np.concatenate(weights, axis=-1)
 
-    def figures(self, model: LatencyModel, c: Condition) -> tuple[float, float]:
-        """Expected accuracy and p95 latency (s) at condition ``c``."""
+    def figures(self, model: LatencyModel, c: Condition) -> tuple[np.ndarray, np.ndarray]:
+        """Expected accuracy and p95 latency (s) at the conditions in ``c``, one per cell."""
         values, weights = self.atoms(model, c)
-        order = np.argsort(values, kind="stable")
-        reached = np.cumsum(weights[order]) >= P95 - 1e-9
-        p95 = float(values[order][np.argmax(reached)])
-        lost = c.attempt_fails ** (model.retries + 1) if self.relays else 0.0
+        order = np.argsort(values, axis=-1, kind="stable")
+        reached = np.cumsum(np.take_along_axis(weights, order, -1), axis=-1) >= P95 - 1e-9
+        p95 = np.take_along_axis(np.take_along_axis(values, order, -1), np.argmax(reached, -1)[..., None], -1)[..., 0]
+        lost = np.asarray(c.attempt_fails) ** (model.retries + 1) if self.relays else 0.0
         accuracy = self.local_right + (1 - lost) * self.relayed_right + lost * self.fallback_right
-        return accuracy, p95
+        return np.broadcast_to(accuracy, p95.shape), p95
+
+
+def conditions(cells: list[Condition]) -> Condition:
+    """The cells as one ``Condition`` of arrays, so a candidate's figures come for all of them at once."""
+    return Condition(*(np.array([getattr(c, name) for c in cells]) for name in ("bandwidth_bps", "rtt_s", "loss",
+                                                                                 "load")))
 
 
 def profile(o: ExitOutcomes, policy: Policy, scores: np.ndarray) -> Profile:
@@ -136,7 +145,7 @@ def candidates(o: ExitOutcomes, base: Policy) -> tuple[list[Profile], list[Profi
 
 def safe_entry(local: list[Profile], model: LatencyModel, slo_s: float) -> Profile:
     """The most accurate never-relaying candidate within the objective; refuses an objective none meets."""
-    figures = [p.figures(model, Condition(1.0, 0.0)) for p in local]
+    figures = [tuple(map(float, p.figures(model, ANY_LINK))) for p in local]
     feasible = [(acc, -p95, i) for i, (acc, p95) in enumerate(figures) if p95 <= slo_s + 1e-12]
     if not feasible:
         smallest = min(p95 for _, p95 in figures)
@@ -145,39 +154,38 @@ def safe_entry(local: list[Profile], model: LatencyModel, slo_s: float) -> Profi
     return local[max(feasible)[2]]
 
 
-def _best(relaying: list[Profile], safe: Profile, model: LatencyModel, c: Condition,
-          slo_s: float) -> tuple[Profile, float, float]:
-    """The most accurate candidate within the objective at ``c`` (ties: the lower p95), the safe one if none."""
-    best = (safe, *safe.figures(model, c))
-    for p in relaying:
-        accuracy, p95 = p.figures(model, c)
-        if p95 <= slo_s and (accuracy, -p95) > (best[1], -best[2]):
-            best = (p, accuracy, p95)
-    return best
-
-
 def build(o: ExitOutcomes, base: Policy, slo_ms: float, model: LatencyModel, grid: Grid = Grid()) -> ScheduleTable:
-    """The table for ``base``'s kind: per cell of ``grid``, the most accurate candidate within ``slo_ms``. Entry 0
-    is the safe one; each entry states the lowest accuracy and highest p95 of the cells that chose it."""
+    """The table for ``base``'s kind: per cell of ``grid``, the most accurate candidate within ``slo_ms`` (ties: the
+    lower p95), else the safe one. Entry 0 is the safe one; each entry states the lowest accuracy and highest p95
+    of the cells that chose it."""
     slo_s = slo_ms / 1e3
     relaying, local = candidates(o, base)
     safe = safe_entry(local, model, slo_s)
-    picks = [_best(relaying, safe, model, c, slo_s) for c in grid.conditions()]
-    order = {id(safe): safe}
-    for p, _, _ in picks:
-        order.setdefault(id(p), p)
-    index = {key: i for i, key in enumerate(order)}
-    if len(index) > MAX_ENTRIES:
-        raise PolicyError(f"the schedule needs {len(index)} entries, more than a device's table holds "
+    cells = conditions(grid.conditions())
+    options = [safe, *relaying]
+    accuracy, p95 = (np.stack(f) for f in zip(*(p.figures(model, cells) for p in options), strict=True))
+    key = np.where(p95 <= slo_s + 1e-12, accuracy, -np.inf)
+    key[0] = accuracy[0]  # the safe entry is always there
+    best = _argbest(key, p95)
+    used = [0, *sorted(set(best.tolist()) - {0}, key=best.tolist().index)]
+    if len(used) > MAX_ENTRIES:
+        raise PolicyError(f"the schedule needs {len(used)} entries, more than a device's table holds "
                           f"({MAX_ENTRIES}); calibrate on a smaller grid")
     entries = []
-    for key, p in order.items():
-        chose = [(acc, p95) for q, acc, p95 in picks if id(q) == key] or [safe.figures(model, Condition(1.0, 0.0))]
-        entries.append(replace(p.entry, accuracy=round(min(a for a, _ in chose), 6),
-                               p95_ms=round(max(t for _, t in chose) * 1e3, 3)))
+    for i in used:
+        chose = best == i if (best == i).any() else np.arange(len(best)) == 0
+        entries.append(replace(options[i].entry, accuracy=round(float(accuracy[i][chose].min()), 6),
+                               p95_ms=round(float(p95[i][chose].max()) * 1e3, 3)))
+    index = {i: n for n, i in enumerate(used)}
     return ScheduleTable(slo_ms, list(grid.bandwidths_bps), list(grid.rtts_s), list(grid.losses), list(grid.loads),
-                         entries, [index[id(p)] for p, _, _ in picks], 0, model,
+                         entries, [index[i] for i in best.tolist()], 0, model,
                          notes={"samples": len(o.y), "kind": base.kind})
+
+
+def _argbest(key: np.ndarray, p95: np.ndarray) -> np.ndarray:
+    """Per cell (column), the option with the highest ``key``, ties to the lower p95, then the earlier option."""
+    top = key == key.max(axis=0)
+    return np.argmin(np.where(top, p95, np.inf), axis=0)
 
 
 MACS_PER_CYCLE = 0.25  # int8 reference kernels on a Cortex-M4 class core, about 4 cycles per MAC
