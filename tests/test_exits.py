@@ -354,13 +354,17 @@ def test_exits_export_and_calibrate_from_the_command_line(digits_example, tmp_pa
                      "--out", tmp_path / "e")
     assert f"the smallest feasible budget is {first:,} MACs" in error_line(too_small)
 
+    no_slo = _cli("calibrate", "--local", tmp_path / "e", "--remote", tmp_path / "m", "--data", digits_example["val"],
+                  "--max-device-fraction", 0.8, "--max-remote-fraction", 0.3, "--latency-slo-ms", 0, "--out", tmp_path)
+    assert "--latency-slo-ms takes a positive p95 objective in ms" in error_line(no_slo)
     calibrated = _cli("calibrate", "--local", tmp_path / "e", "--remote", tmp_path / "m", "--data",
                       digits_example["val"], "--max-device-fraction", 0.8, "--max-remote-fraction", 0.3,
-                      "--out", tmp_path / "e", "--json")
+                      "--latency-slo-ms", 200, "--out", tmp_path / "e", "--json")
     assert calibrated.exit_code == 0, calibrated.stderr
     for kind, found in json.loads(calibrated.stdout).items():
         assert found["achieved"]["remote_fraction"] <= 0.3
         assert found["achieved"]["mean_device_macs"] <= 0.8 * full
+        assert found["schedule"]["slo_ms"] == 200 and not found["schedule"]["entries"][0]["relay"]
         assert (tmp_path / "e" / ("policy.json" if kind == "learned" else "policy-thresholds.json")).is_file()
     _risk_mode_from_the_command_line(tmp_path / "e", tmp_path / "m", digits_example["val"], tmp_path / "r")
 
