@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--period-ms", type=float, default=200.0)
     parser.add_argument("--device-mmacs", type=float, default=16.0, help="nRF52840: 64 MHz, 4 cycles per MAC")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--load", type=int, default=0, help="The bridge's load level 0..7 (its time x (1 + level)).")
     parser.add_argument("--plot", type=Path, help="Also draw the latencies over time into this PNG.")
     args = parser.parse_args()
     link = LinkSchedule.read(args.link)
@@ -87,14 +88,16 @@ def main() -> None:
     print(f"table: {len(table.cells)} cells, {len(table.entries)} entries, safe entry {table.safe}: "
           f"{table.entries[table.safe]}")
     devices = {
-        "adaptive": schedule_sim.Device(test, model, static, Scheduler(table, static, test.cumulative_macs)),
+        "adaptive": schedule_sim.Device(test, model, static, Scheduler(table, static, test.cumulative_macs),
+                                        load=args.load),
         "static": schedule_sim.Device(test, model, static, static_timeout_s=model.timeout_s(
-            model.attempt_s(CALIBRATED_LINK, test.sent_bytes[static.split], test.cumulative_macs[-1]))),
+            model.attempt_s(CALIBRATED_LINK, test.sent_bytes[static.split], test.cumulative_macs[-1])),
+            load=args.load),
     }
     traces = {name: schedule_sim.run(d, link, args.period_ms / 1e3, args.seed) for name, d in devices.items()}
     remote_only = float((test.remote_labels[0] == test.y).mean())
-    print(f"objective: p95 <= {args.slo_ms:g} ms; inputs every {args.period_ms:g} ms; remote-only accuracy "
-          f"{remote_only:.2%}")
+    print(f"objective: p95 <= {args.slo_ms:g} ms; inputs every {args.period_ms:g} ms; bridge load {args.load}; "
+          f"remote-only accuracy {remote_only:.2%}")
     header = f"{'phase':34} {'device':9} {'p95 ms':>8} {'SLO':>4} {'accuracy':>9} {'gives up':>9} {'remote':>7} " \
              f"{'off-grid':>8}"
     print(header)

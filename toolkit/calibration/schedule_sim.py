@@ -5,10 +5,11 @@ and that wait counts in its latency). Each input's outcome at every exit and spl
 (``ExitOutcomes`` of a labelled set, applied with ``bisup.calibration.exits.apply``), and the link is the
 ``LinkSchedule`` in force when each attempt starts: its transfer time, its loss (each message lost with
 that probability, drawn from a seeded generator) and its outages. The bridge takes the latency model's
-server time. The adaptive device is ``bisup.firmware_bridge.scheduler.Scheduler`` itself, estimator
-included: it sees only the times of its own relays and PINGs (sent every ``probe_s`` on the link, beside
-the inference), never the schedule. The static device runs the calibration-time policy, with the timeout
-that policy's calibrated link implies.
+server time at a fixed load level, which its answers report. The adaptive device is
+``bisup.firmware_bridge.scheduler.Scheduler`` itself, estimator included: it sees only the times of its own
+relays and PINGs (sent every ``probe_s`` on the link, beside the inference) and the load hints, never the
+schedule. The static device runs the calibration-time policy, with the timeout that policy's calibrated
+link implies.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ class _Link:
         seconds = phase.transfer_s(wire_bytes) + server_s
         return seconds if seconds <= timeout_s else None
 
+    def sending_s(self, start: float, sent_bytes: int) -> float:
+        """How long ``sent_bytes`` hold the link from ``start``: their serialisation (the round trip is the way
+        there and back, which other messages share)."""
+        phase = self.schedule.at(start)
+        return 0.0 if phase.outage else sent_bytes * 8 / phase.bandwidth_bps
+
 
 @dataclass
 class Device:
@@ -73,6 +80,7 @@ class Device:
     scheduler: Scheduler | None = None
     static_timeout_s: float = 0.1
     probe_s: float = 1.0
+    load: int = 0  # the bridge's load level throughout: its time grows with it, and its answers say so
     _results: dict = field(default_factory=dict)
 
     def result(self, policy: Policy) -> Result:
@@ -94,8 +102,8 @@ class _Probes:
         self.due, self.in_flight, self.answer, self.answer_at = 0.0, False, None, 0.0
 
     def until(self, now: float) -> None:
-        """Every PING sent and answered (or timed out) by ``now``. A lost PING leaves the link at once; the device
-        learns of the loss only at its timeout."""
+        """Every PING sent and answered (or timed out) by ``now``. A PING holds the link while it is sent; the
+        device learns of its answer a round trip later, or of its loss at its timeout."""
         while True:
             if self.in_flight:
                 if self.answer_at > now:
@@ -107,7 +115,7 @@ class _Probes:
             start = max(self.due, self.link.free)
             self.answer = self.link.exchange(start, 2 * PING_BYTES, 0.0, PING_TIMEOUT_S)
             self.answer_at = start + (PING_TIMEOUT_S if self.answer is None else self.answer)
-            self.link.free = start + (self.answer or 0.0)
+            self.link.free = start + self.link.sending_s(start, PING_BYTES)
             self.in_flight, self.due = True, start + self.probe_s
 
 
@@ -115,19 +123,19 @@ def _relay(device: Device, link: _Link, policy: Policy, start: float, sample: in
     """Seconds from the relay point to an answer, and whether a remote answer came (else the device finished)."""
     payload = device.o.sent_bytes[policy.split]
     tail = device.tail_macs(policy.split)
-    server = device.model.server_s(tail, 0)
+    server = device.model.server_s(tail, device.load)
     timeout = device.scheduler.timeout_s(policy, payload) if device.scheduler else device.static_timeout_s
     t = max(start, link.free) - start  # a PING in flight holds the link
     for lost in range(device.model.retries + 1):
         seconds = link.exchange(start + t, payload + REQUEST_OVERHEAD + ANSWER_BYTES, server, timeout)
         if seconds is not None:
             if device.scheduler:
-                device.scheduler.relayed(policy.split, payload, seconds, lost, timeout, 0)
+                device.scheduler.relayed(policy.split, payload, seconds, lost, timeout, device.load)
             link.free = start + t + seconds
             return t + seconds, True
         t += timeout
     if device.scheduler:
-        device.scheduler.relayed(policy.split, payload, None, device.model.retries + 1, timeout, 0)
+        device.scheduler.relayed(policy.split, payload, None, device.model.retries + 1, timeout, device.load)
     link.free = start + t
     return t, False
 
