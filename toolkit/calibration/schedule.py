@@ -29,6 +29,7 @@ RTTS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
 LOSSES = [0.0, 0.01, 0.05, 0.2]
 LOADS = [0, 1, 3, 7]
 MAX_ENTRIES = 256  # the C table's cells are uint8
+MACS_PER_CYCLE = 0.25  # int8 reference kernels on a Cortex-M4 class core, about 4 cycles per MAC
 ANY_LINK = Condition(1.0, 0.0)  # what a policy that never relays is evaluated at: the link does not matter
 
 
@@ -171,24 +172,25 @@ def build(o: ExitOutcomes, base: Policy, slo_ms: float, model: LatencyModel, gri
     if len(used) > MAX_ENTRIES:
         raise PolicyError(f"the schedule needs {len(used)} entries, more than a device's table holds "
                           f"({MAX_ENTRIES}); calibrate on a smaller grid")
-    entries = []
-    for i in used:
-        chose = best == i if (best == i).any() else np.arange(len(best)) == 0
-        entries.append(replace(options[i].entry, accuracy=round(float(accuracy[i][chose].min()), 6),
-                               p95_ms=round(float(p95[i][chose].max()) * 1e3, 3)))
+    entries = [_stated(options[i].entry, accuracy[i], p95[i], best == i) for i in used]
     index = {i: n for n, i in enumerate(used)}
     return ScheduleTable(slo_ms, list(grid.bandwidths_bps), list(grid.rtts_s), list(grid.losses), list(grid.loads),
                          entries, [index[i] for i in best.tolist()], 0, model,
                          notes={"samples": len(o.y), "kind": base.kind})
 
 
+def _stated(entry: Entry, accuracy: np.ndarray, p95: np.ndarray, chose: np.ndarray) -> Entry:
+    """``entry`` with the worst accuracy and p95 over the cells that chose it (all cells: a safe entry no cell
+    chose, whose figures do not depend on the link)."""
+    chose = chose if chose.any() else np.ones_like(chose)
+    return replace(entry, accuracy=round(float(accuracy[chose].min()), 6),
+                   p95_ms=round(float(p95[chose].max()) * 1e3, 3))
+
+
 def _argbest(key: np.ndarray, p95: np.ndarray) -> np.ndarray:
     """Per cell (column), the option with the highest ``key``, ties to the lower p95, then the earlier option."""
     top = key == key.max(axis=0)
     return np.argmin(np.where(top, p95, np.inf), axis=0)
-
-
-MACS_PER_CYCLE = 0.25  # int8 reference kernels on a Cortex-M4 class core, about 4 cycles per MAC
 
 
 def board_model(board: str, device_mmacs: float | None, cloud_macs_per_s: float) -> LatencyModel:
