@@ -9,7 +9,7 @@ device time, never accuracy against a weak early exit.
 
 A policy calibrated with a latency objective carries a schedule table: the device then picks the policy per
 input (``scheduler.Scheduler``) from what it measured of its link: the timing of its relays, a PING every
-``probe_s`` seconds, and the bridge's load hint in ANSWER. Its STATS say how many inputs it decided
+``PROBE_S`` seconds, and the bridge's load hint in ANSWER. Its STATS say how many inputs it decided
 outside the calibrated range.
 """
 

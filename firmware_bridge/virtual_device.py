@@ -146,6 +146,7 @@ class VirtualDevice:
     def ask(self, x_int8: np.ndarray, label: int, confidence: int, stage: int = 0) -> Answer:
         """Relay one unsure input (with ``stage``, the activation at that stage's cut, as SPLIT): resend with
         the same seq on timeout, fall back after the retries; while a BUSY's hold lasts, answer locally unsent."""
+        self.last_exchange = None
         if time.monotonic() < self.hold_until:
             self.count_inference(relayed=False)  # the bridge never sees it: local in STATS, as the C app counts it
             self.stats.held += 1
@@ -156,7 +157,6 @@ class VirtualDevice:
         request = (p.Split(seq, stage, label, confidence, data, boot=self.boot) if stage
                    else p.Infer(seq, label, confidence, data, boot=self.boot))
         self.stats.requests += 1
-        self.last_exchange = None
         for attempt in range(self.retries + 1):
             self.stats.resends += attempt > 0
             self._send(request)
