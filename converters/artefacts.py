@@ -445,6 +445,7 @@ class Policy:
     remote_supervisor: str = "max-softmax"
     achieved: dict = field(default_factory=dict)
     guarantee: dict = field(default_factory=dict)  # risk mode: what is certified, in numbers and in words
+    schedule: dict = field(default_factory=dict)  # run-time table (firmware_bridge.schedule_table); {}: none
 
     def exit_score(self, exit_index: int, confidence: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Exit ``exit_index``'s (0-based) score for a batch; ``confidence`` holds exits 0..exit_index."""

@@ -6,10 +6,16 @@ integer rule and answers locally when the score reaches the threshold; still uns
 usable remote answer comes back (the bridge is gone, the link times out, or the remote supervisor
 rejects the answer) it runs the remaining stages and answers with its last exit: a lost link costs
 device time, never accuracy against a weak early exit.
+
+A policy calibrated with a latency objective carries a schedule table: the device then picks the policy per
+input (``scheduler.Scheduler``) from what it measured of its link: the timing of its relays, a PING every
+``PROBE_S`` seconds, and the bridge's load hint in ANSWER. Its STATS say how many inputs it decided
+outside the calibrated range.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +25,10 @@ from bisup.converters.signature import ACTIVATION, CONFIDENCE, SCORES
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.exits_model import StagedModel
 from bisup.firmware_bridge.relay import Answer
+from bisup.firmware_bridge.scheduler import Scheduler
 from bisup.firmware_bridge.virtual_device import Link, VirtualDevice
+
+PROBE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class StagedDevice(VirtualDevice):
         super().__init__(link, staged, 0, device_id, timeout_s, retries)  # HELLO reads staged.model_hash
         self.staged, self.policy = staged, policy
         self.macs = staged.table.cumulative_macs
+        self.scheduler = Scheduler.of(policy, self.macs)
+        self.probed = float("-inf")
 
     def _finish(self, state: dict, start: int, confidences: list[int]) -> tuple[int, int]:
         """Run stages ``start``.. to the last; return the last exit's label and confidence."""
@@ -47,26 +58,70 @@ class StagedDevice(VirtualDevice):
             confidences.append(int(current[CONFIDENCE][0]))
         return int(current[SCORES][0].argmax()), confidences[-1]
 
+    def choose(self) -> Policy:
+        """The policy for the next input: the fixed one, or the schedule's entry for the link as measured."""
+        if self.scheduler is None:
+            return self.policy
+        if time.monotonic() - self.probed >= PROBE_S:
+            self.probed = time.monotonic()
+            self.scheduler.pinged(self.ping())
+        return self.scheduler.choose()
+
+    def ping(self) -> float | None:
+        """One PING's round trip in seconds (None: no PONG within the timeout)."""
+        seq = self._next_seq()
+        self._send(p.Ping(seq, boot=self.boot))
+        start = time.monotonic()
+        return None if self._await(seq, (p.Pong,), start + self.timeout_s) is None else time.monotonic() - start
+
+    def relay(self, policy: Policy, data: np.ndarray, label: int, confidence: int) -> Answer:
+        """``ask`` under the policy's split; a scheduled device waits as long as its link needs and learns from it."""
+        if self.scheduler is None:
+            return self.ask(data, label, confidence, stage=policy.split)
+        configured = self.timeout_s
+        self.timeout_s = waited = max(configured, self.scheduler.timeout_s(policy, data.size))
+        try:
+            reply = self.ask(data, label, confidence, stage=policy.split)
+        finally:
+            self.timeout_s = configured
+        if self.last_exchange is not None:
+            x = self.last_exchange
+            self.scheduler.relayed(policy.split, data.size, x.seconds, x.lost, waited, x.load)
+        return reply
+
+    def send_stats(self) -> None:
+        """STATS, with the inputs decided off the calibrated range when the device runs a schedule."""
+        if self.scheduler is None:
+            super().send_stats()
+            return
+        self._send(p.Stats(self._next_seq(), self.inferences, self.local_answers, self.relayed,
+                           self.scheduler.stats.out_of_range, boot=self.boot))
+
     def infer_one(self, x_q: np.ndarray) -> StagedAnswer:
         """One int8 input through the stages and the policy (see the module docstring)."""
+        policy = self.choose()
         last, confidences, cut = len(self.staged) - 1, [], {0: x_q}
         current = {ACTIVATION: x_q[None]}
-        for e in range(self.policy.depth):
+        for e in range(policy.depth):
             current = self.staged.stage(e, current[ACTIVATION])
             confidences.append(int(current[CONFIDENCE][0]))
             if ACTIVATION in current:
                 cut[e + 1] = current[ACTIVATION][0]
             label = int(current[SCORES][0].argmax())
-            score = self.policy.exit_score(e, np.array(confidences)[:, None], current[SCORES])
-            if self.policy.answers_at(e, score)[0] or (e == last and not self.policy.relay):
+            score = policy.exit_score(e, np.array(confidences)[:, None], current[SCORES])
+            if policy.answers_at(e, score)[0] or (e == last and not policy.relay):
                 self.count_inference(relayed=False)
                 return StagedAnswer(Answer(0, label, float(confidences[-1]), p.Source.LOCAL), e, self.macs[e], 0)
-        split = self.policy.split
-        reply = self.ask(cut[split], label, confidences[-1], stage=split)
+        if not policy.relay:  # a local-only entry stopped before the last exit: it finishes there
+            final, conf = self._finish(current, policy.depth, confidences)
+            self.count_inference(relayed=False)
+            return StagedAnswer(Answer(0, final, float(conf), p.Source.LOCAL), last, self.macs[last], 0)
+        split = policy.split
+        reply = self.relay(policy, cut[split], label, confidences[-1])
         sent = cut[split].size
         if reply.source is p.Source.REMOTE:
-            return StagedAnswer(reply, -1, self.macs[self.policy.depth - 1], sent)
-        final, conf = self._finish(current, self.policy.depth, confidences)
+            return StagedAnswer(reply, -1, self.macs[policy.depth - 1], sent)
+        final, conf = self._finish(current, policy.depth, confidences)
         fallback = Answer(reply.seq, final, float(conf), p.Source.FALLBACK, reply.rejected)
         return StagedAnswer(fallback, last, self.macs[last], sent if reply.rejected else 0)
 

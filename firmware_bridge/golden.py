@@ -31,6 +31,7 @@ def _valid() -> list[tuple[str, p.Message]]:
         ("split_activation", p.Split(10, 2, 4, -3, bytes((i * 13 + 5) % 256 for i in range(2048)), boot=BOOT)),
         ("answer_remote", p.AnswerMsg(7, 5, 0.875, p.Source.REMOTE, boot=BOOT)),
         ("answer_rejected", p.AnswerMsg(8, 9, 0.25, p.Source.FALLBACK, rejected=True, boot=BOOT)),
+        ("answer_loaded", p.AnswerMsg(11, 2, 0.5, p.Source.REMOTE, rejected=True, load=5, boot=BOOT)),
         ("error_tensor", p.ErrorMsg(9, p.ErrorCode.BAD_TENSOR, IMAGE_96X96X3 * 3, boot=BOOT)),
         ("error_busy", p.ErrorMsg(12, p.ErrorCode.BUSY, 1500, boot=BOOT)),  # answer locally for 1.5 s
         ("ping", p.Ping(0xFFFFFFFF, boot=1)),
@@ -39,6 +40,7 @@ def _valid() -> list[tuple[str, p.Message]]:
         ("pong", p.Pong(0, boot=BOOT)),
         ("profile", p.Profile(17, (4608, 0, 70000, 1), boot=BOOT)),
         ("stats", p.Stats(42, 70000, 61234, 8766, boot=BOOT)),
+        ("stats_scheduled", p.Stats(43, 70001, 61235, 8766, 4321, boot=BOOT)),
     ]
 
 

@@ -75,6 +75,13 @@ class RequestHandler:
         self._cache_size, self._cache_ttl_s = cache_size, cache_ttl_s
         self._inflight: dict[CacheKey, threading.Event] = {}
         self._lock, self._count_lock = threading.Lock(), threading.Lock()
+        self.waiting: list[Callable[[], int]] = []  # admission queues (MQTT workers) whose requests wait
+
+    def load_level(self) -> int:
+        """ANSWER's load hint: the requests at the remote beside this one plus those waiting in the admission
+        queues, capped at ``protocol.MAX_LOAD``; a scheduled multi-exit device expects its relays to take longer."""
+        beside = len(self._inflight) - 1 + sum(queued() for queued in self.waiting)
+        return min(max(beside, 0), p.MAX_LOAD)
 
     def count(self, name: str) -> None:
         with self._count_lock:  # worker threads of the MQTT bridge count concurrently
@@ -225,4 +232,4 @@ class RequestHandler:
         self.log.write(entry | {"remote_label": answer.remote_label, "remote_confidence": answer.confidence,
                                 "decision": decision, "latency_ms": 1000 * (time.perf_counter() - start)})
         return p.encode(p.AnswerMsg(msg.seq, answer.label, answer.confidence, answer.source, answer.rejected,
-                                    boot=msg.boot))
+                                    self.load_level(), boot=msg.boot))

@@ -105,6 +105,7 @@ class MqttWorker:
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat the registration of their answer
         self._quiet: set[int] = set()  # mids of BUSY replies (QoS 0): paho reports them written, nothing to ack
         self._queue: FairQueue[mqtt.MQTTMessage] = FairQueue(limits)
+        handler.waiting.append(lambda: self._queue.queued)  # the load hint in ANSWER counts what waits here
         self._threads = [threading.Thread(target=self._work, name=f"bisup-{name}-{i}", daemon=True)
                          for i in range(threads)]
         for thread in self._threads:

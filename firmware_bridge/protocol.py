@@ -107,11 +107,15 @@ class Split:
 
 @dataclass(frozen=True)
 class AnswerMsg:
+    """``load``: the bridge's load level, 0 (idle, or a bridge that does not say) .. ``MAX_LOAD``: about that many
+    requests waited ahead of this one (flag bits 1..3; a multi-exit device's scheduler reads it)."""
+
     seq: int
     label: int
     confidence: float
     source: Source
     rejected: bool = False
+    load: int = 0
     boot: int = field(default=0, kw_only=True)
 
 
@@ -144,6 +148,7 @@ class Stats:
     inferences: int
     local: int  # answered locally: the supervisor trusted the local answer (or an early exit did)
     relayed: int  # sent to the bridge as INFER or SPLIT
+    out_of_range: int | None = None  # a scheduled multi-exit device: inputs decided off its calibrated link range
     boot: int = field(default=0, kw_only=True)
 
 
@@ -192,6 +197,8 @@ INFER_FIXED = struct.Struct("<HbBI")  # local label, local confidence, dtype, el
 FEED_FIXED = struct.Struct("<BI")  # dtype, element count
 SPLIT_FIXED = struct.Struct("<BHbBI")  # stage, local label, local confidence, dtype, element count
 ANSWER_FMT, ERROR_FMT, REPORT_FMT, MAX_BODY_FMT, STATS_FMT = "<HHBB", "<BI", "<HBBHbII", "<I", "<III"
+STATS_SCHEDULED_FMT = "<IIII"  # STATS with the out-of-range counter
+MAX_LOAD = 7
 
 
 def bounded_id(device: str) -> str:
@@ -220,12 +227,15 @@ def _payload(msg: Message) -> tuple[MsgType, bytes]:
         fixed = SPLIT_FIXED.pack(msg.stage, msg.local_label, msg.local_confidence, msg.dtype, len(msg.data))
         return MsgType.SPLIT, fixed + msg.data
     if isinstance(msg, AnswerMsg):
-        return MsgType.ANSWER, struct.pack(ANSWER_FMT, msg.label, _q16(msg.confidence), msg.source,
-                                           int(msg.rejected))
+        flags = int(msg.rejected) | min(max(msg.load, 0), MAX_LOAD) << 1
+        return MsgType.ANSWER, struct.pack(ANSWER_FMT, msg.label, _q16(msg.confidence), msg.source, flags)
     if isinstance(msg, ErrorMsg):
         return MsgType.ERROR, struct.pack(ERROR_FMT, msg.code, msg.detail)
     if isinstance(msg, Stats):
-        return MsgType.STATS, struct.pack(STATS_FMT, msg.inferences, msg.local, msg.relayed)
+        counts = (msg.inferences, msg.local, msg.relayed)
+        if msg.out_of_range is None:
+            return MsgType.STATS, struct.pack(STATS_FMT, *counts)
+        return MsgType.STATS, struct.pack(STATS_SCHEDULED_FMT, *counts, msg.out_of_range)
     if isinstance(msg, Feed):
         return MsgType.FEED, FEED_FIXED.pack(msg.dtype, len(msg.data)) + msg.data
     if isinstance(msg, Report):
@@ -329,14 +339,16 @@ def _message(kind: int, payload: bytes, seq: int, boot: int) -> Message:
     if kind == MsgType.ANSWER:
         label, confidence, source, flags = _fixed(payload, ANSWER_FMT, seq, MsgType.ANSWER)
         return AnswerMsg(seq, label, confidence / 65535, _source(source, seq, MsgType.ANSWER), bool(flags & 1),
-                         boot=boot)
+                         (flags >> 1) & MAX_LOAD, boot=boot)
     if kind == MsgType.ERROR:
         code, detail = _fixed(payload, ERROR_FMT, seq, MsgType.ERROR)
         if code not in ErrorCode._value2member_map_:
             raise ProtocolError(ErrorCode.BAD_LENGTH, f"ERROR code {code} is unknown", seq)
         return ErrorMsg(seq, ErrorCode(code), detail, boot=boot)
     if kind == MsgType.STATS:
-        return Stats(seq, *_fixed(payload, STATS_FMT, seq, MsgType.STATS), boot=boot)
+        scheduled = len(payload) == struct.calcsize(STATS_SCHEDULED_FMT)
+        return Stats(seq, *_fixed(payload, STATS_SCHEDULED_FMT if scheduled else STATS_FMT, seq, MsgType.STATS),
+                     boot=boot)
     if kind == MsgType.FEED:
         dtype, _ = _tensor(payload, FEED_FIXED, seq, MsgType.FEED)
         return Feed(seq, payload[FEED_FIXED.size :], dtype, boot=boot)
@@ -369,11 +381,12 @@ def describe(msg: Message) -> str:
                 f"n={len(msg.data)} data={msg.data.hex()}")
     if isinstance(msg, AnswerMsg):
         return (f"{head} label={msg.label} conf={_q16(msg.confidence)} source={int(msg.source)} "
-                f"rejected={int(msg.rejected)}")
+                f"rejected={int(msg.rejected)}" + (f" load={msg.load}" if msg.load else ""))
     if isinstance(msg, ErrorMsg):
         return f"{head} code={int(msg.code)} detail={msg.detail}"
     if isinstance(msg, Stats):
-        return f"{head} inferences={msg.inferences} local={msg.local} relayed={msg.relayed}"
+        extra = "" if msg.out_of_range is None else f" out_of_range={msg.out_of_range}"
+        return f"{head} inferences={msg.inferences} local={msg.local} relayed={msg.relayed}{extra}"
     if isinstance(msg, Feed):
         return f"{head} dtype={msg.dtype} n={len(msg.data)} data={msg.data.hex()}"
     if isinstance(msg, Report):

@@ -47,6 +47,16 @@ class DeviceStats:
     held: int = 0  # unsure inputs answered locally, unsent, while a BUSY's hold lasted
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """What one relay showed of the link: the answered attempt's seconds (None: no attempt was answered), the
+    attempts that timed out before, and the bridge's load hint. A multi-exit device's scheduler learns from it."""
+
+    seconds: float | None
+    lost: int
+    load: int = 0
+
+
 class Link(Protocol):
     """Carries whole protocol bodies between a device and the bridge."""
 
@@ -84,6 +94,7 @@ class VirtualDevice:
         self._seq = 0
         self.stats_every, self.inferences, self.local_answers, self.relayed = stats_every, 0, 0, 0
         self.hold_until = 0.0  # time.monotonic() before which a BUSY asked for no relay
+        self.last_exchange: Exchange | None = None  # the last relay's timing (None: it was held or refused)
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -135,6 +146,7 @@ class VirtualDevice:
     def ask(self, x_int8: np.ndarray, label: int, confidence: int, stage: int = 0) -> Answer:
         """Relay one unsure input (with ``stage``, the activation at that stage's cut, as SPLIT): resend with
         the same seq on timeout, fall back after the retries; while a BUSY's hold lasts, answer locally unsent."""
+        self.last_exchange = None
         if time.monotonic() < self.hold_until:
             self.count_inference(relayed=False)  # the bridge never sees it: local in STATS, as the C app counts it
             self.stats.held += 1
@@ -148,8 +160,10 @@ class VirtualDevice:
         for attempt in range(self.retries + 1):
             self.stats.resends += attempt > 0
             self._send(request)
-            reply = self._await(seq, (p.AnswerMsg, p.ErrorMsg), time.monotonic() + self.timeout_s)
+            sent = time.monotonic()
+            reply = self._await(seq, (p.AnswerMsg, p.ErrorMsg), sent + self.timeout_s)
             if isinstance(reply, p.AnswerMsg):
+                self.last_exchange = Exchange(time.monotonic() - sent, attempt, reply.load)
                 self.stats.answered += 1
                 self.stats.remote += reply.source is p.Source.REMOTE
                 self.stats.rejected += reply.rejected
@@ -158,6 +172,8 @@ class VirtualDevice:
             if isinstance(reply, p.ErrorMsg):
                 self._busy(reply)
                 break
+        else:
+            self.last_exchange = Exchange(None, self.retries + 1)
         self.stats.fallback += 1
         return Answer(seq, label, 0.0, p.Source.FALLBACK)
 

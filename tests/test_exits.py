@@ -354,13 +354,17 @@ def test_exits_export_and_calibrate_from_the_command_line(digits_example, tmp_pa
                      "--out", tmp_path / "e")
     assert f"the smallest feasible budget is {first:,} MACs" in error_line(too_small)
 
+    no_slo = _cli("calibrate", "--local", tmp_path / "e", "--remote", tmp_path / "m", "--data", digits_example["val"],
+                  "--max-device-fraction", 0.8, "--max-remote-fraction", 0.3, "--latency-slo-ms", 0, "--out", tmp_path)
+    assert "--latency-slo-ms takes a positive p95 objective in ms" in error_line(no_slo)
     calibrated = _cli("calibrate", "--local", tmp_path / "e", "--remote", tmp_path / "m", "--data",
                       digits_example["val"], "--max-device-fraction", 0.8, "--max-remote-fraction", 0.3,
-                      "--out", tmp_path / "e", "--json")
+                      "--latency-slo-ms", 200, "--out", tmp_path / "e", "--json")
     assert calibrated.exit_code == 0, calibrated.stderr
     for kind, found in json.loads(calibrated.stdout).items():
         assert found["achieved"]["remote_fraction"] <= 0.3
         assert found["achieved"]["mean_device_macs"] <= 0.8 * full
+        assert found["schedule"]["slo_ms"] == 200 and not found["schedule"]["entries"][0]["relay"]
         assert (tmp_path / "e" / ("policy.json" if kind == "learned" else "policy-thresholds.json")).is_file()
     _risk_mode_from_the_command_line(tmp_path / "e", tmp_path / "m", digits_example["val"], tmp_path / "r")
 
@@ -519,3 +523,41 @@ def test_a_multi_exit_bundle_carries_every_stage_and_the_policy_and_is_verified(
             target.writestr(info, data[:-1] + bytes([data[-1] ^ 1]) if info.filename == "stage2.tflite" else data)
     with pytest.raises(BundleError, match="stage2.tflite has SHA-256"):
         bundles.verify(tampered)
+
+
+@pytest.mark.slow
+def test_a_scheduled_device_relays_over_a_live_bridge_and_reports_its_range(exits_run):
+    """A policy with a run-time schedule (`bisup calibrate --latency-slo-ms`) on the virtual device over the serial
+    bridge: it PINGs, measures its relays, picks relaying entries on the fast local link, and its STATS carry the
+    out-of-range counter."""
+    import time
+    from dataclasses import replace
+
+    from bisup.calibration import schedule
+    from bisup.converters.artefacts import Policy
+    from bisup.firmware_bridge.exits_device import StagedDevice
+    from bisup.firmware_bridge.exits_model import StagedIdentity, relay_for
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.schedule_table import LatencyModel
+    from bisup.firmware_bridge.serial_bridge import bridge_over_pty
+    from bisup.firmware_bridge.virtual_device import SerialLink
+
+    out = Path(exits_run["out_dir"])
+    learned = Policy.from_json(exits_run["policies"]["learned (EENet)"])
+    val, model, tails = _outcomes(out, "val", learned.remote_thresholds)
+    grid = schedule.Grid((1e3, 1e5, 1e7), (0.05, 0.5, 2.0), (0.0, 0.05), (0, 7))
+    table = schedule.build(val, learned, 5000.0, LatencyModel(16e6), grid)  # a loaded test machine's remote is slow
+    scheduled = replace(learned, schedule=table.to_json())
+    x = np.load(out / "test.npz")["x"]
+    handler = RequestHandler(relay_for(model, tails, scheduled), StagedIdentity.of(model))
+    with bridge_over_pty(handler) as port:
+        device = StagedDevice(SerialLink(port), model, scheduled, timeout_s=10.0, retries=1)
+        device.hello()
+        answers = [device.infer_one(s) for s in model.quantize(x[:40])]
+        device.send_stats()
+        for _ in range(100):  # the bridge reads the STATS on its own thread
+            if handler.counts["stats"]:
+                break
+            time.sleep(0.02)
+    assert device.scheduler.stats.out_of_range == 0 and any(a.exit_taken < 0 for a in answers)
+    assert handler.counts["stats"] >= 1 and not any(name.startswith("error") for name in handler.counts)

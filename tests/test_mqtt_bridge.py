@@ -333,6 +333,7 @@ def test_requests_a_worker_cannot_answer_are_still_acked(mosquitto, setup):
 
     class Broken:
         counts = {}
+        waiting = []  # the worker hands its admission queue to the handler's load hint
 
         def count(self, name):
             self.counts[name] = self.counts.get(name, 0) + 1

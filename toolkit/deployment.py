@@ -64,6 +64,8 @@ class CalibrationRequest:
     max_device_fraction: float | None = None
     bandwidth_kbps: float = 250.0
     cloud_gmacs: float = 100.0
+    latency_slo_ms: float | None = None  # multi-exit: also the run-time schedule table for this p95 objective
+    device_mmacs: float | None = None  # the board's speed for that table (None: its clock / 4 cycles per MAC)
 
 
 @dataclass(frozen=True)
@@ -415,9 +417,14 @@ class ExitsDeployment(Deployment):
         link = exit_calibration.LinkCost(request.bandwidth_kbps * 1000, request.cloud_gmacs * 1e9)
         if request.max_local_error is not None:
             return self._calibrate_risk(request, tails, link, progress)
-        chosen, _ = exit_calibration.calibrate(self.staged, tails, request.data_path, request.max_device_fraction,
+        chosen, o = exit_calibration.calibrate(self.staged, tails, request.data_path, request.max_device_fraction,
                                                request.max_remote_fraction, request.max_reject, link,
                                                request.remote_supervisor, progress, request.out_dir)
+        if request.latency_slo_ms is not None:
+            from bisup.calibration import schedule
+
+            model = schedule.board_model(self.staged.table.board, request.device_mmacs, link.cloud_macs_per_s)
+            chosen = schedule.attach(chosen, o, request.latency_slo_ms, model, request.out_dir)
         return Calibrated(self.kind, chosen,
                           [request.out_dir / "policy.json", request.out_dir / "policy-thresholds.json"])
 
@@ -434,6 +441,9 @@ class ExitsDeployment(Deployment):
         if request.target_accuracy is not None:
             raise CalibrationError("a multi-exit export takes budgets (--max-device-fraction and "
                                    "--max-remote-fraction) or a risk (--max-local-error), not --target-accuracy")
+        if request.latency_slo_ms is not None and (request.latency_slo_ms <= 0 or request.max_local_error is not None):
+            raise CalibrationError("--latency-slo-ms takes a positive p95 objective in ms, with the budgets "
+                                   "(--max-device-fraction and --max-remote-fraction), not risk mode")
         if request.max_local_error is not None:
             if request.max_device_fraction is not None:
                 raise CalibrationError("risk mode exits as early as the guarantee allows, the least device cost it "

@@ -33,6 +33,34 @@ int64_t bisup_exit_score(const bisup_exit_rule *rule, int exit_index, const int8
 
 static inline bool bisup_exit_answers(const bisup_exit_rule *rule, int64_t score) { return score >= rule->threshold; }
 
+/*
+ * The run-time schedule (SPINN): which policy entry to run for the link as measured. The table is the one
+ * `bisup calibrate --latency-slo-ms` writes into policy.json (firmware_bridge/schedule_table.py, whose
+ * c_source() emits it as C); its axes are ascending, in integer units. The lookup is conservative, as in
+ * Python: the nearest calibrated bandwidth at or below the measured one, the nearest round trip, loss and
+ * load at or above. Off the grid (slower, longer, lossier than calibrated, or an outage) it returns the
+ * safe entry, which never relays, and clears *in_range: count those in STATS (PROTOCOL.md).
+ */
+typedef struct {
+  const uint32_t *bandwidths_bps;
+  const uint32_t *rtts_us;
+  const uint32_t *losses_ppm; /* chance a message is lost, in parts per million */
+  const uint8_t *loads;       /* the bridge's load levels (ANSWER flag bits 1..3) */
+  uint8_t n_bandwidths, n_rtts, n_losses, n_loads;
+  const uint8_t *cells; /* entry index per (bandwidth, rtt, loss, load), the last axis fastest */
+  uint8_t safe;
+} bisup_exit_table;
+
+typedef struct {
+  bool outage;           /* no exchange got through lately */
+  uint32_t bandwidth_bps; /* rounded down */
+  uint32_t rtt_us;       /* rounded up */
+  uint32_t loss_ppm;     /* rounded up */
+  uint8_t load;
+} bisup_exit_link;
+
+uint8_t bisup_exit_lookup(const bisup_exit_table *table, const bisup_exit_link *measured, bool *in_range);
+
 #ifdef __cplusplus
 }
 #endif

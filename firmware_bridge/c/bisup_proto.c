@@ -91,7 +91,7 @@ static size_t put_head(const bisup_proto_msg *m, uint8_t *p, const int8_t **data
       put16(p + n, m->u.answer.label);
       put16(p + n + 2, m->u.answer.confidence_q16);
       p[n + 4] = m->u.answer.source;
-      p[n + 5] = m->u.answer.rejected ? 1u : 0u;
+      p[n + 5] = (uint8_t)((m->u.answer.rejected ? 1u : 0u) | (m->u.answer.load & 7u) << 1);
       return n + 6u;
     case BISUP_PROTO_ERROR:
       p[n] = m->u.error.code;
@@ -116,7 +116,9 @@ static size_t put_head(const bisup_proto_msg *m, uint8_t *p, const int8_t **data
       put32(p + n, m->u.stats.inferences);
       put32(p + n + 4, m->u.stats.local);
       put32(p + n + 8, m->u.stats.relayed);
-      return n + 12u;
+      if (!m->u.stats.scheduled) return n + 12u;
+      put32(p + n + 12, m->u.stats.out_of_range);
+      return n + 16u;
     case BISUP_PROTO_PROFILE:
       p[n] = m->u.profile.count;
       *data = (const int8_t *)m->u.profile.cycles_le; /* streamed like tensor data: no copy in the head */
@@ -257,6 +259,7 @@ static bisup_proto_status decode_payload(const uint8_t *p, size_t n, bisup_proto
       m->u.answer.confidence_q16 = get16(p + 2);
       m->u.answer.source = p[4];
       m->u.answer.rejected = (uint8_t)(p[5] & 1u);
+      m->u.answer.load = (uint8_t)((p[5] >> 1) & 7u);
       return BISUP_PROTO_OK;
     case BISUP_PROTO_ERROR:
       if (n != 5u || p[0] < BISUP_PROTO_E_BAD_CRC || p[0] > BISUP_PROTO_E_BUSY) {
@@ -282,10 +285,12 @@ static bisup_proto_status decode_payload(const uint8_t *p, size_t n, bisup_proto
       m->u.report.infer_cycles = get32(p + 11);
       return BISUP_PROTO_OK;
     case BISUP_PROTO_STATS:
-      if (n != 12u) return BISUP_PROTO_E_BAD_LENGTH;
+      if (n != 12u && n != 16u) return BISUP_PROTO_E_BAD_LENGTH;
       m->u.stats.inferences = get32(p);
       m->u.stats.local = get32(p + 4);
       m->u.stats.relayed = get32(p + 8);
+      m->u.stats.scheduled = n == 16u;
+      m->u.stats.out_of_range = n == 16u ? get32(p + 12) : 0u;
       return BISUP_PROTO_OK;
     case BISUP_PROTO_PROFILE:
       if (n < 1u || n != 1u + 4u * p[0]) return BISUP_PROTO_E_BAD_LENGTH;
@@ -360,7 +365,9 @@ void bisup_proto_client_init(bisup_proto_client *c, const bisup_proto_client_con
   bisup_proto_reader_init(&c->reader);
 }
 
-static void finish(bisup_proto_client *c, uint16_t label, uint16_t conf, uint8_t source, bool rejected) {
+static void finish(bisup_proto_client *c, uint16_t label, uint16_t conf, uint8_t source, bool rejected,
+                   uint8_t load) {
+  c->load = load;
   c->label = label;
   c->confidence_q16 = conf;
   c->source = source;
@@ -409,7 +416,8 @@ static void on_message(bisup_proto_client *c, const bisup_proto_msg *m) {
   /* stale (another request, or an answer addressed to a previous boot) or unrelated */
   if (c->state != BISUP_PROTO_CLIENT_WAITING || m->seq != c->request.seq || m->boot != c->request.boot) return;
   if (m->type == BISUP_PROTO_ANSWER) {
-    finish(c, m->u.answer.label, m->u.answer.confidence_q16, m->u.answer.source, m->u.answer.rejected != 0);
+    finish(c, m->u.answer.label, m->u.answer.confidence_q16, m->u.answer.source, m->u.answer.rejected != 0,
+           m->u.answer.load);
   } else if (m->type == BISUP_PROTO_ERROR) {
     if (m->u.error.code == BISUP_PROTO_E_BUSY) {
       uint32_t hold = m->u.error.detail < BISUP_PROTO_MAX_HOLD_MS ? m->u.error.detail : BISUP_PROTO_MAX_HOLD_MS;
@@ -417,7 +425,7 @@ static void on_message(bisup_proto_client *c, const bisup_proto_msg *m) {
       c->holding = true;
       c->hold_until = c->cfg.now_ms(c->cfg.ctx) + hold;
     }
-    finish(c, c->request.u.infer.label, 0, BISUP_PROTO_SRC_FALLBACK, false);
+    finish(c, c->request.u.infer.label, 0, BISUP_PROTO_SRC_FALLBACK, false, 0);
   }
 }
 
@@ -450,7 +458,7 @@ bisup_proto_client_state bisup_proto_client_poll(bisup_proto_client *c) {
     c->deadline = now + c->cfg.timeout_ms;
     send_request(c);
   } else {
-    finish(c, c->request.u.infer.label, 0, BISUP_PROTO_SRC_FALLBACK, false);
+    finish(c, c->request.u.infer.label, 0, BISUP_PROTO_SRC_FALLBACK, false, 0);
   }
   return c->state;
 }

@@ -99,6 +99,7 @@ typedef struct {
       uint16_t confidence_q16; /* confidence * 65535 */
       uint8_t source;          /* bisup_proto_source */
       uint8_t rejected;
+      uint8_t load; /* flag bits 1..3: the bridge's load level 0..7 (0 also from a bridge that does not say) */
     } answer;
     struct {
       uint8_t code;
@@ -122,6 +123,8 @@ typedef struct {
       uint32_t inferences;
       uint32_t local;   /* answered locally */
       uint32_t relayed; /* sent as INFER or SPLIT */
+      uint8_t scheduled; /* 1: the 16-byte form, with out_of_range (a multi-exit device with a schedule table) */
+      uint32_t out_of_range; /* inputs decided off the calibrated link range (the table's safe entry) */
     } stats;
     struct {
       uint8_t count;
@@ -199,6 +202,7 @@ typedef struct {
   uint16_t confidence_q16;
   uint8_t source;
   bool rejected;
+  uint8_t load; /* the answer's load hint (0 after a timeout or an ERROR) */
   /* after a BUSY: relay nothing before hold_until (ms), answer locally instead */
   bool holding;
   uint32_t hold_until;

@@ -76,6 +76,7 @@ static void describe(const bisup_proto_msg *m) {
       printf("ANSWER seq=%lu boot=%lu label=%u conf=%u source=%u rejected=%u", (unsigned long)m->seq,
              (unsigned long)m->boot, m->u.answer.label, m->u.answer.confidence_q16, m->u.answer.source,
              m->u.answer.rejected);
+      if (m->u.answer.load) printf(" load=%u", m->u.answer.load);
       break;
     case BISUP_PROTO_ERROR:
       printf("ERROR seq=%lu boot=%lu code=%u detail=%lu", (unsigned long)m->seq, (unsigned long)m->boot,
@@ -90,6 +91,7 @@ static void describe(const bisup_proto_msg *m) {
       printf("STATS seq=%lu boot=%lu inferences=%lu local=%lu relayed=%lu", (unsigned long)m->seq,
              (unsigned long)m->boot, (unsigned long)m->u.stats.inferences, (unsigned long)m->u.stats.local,
              (unsigned long)m->u.stats.relayed);
+      if (m->u.stats.scheduled) printf(" out_of_range=%lu", (unsigned long)m->u.stats.out_of_range);
       break;
     case BISUP_PROTO_REPORT:
       printf("REPORT seq=%lu boot=%lu label=%u source=%u rejected=%u local_label=%u conf=%d latency_us=%lu "

@@ -61,6 +61,13 @@ from bisup.converters.scores import KINDS
               help="Multi-exit: link bandwidth, to choose between relaying the raw input and an activation.")
 @click.option("--cloud-gmacs", type=float, default=1.0, show_default=True,
               help="Multi-exit: the cloud's speed (GMAC/s) at finishing the network, the other side of that choice.")
+@click.option("--latency-slo-ms", type=float,
+              help="Multi-exit: also a run-time schedule in policy.json: for each link condition (bandwidth 1 kbps.."
+                   "10 Mbps, round trip, loss) and bridge load, the most accurate policy whose p95 latency stays "
+                   "within this many ms; the device measures its link and picks per input.")
+@click.option("--device-mmacs", type=float,
+              help="Multi-exit, with --latency-slo-ms: the board's speed in million MACs per second [default: its "
+                   "clock / 4].")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for thresholds.json and tradeoff.png (multi-exit: policy.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print thresholds.json instead of the table.")
@@ -68,8 +75,8 @@ def calibrate_command(local_path: Path, remote: str, data_path: Path, max_remote
                       target_accuracy: float | None, max_local_error: float | None, delta: float | None,
                       risk_procedure: str, max_reject: float, remote_target_accuracy: float | None,
                       remote_supervisor: str, max_device_fraction: float | None, bandwidth_kbps: float,
-                      cloud_gmacs: float, out_dir: Path, price_per_call: float, latency_ms: float,
-                      as_json: bool) -> None:
+                      cloud_gmacs: float, latency_slo_ms: float | None, device_mmacs: float | None, out_dir: Path,
+                      price_per_call: float, latency_ms: float, as_json: bool) -> None:
     """Choose the local (int8) and remote supervisor thresholds on a validation set.
 
     Writes thresholds.json (the local threshold in the int8 units the firmware compares, the remote
@@ -90,7 +97,8 @@ def calibrate_command(local_path: Path, remote: str, data_path: Path, max_remote
     check_npz(data_path)
     request = CalibrationRequest(remote, data_path, out_dir, remote_supervisor, max_reject, max_remote_fraction,
                                  target_accuracy, max_local_error, delta, risk_procedure, remote_target_accuracy,
-                                 price_per_call, latency_ms, max_device_fraction, bandwidth_kbps, cloud_gmacs)
+                                 price_per_call, latency_ms, max_device_fraction, bandwidth_kbps, cloud_gmacs,
+                                 latency_slo_ms, device_mmacs)
     deployment = open_deployment(local_path)
     try:
         deployment.check_calibration(request)

@@ -278,7 +278,18 @@ def calibrated_table(done: Calibrated) -> str:
                      f"{a['mean_bytes_sent']:.1f} B sent per input")
         if found.guarantee:
             lines += _guarantee_lines(found)
+        if found.schedule:
+            lines.append(_schedule_line(found.schedule))
     return "\n".join(lines)
+
+
+def _schedule_line(table: dict) -> str:
+    """The run-time table in one line: its objective, size, and what the device does off the grid."""
+    relays = sum(e["relay"] for e in table["entries"])
+    safe = table["entries"][table["safe"]]
+    return (f"{'':10s} run-time schedule, p95 <= {table['slo_ms']:g} ms: {len(table['entries'])} entries ({relays} "
+            f"relay) over {len(table['cells'])} link/load cells; off the grid: local to exit {safe['depth']}, "
+            f"p95 {safe['p95_ms']:g} ms")
 
 
 def _guarantee_lines(found: Policy) -> list[str]:
