@@ -207,3 +207,92 @@ def test_close_is_prompt_with_bytes_still_in_flight():
         start = time.monotonic()
     os.close(device)
     assert time.monotonic() - start < 2.0
+
+
+@pytest.fixture(scope="module")
+def relayed(bundle_dir, digits_example):
+    """A bridge handler on the test bundle (its local CNN as the remote) and 24 test inputs."""
+    import numpy as np
+
+    from bisup.firmware_bridge.bundle import Bundle
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.relay import Relay
+    from bisup.firmware_bridge.remotes import open_remote
+
+    bundle = Bundle.load(bundle_dir)
+    remote = open_remote(digits_example["model"])
+    handler = RequestHandler(Relay(remote, bundle.remote_supervisor, bundle.quantization), bundle)
+    x = np.load(digits_example["test"])["x"][:24]
+    return bundle, handler, x, remote.predict(x).argmax(axis=1)
+
+
+def _remote_labels_match(answers, expected) -> None:
+    from bisup.firmware_bridge import protocol as p
+
+    for answer, label in zip(answers, expected, strict=True):
+        if answer.source is p.Source.REMOTE:
+            assert answer.label == label
+
+
+@pytest.mark.slow
+def test_serial_loss_makes_the_device_resend_and_still_get_answers(relayed):
+    """One packet in five is lost: frames fail their CRC, the device resends after its timeout, and every input
+    is still answered by the remote (threshold 128: every input relayed)."""
+    import serial
+
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.serial_bridge import SerialBridge
+    from bisup.firmware_bridge.virtual_device import SerialLink, VirtualDevice
+
+    bundle, handler, x, expected = relayed
+    stop = threading.Event()
+    with emulated_pty(LinkSchedule.parse("0s 1Mbps 10ms 20%"), seed=5) as link:
+        bridge = threading.Thread(target=SerialBridge(link.bridge_path, handler).run, args=(stop,), daemon=True)
+        bridge.start()
+        try:
+            with serial.serial_for_url(link.device_path, timeout=0.02) as port:
+                device = VirtualDevice(SerialLink(port), bundle.local_model(), 128, timeout_s=0.15, retries=12)
+                device.hello()
+                answers = device.run(x)
+        finally:
+            stop.set()
+            bridge.join(timeout=5)
+    assert link.uplink.stats.dropped + link.downlink.stats.dropped > 0
+    assert device.stats.resends > 0 and device.stats.bad_frames + handler.counts["error_bad_crc"] + \
+        handler.counts["error_bad_cobs"] > 0
+    assert all(a.source is p.Source.REMOTE for a in answers) or device.stats.rejected
+    assert sum(a.source is p.Source.REMOTE for a in answers) >= len(x) - device.stats.rejected
+    _remote_labels_match(answers, expected)
+
+
+@pytest.mark.slow
+def test_the_mqtt_proxy_carries_a_bridge_round_trip(mosquitto, relayed):
+    """A device reaches mosquitto through the proxy (100 ms round trip), the bridge worker directly: every input
+    is answered by the remote, and each relay costs at least the round trip."""
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.mqtt_bridge import start_workers
+    from bisup.firmware_bridge.mqtt_link import Broker, DeviceLink, deployment_name
+    from bisup.firmware_bridge.virtual_device import VirtualDevice
+
+    bundle, handler, x, expected = relayed
+    broker = Broker.from_url(mosquitto.url)
+    workers = start_workers(broker, handler, prefix="link-")
+    try:
+        with tcp_proxy(LinkSchedule.parse("0s 200kbps 100ms 0%"), (broker.host, broker.port)) as proxy:
+            link = DeviceLink(Broker(*proxy.address), "via-proxy", deployment_name(bundle.model_hash))
+            try:
+                device = VirtualDevice(link, bundle.local_model(), 128, "via-proxy", timeout_s=2.0, retries=3)
+                device.hello()
+                start = time.monotonic()
+                answers = device.run(x[:10])
+                took = time.monotonic() - start
+            finally:
+                link.close()
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert proxy.connections == 1
+    assert device.stats.requests == 10 and device.stats.resends == 0
+    assert sum(a.source is p.Source.REMOTE for a in answers) == 10 - device.stats.rejected
+    _remote_labels_match(answers, expected[:10])
+    assert took >= 10 * 0.1 * 0.95, took  # loopback would take about 10 x 2 ms
