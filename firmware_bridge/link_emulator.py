@@ -239,6 +239,12 @@ class LinkEmulator:
         self._thread.start()
         return self
 
+    def restart(self) -> None:
+        """Start the schedule again from now (e.g. once a handshake is done); call it with no bytes in flight."""
+        self.t0 = time.monotonic()
+        for line in self.lines:
+            line.free_at = line.last_arrival = 0.0
+
     def close(self) -> None:
         self._stop.set()
         os.write(self._wake_w, b"x")
