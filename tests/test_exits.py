@@ -519,3 +519,39 @@ def test_a_multi_exit_bundle_carries_every_stage_and_the_policy_and_is_verified(
             target.writestr(info, data[:-1] + bytes([data[-1] ^ 1]) if info.filename == "stage2.tflite" else data)
     with pytest.raises(BundleError, match="stage2.tflite has SHA-256"):
         bundles.verify(tampered)
+
+
+@pytest.mark.slow
+def test_the_demo_over_an_emulated_link_records_each_input_per_phase(exits_run, tmp_path):
+    """`bisup demo --exits --link`'s part on an 8 s schedule at 5x, every input relayed: relays on the fast phase
+    answer within a second, the first started in the outage waits out its resends (4 s, longer than the outage
+    left) and continues locally, and those on the slow phase cost at least its round trip; link.png and link.json
+    are written."""
+    from dataclasses import replace
+
+    from bisup.converters.artefacts import NEVER, Policy
+    from bisup.examples import demo_link
+    from bisup.export.exits import open_tails
+    from bisup.firmware_bridge.exits_model import StagedModel
+    from bisup.firmware_bridge.link_schedule import LinkSchedule
+
+    out = Path(exits_run["out_dir"])
+    learned = Policy.from_json(exits_run["policies"]["learned (EENet)"])
+    chosen = replace(learned, thresholds=[NEVER] * len(learned.thresholds), relay=True)
+    schedule = LinkSchedule.parse("0s 2Mbps 20ms 0%\n1s outage\n6s 20kbps 150ms 0%\n8s end")
+    model = StagedModel(out)
+    x = np.load(out / "test.npz")["x"][:20]
+    result = demo_link.run(demo_link.LinkRun(schedule, 5.0, 400.0), model, open_tails(out, len(model)),
+                           {demo_link.POLICY: chosen}, x, tmp_path)
+    steps = json.loads((tmp_path / "link.json").read_text())["inputs"]
+    assert len(steps) == 20 and (tmp_path / "link.png").read_bytes()[:4] == b"\x89PNG"
+    fast, outage, slow = ([s for s in steps if s["phase"] == i] for i in range(3))
+    assert fast and outage and slow
+    assert all(s["action"].startswith("relay") and s["latency_ms"] < 1000 for s in fast)
+    assert outage[0]["action"] == "local after relay"
+    assert outage[0]["latency_ms"] >= 3 * demo_link.DEVICE_TIMEOUT_S * 1e3
+    relayed = [s for s in slow if s["action"].startswith("relay")]
+    assert relayed and all(s["latency_ms"] >= 0.9 * 150 for s in relayed)
+    rows = result["phases"]
+    assert [r["inputs"] for r in rows] == [len(fast), len(outage), len(slow)]
+    assert rows[1]["met_objective"] == 0.0 and rows[0]["latency_p95_ms"] < rows[1]["latency_p50_ms"]

@@ -296,3 +296,16 @@ def test_the_mqtt_proxy_carries_a_bridge_round_trip(mosquitto, relayed):
     assert sum(a.source is p.Source.REMOTE for a in answers) == 10 - device.stats.rejected
     _remote_labels_match(answers, expected[:10])
     assert took >= 10 * 0.1 * 0.95, took  # loopback would take about 10 x 2 ms
+
+
+def test_the_demo_names_a_bad_schedule_line_before_any_work(tmp_path):
+    from cli_errors import error_line
+    from click.testing import CliRunner
+
+    from bisup.cli import main
+
+    schedule = tmp_path / "link.txt"
+    schedule.write_text("# start bandwidth rtt loss\n0s 2Mbps 20ms 0%\n30s 20kbs 150ms 1%\n60s end\n")
+    result = CliRunner().invoke(main, ["demo", "--exits", "--link", str(schedule)])
+    line = error_line(result)
+    assert "line 3" in line and "20kbs" in line and "20kbps" in line

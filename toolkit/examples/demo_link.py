@@ -209,11 +209,11 @@ def run(link: LinkRun, model: StagedModel, tails: dict, policies: dict[str, Poli
 def phase_table(result: dict) -> str:
     """The per-phase figures as the CLI prints them."""
     objective = result["objective_ms"]
-    head = f"{'phase':<32} {'inputs':>6} {'p50 ms':>9} {'p95 ms':>9}" + (" met" if objective is not None else "")
+    head = f"{'phase':<40} {'inputs':>6} {'p50 ms':>9} {'p95 ms':>9}" + (" met" if objective is not None else "")
     lines = [head]
     for row in result["phases"]:
         span = f"{row['start_s']:g}-{row['stop_s']:g}s {row['link']}"
-        cells = [f"{span[:32]:<32}", f"{row['inputs']:>6}"]
+        cells = [f"{span[:40]:<40}", f"{row['inputs']:>6}"]
         cells += [f"{v:>9.1f}" if v is not None else f"{'-':>9}" for v in (row["latency_p50_ms"],
                                                                            row["latency_p95_ms"])]
         if objective is not None:

@@ -24,12 +24,16 @@ if TYPE_CHECKING:
 
 
 def _bandwidth(axis: Axes, schedule: LinkSchedule, stop_s: float) -> None:
+    """The schedule as steps; after its ``end`` (dotted) the last phase goes on, as the emulator keeps it."""
     times, rates = [], []
     for start, stop, phase in schedule.spans():
         stop = min(stop, stop_s)
         times += [start, stop]
         rates += [phase.bandwidth_bps or float("nan")] * 2
     axis.plot(times, rates, color="tab:blue", lw=1.5)
+    if schedule.end_s < stop_s:
+        axis.plot([schedule.end_s, stop_s], [rates[-1]] * 2, color="tab:blue", lw=1, ls=":")
+        axis.axvline(schedule.end_s, color="gray", lw=0.8, ls=":")
     axis.set_yscale("log")
     axis.set_ylabel("bandwidth (bit/s)")
 
@@ -37,8 +41,9 @@ def _bandwidth(axis: Axes, schedule: LinkSchedule, stop_s: float) -> None:
 def _outages(axes: list[Axes], schedule: LinkSchedule, stop_s: float) -> None:
     for start, stop, phase in schedule.spans():
         if phase.outage:
+            stop = stop_s if phase is schedule.phases[-1] else min(stop, stop_s)  # the last phase goes on
             for axis in axes:
-                axis.axvspan(start, min(stop, stop_s), color="tab:red", alpha=0.12, lw=0)
+                axis.axvspan(start, stop, color="tab:red", alpha=0.12, lw=0)
 
 
 def _actions(axis: Axes, steps: list[Step]) -> None:
@@ -59,19 +64,19 @@ def _latency(axis: Axes, steps: list[Step], objective_ms: float | None) -> None:
         axis.axhline(objective_ms, color="tab:orange", ls="--", lw=1, label=f"objective {objective_ms:g} ms")
         axis.legend(loc="upper right", fontsize=7)
     axis.set_yscale("log")
-    axis.set_ylabel("latency (ms)")
+    axis.set_ylabel("latency (ms of link time)")
     axis.set_xlabel("link time (s)")
 
 
 def plot(schedule: LinkSchedule, steps: list[Step], objective_ms: float | None, path: Path) -> Path:
     """Write the three panels to ``path`` (PNG)."""
-    stop_s = schedule.end_s if schedule.end_s != float("inf") else max((s.t_s for s in steps), default=1.0)
+    stop_s = max([s.t_s for s in steps] + [schedule.end_s if schedule.end_s != float("inf") else 1.0])
     figure, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True, height_ratios=(1, 1, 1.4))
     _bandwidth(axes[0], schedule, stop_s)
     _actions(axes[1], steps)
     _latency(axes[2], steps, objective_ms)
     _outages(list(axes), schedule, stop_s)
-    axes[0].set_xlim(0, max(stop_s, max((s.t_s for s in steps), default=0.0)))
+    axes[0].set_xlim(0, stop_s)
     axes[0].set_title("the link over time, the device's action and its latency (outages shaded)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
