@@ -44,8 +44,11 @@ import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import serial
+
 from bisup.converters.errors import BisupError
 from bisup.firmware_bridge.link_schedule import LinkSchedule, Phase
+from bisup.firmware_bridge.serial_bridge import port_problem
 
 PACKET_BYTES = 64  # a radio packet (BLE's is 27..251 B, LoRa's up to 255 B); the unit of loss
 MIN_RTO_S = 0.2  # Linux's minimum TCP retransmission timeout
@@ -197,6 +200,8 @@ class LinkEmulator:
             raise LinkError(f"link kind {kind!r} is neither 'serial' nor 'tcp'")
         if time_scale <= 0:
             raise LinkError(f"time scale {time_scale:g} must be positive (1: real time; 10: ten times faster)")
+        if packet_bytes < 1:
+            raise LinkError(f"packet size {packet_bytes} must be at least 1 byte")
         self.schedule, self.lossless, self.time_scale = schedule, kind == "tcp", time_scale
         self.packet_bytes, self.rng = packet_bytes, random.Random(seed)
         self.lines: list[Line] = []
@@ -217,13 +222,23 @@ class LinkEmulator:
         return self.schedule.at(self.link_time())
 
     def join(self, a: End, b: End) -> tuple[Line, Line]:
-        """Carry bytes between ``a`` and ``b`` (each way on its own line); returns the lines a->b and b->a."""
+        """Carry bytes between ``a`` (the device's side) and ``b`` (the bridge's or broker's), each way on its own
+        line; returns the lines a->b (up) and b->a (down)."""
         forward = _Route(a, b, self._line())
         backward = _Route(b, a, self._line(), forward)
         forward.peer = backward
         for route in (forward, backward):
             self._selector.register(route.source, selectors.EVENT_READ, route)
         return forward.line, backward.line
+
+    def totals(self) -> dict[str, LineStats]:
+        """Bytes per direction over every connection so far: ``up`` (device to bridge) and ``down``."""
+        sums = {"up": LineStats(), "down": LineStats()}
+        for i, line in enumerate(list(self.lines)):
+            total = sums["up" if i % 2 == 0 else "down"]
+            for name in vars(total):
+                setattr(total, name, getattr(total, name) + getattr(line.stats, name))
+        return sums
 
     def _line(self) -> Line:
         line = Line(self.schedule, self.lossless, random.Random(self.rng.random()))
@@ -302,25 +317,45 @@ class LinkEmulator:
 
 
 class PtyLink:
-    """Two pty pairs joined through the emulator: the device opens ``device_path``, the bridge ``bridge_path``
-    (each a serial port to pyserial). The emulator holds both masters; the slaves stay open here too, so either
-    side may close and reopen its port."""
+    """The serial link through the emulator: the bridge opens ``bridge_path`` (a pty, a serial port to pyserial);
+    the device opens ``device_path``, another pty, unless its own port is given as ``device`` (a real board's).
+    The emulator holds the masters; the slaves stay open here too, so either side may close and reopen its port."""
 
-    def __init__(self, emulator: LinkEmulator):
-        self.emulator, self.fds = emulator, []
-        ends = []
-        for _ in range(2):
-            master, slave = os.openpty()
-            tty.setraw(master)
-            tty.setraw(slave)
-            self.fds += [master, slave]
-            ends.append((End(master), os.ttyname(slave)))
-        (device_end, self.device_path), (bridge_end, self.bridge_path) = ends
-        self.uplink, self.downlink = emulator.join(device_end, bridge_end)
+    def __init__(self, emulator: LinkEmulator, device: End | None = None):
+        self.emulator, self.fds, self.device_path = emulator, [], None
+        if device is None:
+            device, self.device_path = self._pty()
+        bridge, self.bridge_path = self._pty()
+        self.uplink, self.downlink = emulator.join(device, bridge)
+
+    def _pty(self) -> tuple[End, str]:
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        self.fds += [master, slave]
+        return End(master), os.ttyname(slave)
 
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
+
+
+def open_serial(url: str, baud: int) -> serial.Serial:
+    """A device's serial port, for the emulator to read and write by its fd; LinkError naming it and the fix."""
+    try:
+        port = serial.serial_for_url(url, baudrate=baud, timeout=0, exclusive=True)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        if "busy" in str(exc).lower() or "lock" in str(exc).lower():
+            raise LinkError(f"serial port {url} is in use by another program (a monitor or a bridge?); close it "
+                            "and retry") from None
+        raise LinkError(port_problem(url, exc)) from None
+    try:
+        port.fileno()
+    except (AttributeError, OSError, NotImplementedError):
+        port.close()
+        raise LinkError(f"serial port {url} has no file descriptor to forward; give a device path such as "
+                        "/dev/ttyUSB0") from None
+    return port
 
 
 def listen(host: str, port: int, what: str) -> socket.socket:
@@ -362,10 +397,12 @@ class TcpProxy:
 
 
 @contextlib.contextmanager
-def emulated_pty(schedule: LinkSchedule, time_scale: float = 1.0, seed: int = 0) -> Iterator[PtyLink]:
-    """A serial link through ``schedule``, running: the device opens ``device_path``, the bridge ``bridge_path``."""
-    emulator = LinkEmulator(schedule, "serial", time_scale, seed=seed)
-    link = PtyLink(emulator)
+def emulated_pty(schedule: LinkSchedule, time_scale: float = 1.0, seed: int = 0, device: End | None = None,
+                 packet_bytes: int = PACKET_BYTES) -> Iterator[PtyLink]:
+    """A serial link through ``schedule``, running: the bridge opens ``bridge_path``; the device opens
+    ``device_path``, or is already on ``device`` (see ``PtyLink``)."""
+    emulator = LinkEmulator(schedule, "serial", time_scale, packet_bytes, seed)
+    link = PtyLink(emulator, device)
     try:
         with emulator:
             yield link
@@ -375,9 +412,9 @@ def emulated_pty(schedule: LinkSchedule, time_scale: float = 1.0, seed: int = 0)
 
 @contextlib.contextmanager
 def tcp_proxy(schedule: LinkSchedule, upstream: tuple[str, int], time_scale: float = 1.0, host: str = "127.0.0.1",
-              port: int = 0, seed: int = 0) -> Iterator[TcpProxy]:
+              port: int = 0, seed: int = 0, packet_bytes: int = PACKET_BYTES) -> Iterator[TcpProxy]:
     """A running TCP proxy to ``upstream`` through ``schedule``; clients connect to its ``address``."""
-    emulator = LinkEmulator(schedule, "tcp", time_scale, seed=seed)
+    emulator = LinkEmulator(schedule, "tcp", time_scale, packet_bytes, seed)
     proxy = TcpProxy(emulator, upstream, host, port)
     try:
         with emulator:

@@ -309,3 +309,64 @@ def test_the_demo_names_a_bad_schedule_line_before_any_work(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--exits", "--link", str(schedule)])
     line = error_line(result)
     assert "line 3" in line and "20kbs" in line and "20kbps" in line
+
+
+def test_bisup_link_carries_bytes_between_a_device_pty_and_the_bridge_pty(tmp_path):
+    """The command as a user runs it: it prints both ptys, bytes written on the device's arrive on the bridge's
+    after the schedule's delay, and on exit it prints the byte counts as JSON."""
+    import json
+    import subprocess
+    import sys
+
+    from links import StderrLines
+
+    schedule = tmp_path / "link.txt"
+    schedule.write_text("0s 1Mbps 300ms 0%\n")
+    process = subprocess.Popen([sys.executable, "-m", "bisup.cli", "link", str(schedule), "--serial", "pty",
+                                "--duration", "3", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    stderr = StderrLines(process)
+    device_path = stderr.wait_for("device side:", 60)[0].split("--serial ")[1].split()[0]
+    bridge_path = stderr.wait_for("bridge side:", 10)[0].split("--serial ")[1].split()[0]
+    device, bridge = _open(device_path), _open(bridge_path)
+    try:
+        start = time.monotonic()
+        os.write(device, b"hello bridge")
+        got, last = _read_until(_pty_reader(bridge), 12, 5.0)
+    finally:
+        os.close(device)
+        os.close(bridge)
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr.text()
+    assert got == b"hello bridge" and last - start >= 0.14
+    assert json.loads(out)["up"]["delivered"] == 12
+
+
+@pytest.mark.parametrize(("args", "wanted"), [
+    (["--serial", "pty"], "line 2 ('5s 1Mbps fast 0%')"),
+    ([], "exactly one of --serial"),
+])
+def test_bisup_link_bad_input_is_one_line(tmp_path, args, wanted):
+    from cli_errors import error_line
+    from click.testing import CliRunner
+
+    from bisup.cli import main
+
+    schedule = tmp_path / "link.txt"
+    schedule.write_text("0s 1Mbps 10ms 0%\n5s 1Mbps fast 0%\n")
+    assert wanted in error_line(CliRunner().invoke(main, ["link", str(schedule), *args]))
+
+
+def test_bisup_link_on_a_taken_port_names_it(tmp_path):
+    from cli_errors import error_line
+    from click.testing import CliRunner
+
+    from bisup.cli import main
+
+    schedule = tmp_path / "link.txt"
+    schedule.write_text("0s 1Mbps 10ms 0%\n")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["link", str(schedule), "--mqtt", "mqtt://127.0.0.1:1883", "--listen",
+                                           f"127.0.0.1:{port}"])
+    assert f"cannot listen on 127.0.0.1:{port}" in error_line(result)
