@@ -183,19 +183,24 @@ class Line:
 
 @dataclass
 class _Route:
-    """Bytes from ``source`` to ``target`` over ``line``; ``peer`` is the opposite direction of the connection."""
+    """Bytes from ``source`` to ``target`` over ``line``; ``peer`` is the opposite direction of the connection;
+    ``partial``: the start of a frame not yet complete (with ``spare``)."""
 
     source: End
     target: End
     line: Line
     peer: _Route | None = None
+    partial: bytes = b""
 
 
 class LinkEmulator:
     """Carries bytes between pairs of ends through the schedule (see the module docstring)."""
 
     def __init__(self, schedule: LinkSchedule, kind: str = "serial", time_scale: float = 1.0,
-                 packet_bytes: int = PACKET_BYTES, seed: int = 0):
+                 packet_bytes: int = PACKET_BYTES, seed: int = 0, spare: Callable[[bytes], bool] | None = None):
+        """``spare``: serial only, a test harness's own frames sharing the line (HIL's FEED and REPORT): the stream
+        is cut into frames at each 0x00 delimiter, and a frame for which ``spare(frame)`` holds passes at once,
+        untouched by the link (the others are held until their delimiter, then go through the link whole)."""
         if kind not in ("serial", "tcp"):
             raise LinkError(f"link kind {kind!r} is neither 'serial' nor 'tcp'")
         if time_scale <= 0:
@@ -203,7 +208,7 @@ class LinkEmulator:
         if packet_bytes < 1:
             raise LinkError(f"packet size {packet_bytes} must be at least 1 byte")
         self.schedule, self.lossless, self.time_scale = schedule, kind == "tcp", time_scale
-        self.packet_bytes, self.rng = packet_bytes, random.Random(seed)
+        self.packet_bytes, self.rng, self.spare = packet_bytes, random.Random(seed), spare
         self.lines: list[Line] = []
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
@@ -295,8 +300,19 @@ class LinkEmulator:
             self._hang_up(route)
             return
         host_now = time.monotonic()
-        for arrival, packet in route.line.plan(data, (host_now - self.t0) * self.time_scale, self.packet_bytes):
-            heapq.heappush(self._due, (self.t0 + arrival / self.time_scale, next(self._order), route, packet))
+        for chunk in self._frames(route, data):
+            if self.spare is not None and self.spare(chunk):
+                heapq.heappush(self._due, (host_now, next(self._order), route, chunk))
+                continue
+            for arrival, packet in route.line.plan(chunk, (host_now - self.t0) * self.time_scale, self.packet_bytes):
+                heapq.heappush(self._due, (self.t0 + arrival / self.time_scale, next(self._order), route, packet))
+
+    def _frames(self, route: _Route, data: bytes) -> list[bytes]:
+        """``data`` as it goes on the line: as read, or with ``spare`` whole frames (each with its delimiter)."""
+        if self.spare is None:
+            return [data]
+        *frames, route.partial = (route.partial + data).split(b"\0")
+        return [frame + b"\0" for frame in frames]
 
     def _hang_up(self, route: _Route) -> None:
         for each in (route, route.peer):
@@ -394,6 +410,15 @@ class TcpProxy:
 
     def close(self) -> None:
         self.server.close()
+
+
+def between(emulator: LinkEmulator, device: End) -> tuple[socket.socket, tuple[Line, Line]]:
+    """A loopback TCP socket whose far end is joined to ``device`` through the emulator: the host side of a
+    board's line (a QEMU UART's socket, a serial port), to read and write in place of ``device``."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        near = socket.create_connection(server.getsockname()[:2])
+        far, _ = server.accept()
+    return near, emulator.join(device, SocketEnd(far))
 
 
 @contextlib.contextmanager

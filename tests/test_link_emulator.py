@@ -370,3 +370,32 @@ def test_bisup_link_on_a_taken_port_names_it(tmp_path):
         result = CliRunner().invoke(main, ["link", str(schedule), "--mqtt", "mqtt://127.0.0.1:1883", "--listen",
                                            f"127.0.0.1:{port}"])
     assert f"cannot listen on 127.0.0.1:{port}" in error_line(result)
+
+
+def test_hil_harness_frames_pass_an_outage_and_the_bridges_do_not():
+    """On the board's UART the harness's FEED goes through untouched while the board's INFER is lost in the
+    outage, cut whole at the frame delimiters (`bisup hil --link`)."""
+    from bisup.firmware_bridge import framing
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.link_emulator import PtyLink
+    from bisup.hil.link import harness_frame
+
+    feed = framing.encode_frame(p.encode(p.Feed(1, bytes(64))))
+    infer = framing.encode_frame(p.encode(p.Infer(2, 3, 40, bytes(64))))
+    assert harness_frame(feed) and not harness_frame(infer)
+    emulator = LinkEmulator(LinkSchedule.parse("0s outage"), spare=harness_frame)
+    link = PtyLink(emulator)
+    with emulator:
+        device, bridge = _open(link.device_path), _open(link.bridge_path)
+        try:
+            os.write(bridge, feed[:10])
+            os.write(bridge, feed[10:] + infer)  # the harness's frame split across writes, then the bridge's
+            os.write(device, infer)
+            to_board, _ = _read_until(_pty_reader(device), len(feed) + 1, 0.5)
+            to_bridge, _ = _read_until(_pty_reader(bridge), 1, 0.2)
+        finally:
+            os.close(device)
+            os.close(bridge)
+    link.close()
+    assert to_board == feed and to_bridge == b""
+    assert link.uplink.stats.dropped == link.downlink.stats.dropped == len(infer)
