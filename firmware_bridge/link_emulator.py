@@ -93,8 +93,7 @@ class SocketEnd(End):
     """A TCP connection; a write blocks up to ``SEND_TIMEOUT_S`` (TCP's flow control), then cuts it."""
 
     def __init__(self, sock: socket.socket):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(SEND_TIMEOUT_S)
         self.sock, self.fd = sock, sock.fileno()
 
