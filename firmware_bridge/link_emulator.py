@@ -198,8 +198,9 @@ class LinkEmulator:
     def __init__(self, schedule: LinkSchedule, kind: str = "serial", time_scale: float = 1.0,
                  packet_bytes: int = PACKET_BYTES, seed: int = 0, spare: Callable[[bytes], bool] | None = None):
         """``spare``: serial only, a test harness's own frames sharing the line (HIL's FEED and REPORT): the stream
-        is cut into frames at each 0x00 delimiter, and a frame for which ``spare(frame)`` holds passes at once,
-        untouched by the link (the others are held until their delimiter, then go through the link whole)."""
+        is cut into frames at each 0x00 delimiter, and a frame for which ``spare(frame)`` holds is untouched by the
+        link: no delay, bandwidth or loss, though never ahead of bytes already in flight, so the order of frames
+        holds (a HELLO's reply, then a FEED). The others are held until their delimiter and go through whole."""
         if kind not in ("serial", "tcp"):
             raise LinkError(f"link kind {kind!r} is neither 'serial' nor 'tcp'")
         if time_scale <= 0:
@@ -300,8 +301,9 @@ class LinkEmulator:
             return
         host_now = time.monotonic()
         for chunk in self._frames(route, data):
-            if self.spare is not None and self.spare(chunk):
-                heapq.heappush(self._due, (host_now, next(self._order), route, chunk))
+            if self.spare is not None and self.spare(chunk):  # never ahead of what is in flight: order holds
+                when = max(host_now, self.t0 + route.line.last_arrival / self.time_scale)
+                heapq.heappush(self._due, (when, next(self._order), route, chunk))
                 continue
             for arrival, packet in route.line.plan(chunk, (host_now - self.t0) * self.time_scale, self.packet_bytes):
                 heapq.heappush(self._due, (self.t0 + arrival / self.time_scale, next(self._order), route, packet))

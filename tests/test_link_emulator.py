@@ -399,3 +399,28 @@ def test_hil_harness_frames_pass_an_outage_and_the_bridges_do_not():
     link.close()
     assert to_board == feed and to_bridge == b""
     assert link.uplink.stats.dropped == link.downlink.stats.dropped == len(infer)
+
+
+def test_hil_harness_frames_never_overtake_the_bridges():
+    """A FEED written right after the bridge's reply to HELLO arrives after it (a board not yet greeted would
+    drop the FEED), though the link delays only the reply."""
+    from bisup.firmware_bridge import framing
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.link_emulator import PtyLink
+    from bisup.hil.link import harness_frame
+
+    reply = framing.encode_frame(p.encode(p.Hello(1, (0, 2, 0), bytes(32), "bridge")))
+    feed = framing.encode_frame(p.encode(p.Feed(1, bytes(64))))
+    emulator = LinkEmulator(LinkSchedule.parse("0s 1Mbps 300ms 0%"), spare=harness_frame)
+    link = PtyLink(emulator)
+    with emulator:
+        device, bridge = _open(link.device_path), _open(link.bridge_path)
+        try:
+            start = time.monotonic()
+            os.write(bridge, reply + feed)
+            got, last = _read_until(_pty_reader(device), len(reply) + len(feed), 3.0)
+        finally:
+            os.close(device)
+            os.close(bridge)
+    link.close()
+    assert got == reply + feed and last - start >= 0.14
