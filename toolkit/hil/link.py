@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from bisup.firmware_bridge import framing
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.link_emulator import End, LinkEmulator, SocketEnd, between
+from bisup.hil.target import SocketPort
 
 if TYPE_CHECKING:
     from bisup.firmware_bridge.link_schedule import LinkSchedule
@@ -51,15 +52,13 @@ def through(link: BoardLink, schedule: LinkSchedule | None,
     if schedule is None:
         yield link
         return
-    from bisup.hil.target import _SocketPort
-
     sock = getattr(link.port, "sock", None)
     board = SocketEnd(sock) if sock is not None else End(link.port.fileno())
     emulator = LinkEmulator(schedule, "serial", spare=harness_frame)
     near, _ = between(emulator, board)
     try:
         with emulator:
-            yield dataclasses.replace(link, port=_SocketPort(near))
+            yield dataclasses.replace(link, port=SocketPort(near))
         progress("link: " + "; ".join(f"{way} {stats.delivered:,} B delivered, {stats.dropped:,} B dropped"
                                       for way, stats in emulator.totals().items()))
     finally:

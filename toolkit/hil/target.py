@@ -199,7 +199,7 @@ class BoardLink:
     cpu: Callable[[], float] = time.process_time
 
 
-class _SocketPort:
+class SocketPort:
     """The emulated board's UART as QEMU's socket chardev carries it, behind pyserial's calls."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -306,7 +306,7 @@ def qemu(machine: str, elf: Path, start_timeout_s: float = 120.0, loaders: Seque
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             with _accept(server, process, start_timeout_s) as conn, _accept(qmp, process, start_timeout_s) as control:
-                yield BoardLink(_SocketPort(conn), _DeviceClock(control), emulated=True, cpu=_cpu_clock(process.pid))
+                yield BoardLink(SocketPort(conn), _DeviceClock(control), emulated=True, cpu=_cpu_clock(process.pid))
         finally:
             process.terminate()
             try:
