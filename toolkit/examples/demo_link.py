@@ -7,7 +7,8 @@ the link's phase at the moment it started, the bytes the link carried for it (fr
 latency, so a run-time scheduler (SPINN's) can later be judged on the same record.
 
 Time: the link and the device's resend timeout run in link time (``DEVICE_TIMEOUT_S`` of link time each, so an
-outage costs the same share of the schedule at any scale). An input's latency is the time its relay spent waiting
+outage costs the same share of the schedule at any scale); the bridge's compute is added to the device's wait, as
+it is to the latency, unscaled. An input's latency is the time its relay spent waiting
 on the link, scaled back to link time, plus the compute on both sides unscaled (the device's stages, and the
 bridge's remote tail, which runs inside the wait and is timed apart). It runs from when the device starts the
 input; ``queued_ms`` is how long the input waited for a device still busy with earlier ones.
@@ -84,10 +85,33 @@ class Step:
     objective_ms: float | None
 
 
+class TimedHandler(RequestHandler):
+    """The bridge's request handler, keeping the host time it spends answering (the remote tail): compute, not link."""
+
+    def __init__(self, *args: object):
+        super().__init__(*args)
+        self._done_s, self._since = 0.0, None
+
+    def busy_s(self) -> float:
+        """Host seconds spent answering so far, counting an answer in progress."""
+        since = self._since
+        return self._done_s + (time.monotonic() - since if since is not None else 0.0)
+
+    def handle(self, device: str, body: bytes) -> bytes | None:
+        self._since = time.monotonic()
+        try:
+            return super().handle(device, body)
+        finally:
+            self._done_s, self._since = self._done_s + time.monotonic() - self._since, None
+
+
 class TimedDevice(StagedDevice):
-    """A staged device that keeps the host time its relays spent waiting on the link (see the module docstring)."""
+    """A staged device whose resend timeout runs in link time: the time the bridge spends computing is added to
+    each wait (a remote tail on a loaded host may take longer than a scaled timeout); it keeps the host time its
+    relays spent waiting (see the module docstring)."""
 
     waited_s = 0.0
+    bridge: TimedHandler
 
     def ask(self, x_int8: np.ndarray, label: int, confidence: int, stage: int = 0) -> Answer:
         start = time.monotonic()
@@ -95,6 +119,15 @@ class TimedDevice(StagedDevice):
             return super().ask(x_int8, label, confidence, stage)
         finally:
             self.waited_s += time.monotonic() - start
+
+    def _await(self, seq: int, kinds: tuple[type, ...], deadline: float) -> p.Message | None:
+        counted = self.bridge.busy_s()
+        while True:
+            reply = super()._await(seq, kinds, deadline)
+            computing = self.bridge.busy_s() - counted
+            if reply is not None or computing <= 0:
+                return reply
+            deadline, counted = max(deadline, time.monotonic()) + computing, counted + computing
 
 
 def action(answer: StagedAnswer, split: int) -> str:
@@ -104,19 +137,6 @@ def action(answer: StagedAnswer, split: int) -> str:
     if answer.answer.source is p.Source.LOCAL:
         return f"exit {answer.exit_taken}"
     return "local after relay"  # the relay timed out, was held by a BUSY or rejected: the device continued
-
-
-class TimedHandler(RequestHandler):
-    """The bridge's request handler, keeping the host time it spends answering (the remote tail): compute, not link."""
-
-    busy_s = 0.0
-
-    def handle(self, device: str, body: bytes) -> bytes | None:
-        start = time.monotonic()
-        try:
-            return super().handle(device, body)
-        finally:
-            self.busy_s += time.monotonic() - start
 
 
 class _Recorder:
@@ -132,11 +152,11 @@ class _Recorder:
     def step(self, index: int, x_q: np.ndarray, arrival_s: float) -> Step:
         emulator, scale = self.link.emulator, self.run.time_scale
         time.sleep(max(0.0, (arrival_s - emulator.link_time()) / scale))
-        t, carried, waited, busy = emulator.link_time(), self._carried(), self.device.waited_s, self.handler.busy_s
+        t, carried, waited, busy = emulator.link_time(), self._carried(), self.device.waited_s, self.handler.busy_s()
         start = time.monotonic()
         answer = self.device.infer_one(x_q)
         total_s, wait_s = time.monotonic() - start, self.device.waited_s - waited
-        link_s = max(0.0, wait_s - (self.handler.busy_s - busy))
+        link_s = max(0.0, wait_s - (self.handler.busy_s() - busy))
         time.sleep(0.002)  # the answer's last bytes reach the counters
         phase = self.run.schedule.at(t)
         return Step(index, round(t, 4), int(np.searchsorted(self.phases, t, side="right")) - 1, phase.bandwidth_bps,
@@ -159,6 +179,7 @@ def through_the_link(run: LinkRun, model: StagedModel, relay: Relay, chosen: Pol
         port = PtyPort(os.open(link.device_path, os.O_RDWR | os.O_NOCTTY), timeout=0.01)
         try:
             device = TimedDevice(SerialLink(port), model, chosen, "demo-link", DEVICE_TIMEOUT_S / run.time_scale)
+            device.bridge = handler
             device.hello(timeout_s=60.0, interval_s=max(DEVICE_TIMEOUT_S / run.time_scale, 0.05))
             link.emulator.restart()  # the schedule starts with the first input, not with the handshake
             progress(f"{POLICY}: {len(x_q)} test inputs over the link, {run.schedule.end_s:g} s of schedule at "
@@ -195,9 +216,11 @@ def run(link: LinkRun, model: StagedModel, tails: dict, policies: dict[str, Poli
         progress: Progress = lambda message: None) -> dict:
     """The demo's ``link`` part, with its ``POLICY`` of ``policies`` and the remote ``tails``: records, per-phase
     figures, ``link.json`` and ``link.png`` in ``out``."""
+    from bisup.calibration.exits import outcomes
     from bisup.examples.link_plot import plot
 
     chosen = policies[POLICY]
+    outcomes(model, tails, x[:1], np.zeros(1, dtype=int))  # a tail's first call builds its graph: not the link's time
     steps = through_the_link(link, model, relay_for(model, tails, chosen), chosen, x, progress)
     result = {"policy": POLICY, "time_scale": link.time_scale, "objective_ms": link.objective_ms,
               "phases": by_phase(link, steps), "plot": str(out / PLOT), "records": str(out / RECORDS)}
