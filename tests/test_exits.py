@@ -561,3 +561,38 @@ def test_a_scheduled_device_relays_over_a_live_bridge_and_reports_its_range(exit
             time.sleep(0.02)
     assert device.scheduler.stats.out_of_range == 0 and any(a.exit_taken < 0 for a in answers)
     assert handler.counts["stats"] >= 1 and not any(name.startswith("error") for name in handler.counts)
+
+
+@pytest.mark.slow
+def test_the_demo_over_an_emulated_link_records_each_input_per_phase(exits_run, tmp_path):
+    """`bisup demo --exits --link`'s part on an 8 s schedule at 5x, every input relayed: the first relay, on the
+    fast phase, answers within a second; a relay caught by the outage waits out its resends (4 s, longer than the
+    outage) and continues locally; relays on the slow phase cost at least its round trip; link.png and link.json
+    are written and the per-phase rows count the inputs."""
+    from dataclasses import replace
+
+    from bisup.converters.artefacts import NEVER, Policy
+    from bisup.examples import demo_link
+    from bisup.export.exits import open_tails
+    from bisup.firmware_bridge.exits_model import StagedModel
+    from bisup.firmware_bridge.link_schedule import LinkSchedule
+
+    out = Path(exits_run["out_dir"])
+    learned = Policy.from_json(exits_run["policies"]["learned (EENet)"])
+    chosen = replace(learned, thresholds=[NEVER] * len(learned.thresholds), relay=True)
+    schedule = LinkSchedule.parse("0s 2Mbps 20ms 0%\n1s outage\n6s 20kbps 150ms 0%\n8s end")
+    model = StagedModel(out)
+    x = np.load(out / "test.npz")["x"][:20]
+    result = demo_link.run(demo_link.LinkRun(schedule, 5.0, 400.0), model, open_tails(out, len(model)),
+                           {demo_link.POLICY: chosen}, x, tmp_path)
+    steps = json.loads((tmp_path / "link.json").read_text())["inputs"]
+    assert len(steps) == 20 and (tmp_path / "link.png").read_bytes()[:4] == b"\x89PNG"
+    assert steps[0]["phase"] == 0 and steps[0]["action"].startswith("relay") and steps[0]["latency_ms"] < 1000
+    timeout_ms = demo_link.DEVICE_TIMEOUT_S * 1e3
+    assert any(s["action"] == "local after relay" and s["latency_ms"] >= 3 * timeout_ms for s in steps
+               if s["t_s"] < 6.0)
+    slow = [s for s in steps if s["phase"] == 2 and s["action"].startswith("relay")]
+    assert slow and all(s["latency_ms"] >= 0.9 * 150 for s in slow)
+    rows = result["phases"]
+    assert [r["inputs"] for r in rows] == [sum(s["phase"] == i for s in steps) for i in range(3)]
+    assert all(0.0 <= r["met_objective"] <= 1.0 for r in rows if r["inputs"])

@@ -24,6 +24,7 @@ from bisup.firmware_bridge.exits_model import is_staged
 if TYPE_CHECKING:
     from bisup.firmware_bridge.bundle import Bundle
     from bisup.firmware_bridge.exits_model import StagedModel
+    from bisup.firmware_bridge.link_schedule import LinkSchedule
     from bisup.firmware_bridge.relay import Relay
     from bisup.firmware_bridge.remotes import RemoteModel
     from bisup.firmware_bridge.virtual_device import VirtualDevice
@@ -166,8 +167,9 @@ class Deployment(ABC):
     @abstractmethod
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
                 timeout_s: float | None, progress: Progress, policy_path: Path | None = None,
-                estimate_cycles: bool = False) -> HilReport:
-        """Feed ``x`` to the board (or QEMU) while serving the bridge's role; the checked report."""
+                estimate_cycles: bool = False, link: LinkSchedule | None = None) -> HilReport:
+        """Feed ``x`` to the board (or QEMU) while serving the bridge's role (over ``link``, emulated, if given);
+        the checked report."""
 
     @abstractmethod
     def check_calibration(self, request: CalibrationRequest) -> None:
@@ -265,13 +267,13 @@ class SingleDeployment(Deployment):
 
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
                 timeout_s: float | None, progress: Progress, policy_path: Path | None = None,
-                estimate_cycles: bool = False) -> HilReport:
+                estimate_cycles: bool = False, link: LinkSchedule | None = None) -> HilReport:
         from bisup.firmware_bridge.remotes import open_remote
         from bisup.hil import runner
 
         self.check_remote(remote_spec)
         handler = runner.bridge_handler(self.bundle, open_remote(remote_spec))
-        return runner.run(self.bundle, x, y, handler, port_url, emulate, timeout_s, progress, estimate_cycles)
+        return runner.run(self.bundle, x, y, handler, port_url, emulate, timeout_s, progress, estimate_cycles, link)
 
     def calibrate(self, request: CalibrationRequest, progress: Progress) -> Calibrated:
         from bisup.calibration import single
@@ -399,14 +401,15 @@ class ExitsDeployment(Deployment):
 
     def run_hil(self, x: np.ndarray, y: np.ndarray, remote_spec: str, emulate: str | None, port_url: str | None,
                 timeout_s: float | None, progress: Progress, policy_path: Path | None = None,
-                estimate_cycles: bool = False) -> HilReport:
+                estimate_cycles: bool = False, link: LinkSchedule | None = None) -> HilReport:
         from bisup.export.exits import open_tail_dir
         from bisup.hil import exits
 
         if estimate_cycles:
             raise BisupError("--cycles traces a single model's inference; a multi-exit export has no estimate yet")
         tails = open_tail_dir(_tails_folder(remote_spec), self.staged.table)
-        return exits.run(self.staged, self.policy(policy_path), x, y, tails, emulate, port_url, timeout_s, progress)
+        return exits.run(self.staged, self.policy(policy_path), x, y, tails, emulate, port_url, timeout_s, progress,
+                         link)
 
     def calibrate(self, request: CalibrationRequest, progress: Progress) -> Calibrated:
         from bisup.calibration import exits as exit_calibration

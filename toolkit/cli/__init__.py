@@ -3,7 +3,7 @@ library rooms (``bisup.export``, ``bisup.calibration``, ...) and the tables in `
 (TensorFlow) happen inside commands.
 """
 
-from bisup.cli import calibrate, examples, export, flash, flywheel, hil, serve  # noqa: F401  (registers commands)
+from bisup.cli import calibrate, examples, export, flash, flywheel, hil, link, serve  # noqa: F401  (registers commands)
 from bisup.cli.common import EXIT_INTERNAL, main
 
 __all__ = ["EXIT_INTERNAL", "main"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,9 @@ from bisup.cli.common import (
     quiet_tensorflow,
     warn_caveats,
 )
+
+if TYPE_CHECKING:
+    from bisup.examples.demo_link import LinkRun
 
 
 @main.command()
@@ -51,10 +55,18 @@ def digits(out_dir: Path, epochs: int, seed: int, remote_epochs: int) -> None:
                    "--collect, then `bisup retrain` on what was collected, before and after on held-out data.")
 @click.option("--target-accuracy", default=0.92, show_default=True,
               help="--flywheel: both models are calibrated to the fewest remote calls reaching this accuracy.")
+@click.option("--link", "link_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="--exits: also send the test split over a serial link emulated from this schedule (one phase a "
+                   "line: START BANDWIDTH RTT LOSS, 'START outage', 'START end'; see `bisup link --help`); prints "
+                   "latency per phase and writes link.png and link.json.")
+@click.option("--time-scale", default=10.0, show_default=True,
+              help="--link: play the schedule this many times faster than real time.")
+@click.option("--latency-slo-ms", type=float,
+              help="--link: the latency objective (ms), drawn on link.png and counted per phase.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]} instead of the table.')
 def demo(out_dir: Path | None, board: str, max_remote_fraction: float | None, max_reject: float, seed: int,
          retrain: bool, with_exits: bool, max_device_fraction: float, with_flywheel: bool, target_accuracy: float,
-         as_json: bool) -> None:
+         link_path: Path | None, time_scale: float, latency_slo_ms: float | None, as_json: bool) -> None:
     """Run BiSupervised end to end on scikit-learn's digits: no server, board or download needed.
 
     Trains (once, then cached in $BISUP_CACHE or ~/.cache/bisup) a small local CNN and a larger remote
@@ -68,7 +80,13 @@ def demo(out_dir: Path | None, board: str, max_remote_fraction: float | None, ma
     With --flywheel: the deployed model meets rotated, noised digits; the drift alarm fires, the
     bridge collects the relayed inputs with the remote's answers, and `bisup retrain` fine-tunes on
     them and compares before and after on held-out shifted digits.
+
+    With --exits --link SCHEDULE: the test split also goes, spread over the schedule (played --time-scale
+    times faster), through the multi-exit device and a serial link emulated from it: per input the time,
+    the link's phase, the device's action (an exit, a relay of the input or of a cut, or continuing
+    locally after a failed relay), the bytes and the latency; per phase the latency p50/p95.
     """
+    link = _link_run(link_path, with_exits, time_scale, latency_slo_ms)  # a bad schedule is named before training
     quiet_tensorflow()
     if with_flywheel:
         _demo_flywheel(out_dir, board, 0.3 if max_remote_fraction is None else max_remote_fraction, seed,
@@ -76,7 +94,7 @@ def demo(out_dir: Path | None, board: str, max_remote_fraction: float | None, ma
         return
     if with_exits:
         _demo_exits(out_dir, board, max_device_fraction, 0.4 if max_remote_fraction is None else max_remote_fraction,
-                    max_reject, seed, retrain, as_json)
+                    max_reject, seed, retrain, as_json, link)
         return
     from bisup.boards import load_board
     from bisup.cli.tables import remote_threshold_text, rows_table
@@ -114,13 +132,26 @@ def _demo_flywheel(out_dir: Path, board: str, max_remote_fraction: float, seed: 
     click.echo(retrain_table(result["retrain"]))
 
 
+def _link_run(path: Path | None, with_exits: bool, time_scale: float, objective_ms: float | None) -> LinkRun | None:
+    """The --link schedule read (a bad line named) and its settings, or None without --link."""
+    if path is None:
+        if objective_ms is not None:
+            raise click.UsageError("--latency-slo-ms needs --link (the objective is judged on the link's latencies)")
+        return None
+    if not with_exits:
+        raise click.UsageError("--link needs --exits (the multi-exit device is the one that can choose its action)")
+    from bisup.examples.demo_link import LinkRun
+
+    return LinkRun.read(path, time_scale, objective_ms)
+
+
 def _demo_exits(out_dir: Path, board: str, max_device_fraction: float, max_remote_fraction: float, max_reject: float,
-                seed: int, retrain: bool, as_json: bool) -> None:
+                seed: int, retrain: bool, as_json: bool, link: LinkRun | None) -> None:
     from bisup.cli.tables import exit_rows_table, stages_table
     from bisup.examples import demo_exits
 
     result = demo_exits.run(out_dir, seed, board, max_device_fraction, max_remote_fraction, max_reject, retrain,
-                            progress)
+                            progress, link)
     if as_json:
         click.echo(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
         return
@@ -129,3 +160,10 @@ def _demo_exits(out_dir: Path, board: str, max_device_fraction: float, max_remot
     click.echo(exit_rows_table(result["rows"]))
     click.echo(f"\ndevice budget {result['device_budget_macs']:,.0f} MACs ({max_device_fraction:.0%} of "
                f"{result['full_macs']:,}), remote budget {max_remote_fraction:.0%}; artefacts in {result['out_dir']}")
+    if link is not None:
+        from bisup.examples.demo_link import phase_table
+
+        click.echo(f"\nover the link ({result['link']['policy']}, schedule at {link.time_scale:g}x), latency in ms "
+                   "of link time:")
+        click.echo(phase_table(result["link"]))
+        click.echo(f"plot: {result['link']['plot']}; per input: {result['link']['records']}")

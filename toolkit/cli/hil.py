@@ -45,11 +45,14 @@ if TYPE_CHECKING:
 @click.option("--cycles", "estimate_cycles", is_flag=True,
               help="With --emulate: also trace the first input's inference and estimate the core's cycles per layer "
                    "from the executed instruction mix and the core's published timings (slow).")
+@click.option("--link", "link_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Carry the bridge's traffic over a link emulated from this schedule (see `bisup link --help`), "
+                   "in host time; the harness's own FEED/REPORT frames pass untouched.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @trusted
 def hil(port_url: str | None, emulate: str | None, bundle_path: Path, data_path: Path, remote: str,
         policy_path: Path | None, report_path: Path | None, junit_path: Path | None, timeout: float | None,
-        estimate_cycles: bool, as_json: bool) -> None:
+        estimate_cycles: bool, link_path: Path | None, as_json: bool) -> None:
     """Hardware-in-the-loop: run a labelled set through a board (or QEMU) and the bridge.
 
     The host feeds each input; the board infers, decides with its int8 threshold, asks the bridge when
@@ -61,13 +64,18 @@ def hil(port_url: str | None, emulate: str | None, bundle_path: Path, data_path:
     Given a multi-exit export, the board runs the stages and the exit policy, relaying INFER or SPLIT to
     the tails; the report gives the exit histogram, instructions per stage and agreement, input by
     input, with the policy applied offline. Exits 1 when a check fails.
+
+    With --link SCHEDULE, the board's relays cross an emulated link (bandwidth, delay, loss, outages
+    over host time; the emulated board waits in its own instruction-counted time, so on a loaded
+    host a slow phase looks shorter to it): losses make it resend, outages make it answer locally.
     """
     if (port_url is None) == (emulate is None):
         raise click.UsageError("give exactly one of --port and --emulate")
     if estimate_cycles and emulate is None:
         raise click.UsageError("--cycles needs --emulate (it traces the emulated core)")
     try:
-        result = _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, timeout, estimate_cycles)
+        result = _hil_run(port_url, emulate, bundle_path, data_path, remote, policy_path, timeout, estimate_cycles,
+                          link_path)
     except BisupError as exc:
         if junit_path:  # CI reads the JUnit file: a run that never got to its checks must show up there too
             with contextlib.suppress(OSError):
@@ -85,10 +93,13 @@ def hil(port_url: str | None, emulate: str | None, bundle_path: Path, data_path:
 
 
 def _hil_run(port_url: str | None, emulate: str | None, bundle_path: Path, data_path: Path, remote: str,
-             policy_path: Path | None, timeout: float | None, estimate_cycles: bool) -> HilReport:
-    """Check the inputs, open the deployment once and run the set on the board."""
+             policy_path: Path | None, timeout: float | None, estimate_cycles: bool,
+             link_path: Path | None) -> HilReport:
+    """Check the inputs (the link schedule first: the cheapest), open the deployment once and run the set."""
     from bisup.deployment import open_deployment
+    from bisup.firmware_bridge.link_schedule import LinkSchedule
 
+    link = LinkSchedule.read(link_path) if link_path else None
     check_exists(bundle_path, "bundle", "build one with `bisup bundle`, or give the folder `bisup export` wrote")
     check_exists(policy_path, "exit policy", "`bisup calibrate` on the multi-exit export writes policy.json")
     check_npz(data_path)
@@ -96,7 +107,7 @@ def _hil_run(port_url: str | None, emulate: str | None, bundle_path: Path, data_
     deployment.check_remote(remote)  # before the bundle is read: the cheaper mistake is named first
     x, y = deployment.load_data(data_path, labels_for="a HIL run")
     quiet_tensorflow()
-    return deployment.run_hil(x, y, remote, emulate, port_url, timeout, progress, policy_path, estimate_cycles)
+    return deployment.run_hil(x, y, remote, emulate, port_url, timeout, progress, policy_path, estimate_cycles, link)
 
 
 def _junit_error(message: str) -> str:

@@ -19,7 +19,7 @@ from bisup.boards import load_board
 from bisup.calibration import exits as policy
 from bisup.calibration.exits import ExitOutcomes
 from bisup.converters.artefacts import NEVER, Policy
-from bisup.examples import demo, digits
+from bisup.examples import demo, demo_link, digits
 from bisup.export import exits as staged
 from bisup.firmware_bridge.exits_device import StagedAnswer, StagedDevice
 from bisup.firmware_bridge.exits_model import StagedIdentity, StagedModel, relay_for
@@ -84,8 +84,10 @@ def _outcomes(model, tails, path: Path, thresholds: np.ndarray) -> ExitOutcomes:
 
 def run(out_dir: Path | None = None, seed: int = 0, board: str = demo.DEFAULT_BOARD,
         max_device_fraction: float = 0.6, max_remote_fraction: float = 0.4, max_reject: float = 0.005,
-        retrain: bool = False, progress: Progress = lambda message: None) -> dict:
-    """Run the demo; return ``{"rows": [...], "policies": {...}, "stages": [...], "out_dir": ...}``."""
+        retrain: bool = False, progress: Progress = lambda message: None,
+        link: demo_link.LinkRun | None = None) -> dict:
+    """Run the demo; return ``{"rows": [...], "policies": {...}, "stages": [...], "out_dir": ...}``; with ``link``,
+    also ``"link"``: the test split over the emulated link (see ``demo_link``)."""
     cache = demo.cache_root()
     out = out_dir or cache / "demo-exits"
     out.mkdir(parents=True, exist_ok=True)
@@ -121,6 +123,8 @@ def run(out_dir: Path | None = None, seed: int = 0, board: str = demo.DEFAULT_BO
         progress(f"{name}: sending {len(y)} test inputs through a multi-exit virtual device and the serial bridge")
         relay = relay_for(model, tails, chosen_policy)
         rows.append(deployed_row(name, through_the_path(model, relay, chosen_policy, parts["test"][0]), y))
-    return {"rows": rows, "policies": {k: v.to_json() for k, v in chosen.items()},
+    over_link = {} if link is None else {"link": demo_link.run(link, model, tails, chosen, parts["test"][0], out,
+                                                               progress)}
+    return {**over_link, "rows": rows, "policies": {k: v.to_json() for k, v in chosen.items()},
             "stages": [s.__dict__ for s in table.stages], "table": table, "full_macs": macs[-1],
             "device_budget_macs": budget, "out_dir": str(out)}

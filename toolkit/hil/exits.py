@@ -23,7 +23,9 @@ from bisup.export.exits import write_stage_c
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.exits_model import StagedIdentity, StagedModel, relay_for
 from bisup.firmware_bridge.handler import RequestHandler
+from bisup.firmware_bridge.link_schedule import LinkSchedule
 from bisup.firmware_bridge.remotes import RemoteModel
+from bisup.hil import link as hil_link
 from bisup.hil import runner as hil
 from bisup.hil import target
 
@@ -80,7 +82,7 @@ static int bisup_stages_run(int index, const int8_t *in, int8_t *scores, int8_t 
 
 def build(machine: str, staged: StagedModel, chosen: Policy, workdir: Path,
           timeout_ms: int = target.EMULATED_REQUEST_TIMEOUT_MS,
-          retries: int = 3) -> Path:
+          retries: int = target.BOARD_RETRIES) -> Path:
     """The emulated board's multi-exit firmware; frames sized for the largest activation it may send."""
     sources = [workdir / f"stage{i}_infer.c" for i in range(1, len(staged) + 1)] + [workdir / "stages_arena.c"]
     write_stage_c(staged.models, workdir)  # from the stages themselves, as `bisup hil` does for one model
@@ -110,10 +112,10 @@ def _per_stage(profiles: dict[int, tuple[int, ...]], n: int, machine: target.Mac
 
 def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails: dict[int, RemoteModel],
         machine: str | None = "mps2-an386", port_url: str | None = None, timeout_s: float | None = None,
-        progress: Progress = lambda message: None) -> hil.HilReport:
+        progress: Progress = lambda message: None, link_schedule: LinkSchedule | None = None) -> hil.HilReport:
     """Feed ``x`` to the multi-exit board (``port_url``, flashed with the stages) or QEMU (``machine``) while
-    serving the tails; return the report. ``timeout_s``: how long the board may stay silent (on QEMU in its own
-    time), 20 s when not given."""
+    serving the tails (over ``link_schedule``'s emulated link, if given); return the report. ``timeout_s``: how
+    long the board may stay silent (on QEMU in its own time), 20 s when not given."""
     timeout_s = 20.0 if timeout_s is None else timeout_s
     board = target.emulated(machine) if machine is not None else None
     o, remote_conf = policy.outcomes(staged, tails, x, y)
@@ -125,6 +127,7 @@ def run(staged: StagedModel, chosen: Policy, x: np.ndarray, y: np.ndarray, tails
             link = stack.enter_context(target.qemu(machine, build(machine, staged, chosen, Path(workdir))))
         else:
             link = stack.enter_context(target.serial_link(port_url))
+        link = stack.enter_context(hil_link.through(link, link_schedule, progress))
         session = target.HilSession(link, handler)
         session.handshake(staged.model_hash, timeout_s)
         progress(f"board answered HELLO; feeding {len(x)} inputs")

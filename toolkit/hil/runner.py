@@ -33,10 +33,22 @@ from bisup.converters import engine
 from bisup.firmware_bridge import protocol as p
 from bisup.firmware_bridge.bundle import Bundle
 from bisup.firmware_bridge.handler import RequestHandler
+from bisup.firmware_bridge.link_schedule import LinkSchedule
 from bisup.firmware_bridge.relay import Relay
 from bisup.firmware_bridge.remotes import RemoteModel
 from bisup.hil import cycles
-from bisup.hil.target import HilSession, Machine, boot, build_firmware, emulated, emulated_waits, serial_link
+from bisup.hil import link as hil_link
+from bisup.hil.target import (
+    BOARD_RETRIES,
+    EMULATED_REQUEST_TIMEOUT_MS,
+    HilSession,
+    Machine,
+    boot,
+    build_firmware,
+    emulated,
+    emulated_waits,
+    serial_link,
+)
 
 Progress = Callable[[str], None]
 def _rate(values: np.ndarray) -> float:
@@ -191,10 +203,10 @@ def cycle_estimate(emulate: str, bundle: Bundle, x_q: np.ndarray, wait_s: tuple[
 
 def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, port_url: str | None = None,
         emulate: str | None = None, timeout_s: float | None = None, progress: Progress = lambda m: None,
-        estimate_cycles: bool = False) -> HilReport:
+        estimate_cycles: bool = False, link_schedule: LinkSchedule | None = None) -> HilReport:
     """Run the set through the board (``port_url``) or QEMU (``emulate``); return the report. ``timeout_s``:
     see ``waits``; ``estimate_cycles``: also trace the first input's inference on the emulated board
-    (``cycle_estimate``)."""
+    (``cycle_estimate``); ``link_schedule``: the bridge's traffic over an emulated link (``bisup.hil.link``)."""
     board = emulated(emulate) if emulate else None  # a bad profile is named before the host's TFLM run
     o, x_q = calibrate.outcomes(bundle.local_model(), handler.relay.remote, bundle.remote_supervisor.kind, x, y)
     with tempfile.TemporaryDirectory(prefix="bisup-hil-") as workdir, contextlib.ExitStack() as stack:
@@ -204,7 +216,10 @@ def run(bundle: Bundle, x: np.ndarray, y: np.ndarray, handler: RequestHandler, p
             link = stack.enter_context(boot(emulate, elf))
         else:
             link = stack.enter_context(serial_link(port_url))
+        link = stack.enter_context(hil_link.through(link, link_schedule, progress))
         session, (hello_s, report_s) = HilSession(link, handler), waits(bundle, emulate, timeout_s)
+        if link_schedule is not None and emulate and timeout_s is None:
+            report_s = hil_link.lossy_wait(report_s, EMULATED_REQUEST_TIMEOUT_MS / 1000, BOARD_RETRIES)
         session.handshake(bundle.model_hash, hello_s)
         progress(f"board answered HELLO on {emulate or port_url}; feeding {len(x)} inputs")
         reports = session.feed_all(x_q, report_s, progress)

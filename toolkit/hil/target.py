@@ -63,6 +63,7 @@ def emulated(name: str) -> Machine:
 # remote model is still busy on a loaded machine; the board's wait is therefore generous (a real board's
 # timeout is its firmware's own choice, not this).
 EMULATED_REQUEST_TIMEOUT_MS = 2000
+BOARD_RETRIES = 3  # resends of a relay before the emulated board answers locally
 
 
 # What an emulated board's waits are derived from (device time: instructions, one per nanosecond). The engine's
@@ -133,7 +134,7 @@ def image_loader(machine: str, image: Path) -> str:
 
 
 def build_firmware(machine: str, bundle: Bundle, workdir: Path, timeout_ms: int = EMULATED_REQUEST_TIMEOUT_MS,
-                   retries: int = 3) -> Path:
+                   retries: int = BOARD_RETRIES) -> Path:
     """Compile the emulated board's firmware with the bundle's model as generated C and the C device
     library, its frames sized for the model's input (FEED and INFER carry it whole); return the ELF.
     The bundle's model image goes to ``workdir / MODEL_IMAGE`` for ``image_loader``."""
@@ -198,7 +199,7 @@ class BoardLink:
     cpu: Callable[[], float] = time.process_time
 
 
-class _SocketPort:
+class SocketPort:
     """The emulated board's UART as QEMU's socket chardev carries it, behind pyserial's calls."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -305,7 +306,7 @@ def qemu(machine: str, elf: Path, start_timeout_s: float = 120.0, loaders: Seque
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             with _accept(server, process, start_timeout_s) as conn, _accept(qmp, process, start_timeout_s) as control:
-                yield BoardLink(_SocketPort(conn), _DeviceClock(control), emulated=True, cpu=_cpu_clock(process.pid))
+                yield BoardLink(SocketPort(conn), _DeviceClock(control), emulated=True, cpu=_cpu_clock(process.pid))
         finally:
             process.terminate()
             try:
