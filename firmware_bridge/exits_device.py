@@ -49,6 +49,17 @@ class StagedDevice(VirtualDevice):
         self.macs = staged.table.cumulative_macs
         self.scheduler = Scheduler.of(policy, self.macs)
         self.probed = float("-inf")
+        self.last_policy = policy  # what decided the last input (a scheduled device changes it per input)
+        self.clock_scale = 1.0  # link seconds per host second: a compressed emulated link sets its scale
+
+    def link_seconds(self, host_s: float) -> float:
+        """Host seconds as the link's, the unit of the table the scheduler measures against."""
+        return host_s * self.clock_scale
+
+    def exchange_seconds(self, host_s: float) -> float:
+        """An answered relay's host seconds as the link's (a subclass that knows the bridge's compute keeps it
+        out of the scaling)."""
+        return self.link_seconds(host_s)
 
     def _finish(self, state: dict, start: int, confidences: list[int]) -> tuple[int, int]:
         """Run stages ``start``.. to the last; return the last exit's label and confidence."""
@@ -58,13 +69,19 @@ class StagedDevice(VirtualDevice):
             confidences.append(int(current[CONFIDENCE][0]))
         return int(current[SCORES][0].argmax()), confidences[-1]
 
+    def probe(self) -> None:
+        """PING the bridge when the last probe is ``PROBE_S`` of link time old: what the scheduler measures while
+        the device answers locally. A device loop that has idle time between inputs calls it there, so the wait
+        falls outside any input's latency; ``choose`` calls it otherwise."""
+        if self.scheduler is not None and self.link_seconds(time.monotonic() - self.probed) >= PROBE_S:
+            self.probed = time.monotonic()
+            self.scheduler.pinged(self.ping())
+
     def choose(self) -> Policy:
         """The policy for the next input: the fixed one, or the schedule's entry for the link as measured."""
         if self.scheduler is None:
             return self.policy
-        if time.monotonic() - self.probed >= PROBE_S:
-            self.probed = time.monotonic()
-            self.scheduler.pinged(self.ping())
+        self.probe()
         return self.scheduler.choose()
 
     def ping(self) -> float | None:
@@ -72,21 +89,23 @@ class StagedDevice(VirtualDevice):
         seq = self._next_seq()
         self._send(p.Ping(seq, boot=self.boot))
         start = time.monotonic()
-        return None if self._await(seq, (p.Pong,), start + self.timeout_s) is None else time.monotonic() - start
+        answered = self._await(seq, (p.Pong,), start + self.timeout_s) is not None
+        return self.link_seconds(time.monotonic() - start) if answered else None
 
     def relay(self, policy: Policy, data: np.ndarray, label: int, confidence: int) -> Answer:
         """``ask`` under the policy's split; a scheduled device waits as long as its link needs and learns from it."""
         if self.scheduler is None:
             return self.ask(data, label, confidence, stage=policy.split)
         configured = self.timeout_s
-        self.timeout_s = waited = max(configured, self.scheduler.timeout_s(policy, data.size))
+        self.timeout_s = waited = max(configured, self.scheduler.timeout_s(policy, data.size) / self.clock_scale)
         try:
             reply = self.ask(data, label, confidence, stage=policy.split)
         finally:
             self.timeout_s = configured
         if self.last_exchange is not None:
             x = self.last_exchange
-            self.scheduler.relayed(policy.split, data.size, x.seconds, x.lost, waited, x.load)
+            seconds = None if x.seconds is None else self.exchange_seconds(x.seconds)
+            self.scheduler.relayed(policy.split, data.size, seconds, x.lost, self.link_seconds(waited), x.load)
         return reply
 
     def send_stats(self) -> None:
@@ -99,7 +118,7 @@ class StagedDevice(VirtualDevice):
 
     def infer_one(self, x_q: np.ndarray) -> StagedAnswer:
         """One int8 input through the stages and the policy (see the module docstring)."""
-        policy = self.choose()
+        policy = self.last_policy = self.choose()
         last, confidences, cut = len(self.staged) - 1, [], {0: x_q}
         current = {ACTIVATION: x_q[None]}
         for e in range(policy.depth):

@@ -62,7 +62,9 @@ def digits(out_dir: Path, epochs: int, seed: int, remote_epochs: int) -> None:
 @click.option("--time-scale", default=10.0, show_default=True,
               help="--link: play the schedule this many times faster than real time.")
 @click.option("--latency-slo-ms", type=float,
-              help="--link: the latency objective (ms), drawn on link.png and counted per phase.")
+              help="--link: the latency objective (ms), drawn on link.png and counted per phase; the same policy with "
+                   "a run-time schedule for it (as `bisup calibrate --latency-slo-ms`) also goes over the link "
+                   "(link-adaptive.png, link-adaptive.json).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]} instead of the table.')
 def demo(out_dir: Path | None, board: str, max_remote_fraction: float | None, max_reject: float, seed: int,
          retrain: bool, with_exits: bool, max_device_fraction: float, with_flywheel: bool, target_accuracy: float,
@@ -163,7 +165,8 @@ def _demo_exits(out_dir: Path, board: str, max_device_fraction: float, max_remot
     if link is not None:
         from bisup.examples.demo_link import phase_table
 
-        click.echo(f"\nover the link ({result['link']['policy']}, schedule at {link.time_scale:g}x), latency in ms "
-                   "of link time:")
-        click.echo(phase_table(result["link"]))
-        click.echo(f"plot: {result['link']['plot']}; per input: {result['link']['records']}")
+        click.echo(f"\nover the link (schedule at {link.time_scale:g}x), latency in ms of link time:")
+        for over in (result["link"], result["link"].get("adaptive")):
+            if over is not None:
+                click.echo(f"{over['policy']}:\n{phase_table(over)}")
+                click.echo(f"plot: {over['plot']}; per input: {over['records']}")

@@ -124,7 +124,7 @@ def run(out_dir: Path | None = None, seed: int = 0, board: str = demo.DEFAULT_BO
         relay = relay_for(model, tails, chosen_policy)
         rows.append(deployed_row(name, through_the_path(model, relay, chosen_policy, parts["test"][0]), y))
     over_link = {} if link is None else {"link": demo_link.run(link, model, tails, chosen, parts["test"][0], out,
-                                                               progress)}
+                                                               progress, y, val, board)}
     return {**over_link, "rows": rows, "policies": {k: v.to_json() for k, v in chosen.items()},
             "stages": [s.__dict__ for s in table.stages], "table": table, "full_macs": macs[-1],
             "device_budget_macs": budget, "out_dir": str(out)}
