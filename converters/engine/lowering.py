@@ -134,12 +134,13 @@ class _Builder:
             defs.append(_c_array("int32_t", f"{name}_bias", self.g.data(bias)))
         return defs, len(filter_scales) > 1
 
-    def weights(self, name: str, w: int, where: str) -> str:
+    def weights(self, name: str, w: int, where: str, spare: int = 0) -> str:
+        """The int8 weights as a C array, followed by ``spare`` zero bytes."""
         data = self.g.data(w)
         if data is None or data.dtype != np.int8:
             raise EngineError(f"{where}: weights {w} ({self.g.name(w)}) must be constant int8 (got "
                               f"{'an activation' if data is None else data.dtype})")
-        return _c_array("int8_t", f"{name}_filter", data)
+        return _c_array("int8_t", f"{name}_filter", np.concatenate([data.ravel(), np.zeros(spare, np.int8)]))
 
     def build(self, position: int, op: schema.OperatorT) -> Step:
         kind = self.g.op_name(op)
@@ -190,7 +191,8 @@ class _Builder:
                          folded_bias=f"{name}_folded_bias")
         if (out_h, out_w) != self.g.shape(y)[1:3]:
             raise EngineError(f"{where}: output shape {self.g.shape(y)} does not follow from the padding")
-        return Step("CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
+        # 3 spare bytes: the DSP kernel's last word of a row of k % 4 != 0 weights may run past the last row
+        return Step("CONV_2D", [x], [y], [self.weights(name, w, where, spare=3), *defs, params],
                     f"bisup_kernel_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw * ic,
                     parameters=oc * fh * fw * ic + (oc if bias is not None else 0))
 

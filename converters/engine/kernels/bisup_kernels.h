@@ -40,7 +40,7 @@ typedef struct {
   int32_t filter_height, filter_width; /* filter: [output depth][filter_height][filter_width][input depth] */
   int32_t stride_height, stride_width, dilation_height, dilation_width, pad_height, pad_width;
   int32_t input_offset, output_offset, activation_min, activation_max;
-  const int8_t *filter;
+  const int8_t *filter; /* followed by 3 bytes the DSP kernel may read (the generated code gives them) */
   const int32_t *bias; /* may be NULL */
   const int32_t *multiplier, *shift; /* one per output channel */
   const int32_t *filter_sums; /* per output channel: windows inside the input add input_offset x this */
