@@ -132,46 +132,92 @@ static void pixel_taps(const bisup_kernel_depthwise_params *p, const requant *r,
   "smlabb %[a1], %[v], %[wb], %[a1]\n\t"          \
   "smlatt %[a3], %[v], %[wb], %[a3]\n\t"
 
-/* The nine taps of four channels (a[0..3]), tap (fy, fx) at x + fy row + fx col, the filter pairs of the group
- * from w: per tap one LDR, two SXTB16, one LDRD and four SMLAxy (GCC's C spills the tap pointers: two loads a tap).
- * The input without input_offset: the sums (*a0..*a3) start from interior_bias. Returns w past the group. */
-BISUP_KERNEL_SPECIALISED const int32_t *taps_3x3(const int8_t *x, int32_t row, int32_t col, const int32_t *w,
-                                                int32_t *a0, int32_t *a1, int32_t *a2, int32_t *a3) {
-  int32_t v, e, wa, wb;
-  __asm__(BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")
-          "add    %[x], %[x], %[row]\n\t"
-          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")
-          "add    %[x], %[x], %[row]\n\t"
-          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")
-          : [a0] "+r"(*a0), [a1] "+r"(*a1), [a2] "+r"(*a2), [a3] "+r"(*a3), [x] "+r"(x), [w] "+r"(w), [v] "=&r"(v),
-            [e] "=&r"(e), [wa] "=&r"(wa), [wb] "=&r"(wb)
-          : [row] "r"(row), [col] "r"(col)
-          : "memory");
-  return w;
+/* One channel's requantization in pixel_3x3: A = 2 acc (the doubled sums), the next pair of the group's words
+ * (multiplier, e1 = -shift - 1) from w, offset21 = 2 output_offset + 1 in v: bisup_kernel_requantize_short with
+ * its doubling done by the weights and the start, and its clamp to all of int8. */
+#define BISUP_DW_REQUANT_ASM(A)                 \
+  "ldrd   %[wa], %[wb], [%[w]], #8\n\t"         \
+  "smmulr " A ", " A ", %[wa]\n\t"              \
+  "add    " A ", " A ", " A ", asr #31\n\t"     \
+  "asr    " A ", " A ", %[wb]\n\t"              \
+  "add    " A ", " A ", %[v]\n\t"               \
+  "ssat   " A ", #8, " A ", asr #1\n\t"
+
+/* The four bytes' clamp to [lo, hi] (lo4, hi4 in q: the bounds in each byte) where the activation range is not all
+ * of int8: SSUB8 sets each byte's GE flag, SEL keeps the larger, then the smaller. */
+#define BISUP_DW_CLAMP_ASM                      \
+  "ldrd   %[wa], %[wb], [%[q], #8]\n\t"         \
+  "ssub8  %[v], %[a0], %[wa]\n\t"               \
+  "sel    %[a0], %[a0], %[wa]\n\t"              \
+  "ssub8  %[v], %[wb], %[a0]\n\t"               \
+  "sel    %[a0], %[a0], %[wb]\n\t"
+
+/* What pixel_3x3 reads from memory besides its operands (fourteen registers would not leave GCC enough). */
+typedef struct {
+  int32_t row, offset21, lo4, hi4; /* lo4 / hi4: activation_min / max in each byte */
+  const int8_t *end;               /* the output pixel's last group of four channels, plus 4 */
+} pass_3x3;
+
+/* The pixel's groups of four channels, the asm loop (volatile: it returns nothing but its stores): each starts from the group's doubled interior_bias, adds the
+ * nine taps (tap (fy, fx) at x + fy row + fx col, c + 4g), each a LDR, two SXTB16, a LDRD of the doubled weights
+ * and four SMLAxy, requantizes the four sums and stores them as one word. 113 instructions for 36 multiply-
+ * accumulates (118 with the clamp); GCC's C around the taps took 144. filter_pairs' 30 words per group: the
+ * doubled interior_bias (4), the doubled filter pairs (18), (multiplier, e1) per channel (8). */
+BISUP_KERNEL_SPECIALISED void groups_3x3(const int8_t *x, int32_t col, const int32_t *w, int8_t *o,
+                                         const pass_3x3 *q, int clamp) {
+  int32_t a0, a1, a2, a3, v, e, wa, wb;
+#define BISUP_DW_PIXEL_ASM(CLAMP)                                                                                 \
+  __asm__ volatile("1:\n\t"                                                                                       \
+          "ldrd   %[a0], %[a1], [%[w]], #8\n\t"                                                                   \
+          "ldrd   %[a2], %[a3], [%[w]], #8\n\t"                                                                   \
+          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
+          "ldr    %[v], [%[q]]\n\t"                                                                               \
+          "add    %[x], %[x], %[v]\n\t"                                                                           \
+          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
+          "ldr    %[v], [%[q]]\n\t"                                                                               \
+          "add    %[x], %[x], %[v]\n\t"                                                                           \
+          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
+          "ldr    %[v], [%[q]]\n\t"                                                                               \
+          "sub    %[x], %[x], %[v], lsl #1\n\t"                                                                   \
+          "add    %[x], %[x], #4\n\t"                                                                             \
+          "ldr    %[v], [%[q], #4]\n\t"                                                                           \
+          BISUP_DW_REQUANT_ASM("%[a0]") BISUP_DW_REQUANT_ASM("%[a1]") BISUP_DW_REQUANT_ASM("%[a2]")               \
+          BISUP_DW_REQUANT_ASM("%[a3]")                                                                           \
+          "bfi    %[a0], %[a1], #8, #8\n\t"                                                                       \
+          "bfi    %[a0], %[a2], #16, #8\n\t"                                                                      \
+          "bfi    %[a0], %[a3], #24, #8\n\t"                                                                      \
+          CLAMP                                                                                                   \
+          "str    %[a0], [%[o]], #4\n\t"                                                                          \
+          "ldr    %[v], [%[q], #16]\n\t"                                                                          \
+          "cmp    %[o], %[v]\n\t"                                                                                 \
+          "bne    1b"                                                                                             \
+          : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [x] "+r"(x), [w] "+r"(w), [o] "+r"(o), \
+            [v] "=&r"(v), [e] "=&r"(e), [wa] "=&r"(wa), [wb] "=&r"(wb)                                            \
+          : [col] "r"(col), [q] "r"(q)                                                                            \
+          : "cc", "memory")
+  if (clamp) {
+    BISUP_DW_PIXEL_ASM(BISUP_DW_CLAMP_ASM);
+  } else {
+    BISUP_DW_PIXEL_ASM("");
+  }
+#undef BISUP_DW_PIXEL_ASM
 }
 
-/* Every channel of an output pixel of a 3 x 3 filter (filter_pairs, interior_bias, a layer passing the short
- * requantization), its tap (fy, fx) at x + fy row + fx col: four channels per pass, the last depth % 4 one by
- * one. full: the activation range is all of int8 (bisup_kernel_requantize_short). */
-BISUP_KERNEL_SPECIALISED void pixel_3x3(const bisup_kernel_depthwise_params *p, const int8_t *x, int32_t row,
-                                        int32_t col, int8_t *restrict o, int full) {
-  const int32_t depth = p->output.depth, offset21 = 2 * p->output_offset + 1;
-  const int32_t lo = p->activation_min, hi = p->activation_max;
-  const int32_t *w = p->filter_pairs, *m = p->multiplier, *s = p->shift;
-  int32_t c = 0;
-  for (; c + 4 <= depth; c += 4) {
-    int32_t a0 = p->interior_bias[c], a1 = p->interior_bias[c + 1], a2 = p->interior_bias[c + 2];
-    int32_t a3 = p->interior_bias[c + 3];
-    w = taps_3x3(x + c, row, col, w, &a0, &a1, &a2, &a3);
-    o[c] = bisup_kernel_requantize_short(a0, m[c], ~s[c], offset21, lo, hi, full);
-    o[c + 1] = bisup_kernel_requantize_short(a1, m[c + 1], ~s[c + 1], offset21, lo, hi, full);
-    o[c + 2] = bisup_kernel_requantize_short(a2, m[c + 2], ~s[c + 2], offset21, lo, hi, full);
-    o[c + 3] = bisup_kernel_requantize_short(a3, m[c + 3], ~s[c + 3], offset21, lo, hi, full);
+/* Every channel of an output pixel of a 3 x 3 filter (filter_pairs, a layer passing the short requantization), its
+ * tap (fy, fx) at x + fy q->row + fx col: groups_3x3, then the last depth % 4 channels one by one. clamp: the
+ * activation range is not all of int8. */
+BISUP_KERNEL_SPECIALISED void pixel_3x3(const bisup_kernel_depthwise_params *p, const int8_t *x, int32_t col,
+                                        int8_t *restrict o, pass_3x3 *q, int clamp) {
+  const int32_t depth = p->output.depth, c4 = depth & ~3;
+  if (c4 > 0) {
+    q->end = o + c4;
+    groups_3x3(x, col, p->filter_pairs, o, q, clamp);
   }
-  for (; c < depth; ++c) {
+  for (int32_t c = c4; c < depth; ++c) {
     int32_t a = p->interior_bias[c];
-    for (int32_t t = 0; t < 9; ++t) a += p->filter[t * depth + c] * x[(t / 3) * row + (t % 3) * col + c];
-    o[c] = bisup_kernel_requantize_short(a, m[c], ~s[c], offset21, lo, hi, full);
+    for (int32_t t = 0; t < 9; ++t) a += p->filter[t * depth + c] * x[(t / 3) * q->row + (t % 3) * col + c];
+    o[c] = bisup_kernel_requantize_short(a, p->multiplier[c], ~p->shift[c], q->offset21, p->activation_min,
+                                         p->activation_max, !clamp);
   }
 }
 
@@ -199,9 +245,12 @@ static int8_t win[9 * BISUP_DW_DSP_WINDOW_DEPTH];
 /* The 3 x 3 path over every output pixel: interior pixels read the input in place, border pixels a copy of their
  * window (window_3x3). */
 BISUP_KERNEL_SPECIALISED void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input,
-                                            int8_t *output, int full) {
+                                            int8_t *output, int clamp) {
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int32_t row = p->dilation_height * in->width * in->depth, col = p->dilation_width * in->depth;
+  const uint32_t bytes = 0x01010101u;
+  pass_3x3 q = {row, 2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
+                (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL};
   int32_t y_lo, y_hi, x_lo, x_hi;
   bisup_kernel_interior_range(out->height, p->stride_height, p->pad_height, p->dilation_height, 3, in->height,
                               &y_lo, &y_hi);
@@ -213,10 +262,12 @@ BISUP_KERNEL_SPECIALISED void depthwise_3x3(const bisup_kernel_depthwise_params 
       for (int32_t ox = 0; ox < out->width; ++ox) {
         int8_t *o = output + offset4(out, b, oy, ox, 0);
         if (inside_y && ox >= x_lo && ox < x_hi) {
-          pixel_3x3(p, input + offset4(in, b, y0, ox * p->stride_width - p->pad_width, 0), row, col, o, full);
+          q.row = row;
+          pixel_3x3(p, input + offset4(in, b, y0, ox * p->stride_width - p->pad_width, 0), col, o, &q, clamp);
         } else {
           window_3x3(p, input, b, oy, ox, win);
-          pixel_3x3(p, win, 3 * in->depth, in->depth, o, full);
+          q.row = 3 * in->depth;
+          pixel_3x3(p, win, in->depth, o, &q, clamp);
         }
       }
     }
@@ -250,9 +301,9 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
   if (small && all_right && p->filter_height == 3 && p->filter_width == 3 && p->filter_pairs && p->interior_bias &&
       in->depth <= BISUP_DW_DSP_WINDOW_DEPTH) {
     if (p->activation_min == -128 && p->activation_max == 127) {
-      depthwise_3x3(p, input, output, 1);
-    } else {
       depthwise_3x3(p, input, output, 0);
+    } else {
+      depthwise_3x3(p, input, output, 1);
     }
     return 1;
   }
