@@ -152,10 +152,13 @@ static void widen(const int8_t *x, int32_t k, int32_t *dst, int32_t *tail, int32
 }
 
 /* The im2col column of a window wholly inside the input, dilation_width 1: its rows of row_bytes values, row_step
- * apart, byte by byte (newlib's memcpy call costs more than these few bytes: a third of the first layer of VWW). */
+ * apart, word by word then byte by byte (newlib's memcpy call costs more than these few bytes: a third of the first
+ * layer of VWW). */
 static void gather_rows(const int8_t *x, int32_t row_step, int32_t rows, int32_t row_bytes, int8_t *col) {
-  for (; rows > 0; --rows, x += row_step) {
-    for (int32_t i = 0; i < row_bytes; ++i) *col++ = x[i];
+  for (; rows > 0; --rows, x += row_step, col += row_bytes) {
+    int32_t i = 0;
+    for (; i + 4 <= row_bytes; i += 4) memcpy(col + i, x + i, 4);
+    for (; i < row_bytes; ++i) col[i] = x[i];
   }
 }
 
@@ -174,7 +177,8 @@ static void widen_window(const bisup_kernel_conv_params *p, const int8_t *input,
   if (!rows_whole && (depth & 3) != 0) {
     int8_t *col = bisup_kernel_conv_columns[0];
     int32_t k = p->filter_height * row_bytes;
-    if (p->dilation_width == 1 && inside_x && y0 >= 0 && y0 + (p->filter_height - 1) * p->dilation_height < in->height) {
+    const int inside_y = y0 >= 0 && y0 + (p->filter_height - 1) * p->dilation_height < in->height;
+    if (p->dilation_width == 1 && inside_x && inside_y) {
       gather_rows(input + offset4(in, b, y0, x0, 0), p->dilation_height * in->width * depth, p->filter_height,
                   row_bytes, col);
     } else {
@@ -436,7 +440,7 @@ BISUP_KERNEL_SPECIALISED const int8_t *product_3x2(const int8_t *w, int32_t k, c
  * bytes: zeros of the column meet them. */
 BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t pixels, int8_t *out, int full) {
   const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the output stores cannot alias it */
-  const int32_t k = g->k, groups = (k + 3) >> 2, step = g->per_channel, channels = g->channels;
+  const int32_t k = g->k, groups = (k + 3) >> 2, channels = g->channels; /* per channel: conv2d_dsp */
   const int32_t offset21 = 2 * g->output_offset + 1, lo = g->activation_min, hi = g->activation_max;
   const int32_t *end = wide + 6 * groups;
   int32_t c = 0;
@@ -446,8 +450,8 @@ BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t 
       acc[0] = acc[2] = acc[4] = g->bias[c];
       acc[1] = acc[3] = acc[5] = g->bias[c + 1];
       product_3x2(g->weights + (size_t)c * k, k, wide, end, acc);
-      const int32_t m0 = g->multiplier[c * step], m1 = g->multiplier[(c + 1) * step];
-      const int32_t e0 = -g->shift[c * step] - 1, e1 = -g->shift[(c + 1) * step] - 1;
+      const int32_t m0 = g->multiplier[c], m1 = g->multiplier[c + 1];
+      const int32_t e0 = ~g->shift[c], e1 = ~g->shift[c + 1]; /* -shift - 1 */
       int8_t *o = out + c;
       o[0] = bisup_kernel_requantize_short(acc[0], m0, e0, offset21, lo, hi, full);
       o[1] = bisup_kernel_requantize_short(acc[1], m1, e1, offset21, lo, hi, full);
@@ -459,7 +463,7 @@ BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t 
   }
   for (; c < channels; ++c) {
     const int8_t *w = g->weights + (size_t)c * k;
-    const int32_t m0 = g->multiplier[c * step], e0 = -g->shift[c * step] - 1;
+    const int32_t m0 = g->multiplier[c], e0 = ~g->shift[c];
     for (int32_t q = 0; q < pixels; ++q) {
       int32_t a = g->bias[c];
       for (int32_t n = 0; n < groups; ++n) {

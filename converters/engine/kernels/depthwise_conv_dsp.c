@@ -158,11 +158,12 @@ typedef struct {
   const int8_t *end;               /* the output pixel's last group of four channels, plus 4 */
 } pass_3x3;
 
-/* The pixel's groups of four channels, the asm loop (volatile: it returns nothing but its stores): each starts from the group's doubled interior_bias, adds the
- * nine taps (tap (fy, fx) at x + fy row + fx col, c + 4g), each a LDR, two SXTB16, a LDRD of the doubled weights
- * and four SMLAxy, requantizes the four sums and stores them as one word. 113 instructions for 36 multiply-
- * accumulates (118 with the clamp); GCC's C around the taps took 144. filter_pairs' 30 words per group: the
- * doubled interior_bias (4), the doubled filter pairs (18), (multiplier, e1) per channel (8). */
+/* The pixel's groups of four channels, the asm loop (volatile: it returns nothing but its stores): each starts from
+ * the group's doubled interior_bias, adds the nine taps (tap (fy, fx) at x + fy row + fx col, c + 4g), each a LDR,
+ * two SXTB16, a LDRD of the doubled weights and four SMLAxy, requantizes the four sums and stores them as one word.
+ * 113 instructions for 36 multiply-accumulates (118 with the clamp); GCC's C around the taps took 144.
+ * filter_pairs' 30 words per group: the doubled interior_bias (4), the doubled filter pairs (18), (multiplier, e1)
+ * per channel (8). */
 BISUP_KERNEL_SPECIALISED void groups_3x3(const int8_t *x, int32_t col, const int32_t *w, int8_t *o,
                                          const pass_3x3 *q, int clamp) {
   int32_t a0, a1, a2, a3, v, e, wa, wb;
