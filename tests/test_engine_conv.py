@@ -1,8 +1,9 @@
 """CONV_2D and FULLY_CONNECTED shapes that the random models (tests/random_models.py) seldom or never draw,
 one for each path of the kernels (conv.c, conv_dsp.c, fully_connected*.c), byte for byte against tflite-micro:
 1x1 convolutions on the input directly (odd depths, a k not a multiple of 4, odd channel and pixel counts,
-strides), the first layers' 1 and 3 input channels (a 10x4 filter, 3x3 with stride 2), columns widened
-straight from the input (depth a multiple of 4, with and without dilation, batch 2), columns too long for the
+strides), the first layers' 1 and 3 input channels (a 10x4 filter, 3x3 with stride 2), im2col columns of a k
+not a multiple of 4 that the DSP kernel rounds up to one (3 and 5 input channels), columns widened straight from
+the input (depth a multiple of 4, with and without dilation, batch 2), columns too long for the
 DSP's widened scratch (the int8 SMLAD product) and for the im2col scratch (the direct loop), per-tensor and
 per-channel scales, and fully connected layers over several batch rows.
 
@@ -38,6 +39,8 @@ CASES = {
     "5x2-valid": (1, 6, 5, 6, 3, 5, 2, 1, False, 1, True),
     "3x3-k864": (1, 4, 4, 96, 3, 3, 3, 1, True, 1, True),  # 864: int8 im2col + SMLAD on the DSP
     "3x3-k1224": (1, 3, 3, 136, 2, 3, 3, 1, True, 1, False),  # beyond the im2col scratch: the direct loop
+    "vww-first": (1, 12, 11, 3, 8, 3, 3, 2, True, 1, True),  # k = 27 rounded up to 28: three pixels at a time
+    "3x3-depth5": (1, 6, 5, 5, 6, 3, 3, 1, True, 1, False),  # k = 45 rounded up to 48, windows inside the input
 }
 
 

@@ -75,6 +75,21 @@ def _wrap32(values: np.ndarray) -> np.ndarray:
     return (np.asarray(values, dtype=np.int64) + (1 << 31)) % (1 << 32) - (1 << 31)
 
 
+def _dsp_3x3_blocks(taps: np.ndarray, interior_bias: np.ndarray, multipliers: list[tuple[int, int]]) -> np.ndarray:
+    """The DSP 3 x 3 depthwise kernel's words (depthwise_conv_dsp.c), 30 per group of four channels 4g..4g+3:
+    2 x interior_bias (4), then per tap the doubled filter's channels 4g, 4g+2 and 4g+1, 4g+3 as int16 pairs, low
+    half first (18), then (multiplier, -shift - 1) per channel (8). The doubling is the requantization's (its
+    SMMULR takes twice the sum); the kernel takes these only where every doubled sum fits int32."""
+    oc = taps.shape[1]
+    groups = oc // 4
+    doubled = (2 * taps[:, : groups * 4].astype(np.int64)) & 0xFFFF
+    g = doubled.reshape(9, groups, 4).transpose(1, 0, 2)  # [group][tap][4 channels]
+    pairs = np.stack([g[..., 0] | g[..., 2] << 16, g[..., 1] | g[..., 3] << 16], axis=-1).reshape(groups, 18)
+    bias2 = (2 * interior_bias[: groups * 4].astype(np.int64)).reshape(groups, 4)
+    requant = np.array([[m, -s - 1] for m, s in multipliers[: groups * 4]], np.int64).reshape(groups, 8)
+    return _wrap32(np.concatenate([bias2, pairs, requant], axis=1))
+
+
 def _struct(ctype: str, name: str, **fields: object) -> str:
     """A kernel's parameters as a C99 designated initializer: a field the kernels' header reorders or renames
     fails to compile instead of silently taking another field's value."""
@@ -112,13 +127,23 @@ class _Builder:
                 float32_product: bool = False, channels: int = 1) -> tuple[list[str], bool]:
         """Per-channel (or per-tensor) multipliers and shifts, as TFLM's Prepare computes them. Convolutions
         get one per output channel even for per-tensor weights, as TFLM fills its per-channel arrays."""
-        filter_scales, in_scale, out_scale = self.g.scales(w), self.g.scale(x), self.g.scale(y)
-        if not filter_scales:
+        if not self.g.scales(w):
             raise EngineError(f"{where}: weights {w} ({self.g.name(w)}) are not quantized")
         q = self.g.tensor(w).quantization
         if q.zeroPoint is not None and any(int(z) != 0 for z in q.zeroPoint):
             raise EngineError(f"{where}: weights {w} are asymmetric (zero point != 0); TFLM's int8 kernels need "
                               "symmetric weights: convert with the default int8 recipe")
+        pairs = self.multipliers(x, w, y, float32_product, channels)
+        defs = [_c_array("int32_t", f"{name}_multiplier", [m for m, _ in pairs]),
+                _c_array("int32_t", f"{name}_shift", [s for _, s in pairs])]
+        if bias is not None:
+            defs.append(_c_array("int32_t", f"{name}_bias", self.g.data(bias)))
+        return defs, len(self.g.scales(w)) > 1
+
+    def multipliers(self, x: int, w: int, y: int, float32_product: bool = False,
+                    channels: int = 1) -> list[tuple[int, int]]:
+        """(multiplier, shift) per output channel (``requant``'s)."""
+        filter_scales, in_scale, out_scale = self.g.scales(w), self.g.scale(x), self.g.scale(y)
         reals = []
         for s in filter_scales:
             if float32_product:  # GetQuantizedConvolutionMultipler: the product in float32, then double
@@ -127,19 +152,15 @@ class _Builder:
                 reals.append(float(np.float32(in_scale)) * float(np.float32(s)) / float(np.float32(out_scale)))
         if len(reals) == 1:
             reals = reals * channels
-        pairs = [quantize_multiplier(r) for r in reals]
-        defs = [_c_array("int32_t", f"{name}_multiplier", [m for m, _ in pairs]),
-                _c_array("int32_t", f"{name}_shift", [s for _, s in pairs])]
-        if bias is not None:
-            defs.append(_c_array("int32_t", f"{name}_bias", self.g.data(bias)))
-        return defs, len(filter_scales) > 1
+        return [quantize_multiplier(r) for r in reals]
 
-    def weights(self, name: str, w: int, where: str) -> str:
+    def weights(self, name: str, w: int, where: str, spare: int = 0) -> str:
+        """The int8 weights as a C array, followed by ``spare`` zero bytes."""
         data = self.g.data(w)
         if data is None or data.dtype != np.int8:
             raise EngineError(f"{where}: weights {w} ({self.g.name(w)}) must be constant int8 (got "
                               f"{'an activation' if data is None else data.dtype})")
-        return _c_array("int8_t", f"{name}_filter", data)
+        return _c_array("int8_t", f"{name}_filter", np.concatenate([data.ravel(), np.zeros(spare, np.int8)]))
 
     def build(self, position: int, op: schema.OperatorT) -> Step:
         kind = self.g.op_name(op)
@@ -190,7 +211,8 @@ class _Builder:
                          folded_bias=f"{name}_folded_bias")
         if (out_h, out_w) != self.g.shape(y)[1:3]:
             raise EngineError(f"{where}: output shape {self.g.shape(y)} does not follow from the padding")
-        return Step("CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
+        # 3 spare bytes: the DSP kernel's last word of a row of k % 4 != 0 weights may run past the last row
+        return Step("CONV_2D", [x], [y], [self.weights(name, w, where, spare=3), *defs, params],
                     f"bisup_kernel_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw * ic,
                     parameters=oc * fh * fw * ic + (oc if bias is not None else 0))
 
@@ -209,11 +231,10 @@ class _Builder:
         folded = (self.g.data(bias).astype(np.int64) if bias is not None else 0) - self.g.zero_point(x) * sums
         defs.append(_c_array("int32_t", f"{name}_interior_bias", _wrap32(folded)))
         pairs = "NULL"
-        if oc == c and c >= 4:  # multiplier 1: the DSP kernel's int16 filter pairs, defined only where it runs
-            taps = self.g.data(w).reshape(-1, oc)[:, : c // 4 * 4].astype(np.int64) & 0xFFFF
-            groups = taps.reshape(-1, c // 4, 4).transpose(1, 0, 2)  # [group][tap][4 channels]
-            words = np.stack([groups[..., 0] | groups[..., 2] << 16, groups[..., 1] | groups[..., 3] << 16], axis=-1)
-            defs.append(f"#if BISUP_KERNEL_DW_PAIRS_USED\n{_c_array('int32_t', f'{name}_filter_pairs', _wrap32(words))}"
+        if oc == c and c >= 4 and (fh, fw) == (3, 3):  # the DSP kernel's blocks, defined only where it runs
+            multipliers = self.multipliers(x, w, y, channels=oc)
+            words = _dsp_3x3_blocks(self.g.data(w).reshape(9, oc), folded, multipliers)
+            defs.append(f"#if BISUP_KERNEL_DW_PAIRS_USED\n{_c_array('int32_t', f'{name}_filter_pairs', words)}"
                         "\n#endif")
             pairs = f"BISUP_KERNEL_DW_PAIRS({name}_filter_pairs)"
         params = _struct("bisup_kernel_depthwise_params", name, input=_shape_c(self.g.shape(x), where),

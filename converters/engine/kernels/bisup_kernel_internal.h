@@ -74,12 +74,12 @@ static inline int32_t broadcast_offset(const bisup_kernel_shape *s, int32_t b, i
 
 static inline int32_t wrapping_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
 
+/* A helper a kernel calls with constant flags (a full vector or a predicated tail, a clamp or none), to be
+ * specialised at each call: every compiler of these kernels (GCC, Clang, Arm Compiler 6) takes this attribute. */
+#define BISUP_KERNEL_SPECIALISED static inline __attribute__((always_inline))
+
 #if BISUP_KERNEL_MVE
 #include <arm_mve.h>
-
-/* A helper a Helium kernel calls with constant flags (a full vector or a predicated tail), to be specialised
- * at each call: every compiler with Helium intrinsics (GCC, Clang, Arm Compiler 6) takes this attribute. */
-#define BISUP_KERNEL_SPECIALISED static inline __attribute__((always_inline))
 
 /* TFLM's MultiplyByQuantizedMultiplier (double rounding) on four int32 lanes, the shift split once for many
  * calls (left = max(shift, 0), right = min(shift, 0)), bit-exact with mbqm() for every int32 input and every
@@ -200,6 +200,38 @@ static inline int8_t requantize_fast(int32_t acc, int32_t multiplier, int32_t sh
                                      int32_t lo, int32_t hi) {
   return (int8_t)clamp32(mbqm_fast(acc, multiplier, shift) + output_offset, lo, hi);
 }
+
+#if BISUP_KERNEL_DSP
+/* (a * b + 2^31) >> 32: SMMULR. */
+static inline int32_t bisup_kernel_smmulr(int32_t a, int32_t b) {
+  int32_t r;
+  __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+/* requantize() of the DSP kernels' layers whose every accumulator is below 2^30 in magnitude, every shift a right
+ * shift (-31..-1) and no multiplier INT32_MIN (each kernel checks this once per call), with e1 = -shift - 1 and
+ * offset21 = 2 x output_offset + 1. Exact (equal to mbqm):
+ * - |acc| < 2^30, so 2 acc fits and SMMULR (the high word of 2 acc x m + 2^31) is floor((acc x m + 2^30) / 2^31),
+ *   srdhm as mbqm_fast computes it (no saturation: neither operand is INT32_MIN), |h| < 2^30;
+ * - the right shift e = -shift in [1, 31]: rdbp(h, e) = ((h - [h < 0]) >> (e - 1) + 1) >> 1 (mbqm_fast), and
+ *   floor((t + 1) / 2) + offset = floor((t + 1 + 2 offset) / 2) adds the output offset in the same step.
+ * full (a constant at each call): the activation range is all of int8 (ReLU and ReLU6 of a real model's int8
+ * output, or none), so that one SSAT both halves and clamps. */
+BISUP_KERNEL_SPECIALISED int8_t bisup_kernel_requantize_short(int32_t acc, int32_t m, int32_t e1, int32_t offset21,
+                                                              int32_t lo, int32_t hi, int full) {
+  int32_t h = bisup_kernel_smmulr((int32_t)((uint32_t)acc << 1), m);
+  h += h >> 31;
+  int32_t v = (h >> e1) + offset21;
+  if (full) {
+    __asm__("ssat %0, #8, %0, asr #1" : "+r"(v));
+    return (int8_t)v;
+  }
+  v >>= 1;
+  v = v < lo ? lo : v;
+  return (int8_t)(v > hi ? hi : v);
+}
+#endif
 
 /* DEPTHWISE_CONV_2D (depthwise_conv.c): one output pixel, every channel, any shape, taps outside the input
  * skipped as TFLM's padding does; the ISA variants run their border pixels with it. */

@@ -40,7 +40,7 @@ typedef struct {
   int32_t filter_height, filter_width; /* filter: [output depth][filter_height][filter_width][input depth] */
   int32_t stride_height, stride_width, dilation_height, dilation_width, pad_height, pad_width;
   int32_t input_offset, output_offset, activation_min, activation_max;
-  const int8_t *filter;
+  const int8_t *filter; /* followed by 3 bytes the DSP kernel may read (the generated code gives them) */
   const int32_t *bias; /* may be NULL */
   const int32_t *multiplier, *shift; /* one per output channel */
   const int32_t *filter_sums; /* per output channel: windows inside the input add input_offset x this */
@@ -60,9 +60,10 @@ typedef struct {
   /* Per output channel, bias + input_offset x the sum of the channel's taps (wrapped to int32): the accumulator's
    * start for a window wholly inside the input. May be NULL (then every pixel takes the general path). */
   const int32_t *interior_bias;
-  /* Depth multiplier 1, for the DSP kernels: per group of 4 channels g and tap t, words 2 (g x taps + t) and one
-   * after hold the filter's channels 4g, 4g+2 and 4g+1, 4g+3 as int16 pairs (low half first). NULL elsewhere: the
-   * generated code gives BISUP_KERNEL_DW_PAIRS(its array), which is NULL where no kernel reads it. */
+  /* A 3 x 3 filter, depth multiplier 1, for the DSP kernel: per group of 4 channels 4g..4g+3, 30 words: twice
+   * their interior_bias (4); per tap t, the doubled filter's channels 4g, 4g+2 and 4g+1, 4g+3 as int16 pairs, low
+   * half first (18); (multiplier, -shift - 1) of each channel (8). NULL elsewhere: the generated code gives
+   * BISUP_KERNEL_DW_PAIRS(its array), which is NULL where no kernel reads it. */
   const int32_t *filter_pairs;
 } bisup_kernel_depthwise_params;
 

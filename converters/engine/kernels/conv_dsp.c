@@ -151,19 +151,41 @@ static void widen(const int8_t *x, int32_t k, int32_t *dst, int32_t *tail, int32
   for (int32_t j = 0; i < k; ++i, ++j) tail[j] = x[i];
 }
 
+/* The im2col column of a window wholly inside the input, dilation_width 1: its rows of row_bytes values, row_step
+ * apart, word by word then byte by byte (newlib's memcpy call costs more than these few bytes: a third of the first
+ * layer of VWW). */
+static void gather_rows(const int8_t *x, int32_t row_step, int32_t rows, int32_t row_bytes, int8_t *col) {
+  for (; rows > 0; --rows, x += row_step, col += row_bytes) {
+    int32_t i = 0;
+    for (; i + 4 <= row_bytes; i += 4) memcpy(col + i, x + i, 4);
+    for (; i < row_bytes; ++i) col[i] = x[i];
+  }
+}
+
 /* Output pixel (b, oy, ox)'s widened im2col column, straight from the input where every segment (a filter
  * row inside the input, or a tap) is a multiple of 4 values, so that the groups of four never straddle two
- * segments; through the int8 im2col (conv.c) otherwise. Padding taps widen the input zero point. */
+ * segments; through the int8 im2col (conv.c) otherwise. Padding taps widen the input zero point. round: a column
+ * of k % 4 != 0 values is widened as k rounded up to a multiple of 4, its last ones zero (they add nothing, whatever
+ * weight meets them), and no tail. */
 static void widen_window(const bisup_kernel_conv_params *p, const int8_t *input, int32_t b, int32_t oy, int32_t ox,
-                         int32_t *dst, int32_t *tail, int32_t stride) {
+                         int32_t *dst, int32_t *tail, int32_t stride, int round) {
   const bisup_kernel_shape *in = &p->input;
   const int32_t depth = in->depth, row_bytes = p->filter_width * depth;
   const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
   const int inside_x = x0 >= 0 && x0 + (p->filter_width - 1) * p->dilation_width < in->width;
   const int rows_whole = p->dilation_width == 1 && inside_x && (row_bytes & 3) == 0;
   if (!rows_whole && (depth & 3) != 0) {
-    bisup_kernel_conv_im2col(p, input, b, oy, ox, bisup_kernel_conv_columns[0]);
-    widen(bisup_kernel_conv_columns[0], p->filter_height * row_bytes, dst, tail, stride);
+    int8_t *col = bisup_kernel_conv_columns[0];
+    int32_t k = p->filter_height * row_bytes;
+    const int inside_y = y0 >= 0 && y0 + (p->filter_height - 1) * p->dilation_height < in->height;
+    if (p->dilation_width == 1 && inside_x && inside_y) {
+      gather_rows(input + offset4(in, b, y0, x0, 0), p->dilation_height * in->width * depth, p->filter_height,
+                  row_bytes, col);
+    } else {
+      bisup_kernel_conv_im2col(p, input, b, oy, ox, col);
+    }
+    for (; round && (k & 3) != 0; ++k) col[k] = 0; /* BISUP_KERNEL_CONV_COLUMN_MAX is a multiple of 4 */
+    widen(col, k, dst, tail, stride);
     return;
   }
   const int32_t zero_points = EVEN((uint32_t)(uint8_t)(-p->input_offset) * 0x01010101u);
@@ -286,28 +308,8 @@ static void gemm_wide_block(const bisup_kernel_gemm *gemm, int two, int32_t c0, 
   }
 }
 
-/* The requantization fused into the product, for a layer whose every channel passes short_form(): no sums
- * stored, each channel's multiplier and shift loaded once for both pixels. Exact (equal to mbqm):
- * - every |acc| < 2^30 (checked: |folded_bias| + k x 128 x 128 < 2^30), so 2 acc fits and SMMULR (the high word
- *   of 2 acc x m + 2^31) is floor((acc x m + 2^30) / 2^31), srdhm as mbqm_fast computes it (no saturation: acc is
- *   not INT32_MIN, m is not INT32_MIN), |h| < 2^30;
- * - the right shift e = -shift in [1, 31]: rdbp(h, e) = ((h - [h < 0]) >> (e - 1) + 1) >> 1 (mbqm_fast), and
- *   floor((t + 1) / 2) + offset = floor((t + 1 + 2 offset) / 2) adds the output offset in the same step. */
-static inline int32_t smmulr(int32_t a, int32_t b) {
-  int32_t r;
-  __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
-  return r;
-}
-
-static inline int8_t requantize_short(int32_t acc, int32_t m, int32_t e1, int32_t offset21, int32_t lo, int32_t hi) {
-  int32_t h = smmulr((int32_t)((uint32_t)acc << 1), m);
-  h += h >> 31;
-  int32_t v = ((h >> e1) + offset21) >> 1;
-  v = v < lo ? lo : v;
-  return (int8_t)(v > hi ? hi : v);
-}
-
-/* 1 when requantize_short is exact for every channel of the layer (see above). */
+/* 1 when bisup_kernel_requantize_short is exact for every channel of the layer: its sums are below 2^30 in
+ * magnitude (|folded_bias| + k x 128 x 128 < 2^30), its shifts right shifts. */
 static int short_form(const bisup_kernel_gemm *g) {
   const int64_t products = (int64_t)g->k * 128 * 128;
   for (int32_t c = 0; c < g->channels; ++c) {
@@ -319,7 +321,10 @@ static int short_form(const bisup_kernel_gemm *g) {
   return 1;
 }
 
-static void gemm_wide_short(const bisup_kernel_gemm *gemm, int two, int8_t *out0, int8_t *out1) {
+/* The requantization fused into the product, for a layer whose every channel passes short_form(): no sums
+ * stored, each channel's multiplier and shift loaded once for both pixels (bisup_kernel_requantize_short). */
+BISUP_KERNEL_SPECIALISED void wide_short(const bisup_kernel_gemm *gemm, int two, int8_t *out0, int8_t *out1,
+                                         int full) {
   const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the output stores cannot alias it */
   const int32_t k = g->k, groups = k >> 2, rest = k & 3, step = g->per_channel, c1 = g->channels;
   const int32_t offset21 = 2 * g->output_offset + 1, lo = g->activation_min, hi = g->activation_max;
@@ -340,8 +345,8 @@ static void gemm_wide_short(const bisup_kernel_gemm *gemm, int two, int8_t *out0
         a10 += w[j] * tail1[j];
         a11 += w[k + j] * tail1[j];
       }
-      out1[c] = requantize_short(a10, m0, e0, offset21, lo, hi);
-      out1[c + 1] = requantize_short(a11, m1, e1, offset21, lo, hi);
+      out1[c] = bisup_kernel_requantize_short(a10, m0, e0, offset21, lo, hi, full);
+      out1[c + 1] = bisup_kernel_requantize_short(a11, m1, e1, offset21, lo, hi, full);
     } else {
       for (; x != end; w += 4, x += 4) {
         const uint32_t v0 = load4(w), v1 = load4(w + k);
@@ -355,8 +360,8 @@ static void gemm_wide_short(const bisup_kernel_gemm *gemm, int two, int8_t *out0
         a01 += w[k + j] * tail0[j];
       }
     }
-    out0[c] = requantize_short(a00, m0, e0, offset21, lo, hi);
-    out0[c + 1] = requantize_short(a01, m1, e1, offset21, lo, hi);
+    out0[c] = bisup_kernel_requantize_short(a00, m0, e0, offset21, lo, hi, full);
+    out0[c + 1] = bisup_kernel_requantize_short(a01, m1, e1, offset21, lo, hi, full);
   }
   if (c < c1) {
     const int8_t *w = g->weights + (size_t)c * k;
@@ -376,8 +381,8 @@ static void gemm_wide_short(const bisup_kernel_gemm *gemm, int two, int8_t *out0
       a00 += w[4 * groups + j] * tail0[j];
       if (two) a10 += w[4 * groups + j] * tail1[j];
     }
-    out0[c] = requantize_short(a00, m0, e0, offset21, lo, hi);
-    if (two) out1[c] = requantize_short(a10, m0, e0, offset21, lo, hi);
+    out0[c] = bisup_kernel_requantize_short(a00, m0, e0, offset21, lo, hi, full);
+    if (two) out1[c] = bisup_kernel_requantize_short(a10, m0, e0, offset21, lo, hi, full);
   }
 }
 
@@ -387,8 +392,8 @@ static void gemm_wide_short(const bisup_kernel_gemm *gemm, int two, int8_t *out0
  * 2's pairs still loaded): two LDR, four SXTB16, five LDRD, twelve SMLAD and the loop's two, 25 instructions
  * for 24 multiply-accumulates (the 2 x 2 loop's 19 for 16). Fourteen registers. Runs at least one group;
  * returns w past the groups. */
-static inline const int8_t *product_3x2(const int8_t *w, int32_t k, const int32_t *x, const int32_t *end,
-                                        int32_t *acc) {
+BISUP_KERNEL_SPECIALISED const int8_t *product_3x2(const int8_t *w, int32_t k, const int32_t *x, const int32_t *end,
+                                                 int32_t *acc) {
   int32_t s00 = acc[0], s01 = acc[1], s10 = acc[2], s11 = acc[3], s20 = acc[4], s21 = acc[5], e, o, xe, xo;
   __asm__("1:\n\t"
           "ldr    %[e], [%[w], %[k]]\n\t"
@@ -429,37 +434,36 @@ static inline const int8_t *product_3x2(const int8_t *w, int32_t k, const int32_
   return w;
 }
 
-/* pixels (1 to 3) output pixels from wide's three-pixel layout, requantized by requantize_short. */
-static void gemm_wide_three(const bisup_kernel_gemm *gemm, int32_t pixels, int8_t *out) {
+/* pixels (1 to 3) output pixels from wide's three-pixel layout (columns of a multiple of 4 values, rounded up from
+ * k: no tail), requantized by bisup_kernel_requantize_short (full: the activation range is all of int8). A rounded
+ * up column's last weight word of a row runs into the next row, or past the last row into the filter's 3 spare
+ * bytes: zeros of the column meet them. */
+BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t pixels, int8_t *out, int full) {
   const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the output stores cannot alias it */
-  const int32_t k = g->k, groups = k >> 2, rest = k & 3, step = g->per_channel, channels = g->channels;
+  const int32_t k = g->k, groups = (k + 3) >> 2, channels = g->channels; /* per channel: conv2d_dsp */
   const int32_t offset21 = 2 * g->output_offset + 1, lo = g->activation_min, hi = g->activation_max;
   const int32_t *end = wide + 6 * groups;
   int32_t c = 0;
-  if (pixels == 3 && groups > 0) {
+  if (pixels == 3) {
     for (; c + 2 <= channels; c += 2) {
-      const int8_t *w = g->weights + (size_t)c * k;
-      int32_t acc[6]; /* acc[2 p + j]: pixel p, channel c + j */
+      int32_t acc[6]; /* acc[2 p + j]: pixel p, channel c + j; constant indices only, so kept in registers */
       acc[0] = acc[2] = acc[4] = g->bias[c];
       acc[1] = acc[3] = acc[5] = g->bias[c + 1];
-      w = product_3x2(w, k, wide, end, acc);
-      for (int32_t j = 0; j < rest; ++j) {
-        for (int32_t q = 0; q < 3; ++q) {
-          acc[2 * q] += w[j] * wide_tail[q][j];
-          acc[2 * q + 1] += w[k + j] * wide_tail[q][j];
-        }
-      }
-      const int32_t m0 = g->multiplier[c * step], m1 = g->multiplier[(c + 1) * step];
-      const int32_t e0 = -g->shift[c * step] - 1, e1 = -g->shift[(c + 1) * step] - 1;
-      for (int32_t q = 0; q < 3; ++q) {
-        out[q * channels + c] = requantize_short(acc[2 * q], m0, e0, offset21, lo, hi);
-        out[q * channels + c + 1] = requantize_short(acc[2 * q + 1], m1, e1, offset21, lo, hi);
-      }
+      product_3x2(g->weights + (size_t)c * k, k, wide, end, acc);
+      const int32_t m0 = g->multiplier[c], m1 = g->multiplier[c + 1];
+      const int32_t e0 = ~g->shift[c], e1 = ~g->shift[c + 1]; /* -shift - 1 */
+      int8_t *o = out + c;
+      o[0] = bisup_kernel_requantize_short(acc[0], m0, e0, offset21, lo, hi, full);
+      o[1] = bisup_kernel_requantize_short(acc[1], m1, e1, offset21, lo, hi, full);
+      o[channels] = bisup_kernel_requantize_short(acc[2], m0, e0, offset21, lo, hi, full);
+      o[channels + 1] = bisup_kernel_requantize_short(acc[3], m1, e1, offset21, lo, hi, full);
+      o[2 * channels] = bisup_kernel_requantize_short(acc[4], m0, e0, offset21, lo, hi, full);
+      o[2 * channels + 1] = bisup_kernel_requantize_short(acc[5], m1, e1, offset21, lo, hi, full);
     }
   }
   for (; c < channels; ++c) {
     const int8_t *w = g->weights + (size_t)c * k;
-    const int32_t m0 = g->multiplier[c * step], e0 = -g->shift[c * step] - 1;
+    const int32_t m0 = g->multiplier[c], e0 = ~g->shift[c];
     for (int32_t q = 0; q < pixels; ++q) {
       int32_t a = g->bias[c];
       for (int32_t n = 0; n < groups; ++n) {
@@ -467,9 +471,27 @@ static void gemm_wide_three(const bisup_kernel_gemm *gemm, int32_t pixels, int8_
         a = __smlad(wide[6 * n + 2 * q], EVEN(v), a);
         a = __smlad(wide[6 * n + 2 * q + 1], ODD(v), a);
       }
-      for (int32_t j = 0; j < rest; ++j) a += w[4 * groups + j] * wide_tail[q][j];
-      out[q * channels + c] = requantize_short(a, m0, e0, offset21, lo, hi);
+      out[q * channels + c] = bisup_kernel_requantize_short(a, m0, e0, offset21, lo, hi, full);
     }
+  }
+}
+
+/* The activation range all of int8 (bisup_kernel_requantize_short's full) or not. */
+static int full_range(const bisup_kernel_gemm *g) { return g->activation_min == -128 && g->activation_max == 127; }
+
+static void gemm_wide_short(const bisup_kernel_gemm *g, int two, int8_t *out0, int8_t *out1) {
+  if (full_range(g)) {
+    wide_short(g, two, out0, out1, 1);
+  } else {
+    wide_short(g, two, out0, out1, 0);
+  }
+}
+
+static void gemm_wide_three(const bisup_kernel_gemm *g, int32_t pixels, int8_t *out) {
+  if (full_range(g)) {
+    wide_three(g, pixels, out, 1);
+  } else {
+    wide_three(g, pixels, out, 0);
   }
 }
 
@@ -498,14 +520,16 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
   const int32_t plane = out->height * out->width, pixels = out->batches * plane;
   const int fused = short_form(&g);
   int32_t pending = 0;
-  if (fused && k <= BISUP_KERNEL_CONV_DSP_THREE_MAX && (k & 3) == 0) { /* (a k % 4 tail is faster two by two) */
+  /* Three by three where k % 4 == 0, or where an im2col column rounded up to a multiple of 4 takes it (a 1 x 1
+   * filter's k % 4 tail is faster two by two). */
+  if (fused && ((k + 3) & ~3) <= BISUP_KERNEL_CONV_DSP_THREE_MAX && ((k & 3) == 0 || !direct)) {
     for (int32_t n = 0; n < pixels; ++n) {
       const int32_t b = n / plane, oy = (n % plane) / out->width, ox = n % out->width;
       if (direct) {
         widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * pending,
               wide_tail[pending], 6);
       } else {
-        widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending], 6);
+        widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending], 6, 1);
       }
       if (++pending == 3) {
         gemm_wide_three(&g, 3, output + (size_t)(n - 2) * out->depth);
@@ -521,7 +545,7 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
       widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * pending,
             wide_tail[pending], 4);
     } else {
-      widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending], 4);
+      widen_window(p, input, b, oy, ox, wide + 2 * pending, wide_tail[pending], 4, 0);
     }
     if (++pending == 2) {
       (fused ? gemm_wide_short : gemm_wide)(&g, 1, output + (size_t)(n - 1) * out->depth,

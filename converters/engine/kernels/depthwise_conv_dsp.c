@@ -7,17 +7,20 @@
  * Output pixels outside, channels inside, four adjacent channels per pass: their input bytes and their filter
  * bytes are one 32-bit word each (read with memcpy: an unaligned LDR). SXTAB16 splits the input word into its even
  * and odd channels as int16 pairs and adds input_offset to each in the same instruction (|x + offset| <= 255 fits);
- * SXTB16 splits the filter word (or filter_pairs, made by the lowering, holds it split); SMLABB / SMLATT add one
- * channel's product each into four int32 accumulators that start from the bias: TFLM's
- * sum(w * (x + input_offset)) + bias, in TFLM's int32. Interior pixels of a 3 x 3 filter are unrolled and read
- * filter_pairs at fixed offsets (when it is given); other pixels loop over the taps inside the input only (TFLM's
- * padding: the others add nothing).
- * The last depth % 4 channels go one by one.
+ * SXTB16 splits the filter word; SMLABB / SMLATT add one channel's product each into four int32 accumulators that
+ * start from the bias: TFLM's sum(w * (x + input_offset)) + bias, in TFLM's int32. Pixels loop over the taps inside
+ * the input only (TFLM's padding: the others add nothing). The last depth % 4 channels go one by one.
+ *
+ * A 3 x 3 filter (with filter_pairs and interior_bias from the lowering, up to BISUP_DW_DSP_WINDOW_DEPTH channels,
+ * a layer whose requantization takes the short form below) has its own path: every window of nine taps read at
+ * x + fy row + fx col (interior pixels in place, border pixels from a copy of their window that holds the input's
+ * zero point outside the input), the sums starting from interior_bias so that the taps need no input_offset, the
+ * filter's int16 pairs (filter_pairs) read in order, the requantization bisup_kernel_requantize_short.
  *
  * Requantization: when every accumulator of the layer, after its channel's left shift, is below 2^30 in magnitude
  * (checked once per call from the biases, the tap count and the shifts; true of real models), srdhm is one SMMULR of
  * twice the accumulator (floor((2ab + 2^31) / 2^32) = floor((ab + 2^30) / 2^31), as in mbqm_fast) and the rounding
- * divide is mbqm_fast's; otherwise mbqm_fast itself. No scratch memory.
+ * divide is mbqm_fast's; otherwise mbqm_fast itself. No scratch memory but the border window.
  */
 #include "bisup_kernel_internal.h"
 
@@ -25,7 +28,7 @@
 #include <arm_acle.h>
 #include <string.h>
 
-#define BISUP_DW_DSP_ZERO_ROW 256 /* the 3 x 3 path's row of zero points on the stack: up to 256 channels */
+#define BISUP_DW_DSP_WINDOW_DEPTH 256 /* the 3 x 3 path's copy of a border window: 2.3 KB of static RAM */
 
 static inline int32_t word(const int8_t *p) {
   int32_t v;
@@ -44,13 +47,6 @@ static inline int32_t sxtab16_ror8(int32_t a, int32_t x) {
 static inline int32_t sxtb16_ror8(int32_t x) {
   int32_t r;
   __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
-  return r;
-}
-
-/* (a * b + 2^31) >> 32. */
-static inline int32_t smmulr(int32_t a, int32_t b) {
-  int32_t r;
-  __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
   return r;
 }
 
@@ -78,15 +74,15 @@ static inline int8_t output_of(const requant *r, int32_t acc, int32_t c) {
   const int32_t m = r->multiplier[c], s = r->shift[c];
   int32_t v;
   if (r->right) {
-    int32_t h = smmulr(acc * 2, m);
+    int32_t h = bisup_kernel_smmulr(acc * 2, m);
     h += h >> 31;
     v = ((h >> (-s - 1)) + 1) >> 1;
   } else if (!r->small) {
     v = mbqm_fast(acc, m, s);
   } else if (s >= 0) {
-    v = smmulr((int32_t)((uint32_t)acc << (s + 1)), m);
+    v = bisup_kernel_smmulr((int32_t)((uint32_t)acc << (s + 1)), m);
   } else {
-    int32_t h = smmulr(acc * 2, m);
+    int32_t h = bisup_kernel_smmulr(acc * 2, m);
     h += h >> 31;
     v = ((h >> (-s - 1)) + 1) >> 1;
   }
@@ -125,45 +121,157 @@ static void pixel_taps(const bisup_kernel_depthwise_params *p, const requant *r,
   }
 }
 
-/* One tap of four channels from filter_pairs: input word xv, filter words w02 (channels 0, 2), w13 (1, 3). */
-#define BISUP_DW_TAP_PAIRS(xv, w02, w13)            \
-  do {                                              \
-    const int32_t x_ = (xv);                        \
-    const int32_t x02 = __sxtab16(off2, x_);        \
-    const int32_t x13 = sxtab16_ror8(off2, x_);     \
-    a0 = __smlabb(x02, (w02), a0);                  \
-    a2 = __smlatt(x02, (w02), a2);                  \
-    a1 = __smlabb(x13, (w13), a1);                  \
-    a3 = __smlatt(x13, (w13), a3);                  \
-  } while (0)
+/* One tap of four channels in taps_3x3: the input word at ADDR, the filter pairs at w (then w += 8). */
+#define BISUP_DW_TAP_ASM(ADDR)                    \
+  "ldr    %[v], " ADDR "\n\t"                     \
+  "ldrd   %[wa], %[wb], [%[w]], #8\n\t"           \
+  "sxtb16 %[e], %[v]\n\t"                         \
+  "sxtb16 %[v], %[v], ror #8\n\t"                 \
+  "smlabb %[a0], %[e], %[wa], %[a0]\n\t"          \
+  "smlatt %[a2], %[e], %[wa], %[a2]\n\t"          \
+  "smlabb %[a1], %[v], %[wb], %[a1]\n\t"          \
+  "smlatt %[a3], %[v], %[wb], %[a3]\n\t"
 
-/* An output pixel of a 3 x 3 filter with filter_pairs: tap[t] is tap t's input pixel (channel 0), or a row of
- * the input's zero point (x + input_offset = 0: the tap adds nothing, as TFLM's padding) for a tap outside. */
-static void pixel_3x3(const bisup_kernel_depthwise_params *p, const requant *r, int32_t off2,
-                      const int8_t *const *tap, int8_t *restrict o) {
-  const int32_t depth = p->output.depth;
-  const int32_t *w = p->filter_pairs;
-  int32_t c = 0;
-  for (; c + 4 <= depth; c += 4, w += 18) {
-    int32_t a0 = bias_of(p, c), a1 = bias_of(p, c + 1), a2 = bias_of(p, c + 2), a3 = bias_of(p, c + 3);
-    BISUP_DW_TAP_PAIRS(word(tap[0] + c), w[0], w[1]);
-    BISUP_DW_TAP_PAIRS(word(tap[1] + c), w[2], w[3]);
-    BISUP_DW_TAP_PAIRS(word(tap[2] + c), w[4], w[5]);
-    BISUP_DW_TAP_PAIRS(word(tap[3] + c), w[6], w[7]);
-    BISUP_DW_TAP_PAIRS(word(tap[4] + c), w[8], w[9]);
-    BISUP_DW_TAP_PAIRS(word(tap[5] + c), w[10], w[11]);
-    BISUP_DW_TAP_PAIRS(word(tap[6] + c), w[12], w[13]);
-    BISUP_DW_TAP_PAIRS(word(tap[7] + c), w[14], w[15]);
-    BISUP_DW_TAP_PAIRS(word(tap[8] + c), w[16], w[17]);
-    o[c] = output_of(r, a0, c);
-    o[c + 1] = output_of(r, a1, c + 1);
-    o[c + 2] = output_of(r, a2, c + 2);
-    o[c + 3] = output_of(r, a3, c + 3);
+/* One channel's requantization in pixel_3x3: A = 2 acc (the doubled sums), the next pair of the group's words
+ * (multiplier, e1 = -shift - 1) from w, offset21 = 2 output_offset + 1 in v: bisup_kernel_requantize_short with
+ * its doubling done by the weights and the start, and its clamp to all of int8. */
+#define BISUP_DW_REQUANT_ASM(A)                 \
+  "ldrd   %[wa], %[wb], [%[w]], #8\n\t"         \
+  "smmulr " A ", " A ", %[wa]\n\t"              \
+  "add    " A ", " A ", " A ", asr #31\n\t"     \
+  "asr    " A ", " A ", %[wb]\n\t"              \
+  "add    " A ", " A ", %[v]\n\t"               \
+  "ssat   " A ", #8, " A ", asr #1\n\t"
+
+/* The four bytes' clamp to [lo, hi] (lo4, hi4 in q: the bounds in each byte) where the activation range is not all
+ * of int8: SSUB8 sets each byte's GE flag, SEL keeps the larger, then the smaller. */
+#define BISUP_DW_CLAMP_ASM                      \
+  "ldrd   %[wa], %[wb], [%[q], #8]\n\t"         \
+  "ssub8  %[v], %[a0], %[wa]\n\t"               \
+  "sel    %[a0], %[a0], %[wa]\n\t"              \
+  "ssub8  %[v], %[wb], %[a0]\n\t"               \
+  "sel    %[a0], %[a0], %[wb]\n\t"
+
+/* What pixel_3x3 reads from memory besides its operands (fourteen registers would not leave GCC enough). */
+typedef struct {
+  int32_t row, offset21, lo4, hi4; /* lo4 / hi4: activation_min / max in each byte */
+  const int8_t *end;               /* the output pixel's last group of four channels, plus 4 */
+} pass_3x3;
+
+/* The pixel's groups of four channels, the asm loop (volatile: it returns nothing but its stores): each starts from
+ * the group's doubled interior_bias, adds the nine taps (tap (fy, fx) at x + fy row + fx col, c + 4g), each a LDR,
+ * two SXTB16, a LDRD of the doubled weights and four SMLAxy, requantizes the four sums and stores them as one word.
+ * 113 instructions for 36 multiply-accumulates (118 with the clamp); GCC's C around the taps took 144.
+ * filter_pairs' 30 words per group: the doubled interior_bias (4), the doubled filter pairs (18), (multiplier, e1)
+ * per channel (8). */
+BISUP_KERNEL_SPECIALISED void groups_3x3(const int8_t *x, int32_t col, const int32_t *w, int8_t *o,
+                                         const pass_3x3 *q, int clamp) {
+  int32_t a0, a1, a2, a3, v, e, wa, wb;
+#define BISUP_DW_PIXEL_ASM(CLAMP)                                                                                 \
+  __asm__ volatile("1:\n\t"                                                                                       \
+          "ldrd   %[a0], %[a1], [%[w]], #8\n\t"                                                                   \
+          "ldrd   %[a2], %[a3], [%[w]], #8\n\t"                                                                   \
+          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
+          "ldr    %[v], [%[q]]\n\t"                                                                               \
+          "add    %[x], %[x], %[v]\n\t"                                                                           \
+          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
+          "ldr    %[v], [%[q]]\n\t"                                                                               \
+          "add    %[x], %[x], %[v]\n\t"                                                                           \
+          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
+          "ldr    %[v], [%[q]]\n\t"                                                                               \
+          "sub    %[x], %[x], %[v], lsl #1\n\t"                                                                   \
+          "add    %[x], %[x], #4\n\t"                                                                             \
+          "ldr    %[v], [%[q], #4]\n\t"                                                                           \
+          BISUP_DW_REQUANT_ASM("%[a0]") BISUP_DW_REQUANT_ASM("%[a1]") BISUP_DW_REQUANT_ASM("%[a2]")               \
+          BISUP_DW_REQUANT_ASM("%[a3]")                                                                           \
+          "bfi    %[a0], %[a1], #8, #8\n\t"                                                                       \
+          "bfi    %[a0], %[a2], #16, #8\n\t"                                                                      \
+          "bfi    %[a0], %[a3], #24, #8\n\t"                                                                      \
+          CLAMP                                                                                                   \
+          "str    %[a0], [%[o]], #4\n\t"                                                                          \
+          "ldr    %[v], [%[q], #16]\n\t"                                                                          \
+          "cmp    %[o], %[v]\n\t"                                                                                 \
+          "bne    1b"                                                                                             \
+          : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [x] "+r"(x), [w] "+r"(w), [o] "+r"(o), \
+            [v] "=&r"(v), [e] "=&r"(e), [wa] "=&r"(wa), [wb] "=&r"(wb)                                            \
+          : [col] "r"(col), [q] "r"(q)                                                                            \
+          : "cc", "memory")
+  if (clamp) {
+    BISUP_DW_PIXEL_ASM(BISUP_DW_CLAMP_ASM);
+  } else {
+    BISUP_DW_PIXEL_ASM("");
   }
-  for (; c < depth; ++c) {
-    int32_t a = bias_of(p, c);
-    for (int32_t t = 0; t < 9; ++t) a += p->filter[t * depth + c] * (tap[t][c] + p->input_offset);
-    o[c] = output_of(r, a, c);
+#undef BISUP_DW_PIXEL_ASM
+}
+
+/* Every channel of an output pixel of a 3 x 3 filter (filter_pairs, a layer passing the short requantization), its
+ * tap (fy, fx) at x + fy q->row + fx col: groups_3x3, then the last depth % 4 channels one by one. clamp: the
+ * activation range is not all of int8. */
+BISUP_KERNEL_SPECIALISED void pixel_3x3(const bisup_kernel_depthwise_params *p, const int8_t *x, int32_t col,
+                                        int8_t *restrict o, pass_3x3 *q, int clamp) {
+  const int32_t depth = p->output.depth, c4 = depth & ~3;
+  if (c4 > 0) {
+    q->end = o + c4;
+    groups_3x3(x, col, p->filter_pairs, o, q, clamp);
+  }
+  for (int32_t c = c4; c < depth; ++c) {
+    int32_t a = p->interior_bias[c];
+    for (int32_t t = 0; t < 9; ++t) a += p->filter[t * depth + c] * x[(t / 3) * q->row + (t % 3) * col + c];
+    o[c] = bisup_kernel_requantize_short(a, p->multiplier[c], ~p->shift[c], q->offset21, p->activation_min,
+                                         p->activation_max, !clamp);
+  }
+}
+
+/* Output pixel (b, oy, ox)'s 3 x 3 window into win ([3][3][depth]), the input's zero point for taps outside the
+ * input (x + input_offset = 0: they add nothing, as TFLM's padding). */
+static void window_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int32_t b, int32_t oy,
+                       int32_t ox, int8_t *win) {
+  const bisup_kernel_shape *in = &p->input;
+  const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+  for (int32_t fy = 0; fy < 3; ++fy) {
+    const int32_t y = y0 + fy * p->dilation_height;
+    for (int32_t fx = 0; fx < 3; ++fx, win += in->depth) {
+      const int32_t x = x0 + fx * p->dilation_width;
+      if (y >= 0 && y < in->height && x >= 0 && x < in->width) {
+        memcpy(win, input + offset4(in, b, y, x, 0), (size_t)in->depth);
+      } else {
+        memset(win, -p->input_offset, (size_t)in->depth);
+      }
+    }
+  }
+}
+
+static int8_t win[9 * BISUP_DW_DSP_WINDOW_DEPTH];
+
+/* The 3 x 3 path over every output pixel: interior pixels read the input in place, border pixels a copy of their
+ * window (window_3x3). */
+BISUP_KERNEL_SPECIALISED void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input,
+                                            int8_t *output, int clamp) {
+  const bisup_kernel_shape *in = &p->input, *out = &p->output;
+  const int32_t row = p->dilation_height * in->width * in->depth, col = p->dilation_width * in->depth;
+  const uint32_t bytes = 0x01010101u;
+  pass_3x3 q = {row, 2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
+                (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL};
+  int32_t y_lo, y_hi, x_lo, x_hi;
+  bisup_kernel_interior_range(out->height, p->stride_height, p->pad_height, p->dilation_height, 3, in->height,
+                              &y_lo, &y_hi);
+  bisup_kernel_interior_range(out->width, p->stride_width, p->pad_width, p->dilation_width, 3, in->width, &x_lo,
+                              &x_hi);
+  for (int32_t b = 0; b < out->batches; ++b) {
+    for (int32_t oy = 0; oy < out->height; ++oy) {
+      const int32_t y0 = oy * p->stride_height - p->pad_height, inside_y = oy >= y_lo && oy < y_hi;
+      for (int32_t ox = 0; ox < out->width; ++ox) {
+        int8_t *o = output + offset4(out, b, oy, ox, 0);
+        if (inside_y && ox >= x_lo && ox < x_hi) {
+          q.row = row;
+          pixel_3x3(p, input + offset4(in, b, y0, ox * p->stride_width - p->pad_width, 0), col, o, &q, clamp);
+        } else {
+          window_3x3(p, input, b, oy, ox, win);
+          q.row = 3 * in->depth;
+          pixel_3x3(p, win, in->depth, o, &q, clamp);
+        }
+      }
+    }
   }
 }
 
@@ -181,32 +289,28 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
   const int32_t taps = p->filter_height * p->filter_width, zp = -p->input_offset;
   if (p->depth_multiplier != 1 || in->depth < 4 || zp < -128 || zp > 127) return 0;
   /* |x + offset| <= 255, |w| <= 128: the accumulators' bound, shifted left by the largest left shift. */
-  int32_t bias_max = 0, left = 0;
+  int32_t bias_max = 0, left = 0, all_right = 1;
   for (int32_t c = 0; c < out->depth; ++c) {
     const int32_t b = bias_of(p, c);
     const int32_t mag = b == INT32_MIN ? INT32_MAX : (b < 0 ? -b : b);
     bias_max = mag > bias_max ? mag : bias_max;
     left = p->shift[c] > left ? p->shift[c] : left;
+    all_right &= p->shift[c] < 0 && p->shift[c] >= -31 && p->multiplier[c] != INT32_MIN;
   }
   const int64_t bound = ((int64_t)bias_max + (int64_t)255 * 128 * taps) << (left < 31 ? left : 31);
-  int all_right = 1;
-  for (int32_t c = 0; c < out->depth; ++c) all_right &= p->shift[c] < 0;
   const int small = bound < ((int64_t)1 << 30);
+  if (small && all_right && p->filter_height == 3 && p->filter_width == 3 && p->filter_pairs && p->interior_bias &&
+      in->depth <= BISUP_DW_DSP_WINDOW_DEPTH) {
+    if (p->activation_min == -128 && p->activation_max == 127) {
+      depthwise_3x3(p, input, output, 0);
+    } else {
+      depthwise_3x3(p, input, output, 1);
+    }
+    return 1;
+  }
   const requant r = {p->multiplier, p->shift, p->output_offset, p->activation_min, p->activation_max, small,
                      small && all_right};
   const int32_t off2 = (int32_t)(((uint32_t)p->input_offset & 0xffffu) | ((uint32_t)p->input_offset << 16));
-  const int is_3x3 = p->filter_height == 3 && p->filter_width == 3 && p->filter_pairs &&
-                     in->depth <= BISUP_DW_DSP_ZERO_ROW;
-  int8_t zero_row[BISUP_DW_DSP_ZERO_ROW];
-  if (is_3x3) memset(zero_row, zp, (size_t)in->depth);
-  int32_t offsets[9], y_lo, y_hi, x_lo, x_hi; /* an interior pixel's taps, from its first */
-  for (int32_t t = 0; t < 9; ++t) {
-    offsets[t] = ((t / 3) * p->dilation_height * in->width + (t % 3) * p->dilation_width) * in->depth;
-  }
-  bisup_kernel_interior_range(out->height, p->stride_height, p->pad_height, p->dilation_height, p->filter_height,
-                              in->height, &y_lo, &y_hi);
-  bisup_kernel_interior_range(out->width, p->stride_width, p->pad_width, p->dilation_width, p->filter_width,
-                              in->width, &x_lo, &x_hi);
   for (int32_t b = 0; b < out->batches; ++b) {
     for (int32_t oy = 0; oy < out->height; ++oy) {
       const int32_t y0 = oy * p->stride_height - p->pad_height;
@@ -217,25 +321,6 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
         int8_t *o = output + offset4(out, b, oy, ox, 0);
         int32_t fx0, fx1;
         valid_taps(x0, p->dilation_width, p->filter_width, in->width, &fx0, &fx1);
-        if (is_3x3 && oy >= y_lo && oy < y_hi && ox >= x_lo && ox < x_hi) {
-          const int8_t *x = input + offset4(in, b, y0, x0, 0), *tap[9];
-          for (int32_t t = 0; t < 9; ++t) tap[t] = x + offsets[t];
-          pixel_3x3(p, &r, off2, tap, o);
-          continue;
-        }
-        if (is_3x3) {
-          const int8_t *tap[9];
-          for (int32_t fy = 0; fy < 3; ++fy) {
-            for (int32_t fx = 0; fx < 3; ++fx) {
-              const int inside = fy >= fy0 && fy < fy1 && fx >= fx0 && fx < fx1;
-              tap[fy * 3 + fx] = inside ? input + offset4(in, b, y0 + fy * p->dilation_height,
-                                                          x0 + fx * p->dilation_width, 0)
-                                        : zero_row;
-            }
-          }
-          pixel_3x3(p, &r, off2, tap, o);
-          continue;
-        }
         if (fy0 >= fy1 || fx0 >= fx1) { /* no tap inside the input: the bias alone */
           for (int32_t c = 0; c < out->depth; ++c) o[c] = output_of(&r, bias_of(p, c), c);
           continue;
