@@ -596,3 +596,27 @@ def test_the_demo_over_an_emulated_link_records_each_input_per_phase(exits_run, 
     rows = result["phases"]
     assert [r["inputs"] for r in rows] == [sum(s["phase"] == i for s in steps) for i in range(3)]
     assert all(0.0 <= r["met_objective"] <= 1.0 for r in rows if r["inputs"])
+
+
+@pytest.mark.slow
+def test_the_run_time_schedule_stops_relaying_when_the_link_slows(exits_run, tmp_path):
+    """`bisup demo --exits --link --latency-slo-ms`'s adaptive run on a 2 Mbps link that drops to 2 kbps with a
+    600 ms round trip (at 5x): the static policy keeps relaying its 512-byte cut there and misses the objective;
+    the same policy with a run-time schedule learns the slow link from its PINGs (in link time) and answers
+    locally, at most one relay after the change."""
+    from bisup.converters.artefacts import Policy
+    from bisup.examples import demo_link
+    from bisup.firmware_bridge.link_schedule import LinkSchedule
+
+    out = Path(exits_run["out_dir"])
+    chosen = Policy.from_json(exits_run["policies"][demo_link.POLICY])
+    val, model, tails = _outcomes(out, "val", chosen.remote_thresholds)
+    test = np.load(out / "test.npz")
+    schedule = LinkSchedule.parse("0s 2Mbps 20ms 0%\n3s 2kbps 600ms 0%\n12s end")
+    result = demo_link.run(demo_link.LinkRun(schedule, 5.0, 100.0), model, tails, {demo_link.POLICY: chosen},
+                           test["x"][:60], tmp_path, y=test["y"][:60], calibration=val, board="nrf52840")
+    static, adaptive = result["phases"][1], result["adaptive"]["phases"][1]
+    assert static["latency_p95_ms"] > 100.0 and (tmp_path / demo_link.ADAPTIVE_PLOT).is_file()
+    relays = sum(count for action, count in adaptive["actions"].items() if action.startswith("relay"))
+    assert relays <= 1 and adaptive["latency_p95_ms"] <= 100.0, adaptive
+    assert adaptive["accuracy"] is not None and adaptive["inputs"] > 0
