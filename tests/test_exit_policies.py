@@ -117,3 +117,21 @@ def test_an_unknown_task_is_named_with_the_choices():
 
     with pytest.raises(policy.PolicyError, match="--task 'mnist' is not a task; choose one of digits, hard-digits"):
         demo_exits.task("mnist")
+
+
+def test_hard_digits_is_deterministic_large_and_drawn_from_disjoint_originals():
+    """Thousands of validation and test inputs, the same for a seed, and no test digit seen in training in another
+    pose: each split's inputs are redrawings of that split's own originals (``digits.splits``)."""
+    from bisup.examples import digits, hard_digits
+
+    parts, originals = hard_digits.grouped_splits(0), digits.splits(0)
+    assert {k: len(v[1]) for k, v in parts.items()} == {"train": 10780, "val": 5385, "test": 5400}
+    for name, (x, y, groups) in parts.items():
+        assert x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1
+        assert np.array_equal(y, originals[name][1][groups])  # every copy keeps its original's label
+    images = originals["test"][0][:40, ..., 0]
+    first, again = (hard_digits.redraw(images, np.random.default_rng(7)) for _ in range(2))
+    assert np.array_equal(first, again) and not np.array_equal(first, images)
+    flat = {name: {row.tobytes() for row in originals[name][0].reshape(len(originals[name][0]), -1)}
+            for name in originals}
+    assert not flat["train"] & flat["test"] and not flat["train"] & flat["val"]

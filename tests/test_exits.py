@@ -121,6 +121,20 @@ def test_the_deployed_device_does_what_calibration_simulated(exits_run):
 
 
 @pytest.mark.slow
+def test_on_digits_the_learned_policy_keeps_remote_only_accuracy_with_few_remote_calls(exits_run):
+    """The default demo's promise (issue 21): within 0.5 pp of remote-only with at most 40% of its remote calls,
+    every row with its 95% interval, and the paired margin over the 360 test inputs."""
+    rows = {row["name"]: row for row in exits_run["rows"]}
+    learned, remote = rows["learned (EENet)"], rows["remote-only"]
+    assert remote["accuracy"] - learned["accuracy"] <= 0.005, learned
+    assert learned["remote_fraction"] <= 0.4 * remote["remote_fraction"], learned
+    for row in rows.values():
+        low, high = row["ci95"]["accuracy"]
+        assert low <= row["accuracy"] <= high
+    assert exits_run["margin"]["inputs"] == exits_run["sizes"]["test"] == 360
+
+
+@pytest.mark.slow
 def test_the_device_budget_holds_on_the_test_split(exits_run):
     budget = exits_run["device_budget_macs"]
     for row in exits_run["rows"]:
