@@ -188,10 +188,12 @@ def exit_margin_text(result: dict) -> str:
     low, high = m["ci95"]
     verdict = "excludes 0" if low > 0 or high < 0 else "includes 0: no difference shown"
     agree = min(deployed["agreement"].values())
+    originals = ("independent inputs" if sizes["test_originals"] == sizes["test"]
+                 else f"{sizes['test_originals']:,} originals; intervals resample originals")
     return (f"{m['a']} - {m['b']}: {100 * m['margin']:+.2f} pp, paired 95% CI [{100 * low:+.2f}, {100 * high:+.2f}] "
             f"({verdict}; {m['a_only_right']} inputs right only with the first, {m['b_only_right']} only with the "
             f"second)\ntask {result['task']}: {sizes['val']:,} validation and {sizes['test']:,} test inputs "
-            f"({sizes['test_originals']:,} originals; intervals resample originals). Rows: the exact integer rule "
+            f"({originals}). Rows: the exact integer rule "
             f"on every test input; the first {deployed['inputs']:,} also through the deployed path (virtual device, "
             f"pty, bridge), which agreed on {100 * agree:.1f} % of them.")
 
