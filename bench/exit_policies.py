@@ -3,8 +3,8 @@
     python bench/exit_policies.py [--seed 0] [--json]
 
 Runs ``bisup demo --exits --task hard-digits`` (backbone trained once and cached, exits, int8 stages,
-policies calibrated on 5,385 validation inputs, 5,400 test inputs from 360 unseen originals, the first 400
-also through the deployed path), then sweeps the budgets: for each (device MACs, remote calls) pair both
+policies calibrated on 5,385 validation inputs, 5,400 test inputs from 360 unseen originals, every one also
+through the deployed path), then sweeps the budgets: for each (device MACs, remote calls) pair both
 policies are chosen on the validation split under the same budgets and applied to the test split with the
 exact integer rule. Per pair: each policy's accuracy, remote calls and device MACs with 95% intervals, and
 the learned-minus-thresholds margin with its paired 95% interval (a cluster bootstrap over originals).
@@ -84,7 +84,7 @@ def main() -> None:
     for r in rows:
         print(_line(r))
     agree = min(demo["deployed"]["agreement"].values())
-    print(f"rows: the exact integer rule on all test inputs; the first {demo['deployed']['inputs']} also through "
+    print(f"rows: the exact integer rule on all test inputs; {demo['deployed']['inputs']:,} of them also through "
           f"the deployed path (virtual device, pty, bridge): {100 * agree:.1f} % identical. {seconds:.0f} s.")
 
 

@@ -194,8 +194,8 @@ def exit_margin_text(result: dict) -> str:
             f"({verdict}; {m['a_only_right']} inputs right only with the first, {m['b_only_right']} only with the "
             f"second)\ntask {result['task']}: {sizes['val']:,} validation and {sizes['test']:,} test inputs "
             f"({originals}). Rows: the exact integer rule "
-            f"on every test input; the first {deployed['inputs']:,} also through the deployed path (virtual device, "
-            f"pty, bridge), which agreed on {100 * agree:.1f} % of them.")
+            f"on every test input; {deployed['inputs']:,} also through the deployed path (virtual device, pty, "
+            f"bridge), which agreed on {100 * agree:.1f} % of them.")
 
 
 def stages_table(table) -> str:
