@@ -188,9 +188,9 @@ def refine(o: ExitOutcomes, found: tuple, scores: np.ndarray, max_device_macs: f
     """Coordinate ascent from the grid's best ``(key, policy, result)``: each exit's threshold in turn over
     ``FINE_CANDIDATES`` quantiles, the others fixed, taking the moves ``_significant`` allows, until none is left.
 
-    The grid's ten quantiles are too coarse for thousands of calibration inputs: on hard-digits the best
-    threshold policy on the grid relayed 9% of the inputs under a 20% remote budget, because the next
-    candidate of its last exit relayed 25%; relaying (the full network answers) was left unused."""
+    The grid's ten quantiles are too coarse for thousands of calibration inputs: on hard-digits (40% of the
+    MACs, 20% remote calls) the best threshold policy on the grid relayed 9.4% of the test inputs, leaving
+    relays (the full network answers) unused; refined, it relays 17.2% and is 0.74 pp more accurate."""
     key, policy, result = found
     last = policy.depth - 1 if policy.relay else policy.depth - 2  # a no-relay last exit always answers
     for _ in range(REFINE_ROUNDS):
