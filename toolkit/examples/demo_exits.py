@@ -12,8 +12,7 @@ inputs, exits far from saturated), where policies can be told apart. Every row c
 and the learned-vs-thresholds margin a paired one (``bisup.calibration.intervals``). The rows are the
 exact simulated rule (``calibration.exits.apply``) on every test input; every test input also goes
 through the deployed path under every policy (7.4 ms an input measured on a loaded machine: under 3 min
-for hard-digits), which must
-agree input by input (label, exit, MACs, bytes).
+for hard-digits), which must agree input by input (label, exit, MACs, bytes).
 """
 
 from __future__ import annotations
