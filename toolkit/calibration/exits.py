@@ -37,6 +37,9 @@ from bisup.firmware_bridge.remotes import RemoteModel
 Progress = Callable[[str], None]
 
 CANDIDATES = 10  # thresholds tried per exit (quantiles of its score), plus "never exit here"
+FINE_CANDIDATES = 100  # per exit, when the grid's best is refined one exit at a time
+REFINE_ROUNDS = 3
+SIGNIFICANT = 2.0  # standard errors of a paired gain before refine leaves the grid's choice (see _significant)
 WEIGHT_MAX = 32767
 
 
@@ -156,15 +159,58 @@ def best_split(o: ExitOutcomes, depth: int, link: LinkCost) -> int:
                                        -s))
 
 
-def _candidates(scores: np.ndarray) -> list[int]:
-    levels = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, CANDIDATES), method="nearest"))
+def _candidates(scores: np.ndarray, count: int = CANDIDATES) -> list[int]:
+    levels = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, count), method="nearest"))
     return [int(v) for v in levels] + [NEVER]
+
+
+def _key(result: Result, y: np.ndarray, max_device_macs: float, max_remote_fraction: float) -> tuple | None:
+    """What the search maximises (accuracy, then remote calls, then MACs: see ``search``); None: over a budget."""
+    fig = result.figures(y)
+    if fig["mean_device_macs"] > max_device_macs or fig["remote_fraction"] > max_remote_fraction + 1e-12:
+        return None
+    return fig["accuracy"], fig["remote_fraction"], fig["mean_device_macs"]
+
+
+def _significant(moved: Result, current: Result, y: np.ndarray) -> bool:
+    """Whether ``refine`` takes a move: a paired gain of at least ``SIGNIFICANT`` standard errors (the inputs
+    it newly gets right minus those it newly gets wrong, against the square root of both). Any gain would do
+    on the grid's coarse steps, but ``FINE_CANDIDATES`` steps find lucky inputs: on digits' 359 validation
+    inputs, taking +1 input (or a tie that spends more budget) moved the learned policy off the grid's choice,
+    once to a third of the relays for 0.6 pp less accuracy on the test split."""
+    now, before = moved.labels == y, current.labels == y
+    gained, lost = int((now & ~before).sum()), int((before & ~now).sum())
+    return gained - lost >= max(1.0, SIGNIFICANT * math.sqrt(gained + lost))
+
+
+def refine(o: ExitOutcomes, found: tuple, scores: np.ndarray, max_device_macs: float,
+           max_remote_fraction: float) -> tuple:
+    """Coordinate ascent from the grid's best ``(key, policy, result)``: each exit's threshold in turn over
+    ``FINE_CANDIDATES`` quantiles, the others fixed, taking the moves ``_significant`` allows, until none is left.
+
+    The grid's ten quantiles are too coarse for thousands of calibration inputs: on hard-digits (40% of the
+    MACs, 20% remote calls) the best threshold policy on the grid relayed 9.4% of the test inputs, leaving
+    relays (the full network answers) unused; refined, it relays 17.2% and is 0.74 pp more accurate."""
+    key, policy, result = found
+    last = policy.depth - 1 if policy.relay else policy.depth - 2  # a no-relay last exit always answers
+    for _ in range(REFINE_ROUNDS):
+        before = policy
+        for e in range(last + 1):
+            for t in _candidates(scores[e], FINE_CANDIDATES):
+                moved = replace(policy, thresholds=[*policy.thresholds[:e], t, *policy.thresholds[e + 1:]])
+                moved_result = apply(moved, o, scores)
+                moved_key = _key(moved_result, o.y, max_device_macs, max_remote_fraction)
+                if moved_key is not None and _significant(moved_result, result, o.y):
+                    key, policy, result = moved_key, moved, moved_result
+        if policy == before:
+            break
+    return key, policy, result
 
 
 def search(o: ExitOutcomes, kind: str, max_device_macs: float, max_remote_fraction: float,
            link: LinkCost = DEFAULT_LINK, split: int | None = None) -> tuple[Policy, Result]:
     """The most accurate policy of ``kind`` within both budgets; ``split`` forces what is relayed (None:
-    ``best_split``).
+    ``best_split``). A grid of ``CANDIDATES`` thresholds per exit, then ``refine`` on the best.
 
     Ties go to the policy that uses more of the budgets (remote calls, then device MACs): a few hundred
     calibration samples leave many policies tied at the top, and the cheapest of them is the one that
@@ -187,16 +233,14 @@ def search(o: ExitOutcomes, kind: str, max_device_macs: float, max_remote_fracti
             for thresholds in itertools.product(*grids):
                 policy = Policy(kind, depth, list(thresholds), relay, chosen_split, scorers)
                 result = apply(policy, o, scores)
-                fig = result.figures(o.y)
-                if fig["mean_device_macs"] > max_device_macs or fig["remote_fraction"] > max_remote_fraction + 1e-12:
-                    continue
-                key = (fig["accuracy"], fig["remote_fraction"], fig["mean_device_macs"])
-                if best is None or key > best[0]:
+                key = _key(result, o.y, max_device_macs, max_remote_fraction)
+                if key is not None and (best is None or key > best[0]):
                     best = (key, policy, result)
     if best is None:
         raise PolicyError(f"no policy keeps the device within {max_device_macs:,.0f} MACs and the remote calls "
                           f"within {max_remote_fraction:.0%}; raise either budget")
-    return best[1], best[2]
+    _, policy, result = refine(o, best, scores, max_device_macs, max_remote_fraction)
+    return policy, result
 
 
 def remote_thresholds(remote_confidence: np.ndarray, max_reject: float) -> np.ndarray:

@@ -164,13 +164,38 @@ def _grid(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _pct_ci(row: dict, key: str, digits: int) -> str:
+    """A fraction and its 95% interval as percentages, e.g. ``85.13 % [84.20, 86.02]``."""
+    low, high = row["ci95"][key]
+    return f"{100 * row[key]:.{digits}f} % [{100 * low:.{digits}f}, {100 * high:.{digits}f}]"
+
+
 def exit_rows_table(rows: list[dict]) -> str:
-    """``bisup demo --exits``: one row per strategy, with device cost and bytes on the link."""
-    header = ("", "accuracy", "remote calls", "device MACs", "bytes sent", "bytes/relay", "rejected")
-    cells = [(r["name"], f"{100 * r['accuracy']:.2f} %", f"{100 * r['remote_fraction']:.1f} %",
-              f"{r['mean_device_macs']:,.0f}", f"{r['mean_bytes_sent']:.1f}", f"{r['bytes_per_relay']:.0f}",
+    """``bisup demo --exits``: one row per strategy, with device cost and bytes on the link; accuracy, remote
+    calls and device MACs with their 95% intervals in brackets."""
+    header = ("", "accuracy [95% CI]", "remote calls [95% CI]", "device MACs [95% CI]", "bytes sent", "bytes/relay",
+              "rejected")
+    cells = [(r["name"], _pct_ci(r, "accuracy", 2), _pct_ci(r, "remote_fraction", 1),
+              "{:,.0f} [{:,.0f}, {:,.0f}]".format(r["mean_device_macs"], *r["ci95"]["mean_device_macs"]),
+              f"{r['mean_bytes_sent']:.1f}", f"{r['bytes_per_relay']:.0f}",
               f"{100 * r['rejected_fraction']:.1f} %") for r in rows]
     return _grid(header, cells)
+
+
+def exit_margin_text(result: dict) -> str:
+    """The learned-vs-thresholds margin with its paired interval, and how the rows were measured."""
+    m, sizes, deployed = result["margin"], result["sizes"], result["deployed"]
+    low, high = m["ci95"]
+    verdict = "excludes 0" if low > 0 or high < 0 else "includes 0: no difference shown"
+    agree = min(deployed["agreement"].values())
+    originals = ("independent inputs" if sizes["test_originals"] == sizes["test"]
+                 else f"{sizes['test_originals']:,} originals; intervals resample originals")
+    return (f"{m['a']} - {m['b']}: {100 * m['margin']:+.2f} pp, paired 95% CI [{100 * low:+.2f}, {100 * high:+.2f}] "
+            f"({verdict}; {m['a_only_right']} inputs right only with the first, {m['b_only_right']} only with the "
+            f"second)\ntask {result['task']}: {sizes['val']:,} validation and {sizes['test']:,} test inputs "
+            f"({originals}). Rows: the exact integer rule "
+            f"on every test input; {deployed['inputs']:,} also through the deployed path (virtual device, pty, "
+            f"bridge), which agreed on {100 * agree:.1f} % of them.")
 
 
 def stages_table(table) -> str:
