@@ -71,11 +71,17 @@ def trusted(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up chatter captured, before any command uses it."""
+    """Import TensorFlow with its C++ start-up chatter (absl's pre-initialisation warning, the oneDNN and CPU notes:
+    TF_CPP_MIN_LOG_LEVEL does not reach them) captured, before any command uses it. An import that fails shows
+    what it printed."""
     from bisup.converters.quiet import capture_fd
 
-    with capture_fd(2):
-        pass
+    try:
+        with capture_fd(2) as captured:
+            import tensorflow  # noqa: F401
+    except ImportError:
+        sys.stderr.write(captured.text)
+        raise
 
 
 def check_npz(*paths: Path | None) -> None:
