@@ -455,6 +455,67 @@ def test_the_emulated_board_runs_the_stages_and_decides_as_the_policy_offline(ex
     assert report["stages"][0]["runs"] == 80 and report["stages"][0]["instructions_p50"] > report["stages"][0]["macs"]
 
 
+def _scheduled_board_run(exits_run, monkeypatch, static_relays: bool, bandwidths_bps: list[float]):
+    """The learned policy's stages on the emulated board under a hand-made schedule: one cell, which relays every
+    input at the policy's depth, on a grid whose bandwidth axis is ``bandwidths_bps`` (everything else wide
+    open); the safe entry answers locally at the last exit. The compiled-in static policy is the other of the
+    two, so the report says which one the board ran. Returns the report and the STATS the board sent."""
+    from dataclasses import replace
+
+    from bisup.converters.artefacts import NEVER, Policy
+    from bisup.export.exits import open_tails
+    from bisup.firmware_bridge import protocol as p
+    from bisup.firmware_bridge.exits_model import StagedModel
+    from bisup.firmware_bridge.handler import RequestHandler
+    from bisup.firmware_bridge.schedule_table import Entry, LatencyModel, ScheduleTable
+    from bisup.hil import exits as hil_exits
+
+    if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("qemu-system-arm and gcc-arm-none-eabi are not installed (CI installs them)")
+    stats = []
+
+    class Recording(RequestHandler):
+        def handle(self, device, body):
+            if body[1:2] == bytes([p.MsgType.STATS]):
+                stats.append(p.decode(body))
+            return super().handle(device, body)
+
+    monkeypatch.setattr(hil_exits, "RequestHandler", Recording)
+    out = Path(exits_run["out_dir"])
+    model = StagedModel(out)
+    learned = Policy.from_json(exits_run["policies"]["learned (EENet)"])
+    relay_all = replace(learned, thresholds=[NEVER] * len(learned.thresholds), relay=True)
+    local = replace(learned, depth=len(model), thresholds=[NEVER] * len(model), relay=False, split=0)
+    entries = [Entry(e.depth, list(e.thresholds), e.relay, e.split) for e in (local, relay_all)]
+    table = ScheduleTable(1e3, bandwidths_bps, [60.0], [0.99], [7], entries, [1], 0, LatencyModel(1e8))
+    static = relay_all if static_relays else local
+    data = np.load(out / "test.npz")
+    report = hil_exits.run(model, replace(static, schedule=table.to_json()), data["x"][:40], data["y"][:40],
+                           open_tails(out, len(model)))
+    return report.data, stats
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_a_scheduled_policy_on_the_emulated_board_relays_as_its_measured_link_allows(exits_run, monkeypatch):
+    """In range (any link the board can measure), the table's relaying entry decides, not the local-only policy
+    compiled in beside it; the 16-byte STATS say no input was off the grid."""
+    report, stats = _scheduled_board_run(exits_run, monkeypatch, static_relays=False, bandwidths_bps=[1.0])
+    assert report["complete"] and report["remote_fraction"] == 1.0
+    assert [(s.inferences, s.out_of_range) for s in stats] == [(32, 0)]
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_a_scheduled_board_off_the_grid_answers_locally_and_counts_it(exits_run, monkeypatch):
+    """A grid faster than any link (2 Gbps and up): every input gets the safe entry, none is relayed although
+    the compiled-in policy relays them all, and STATS count each one as off the calibrated range."""
+    report, stats = _scheduled_board_run(exits_run, monkeypatch, static_relays=True, bandwidths_bps=[2e9])
+    assert report["complete"] and report["remote_fraction"] == 0.0
+    assert report["exit_histogram"]["remote"] == 0
+    assert [(s.inferences, s.relayed, s.out_of_range) for s in stats] == [(32, 0, 32)]
+
+
 @pytest.mark.slow
 def test_bisup_bridge_and_bisup_device_serve_a_multi_exit_export(exits_run):
     """What `bisup bridge --bundle STAGES --remote EXITS` and `bisup device --bundle STAGES` run, over a pty:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -168,12 +169,25 @@ def _measurements(table: ScheduleTable, rng: np.random.Generator) -> list[Condit
     return out
 
 
-@pytest.mark.toolchain
-def test_the_c_device_picks_the_same_entry_as_python(table, tmp_path):
+def _c_program(table: ScheduleTable, main: Path, tmp_path: Path) -> Path:
+    """``main`` built by the host's gcc with the C exit library and ``table`` as C (``bisup_schedule``)."""
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed (CI installs it)")
     c_dir = ROOT / "firmware_bridge" / "c"
     (tmp_path / "table.c").write_text(c_source(table, 3))
+    exe = tmp_path / main.stem
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{c_dir}", str(c_dir / "bisup_exits.c"),
+                    str(tmp_path / "table.c"), str(main), "-o", str(exe), "-lm"], check=True)
+    return exe
+
+
+def _run_c(exe: Path, lines: list[str]) -> list[str]:
+    return subprocess.run([str(exe)], input="".join(f"{line}\n" for line in lines), capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+@pytest.mark.toolchain
+def test_the_c_device_picks_the_same_entry_as_python(table, tmp_path):
     (tmp_path / "main.c").write_text("""#include <stdio.h>
 #include "bisup_exits.h"
 extern const bisup_exit_table bisup_schedule;
@@ -188,12 +202,67 @@ int main(void) {
   return 0;
 }
 """)
-    exe = tmp_path / "lookup"
-    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{c_dir}", str(c_dir / "bisup_exits.c"),
-                    str(tmp_path / "table.c"), str(tmp_path / "main.c"), "-o", str(exe)], check=True)
+    exe = _c_program(table, tmp_path / "main.c", tmp_path)
     measured = _measurements(table, np.random.default_rng(0))
-    stdin = "".join(" ".join(map(str, c_link(m))) + "\n" for m in measured)
-    got = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.split("\n")
+    got = _run_c(exe, [" ".join(map(str, c_link(m))) for m in measured])
     expected = [f"{entry} {int(ok)}" for entry, ok in map(table.lookup, measured)]
-    assert got[:-1] == expected
+    assert got == expected
     assert len({line for line in expected}) > 2  # the measurements reach several entries, in and off the grid
+
+
+def _drive(scheduler: Scheduler, rng: np.random.Generator, steps: int) -> Iterator[str]:
+    """Random exchanges, attempts, PINGs and relays on a link that changes every 20 steps, applied to the Python
+    scheduler's estimator; yields each as a command for tests/c/estimator_harness.c (durations in whole µs)."""
+    for step in range(steps):
+        if step % 20 == 0:
+            fast = rng.random() < 0.5  # where the table relays, else where it answers locally or is off the grid
+            bps, rtt_s = (10 ** rng.uniform(5, 7.3), rng.uniform(0.001, 0.012)) if fast else (
+                10 ** rng.uniform(2.7, 5), rng.uniform(0.01, 1.2))
+        kind = rng.choice(["x", "a", "p", "r", "r"])
+        answered = bool(rng.random() > 0.01)
+        if kind == "x":
+            size = int(rng.choice([28, 107, 1067]))
+            us = round((rtt_s + size * 8 / bps) * rng.uniform(0.9, 1.1) * 1e6)
+            scheduler.estimator.exchange(size, us / 1e6)
+            yield f"x {size} {us}"
+        elif kind == "a":
+            lost = int(rng.choice([0] * 10 + [1, 2]))
+            scheduler.estimator.attempts(lost, answered)
+            yield f"a {lost} {int(answered)}"
+        elif kind == "p":
+            us = round((rtt_s + 28 * 8 / bps) * rng.uniform(0.9, 1.1) * 1e6)
+            scheduler.pinged(us / 1e6 if answered else None)
+            yield f"p {int(answered)} {us}"
+        else:
+            split, payload, load = int(rng.integers(0, 3)), int(rng.choice([64, 512, 1024])), int(rng.integers(0, 5))
+            lost = int(rng.choice([0] * 20 + [1, 2]))
+            server_us = round(scheduler.table.model.server_s(scheduler.tail_macs(split), 0) * 1e6)
+            expected_s = rtt_s + (payload + 43) * 8 / bps + server_us * 1e-6 * (1 + load)
+            us, timeout_us = round(expected_s * rng.uniform(0.9, 1.1) * 1e6), round(max(0.05, 2 * expected_s) * 1e6)
+            scheduler.relayed(split, payload, us / 1e6 if answered else None, lost, timeout_us / 1e6, load)
+            yield f"r {payload} {int(answered)} {us} {lost} {timeout_us} {server_us} {load}"
+
+
+@pytest.mark.toolchain
+def test_the_c_estimator_measures_what_the_python_one_does(table, tmp_path):
+    exe = _c_program(table, ROOT / "tests" / "c" / "estimator_harness.c", tmp_path)
+    rng = np.random.default_rng(1)
+    entries = set()
+    for _ in range(10):
+        scheduler = Scheduler(table, BASE, [100_000, 500_000, 1_000_000])
+        commands, expected = [], []
+        for command in _drive(scheduler, rng, 150):
+            commands.append(command)
+            expected.append((scheduler.estimator.failing, scheduler.estimator.condition()))
+        for line, (failing_py, condition) in zip(_run_c(exe, commands), expected, strict=True):
+            bps, rtt_s, failing, *link, entry, in_range = line.split()
+            assert float(failing) == pytest.approx(failing_py, rel=1e-9, abs=1e-12)
+            assert (int(entry), bool(int(in_range))) == table.lookup(condition), (line, condition)
+            entries.add(int(entry))
+            c_measured, py_measured = list(map(int, link)), c_link(condition)
+            assert c_measured[0] == py_measured[0] and c_measured[4] == py_measured[4]  # outage, load
+            assert np.all(np.abs(np.subtract(c_measured, py_measured)) <= 1), (c_measured, py_measured)
+            if condition is not None:
+                assert float(bps) == pytest.approx(condition.bandwidth_bps, rel=1e-9)
+                assert float(rtt_s) == pytest.approx(condition.rtt_s, rel=1e-9, abs=1e-12)
+    assert len(entries) > 2  # the sequences reach several entries, in and off the grid

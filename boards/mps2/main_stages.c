@@ -8,8 +8,15 @@
  * stages run. PROFILE carries the cycles of each stage run. HELLO reports the stages' hash
  * (BISUP_STAGES_SHA256: SHA-256 over the stage hashes in order): a multi-exit deployment has no model
  * image format, so its stages and hash are compiled in.
+ *
+ * A policy calibrated with a latency objective (BISUP_POLICY_SCHEDULED) carries its schedule table
+ * (bisup_schedule, emitted by schedule_table.c_source): before each input the device looks up the entry for
+ * its link as measured (bisup_exit_estimator: its relays' timing in board time, and a PING when the last is a
+ * second old) and runs that entry's depth, thresholds, relay and split, as firmware_bridge/exits_device.py
+ * does. Its STATS take the 16-byte form, with the inputs decided off the calibrated range.
  */
 #include <stdint.h>
+#include <string.h>
 
 #include "bisup_app.h"
 #include "bisup_exits.h"
@@ -20,48 +27,149 @@ static bisup_app app;
 static uint32_t stage_cycles[BISUP_STAGES];
 static int8_t activations[BISUP_STAGES][BISUP_STAGES_ACTIVATION_MAX];
 
+#ifndef BISUP_POLICY_SCHEDULED
+#define BISUP_POLICY_SCHEDULED 0
+#endif
+#define PROBE_MS 1000u /* board time between PINGs, checked before each input (exits_device.PROBE_S) */
+
+/* What decides one input: the compiled-in policy, or the schedule's entry for the link as measured. */
+typedef struct {
+  int depth;
+  bool relay;
+  int split;
+  bisup_exit_rule rules[BISUP_STAGES];
+} exit_policy;
+
+#if BISUP_POLICY_SCHEDULED
+static bisup_exit_estimator link_estimate;
+static bisup_proto_reader pong_reader;
+static uint32_t probed_ms;
+static bool probed_once;
+
+static uint32_t elapsed_us(uint32_t cycles_before) {
+  return (bisup_board_cycles() - cycles_before) / (BISUP_CPU_HZ / 1000000u);
+}
+
+/* One PING to the bridge, answered when its PONG arrives within the request timeout; other frames are dropped
+ * (none is due: the host waits for this input's REPORT). */
+static void ping(void) {
+  const bisup_proto_client_config *cfg = &app.client.cfg;
+  bisup_proto_msg m = {.type = BISUP_PROTO_PING, .seq = app.next_seq++, .boot = cfg->boot_id};
+  uint32_t start_ms = cfg->now_ms(cfg->ctx), before = bisup_board_cycles();
+  bool answered = false;
+  (void)bisup_proto_send_frame(&m, BISUP_PROTO_MAX_BODY, cfg->write, cfg->ctx);
+  while (!answered && cfg->now_ms(cfg->ctx) - start_ms < cfg->timeout_ms) {
+    bisup_proto_msg reply;
+    uint8_t byte;
+    bool ready = false;
+    if (!bisup_board_read(NULL, &byte)) continue;
+    answered = bisup_proto_reader_push(&pong_reader, byte, &reply, &ready) == BISUP_PROTO_OK && ready &&
+               reply.type == BISUP_PROTO_PONG && reply.seq == m.seq;
+  }
+  bisup_exit_pinged(&link_estimate, answered, elapsed_us(before));
+}
+
+/* The schedule's entry for the link as measured (PINGing first when the last probe is PROBE_MS old). */
+static void schedule(exit_policy *p) {
+  uint32_t now = app.client.cfg.now_ms(app.client.cfg.ctx);
+  if (!probed_once || now - probed_ms >= PROBE_MS) {
+    probed_once = true;
+    probed_ms = now;
+    ping();
+  }
+  bisup_exit_link measured = bisup_exit_measured(&link_estimate);
+  bool in_range;
+  uint8_t entry = bisup_exit_lookup(&bisup_schedule, &measured, &in_range);
+  app.stats.u.stats.out_of_range += in_range ? 0u : 1u;
+  p->depth = bisup_schedule_depth[entry];
+  p->relay = bisup_schedule_relay[entry] != 0;
+  p->split = bisup_schedule_split[entry];
+  for (int e = 0; e < BISUP_STAGES; ++e) p->rules[e].threshold = bisup_schedule_thresholds[entry][e];
+}
+
+/* A relay's outcome for the estimator: attempts that timed out (the client's resends, and the last attempt when
+ * no answer came) each cost the request timeout; the answered one took the rest of the time. */
+static void relayed(uint32_t payload, int split, bool answered, uint32_t total_us, uint32_t resends) {
+  uint32_t timeout_us = app.client.cfg.timeout_ms * 1000u, lost = resends + (answered ? 0u : 1u);
+  uint32_t waited_us = lost * timeout_us, us = total_us > waited_us ? total_us - waited_us : 0u;
+  bisup_exit_relayed(&link_estimate, payload, answered, us, lost, timeout_us, bisup_schedule_server_us[split],
+                     app.client.load);
+}
+#endif
+
+static void choose(exit_policy *p) {
+  p->depth = BISUP_POLICY_DEPTH;
+  p->relay = BISUP_POLICY_RELAY;
+  p->split = BISUP_POLICY_SPLIT;
+  memcpy(p->rules, bisup_stages_exit_rules, sizeof p->rules);
+#if BISUP_POLICY_SCHEDULED
+  schedule(p);
+#endif
+}
+
+/* Relays the input (split 0) or the activation after stage `split`, and, under a schedule, measures the relay. */
+static bisup_app_result ask(int split, const int8_t *input, uint16_t label, int8_t confidence) {
+  const int8_t *sent = split ? activations[split - 1] : input;
+  uint32_t count = split ? bisup_stages_activation_bytes[split - 1] : BISUP_STAGES_INPUT_BYTES;
+#if BISUP_POLICY_SCHEDULED
+  bool holding = bisup_proto_client_holding(&app.client); /* nothing goes out: nothing to measure */
+  uint32_t resends = app.client.resends, before = bisup_board_cycles();
+#endif
+  bisup_app_result result =
+      bisup_app_ask(&app, (uint8_t)split, sent, count, label, confidence, bisup_board_read, NULL);
+#if BISUP_POLICY_SCHEDULED
+  bool answered = result.source == BISUP_PROTO_SRC_REMOTE || result.rejected;
+  if (!holding) relayed(count, split, answered, elapsed_us(before), app.client.resends - resends);
+#endif
+  return result;
+}
+
 /* Stage `index` on `in`; its cycles go to stage_cycles[index]; the exit's label and score are returned. */
-static int64_t stage(int index, const int8_t *in, int8_t *confidences, uint16_t *label) {
+static int64_t stage(const exit_policy *p, int index, const int8_t *in, int8_t *confidences, uint16_t *label) {
   int8_t scores[BISUP_STAGES_CLASSES];
   uint32_t before = bisup_board_cycles();
   bisup_stages_run(index, in, scores, &confidences[index], activations[index]);
   stage_cycles[index] = bisup_board_cycles() - before;
-  return bisup_exit_score(&bisup_stages_exit_rules[index], index, confidences, scores, BISUP_STAGES_CLASSES, label);
+  return bisup_exit_score(&p->rules[index], index, confidences, scores, BISUP_STAGES_CLASSES, label);
 }
 
 /* The stage loop (firmware_bridge/exits_device.py does the same on the host). */
 static uint32_t infer_and_decide(const int8_t *input, bisup_proto_msg *r) {
+  exit_policy p;
+  choose(&p);
   int8_t confidences[BISUP_STAGES];
   uint16_t label = 0;
   uint32_t cycles = 0;
   int e = 0;
-  for (; e < BISUP_POLICY_DEPTH; ++e) {
-    int64_t score = stage(e, e ? activations[e - 1] : input, confidences, &label);
+  for (; e < p.depth; ++e) {
+    int64_t score = stage(&p, e, e ? activations[e - 1] : input, confidences, &label);
     cycles += stage_cycles[e];
-    if (bisup_exit_answers(&bisup_stages_exit_rules[e], score) || (e == BISUP_STAGES - 1 && !BISUP_POLICY_RELAY)) {
+    if (bisup_exit_answers(&p.rules[e], score) || (e == BISUP_STAGES - 1 && !p.relay)) {
       bisup_app_count_local(&app);
       r->u.report.label = label;
       r->u.report.source = BISUP_PROTO_SRC_LOCAL;
       break;
     }
   }
-  if (e == BISUP_POLICY_DEPTH) {
-    const int split = BISUP_POLICY_SPLIT; /* 0: the raw input as INFER; else the activation after that stage */
-    const int8_t *sent = split ? activations[split - 1] : input;
-    uint32_t count = split ? bisup_stages_activation_bytes[split - 1] : BISUP_STAGES_INPUT_BYTES;
-    bisup_app_result result = bisup_app_ask(&app, (uint8_t)split, sent, count, label, confidences[e - 1],
-                                            bisup_board_read, NULL);
+  if (e == p.depth) {
+    bisup_app_result result = {label, BISUP_PROTO_SRC_FALLBACK, false};
+    if (p.relay) {
+      result = ask(p.split, input, label, confidences[e - 1]);
+    } else {
+      bisup_app_count_local(&app); /* a local-only entry that stopped before the last exit finishes there */
+    }
     r->u.report.label = result.label;
     r->u.report.source = result.source;
     r->u.report.rejected = result.rejected ? 1u : 0u;
     e -= 1;
     if (result.source != BISUP_PROTO_SRC_REMOTE) { /* no usable answer: finish locally at the last exit */
       while (++e < BISUP_STAGES) {
-        stage(e, activations[e - 1], confidences, &label);
+        stage(&p, e, activations[e - 1], confidences, &label);
         cycles += stage_cycles[e];
       }
       e = BISUP_STAGES - 1;
       r->u.report.label = label;
+      if (!p.relay) r->u.report.source = BISUP_PROTO_SRC_LOCAL;
     }
   }
   r->u.report.local_label = label;
@@ -75,6 +183,11 @@ int main(void) {
   bisup_board_init();
   bisup_proto_client_config link = bisup_board_link();
   bisup_app_init(&app, &link, 128); /* threshold unused: the exit rules decide */
+#if BISUP_POLICY_SCHEDULED
+  bisup_exit_estimator_init(&link_estimate);
+  bisup_proto_reader_init(&pong_reader);
+  app.stats.u.stats.scheduled = 1; /* STATS in the 16-byte form, with out_of_range */
+#endif
   bisup_board_program program = {stages_hash, BISUP_STAGES_INPUT_BYTES, infer_and_decide};
   bisup_board_serve(&program);
   return 0;

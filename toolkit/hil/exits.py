@@ -25,6 +25,7 @@ from bisup.firmware_bridge.exits_model import StagedIdentity, StagedModel, relay
 from bisup.firmware_bridge.handler import RequestHandler
 from bisup.firmware_bridge.link_schedule import LinkSchedule
 from bisup.firmware_bridge.remotes import RemoteModel
+from bisup.firmware_bridge.schedule_table import ScheduleTable, c_source
 from bisup.hil import link as hil_link
 from bisup.hil import runner as hil
 from bisup.hil import target
@@ -33,9 +34,21 @@ Progress = Callable[[str], None]
 THRESHOLD_MAX = 2**62  # NEVER, as a C int64 literal that no score reaches
 
 
+def schedule_c(staged: StagedModel, chosen: Policy) -> str:
+    """A scheduled policy's table as C (``bisup_schedule``) and the bridge's compute per split at load 0 in µs, what
+    the firmware takes off a relay's time (``Scheduler.relayed``); nothing for a static policy."""
+    if not chosen.schedule:
+        return ""
+    table, macs = ScheduleTable.from_json(chosen.schedule), staged.table.cumulative_macs
+    server_us = [round(table.model.server_s(macs[-1] - (macs[split - 1] if split else 0), 0) * 1e6)
+                 for split in range(len(staged))]
+    return (f"#define BISUP_POLICY_SCHEDULED 1\n{c_source(table, len(staged))}"
+            f"static const uint32_t bisup_schedule_server_us[] = {{{', '.join(map(str, server_us))}}};\n")
+
+
 def config_header(staged: StagedModel, chosen: Policy) -> str:
-    """``stages_config.h``: the stage functions, their sizes, their hash (what HELLO reports) and the policy's
-    exit rules."""
+    """``stages_config.h``: the stage functions, their sizes, their hash (what HELLO reports), the policy's
+    exit rules and, for a scheduled policy, its table."""
     table, n = staged.table, len(staged)
     activation = [s.activation["bytes"] if s.activation else 0 for s in table.stages]
     weights, rules = [], []
@@ -69,6 +82,7 @@ def config_header(staged: StagedModel, chosen: Policy) -> str:
 static const uint32_t bisup_stages_activation_bytes[BISUP_STAGES] = {{{', '.join(map(str, activation))}}};
 {chr(10).join(weights)}
 static const bisup_exit_rule bisup_stages_exit_rules[BISUP_STAGES] = {{{', '.join(rules)}}};
+{schedule_c(staged, chosen)}
 static int bisup_stages_run(int index, const int8_t *in, int8_t *scores, int8_t *confidence, int8_t *activation) {{
   (void)activation;
   switch (index) {{

@@ -177,7 +177,7 @@ def compile_firmware(machine: str, workdir: Path, sources: list[Path], max_body:
            "--specs=nano.specs", "--specs=nosys.specs", f"-DBISUP_PROTO_MAX_BODY={max_body}u",
            f"-DBISUP_UART0_BASE={board.uart0:#x}u", f"-DBISUP_CPU_HZ={board.cpu_hz}u", *defines, f"-I{workdir}",
            f"-I{firmware}", f"-I{C_LIBRARY}", f"-I{engine.KERNELS_DIR}", "-T", str(workdir / "link.ld"),
-           *(str(f) for f in shared + sources), "-o", str(elf)]
+           *(str(f) for f in shared + sources), "-lm", "-o", str(elf)]  # libm: the link estimator's sqrt
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise HilError(f"building the {machine} firmware failed: {_build_error(done.stderr)}")
