@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-from numpy.typing import ArrayLike
 
 from bisup.converters.engine.arithmetic import (
     activation_range,
@@ -27,6 +26,7 @@ from bisup.converters.engine.arithmetic import (
     same_or_valid,
     tflm_round,
 )
+from bisup.converters.engine.c_text import c_array, dsp_3x3_blocks, reduce_shape, shape4, shape_c, struct, wrap32
 from bisup.converters.engine.subgraph import EngineError, Graph
 
 
@@ -45,56 +45,6 @@ class Step:
     macs: int = 0
     parameters: int = 0
     parameter_bytes: int = 0  # the op's weights, biases and constant operands as stored in the model
-
-
-def _c_array(ctype: str, name: str, values: ArrayLike) -> str:
-    flat = [int(v) for v in np.asarray(values).ravel()]
-    rows = [", ".join(str(v) for v in flat[i : i + 20]) for i in range(0, len(flat), 20)]
-    body = ",\n  ".join(rows)
-    return f"static const {ctype} {name}[{max(len(flat), 1)}] = {{\n  {body}\n}};"
-
-
-def _shape4(shape: tuple[int, ...], where: str) -> tuple[int, int, int, int]:
-    if len(shape) > 4:
-        raise EngineError(f"{where}: tensors of rank {len(shape)} are not supported (at most 4)")
-    padded = (1,) * (4 - len(shape)) + tuple(shape)
-    return tuple(int(d) for d in padded)  # type: ignore[return-value]
-
-
-def _shape_c(shape: tuple[int, ...], where: str) -> str:
-    batches, height, width, depth = _shape4(shape, where)
-    return f"{{.batches = {batches}, .height = {height}, .width = {width}, .depth = {depth}}}"
-
-
-def _reduce_shape(outer: int, reduced: int, inner: int) -> str:
-    return f"{{.outer = {outer}, .reduced = {reduced}, .inner = {inner}}}"
-
-
-def _wrap32(values: np.ndarray) -> np.ndarray:
-    """int64 values wrapped to int32, as C's uint32 arithmetic wraps them."""
-    return (np.asarray(values, dtype=np.int64) + (1 << 31)) % (1 << 32) - (1 << 31)
-
-
-def _dsp_3x3_blocks(taps: np.ndarray, interior_bias: np.ndarray, multipliers: list[tuple[int, int]]) -> np.ndarray:
-    """The DSP 3 x 3 depthwise kernel's words (depthwise_conv_dsp.c), 30 per group of four channels 4g..4g+3:
-    2 x interior_bias (4), then per tap the doubled filter's channels 4g, 4g+2 and 4g+1, 4g+3 as int16 pairs, low
-    half first (18), then (multiplier, -shift - 1) per channel (8). The doubling is the requantization's (its
-    SMMULR takes twice the sum); the kernel takes these only where every doubled sum fits int32."""
-    oc = taps.shape[1]
-    groups = oc // 4
-    doubled = (2 * taps[:, : groups * 4].astype(np.int64)) & 0xFFFF
-    g = doubled.reshape(9, groups, 4).transpose(1, 0, 2)  # [group][tap][4 channels]
-    pairs = np.stack([g[..., 0] | g[..., 2] << 16, g[..., 1] | g[..., 3] << 16], axis=-1).reshape(groups, 18)
-    bias2 = (2 * interior_bias[: groups * 4].astype(np.int64)).reshape(groups, 4)
-    requant = np.array([[m, -s - 1] for m, s in multipliers[: groups * 4]], np.int64).reshape(groups, 8)
-    return _wrap32(np.concatenate([bias2, pairs, requant], axis=1))
-
-
-def _struct(ctype: str, name: str, **fields: object) -> str:
-    """A kernel's parameters as a C99 designated initializer: a field the kernels' header reorders or renames
-    fails to compile instead of silently taking another field's value."""
-    body = ", ".join(f".{key} = {value}" for key, value in fields.items())
-    return f"static const {ctype} {name} = {{{body}}};"
 
 
 class _Builder:
@@ -134,10 +84,10 @@ class _Builder:
             raise EngineError(f"{where}: weights {w} are asymmetric (zero point != 0); TFLM's int8 kernels need "
                               "symmetric weights: convert with the default int8 recipe")
         pairs = self.multipliers(x, w, y, float32_product, channels)
-        defs = [_c_array("int32_t", f"{name}_multiplier", [m for m, _ in pairs]),
-                _c_array("int32_t", f"{name}_shift", [s for _, s in pairs])]
+        defs = [c_array("int32_t", f"{name}_multiplier", [m for m, _ in pairs]),
+                c_array("int32_t", f"{name}_shift", [s for _, s in pairs])]
         if bias is not None:
-            defs.append(_c_array("int32_t", f"{name}_bias", self.g.data(bias)))
+            defs.append(c_array("int32_t", f"{name}_bias", self.g.data(bias)))
         return defs, len(self.g.scales(w)) > 1
 
     def multipliers(self, x: int, w: int, y: int, float32_product: bool = False,
@@ -160,7 +110,7 @@ class _Builder:
         if data is None or data.dtype != np.int8:
             raise EngineError(f"{where}: weights {w} ({self.g.name(w)}) must be constant int8 (got "
                               f"{'an activation' if data is None else data.dtype})")
-        return _c_array("int8_t", f"{name}_filter", np.concatenate([data.ravel(), np.zeros(spare, np.int8)]))
+        return c_array("int8_t", f"{name}_filter", np.concatenate([data.ravel(), np.zeros(spare, np.int8)]))
 
     def build(self, position: int, op: schema.OperatorT) -> Step:
         kind = self.g.op_name(op)
@@ -186,7 +136,7 @@ class _Builder:
         x, w, y = ins[0], ins[1], outs[0]
         bias = ins[2] if len(ins) > 2 and ins[2] >= 0 else None
         o = op.builtinOptions
-        n, h, wd, c = _shape4(self.g.shape(x), where)
+        n, h, wd, c = shape4(self.g.shape(x), where)
         oc, fh, fw, ic = self.g.shape(w)
         if ic != c:
             raise EngineError(f"{where}: grouped convolution ({c} input channels, filter depth {ic}) is not supported")
@@ -195,20 +145,20 @@ class _Builder:
         defs, _ = self.requant(name, x, w, y, bias, where, channels=oc)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
         sums = self.g.data(w).reshape(oc, -1).astype(np.int64).sum(axis=1)
-        defs.append(_c_array("int32_t", f"{name}_filter_sums", sums))
+        defs.append(c_array("int32_t", f"{name}_filter_sums", sums))
         # bias - zero_point * sum(w), wrapped to int32 as TFLM's int32 accumulator wraps (exact modulo 2^32)
         folded = (self.g.data(bias).astype(np.int64) if bias is not None else np.zeros(oc, np.int64)) + \
             -self.g.zero_point(x) * sums
-        defs.append(_c_array("int32_t", f"{name}_folded_bias", (folded + (1 << 31)) % (1 << 32) - (1 << 31)))
-        params = _struct("bisup_kernel_conv_params", name, input=_shape_c(self.g.shape(x), where),
-                         output=_shape_c(self.g.shape(y), where), filter_height=fh, filter_width=fw,
-                         stride_height=o.strideH, stride_width=o.strideW, dilation_height=o.dilationHFactor,
-                         dilation_width=o.dilationWFactor, pad_height=pad_h, pad_width=pad_w,
-                         input_offset=-self.g.zero_point(x), output_offset=self.g.zero_point(y), activation_min=lo,
-                         activation_max=hi, filter=f"{name}_filter",
-                         bias=f"{name}_bias" if bias is not None else "NULL", multiplier=f"{name}_multiplier",
-                         shift=f"{name}_shift", filter_sums=f"{name}_filter_sums",
-                         folded_bias=f"{name}_folded_bias")
+        defs.append(c_array("int32_t", f"{name}_folded_bias", (folded + (1 << 31)) % (1 << 32) - (1 << 31)))
+        params = struct("bisup_kernel_conv_params", name, input=shape_c(self.g.shape(x), where),
+                        output=shape_c(self.g.shape(y), where), filter_height=fh, filter_width=fw,
+                        stride_height=o.strideH, stride_width=o.strideW, dilation_height=o.dilationHFactor,
+                        dilation_width=o.dilationWFactor, pad_height=pad_h, pad_width=pad_w,
+                        input_offset=-self.g.zero_point(x), output_offset=self.g.zero_point(y), activation_min=lo,
+                        activation_max=hi, filter=f"{name}_filter",
+                        bias=f"{name}_bias" if bias is not None else "NULL", multiplier=f"{name}_multiplier",
+                        shift=f"{name}_shift", filter_sums=f"{name}_filter_sums",
+                        folded_bias=f"{name}_folded_bias")
         if (out_h, out_w) != self.g.shape(y)[1:3]:
             raise EngineError(f"{where}: output shape {self.g.shape(y)} does not follow from the padding")
         # 3 spare bytes: the DSP kernel's last word of a row of k % 4 != 0 weights may run past the last row
@@ -220,7 +170,7 @@ class _Builder:
         x, w, y = ins[0], ins[1], outs[0]
         bias = ins[2] if len(ins) > 2 and ins[2] >= 0 else None
         o = op.builtinOptions
-        n, h, wd, c = _shape4(self.g.shape(x), where)
+        n, h, wd, c = shape4(self.g.shape(x), where)
         _, fh, fw, oc = self.g.shape(w)
         out_h, pad_h = same_or_valid(o.padding, o.strideH, o.dilationHFactor, h, fh)
         out_w, pad_w = same_or_valid(o.padding, o.strideW, o.dilationWFactor, wd, fw)
@@ -229,22 +179,22 @@ class _Builder:
         # bias + input_offset x sum(taps), per channel, wrapped to int32 as the kernels' uint32 sums wrap
         sums = self.g.data(w).reshape(-1, oc).astype(np.int64).sum(axis=0)
         folded = (self.g.data(bias).astype(np.int64) if bias is not None else 0) - self.g.zero_point(x) * sums
-        defs.append(_c_array("int32_t", f"{name}_interior_bias", _wrap32(folded)))
+        defs.append(c_array("int32_t", f"{name}_interior_bias", wrap32(folded)))
         pairs = "NULL"
         if oc == c and c >= 4 and (fh, fw) == (3, 3):  # the DSP kernel's blocks, defined only where it runs
             multipliers = self.multipliers(x, w, y, channels=oc)
-            words = _dsp_3x3_blocks(self.g.data(w).reshape(9, oc), folded, multipliers)
-            defs.append(f"#if BISUP_KERNEL_DW_PAIRS_USED\n{_c_array('int32_t', f'{name}_filter_pairs', words)}"
+            words = dsp_3x3_blocks(self.g.data(w).reshape(9, oc), folded, multipliers)
+            defs.append(f"#if BISUP_KERNEL_DW_PAIRS_USED\n{c_array('int32_t', f'{name}_filter_pairs', words)}"
                         "\n#endif")
             pairs = f"BISUP_KERNEL_DW_PAIRS({name}_filter_pairs)"
-        params = _struct("bisup_kernel_depthwise_params", name, input=_shape_c(self.g.shape(x), where),
-                         output=_shape_c(self.g.shape(y), where), filter_height=fh, filter_width=fw,
-                         depth_multiplier=oc // c, stride_height=o.strideH, stride_width=o.strideW,
-                         dilation_height=o.dilationHFactor, dilation_width=o.dilationWFactor, pad_height=pad_h,
-                         pad_width=pad_w, input_offset=-self.g.zero_point(x), output_offset=self.g.zero_point(y),
-                         activation_min=lo, activation_max=hi, filter=f"{name}_filter",
-                         bias=f"{name}_bias" if bias is not None else "NULL", multiplier=f"{name}_multiplier",
-                         shift=f"{name}_shift", interior_bias=f"{name}_interior_bias", filter_pairs=pairs)
+        params = struct("bisup_kernel_depthwise_params", name, input=shape_c(self.g.shape(x), where),
+                        output=shape_c(self.g.shape(y), where), filter_height=fh, filter_width=fw,
+                        depth_multiplier=oc // c, stride_height=o.strideH, stride_width=o.strideW,
+                        dilation_height=o.dilationHFactor, dilation_width=o.dilationWFactor, pad_height=pad_h,
+                        pad_width=pad_w, input_offset=-self.g.zero_point(x), output_offset=self.g.zero_point(y),
+                        activation_min=lo, activation_max=hi, filter=f"{name}_filter",
+                        bias=f"{name}_bias" if bias is not None else "NULL", multiplier=f"{name}_multiplier",
+                        shift=f"{name}_shift", interior_bias=f"{name}_interior_bias", filter_pairs=pairs)
         return Step("DEPTHWISE_CONV_2D", [x], [y], [self.weights(name, w, where), *defs, params],
                     f"bisup_kernel_depthwise_conv2d(&{name}, ${x}, ${y});", macs=n * out_h * out_w * oc * fh * fw,
                     parameters=fh * fw * oc + (oc if bias is not None else 0))
@@ -264,12 +214,12 @@ class _Builder:
             -self.g.zero_point(x) * self.g.data(w).astype(np.int64).sum(axis=1)
         if np.abs(folded).max(initial=0) >= 1 << 31:
             raise EngineError(f"{where}: the folded bias overflows int32 (weights too large for this input offset)")
-        defs.append(_c_array("int32_t", f"{name}_bias", folded))
+        defs.append(c_array("int32_t", f"{name}_bias", folded))
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
-        params = _struct("bisup_kernel_fully_connected_params", name, batches=batches, input_depth=in_depth,
-                         output_depth=out_depth, output_offset=self.g.zero_point(y), activation_min=lo,
-                         activation_max=hi, filter=f"{name}_filter", bias=f"{name}_bias",
-                         multiplier=f"{name}_multiplier", shift=f"{name}_shift", per_channel=int(per_channel))
+        params = struct("bisup_kernel_fully_connected_params", name, batches=batches, input_depth=in_depth,
+                        output_depth=out_depth, output_offset=self.g.zero_point(y), activation_min=lo,
+                        activation_max=hi, filter=f"{name}_filter", bias=f"{name}_bias",
+                        multiplier=f"{name}_multiplier", shift=f"{name}_shift", per_channel=int(per_channel))
         return Step("FULLY_CONNECTED", [x], [y], [self.weights(name, w, where), *defs, params],
                     f"bisup_kernel_fully_connected(&{name}, ${x}, ${y});", macs=batches * out_depth * in_depth,
                     parameters=out_depth * in_depth + (out_depth if bias is not None else 0))
@@ -277,14 +227,14 @@ class _Builder:
     def _max_pool_2d(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         o = op.builtinOptions
-        _, h, wd, _ = _shape4(self.g.shape(x), where)
+        _, h, wd, _ = shape4(self.g.shape(x), where)
         _, pad_h = same_or_valid(o.padding, o.strideH, 1, h, o.filterHeight)
         _, pad_w = same_or_valid(o.padding, o.strideW, 1, wd, o.filterWidth)
         lo, hi = activation_range(o.fusedActivationFunction, self.g.scale(y), self.g.zero_point(y))
-        params = _struct("bisup_kernel_pool_params", name, input=_shape_c(self.g.shape(x), where),
-                         output=_shape_c(self.g.shape(y), where), filter_height=o.filterHeight,
-                         filter_width=o.filterWidth, stride_height=o.strideH, stride_width=o.strideW,
-                         pad_height=pad_h, pad_width=pad_w, activation_min=lo, activation_max=hi)
+        params = struct("bisup_kernel_pool_params", name, input=shape_c(self.g.shape(x), where),
+                        output=shape_c(self.g.shape(y), where), filter_height=o.filterHeight,
+                        filter_width=o.filterWidth, stride_height=o.strideH, stride_width=o.strideW,
+                        pad_height=pad_h, pad_width=pad_w, activation_min=lo, activation_max=hi)
         return Step("MAX_POOL_2D", [x], [y], [params], f"bisup_kernel_max_pool(&{name}, ${x}, ${y});")
 
     def _same_quantization(self, x: int, y: int, where: str, kind: str) -> None:
@@ -306,9 +256,9 @@ class _Builder:
         value = self.g.zero_point(y)
         if len(ins) > 2 and ins[2] >= 0:  # PADV2: an explicit constant
             value = int(np.asarray(self.g.data(ins[2])).ravel()[0])
-        params = _struct("bisup_kernel_pad_params", name, input=_shape_c(self.g.shape(x), where),
-                         output=_shape_c(self.g.shape(y), where), before_batches=before[0], before_height=before[1],
-                         before_width=before[2], before_depth=before[3], value=value)
+        params = struct("bisup_kernel_pad_params", name, input=shape_c(self.g.shape(x), where),
+                        output=shape_c(self.g.shape(y), where), before_batches=before[0], before_height=before[1],
+                        before_width=before[2], before_depth=before[3], value=value)
         return Step("PAD", [x], [y], [params], f"bisup_kernel_pad(&{name}, ${x}, ${y});")
 
     def _concatenation(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -324,8 +274,8 @@ class _Builder:
             if self.g.data(x) is not None:
                 raise EngineError(f"{where}: constant input {x} to CONCATENATION is not supported")
             inner = int(np.prod(self.g.shape(x)[axis:]))
-            defs.append(_struct("bisup_kernel_concat_params", f"{name}_{k}", outer=outer, inner=inner,
-                                output_inner=output_inner, offset=offset))
+            defs.append(struct("bisup_kernel_concat_params", f"{name}_{k}", outer=outer, inner=inner,
+                               output_inner=output_inner, offset=offset))
             calls.append(f"bisup_kernel_concat(&{name}_{k}, ${x}, ${y});")
             offset += inner
         return Step("CONCATENATION", list(ins), [y], defs, " ".join(calls))
@@ -333,9 +283,9 @@ class _Builder:
     def _quantize(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
         x, y = ins[0], outs[0]
         multiplier, shift = self.rescale(x, y)
-        params = _struct("bisup_kernel_requantize_params", name, count=int(np.prod(self.g.shape(x))),
-                         input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
-                         multiplier=multiplier, shift=shift)
+        params = struct("bisup_kernel_requantize_params", name, count=int(np.prod(self.g.shape(x))),
+                        input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
+                        multiplier=multiplier, shift=shift)
         return Step("QUANTIZE", [x], [y], [params], f"bisup_kernel_requantize(&{name}, ${x}, ${y});", in_place=(x,))
 
     def _reshape(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -349,11 +299,11 @@ class _Builder:
         o = op.builtinOptions
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
         defs, operands = self._binary_operands(name, a, b, y, where)
-        params = _struct("bisup_kernel_mul_params", name, input1=_shape_c(self.g.shape(a), where),
-                         input2=_shape_c(self.g.shape(b), where), output=_shape_c(self.g.shape(y), where),
-                         input1_offset=-self.g.zero_point(a), input2_offset=-self.g.zero_point(b),
-                         output_offset=self.g.zero_point(y), activation_min=lo, activation_max=hi,
-                         multiplier=multiplier, shift=shift)
+        params = struct("bisup_kernel_mul_params", name, input1=shape_c(self.g.shape(a), where),
+                        input2=shape_c(self.g.shape(b), where), output=shape_c(self.g.shape(y), where),
+                        input1_offset=-self.g.zero_point(a), input2_offset=-self.g.zero_point(b),
+                        output_offset=self.g.zero_point(y), activation_min=lo, activation_max=hi,
+                        multiplier=multiplier, shift=shift)
         activations = [t for t in (a, b) if self.g.data(t) is None]
         return Step("MUL", activations, [y], [*defs, params],
                     f"bisup_kernel_mul(&{name}, {operands[0]}, {operands[1]}, ${y});", in_place=tuple(activations))
@@ -361,16 +311,16 @@ class _Builder:
     def _binary_operands(self, name: str, a: int, b: int, y: int, where: str) -> tuple[list[str], list[str]]:
         """Constant operands as arrays, activations as $tensor placeholders; shapes must broadcast."""
         self.int8(b, where)
-        out4 = _shape4(self.g.shape(y), where)
+        out4 = shape4(self.g.shape(y), where)
         defs, operands = [], []
         for operand in (a, b):
-            shape = _shape4(self.g.shape(operand), where)
+            shape = shape4(self.g.shape(operand), where)
             if any(s not in (1, d) for s, d in zip(shape, out4, strict=True)):
                 raise EngineError(f"{where}: operand {operand} of shape {self.g.shape(operand)} does not broadcast "
                                   f"to {self.g.shape(y)}")
             constant = self.g.data(operand)
             if constant is not None:
-                defs.append(_c_array("int8_t", f"{name}_const{operand}", constant))
+                defs.append(c_array("int8_t", f"{name}_const{operand}", constant))
                 operands.append(f"{name}_const{operand}")
             else:
                 operands.append(f"${operand}")
@@ -394,12 +344,12 @@ class _Builder:
         o = op.builtinOptions
         lo, hi = activation_range(o.fusedActivationFunction if o else 0, self.g.scale(y), self.g.zero_point(y))
         (m1, s1), (m2, s2), (mo, so) = pairs
-        params = _struct("bisup_kernel_add_params", name, input1=_shape_c(self.g.shape(a), where),
-                         input2=_shape_c(self.g.shape(b), where), output=_shape_c(self.g.shape(y), where),
-                         input1_offset=-self.g.zero_point(a), input2_offset=-self.g.zero_point(b),
-                         output_offset=self.g.zero_point(y), activation_min=lo, activation_max=hi, left_shift=20,
-                         input1_multiplier=m1, input1_shift=s1, input2_multiplier=m2, input2_shift=s2,
-                         output_multiplier=mo, output_shift=so)
+        params = struct("bisup_kernel_add_params", name, input1=shape_c(self.g.shape(a), where),
+                        input2=shape_c(self.g.shape(b), where), output=shape_c(self.g.shape(y), where),
+                        input1_offset=-self.g.zero_point(a), input2_offset=-self.g.zero_point(b),
+                        output_offset=self.g.zero_point(y), activation_min=lo, activation_max=hi, left_shift=20,
+                        input1_multiplier=m1, input1_shift=s1, input2_multiplier=m2, input2_shift=s2,
+                        output_multiplier=mo, output_shift=so)
         activations = [t for t in (a, b) if self.g.data(t) is None]
         return Step(kind, activations, [y], [*defs, params],
                     f"bisup_kernel_{kind.lower()}(&{name}, {operands[0]}, {operands[1]}, ${y});",
@@ -415,9 +365,9 @@ class _Builder:
         x, y = ins[0], outs[0]
         outer, reduced, inner = self._axes(x, ins[1], where)
         multiplier, shift = self.rescale(x, y)
-        params = _struct("bisup_kernel_sum_params", name, shape=_reduce_shape(outer, reduced, inner),
-                         input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
-                         multiplier=multiplier, shift=shift)
+        params = struct("bisup_kernel_sum_params", name, shape=reduce_shape(outer, reduced, inner),
+                        input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
+                        multiplier=multiplier, shift=shift)
         return Step("SUM", [x], [y], [params], f"bisup_kernel_sum(&{name}, ${x}, ${y});")
 
     def _mean(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -427,9 +377,9 @@ class _Builder:
         multiplier, shift = self.rescale(x, y)
         extra = min(reduced.bit_length() - 1, 32, 31 + shift)
         multiplier, shift = (multiplier << extra) // reduced, shift - extra
-        params = _struct("bisup_kernel_sum_params", name, shape=_reduce_shape(outer, reduced, inner),
-                         input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
-                         multiplier=multiplier, shift=shift)
+        params = struct("bisup_kernel_sum_params", name, shape=reduce_shape(outer, reduced, inner),
+                        input_zero_point=self.g.zero_point(x), output_zero_point=self.g.zero_point(y),
+                        multiplier=multiplier, shift=shift)
         return Step("MEAN", [x], [y], [params], f"bisup_kernel_sum(&{name}, ${x}, ${y});")
 
     def _logistic(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -441,9 +391,9 @@ class _Builder:
         multiplier = tflm_round(significand * (1 << 31))
         multiplier = (multiplier + (1 << 31)) % (1 << 32) - (1 << 31)  # TFLM casts to int32 without the fix-up
         radius = input_radius(4, left_shift)
-        params = _struct("bisup_kernel_logistic_params", name, count=int(np.prod(self.g.shape(x))),
-                         input_zero_point=self.g.zero_point(x), input_range_radius=radius,
-                         input_multiplier=multiplier, input_left_shift=left_shift)
+        params = struct("bisup_kernel_logistic_params", name, count=int(np.prod(self.g.shape(x))),
+                        input_zero_point=self.g.zero_point(x), input_range_radius=radius,
+                        input_multiplier=multiplier, input_left_shift=left_shift)
         return Step("LOGISTIC", [x], [y], [params], f"bisup_kernel_logistic(&{name}, ${x}, ${y});", in_place=(x,))
 
     def _axes(self, x: int, axes_tensor: int, where: str) -> tuple[int, int, int]:
@@ -462,8 +412,8 @@ class _Builder:
         multiplier, left_shift, radius = self.softmax_scaling(x, float(np.float32(op.builtinOptions.beta)), where)
         shape = self.g.shape(x)
         depth = shape[-1]
-        params = _struct("bisup_kernel_softmax_params", name, outer=int(np.prod(shape)) // depth, depth=depth,
-                         input_multiplier=multiplier, input_left_shift=left_shift, diff_min=-radius)
+        params = struct("bisup_kernel_softmax_params", name, outer=int(np.prod(shape)) // depth, depth=depth,
+                        input_multiplier=multiplier, input_left_shift=left_shift, diff_min=-radius)
         return Step("SOFTMAX", [x], [y], [params], f"bisup_kernel_softmax(&{name}, ${x}, ${y});")
 
     def _log_softmax(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:
@@ -476,9 +426,9 @@ class _Builder:
         if reverse_shift > 0:
             raise EngineError(f"{where}: log-softmax input scale {self.g.scale(x)} is outside TFLM's int8 range")
         shape = self.g.shape(x)
-        params = _struct("bisup_kernel_log_softmax_params", name, outer=int(np.prod(shape)) // shape[-1],
-                         depth=shape[-1], input_multiplier=multiplier, input_left_shift=left_shift,
-                         reverse_scaling_divisor=reverse, reverse_scaling_left_shift=reverse_shift, diff_min=-radius)
+        params = struct("bisup_kernel_log_softmax_params", name, outer=int(np.prod(shape)) // shape[-1],
+                        depth=shape[-1], input_multiplier=multiplier, input_left_shift=left_shift,
+                        reverse_scaling_divisor=reverse, reverse_scaling_left_shift=reverse_shift, diff_min=-radius)
         return Step("LOG_SOFTMAX", [x], [y], [params], f"bisup_kernel_log_softmax(&{name}, ${x}, ${y});")
 
     def _reduce(self, kind: str, name: str, ins: list[int], outs: list[int], where: str) -> Step:
@@ -486,7 +436,7 @@ class _Builder:
         if self.g.scale(x) != self.g.scale(y) or self.g.zero_point(x) != self.g.zero_point(y):
             raise EngineError(f"{where}: input and output quantization differ; TFLM's int8 {kind} requires equal")
         outer, reduced, inner = self._axes(x, ins[1], where)
-        params = f"static const bisup_kernel_reduce_params {name} = {_reduce_shape(outer, reduced, inner)};"
+        params = f"static const bisup_kernel_reduce_params {name} = {reduce_shape(outer, reduced, inner)};"
         return Step(kind, [x], [y], [params], f"bisup_kernel_{kind.lower()}(&{name}, ${x}, ${y});")
 
     def _reduce_max(self, name: str, op: schema.OperatorT, ins: list[int], outs: list[int], where: str) -> Step:

@@ -1,0 +1,61 @@
+"""How a lowered op's parameters are written as C: constant arrays, designated-initializer structs, shapes, and
+the DSP depthwise kernel's interleaved words. Kept apart from ``lowering`` (which decides *what* the values
+are, as TFLite Micro computes them) because this is only *how* they are spelt for the kernels' headers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from bisup.converters.engine.subgraph import EngineError
+
+
+def c_array(ctype: str, name: str, values: ArrayLike) -> str:
+    flat = [int(v) for v in np.asarray(values).ravel()]
+    rows = [", ".join(str(v) for v in flat[i : i + 20]) for i in range(0, len(flat), 20)]
+    body = ",\n  ".join(rows)
+    return f"static const {ctype} {name}[{max(len(flat), 1)}] = {{\n  {body}\n}};"
+
+
+def shape4(shape: tuple[int, ...], where: str) -> tuple[int, int, int, int]:
+    if len(shape) > 4:
+        raise EngineError(f"{where}: tensors of rank {len(shape)} are not supported (at most 4)")
+    padded = (1,) * (4 - len(shape)) + tuple(shape)
+    return tuple(int(d) for d in padded)  # type: ignore[return-value]
+
+
+def shape_c(shape: tuple[int, ...], where: str) -> str:
+    batches, height, width, depth = shape4(shape, where)
+    return f"{{.batches = {batches}, .height = {height}, .width = {width}, .depth = {depth}}}"
+
+
+def reduce_shape(outer: int, reduced: int, inner: int) -> str:
+    return f"{{.outer = {outer}, .reduced = {reduced}, .inner = {inner}}}"
+
+
+def wrap32(values: np.ndarray) -> np.ndarray:
+    """int64 values wrapped to int32, as C's uint32 arithmetic wraps them."""
+    return (np.asarray(values, dtype=np.int64) + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+def dsp_3x3_blocks(taps: np.ndarray, interior_bias: np.ndarray, multipliers: list[tuple[int, int]]) -> np.ndarray:
+    """The DSP 3 x 3 depthwise kernel's words (depthwise_conv_dsp.c), 30 per group of four channels 4g..4g+3:
+    2 x interior_bias (4), then per tap the doubled filter's channels 4g, 4g+2 and 4g+1, 4g+3 as int16 pairs, low
+    half first (18), then (multiplier, -shift - 1) per channel (8). The doubling is the requantization's (its
+    SMMULR takes twice the sum); the kernel takes these only where every doubled sum fits int32."""
+    oc = taps.shape[1]
+    groups = oc // 4
+    doubled = (2 * taps[:, : groups * 4].astype(np.int64)) & 0xFFFF
+    g = doubled.reshape(9, groups, 4).transpose(1, 0, 2)  # [group][tap][4 channels]
+    pairs = np.stack([g[..., 0] | g[..., 2] << 16, g[..., 1] | g[..., 3] << 16], axis=-1).reshape(groups, 18)
+    bias2 = (2 * interior_bias[: groups * 4].astype(np.int64)).reshape(groups, 4)
+    requant = np.array([[m, -s - 1] for m, s in multipliers[: groups * 4]], np.int64).reshape(groups, 8)
+    return wrap32(np.concatenate([bias2, pairs, requant], axis=1))
+
+
+def struct(ctype: str, name: str, **fields: object) -> str:
+    """A kernel's parameters as a C99 designated initializer: a field the kernels' header reorders or renames
+    fails to compile instead of silently taking another field's value."""
+    body = ", ".join(f".{key} = {value}" for key, value in fields.items())
+    return f"static const {ctype} {name} = {{{body}}};"
