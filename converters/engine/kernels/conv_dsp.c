@@ -162,6 +162,21 @@ static void gather_rows(const int8_t *x, int32_t row_step, int32_t rows, int32_t
   }
 }
 
+/* The column of three rows of 9 values (a 3 x 3 filter on 3 channels: the first layer of RGB models), row_step apart,
+ * wholly inside the input, widened as 28 values (the last one zero) without the int8 im2col: its seven words put
+ * together from word loads (gather_rows, the rounding and widen took about 200 instructions a pixel; this 35). Every
+ * load stays inside the input: the bytes past a row's ninth that w4 reads are the next row's. */
+static void widen_rows_of_9(const int8_t *r0, int32_t row_step, int32_t *dst, int32_t stride) {
+  const int8_t *r1 = r0 + row_step, *r2 = r1 + row_step;
+  const uint32_t words[7] = {load4(r0), load4(r0 + 4), (uint8_t)r0[8] | load4(r1) << 8, load4(r1 + 3),
+                             (load4(r1 + 7) & 0xffffu) | load4(r2) << 16, load4(r2 + 2), load4(r2 + 5) >> 8};
+#pragma GCC unroll 7
+  for (int32_t i = 0; i < 7; ++i, dst += stride) {
+    dst[0] = EVEN(words[i]);
+    dst[1] = ODD(words[i]);
+  }
+}
+
 /* Output pixel (b, oy, ox)'s widened im2col column, straight from the input where every segment (a filter
  * row inside the input, or a tap) is a multiple of 4 values, so that the groups of four never straddle two
  * segments; through the int8 im2col (conv.c) otherwise. Padding taps widen the input zero point. round: a column
@@ -178,9 +193,13 @@ static void widen_window(const bisup_kernel_conv_params *p, const int8_t *input,
     int8_t *col = bisup_kernel_conv_columns[0];
     int32_t k = p->filter_height * row_bytes;
     const int inside_y = y0 >= 0 && y0 + (p->filter_height - 1) * p->dilation_height < in->height;
+    const int32_t row_step = p->dilation_height * in->width * depth;
+    if (round && p->dilation_width == 1 && inside_x && inside_y && p->filter_height == 3 && row_bytes == 9) {
+      widen_rows_of_9(input + offset4(in, b, y0, x0, 0), row_step, dst, stride);
+      return;
+    }
     if (p->dilation_width == 1 && inside_x && inside_y) {
-      gather_rows(input + offset4(in, b, y0, x0, 0), p->dilation_height * in->width * depth, p->filter_height,
-                  row_bytes, col);
+      gather_rows(input + offset4(in, b, y0, x0, 0), row_step, p->filter_height, row_bytes, col);
     } else {
       bisup_kernel_conv_im2col(p, input, b, oy, ox, col);
     }
@@ -392,35 +411,38 @@ BISUP_KERNEL_SPECIALISED void wide_short(const bisup_kernel_gemm *gemm, int two,
  * 2's pairs still loaded): two LDR, four SXTB16, five LDRD, twelve SMLAD and the loop's two, 25 instructions
  * for 24 multiply-accumulates (the 2 x 2 loop's 19 for 16). Fourteen registers. Runs at least one group;
  * returns w past the groups. */
+#define PRODUCT_3X2_LOOP                                                                                              \
+  "1:\n\t"                                                                                                          \
+  "ldr    %[e], [%[w], %[k]]\n\t"                                                                                    \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                    \
+  "sxtb16 %[e], %[e]\n\t"                                                                                            \
+  "ldrd   %[xe], %[xo], [%[x]]\n\t"                                                                                  \
+  "smlad  %[s01], %[xe], %[e], %[s01]\n\t"                                                                           \
+  "smlad  %[s01], %[xo], %[o], %[s01]\n\t"                                                                           \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                              \
+  "smlad  %[s11], %[xe], %[e], %[s11]\n\t"                                                                           \
+  "smlad  %[s11], %[xo], %[o], %[s11]\n\t"                                                                           \
+  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                             \
+  "smlad  %[s21], %[xe], %[e], %[s21]\n\t"                                                                           \
+  "smlad  %[s21], %[xo], %[o], %[s21]\n\t"                                                                           \
+  "ldr    %[e], [%[w]], #4\n\t"                                                                                      \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                    \
+  "sxtb16 %[e], %[e]\n\t"                                                                                            \
+  "smlad  %[s20], %[xe], %[e], %[s20]\n\t"                                                                           \
+  "smlad  %[s20], %[xo], %[o], %[s20]\n\t"                                                                           \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                              \
+  "smlad  %[s10], %[xe], %[e], %[s10]\n\t"                                                                           \
+  "smlad  %[s10], %[xo], %[o], %[s10]\n\t"                                                                           \
+  "ldrd   %[xe], %[xo], [%[x]], #24\n\t"                                                                             \
+  "smlad  %[s00], %[xe], %[e], %[s00]\n\t"                                                                           \
+  "smlad  %[s00], %[xo], %[o], %[s00]\n\t"                                                                           \
+  "cmp    %[x], %[end]\n\t"                                                                                          \
+  "bne    1b\n\t"
+
 BISUP_KERNEL_SPECIALISED const int8_t *product_3x2(const int8_t *w, int32_t k, const int32_t *x, const int32_t *end,
                                                  int32_t *acc) {
   int32_t s00 = acc[0], s01 = acc[1], s10 = acc[2], s11 = acc[3], s20 = acc[4], s21 = acc[5], e, o, xe, xo;
-  __asm__("1:\n\t"
-          "ldr    %[e], [%[w], %[k]]\n\t"
-          "sxtb16 %[o], %[e], ror #8\n\t"
-          "sxtb16 %[e], %[e]\n\t"
-          "ldrd   %[xe], %[xo], [%[x]]\n\t"
-          "smlad  %[s01], %[xe], %[e], %[s01]\n\t"
-          "smlad  %[s01], %[xo], %[o], %[s01]\n\t"
-          "ldrd   %[xe], %[xo], [%[x], #8]\n\t"
-          "smlad  %[s11], %[xe], %[e], %[s11]\n\t"
-          "smlad  %[s11], %[xo], %[o], %[s11]\n\t"
-          "ldrd   %[xe], %[xo], [%[x], #16]\n\t"
-          "smlad  %[s21], %[xe], %[e], %[s21]\n\t"
-          "smlad  %[s21], %[xo], %[o], %[s21]\n\t"
-          "ldr    %[e], [%[w]], #4\n\t"
-          "sxtb16 %[o], %[e], ror #8\n\t"
-          "sxtb16 %[e], %[e]\n\t"
-          "smlad  %[s20], %[xe], %[e], %[s20]\n\t"
-          "smlad  %[s20], %[xo], %[o], %[s20]\n\t"
-          "ldrd   %[xe], %[xo], [%[x], #8]\n\t"
-          "smlad  %[s10], %[xe], %[e], %[s10]\n\t"
-          "smlad  %[s10], %[xo], %[o], %[s10]\n\t"
-          "ldrd   %[xe], %[xo], [%[x]], #24\n\t"
-          "smlad  %[s00], %[xe], %[e], %[s00]\n\t"
-          "smlad  %[s00], %[xo], %[o], %[s00]\n\t"
-          "cmp    %[x], %[end]\n\t"
-          "bne    1b"
+  __asm__(PRODUCT_3X2_LOOP
           : [s00] "+r"(s00), [s01] "+r"(s01), [s10] "+r"(s10), [s11] "+r"(s11), [s20] "+r"(s20), [s21] "+r"(s21),
             [w] "+r"(w), [x] "+r"(x), [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe), [xo] "=&r"(xo)
           : [k] "r"(k), [end] "r"(end)
@@ -434,6 +456,66 @@ BISUP_KERNEL_SPECIALISED const int8_t *product_3x2(const int8_t *w, int32_t k, c
   return w;
 }
 
+/* product_3x2_full's cursor over the channel pairs, in memory: the loop's fourteen registers leave none for it.
+ * bias, multiplier, shift: channel c's; out: pixel 0's channel c; each advanced by a pair. */
+typedef struct {
+  const int32_t *bias, *multiplier, *shift;
+  int8_t *out;
+  int32_t offset21, channels;
+} pair_cursor;
+
+/* Sum s requantized with multiplier m, e = -shift - 1 and offset21 in register xe (bisup_kernel_requantize_short,
+ * full range), stored at xo + at. */
+#define REQUANTIZE_FULL(s, m, e, at)                                                                                \
+  "lsl    %[" #s "], %[" #s "], #1\n\t"                                                                              \
+  "smmulr %[" #s "], %[" #s "], %[" #m "]\n\t"                                                                       \
+  "add    %[" #s "], %[" #s "], %[" #s "], asr #31\n\t"                                                              \
+  "asr    %[" #s "], %[" #s "], %[" #e "]\n\t"                                                                       \
+  "add    %[" #s "], %[" #s "], %[xe]\n\t"                                                                           \
+  "ssat   %[" #s "], #8, %[" #s "], asr #1\n\t"                                                                      \
+  "strb   %[" #s "], [%[xo], #" #at "]\n\t"
+
+/* The next channel pair of q (the activation range all of int8): its sums from the biases, product_3x2's loop and
+ * the six outputs' requantization in one asm block. In C around the loop, the sums and the pair's parameters were
+ * spilled and reloaded: about 100 instructions a channel pair besides the loop; here 78, 65 of them in the asm. */
+BISUP_KERNEL_SPECIALISED void product_3x2_full(const int8_t *w, int32_t k, const int32_t *x, const int32_t *end,
+                                               pair_cursor *q) {
+  int32_t s00, s01, s10, s11, s20, s21, e, o, xe, xo;
+  __asm__ volatile( /* volatile: its stores are its only effect */
+          "ldr    %[e], %[bias]\n\t"
+          "ldrd   %[s00], %[s01], [%[e]], #8\n\t"
+          "str    %[e], %[bias]\n\t"
+          "mov    %[s10], %[s00]\n\t"
+          "mov    %[s20], %[s00]\n\t"
+          "mov    %[s11], %[s01]\n\t"
+          "mov    %[s21], %[s01]\n\t"
+          PRODUCT_3X2_LOOP
+          "ldr    %[k], %[multiplier]\n\t"
+          "ldrd   %[w], %[x], [%[k]], #8\n\t"
+          "str    %[k], %[multiplier]\n\t"
+          "ldr    %[k], %[shift]\n\t"
+          "ldrd   %[e], %[o], [%[k]], #8\n\t"
+          "str    %[k], %[shift]\n\t"
+          "mvn    %[e], %[e]\n\t"
+          "mvn    %[o], %[o]\n\t"
+          "ldr    %[xe], %[offset21]\n\t"
+          "ldr    %[xo], %[out]\n\t"
+          "add    %[k], %[xo], #2\n\t"
+          "str    %[k], %[out]\n\t"
+          "ldr    %[k], %[channels]\n\t"
+          REQUANTIZE_FULL(s00, w, e, 0) REQUANTIZE_FULL(s01, x, o, 1)
+          "add    %[xo], %[xo], %[k]\n\t"
+          REQUANTIZE_FULL(s10, w, e, 0) REQUANTIZE_FULL(s11, x, o, 1)
+          "add    %[xo], %[xo], %[k]\n\t"
+          REQUANTIZE_FULL(s20, w, e, 0) REQUANTIZE_FULL(s21, x, o, 1)
+          : [s00] "=&r"(s00), [s01] "=&r"(s01), [s10] "=&r"(s10), [s11] "=&r"(s11), [s20] "=&r"(s20),
+            [s21] "=&r"(s21), [w] "+r"(w), [x] "+r"(x), [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe), [xo] "=&r"(xo),
+            [k] "+r"(k), [bias] "+m"(q->bias), [multiplier] "+m"(q->multiplier), [shift] "+m"(q->shift),
+            [out] "+m"(q->out)
+          : [end] "r"(end), [offset21] "m"(q->offset21), [channels] "m"(q->channels)
+          : "cc", "memory");
+}
+
 /* pixels (1 to 3) output pixels from wide's three-pixel layout (columns of a multiple of 4 values, rounded up from
  * k: no tail), requantized by bisup_kernel_requantize_short (full: the activation range is all of int8). A rounded
  * up column's last weight word of a row runs into the next row, or past the last row into the filter's 3 spare
@@ -444,7 +526,10 @@ BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t 
   const int32_t offset21 = 2 * g->output_offset + 1, lo = g->activation_min, hi = g->activation_max;
   const int32_t *end = wide + 6 * groups;
   int32_t c = 0;
-  if (pixels == 3) {
+  if (pixels == 3 && full) {
+    pair_cursor q = {g->bias, g->multiplier, g->shift, out, offset21, channels};
+    for (; c + 2 <= channels; c += 2) product_3x2_full(g->weights + (size_t)c * k, k, wide, end, &q);
+  } else if (pixels == 3) {
     for (; c + 2 <= channels; c += 2) {
       int32_t acc[6]; /* acc[2 p + j]: pixel p, channel c + j; constant indices only, so kept in registers */
       acc[0] = acc[2] = acc[4] = g->bias[c];
