@@ -349,7 +349,7 @@ def test_requests_a_worker_cannot_answer_are_still_acked(mosquitto, setup):
     try:
         for n in range(150):
             sender.publish(request_topic("flooder", "t6"), p.encode(p.Ping(n)), qos=1).wait_for_publish(5)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a bound for a hang, not a speed test: a loaded CI host took over 10 s
         while worker.served < 150 and time.monotonic() < deadline:  # served counts acks, after the count
             time.sleep(0.05)
         assert broken.counts.get("internal_error", 0) == 150 and worker.served == 150
