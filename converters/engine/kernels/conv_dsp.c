@@ -269,61 +269,83 @@ static inline const int8_t *product_2x2(const int8_t *w, int32_t k, const int32_
   return w;
 }
 
+/* Channels c and c + 1 of the widened column(s): s[row][channel] from the bias, rows 0 and (with two) 1. */
+BISUP_KERNEL_SPECIALISED void pair_sums(const bisup_kernel_gemm *g, int two, int32_t c, int32_t s[2][2]) {
+  const int32_t k = g->k, groups = k >> 2, rest = k & 3;
+  const int32_t *tail0 = wide_tail[0], *tail1 = wide_tail[1], *end = wide + 4 * groups;
+  const int8_t *w = g->weights + (size_t)c * k;
+  const int32_t *x = wide;
+  int32_t a00 = g->bias[c], a01 = g->bias[c + 1], a10 = a00, a11 = a01; /* a<row><channel> */
+  if (two) {
+    if (groups > 0) w = product_2x2(w, k, x, end, &a00, &a01, &a10, &a11);
+    for (int32_t j = 0; j < rest; ++j) {
+      a00 += w[j] * tail0[j];
+      a01 += w[k + j] * tail0[j];
+      a10 += w[j] * tail1[j];
+      a11 += w[k + j] * tail1[j];
+    }
+  } else {
+    for (; x != end; w += 4, x += 4) {
+      const uint32_t v0 = load4(w), v1 = load4(w + k);
+      a00 = __smlad(x[0], EVEN(v0), a00);
+      a00 = __smlad(x[1], ODD(v0), a00);
+      a01 = __smlad(x[0], EVEN(v1), a01);
+      a01 = __smlad(x[1], ODD(v1), a01);
+    }
+    for (int32_t j = 0; j < rest; ++j) {
+      a00 += w[j] * tail0[j];
+      a01 += w[k + j] * tail0[j];
+    }
+  }
+  s[0][0] = a00;
+  s[0][1] = a01;
+  s[1][0] = a10;
+  s[1][1] = a11;
+}
+
+/* The layer's last channel c when the channel count is odd: s[row] for rows 0 and (with two) 1. */
+BISUP_KERNEL_SPECIALISED void last_sums(const bisup_kernel_gemm *g, int two, int32_t c, int32_t s[2]) {
+  const int32_t k = g->k, groups = k >> 2, rest = k & 3;
+  const int32_t *tail0 = wide_tail[0], *tail1 = wide_tail[1];
+  const int8_t *w = g->weights + (size_t)c * k;
+  int32_t a00 = g->bias[c], a10 = a00;
+  for (int32_t n = 0; n < groups; ++n) {
+    const uint32_t v0 = load4(w + 4 * n);
+    const int32_t v0e = EVEN(v0), v0o = ODD(v0);
+    a00 = __smlad(wide[4 * n], v0e, a00);
+    a00 = __smlad(wide[4 * n + 1], v0o, a00);
+    if (two) {
+      a10 = __smlad(wide[4 * n + 2], v0e, a10);
+      a10 = __smlad(wide[4 * n + 3], v0o, a10);
+    }
+  }
+  for (int32_t j = 0; j < rest; ++j) {
+    a00 += w[4 * groups + j] * tail0[j];
+    if (two) a10 += w[4 * groups + j] * tail1[j];
+  }
+  s[0] = a00;
+  s[1] = a10;
+}
+
 static void gemm_wide_block(const bisup_kernel_gemm *gemm, int two, int32_t c0, int32_t c1, int32_t *acc0,
                             int32_t *acc1) {
   const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the sums' stores cannot alias it */
-  const int32_t k = g->k, groups = k >> 2, rest = k & 3;
-  const int32_t *tail0 = wide_tail[0], *tail1 = wide_tail[1], *end = wide + 4 * groups;
   int32_t c = c0;
   for (; c + 2 <= c1; c += 2) {
-    const int8_t *w = g->weights + (size_t)c * k;
-    const int32_t *x = wide;
-    int32_t a00 = g->bias[c], a01 = g->bias[c + 1], a10 = a00, a11 = a01; /* a<row><channel> */
+    int32_t s[2][2];
+    pair_sums(g, two, c, s);
+    acc0[c - c0] = s[0][0];
+    acc0[c - c0 + 1] = s[0][1];
     if (two) {
-      if (groups > 0) w = product_2x2(w, k, x, end, &a00, &a01, &a10, &a11);
-      for (int32_t j = 0; j < rest; ++j) {
-        a00 += w[j] * tail0[j];
-        a01 += w[k + j] * tail0[j];
-        a10 += w[j] * tail1[j];
-        a11 += w[k + j] * tail1[j];
-      }
-      acc1[c - c0] = a10;
-      acc1[c - c0 + 1] = a11;
-    } else {
-      for (; x != end; w += 4, x += 4) {
-        const uint32_t v0 = load4(w), v1 = load4(w + k);
-        a00 = __smlad(x[0], EVEN(v0), a00);
-        a00 = __smlad(x[1], ODD(v0), a00);
-        a01 = __smlad(x[0], EVEN(v1), a01);
-        a01 = __smlad(x[1], ODD(v1), a01);
-      }
-      for (int32_t j = 0; j < rest; ++j) {
-        a00 += w[j] * tail0[j];
-        a01 += w[k + j] * tail0[j];
-      }
+      acc1[c - c0] = s[1][0];
+      acc1[c - c0 + 1] = s[1][1];
     }
-    acc0[c - c0] = a00;
-    acc0[c - c0 + 1] = a01;
   }
   if (c < c1) {
-    const int8_t *w = g->weights + (size_t)c * k;
-    int32_t a00 = g->bias[c], a10 = a00;
-    for (int32_t n = 0; n < groups; ++n) {
-      const uint32_t v0 = load4(w + 4 * n);
-      const int32_t v0e = EVEN(v0), v0o = ODD(v0);
-      a00 = __smlad(wide[4 * n], v0e, a00);
-      a00 = __smlad(wide[4 * n + 1], v0o, a00);
-      if (two) {
-        a10 = __smlad(wide[4 * n + 2], v0e, a10);
-        a10 = __smlad(wide[4 * n + 3], v0o, a10);
-      }
-    }
-    for (int32_t j = 0; j < rest; ++j) {
-      a00 += w[4 * groups + j] * tail0[j];
-      if (two) a10 += w[4 * groups + j] * tail1[j];
-    }
-    acc0[c - c0] = a00;
-    if (two) acc1[c - c0] = a10;
+    int32_t s[2];
+    last_sums(g, two, c, s);
+    acc0[c - c0] = s[0];
+    if (two) acc1[c - c0] = s[1];
   }
 }
 
@@ -345,63 +367,28 @@ static int short_form(const bisup_kernel_gemm *g) {
 BISUP_KERNEL_SPECIALISED void wide_short(const bisup_kernel_gemm *gemm, int two, int8_t *out0, int8_t *out1,
                                          int full) {
   const bisup_kernel_gemm local = *gemm, *g = &local; /* a local copy: the output stores cannot alias it */
-  const int32_t k = g->k, groups = k >> 2, rest = k & 3, step = g->per_channel, c1 = g->channels;
+  const int32_t step = g->per_channel, c1 = g->channels;
   const int32_t offset21 = 2 * g->output_offset + 1, lo = g->activation_min, hi = g->activation_max;
-  const int32_t *tail0 = wide_tail[0], *tail1 = wide_tail[1], *end = wide + 4 * groups;
   const int32_t *multiplier = g->multiplier, *shift = g->shift;
   int32_t c = 0;
   for (; c + 2 <= c1; c += 2) {
-    const int8_t *w = g->weights + (size_t)c * k;
-    const int32_t *x = wide;
-    int32_t a00 = g->bias[c], a01 = g->bias[c + 1], a10 = a00, a11 = a01; /* a<row><channel> */
+    int32_t s[2][2];
+    pair_sums(g, two, c, s);
     const int32_t m0 = multiplier[c * step], m1 = multiplier[(c + 1) * step];
     const int32_t e0 = -shift[c * step] - 1, e1 = -shift[(c + 1) * step] - 1;
+    out0[c] = bisup_kernel_requantize_short(s[0][0], m0, e0, offset21, lo, hi, full);
+    out0[c + 1] = bisup_kernel_requantize_short(s[0][1], m1, e1, offset21, lo, hi, full);
     if (two) {
-      if (groups > 0) w = product_2x2(w, k, x, end, &a00, &a01, &a10, &a11);
-      for (int32_t j = 0; j < rest; ++j) {
-        a00 += w[j] * tail0[j];
-        a01 += w[k + j] * tail0[j];
-        a10 += w[j] * tail1[j];
-        a11 += w[k + j] * tail1[j];
-      }
-      out1[c] = bisup_kernel_requantize_short(a10, m0, e0, offset21, lo, hi, full);
-      out1[c + 1] = bisup_kernel_requantize_short(a11, m1, e1, offset21, lo, hi, full);
-    } else {
-      for (; x != end; w += 4, x += 4) {
-        const uint32_t v0 = load4(w), v1 = load4(w + k);
-        a00 = __smlad(x[0], EVEN(v0), a00);
-        a00 = __smlad(x[1], ODD(v0), a00);
-        a01 = __smlad(x[0], EVEN(v1), a01);
-        a01 = __smlad(x[1], ODD(v1), a01);
-      }
-      for (int32_t j = 0; j < rest; ++j) {
-        a00 += w[j] * tail0[j];
-        a01 += w[k + j] * tail0[j];
-      }
+      out1[c] = bisup_kernel_requantize_short(s[1][0], m0, e0, offset21, lo, hi, full);
+      out1[c + 1] = bisup_kernel_requantize_short(s[1][1], m1, e1, offset21, lo, hi, full);
     }
-    out0[c] = bisup_kernel_requantize_short(a00, m0, e0, offset21, lo, hi, full);
-    out0[c + 1] = bisup_kernel_requantize_short(a01, m1, e1, offset21, lo, hi, full);
   }
   if (c < c1) {
-    const int8_t *w = g->weights + (size_t)c * k;
+    int32_t s[2];
+    last_sums(g, two, c, s);
     const int32_t m0 = multiplier[c * step], e0 = -shift[c * step] - 1;
-    int32_t a00 = g->bias[c], a10 = a00;
-    for (int32_t n = 0; n < groups; ++n) {
-      const uint32_t v0 = load4(w + 4 * n);
-      const int32_t v0e = EVEN(v0), v0o = ODD(v0);
-      a00 = __smlad(wide[4 * n], v0e, a00);
-      a00 = __smlad(wide[4 * n + 1], v0o, a00);
-      if (two) {
-        a10 = __smlad(wide[4 * n + 2], v0e, a10);
-        a10 = __smlad(wide[4 * n + 3], v0o, a10);
-      }
-    }
-    for (int32_t j = 0; j < rest; ++j) {
-      a00 += w[4 * groups + j] * tail0[j];
-      if (two) a10 += w[4 * groups + j] * tail1[j];
-    }
-    out0[c] = bisup_kernel_requantize_short(a00, m0, e0, offset21, lo, hi, full);
-    if (two) out1[c] = bisup_kernel_requantize_short(a10, m0, e0, offset21, lo, hi, full);
+    out0[c] = bisup_kernel_requantize_short(s[0], m0, e0, offset21, lo, hi, full);
+    if (two) out1[c] = bisup_kernel_requantize_short(s[1], m0, e0, offset21, lo, hi, full);
   }
 }
 
