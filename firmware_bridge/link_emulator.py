@@ -4,7 +4,10 @@ The emulator sits on the byte stream, so the device, the bridge and their retry 
 Each direction is a line of its own (full duplex); what it does to the bytes:
 
 * bandwidth: a chunk occupies the line for ``8 * bytes / bandwidth`` (serialisation) after what is already
-  queued on it, so a burst queues behind itself; the queue is unbounded (nothing is refused for being late);
+  queued on it, so a burst queues behind itself. The queue is bounded (``queue_bytes``, 256 KiB by default) so a
+  flooding sender cannot grow the emulator's memory: past it a serial line drops what comes in, as a radio's full
+  transmit buffer does (counted as ``overflow``), and a TCP line stops reading the sender until half has drained,
+  so TCP's own flow control pushes back on it. A serial frame still unfinished past that bound is dropped too;
 * delay: every byte arrives half the phase's round trip after it left the line;
 * loss and outage, per kind of link:
 
@@ -53,6 +56,7 @@ from bisup.firmware_bridge.serial_bridge import port_problem
 PACKET_BYTES = 64  # a radio packet (BLE's is 27..251 B, LoRa's up to 255 B); the unit of loss
 MIN_RTO_S = 0.2  # Linux's minimum TCP retransmission timeout
 SEND_TIMEOUT_S = 5.0  # a TCP peer that takes nothing for this long is cut off
+QUEUE_BYTES = 256 * 1024  # per direction: a TCP socket buffer's order, ten times bisup's largest frame
 
 
 class LinkError(BisupError, RuntimeError):
@@ -117,12 +121,13 @@ class SocketEnd(End):
 
 @dataclass
 class LineStats:
-    """One direction's bytes: taken from the sender, delivered, dropped (serial loss and outages), and packets
-    resent or held by an outage (tcp)."""
+    """One direction's bytes: taken from the sender, delivered, dropped (serial loss, outages and overflow), of
+    those dropped because the queue was full (``overflow``), and packets resent or held by an outage (tcp)."""
 
     sent: int = 0
     delivered: int = 0
     dropped: int = 0
+    overflow: int = 0
     resent: int = 0
     held: int = 0
 
@@ -134,6 +139,9 @@ class Line:
     schedule: LinkSchedule
     lossless: bool  # tcp: resend lost packets and hold bytes in outages; serial: drop them
     rng: random.Random
+    queue_bytes: int = QUEUE_BYTES
+    queued: int = 0  # planned, not yet delivered
+    peak_queued: int = 0
     free_at: float = 0.0
     last_arrival: float = 0.0
     stats: LineStats = field(default_factory=LineStats)
@@ -152,13 +160,26 @@ class Line:
         out = []
         for i in range(0, len(data), packet_bytes):
             packet = data[i:i + packet_bytes]
-            arrival = self._packet(packet, max(now, self.free_at))
+            full = not self.lossless and self.queued + len(packet) > self.queue_bytes
+            arrival = None if full else self._packet(packet, max(now, self.free_at))
             if arrival is None:
                 self.stats.dropped += len(packet)
+                self.stats.overflow += len(packet) if full else 0
             else:
                 self.last_arrival = max(arrival, self.last_arrival)  # in order, as a byte stream is
+                self.add(len(packet))
                 out.append((self.last_arrival, packet))
         return out
+
+    def add(self, size: int) -> None:
+        """``size`` more bytes planned on the line."""
+        self.queued += size
+        self.peak_queued = max(self.peak_queued, self.queued)
+
+    @property
+    def full(self) -> bool:
+        """More queued than the bound: a TCP sender is no longer read."""
+        return self.queued > self.queue_bytes
 
     def _packet(self, packet: bytes, start: float) -> float | None:
         phase = self.schedule.at(start)
@@ -183,20 +204,23 @@ class Line:
 @dataclass
 class _Route:
     """Bytes from ``source`` to ``target`` over ``line``; ``peer`` is the opposite direction of the connection;
-    ``partial``: the start of a frame not yet complete (with ``spare``)."""
+    ``partial``: the start of a frame not yet complete (with ``spare``); ``paused``: not read until the line
+    drains (a full TCP line)."""
 
     source: End
     target: End
     line: Line
     peer: _Route | None = None
     partial: bytes = b""
+    paused: bool = False
 
 
 class LinkEmulator:
     """Carries bytes between pairs of ends through the schedule (see the module docstring)."""
 
     def __init__(self, schedule: LinkSchedule, kind: str = "serial", time_scale: float = 1.0,
-                 packet_bytes: int = PACKET_BYTES, seed: int = 0, spare: Callable[[bytes], bool] | None = None):
+                 packet_bytes: int = PACKET_BYTES, seed: int = 0, spare: Callable[[bytes], bool] | None = None,
+                 queue_bytes: int = QUEUE_BYTES):
         """``spare``: serial only, a test harness's own frames sharing the line (HIL's FEED and REPORT): the stream
         is cut into frames at each 0x00 delimiter, and a frame for which ``spare(frame)`` holds is untouched by the
         link: no delay, bandwidth or loss, though never ahead of bytes already in flight, so the order of frames
@@ -207,6 +231,9 @@ class LinkEmulator:
             raise LinkError(f"time scale {time_scale:g} must be positive (1: real time; 10: ten times faster)")
         if packet_bytes < 1:
             raise LinkError(f"packet size {packet_bytes} must be at least 1 byte")
+        if queue_bytes < packet_bytes:
+            raise LinkError(f"queue bound {queue_bytes} B must hold at least one packet ({packet_bytes} B)")
+        self.queue_bytes = queue_bytes
         self.schedule, self.lossless, self.time_scale = schedule, kind == "tcp", time_scale
         self.packet_bytes, self.rng, self.spare = packet_bytes, random.Random(seed), spare
         self.lines: list[Line] = []
@@ -246,7 +273,7 @@ class LinkEmulator:
         return sums
 
     def _line(self) -> Line:
-        line = Line(self.schedule, self.lossless, random.Random(self.rng.random()))
+        line = Line(self.schedule, self.lossless, random.Random(self.rng.random()), self.queue_bytes)
         self.lines.append(line)
         return line
 
@@ -303,22 +330,33 @@ class LinkEmulator:
         for chunk in self._frames(route, data):
             if self.spare is not None and self.spare(chunk):  # never ahead of what is in flight: order holds
                 when = max(host_now, self.t0 + route.line.last_arrival / self.time_scale)
+                route.line.add(len(chunk))
                 heapq.heappush(self._due, (when, next(self._order), route, chunk))
                 continue
             for arrival, packet in route.line.plan(chunk, (host_now - self.t0) * self.time_scale, self.packet_bytes):
                 heapq.heappush(self._due, (self.t0 + arrival / self.time_scale, next(self._order), route, packet))
+        if route.line.lossless and route.line.full:  # stop reading: the sender's socket buffer fills, TCP pushes back
+            self._selector.unregister(route.source)
+            route.paused = True
 
     def _frames(self, route: _Route, data: bytes) -> list[bytes]:
         """``data`` as it goes on the line: as read, or with ``spare`` whole frames (each with its delimiter)."""
         if self.spare is None:
             return [data]
         *frames, route.partial = (route.partial + data).split(b"\0")
+        if len(route.partial) > route.line.queue_bytes:  # no frame is this long: a sender without delimiters
+            route.line.stats.sent += len(route.partial)
+            route.line.stats.dropped += len(route.partial)
+            route.line.stats.overflow += len(route.partial)
+            route.partial = b""
         return [frame + b"\0" for frame in frames]
 
     def _hang_up(self, route: _Route) -> None:
         for each in (route, route.peer):
             if each is not None and each.source.fileno() in self._selector.get_map():
                 self._selector.unregister(each.source)
+            if each is not None:
+                each.paused = False  # closing: never read again
         when = self.t0 + route.line.last_arrival / self.time_scale
         heapq.heappush(self._due, (max(when, time.monotonic()), next(self._order), route, None))
 
@@ -331,6 +369,10 @@ class LinkEmulator:
                 continue
             route.target.write(packet)
             route.line.stats.delivered += len(packet)
+            route.line.queued -= len(packet)
+            if route.paused and route.line.queued <= route.line.queue_bytes // 2:
+                route.paused = False
+                self._selector.register(route.source, selectors.EVENT_READ, route)
 
 
 class PtyLink:
@@ -424,10 +466,10 @@ def between(emulator: LinkEmulator, device: End) -> tuple[socket.socket, tuple[L
 
 @contextlib.contextmanager
 def emulated_pty(schedule: LinkSchedule, time_scale: float = 1.0, seed: int = 0, device: End | None = None,
-                 packet_bytes: int = PACKET_BYTES) -> Iterator[PtyLink]:
+                 packet_bytes: int = PACKET_BYTES, queue_bytes: int = QUEUE_BYTES) -> Iterator[PtyLink]:
     """A serial link through ``schedule``, running: the bridge opens ``bridge_path``; the device opens
     ``device_path``, or is already on ``device`` (see ``PtyLink``)."""
-    emulator = LinkEmulator(schedule, "serial", time_scale, packet_bytes, seed)
+    emulator = LinkEmulator(schedule, "serial", time_scale, packet_bytes, seed, queue_bytes=queue_bytes)
     link = PtyLink(emulator, device)
     try:
         with emulator:
@@ -438,9 +480,10 @@ def emulated_pty(schedule: LinkSchedule, time_scale: float = 1.0, seed: int = 0,
 
 @contextlib.contextmanager
 def tcp_proxy(schedule: LinkSchedule, upstream: tuple[str, int], time_scale: float = 1.0, host: str = "127.0.0.1",
-              port: int = 0, seed: int = 0, packet_bytes: int = PACKET_BYTES) -> Iterator[TcpProxy]:
+              port: int = 0, seed: int = 0, packet_bytes: int = PACKET_BYTES,
+              queue_bytes: int = QUEUE_BYTES) -> Iterator[TcpProxy]:
     """A running TCP proxy to ``upstream`` through ``schedule``; clients connect to its ``address``."""
-    emulator = LinkEmulator(schedule, "tcp", time_scale, packet_bytes, seed)
+    emulator = LinkEmulator(schedule, "tcp", time_scale, packet_bytes, seed, queue_bytes=queue_bytes)
     proxy = TcpProxy(emulator, upstream, host, port)
     try:
         with emulator:

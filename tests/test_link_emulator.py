@@ -13,7 +13,14 @@ import time
 
 import pytest
 
-from bisup.firmware_bridge.link_emulator import LinkEmulator, LinkError, emulated_pty, listen, tcp_proxy
+from bisup.firmware_bridge.link_emulator import (
+    QUEUE_BYTES,
+    LinkEmulator,
+    LinkError,
+    emulated_pty,
+    listen,
+    tcp_proxy,
+)
 from bisup.firmware_bridge.link_schedule import LinkSchedule
 
 
@@ -134,16 +141,17 @@ class Echo:
         self.server.close()
 
 
-def _echo_through(schedule: str, payload: bytes, seed: int = 0) -> tuple[bytes, float, float, list]:
+def _echo_through(schedule: str, payload: bytes, seed: int = 0, queue_bytes: int = QUEUE_BYTES,
+                  ) -> tuple[bytes, float, float, list]:
     """``payload`` to an echo server through the proxy and back: what came back, how long it took, when it came
     in link time, and the emulator's lines."""
     echo = Echo()
     try:
-        with tcp_proxy(LinkSchedule.parse(schedule), echo.address, seed=seed) as proxy:
+        with tcp_proxy(LinkSchedule.parse(schedule), echo.address, seed=seed, queue_bytes=queue_bytes) as proxy:
             with socket.create_connection(proxy.address) as client:
-                client.setblocking(False)
                 start = time.monotonic()
-                client.sendall(payload)
+                threading.Thread(target=client.sendall, args=(payload,), daemon=True).start()
+                client.setblocking(False)
 
                 def read() -> bytes | None:
                     try:
@@ -180,6 +188,40 @@ def test_tcp_loss_is_resends_that_cost_time_not_bytes():
     resent = sum(line.stats.resent for line in lines)
     assert resent > 0
     assert took >= 0.19, took  # at least one 200 ms retransmission timeout on the way
+
+
+def test_a_flooding_serial_sender_overflows_a_bounded_queue():
+    """256 KB written at once into an 80 kbit/s line holding 8 KB: what does not fit is dropped as overflow (a
+    radio's full transmit buffer), the queue never passes its bound, and the emulator keeps carrying bytes."""
+    with emulated_pty(LinkSchedule.parse("0s 80kbps 0ms 0%"), queue_bytes=8192) as link:
+        device, bridge = _open(link.device_path), _open(link.bridge_path)
+        try:
+            flood, deadline = memoryview(bytes(256 * 1024)), time.monotonic() + 20
+            while flood and time.monotonic() < deadline:
+                try:
+                    flood = flood[os.write(device, flood):]
+                except BlockingIOError:
+                    time.sleep(0.001)
+            got, _ = _read_until(_pty_reader(bridge), 8192, 3.0)
+        finally:
+            os.close(device)
+            os.close(bridge)
+    stats = link.uplink.stats
+    assert not flood  # the sender was never blocked: a UART has no flow control
+    assert link.uplink.peak_queued <= 8192
+    assert stats.overflow >= 256 * 1024 - 8192 - 4096 and stats.overflow <= stats.dropped
+    assert len(got) >= 4096
+
+
+def test_a_flooding_tcp_sender_is_pushed_back_and_loses_nothing():
+    """1 MB through a proxy whose lines hold 16 KB: the emulator stops reading the sender while a line is full
+    (TCP's flow control then holds the sender), so its queue stays within the bound plus one read, and every
+    byte still arrives."""
+    payload = os.urandom(1024 * 1024)
+    got, _, _, lines = _echo_through("0s 40Mbps 0ms 0%", payload, queue_bytes=16384)
+    assert got == payload
+    assert all(line.peak_queued <= 16384 + 65536 for line in lines), [line.peak_queued for line in lines]
+    assert all(line.stats.overflow == 0 for line in lines)
 
 
 def test_a_taken_port_is_one_line_naming_it():

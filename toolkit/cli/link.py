@@ -62,8 +62,12 @@ def link(schedule: Path, device_port: str | None, broker_url: str | None, listen
         bisup link wifi-to-lora.txt --mqtt mqtt://127.0.0.1:1883 --listen 127.0.0.1:1884
         bisup device --mqtt mqtt://127.0.0.1:1884 ...
 
-    On exit (Ctrl-C or --duration) prints the bytes each way: sent, delivered, dropped (serial loss
-    and outages), packets resent and bytes held by an outage (MQTT).
+    Each direction queues at most 256 KiB: past it a serial line drops what comes (counted as
+    overflow, as a radio's full transmit buffer would) and an MQTT line stops reading the sender
+    until half has drained (TCP's flow control holds it), so a flooding device cannot grow memory.
+
+    On exit (Ctrl-C or --duration) prints the bytes each way: sent, delivered, dropped (serial loss,
+    outages and overflow), overflow, packets resent and bytes held by an outage (MQTT).
     """
     from bisup.firmware_bridge.link_schedule import LinkSchedule
 
