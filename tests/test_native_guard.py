@@ -62,6 +62,20 @@ def test_sigterm_reaches_the_child_and_is_not_called_a_crash():
     assert "Error" not in stderr
 
 
+def test_sigterm_unwinds_the_child_so_its_cleanup_runs(tmp_path):
+    """What ``bisup hil`` relies on to stop QEMU and remove its build folder when a CI job's timeout sends
+    SIGTERM: the child's ``finally`` blocks run (a signal's default action would skip them)."""
+    marker = tmp_path / "cleaned"
+    process = _guarded(f"print('working', flush=True)\n"
+                       f"            try:\n                time.sleep(60)\n"
+                       f"            finally:\n                open({str(marker)!r}, 'w').close()")
+    assert process.stdout.readline().strip() == "working"
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert marker.exists(), "the child died without running its finally blocks"
+
+
 def test_exit_codes_pass_through():
     process = _guarded("sys.exit(3)")
     process.communicate(timeout=60)

@@ -9,8 +9,11 @@ device) are not forked: they handle their own signals.
 
 Signals: SIGTERM and SIGHUP sent to the parent are passed on to the child; Ctrl-C reaches the child
 directly from the terminal (same process group), so the parent ignores SIGINT rather than deliver it
-twice. The child leaves with ``os._exit`` once the command is done (see ``_leave``). Set
-``BISUP_NO_FORK=1`` to run in one process (e.g. under a debugger).
+twice. In the child SIGTERM and SIGHUP unwind the stack as Ctrl-C does, so every ``finally`` runs: an
+emulated board's QEMU is stopped and temporary folders are removed rather than left behind when a CI job
+or ``timeout`` ends ``bisup hil``; the exit code stays 128 + the signal. The child leaves with ``os._exit``
+once the command is done (see ``_leave``). Set ``BISUP_NO_FORK=1`` to run in one process (e.g. under a
+debugger).
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ def _wait(pid: int) -> int:
     signal.signal(signal.SIGHUP, forward)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     return os.waitpid(pid, 0)[1]
+
+
+def _unwind(signum: int, frame: object) -> NoReturn:
+    """The child's SIGTERM and SIGHUP: leave through the stack, as Ctrl-C's KeyboardInterrupt does."""
+    raise SystemExit(128 + signum)
 
 
 def _run(cli: Callable[..., None], args: list[str]) -> int:
@@ -95,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             import faulthandler
 
             faulthandler.enable()
+        signal.signal(signal.SIGTERM, _unwind)
+        signal.signal(signal.SIGHUP, _unwind)
         _leave(_run(cli, args))
     status = _wait(pid)
     if os.WIFSIGNALED(status):
