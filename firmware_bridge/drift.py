@@ -220,9 +220,10 @@ class DriftAlarm(Events):
     def signals(self) -> list[Signal]:
         return [s for s in (self.remote_fraction, self.disagreement) if s is not None]
 
-    def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
+    def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int,
+                     off_grid: int = 0) -> None:
         device = bounded_id(device)
-        new = self.ledger.check(device, boot, inferences, local, relayed).new
+        new = self.ledger.check(device, boot, inferences, local, relayed, off_grid).new
         if new is not None:
             with self._lock:
                 self._update(self.remote_fraction, new[2], new[0], device)

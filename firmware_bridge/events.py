@@ -34,8 +34,10 @@ class Events:
         """A request refused by the admission limits (``reason``: rate, queue or full); ``answered``: with a BUSY
         reply, else acked unanswered (the device was over its BUSY budget)."""
 
-    def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
-        """A device's STATS: its counts since boot ``boot``. Behind a ``RequestHandler`` only STATS its
+    def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int,
+                     off_grid: int = 0) -> None:
+        """A device's STATS: its counts since boot ``boot`` (``off_grid``: inputs a scheduled multi-exit device
+        decided off its calibrated link grid, with its safe entry). Behind a ``RequestHandler`` only STATS its
         ``StatsLedger`` accepts arrive here; an observer that counts keeps a ledger of its own to tell what is new."""
 
     def implausible_stats(self, device: str, reason: str) -> None:

@@ -137,13 +137,14 @@ class RequestHandler:
 
     def _stats(self, device: str, msg: p.Stats) -> None:
         """Passes a possible STATS on; drops, counts and names (once per device) an impossible one."""
-        verdict = self.ledger.check(device, msg.boot, msg.inferences, msg.local, msg.relayed)
+        off_grid = msg.out_of_range or 0
+        verdict = self.ledger.check(device, msg.boot, msg.inferences, msg.local, msg.relayed, off_grid)
         if verdict.refused:
             self._refused(device, msg, verdict)
             return
         if verdict.short:
             self._short(device, msg, verdict)
-        self.events.device_stats(device, msg.boot, msg.inferences, msg.local, msg.relayed)
+        self.events.device_stats(device, msg.boot, msg.inferences, msg.local, msg.relayed, off_grid)
 
     def _refused(self, device: str, msg: p.Stats, verdict: Verdict) -> None:
         self.count("stats_implausible")

@@ -119,6 +119,9 @@ class Metrics(Events):
                                   registry=r)
         self.local = Counter("bisup_device_local_answers", "Answers devices gave locally (STATS)", ["device"],
                              registry=r)
+        self.off_grid = Counter("bisup_device_off_grid", "Inputs scheduled multi-exit devices decided with their "
+                                "safe entry because the measured link was off the schedule's grid (STATS)",
+                                ["device"], registry=r)
         self.implausible = Counter("bisup_implausible_stats", "STATS refused as impossible, by reason (the log "
                                    "names each device once)", ["reason"], registry=r)
         self.relays_short_stats = Counter("bisup_stats_relays_short", "STATS claiming fewer relays than the bridge "
@@ -160,10 +163,12 @@ class Metrics(Events):
         silent = [] if answered else [(self.busy_silent, (), 1)]
         self._inc([(self.busy_refused, (reason,), 1), *silent], device)
 
-    def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> None:
-        new = self.ledger.check(bounded_id(device), boot, inferences, local, relayed).new
+    def device_stats(self, device: str, boot: int, inferences: int, local: int, relayed: int,
+                     off_grid: int = 0) -> None:
+        new = self.ledger.check(bounded_id(device), boot, inferences, local, relayed, off_grid).new
         if new is not None:
-            self._inc([(self.inferences, (), new[0]), (self.local, (), new[1])], device)
+            off = [(self.off_grid, (), new[3])] if new[3] else []  # only scheduled devices get the series
+            self._inc([(self.inferences, (), new[0]), (self.local, (), new[1]), *off], device)
 
     def implausible_stats(self, device: str, reason: str) -> None:
         self.implausible.labels(reason=reason).inc()

@@ -50,9 +50,10 @@ REASONS = {
     "local_above_inferences": "more local answers than inferences",
     "not_monotone": "counts that do not move together (within a boot each only grows)",
     "too_fast": f"more inferences since its last STATS than {MAX_RATE:,} per second make",
+    "off_grid_above_inferences": "more inputs decided off its link grid than inferences",
 }
 
-Counts = tuple[int, int, int]  # inferences, local answers, relays
+Counts = tuple[int, int, int, int]  # inferences, local answers, relays, inputs off the link grid (scheduled devices)
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,13 @@ class _Device:
 
 def _inconsistent(last: Counts | None, now: Counts) -> str | None:
     """The REASONS key when ``now`` contradicts itself or the boot's last accepted counts."""
-    inferences, local, relayed = now
+    inferences, local, relayed, off_grid = now
     if relayed > inferences:
         return "relayed_above_inferences"
     if local > inferences:
         return "local_above_inferences"
+    if off_grid > inferences:
+        return "off_grid_above_inferences"
     if last is None:
         return None
     grew = [b - a for a, b in zip(last, now, strict=True)]
@@ -92,6 +95,8 @@ def _inconsistent(last: Counts | None, now: Counts) -> str | None:
         return "not_monotone"
     if grew[2] > grew[0]:
         return "relayed_above_inferences"
+    if grew[3] > grew[0]:
+        return "off_grid_above_inferences"
     return "local_above_inferences" if grew[1] > grew[0] else None
 
 
@@ -121,20 +126,23 @@ class StatsLedger:
             if record.boot == boot:
                 record.relays += 1
 
-    def check(self, device: str, boot: int, inferences: int, local: int, relayed: int) -> Verdict:
+    def check(self, device: str, boot: int, inferences: int, local: int, relayed: int,
+              off_grid: int = 0) -> Verdict:
+        """``off_grid``: a scheduled multi-exit device's inputs decided off its calibrated link grid (STATS'
+        ``out_of_range``; 0 for the others)."""
         with self._lock:
             record = self._touch(bounded_id(device), boot)
             if boot in record.retired:
                 return Verdict()  # a late STATS from before a reboot
             last = record.counts if record.boot == boot else None
             now = self.clock()
-            refused = _inconsistent(last, (inferences, local, relayed)) or self._too_fast(record, last, now,
+            refused = _inconsistent(last, (inferences, local, relayed, off_grid)) or self._too_fast(record, last, now,
                                                                                       inferences)
             if refused:
                 return Verdict(refused=refused, first=_first(record, "refused"))
             if last is not None and inferences <= last[0]:
                 return Verdict()  # late or repeated
-            return self._accept(record, boot, now, (inferences, local, relayed))
+            return self._accept(record, boot, now, (inferences, local, relayed, off_grid))
 
     def _touch(self, device: str, boot: int) -> _Device:
         """The device's record, made most recent (a new one for a device not held)."""
@@ -161,7 +169,7 @@ class StatsLedger:
         possible, grace = self._possible(record, now), self.max_rate * GRACE_S
         if record.boot != boot:
             self._reboot(record, boot)
-        last = record.counts or (0, 0, 0)
+        last = record.counts or (0, 0, 0, 0)
         unknown_age = possible is None and counts[0] > grace  # kept as the starting point, not counted
         used = 0 if unknown_age else counts[0] - last[0]
         record.allowance = min(grace, (grace if possible is None else possible) - used)

@@ -204,23 +204,46 @@ def test_a_drifted_fleets_disagreement_alarm_goes_on_despite_a_device_that_alway
 def test_stats_are_held_to_the_clock_and_to_each_other():
     clock = Clock()
     ledger = StatsLedger(clock=clock)
-    assert ledger.check("d", 1, 10, 7, 3).new == (10, 7, 3)
+    assert ledger.check("d", 1, 10, 7, 3).new == (10, 7, 3, 0)
     clock.now += 0.5
     too_many = int(MAX_RATE * (0.5 + GRACE_S)) + 11
     first = ledger.check("d", 1, too_many, too_many - 3, 3)
     assert first.refused == "too_fast" and first.first
     clock.now += 5
-    assert ledger.check("d", 1, too_many, too_many - 3, 3).new == (too_many - 10, too_many - 10, 0)
+    assert ledger.check("d", 1, too_many, too_many - 3, 3).new == (too_many - 10, too_many - 10, 0, 0)
     assert ledger.check("d", 1, too_many, too_many - 3, 3).new is None  # repeated
     assert ledger.check("d", 1, too_many - 5, too_many - 8, 3).new is None  # late
     assert ledger.check("d", 1, too_many, too_many - 4, 4).refused == "not_monotone"  # a repeat that differs
     assert ledger.check("d", 1, too_many + 10, too_many - 10, 20).refused == "not_monotone"  # local fell
     assert ledger.check("d", 1, too_many + 10, too_many - 3, 20).refused == "relayed_above_inferences"
     assert ledger.check("d", 1, too_many + 10, too_many + 11, 3).refused == "local_above_inferences"
-    assert ledger.check("d", 2, 32, 30, 2).new == (32, 30, 2)  # rebooted: from zero
+    assert ledger.check("d", 2, 32, 30, 2).new == (32, 30, 2, 0)  # rebooted: from zero
     assert ledger.check("d", 1, too_many + 10, too_many + 7, 3).new is None  # late from the old boot: not again
     later = ledger.check("d", 3, 10**9, 10**9, 0)  # a new boot can have made no more than the time since
     assert later.refused == "too_fast" and not later.first  # the device is named once
+
+
+def test_inputs_off_the_link_grid_are_held_to_the_inferences():
+    """A scheduled device's ``out_of_range`` (inputs decided off its link grid) is checked like its other counts."""
+    ledger = StatsLedger(clock=Clock())
+    assert ledger.check("s", 1, 10, 7, 3, 4).new == (10, 7, 3, 4)
+    assert ledger.check("s", 1, 20, 14, 6, 15).refused == "off_grid_above_inferences"  # 11 more off grid in 10
+    assert ledger.check("s", 1, 20, 14, 6, 3).refused == "not_monotone"  # fell
+    assert ledger.check("s", 1, 20, 14, 6, 9).new == (10, 7, 3, 5)
+    assert ledger.check("t", 1, 10, 7, 3, 11).refused == "off_grid_above_inferences"
+
+
+def test_the_bridge_counts_inputs_off_the_link_grid_per_device():
+    """16-byte STATS (a scheduled device's, with ``out_of_range``) through the handler to the metrics; an
+    impossible one is refused and counts nothing."""
+    handler, _, metrics, _ = _bridge()
+    for seq, counts in enumerate([(64, 40, 24, 9), (96, 60, 36, 12), (128, 80, 48, 50)], start=1):
+        handler.handle("sched", p.encode(p.Stats(seq, *counts[:3], boot=1, out_of_range=counts[3])))
+    handler.handle("plain", _stats_body(1, 64, 40, 24))
+    got = _samples(metrics)
+    assert got[("bisup_device_off_grid_total", (("device", "sched"),))] == 12
+    assert got[("bisup_implausible_stats_total", (("reason", "off_grid_above_inferences"),))] == 1
+    assert ("bisup_device_off_grid_total", (("device", "plain"),)) not in got  # unscheduled devices: no series
 
 
 def test_many_small_stats_cannot_claim_more_than_one_large_one():
@@ -228,10 +251,10 @@ def test_many_small_stats_cannot_claim_more_than_one_large_one():
     ledger = StatsLedger(clock=clock)
     step = int(MAX_RATE * GRACE_S) // 4  # a quarter of the allowance each, all within the same instant
     claimed = [ledger.check("d", 1, step * n, step * n, 0).new for n in range(1, 6)]
-    assert claimed[:4] == [(step, step, 0)] * 4 and claimed[4] is None
+    assert claimed[:4] == [(step, step, 0, 0)] * 4 and claimed[4] is None
     clock.now += 2
     later = step * 4 + 2 * MAX_RATE  # what two seconds give back
-    assert ledger.check("d", 1, later, later, 0).new == (2 * MAX_RATE, 2 * MAX_RATE, 0)
+    assert ledger.check("d", 1, later, later, 0).new == (2 * MAX_RATE, 2 * MAX_RATE, 0, 0)
 
 
 def test_a_device_whose_stats_understate_what_it_relayed_is_named_once():
