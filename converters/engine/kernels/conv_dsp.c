@@ -135,9 +135,14 @@ void bisup_kernel_gemm_rows_dsp(const bisup_kernel_gemm *g, const int8_t *row0, 
 #ifndef BISUP_KERNEL_CONV_DSP_THREE_MAX
 #define BISUP_KERNEL_CONV_DSP_THREE_MAX 576 /* three columns of int16: 3.4 KB (the 3x3 convolutions on 64 channels) */
 #endif
+#ifndef BISUP_KERNEL_CONV_DSP_SIX_MAX
+#define BISUP_KERNEL_CONV_DSP_SIX_MAX 288 /* six columns of int16 in the same scratch (3.4 KB) */
+#endif
 #define WIDE_TWO (2 * (BISUP_KERNEL_CONV_DSP_COLUMN_MAX / 2))
 #define WIDE_THREE (3 * (BISUP_KERNEL_CONV_DSP_THREE_MAX / 2))
-static int32_t wide[WIDE_TWO > WIDE_THREE ? WIDE_TWO : WIDE_THREE];
+#define WIDE_SIX (3 * ((BISUP_KERNEL_CONV_DSP_SIX_MAX + 3) & ~3))
+#define WIDE_MAX(a, b) ((a) > (b) ? (a) : (b))
+static int32_t wide[WIDE_MAX(WIDE_MAX(WIDE_TWO, WIDE_THREE), WIDE_SIX)];
 static int32_t wide_tail[3][3];
 
 /* k int8 values into the pairs of one pixel (every fourth word pair from dst), the k % 4 last into tail. */
@@ -548,6 +553,111 @@ BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t 
   }
 }
 
+/* Six output pixels at a time, one output channel (a layer passing short_form() whose activation range is all of
+ * int8, rounded-up k <= BISUP_KERNEL_CONV_DSP_SIX_MAX): wide holds per group of four values the six pixels' pairs
+ * (twelve words). The 6 x 1 inner loop: the channel's weight word split by SXTB16 once for six pixels, six LDRD,
+ * twelve SMLAD: 21 instructions per 24 multiply-accumulates (product_3x2's 23 besides its loop), written twice so
+ * that the loop's CMP and BNE come once per 48; an odd group count enters at the second copy. The channel's weights
+ * are a pointer, its x the columns, so no k register: thirteen registers for the loop, one (t) for the cursor. */
+#define PRODUCT_6X1_GROUP                                                                                             \
+  "ldr    %[e], [%[w]], #4\n\t"                                                                                      \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                    \
+  "sxtb16 %[e], %[e]\n\t"                                                                                            \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                              \
+  "smlad  %[s1], %[xe], %[e], %[s1]\n\t"                                                                             \
+  "smlad  %[s1], %[xo], %[o], %[s1]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                             \
+  "smlad  %[s2], %[xe], %[e], %[s2]\n\t"                                                                             \
+  "smlad  %[s2], %[xo], %[o], %[s2]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #24]\n\t"                                                                             \
+  "smlad  %[s3], %[xe], %[e], %[s3]\n\t"                                                                             \
+  "smlad  %[s3], %[xo], %[o], %[s3]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #32]\n\t"                                                                             \
+  "smlad  %[s4], %[xe], %[e], %[s4]\n\t"                                                                             \
+  "smlad  %[s4], %[xo], %[o], %[s4]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #40]\n\t"                                                                             \
+  "smlad  %[s5], %[xe], %[e], %[s5]\n\t"                                                                             \
+  "smlad  %[s5], %[xo], %[o], %[s5]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x]], #48\n\t"                                                                             \
+  "smlad  %[s0], %[xe], %[e], %[s0]\n\t"                                                                             \
+  "smlad  %[s0], %[xo], %[o], %[s0]\n\t"
+
+/* product_6x1_full's cursor, in memory (the loop's registers leave one for it): bias is channel c's; its multiplier
+ * and shift lie to_multiplier and to_shift bytes from it; out is pixel 0's channel c. */
+typedef struct {
+  const int32_t *bias;
+  int32_t to_multiplier, to_shift;
+  int8_t *out;
+  int32_t offset21, channels;
+} six_cursor;
+
+/* The six outputs of the next channel (weights w): its sums from the bias, the 6 x 1 loop, the requantization
+ * (bisup_kernel_requantize_short, full range) and the stores in one asm block, 67 instructions a channel besides
+ * the loop (product_3x2_full's 78 a pair of channels: 13 against 6.5 an output). odd: the group count is odd. */
+#define PRODUCT_6X1_FULL(enter)                                                                                       \
+  __asm__ volatile(/* volatile: its stores are its only effect */                                                   \
+                   "ldr    %[t], %[bias]\n\t"                                                                         \
+                   "ldr    %[s0], [%[t]]\n\t"                                                                         \
+                   "mov    %[s1], %[s0]\n\t"                                                                          \
+                   "mov    %[s2], %[s0]\n\t"                                                                          \
+                   "mov    %[s3], %[s0]\n\t"                                                                          \
+                   "mov    %[s4], %[s0]\n\t"                                                                          \
+                   "mov    %[s5], %[s0]\n\t" enter "1:\n\t" PRODUCT_6X1_GROUP "2:\n\t" PRODUCT_6X1_GROUP          \
+                   "cmp    %[x], %[end]\n\t"                                                                          \
+                   "bne    1b\n\t"                                                                                    \
+                   "ldr    %[o], %[to_multiplier]\n\t"                                                                \
+                   "ldr    %[w], [%[t], %[o]]\n\t"                                                                    \
+                   "ldr    %[o], %[to_shift]\n\t"                                                                     \
+                   "ldr    %[x], [%[t], %[o]]\n\t"                                                                    \
+                   "mvn    %[x], %[x]\n\t"                                                                            \
+                   "add    %[t], %[t], #4\n\t"                                                                        \
+                   "str    %[t], %[bias]\n\t"                                                                         \
+                   "ldr    %[xe], %[offset21]\n\t"                                                                    \
+                   "ldr    %[xo], %[out]\n\t"                                                                         \
+                   "add    %[t], %[xo], #1\n\t"                                                                       \
+                   "str    %[t], %[out]\n\t"                                                                          \
+                   "ldr    %[t], %[channels]\n\t" REQUANTIZE_FULL(s0, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"        \
+                   REQUANTIZE_FULL(s1, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"                                       \
+                   REQUANTIZE_FULL(s2, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"                                       \
+                   REQUANTIZE_FULL(s3, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"                                       \
+                   REQUANTIZE_FULL(s4, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"                                       \
+                   REQUANTIZE_FULL(s5, w, x, 0)                                                                       \
+                   : [s0] "=&r"(s0), [s1] "=&r"(s1), [s2] "=&r"(s2), [s3] "=&r"(s3), [s4] "=&r"(s4),                 \
+                     [s5] "=&r"(s5), [w] "+r"(w), [x] "+r"(x), [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe),           \
+                     [xo] "=&r"(xo), [t] "=&r"(t), [bias] "+m"(q->bias), [out] "+m"(q->out)                           \
+                   : [end] "r"(end), [to_multiplier] "m"(q->to_multiplier), [to_shift] "m"(q->to_shift),             \
+                     [offset21] "m"(q->offset21), [channels] "m"(q->channels)                                       \
+                   : "cc", "memory")
+
+BISUP_KERNEL_SPECIALISED void product_6x1_full(const int8_t *w, const int32_t *end, six_cursor *q, int odd) {
+  const int32_t *x = wide;
+  int32_t s0, s1, s2, s3, s4, s5, e, o, xe, xo, t;
+  if (odd) {
+    PRODUCT_6X1_FULL("b      2f\n\t");
+  } else {
+    PRODUCT_6X1_FULL("");
+  }
+}
+
+/* Six pixels from wide's six-pixel layout (columns of a multiple of 4 values, rounded up from k as wide_three's),
+ * every channel. */
+BISUP_KERNEL_SPECIALISED void wide_six(const bisup_kernel_gemm *g, int8_t *out, int odd) {
+  const int32_t k = g->k, channels = g->channels;
+  const int32_t *end = wide + 12 * ((k + 3) >> 2);
+  six_cursor q = {g->bias, (int32_t)((uintptr_t)g->multiplier - (uintptr_t)g->bias),
+                  (int32_t)((uintptr_t)g->shift - (uintptr_t)g->bias), out, 2 * g->output_offset + 1, channels};
+  const int8_t *w = g->weights;
+  for (int32_t c = 0; c < channels; ++c, w += k) product_6x1_full(w, end, &q, odd);
+}
+
+static void gemm_wide_six(const bisup_kernel_gemm *g, int8_t *out) {
+  if (((g->k + 3) >> 2) & 1) {
+    wide_six(g, out, 1);
+  } else {
+    wide_six(g, out, 0);
+  }
+}
+
 /* The activation range all of int8 (bisup_kernel_requantize_short's full) or not. */
 static int full_range(const bisup_kernel_gemm *g) { return g->activation_min == -128 && g->activation_max == 127; }
 
@@ -591,11 +701,30 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
                                .right_shifts = bisup_kernel_gemm_right_shifts(p->multiplier, p->shift, out->depth)};
   const int32_t plane = out->height * out->width, pixels = out->batches * plane;
   const int fused = short_form(&g);
-  int32_t pending = 0;
+  int32_t pending = 0, n0 = 0;
+  /* Six by six (then three by three) where the activation range is all of int8 and the rounded-up column fits. */
+  if (fused && full_range(&g) && ((k + 3) & ~3) <= BISUP_KERNEL_CONV_DSP_SIX_MAX && ((k & 3) == 0 || !direct)) {
+    int32_t b = 0, oy = 0, ox = 0; /* pixel n's, counted rather than divided for */
+    for (; n0 + 6 <= pixels; n0 += 6) {
+      for (int32_t j = 0; j < 6; ++j) {
+        if (direct) {
+          widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * j,
+                wide_tail[0], 12);
+        } else {
+          widen_window(p, input, b, oy, ox, wide + 2 * j, wide_tail[0], 12, 1);
+        }
+        if (++ox == out->width) {
+          ox = 0;
+          if (++oy == out->height) oy = 0, ++b;
+        }
+      }
+      gemm_wide_six(&g, output + (size_t)n0 * out->depth);
+    }
+  }
   /* Three by three where k % 4 == 0, or where an im2col column rounded up to a multiple of 4 takes it (a 1 x 1
    * filter's k % 4 tail is faster two by two). */
   if (fused && ((k + 3) & ~3) <= BISUP_KERNEL_CONV_DSP_THREE_MAX && ((k & 3) == 0 || !direct)) {
-    for (int32_t n = 0; n < pixels; ++n) {
+    for (int32_t n = n0; n < pixels; ++n) {
       const int32_t b = n / plane, oy = (n % plane) / out->width, ox = n % out->width;
       if (direct) {
         widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * pending,
