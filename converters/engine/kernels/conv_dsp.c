@@ -182,6 +182,19 @@ static void widen_rows_of_9(const int8_t *r0, int32_t row_step, int32_t *dst, in
   }
 }
 
+/* Six consecutive pixels of k values (k % 4 == 0), from x, into wide's six-pixel layout (conv2d_dsp). */
+static void widen_six(const int8_t *x, int32_t k) {
+  int32_t *dst = wide;
+  for (const int8_t *end = x + k; x != end; x += 4, dst += 12) {
+#pragma GCC unroll 6
+    for (int32_t j = 0; j < 6; ++j) {
+      const uint32_t v = load4(x + j * k);
+      dst[2 * j] = EVEN(v);
+      dst[2 * j + 1] = ODD(v);
+    }
+  }
+}
+
 /* Output pixel (b, oy, ox)'s widened im2col column, straight from the input where every segment (a filter
  * row inside the input, or a tap) is a multiple of 4 values, so that the groups of four never straddle two
  * segments; through the int8 im2col (conv.c) otherwise. Padding taps widen the input zero point. round: a column
@@ -582,29 +595,51 @@ BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t 
   "smlad  %[s0], %[xe], %[e], %[s0]\n\t"                                                                             \
   "smlad  %[s0], %[xo], %[o], %[s0]\n\t"
 
-/* product_6x1_full's cursor, in memory (the loop's registers leave one for it): bias is channel c's; its multiplier
- * and shift lie to_multiplier and to_shift bytes from it; out is pixel 0's channel c. */
+/* product_6x1_all's layer parameters and cursors, in memory (the loop's registers leave one for them): bias is
+ * channel c's, its multiplier and shift to_multiplier and to_shift bytes from it; out is pixel 0's channel c; start
+ * is wide; back is the rounded-up k less k (each channel's weights start k after the last's); out_last is pixel
+ * 5's last channel. */
 typedef struct {
   const int32_t *bias;
   int32_t to_multiplier, to_shift;
   int8_t *out;
   int32_t offset21, channels;
+  const int32_t *start;
+  int32_t back;
+  const int8_t *out_last;
 } six_cursor;
 
-/* The six outputs of the next channel (weights w): its sums from the bias, the 6 x 1 loop, the requantization
- * (bisup_kernel_requantize_short, full range) and the stores in one asm block, 67 instructions a channel besides
- * the loop (product_3x2_full's 78 a pair of channels: 13 against 6.5 an output). odd: the group count is odd. */
-#define PRODUCT_6X1_FULL(enter)                                                                                       \
+/* Sum s (below 2^30 in magnitude) requantized and stored at xo, with multiplier m in w, e1 = -shift - 1 in x and
+ * offset21 << e1 in xe (o a scratch register): SMMLAR adds xe - [s < 0] to SMMULR's high word h of 2 s x m, so the
+ * ASR by e1 gives ((h - [s < 0]) >> e1) + offset21 exactly (offset21 << e1 is a multiple of 2^e1; six_form bounds
+ * |h| + |offset21 << e1| below 2^31), and SSAT halves and clamps it. That is bisup_kernel_requantize_short's value:
+ * it subtracts [h < 0], and with m >= 0, h < 0 only when s < 0, and s < 0 with h = 0 gives (-1 >> e1) + offset21 =
+ * offset21 - 1, which halves (offset21 is odd) to what offset21 does. Six instructions, not seven. */
+#define REQUANTIZE_SIX(s)                                                                                           \
+  "lsl    %[" #s "], %[" #s "], #1\n\t"                                                                              \
+  "add    %[o], %[xe], %[" #s "], asr #31\n\t"                                                                       \
+  "smmlar %[" #s "], %[" #s "], %[w], %[o]\n\t"                                                                      \
+  "asr    %[" #s "], %[" #s "], %[x]\n\t"                                                                            \
+  "ssat   %[" #s "], #8, %[" #s "], asr #1\n\t"                                                                      \
+  "strb   %[" #s "], [%[xo]]\n\t"
+
+/* Every channel's six outputs (weights from w): the sums from the bias, the 6 x 1 loop, the requantization and the
+ * stores, the channel loop included, in one asm block: 68 instructions a channel besides the product (the same in
+ * C around an asm channel took 80). enter: "b 2f" for an odd group count. */
+#define PRODUCT_6X1_ALL(enter)                                                                                        \
   __asm__ volatile(/* volatile: its stores are its only effect */                                                   \
+                   "3:\n\t"                                                                                           \
                    "ldr    %[t], %[bias]\n\t"                                                                         \
                    "ldr    %[s0], [%[t]]\n\t"                                                                         \
                    "mov    %[s1], %[s0]\n\t"                                                                          \
                    "mov    %[s2], %[s0]\n\t"                                                                          \
                    "mov    %[s3], %[s0]\n\t"                                                                          \
                    "mov    %[s4], %[s0]\n\t"                                                                          \
-                   "mov    %[s5], %[s0]\n\t" enter "1:\n\t" PRODUCT_6X1_GROUP "2:\n\t" PRODUCT_6X1_GROUP          \
+                   "mov    %[s5], %[s0]\n\t"                                                                          \
+                   "ldr    %[x], %[start]\n\t" enter "1:\n\t" PRODUCT_6X1_GROUP "2:\n\t" PRODUCT_6X1_GROUP        \
                    "cmp    %[x], %[end]\n\t"                                                                          \
                    "bne    1b\n\t"                                                                                    \
+                   "mov    %[e], %[w]\n\t"                                                                            \
                    "ldr    %[o], %[to_multiplier]\n\t"                                                                \
                    "ldr    %[w], [%[t], %[o]]\n\t"                                                                    \
                    "ldr    %[o], %[to_shift]\n\t"                                                                     \
@@ -613,41 +648,57 @@ typedef struct {
                    "add    %[t], %[t], #4\n\t"                                                                        \
                    "str    %[t], %[bias]\n\t"                                                                         \
                    "ldr    %[xe], %[offset21]\n\t"                                                                    \
+                   "lsl    %[xe], %[xe], %[x]\n\t"                                                                    \
                    "ldr    %[xo], %[out]\n\t"                                                                         \
                    "add    %[t], %[xo], #1\n\t"                                                                       \
                    "str    %[t], %[out]\n\t"                                                                          \
-                   "ldr    %[t], %[channels]\n\t" REQUANTIZE_FULL(s0, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"        \
-                   REQUANTIZE_FULL(s1, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"                                       \
-                   REQUANTIZE_FULL(s2, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"                                       \
-                   REQUANTIZE_FULL(s3, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"                                       \
-                   REQUANTIZE_FULL(s4, w, x, 0) "add    %[xo], %[xo], %[t]\n\t"                                       \
-                   REQUANTIZE_FULL(s5, w, x, 0)                                                                       \
+                   "ldr    %[t], %[channels]\n\t" REQUANTIZE_SIX(s0) "add    %[xo], %[xo], %[t]\n\t"                  \
+                   REQUANTIZE_SIX(s1) "add    %[xo], %[xo], %[t]\n\t"                                                 \
+                   REQUANTIZE_SIX(s2) "add    %[xo], %[xo], %[t]\n\t"                                                 \
+                   REQUANTIZE_SIX(s3) "add    %[xo], %[xo], %[t]\n\t"                                                 \
+                   REQUANTIZE_SIX(s4) "add    %[xo], %[xo], %[t]\n\t"                                                 \
+                   REQUANTIZE_SIX(s5)                                                                                 \
+                   "ldr    %[o], %[back]\n\t"                                                                         \
+                   "sub    %[w], %[e], %[o]\n\t"                                                                      \
+                   "ldr    %[o], %[out_last]\n\t"                                                                     \
+                   "cmp    %[xo], %[o]\n\t"                                                                           \
+                   "bne    3b\n\t"                                                                                    \
                    : [s0] "=&r"(s0), [s1] "=&r"(s1), [s2] "=&r"(s2), [s3] "=&r"(s3), [s4] "=&r"(s4),                 \
-                     [s5] "=&r"(s5), [w] "+r"(w), [x] "+r"(x), [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe),           \
-                     [xo] "=&r"(xo), [t] "=&r"(t), [bias] "+m"(q->bias), [out] "+m"(q->out)                           \
-                   : [end] "r"(end), [to_multiplier] "m"(q->to_multiplier), [to_shift] "m"(q->to_shift),             \
-                     [offset21] "m"(q->offset21), [channels] "m"(q->channels)                                       \
+                     [s5] "=&r"(s5), [w] "+r"(w), [x] "=&r"(x), [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe),          \
+                     [xo] "=&r"(xo), [t] "=&r"(t), [bias] "+m"(q.bias), [out] "+m"(q.out)                             \
+                   : [end] "r"(end), [to_multiplier] "m"(q.to_multiplier), [to_shift] "m"(q.to_shift),               \
+                     [offset21] "m"(q.offset21), [channels] "m"(q.channels), [start] "m"(q.start),                   \
+                     [back] "m"(q.back), [out_last] "m"(q.out_last)                                                 \
                    : "cc", "memory")
 
-BISUP_KERNEL_SPECIALISED void product_6x1_full(const int8_t *w, const int32_t *end, six_cursor *q, int odd) {
-  const int32_t *x = wide;
+/* Six pixels from wide's six-pixel layout (columns of a multiple of 4 values, rounded up from k as wide_three's),
+ * every channel (at least one), for a layer passing six_form(). odd: the group count is odd. */
+BISUP_KERNEL_SPECIALISED void wide_six(const bisup_kernel_gemm *g, int8_t *out, int odd) {
+  const int32_t k = g->k, rounded = (k + 3) & ~3, channels = g->channels;
+  const int32_t *end = wide + 3 * rounded;
+  six_cursor q = {g->bias, (int32_t)((uintptr_t)g->multiplier - (uintptr_t)g->bias),
+                  (int32_t)((uintptr_t)g->shift - (uintptr_t)g->bias), out, 2 * g->output_offset + 1, channels,
+                  wide, rounded - k, out + 6 * channels - 1};
+  const int8_t *w = g->weights;
+  const int32_t *x;
   int32_t s0, s1, s2, s3, s4, s5, e, o, xe, xo, t;
   if (odd) {
-    PRODUCT_6X1_FULL("b      2f\n\t");
+    PRODUCT_6X1_ALL("b      2f\n\t");
   } else {
-    PRODUCT_6X1_FULL("");
+    PRODUCT_6X1_ALL("");
   }
 }
 
-/* Six pixels from wide's six-pixel layout (columns of a multiple of 4 values, rounded up from k as wide_three's),
- * every channel. */
-BISUP_KERNEL_SPECIALISED void wide_six(const bisup_kernel_gemm *g, int8_t *out, int odd) {
-  const int32_t k = g->k, channels = g->channels;
-  const int32_t *end = wide + 12 * ((k + 3) >> 2);
-  six_cursor q = {g->bias, (int32_t)((uintptr_t)g->multiplier - (uintptr_t)g->bias),
-                  (int32_t)((uintptr_t)g->shift - (uintptr_t)g->bias), out, 2 * g->output_offset + 1, channels};
-  const int8_t *w = g->weights;
-  for (int32_t c = 0; c < channels; ++c, w += k) product_6x1_full(w, end, &q, odd);
+/* 1 when wide_six's requantization is exact for every channel of a layer passing short_form() (sums below 2^30):
+ * the activation range all of int8, multipliers >= 0, |offset21| << (-shift - 1) below 2^30. */
+static int six_form(const bisup_kernel_gemm *g) {
+  const int64_t offset21 = 2 * (int64_t)g->output_offset + 1;
+  if (g->activation_min != -128 || g->activation_max != 127) return 0;
+  for (int32_t c = 0; c < g->channels; ++c) {
+    const int32_t e1 = -g->shift[c] - 1;
+    if (g->multiplier[c] < 0 || (offset21 < 0 ? -offset21 : offset21) << e1 >= ((int64_t)1 << 30)) return 0;
+  }
+  return 1;
 }
 
 static void gemm_wide_six(const bisup_kernel_gemm *g, int8_t *out) {
@@ -703,11 +754,23 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
   const int fused = short_form(&g);
   int32_t pending = 0, n0 = 0;
   /* Six by six (then three by three) where the activation range is all of int8 and the rounded-up column fits. */
-  if (fused && full_range(&g) && ((k + 3) & ~3) <= BISUP_KERNEL_CONV_DSP_SIX_MAX && ((k & 3) == 0 || !direct)) {
+  if (fused && six_form(&g) && ((k + 3) & ~3) <= BISUP_KERNEL_CONV_DSP_SIX_MAX && ((k & 3) == 0 || !direct)) {
+    const bisup_kernel_shape *in = &p->input;
+    const int contiguous = direct && p->stride_height == 1 && p->stride_width == 1; /* pixel n at input + n k */
+    const int nine = !direct && p->filter_height == 3 && p->filter_width * in->depth == 9 && p->dilation_width == 1;
+    const int32_t row_step = p->dilation_height * in->width * in->depth, last_y = 2 * p->dilation_height;
     int32_t b = 0, oy = 0, ox = 0; /* pixel n's, counted rather than divided for */
     for (; n0 + 6 <= pixels; n0 += 6) {
+      if (contiguous) {
+        widen_six(input + (size_t)n0 * k, k);
+        gemm_wide_six(&g, output + (size_t)n0 * out->depth);
+        continue;
+      }
       for (int32_t j = 0; j < 6; ++j) {
-        if (direct) {
+        const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+        if (nine && y0 >= 0 && y0 + last_y < in->height && x0 >= 0 && x0 + p->filter_width - 1 < in->width) {
+          widen_rows_of_9(input + offset4(in, b, y0, x0, 0), row_step, wide + 2 * j, 12); /* widen_window's */
+        } else if (direct) {
           widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * j,
                 wide_tail[0], 12);
         } else {
