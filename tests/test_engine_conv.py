@@ -41,10 +41,12 @@ CASES = {
     "3x3-k1224": (1, 3, 3, 136, 2, 3, 3, 1, True, 1, False),  # beyond the im2col scratch: the direct loop
     "vww-first": (1, 12, 11, 3, 8, 3, 3, 2, True, 1, True),  # k = 27 rounded up to 28: three pixels at a time
     "3x3-depth5": (1, 6, 5, 5, 6, 3, 3, 1, True, 1, False),  # k = 45 rounded up to 48, windows inside the input
-    # six pixels at a time (whole int8 activation range): an odd group count and 35 pixels (a rest of 5), an even one
+    # six pixels at a time (whole int8 activation range): an odd group count (values doubled: 5 x 10 channels > 3 k)
+    # and 35 pixels (a rest of 5), an even one (not doubled)
     "1x1-six-odd": (1, 5, 7, 12, 10, 1, 1, 1, False, 1, True),
     "1x1-six-even": (1, 4, 5, 16, 9, 1, 1, 1, False, 1, True),
     "rgb-3x3-s2-six": (1, 13, 12, 3, 8, 3, 3, 2, True, 1, True),  # k = 27 rounded up to 28, 42 pixels
+    "1x1-six-doubled": (1, 4, 5, 16, 10, 1, 1, 1, False, 1, True),  # 5 x 10 channels > 3 k: values doubled
 }
 
 
@@ -134,7 +136,8 @@ def test_the_cases_reach_each_path(cases):
     for name in CASES:
         ops = [step.op for step in steps[name] if not step.alias]
         assert ops[:4] == ["CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED", "SOFTMAX"], name
-    for name in ("1x1-six-odd", "1x1-six-even", "rgb-3x3-s2-six"):  # the six-pixel path wants the whole range
+    # the six-pixel path (conv_dsp.c) wants the whole int8 range
+    for name in ("1x1-six-odd", "1x1-six-even", "rgb-3x3-s2-six", "1x1-six-doubled"):
         conv = [step for step in steps[name] if step.op == "CONV_2D"][0].definitions[-1]
         assert ".activation_min = -128" in conv and ".activation_max = 127" in conv, name
     deep = [step for step in steps["3x3-k1224"] if step.op == "CONV_2D"][0]
