@@ -419,32 +419,32 @@ BISUP_KERNEL_SPECIALISED void wide_short(const bisup_kernel_gemm *gemm, int two,
  * 2's pairs still loaded): two LDR, four SXTB16, five LDRD, twelve SMLAD and the loop's two, 25 instructions
  * for 24 multiply-accumulates (the 2 x 2 loop's 19 for 16). Fourteen registers. Runs at least one group;
  * returns w past the groups. */
-#define PRODUCT_3X2_LOOP                                                                                              \
-  "1:\n\t"                                                                                                          \
-  "ldr    %[e], [%[w], %[k]]\n\t"                                                                                    \
-  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                    \
-  "sxtb16 %[e], %[e]\n\t"                                                                                            \
-  "ldrd   %[xe], %[xo], [%[x]]\n\t"                                                                                  \
-  "smlad  %[s01], %[xe], %[e], %[s01]\n\t"                                                                           \
-  "smlad  %[s01], %[xo], %[o], %[s01]\n\t"                                                                           \
-  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                              \
-  "smlad  %[s11], %[xe], %[e], %[s11]\n\t"                                                                           \
-  "smlad  %[s11], %[xo], %[o], %[s11]\n\t"                                                                           \
-  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                             \
-  "smlad  %[s21], %[xe], %[e], %[s21]\n\t"                                                                           \
-  "smlad  %[s21], %[xo], %[o], %[s21]\n\t"                                                                           \
-  "ldr    %[e], [%[w]], #4\n\t"                                                                                      \
-  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                    \
-  "sxtb16 %[e], %[e]\n\t"                                                                                            \
-  "smlad  %[s20], %[xe], %[e], %[s20]\n\t"                                                                           \
-  "smlad  %[s20], %[xo], %[o], %[s20]\n\t"                                                                           \
-  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                              \
-  "smlad  %[s10], %[xe], %[e], %[s10]\n\t"                                                                           \
-  "smlad  %[s10], %[xo], %[o], %[s10]\n\t"                                                                           \
-  "ldrd   %[xe], %[xo], [%[x]], #24\n\t"                                                                             \
-  "smlad  %[s00], %[xe], %[e], %[s00]\n\t"                                                                           \
-  "smlad  %[s00], %[xo], %[o], %[s00]\n\t"                                                                           \
-  "cmp    %[x], %[end]\n\t"                                                                                          \
+#define PRODUCT_3X2_LOOP                                                                                               \
+  "1:\n\t"                                                                                                             \
+  "ldr    %[e], [%[w], %[k]]\n\t"                                                                                      \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                      \
+  "sxtb16 %[e], %[e]\n\t"                                                                                              \
+  "ldrd   %[xe], %[xo], [%[x]]\n\t"                                                                                    \
+  "smlad  %[s01], %[xe], %[e], %[s01]\n\t"                                                                             \
+  "smlad  %[s01], %[xo], %[o], %[s01]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                                \
+  "smlad  %[s11], %[xe], %[e], %[s11]\n\t"                                                                             \
+  "smlad  %[s11], %[xo], %[o], %[s11]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                               \
+  "smlad  %[s21], %[xe], %[e], %[s21]\n\t"                                                                             \
+  "smlad  %[s21], %[xo], %[o], %[s21]\n\t"                                                                             \
+  "ldr    %[e], [%[w]], #4\n\t"                                                                                        \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                      \
+  "sxtb16 %[e], %[e]\n\t"                                                                                              \
+  "smlad  %[s20], %[xe], %[e], %[s20]\n\t"                                                                             \
+  "smlad  %[s20], %[xo], %[o], %[s20]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                                \
+  "smlad  %[s10], %[xe], %[e], %[s10]\n\t"                                                                             \
+  "smlad  %[s10], %[xo], %[o], %[s10]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x]], #24\n\t"                                                                               \
+  "smlad  %[s00], %[xe], %[e], %[s00]\n\t"                                                                             \
+  "smlad  %[s00], %[xo], %[o], %[s00]\n\t"                                                                             \
+  "cmp    %[x], %[end]\n\t"                                                                                            \
   "bne    1b\n\t"
 
 BISUP_KERNEL_SPECIALISED const int8_t *product_3x2(const int8_t *w, int32_t k, const int32_t *x, const int32_t *end,
@@ -474,13 +474,13 @@ typedef struct {
 
 /* Sum s requantized with multiplier m, e = -shift - 1 and offset21 in register xe (bisup_kernel_requantize_short,
  * full range), stored at xo + at. */
-#define REQUANTIZE_FULL(s, m, e, at)                                                                                \
-  "lsl    %[" #s "], %[" #s "], #1\n\t"                                                                              \
-  "smmulr %[" #s "], %[" #s "], %[" #m "]\n\t"                                                                       \
-  "add    %[" #s "], %[" #s "], %[" #s "], asr #31\n\t"                                                              \
-  "asr    %[" #s "], %[" #s "], %[" #e "]\n\t"                                                                       \
-  "add    %[" #s "], %[" #s "], %[xe]\n\t"                                                                           \
-  "ssat   %[" #s "], #8, %[" #s "], asr #1\n\t"                                                                      \
+#define REQUANTIZE_FULL(s, m, e, at)                                                                                   \
+  "lsl    %[" #s "], %[" #s "], #1\n\t"                                                                                \
+  "smmulr %[" #s "], %[" #s "], %[" #m "]\n\t"                                                                         \
+  "add    %[" #s "], %[" #s "], %[" #s "], asr #31\n\t"                                                                \
+  "asr    %[" #s "], %[" #s "], %[" #e "]\n\t"                                                                         \
+  "add    %[" #s "], %[" #s "], %[xe]\n\t"                                                                             \
+  "ssat   %[" #s "], #8, %[" #s "], asr #1\n\t"                                                                        \
   "strb   %[" #s "], [%[xo], #" #at "]\n\t"
 
 /* The next channel pair of q (the activation range all of int8): its sums from the biases, product_3x2's loop and
@@ -575,51 +575,51 @@ BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t 
  * twelve SMLAD: 21 instructions per 24 multiply-accumulates (product_3x2's 23 besides its loop), written twice so
  * that the loop's CMP and BNE come once per 48; an odd group count enters at the second copy. The channel's weights
  * are a pointer, its x the columns, so no k register: thirteen registers for the loop, one (t) for the cursor. */
-#define PRODUCT_6X1_GROUP                                                                                             \
-  "ldr    %[e], [%[w]], #4\n\t"                                                                                      \
-  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                    \
-  "sxtb16 %[e], %[e]\n\t"                                                                                            \
-  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                              \
-  "smlad  %[s1], %[xe], %[e], %[s1]\n\t"                                                                             \
-  "smlad  %[s1], %[xo], %[o], %[s1]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                             \
-  "smlad  %[s2], %[xe], %[e], %[s2]\n\t"                                                                             \
-  "smlad  %[s2], %[xo], %[o], %[s2]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x], #24]\n\t"                                                                             \
-  "smlad  %[s3], %[xe], %[e], %[s3]\n\t"                                                                             \
-  "smlad  %[s3], %[xo], %[o], %[s3]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x], #32]\n\t"                                                                             \
-  "smlad  %[s4], %[xe], %[e], %[s4]\n\t"                                                                             \
-  "smlad  %[s4], %[xo], %[o], %[s4]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x], #40]\n\t"                                                                             \
-  "smlad  %[s5], %[xe], %[e], %[s5]\n\t"                                                                             \
-  "smlad  %[s5], %[xo], %[o], %[s5]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x]], #48\n\t"                                                                             \
-  "smlad  %[s0], %[xe], %[e], %[s0]\n\t"                                                                             \
+#define PRODUCT_6X1_GROUP                                                                                              \
+  "ldr    %[e], [%[w]], #4\n\t"                                                                                        \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                      \
+  "sxtb16 %[e], %[e]\n\t"                                                                                              \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                                \
+  "smlad  %[s1], %[xe], %[e], %[s1]\n\t"                                                                               \
+  "smlad  %[s1], %[xo], %[o], %[s1]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                               \
+  "smlad  %[s2], %[xe], %[e], %[s2]\n\t"                                                                               \
+  "smlad  %[s2], %[xo], %[o], %[s2]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #24]\n\t"                                                                               \
+  "smlad  %[s3], %[xe], %[e], %[s3]\n\t"                                                                               \
+  "smlad  %[s3], %[xo], %[o], %[s3]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #32]\n\t"                                                                               \
+  "smlad  %[s4], %[xe], %[e], %[s4]\n\t"                                                                               \
+  "smlad  %[s4], %[xo], %[o], %[s4]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #40]\n\t"                                                                               \
+  "smlad  %[s5], %[xe], %[e], %[s5]\n\t"                                                                               \
+  "smlad  %[s5], %[xo], %[o], %[s5]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x]], #48\n\t"                                                                               \
+  "smlad  %[s0], %[xe], %[e], %[s0]\n\t"                                                                               \
   "smlad  %[s0], %[xo], %[o], %[s0]\n\t"
 
 /* PRODUCT_6X1_GROUP for the first group of a channel: every sum starts from s0 (the bias), so no copies of it. */
-#define PRODUCT_6X1_FIRST                                                                                             \
-  "ldr    %[e], [%[w]], #4\n\t"                                                                                      \
-  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                    \
-  "sxtb16 %[e], %[e]\n\t"                                                                                            \
-  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                              \
-  "smlad  %[s1], %[xe], %[e], %[s0]\n\t"                                                                             \
-  "smlad  %[s1], %[xo], %[o], %[s1]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                             \
-  "smlad  %[s2], %[xe], %[e], %[s0]\n\t"                                                                             \
-  "smlad  %[s2], %[xo], %[o], %[s2]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x], #24]\n\t"                                                                             \
-  "smlad  %[s3], %[xe], %[e], %[s0]\n\t"                                                                             \
-  "smlad  %[s3], %[xo], %[o], %[s3]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x], #32]\n\t"                                                                             \
-  "smlad  %[s4], %[xe], %[e], %[s0]\n\t"                                                                             \
-  "smlad  %[s4], %[xo], %[o], %[s4]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x], #40]\n\t"                                                                             \
-  "smlad  %[s5], %[xe], %[e], %[s0]\n\t"                                                                             \
-  "smlad  %[s5], %[xo], %[o], %[s5]\n\t"                                                                             \
-  "ldrd   %[xe], %[xo], [%[x]], #48\n\t"                                                                             \
-  "smlad  %[s0], %[xe], %[e], %[s0]\n\t"                                                                             \
+#define PRODUCT_6X1_FIRST                                                                                              \
+  "ldr    %[e], [%[w]], #4\n\t"                                                                                        \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                      \
+  "sxtb16 %[e], %[e]\n\t"                                                                                              \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                                \
+  "smlad  %[s1], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s1], %[xo], %[o], %[s1]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                               \
+  "smlad  %[s2], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s2], %[xo], %[o], %[s2]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #24]\n\t"                                                                               \
+  "smlad  %[s3], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s3], %[xo], %[o], %[s3]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #32]\n\t"                                                                               \
+  "smlad  %[s4], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s4], %[xo], %[o], %[s4]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #40]\n\t"                                                                               \
+  "smlad  %[s5], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s5], %[xo], %[o], %[s5]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x]], #48\n\t"                                                                               \
+  "smlad  %[s0], %[xe], %[e], %[s0]\n\t"                                                                               \
   "smlad  %[s0], %[xo], %[o], %[s0]\n\t"
 
 /* product_6x1_all's layer parameters and cursors, in memory (the loop's registers leave one for them): bias is
@@ -636,7 +636,7 @@ typedef struct {
   const int8_t *out_last;
 } six_cursor;
 
-/* Sum s (below 2^30 in magnitude) requantized and stored at xo, with multiplier m in w, e1 = -shift - 1 in x and
+/* Sum s (below 2^30 in magnitude) requantized and stored at xo, with multiplier m in e, e1 = -shift - 1 in x and
  * offset21 << e1 in xe (o a scratch register): SMMLAR adds xe - [s < 0] to SMMULR's high word h of 2 s x m, so the
  * ASR by e1 gives ((h - [s < 0]) >> e1) + offset21 exactly (offset21 << e1 is a multiple of 2^e1; six_form bounds
  * |h| + |offset21 << e1| below 2^31), and SSAT halves and clamps it. That is bisup_kernel_requantize_short's value:
@@ -644,57 +644,62 @@ typedef struct {
  * offset21 - 1, which halves (offset21 is odd) to what offset21 does. Six instructions, not seven. */
 #define REQUANTIZE_SIX(s) "lsl    %[" #s "], %[" #s "], #1\n\t" REQUANTIZE_SIX_DOUBLED(s)
 /* REQUANTIZE_SIX of a sum already doubled (wide_six's doubled: 2 s, below 2^31 in magnitude). */
-#define REQUANTIZE_SIX_DOUBLED(s)                                                                                   \
-  "add    %[o], %[xe], %[" #s "], asr #31\n\t"                                                                       \
-  "smmlar %[" #s "], %[" #s "], %[w], %[o]\n\t"                                                                      \
-  "asr    %[" #s "], %[" #s "], %[x]\n\t"                                                                            \
-  "ssat   %[" #s "], #8, %[" #s "], asr #1\n\t"                                                                      \
+#define REQUANTIZE_SIX_DOUBLED(s)                                                                                      \
+  "add    %[o], %[xe], %[" #s "], asr #31\n\t"                                                                         \
+  "smmlar %[" #s "], %[" #s "], %[e], %[o]\n\t"                                                                        \
+  "asr    %[" #s "], %[" #s "], %[x]\n\t"                                                                              \
+  "ssat   %[" #s "], #8, %[" #s "], asr #1\n\t"                                                                        \
   "strb   %[" #s "], [%[xo]]\n\t"
 
 /* Every channel's six outputs (weights from w): the sums from the bias, the 6 x 1 loop, the requantization and the
- * stores, the channel loop included, in one asm block: 68 instructions a channel besides the product (the same in
- * C around an asm channel took 80). enter: "b 2f" for an odd group count. */
-#define PRODUCT_6X1_ALL(doubling, enter, requantize)                                                                   \
-  __asm__ volatile(/* volatile: its stores are its only effect */                                                   \
-                   "3:\n\t"                                                                                           \
-                   "ldr    %[t], %[bias]\n\t"                                                                         \
+ * stores, the channel loop included, in one asm block: about 60 instructions a channel besides the product (80 in C
+ * around an asm block per channel). doubling: the bias's LSL when wide is doubled; enter: the branch into the loop
+ * after the first group; requantize: REQUANTIZE_SIX or, wide doubled, REQUANTIZE_SIX_DOUBLED; rewind: REWIND when
+ * k % 4 != 0. */
+#define PRODUCT_6X1_ALL(doubling, enter, requantize, rewind)                                                           \
+  __asm__ volatile(/* volatile: its stores are its only effect */                                                      \
+                   "3:\n\t"                                                                                            \
+                   "ldr    %[t], %[bias]\n\t"                                                                          \
                    "ldr    %[s0], [%[t]]\n\t" doubling                                                                 \
                    "ldr    %[x], %[start]\n\t" PRODUCT_6X1_FIRST enter                                                 \
                    "1:\n\t" PRODUCT_6X1_GROUP "2:\n\t" PRODUCT_6X1_GROUP                                               \
-                   "4:\n\t"                                                                                           \
-                   "cmp    %[x], %[end]\n\t"                                                                          \
-                   "bne    1b\n\t"                                                                                    \
-                   "mov    %[e], %[w]\n\t"                                                                            \
-                   "ldr    %[o], %[to_multiplier]\n\t"                                                                \
-                   "ldr    %[w], [%[t], %[o]]\n\t"                                                                    \
-                   "ldr    %[o], %[to_shift]\n\t"                                                                     \
-                   "ldr    %[x], [%[t], %[o]]\n\t"                                                                    \
-                   "mvn    %[x], %[x]\n\t"                                                                            \
-                   "add    %[t], %[t], #4\n\t"                                                                        \
-                   "str    %[t], %[bias]\n\t"                                                                         \
-                   "ldr    %[xe], %[offset21]\n\t"                                                                    \
-                   "lsl    %[xe], %[xe], %[x]\n\t"                                                                    \
-                   "ldr    %[xo], %[out]\n\t"                                                                         \
-                   "add    %[t], %[xo], #1\n\t"                                                                       \
-                   "str    %[t], %[out]\n\t"                                                                          \
-                   "ldr    %[t], %[channels]\n\t" requantize(s0) "add    %[xo], %[xo], %[t]\n\t"                  \
-                   requantize(s1) "add    %[xo], %[xo], %[t]\n\t"                                                 \
-                   requantize(s2) "add    %[xo], %[xo], %[t]\n\t"                                                 \
-                   requantize(s3) "add    %[xo], %[xo], %[t]\n\t"                                                 \
-                   requantize(s4) "add    %[xo], %[xo], %[t]\n\t"                                                 \
-                   requantize(s5)                                                                                 \
-                   "ldr    %[o], %[back]\n\t"                                                                         \
-                   "sub    %[w], %[e], %[o]\n\t"                                                                      \
-                   "ldr    %[o], %[out_last]\n\t"                                                                     \
-                   "cmp    %[xo], %[o]\n\t"                                                                           \
-                   "bne    3b\n\t"                                                                                    \
-                   : [s0] "=&r"(s0), [s1] "=&r"(s1), [s2] "=&r"(s2), [s3] "=&r"(s3), [s4] "=&r"(s4),                 \
-                     [s5] "=&r"(s5), [w] "+r"(w), [x] "=&r"(x), [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe),          \
-                     [xo] "=&r"(xo), [t] "=&r"(t), [bias] "+m"(q.bias), [out] "+m"(q.out)                             \
-                   : [end] "r"(end), [to_multiplier] "m"(q.to_multiplier), [to_shift] "m"(q.to_shift),               \
-                     [offset21] "m"(q.offset21), [channels] "m"(q.channels), [start] "m"(q.start),                   \
-                     [back] "m"(q.back), [out_last] "m"(q.out_last)                                                 \
+                   "4:\n\t"                                                                                            \
+                   "cmp    %[x], %[end]\n\t"                                                                           \
+                   "bne    1b\n\t"                                                                                     \
+                   "ldr    %[o], %[to_multiplier]\n\t"                                                                 \
+                   "ldr    %[e], [%[t], %[o]]\n\t"                                                                     \
+                   "ldr    %[o], %[to_shift]\n\t"                                                                      \
+                   "ldr    %[x], [%[t], %[o]]\n\t"                                                                     \
+                   "mvn    %[x], %[x]\n\t"                                                                             \
+                   "add    %[t], %[t], #4\n\t"                                                                         \
+                   "str    %[t], %[bias]\n\t"                                                                          \
+                   "ldr    %[xe], %[offset21]\n\t"                                                                     \
+                   "lsl    %[xe], %[xe], %[x]\n\t"                                                                     \
+                   "ldr    %[xo], %[out]\n\t"                                                                          \
+                   "add    %[t], %[xo], #1\n\t"                                                                        \
+                   "str    %[t], %[out]\n\t"                                                                           \
+                   "ldr    %[t], %[channels]\n\t" requantize(s0) "add    %[xo], %[xo], %[t]\n\t"                       \
+                   requantize(s1) "add    %[xo], %[xo], %[t]\n\t"                                                      \
+                   requantize(s2) "add    %[xo], %[xo], %[t]\n\t"                                                      \
+                   requantize(s3) "add    %[xo], %[xo], %[t]\n\t"                                                      \
+                   requantize(s4) "add    %[xo], %[xo], %[t]\n\t"                                                      \
+                   requantize(s5)                                                                                      \
+                   rewind                                                                                              \
+                   "ldr    %[o], %[out_last]\n\t"                                                                      \
+                   "cmp    %[xo], %[o]\n\t"                                                                            \
+                   "bne    3b\n\t"                                                                                     \
+                   : [s0] "=&r"(s0), [s1] "=&r"(s1), [s2] "=&r"(s2), [s3] "=&r"(s3), [s4] "=&r"(s4),                   \
+                     [s5] "=&r"(s5), [w] "+r"(w), [x] "=&r"(x), [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe),            \
+                     [xo] "=&r"(xo), [t] "=&r"(t), [bias] "+m"(q.bias), [out] "+m"(q.out)                              \
+                   : [end] "r"(end), [to_multiplier] "m"(q.to_multiplier), [to_shift] "m"(q.to_shift),                 \
+                     [offset21] "m"(q.offset21), [channels] "m"(q.channels), [start] "m"(q.start),                     \
+                     [back] "m"(q.back), [out_last] "m"(q.out_last)                                                    \
                    : "cc", "memory")
+
+/* The next channel's weights, back bytes before w (the rounded-up k less k). */
+#define REWIND                                                                                                         \
+  "ldr    %[o], %[back]\n\t"                                                                                           \
+  "sub    %[w], %[w], %[o]\n\t"
 
 /* Six pixels from wide's six-pixel layout (columns of a multiple of 4 values, rounded up from k as wide_three's),
  * every channel (at least one), for a layer passing six_form(). odd: the group count is odd. */
@@ -709,14 +714,14 @@ BISUP_KERNEL_SPECIALISED void wide_six(const bisup_kernel_gemm *g, int8_t *out, 
   int32_t s0, s1, s2, s3, s4, s5, e, o, xe, xo, t;
   /* After the first group, an even count of groups left (maybe none) enters at the loop's test, an odd one at the
    * loop's second copy. */
-  if (doubled && odd) {
-    PRODUCT_6X1_ALL("lsl    %[s0], %[s0], #1\n\t", "b      4f\n\t", REQUANTIZE_SIX_DOUBLED);
+  if (doubled && odd) { /* doubled: a 1 x 1 filter, k % 4 == 0, no rewind */
+    PRODUCT_6X1_ALL("lsl    %[s0], %[s0], #1\n\t", "b      4f\n\t", REQUANTIZE_SIX_DOUBLED, "");
   } else if (doubled) {
-    PRODUCT_6X1_ALL("lsl    %[s0], %[s0], #1\n\t", "b      2f\n\t", REQUANTIZE_SIX_DOUBLED);
+    PRODUCT_6X1_ALL("lsl    %[s0], %[s0], #1\n\t", "b      2f\n\t", REQUANTIZE_SIX_DOUBLED, "");
   } else if (odd) {
-    PRODUCT_6X1_ALL("", "b      4f\n\t", REQUANTIZE_SIX);
+    PRODUCT_6X1_ALL("", "b      4f\n\t", REQUANTIZE_SIX, REWIND);
   } else {
-    PRODUCT_6X1_ALL("", "b      2f\n\t", REQUANTIZE_SIX);
+    PRODUCT_6X1_ALL("", "b      2f\n\t", REQUANTIZE_SIX, REWIND);
   }
 }
 
