@@ -182,6 +182,25 @@ static void widen_rows_of_9(const int8_t *r0, int32_t row_step, int32_t *dst, in
   }
 }
 
+/* Words a and b at dst, dst + 1 (word-aligned): one STRD, which GCC does not make of two int32_t stores here. */
+static inline void store_pair(int32_t *dst, int32_t a, int32_t b) {
+  const uint64_t v = (uint32_t)a | (uint64_t)(uint32_t)b << 32;
+  memcpy(dst, &v, sizeof v);
+}
+
+/* widen_rows_of_9 for six windows pixel_step bytes apart (six pixels of one output row, every window inside the
+ * input) into wide's six-pixel layout, with no call, check or address computation per pixel. */
+static void widen_six_rows_of_9(const int8_t *r0, int32_t row_step, int32_t pixel_step) {
+  int32_t *dst = wide;
+  for (int32_t j = 0; j < 6; ++j, r0 += pixel_step, dst += 2) {
+    const int8_t *r1 = r0 + row_step, *r2 = r1 + row_step;
+    const uint32_t words[7] = {load4(r0), load4(r0 + 4), (uint8_t)r0[8] | load4(r1) << 8, load4(r1 + 3),
+                               (load4(r1 + 7) & 0xffffu) | load4(r2) << 16, load4(r2 + 2), load4(r2 + 5) >> 8};
+#pragma GCC unroll 7
+    for (int32_t i = 0; i < 7; ++i) store_pair(dst + 12 * i, EVEN(words[i]), ODD(words[i]));
+  }
+}
+
 /* Six consecutive pixels of k values (k % 4 == 0), from x, into wide's six-pixel layout (conv2d_dsp); doubled
  * (a constant at each call): each value times 2 (SADD16 of a pair with itself: |2 x| <= 256 fits 16 bits), so that
  * the sums come out doubled, as the requantization's SMMULR wants them (wide_six). */
@@ -809,6 +828,17 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
       if (contiguous) {
         widen_six(input + (size_t)n0 * k, k, 0);
         gemm_wide_six(&g, output + (size_t)n0 * out->depth, 0);
+        continue;
+      }
+      const int32_t y6 = oy * p->stride_height - p->pad_height, x6 = ox * p->stride_width - p->pad_width;
+      if (nine && ox + 6 <= out->width && y6 >= 0 && y6 + last_y < in->height && x6 >= 0 &&
+          x6 + 5 * p->stride_width + p->filter_width - 1 < in->width) { /* six windows of one row inside */
+        widen_six_rows_of_9(input + offset4(in, b, y6, x6, 0), row_step, p->stride_width * in->depth);
+        gemm_wide_six(&g, output + (size_t)n0 * out->depth, 0);
+        if ((ox += 6) == out->width) {
+          ox = 0;
+          if (++oy == out->height) oy = 0, ++b;
+        }
         continue;
       }
       for (int32_t j = 0; j < 6; ++j) {
