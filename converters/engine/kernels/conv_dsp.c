@@ -7,7 +7,12 @@
  *   hold the input zero point) are widened once to int16, in pairs (x0, x2), (x1, x3) per group of four
  *   (SXTB16 of the word and of the word rotated by 8). The weights are split the same way, so each SMLAD
  *   adds two products: two weight loads, four SXTB16, four column loads and eight SMLAD for 16
- *   multiply-accumulates (two pixels x two output channels).
+ *   multiply-accumulates (two pixels x two output channels). Where every sum stays below 2^30 and every shift is a
+ *   right shift (short_form), the requantization is fused into the product, three pixels at a time (wide_three);
+ *   and where moreover the activation range is all of int8 and the column, rounded up to a multiple of 4, is at
+ *   most BISUP_KERNEL_CONV_DSP_SIX_MAX values (six_form), six pixels at a time, one output channel (wide_six: the
+ *   channel's weight word split once for six pixels, 21 instructions per 24 multiply-accumulates; the channel loop
+ *   and a six-instruction requantization in one asm block), the rest of the pixels three at a time.
  * - else a 1x1 filter without padding, or k <= BISUP_KERNEL_CONV_COLUMN_MAX: the int8 x int8 product
  *   bisup_kernel_gemm_rows_dsp (SXTB16 on both operands, no scratch beyond the int8 im2col).
  * - else 0: the portable kernel runs it.
@@ -641,7 +646,7 @@ BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t 
   "smlad  %[s0], %[xe], %[e], %[s0]\n\t"                                                                               \
   "smlad  %[s0], %[xo], %[o], %[s0]\n\t"
 
-/* product_6x1_all's layer parameters and cursors, in memory (the loop's registers leave one for them): bias is
+/* PRODUCT_6X1_ALL's layer parameters and cursors, in memory (the loop's registers leave one for them): bias is
  * channel c's, its multiplier and shift to_multiplier and to_shift bytes from it; out is pixel 0's channel c; start
  * is wide; back is the rounded-up k less k (each channel's weights start k after the last's); out_last is pixel
  * 5's last channel. */
