@@ -14,7 +14,9 @@ DSP ones, which only run there.
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,6 +43,13 @@ CASES = {
     "3x3-k1224": (1, 3, 3, 136, 2, 3, 3, 1, True, 1, False),  # beyond the im2col scratch: the direct loop
     "vww-first": (1, 12, 11, 3, 8, 3, 3, 2, True, 1, True),  # k = 27 rounded up to 28: three pixels at a time
     "3x3-depth5": (1, 6, 5, 5, 6, 3, 3, 1, True, 1, False),  # k = 45 rounded up to 48, windows inside the input
+    # six pixels at a time (whole int8 activation range): an odd group count (values doubled: 5 x 10 channels > 3 k)
+    # and 35 pixels (a rest of 5), an even one (not doubled)
+    "1x1-six-odd": (1, 5, 7, 12, 10, 1, 1, 1, False, 1, True),
+    "1x1-six-even": (1, 4, 5, 16, 9, 1, 1, 1, False, 1, True),
+    "rgb-3x3-s2-six": (1, 13, 12, 3, 8, 3, 3, 2, True, 1, True),  # k = 27 rounded up to 28, 42 pixels
+    "1x1-six-doubled": (1, 4, 5, 16, 10, 1, 1, 1, False, 1, True),  # 5 x 10 channels > 3 k: values doubled
+    "rgb-3x3-s2-rows": (1, 14, 26, 3, 8, 3, 3, 2, True, 1, False),  # six windows of one row inside the input at once
 }
 
 
@@ -130,6 +139,10 @@ def test_the_cases_reach_each_path(cases):
     for name in CASES:
         ops = [step.op for step in steps[name] if not step.alias]
         assert ops[:4] == ["CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED", "SOFTMAX"], name
+    # the six-pixel path (conv_dsp.c) wants the whole int8 range
+    for name in ("1x1-six-odd", "1x1-six-even", "rgb-3x3-s2-six", "1x1-six-doubled", "rgb-3x3-s2-rows"):
+        conv = [step for step in steps[name] if step.op == "CONV_2D"][0].definitions[-1]
+        assert ".activation_min = -128" in conv and ".activation_max = 127" in conv, name
     deep = [step for step in steps["3x3-k1224"] if step.op == "CONV_2D"][0]
     assert ".filter_height = 3" in deep.definitions[-1] and ".depth = 136" in deep.definitions[-1]
 
@@ -180,3 +193,28 @@ def test_a_kernel_change_would_be_seen(cases, tmp_path):
                     *map(str, engine.kernel_sources()), str(HARNESS), "-o", str(exe)], check=True)
     got_scores, _ = run_c(exe, x_q.reshape(len(x_q), -1), generated.classes)
     assert not np.array_equal(got_scores, scores), name
+
+
+HARNESS_DSP = Path(__file__).parent / "c" / "conv_dsp_harness.c"
+
+
+@pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
+                    reason="qemu-system-arm and arm-none-eabi-gcc are needed (CI installs them)")
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500", "mps2-an505"])
+def test_dsp_conv_bytes_equal_the_portable_ones(tmp_path, board):
+    """tests/c/conv_dsp_harness.c: every output byte of the DSP CONV_2D against the portable product, on random
+    layers aimed at its paths (a one-value error in a widened column changes bytes a model's scores may hide)."""
+    from bisup.hil import target
+
+    (tmp_path / "hil_config.h").write_text(target.config_header(f"qemu-{board}", 0, 0))  # board.c's
+    elf = target.compile_firmware(board, tmp_path, [HARNESS_DSP], 1024, [])
+    answer = b""
+    with target.qemu(board, elf) as link:
+        start = link.clock()
+        while len(answer) < 4 + 5 * 4:
+            assert link.clock() - start < 60.0, f"the harness answered {answer!r} in 60 s of QEMU's CPU"
+            answer += link.port.read(4 + 5 * 4 - len(answer))
+    assert answer[:4] == b"CDSP", answer
+    layers, checked, differ, first_layer, first_byte = struct.unpack("<5I", answer[4:])
+    assert layers > 200 and checked > 500_000, (layers, checked)
+    assert differ == 0, f"{differ} of {checked} bytes differ; first: layer {first_layer}, byte {first_byte}"

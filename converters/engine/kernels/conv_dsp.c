@@ -7,7 +7,12 @@
  *   hold the input zero point) are widened once to int16, in pairs (x0, x2), (x1, x3) per group of four
  *   (SXTB16 of the word and of the word rotated by 8). The weights are split the same way, so each SMLAD
  *   adds two products: two weight loads, four SXTB16, four column loads and eight SMLAD for 16
- *   multiply-accumulates (two pixels x two output channels).
+ *   multiply-accumulates (two pixels x two output channels). Where every sum stays below 2^30 and every shift is a
+ *   right shift (short_form), the requantization is fused into the product, three pixels at a time (wide_three);
+ *   and where moreover the activation range is all of int8 and the column, rounded up to a multiple of 4, is at
+ *   most BISUP_KERNEL_CONV_DSP_SIX_MAX values (six_form), six pixels at a time, one output channel (wide_six: the
+ *   channel's weight word split once for six pixels, 21 instructions per 24 multiply-accumulates; the channel loop
+ *   and a six-instruction requantization in one asm block), the rest of the pixels three at a time.
  * - else a 1x1 filter without padding, or k <= BISUP_KERNEL_CONV_COLUMN_MAX: the int8 x int8 product
  *   bisup_kernel_gemm_rows_dsp (SXTB16 on both operands, no scratch beyond the int8 im2col).
  * - else 0: the portable kernel runs it.
@@ -135,9 +140,14 @@ void bisup_kernel_gemm_rows_dsp(const bisup_kernel_gemm *g, const int8_t *row0, 
 #ifndef BISUP_KERNEL_CONV_DSP_THREE_MAX
 #define BISUP_KERNEL_CONV_DSP_THREE_MAX 576 /* three columns of int16: 3.4 KB (the 3x3 convolutions on 64 channels) */
 #endif
+#ifndef BISUP_KERNEL_CONV_DSP_SIX_MAX
+#define BISUP_KERNEL_CONV_DSP_SIX_MAX 288 /* six columns of int16 in the same scratch (3.4 KB) */
+#endif
 #define WIDE_TWO (2 * (BISUP_KERNEL_CONV_DSP_COLUMN_MAX / 2))
 #define WIDE_THREE (3 * (BISUP_KERNEL_CONV_DSP_THREE_MAX / 2))
-static int32_t wide[WIDE_TWO > WIDE_THREE ? WIDE_TWO : WIDE_THREE];
+#define WIDE_SIX (3 * ((BISUP_KERNEL_CONV_DSP_SIX_MAX + 3) & ~3))
+#define WIDE_MAX(a, b) ((a) > (b) ? (a) : (b))
+static int32_t wide[WIDE_MAX(WIDE_MAX(WIDE_TWO, WIDE_THREE), WIDE_SIX)];
 static int32_t wide_tail[3][3];
 
 /* k int8 values into the pairs of one pixel (every fourth word pair from dst), the k % 4 last into tail. */
@@ -174,6 +184,41 @@ static void widen_rows_of_9(const int8_t *r0, int32_t row_step, int32_t *dst, in
   for (int32_t i = 0; i < 7; ++i, dst += stride) {
     dst[0] = EVEN(words[i]);
     dst[1] = ODD(words[i]);
+  }
+}
+
+/* Words a and b at dst, dst + 1 (word-aligned): one STRD, which GCC does not make of two int32_t stores here. */
+static inline void store_pair(int32_t *dst, int32_t a, int32_t b) {
+  const uint64_t v = (uint32_t)a | (uint64_t)(uint32_t)b << 32;
+  memcpy(dst, &v, sizeof v);
+}
+
+/* widen_rows_of_9 for six windows pixel_step bytes apart (six pixels of one output row, every window inside the
+ * input) into wide's six-pixel layout, with no call, check or address computation per pixel. */
+static void widen_six_rows_of_9(const int8_t *r0, int32_t row_step, int32_t pixel_step) {
+  int32_t *dst = wide;
+  for (int32_t j = 0; j < 6; ++j, r0 += pixel_step, dst += 2) {
+    const int8_t *r1 = r0 + row_step, *r2 = r1 + row_step;
+    const uint32_t words[7] = {load4(r0), load4(r0 + 4), (uint8_t)r0[8] | load4(r1) << 8, load4(r1 + 3),
+                               (load4(r1 + 7) & 0xffffu) | load4(r2) << 16, load4(r2 + 2), load4(r2 + 5) >> 8};
+#pragma GCC unroll 7
+    for (int32_t i = 0; i < 7; ++i) store_pair(dst + 12 * i, EVEN(words[i]), ODD(words[i]));
+  }
+}
+
+/* Six consecutive pixels of k values (k % 4 == 0), from x, into wide's six-pixel layout (conv2d_dsp); doubled
+ * (a constant at each call): each value times 2 (SADD16 of a pair with itself: |2 x| <= 256 fits 16 bits), so that
+ * the sums come out doubled, as the requantization's SMMULR wants them (wide_six). */
+BISUP_KERNEL_SPECIALISED void widen_six(const int8_t *x, int32_t k, int doubled) {
+  int32_t *dst = wide;
+  for (const int8_t *end = x + k; x != end; x += 4, dst += 12) {
+#pragma GCC unroll 6
+    for (int32_t j = 0; j < 6; ++j) {
+      const uint32_t v = load4(x + j * k);
+      const int32_t even = EVEN(v), odd = ODD(v);
+      dst[2 * j] = doubled ? (int32_t)__sadd16(even, even) : even;
+      dst[2 * j + 1] = doubled ? (int32_t)__sadd16(odd, odd) : odd;
+    }
   }
 }
 
@@ -398,32 +443,32 @@ BISUP_KERNEL_SPECIALISED void wide_short(const bisup_kernel_gemm *gemm, int two,
  * 2's pairs still loaded): two LDR, four SXTB16, five LDRD, twelve SMLAD and the loop's two, 25 instructions
  * for 24 multiply-accumulates (the 2 x 2 loop's 19 for 16). Fourteen registers. Runs at least one group;
  * returns w past the groups. */
-#define PRODUCT_3X2_LOOP                                                                                              \
-  "1:\n\t"                                                                                                          \
-  "ldr    %[e], [%[w], %[k]]\n\t"                                                                                    \
-  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                    \
-  "sxtb16 %[e], %[e]\n\t"                                                                                            \
-  "ldrd   %[xe], %[xo], [%[x]]\n\t"                                                                                  \
-  "smlad  %[s01], %[xe], %[e], %[s01]\n\t"                                                                           \
-  "smlad  %[s01], %[xo], %[o], %[s01]\n\t"                                                                           \
-  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                              \
-  "smlad  %[s11], %[xe], %[e], %[s11]\n\t"                                                                           \
-  "smlad  %[s11], %[xo], %[o], %[s11]\n\t"                                                                           \
-  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                             \
-  "smlad  %[s21], %[xe], %[e], %[s21]\n\t"                                                                           \
-  "smlad  %[s21], %[xo], %[o], %[s21]\n\t"                                                                           \
-  "ldr    %[e], [%[w]], #4\n\t"                                                                                      \
-  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                    \
-  "sxtb16 %[e], %[e]\n\t"                                                                                            \
-  "smlad  %[s20], %[xe], %[e], %[s20]\n\t"                                                                           \
-  "smlad  %[s20], %[xo], %[o], %[s20]\n\t"                                                                           \
-  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                              \
-  "smlad  %[s10], %[xe], %[e], %[s10]\n\t"                                                                           \
-  "smlad  %[s10], %[xo], %[o], %[s10]\n\t"                                                                           \
-  "ldrd   %[xe], %[xo], [%[x]], #24\n\t"                                                                             \
-  "smlad  %[s00], %[xe], %[e], %[s00]\n\t"                                                                           \
-  "smlad  %[s00], %[xo], %[o], %[s00]\n\t"                                                                           \
-  "cmp    %[x], %[end]\n\t"                                                                                          \
+#define PRODUCT_3X2_LOOP                                                                                               \
+  "1:\n\t"                                                                                                             \
+  "ldr    %[e], [%[w], %[k]]\n\t"                                                                                      \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                      \
+  "sxtb16 %[e], %[e]\n\t"                                                                                              \
+  "ldrd   %[xe], %[xo], [%[x]]\n\t"                                                                                    \
+  "smlad  %[s01], %[xe], %[e], %[s01]\n\t"                                                                             \
+  "smlad  %[s01], %[xo], %[o], %[s01]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                                \
+  "smlad  %[s11], %[xe], %[e], %[s11]\n\t"                                                                             \
+  "smlad  %[s11], %[xo], %[o], %[s11]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                               \
+  "smlad  %[s21], %[xe], %[e], %[s21]\n\t"                                                                             \
+  "smlad  %[s21], %[xo], %[o], %[s21]\n\t"                                                                             \
+  "ldr    %[e], [%[w]], #4\n\t"                                                                                        \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                      \
+  "sxtb16 %[e], %[e]\n\t"                                                                                              \
+  "smlad  %[s20], %[xe], %[e], %[s20]\n\t"                                                                             \
+  "smlad  %[s20], %[xo], %[o], %[s20]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                                \
+  "smlad  %[s10], %[xe], %[e], %[s10]\n\t"                                                                             \
+  "smlad  %[s10], %[xo], %[o], %[s10]\n\t"                                                                             \
+  "ldrd   %[xe], %[xo], [%[x]], #24\n\t"                                                                               \
+  "smlad  %[s00], %[xe], %[e], %[s00]\n\t"                                                                             \
+  "smlad  %[s00], %[xo], %[o], %[s00]\n\t"                                                                             \
+  "cmp    %[x], %[end]\n\t"                                                                                            \
   "bne    1b\n\t"
 
 BISUP_KERNEL_SPECIALISED const int8_t *product_3x2(const int8_t *w, int32_t k, const int32_t *x, const int32_t *end,
@@ -453,13 +498,13 @@ typedef struct {
 
 /* Sum s requantized with multiplier m, e = -shift - 1 and offset21 in register xe (bisup_kernel_requantize_short,
  * full range), stored at xo + at. */
-#define REQUANTIZE_FULL(s, m, e, at)                                                                                \
-  "lsl    %[" #s "], %[" #s "], #1\n\t"                                                                              \
-  "smmulr %[" #s "], %[" #s "], %[" #m "]\n\t"                                                                       \
-  "add    %[" #s "], %[" #s "], %[" #s "], asr #31\n\t"                                                              \
-  "asr    %[" #s "], %[" #s "], %[" #e "]\n\t"                                                                       \
-  "add    %[" #s "], %[" #s "], %[xe]\n\t"                                                                           \
-  "ssat   %[" #s "], #8, %[" #s "], asr #1\n\t"                                                                      \
+#define REQUANTIZE_FULL(s, m, e, at)                                                                                   \
+  "lsl    %[" #s "], %[" #s "], #1\n\t"                                                                                \
+  "smmulr %[" #s "], %[" #s "], %[" #m "]\n\t"                                                                         \
+  "add    %[" #s "], %[" #s "], %[" #s "], asr #31\n\t"                                                                \
+  "asr    %[" #s "], %[" #s "], %[" #e "]\n\t"                                                                         \
+  "add    %[" #s "], %[" #s "], %[xe]\n\t"                                                                             \
+  "ssat   %[" #s "], #8, %[" #s "], asr #1\n\t"                                                                        \
   "strb   %[" #s "], [%[xo], #" #at "]\n\t"
 
 /* The next channel pair of q (the activation range all of int8): its sums from the biases, product_3x2's loop and
@@ -548,6 +593,184 @@ BISUP_KERNEL_SPECIALISED void wide_three(const bisup_kernel_gemm *gemm, int32_t 
   }
 }
 
+/* Six output pixels at a time, one output channel (a layer passing short_form() whose activation range is all of
+ * int8, rounded-up k <= BISUP_KERNEL_CONV_DSP_SIX_MAX): wide holds per group of four values the six pixels' pairs
+ * (twelve words). The 6 x 1 inner loop: the channel's weight word split by SXTB16 once for six pixels, six LDRD,
+ * twelve SMLAD: 21 instructions per 24 multiply-accumulates (product_3x2's 23 besides its loop), written twice so
+ * that the loop's CMP and BNE come once per 48; an odd group count enters at the second copy. The channel's weights
+ * are a pointer, its x the columns, so no k register: thirteen registers for the loop, one (t) for the cursor. */
+#define PRODUCT_6X1_GROUP                                                                                              \
+  "ldr    %[e], [%[w]], #4\n\t"                                                                                        \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                      \
+  "sxtb16 %[e], %[e]\n\t"                                                                                              \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                                \
+  "smlad  %[s1], %[xe], %[e], %[s1]\n\t"                                                                               \
+  "smlad  %[s1], %[xo], %[o], %[s1]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                               \
+  "smlad  %[s2], %[xe], %[e], %[s2]\n\t"                                                                               \
+  "smlad  %[s2], %[xo], %[o], %[s2]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #24]\n\t"                                                                               \
+  "smlad  %[s3], %[xe], %[e], %[s3]\n\t"                                                                               \
+  "smlad  %[s3], %[xo], %[o], %[s3]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #32]\n\t"                                                                               \
+  "smlad  %[s4], %[xe], %[e], %[s4]\n\t"                                                                               \
+  "smlad  %[s4], %[xo], %[o], %[s4]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #40]\n\t"                                                                               \
+  "smlad  %[s5], %[xe], %[e], %[s5]\n\t"                                                                               \
+  "smlad  %[s5], %[xo], %[o], %[s5]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x]], #48\n\t"                                                                               \
+  "smlad  %[s0], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s0], %[xo], %[o], %[s0]\n\t"
+
+/* PRODUCT_6X1_GROUP for the first group of a channel: every sum starts from s0 (the bias), so no copies of it. */
+#define PRODUCT_6X1_FIRST                                                                                              \
+  "ldr    %[e], [%[w]], #4\n\t"                                                                                        \
+  "sxtb16 %[o], %[e], ror #8\n\t"                                                                                      \
+  "sxtb16 %[e], %[e]\n\t"                                                                                              \
+  "ldrd   %[xe], %[xo], [%[x], #8]\n\t"                                                                                \
+  "smlad  %[s1], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s1], %[xo], %[o], %[s1]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #16]\n\t"                                                                               \
+  "smlad  %[s2], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s2], %[xo], %[o], %[s2]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #24]\n\t"                                                                               \
+  "smlad  %[s3], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s3], %[xo], %[o], %[s3]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #32]\n\t"                                                                               \
+  "smlad  %[s4], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s4], %[xo], %[o], %[s4]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x], #40]\n\t"                                                                               \
+  "smlad  %[s5], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s5], %[xo], %[o], %[s5]\n\t"                                                                               \
+  "ldrd   %[xe], %[xo], [%[x]], #48\n\t"                                                                               \
+  "smlad  %[s0], %[xe], %[e], %[s0]\n\t"                                                                               \
+  "smlad  %[s0], %[xo], %[o], %[s0]\n\t"
+
+/* PRODUCT_6X1_ALL's layer parameters and cursors, in memory (the loop's registers leave one for them): bias is
+ * channel c's, its multiplier and shift to_multiplier and to_shift bytes from it; out is pixel 0's channel c; start
+ * is wide; back is the rounded-up k less k (each channel's weights start k after the last's); out_last is pixel
+ * 5's last channel. */
+typedef struct {
+  const int32_t *bias;
+  int32_t to_multiplier, to_shift;
+  int8_t *out;
+  int32_t offset21, channels;
+  const int32_t *start;
+  int32_t back;
+  const int8_t *out_last;
+} six_cursor;
+
+/* Sum s (below 2^30 in magnitude) requantized and stored at xo, with multiplier m in e, e1 = -shift - 1 in x and
+ * offset21 << e1 in xe (o a scratch register): SMMLAR adds xe - [s < 0] to SMMULR's high word h of 2 s x m, so the
+ * ASR by e1 gives ((h - [s < 0]) >> e1) + offset21 exactly (offset21 << e1 is a multiple of 2^e1; six_form bounds
+ * |h| + |offset21 << e1| below 2^31), and SSAT halves and clamps it. That is bisup_kernel_requantize_short's value:
+ * it subtracts [h < 0], and with m >= 0, h < 0 only when s < 0, and s < 0 with h = 0 gives (-1 >> e1) + offset21 =
+ * offset21 - 1, which halves (offset21 is odd) to what offset21 does. Six instructions, not seven. */
+#define REQUANTIZE_SIX(s) "lsl    %[" #s "], %[" #s "], #1\n\t" REQUANTIZE_SIX_DOUBLED(s)
+/* REQUANTIZE_SIX of a sum already doubled (wide_six's doubled: 2 s, below 2^31 in magnitude). */
+#define REQUANTIZE_SIX_DOUBLED(s)                                                                                      \
+  "add    %[o], %[xe], %[" #s "], asr #31\n\t"                                                                         \
+  "smmlar %[" #s "], %[" #s "], %[e], %[o]\n\t"                                                                        \
+  "asr    %[" #s "], %[" #s "], %[x]\n\t"                                                                              \
+  "ssat   %[" #s "], #8, %[" #s "], asr #1\n\t"                                                                        \
+  "strb   %[" #s "], [%[xo]]\n\t"
+
+/* Every channel's six outputs (weights from w): the sums from the bias, the 6 x 1 loop, the requantization and the
+ * stores, the channel loop included, in one asm block: about 60 instructions a channel besides the product (80 in C
+ * around an asm block per channel). doubling: the bias's LSL when wide is doubled; enter: the branch into the loop
+ * after the first group; requantize: REQUANTIZE_SIX or, wide doubled, REQUANTIZE_SIX_DOUBLED; rewind: REWIND when
+ * k % 4 != 0. */
+#define PRODUCT_6X1_ALL(doubling, enter, requantize, rewind)                                                           \
+  __asm__ volatile(/* volatile: its stores are its only effect */                                                      \
+                   "3:\n\t"                                                                                            \
+                   "ldr    %[t], %[bias]\n\t"                                                                          \
+                   "ldr    %[s0], [%[t]]\n\t" doubling                                                                 \
+                   "ldr    %[x], %[start]\n\t" PRODUCT_6X1_FIRST enter                                                 \
+                   "1:\n\t" PRODUCT_6X1_GROUP "2:\n\t" PRODUCT_6X1_GROUP                                               \
+                   "4:\n\t"                                                                                            \
+                   "cmp    %[x], %[end]\n\t"                                                                           \
+                   "bne    1b\n\t"                                                                                     \
+                   "ldr    %[o], %[to_multiplier]\n\t"                                                                 \
+                   "ldr    %[e], [%[t], %[o]]\n\t"                                                                     \
+                   "ldr    %[o], %[to_shift]\n\t"                                                                      \
+                   "ldr    %[x], [%[t], %[o]]\n\t"                                                                     \
+                   "mvn    %[x], %[x]\n\t"                                                                             \
+                   "add    %[t], %[t], #4\n\t"                                                                         \
+                   "str    %[t], %[bias]\n\t"                                                                          \
+                   "ldr    %[xe], %[offset21]\n\t"                                                                     \
+                   "lsl    %[xe], %[xe], %[x]\n\t"                                                                     \
+                   "ldr    %[xo], %[out]\n\t"                                                                          \
+                   "add    %[t], %[xo], #1\n\t"                                                                        \
+                   "str    %[t], %[out]\n\t"                                                                           \
+                   "ldr    %[t], %[channels]\n\t" requantize(s0) "add    %[xo], %[xo], %[t]\n\t"                       \
+                   requantize(s1) "add    %[xo], %[xo], %[t]\n\t"                                                      \
+                   requantize(s2) "add    %[xo], %[xo], %[t]\n\t"                                                      \
+                   requantize(s3) "add    %[xo], %[xo], %[t]\n\t"                                                      \
+                   requantize(s4) "add    %[xo], %[xo], %[t]\n\t"                                                      \
+                   requantize(s5)                                                                                      \
+                   rewind                                                                                              \
+                   "ldr    %[o], %[out_last]\n\t"                                                                      \
+                   "cmp    %[xo], %[o]\n\t"                                                                            \
+                   "bne    3b\n\t"                                                                                     \
+                   : [s0] "=&r"(s0), [s1] "=&r"(s1), [s2] "=&r"(s2), [s3] "=&r"(s3), [s4] "=&r"(s4),                   \
+                     [s5] "=&r"(s5), [w] "+r"(w), [x] "=&r"(x), [e] "=&r"(e), [o] "=&r"(o), [xe] "=&r"(xe),            \
+                     [xo] "=&r"(xo), [t] "=&r"(t), [bias] "+m"(q.bias), [out] "+m"(q.out)                              \
+                   : [end] "r"(end), [to_multiplier] "m"(q.to_multiplier), [to_shift] "m"(q.to_shift),                 \
+                     [offset21] "m"(q.offset21), [channels] "m"(q.channels), [start] "m"(q.start),                     \
+                     [back] "m"(q.back), [out_last] "m"(q.out_last)                                                    \
+                   : "cc", "memory")
+
+/* The next channel's weights, back bytes before w (the rounded-up k less k). */
+#define REWIND                                                                                                         \
+  "ldr    %[o], %[back]\n\t"                                                                                           \
+  "sub    %[w], %[w], %[o]\n\t"
+
+/* Six pixels from wide's six-pixel layout (columns of a multiple of 4 values, rounded up from k as wide_three's),
+ * every channel (at least one), for a layer passing six_form(). odd: the group count is odd. */
+BISUP_KERNEL_SPECIALISED void wide_six(const bisup_kernel_gemm *g, int8_t *out, int odd, int doubled) {
+  const int32_t k = g->k, rounded = (k + 3) & ~3, channels = g->channels;
+  const int32_t *end = wide + 3 * rounded;
+  six_cursor q = {g->bias, (int32_t)((uintptr_t)g->multiplier - (uintptr_t)g->bias),
+                  (int32_t)((uintptr_t)g->shift - (uintptr_t)g->bias), out, 2 * g->output_offset + 1, channels,
+                  wide, rounded - k, out + 6 * channels - 1};
+  const int8_t *w = g->weights;
+  const int32_t *x;
+  int32_t s0, s1, s2, s3, s4, s5, e, o, xe, xo, t;
+  /* After the first group, an even count of groups left (maybe none) enters at the loop's test, an odd one at the
+   * loop's second copy. */
+  if (doubled && odd) { /* doubled: a 1 x 1 filter, k % 4 == 0, no rewind */
+    PRODUCT_6X1_ALL("lsl    %[s0], %[s0], #1\n\t", "b      4f\n\t", REQUANTIZE_SIX_DOUBLED, "");
+  } else if (doubled) {
+    PRODUCT_6X1_ALL("lsl    %[s0], %[s0], #1\n\t", "b      2f\n\t", REQUANTIZE_SIX_DOUBLED, "");
+  } else if (odd) {
+    PRODUCT_6X1_ALL("", "b      4f\n\t", REQUANTIZE_SIX, REWIND);
+  } else {
+    PRODUCT_6X1_ALL("", "b      2f\n\t", REQUANTIZE_SIX, REWIND);
+  }
+}
+
+/* 1 when wide_six's requantization is exact for every channel of a layer passing short_form() (sums below 2^30):
+ * the activation range all of int8, multipliers >= 0, |offset21| << (-shift - 1) below 2^30. */
+static int six_form(const bisup_kernel_gemm *g) {
+  const int64_t offset21 = 2 * (int64_t)g->output_offset + 1;
+  if (g->activation_min != -128 || g->activation_max != 127) return 0;
+  for (int32_t c = 0; c < g->channels; ++c) {
+    const int32_t e1 = -g->shift[c] - 1;
+    if (g->multiplier[c] < 0 || (offset21 < 0 ? -offset21 : offset21) << e1 >= ((int64_t)1 << 30)) return 0;
+  }
+  return 1;
+}
+
+/* doubled: wide holds 2 x each value (widen_six's doubled). */
+static void gemm_wide_six(const bisup_kernel_gemm *g, int8_t *out, int doubled) {
+  const int odd = ((g->k + 3) >> 2) & 1;
+  if (doubled) {
+    (odd ? wide_six(g, out, 1, 1) : wide_six(g, out, 0, 1));
+  } else {
+    (odd ? wide_six(g, out, 1, 0) : wide_six(g, out, 0, 0));
+  }
+}
+
 /* The activation range all of int8 (bisup_kernel_requantize_short's full) or not. */
 static int full_range(const bisup_kernel_gemm *g) { return g->activation_min == -128 && g->activation_max == 127; }
 
@@ -591,11 +814,60 @@ int bisup_kernel_conv2d_dsp(const bisup_kernel_conv_params *p, const int8_t *inp
                                .right_shifts = bisup_kernel_gemm_right_shifts(p->multiplier, p->shift, out->depth)};
   const int32_t plane = out->height * out->width, pixels = out->batches * plane;
   const int fused = short_form(&g);
-  int32_t pending = 0;
+  int32_t pending = 0, n0 = 0;
+  /* Six by six (then three by three) where the activation range is all of int8 and the rounded-up column fits. */
+  if (fused && six_form(&g) && ((k + 3) & ~3) <= BISUP_KERNEL_CONV_DSP_SIX_MAX && ((k & 3) == 0 || !direct)) {
+    const bisup_kernel_shape *in = &p->input;
+    const int contiguous = direct && p->stride_height == 1 && p->stride_width == 1; /* pixel n at input + n k */
+    /* Doubling six pixels' values takes 3 k SADD16, and saves 5 instructions a channel (wide_six). */
+    const int doubled = contiguous && 5 * g.channels > 3 * k;
+    const int nine = !direct && p->filter_height == 3 && p->filter_width * in->depth == 9 && p->dilation_width == 1;
+    const int32_t row_step = p->dilation_height * in->width * in->depth, last_y = 2 * p->dilation_height;
+    int32_t b = 0, oy = 0, ox = 0; /* pixel n's, counted rather than divided for */
+    for (; n0 + 6 <= pixels; n0 += 6) {
+      if (contiguous && doubled) {
+        widen_six(input + (size_t)n0 * k, k, 1);
+        gemm_wide_six(&g, output + (size_t)n0 * out->depth, 1);
+        continue;
+      }
+      if (contiguous) {
+        widen_six(input + (size_t)n0 * k, k, 0);
+        gemm_wide_six(&g, output + (size_t)n0 * out->depth, 0);
+        continue;
+      }
+      const int32_t y6 = oy * p->stride_height - p->pad_height, x6 = ox * p->stride_width - p->pad_width;
+      if (nine && ox + 6 <= out->width && y6 >= 0 && y6 + last_y < in->height && x6 >= 0 &&
+          x6 + 5 * p->stride_width + p->filter_width - 1 < in->width) { /* six windows of one row inside */
+        widen_six_rows_of_9(input + offset4(in, b, y6, x6, 0), row_step, p->stride_width * in->depth);
+        gemm_wide_six(&g, output + (size_t)n0 * out->depth, 0);
+        if ((ox += 6) == out->width) {
+          ox = 0;
+          if (++oy == out->height) oy = 0, ++b;
+        }
+        continue;
+      }
+      for (int32_t j = 0; j < 6; ++j) {
+        const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
+        if (nine && y0 >= 0 && y0 + last_y < in->height && x0 >= 0 && x0 + p->filter_width - 1 < in->width) {
+          widen_rows_of_9(input + offset4(in, b, y0, x0, 0), row_step, wide + 2 * j, 12); /* widen_window's */
+        } else if (direct) {
+          widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * j,
+                wide_tail[0], 12);
+        } else {
+          widen_window(p, input, b, oy, ox, wide + 2 * j, wide_tail[0], 12, 1);
+        }
+        if (++ox == out->width) {
+          ox = 0;
+          if (++oy == out->height) oy = 0, ++b;
+        }
+      }
+      gemm_wide_six(&g, output + (size_t)n0 * out->depth, 0);
+    }
+  }
   /* Three by three where k % 4 == 0, or where an im2col column rounded up to a multiple of 4 takes it (a 1 x 1
    * filter's k % 4 tail is faster two by two). */
   if (fused && ((k + 3) & ~3) <= BISUP_KERNEL_CONV_DSP_THREE_MAX && ((k & 3) == 0 || !direct)) {
-    for (int32_t n = 0; n < pixels; ++n) {
+    for (int32_t n = n0; n < pixels; ++n) {
       const int32_t b = n / plane, oy = (n % plane) / out->width, ox = n % out->width;
       if (direct) {
         widen(input + offset4(&p->input, b, oy * p->stride_height, ox * p->stride_width, 0), k, wide + 2 * pending,
