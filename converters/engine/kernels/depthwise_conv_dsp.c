@@ -28,7 +28,6 @@
 #include <arm_acle.h>
 #include <string.h>
 
-#define BISUP_DW_DSP_WINDOW_DEPTH 256 /* the 3 x 3 path's copy of a border window: 2.3 KB of static RAM */
 
 static inline int32_t word(const int8_t *p) {
   int32_t v;
@@ -121,170 +120,180 @@ static void pixel_taps(const bisup_kernel_depthwise_params *p, const requant *r,
   }
 }
 
-/* One tap of four channels in taps_3x3: the input word at ADDR, the filter pairs at w (then w += 8). */
-#define BISUP_DW_TAP_ASM(ADDR)                    \
-  "ldr    %[v], " ADDR "\n\t"                     \
-  "ldrd   %[wa], %[wb], [%[w]], #8\n\t"           \
-  "sxtb16 %[e], %[v]\n\t"                         \
-  "sxtb16 %[v], %[v], ror #8\n\t"                 \
-  "smlabb %[a0], %[e], %[wa], %[a0]\n\t"          \
-  "smlatt %[a2], %[e], %[wa], %[a2]\n\t"          \
-  "smlabb %[a1], %[v], %[wb], %[a1]\n\t"          \
-  "smlatt %[a3], %[v], %[wb], %[a3]\n\t"
+/* Pairs of window columns the 3 x 3 path holds (out_w <= 78 at stride 1, 39 at stride 2): 3.2 KB of static RAM. */
+#define BISUP_DW_PAIRS_MAX 40
 
-/* One channel's requantization in pixel_3x3: A = 2 acc (the doubled sums), the next pair of the group's words
- * (multiplier, e1 = -shift - 1) from w, offset21 = 2 output_offset + 1 in v: bisup_kernel_requantize_short with
- * its doubling done by the weights and the start, and its clamp to all of int8. */
-#define BISUP_DW_REQUANT_ASM(A)                 \
-  "ldrd   %[wa], %[wb], [%[w]], #8\n\t"         \
-  "smmulr " A ", " A ", %[wa]\n\t"              \
-  "add    " A ", " A ", " A ", asr #31\n\t"     \
-  "asr    " A ", " A ", %[wb]\n\t"              \
-  "add    " A ", " A ", %[v]\n\t"               \
-  "ssat   " A ", #8, " A ", asr #1\n\t"
-
-/* The four bytes' clamp to [lo, hi] (lo4, hi4 in q: the bounds in each byte) where the activation range is not all
- * of int8: SSUB8 sets each byte's GE flag, SEL keeps the larger, then the smaller. */
-#define BISUP_DW_CLAMP_ASM                      \
-  "ldrd   %[wa], %[wb], [%[q], #8]\n\t"         \
-  "ssub8  %[v], %[a0], %[wa]\n\t"               \
-  "sel    %[a0], %[a0], %[wa]\n\t"              \
-  "ssub8  %[v], %[wb], %[a0]\n\t"               \
-  "sel    %[a0], %[a0], %[wb]\n\t"
-
-/* What pixel_3x3 reads from memory besides its operands (fourteen registers would not leave GCC enough). */
+/* What the row asm reads from memory besides its operands (thirteen registers are all GCC can give). */
 typedef struct {
-  int32_t row, offset21, lo4, hi4; /* lo4 / hi4: activation_min / max in each byte */
-  const int8_t *end;               /* the output pixel's last group of four channels, plus 4 */
+  int32_t offset21;  /* 2 output_offset + 1 */
+  int32_t lo4, hi4;  /* activation_min / max in each byte */
+  const int8_t *end; /* the output row's end (this group's channels of the pixel after its last) */
 } pass_3x3;
 
-/* The pixel's groups of four channels, the asm loop (volatile: it returns nothing but its stores): each starts from
- * the group's doubled interior_bias, adds the nine taps (tap (fy, fx) at x + fy row + fx col, c + 4g), each a LDR,
- * two SXTB16, a LDRD of the doubled weights and four SMLAxy, requantizes the four sums and stores them as one word.
- * 113 instructions for 36 multiply-accumulates (118 with the clamp); GCC's C around the taps took 144.
- * filter_pairs' 30 words per group: the doubled interior_bias (4), the doubled filter pairs (18), (multiplier, e1)
- * per channel (8). */
-BISUP_KERNEL_SPECIALISED void groups_3x3(const int8_t *x, int32_t col, const int32_t *w, int8_t *o,
-                                         const pass_3x3 *q, int clamp) {
-  int32_t a0, a1, a2, a3, v, e, wa, wb;
-#define BISUP_DW_PIXEL_ASM(CLAMP)                                                                                 \
-  __asm__ volatile("1:\n\t"                                                                                       \
-          "ldrd   %[a0], %[a1], [%[w]], #8\n\t"                                                                   \
-          "ldrd   %[a2], %[a3], [%[w]], #8\n\t"                                                                   \
-          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
-          "ldr    %[v], [%[q]]\n\t"                                                                               \
-          "add    %[x], %[x], %[v]\n\t"                                                                           \
-          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
-          "ldr    %[v], [%[q]]\n\t"                                                                               \
-          "add    %[x], %[x], %[v]\n\t"                                                                           \
-          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
-          "ldr    %[v], [%[q]]\n\t"                                                                               \
-          "sub    %[x], %[x], %[v], lsl #1\n\t"                                                                   \
-          "add    %[x], %[x], #4\n\t"                                                                             \
-          "ldr    %[v], [%[q], #4]\n\t"                                                                           \
-          BISUP_DW_REQUANT_ASM("%[a0]") BISUP_DW_REQUANT_ASM("%[a1]") BISUP_DW_REQUANT_ASM("%[a2]")               \
-          BISUP_DW_REQUANT_ASM("%[a3]")                                                                           \
-          "bfi    %[a0], %[a1], #8, #8\n\t"                                                                       \
-          "bfi    %[a0], %[a2], #16, #8\n\t"                                                                      \
-          "bfi    %[a0], %[a3], #24, #8\n\t"                                                                      \
-          CLAMP                                                                                                   \
-          "str    %[a0], [%[o]], #4\n\t"                                                                          \
-          "ldr    %[v], [%[q], #16]\n\t"                                                                          \
-          "cmp    %[o], %[v]\n\t"                                                                                 \
-          "bne    1b"                                                                                             \
-          : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [x] "+r"(x), [w] "+r"(w), [o] "+r"(o), \
-            [v] "=&r"(v), [e] "=&r"(e), [wa] "=&r"(wa), [wb] "=&r"(wb)                                            \
-          : [col] "r"(col), [q] "r"(q)                                                                            \
-          : "cc", "memory")
-  if (clamp) {
-    BISUP_DW_PIXEL_ASM(BISUP_DW_CLAMP_ASM);
+/* Window row R of four channels: the pairs P_k (columns 2k, 2k+1 of each channel, at x + 16 R) and P_k+1 (80
+ * bytes on), the row's weights W01 = (w0, w1) and W21 = (w2, w1) of each channel (at w + 16 + 32 R). PAIR multiplies
+ * P_k: an even pixel (its first column 2k) both halves with SMLAD (x0 w0 + x1 w1), an odd one (first column 2k + 1)
+ * the top half with SMLATB (x1 w0). NEXT multiplies P_k+1: even, its bottom half with SMLABB (x2 w2); odd, both
+ * halves crossed with SMLADX (x2 w1 + x3 w2). */
+#define BISUP_DW_ROW_ASM(PAIR, NEXT, X0, X1, X2, X3, W0, W1, W2, W3)                                               \
+  "ldrd   %[d0], %[d1], [%[x], #" X0 "]\n\t"                                                                     \
+  "ldrd   %[w0], %[w1], [%[w], #" W0 "]\n\t"                                                                     \
+  PAIR "  %[a0], %[d0], %[w0], %[a0]\n\t" PAIR "  %[a1], %[d1], %[w1], %[a1]\n\t"                                \
+  "ldrd   %[d0], %[d1], [%[x], #" X1 "]\n\t"                                                                     \
+  "ldrd   %[w0], %[w1], [%[w], #" W1 "]\n\t"                                                                     \
+  PAIR "  %[a2], %[d0], %[w0], %[a2]\n\t" PAIR "  %[a3], %[d1], %[w1], %[a3]\n\t"                                \
+  "ldrd   %[d0], %[d1], [%[x], #" X2 "]\n\t"                                                                     \
+  "ldrd   %[w0], %[w1], [%[w], #" W2 "]\n\t"                                                                     \
+  NEXT "  %[a0], %[d0], %[w0], %[a0]\n\t" NEXT "  %[a1], %[d1], %[w1], %[a1]\n\t"                                \
+  "ldrd   %[d0], %[d1], [%[x], #" X3 "]\n\t"                                                                     \
+  "ldrd   %[w0], %[w1], [%[w], #" W3 "]\n\t"                                                                     \
+  NEXT "  %[a2], %[d0], %[w0], %[a2]\n\t" NEXT "  %[a3], %[d1], %[w1], %[a3]\n\t"
+
+/* One channel's requantization: A = 2 acc (the doubled sums), (multiplier, e1 = -shift - 1) at w + W, offset21 in
+ * d0: bisup_kernel_requantize_short with its doubling done by the weights and the start, clamped to int8. */
+#define BISUP_DW_REQUANT_ASM(A, W)              \
+  "ldrd   %[w0], %[w1], [%[w], #" W "]\n\t"     \
+  "smmulr " A ", " A ", %[w0]\n\t"              \
+  "add    " A ", " A ", " A ", asr #31\n\t"     \
+  "asr    " A ", " A ", %[w1]\n\t"              \
+  "add    " A ", " A ", %[d0]\n\t"              \
+  "ssat   " A ", #8, " A ", asr #1\n\t"
+
+/* Four channels of one output pixel, stored as one word at o, then o += step: the sums start from the doubled
+ * interior_bias, add the three window rows, are requantized, packed and clamped to [lo, hi] (SSUB8 sets each
+ * byte's GE flag, SEL keeps the larger, then the smaller). w: the group's 36 words of filter_pairs. 83
+ * instructions for 36 multiply-accumulates. */
+#define BISUP_DW_PIXEL_ASM(PAIR, NEXT)                                                                             \
+  "ldrd   %[a0], %[a1], [%[w]]\n\t"                                                                              \
+  "ldrd   %[a2], %[a3], [%[w], #8]\n\t"                                                                          \
+  BISUP_DW_ROW_ASM(PAIR, NEXT, "0", "8", "80", "88", "16", "24", "32", "40")                                     \
+  BISUP_DW_ROW_ASM(PAIR, NEXT, "16", "24", "96", "104", "48", "56", "64", "72")                                  \
+  BISUP_DW_ROW_ASM(PAIR, NEXT, "32", "40", "112", "120", "80", "88", "96", "104")                                \
+  "ldr    %[d0], [%[q]]\n\t"                                                                                     \
+  BISUP_DW_REQUANT_ASM("%[a0]", "112") BISUP_DW_REQUANT_ASM("%[a1]", "120")                                      \
+  BISUP_DW_REQUANT_ASM("%[a2]", "128") BISUP_DW_REQUANT_ASM("%[a3]", "136")                                      \
+  "bfi    %[a0], %[a1], #8, #8\n\t"                                                                              \
+  "bfi    %[a0], %[a2], #16, #8\n\t"                                                                             \
+  "bfi    %[a0], %[a3], #24, #8\n\t"                                                                             \
+  "ldrd   %[w0], %[w1], [%[q], #4]\n\t"                                                                          \
+  "ssub8  %[d1], %[a0], %[w0]\n\t"                                                                               \
+  "sel    %[a0], %[a0], %[w0]\n\t"                                                                               \
+  "ssub8  %[d1], %[w1], %[a0]\n\t"                                                                               \
+  "sel    %[a0], %[a0], %[w1]\n\t"                                                                               \
+  "str    %[a0], [%[o]]\n\t"                                                                                     \
+  "add    %[o], %[o], %[step]\n\t"                                                                               \
+  "ldr    %[d0], [%[q], #12]\n\t"                                                                                \
+  "cmp    %[o], %[d0]\n\t"
+
+/* Four channels of a row of output pixels, the first even (x: its pair of columns, row 0's slot), each stored at
+ * o, o + step, ...: stride 2 (odd = 0), every pixel even, the next pair of columns; stride 1 (odd = 1), an even
+ * and an odd pixel on each pair. */
+BISUP_KERNEL_SPECIALISED void row_3x3(const int32_t *x, const int32_t *w, int8_t *o, int32_t step,
+                                      const pass_3x3 *q, int odd) {
+  int32_t a0, a1, a2, a3, d0, d1, w0, w1;
+#define BISUP_DW_OPERANDS                                                                                          \
+  : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [d0] "=&r"(d0), [d1] "=&r"(d1),               \
+    [w0] "=&r"(w0), [w1] "=&r"(w1), [x] "+r"(x), [o] "+r"(o)                                                       \
+  : [w] "r"(w), [q] "r"(q), [step] "r"(step)                                                                       \
+  : "cc", "memory"
+  if (odd) {
+    __asm__ volatile("1:\n\t" BISUP_DW_PIXEL_ASM("smlad ", "smlabb") "beq    2f\n\t"
+                     BISUP_DW_PIXEL_ASM("smlatb", "smladx") "add    %[x], %[x], #80\n\t"
+                     "bne    1b\n"
+                     "2:" BISUP_DW_OPERANDS);
   } else {
-    BISUP_DW_PIXEL_ASM("");
+    __asm__ volatile("1:\n\t" BISUP_DW_PIXEL_ASM("smlad ", "smlabb") "add    %[x], %[x], #80\n\t"
+                     "bne    1b" BISUP_DW_OPERANDS);
   }
-#undef BISUP_DW_PIXEL_ASM
+#undef BISUP_DW_OPERANDS
 }
 
-/* Every channel of an output pixel of a 3 x 3 filter (filter_pairs, a layer passing the short requantization), its
- * tap (fy, fx) at x + fy q->row + fx col: groups_3x3, then the last depth % 4 channels one by one. clamp: the
- * activation range is not all of int8. */
-BISUP_KERNEL_SPECIALISED void pixel_3x3(const bisup_kernel_depthwise_params *p, const int8_t *x, int32_t col,
-                                        int8_t *restrict o, pass_3x3 *q, int clamp) {
-  const int32_t depth = p->output.depth, c4 = depth & ~3;
-  if (c4 > 0) {
-    q->end = o + c4;
-    groups_3x3(x, col, p->filter_pairs, o, q, clamp);
-  }
-  for (int32_t c = c4; c < depth; ++c) {
-    int32_t a = p->interior_bias[c];
-    for (int32_t t = 0; t < 9; ++t) a += p->filter[t * depth + c] * x[(t / 3) * q->row + (t % 3) * col + c];
-    o[c] = bisup_kernel_requantize_short(a, p->multiplier[c], ~p->shift[c], q->offset21, p->activation_min,
-                                         p->activation_max, !clamp);
+/* Per pair of window columns k, five slots of four words: slot m holds an input row y with y mod 3 = m, slots 3
+ * and 4 the rows of slots 0 and 1 again, so that the rows of every window are three slots in a row. */
+static int32_t slots[BISUP_DW_PAIRS_MAX * 20];
+
+/* The pair of columns a, b's words of four channels into dst (and dst + 12, dup) as int16 pairs, a in the bottom
+ * half: channel i's in dst[i]. PKHBT / PKHTB pair the columns' halves, SXTB16 widens, STRD stores two. */
+static inline void put_pair(int32_t *dst, int32_t xa, int32_t xb, int dup) {
+  int32_t lo, hi, v0, v1;
+  __asm__ volatile("pkhbt  %[lo], %[xa], %[xb], lsl #16\n\t"
+          "pkhtb  %[hi], %[xb], %[xa], asr #16\n\t"
+          "sxtb16 %[v0], %[lo]\n\t"
+          "sxtb16 %[v1], %[lo], ror #8\n\t"
+          "strd   %[v0], %[v1], [%[d]]\n\t"
+          "sxtb16 %[lo], %[hi]\n\t"
+          "sxtb16 %[hi], %[hi], ror #8\n\t"
+          "strd   %[lo], %[hi], [%[d], #8]"
+          : [lo] "=&r"(lo), [hi] "=&r"(hi), [v0] "=&r"(v0), [v1] "=&r"(v1)
+          : [xa] "r"(xa), [xb] "r"(xb), [d] "r"(dst)
+          : "memory");
+  if (dup) {
+    __asm__ volatile("strd   %[v0], %[v1], [%[d], #48]\n\t"
+            "strd   %[lo], %[hi], [%[d], #56]"
+            :
+            : [v0] "r"(v0), [v1] "r"(v1), [lo] "r"(lo), [hi] "r"(hi), [d] "r"(dst)
+            : "memory");
   }
 }
 
-/* Output pixel (b, oy, ox)'s 3 x 3 window into win ([3][3][depth]), the input's zero point for taps outside the
- * input (x + input_offset = 0: they add nothing, as TFLM's padding). */
-static void window_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int32_t b, int32_t oy,
-                       int32_t ox, int8_t *win) {
+/* Input row y of channels c..c+3 into slot m = y mod 3 (and its copy), pair k from columns 2k - pad, 2k + 1 - pad:
+ * the input's zero point where y or a column is outside the input (x + input_offset = 0 adds nothing, as TFLM's
+ * padding). */
+static void prep_row(const bisup_kernel_depthwise_params *p, const int8_t *input, int32_t b, int32_t y, int32_t m,
+                     int32_t c, int32_t pairs) {
   const bisup_kernel_shape *in = &p->input;
-  const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
-  for (int32_t fy = 0; fy < 3; ++fy) {
-    const int32_t y = y0 + fy * p->dilation_height;
-    for (int32_t fx = 0; fx < 3; ++fx, win += in->depth) {
-      const int32_t x = x0 + fx * p->dilation_width;
-      if (y >= 0 && y < in->height && x >= 0 && x < in->width) {
-        memcpy(win, input + offset4(in, b, y, x, 0), (size_t)in->depth);
-      } else {
-        memset(win, -p->input_offset, (size_t)in->depth);
-      }
-    }
+  const int32_t zp4 = (int32_t)((uint32_t)(uint8_t)-p->input_offset * 0x01010101u);
+  const int32_t pad = p->pad_width, depth = in->depth, width = in->width, dup = m < 2;
+  int32_t *dst = slots + 4 * m;
+  if (y < 0 || y >= in->height) {
+    for (int32_t k = 0; k < pairs; ++k) put_pair(dst + 20 * k, zp4, zp4, dup);
+    return;
+  }
+  const int8_t *row = input + offset4(in, b, y, 0, c);
+  int32_t k0 = (pad + 1) >> 1, k1 = (width + pad) >> 1; /* [k0, k1): both columns inside the input */
+  k1 = k1 < pairs ? k1 : pairs;
+  k0 = k0 < k1 ? k0 : k1;
+  for (int32_t k = 0; k < pairs; ++k) {
+    if (k == k0) k = k1;
+    if (k >= pairs) break;
+    const int32_t a = 2 * k - pad;
+    const int32_t xa = (uint32_t)a < (uint32_t)width ? word(row + a * depth) : zp4;
+    const int32_t xb = (uint32_t)(a + 1) < (uint32_t)width ? word(row + (a + 1) * depth) : zp4;
+    put_pair(dst + 20 * k, xa, xb, dup);
+  }
+  const int8_t *src = row + (2 * k0 - pad) * depth;
+  int32_t *d = dst + 20 * k0, *const e = dst + 20 * k1;
+  if (dup) {
+    for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 1);
+  } else {
+    for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 0);
   }
 }
 
-static int8_t win[9 * BISUP_DW_DSP_WINDOW_DEPTH];
-
-/* The output pixels of row (b, oy) outside [skip0, skip1) (the interior run, if skip0 < skip1), each from a copy
- * of its window (window_3x3): the border pixels. One call a row, so that its pixel_3x3 is inlined once. */
-BISUP_KERNEL_SPECIALISED void border_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output,
-                                         int32_t b, int32_t oy, int32_t skip0, int32_t skip1, pass_3x3 *q, int clamp) {
-  q->row = 3 * p->input.depth;
-  for (int32_t ox = 0; ox < p->output.width; ++ox) {
-    if (ox == skip0 && skip0 < skip1) {
-      ox = skip1 - 1;
-      continue;
-    }
-    window_3x3(p, input, b, oy, ox, win);
-    pixel_3x3(p, win, p->input.depth, output + offset4(&p->output, b, oy, ox, 0), q, clamp);
-  }
-}
-
-/* The 3 x 3 path over every output pixel: a row's run of interior pixels reads the input in place, with pointers
- * stepped from pixel to pixel (its addresses computed once a row: about 30 instructions a pixel less), its border
- * pixels a copy of their window (border_3x3). */
-BISUP_KERNEL_SPECIALISED void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input,
-                                            int8_t *output, int clamp) {
-  const bisup_kernel_shape *in = &p->input, *out = &p->output;
-  const int32_t row = p->dilation_height * in->width * in->depth, col = p->dilation_width * in->depth;
-  const int32_t step = p->stride_width * in->depth, depth = out->depth;
+/* The 3 x 3 path (dilation 1, stride_width 1 or 2) over channels 0..depth & ~3: four channels at a time
+ * (outermost), each input row prepared once (prep_row), every output pixel of a row from the slots (border
+ * pixels too: the slots hold the zero point outside the input). */
+static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
+  const bisup_kernel_shape *out = &p->output;
+  const int32_t pairs = ((out->width - 1) * p->stride_width >> 1) + 2, odd = p->stride_width == 1;
   const uint32_t bytes = 0x01010101u;
-  pass_3x3 q = {row, 2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
+  pass_3x3 q = {2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
                 (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL};
-  int32_t y_lo, y_hi, x_lo, x_hi;
-  bisup_kernel_interior_range(out->height, p->stride_height, p->pad_height, p->dilation_height, 3, in->height,
-                              &y_lo, &y_hi);
-  bisup_kernel_interior_range(out->width, p->stride_width, p->pad_width, p->dilation_width, 3, in->width, &x_lo,
-                              &x_hi);
   for (int32_t b = 0; b < out->batches; ++b) {
-    for (int32_t oy = 0; oy < out->height; ++oy) {
-      const int interior = oy >= y_lo && oy < y_hi && x_lo < x_hi;
-      if (interior) {
-        const int8_t *x = input + offset4(in, b, oy * p->stride_height - p->pad_height,
-                                          x_lo * p->stride_width - p->pad_width, 0);
-        int8_t *o = output + offset4(out, b, oy, x_lo, 0), *o_end = o + (x_hi - x_lo) * depth;
-        q.row = row;
-        for (; o != o_end; x += step, o += depth) pixel_3x3(p, x, col, o, &q, clamp);
+    for (int32_t c = 0; c + 4 <= out->depth; c += 4) {
+      const int32_t *w = p->filter_pairs + 9 * c;
+      int32_t next = INT32_MIN, m = 0; /* the next input row to prepare, its slot */
+      for (int32_t oy = 0; oy < out->height; ++oy) {
+        const int32_t y0 = oy * p->stride_height - p->pad_height, m0 = ((y0 % 3) + 3) % 3;
+        if (next < y0) {
+          next = y0;
+          m = m0;
+        }
+        for (; next < y0 + 3; ++next, m = m == 2 ? 0 : m + 1) prep_row(p, input, b, next, m, c, pairs);
+        int8_t *o = output + offset4(out, b, oy, 0, c);
+        q.end = o + out->width * out->depth;
+        row_3x3(slots + 4 * m0, w, o, out->depth, &q, odd);
       }
-      border_3x3(p, input, output, b, oy, interior ? x_lo : 0, interior ? x_hi : 0, &q, clamp);
     }
   }
 }
@@ -313,14 +322,13 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
   }
   const int64_t bound = ((int64_t)bias_max + (int64_t)255 * 128 * taps) << (left < 31 ? left : 31);
   const int small = bound < ((int64_t)1 << 30);
+  const int32_t pairs = ((out->width - 1) * p->stride_width >> 1) + 2;
+  int32_t c0 = 0; /* the channels from c0 on take the general path below */
   if (small && all_right && p->filter_height == 3 && p->filter_width == 3 && p->filter_pairs && p->interior_bias &&
-      in->depth <= BISUP_DW_DSP_WINDOW_DEPTH) {
-    if (p->activation_min == -128 && p->activation_max == 127) {
-      depthwise_3x3(p, input, output, 0);
-    } else {
-      depthwise_3x3(p, input, output, 1);
-    }
-    return 1;
+      p->dilation_height == 1 && p->dilation_width == 1 && p->stride_width <= 2 && pairs <= BISUP_DW_PAIRS_MAX) {
+    depthwise_3x3(p, input, output);
+    c0 = out->depth & ~3;
+    if (c0 == out->depth) return 1;
   }
   const requant r = {p->multiplier, p->shift, p->output_offset, p->activation_min, p->activation_max, small,
                      small && all_right};
@@ -336,11 +344,11 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
         int32_t fx0, fx1;
         valid_taps(x0, p->dilation_width, p->filter_width, in->width, &fx0, &fx1);
         if (fy0 >= fy1 || fx0 >= fx1) { /* no tap inside the input: the bias alone */
-          for (int32_t c = 0; c < out->depth; ++c) o[c] = output_of(&r, bias_of(p, c), c);
+          for (int32_t c = c0; c < out->depth; ++c) o[c] = output_of(&r, bias_of(p, c), c);
           continue;
         }
         const int8_t *x = input + offset4(in, b, y0 + fy0 * p->dilation_height, x0 + fx0 * p->dilation_width, 0);
-        pixel_taps(p, &r, off2, x, o, fy0, fy1, fx0, fx1, 0);
+        pixel_taps(p, &r, off2, x, o, fy0, fy1, fx0, fx1, c0);
       }
     }
   }
