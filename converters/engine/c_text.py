@@ -43,8 +43,8 @@ def dsp_3x3_blocks(taps: np.ndarray, interior_bias: np.ndarray, multipliers: lis
     """The DSP 3 x 3 depthwise kernel's words (depthwise_conv_dsp.c), 36 per group of four channels 4g..4g+3:
     2 x interior_bias (4); per filter row, the doubled filter's (w0, w1) of each channel (4), then its (w2, w1) (4),
     as int16 pairs, low half first (24); then (multiplier, -shift - 1) per channel (8). The doubling is the
-    requantization's (its SMMULR takes twice the sum); the kernel takes these only where every doubled sum fits
-    int32."""
+    requantization's (its SMMULR takes twice the sum); the lowering gives these only where every shift is a right
+    shift and every doubled sum fits int32 (the kernel does not check it again)."""
     oc = taps.shape[1]
     groups = oc // 4
     doubled = (2 * taps[:, : groups * 4].astype(np.int64)) & 0xFFFF

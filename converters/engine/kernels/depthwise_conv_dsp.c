@@ -236,37 +236,38 @@ static inline void put_pair(int32_t *dst, int32_t xa, int32_t xb, int dup) {
   }
 }
 
+/* What prep_row needs of the layer, computed once. */
+typedef struct {
+  int32_t zp4;          /* the input's zero point in each byte */
+  int32_t k0, k1;       /* the pairs [k0, k1) have both columns inside the input */
+  int32_t pairs, depth, width, pad;
+} prep_3x3;
+
 /* Input row y of channels c..c+3 into slot m = y mod 3 (and its copy), pair k from columns 2k - pad, 2k + 1 - pad:
  * the input's zero point where y or a column is outside the input (x + input_offset = 0 adds nothing, as TFLM's
- * padding). */
-static void prep_row(const bisup_kernel_depthwise_params *p, const int8_t *input, int32_t b, int32_t y, int32_t m,
-                     int32_t c, int32_t pairs) {
-  const bisup_kernel_shape *in = &p->input;
-  const int32_t zp4 = (int32_t)((uint32_t)(uint8_t)-p->input_offset * 0x01010101u);
-  const int32_t pad = p->pad_width, depth = in->depth, width = in->width, dup = m < 2;
+ * padding). row: the row's channel c, NULL outside the input. Left of k0 the first column is outside, from k1
+ * on the second (pad <= 1 < 3: the filter's padding). */
+__attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *row, int32_t m) {
+  const int32_t zp4 = r->zp4, depth = r->depth, width = r->width, pairs = r->pairs, dup = m < 2;
   int32_t *dst = slots + 4 * m;
-  if (y < 0 || y >= in->height) {
+  if (!row) {
     for (int32_t k = 0; k < pairs; ++k) put_pair(dst + 20 * k, zp4, zp4, dup);
     return;
   }
-  const int8_t *row = input + offset4(in, b, y, 0, c);
-  int32_t k0 = (pad + 1) >> 1, k1 = (width + pad) >> 1; /* [k0, k1): both columns inside the input */
-  k1 = k1 < pairs ? k1 : pairs;
-  k0 = k0 < k1 ? k0 : k1;
-  for (int32_t k = 0; k < pairs; ++k) {
-    if (k == k0) k = k1;
-    if (k >= pairs) break;
-    const int32_t a = 2 * k - pad;
-    const int32_t xa = (uint32_t)a < (uint32_t)width ? word(row + a * depth) : zp4;
-    const int32_t xb = (uint32_t)(a + 1) < (uint32_t)width ? word(row + (a + 1) * depth) : zp4;
-    put_pair(dst + 20 * k, xa, xb, dup);
+  for (int32_t k = 0; k < r->k0; ++k) {
+    const int32_t b = 2 * k + 1 - r->pad;
+    put_pair(dst + 20 * k, zp4, (uint32_t)b < (uint32_t)width ? word(row + b * depth) : zp4, dup);
   }
-  const int8_t *src = row + (2 * k0 - pad) * depth;
-  int32_t *d = dst + 20 * k0, *const e = dst + 20 * k1;
+  const int8_t *src = row + (2 * r->k0 - r->pad) * depth;
+  int32_t *d = dst + 20 * r->k0, *const e = dst + 20 * r->k1;
   if (dup) {
     for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 1);
   } else {
     for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 0);
+  }
+  for (int32_t k = r->k1; k < pairs; ++k) {
+    const int32_t a = 2 * k - r->pad;
+    put_pair(dst + 20 * k, (uint32_t)a < (uint32_t)width ? word(row + a * depth) : zp4, zp4, dup);
   }
 }
 
@@ -274,25 +275,35 @@ static void prep_row(const bisup_kernel_depthwise_params *p, const int8_t *input
  * (outermost), each input row prepared once (prep_row), every output pixel of a row from the slots (border
  * pixels too: the slots hold the zero point outside the input). */
 static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
-  const bisup_kernel_shape *out = &p->output;
+  const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int32_t pairs = ((out->width - 1) * p->stride_width >> 1) + 2, odd = p->stride_width == 1;
+  const int32_t row_bytes = out->width * out->depth, in_row = in->width * in->depth, sh = p->stride_height;
   const uint32_t bytes = 0x01010101u;
   pass_3x3 q = {2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
                 (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL};
+  int32_t k1 = (in->width + p->pad_width) >> 1, k0 = (p->pad_width + 1) >> 1;
+  k1 = k1 < pairs ? k1 : pairs;
+  prep_3x3 r = {(int32_t)((uint32_t)(uint8_t)-p->input_offset * bytes), k0 < k1 ? k0 : k1, k1, pairs, in->depth,
+                in->width, p->pad_width};
   for (int32_t b = 0; b < out->batches; ++b) {
+    const int8_t *image = input + offset4(in, b, 0, 0, 0);
     for (int32_t c = 0; c + 4 <= out->depth; c += 4) {
       const int32_t *w = p->filter_pairs + 9 * c;
-      int32_t next = INT32_MIN, m = 0; /* the next input row to prepare, its slot */
-      for (int32_t oy = 0; oy < out->height; ++oy) {
-        const int32_t y0 = oy * p->stride_height - p->pad_height, m0 = ((y0 % 3) + 3) % 3;
+      int8_t *o = output + offset4(out, b, 0, 0, c);
+      /* y0: the window's first row, m0 its slot; next: the next input row to prepare, m its slot */
+      int32_t y0 = -p->pad_height, m0 = (y0 + 3) % 3, next = y0, m = m0;
+      for (int32_t oy = 0; oy < out->height; ++oy, o += row_bytes) {
         if (next < y0) {
           next = y0;
           m = m0;
         }
-        for (; next < y0 + 3; ++next, m = m == 2 ? 0 : m + 1) prep_row(p, input, b, next, m, c, pairs);
-        int8_t *o = output + offset4(out, b, oy, 0, c);
-        q.end = o + out->width * out->depth;
+        for (; next < y0 + 3; ++next, m = m == 2 ? 0 : m + 1) {
+          prep_row(&r, next >= 0 && next < in->height ? image + next * in_row + c : NULL, m);
+        }
+        q.end = o + row_bytes;
         row_3x3(slots + 4 * m0, w, o, out->depth, &q, odd);
+        y0 += sh;
+        m0 = (m0 + sh) % 3;
       }
     }
   }
@@ -311,6 +322,16 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int32_t taps = p->filter_height * p->filter_width, zp = -p->input_offset;
   if (p->depth_multiplier != 1 || in->depth < 4 || zp < -128 || zp > 127) return 0;
+  const int32_t pairs = ((out->width - 1) * p->stride_width >> 1) + 2;
+  int32_t c0 = 0; /* the channels from c0 on take the general path below */
+  /* filter_pairs: the lowering gives them only where the short requantization holds (every shift a right shift,
+   * every doubled sum inside int32), which the general path below checks for itself */
+  if (p->filter_pairs && p->filter_height == 3 && p->filter_width == 3 && p->interior_bias &&
+      p->dilation_height == 1 && p->dilation_width == 1 && p->stride_width <= 2 && pairs <= BISUP_DW_PAIRS_MAX) {
+    depthwise_3x3(p, input, output);
+    c0 = out->depth & ~3;
+    if (c0 == out->depth) return 1;
+  }
   /* |x + offset| <= 255, |w| <= 128: the accumulators' bound, shifted left by the largest left shift. */
   int32_t bias_max = 0, left = 0, all_right = 1;
   for (int32_t c = 0; c < out->depth; ++c) {
@@ -322,14 +343,6 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
   }
   const int64_t bound = ((int64_t)bias_max + (int64_t)255 * 128 * taps) << (left < 31 ? left : 31);
   const int small = bound < ((int64_t)1 << 30);
-  const int32_t pairs = ((out->width - 1) * p->stride_width >> 1) + 2;
-  int32_t c0 = 0; /* the channels from c0 on take the general path below */
-  if (small && all_right && p->filter_height == 3 && p->filter_width == 3 && p->filter_pairs && p->interior_bias &&
-      p->dilation_height == 1 && p->dilation_width == 1 && p->stride_width <= 2 && pairs <= BISUP_DW_PAIRS_MAX) {
-    depthwise_3x3(p, input, output);
-    c0 = out->depth & ~3;
-    if (c0 == out->depth) return 1;
-  }
   const requant r = {p->multiplier, p->shift, p->output_offset, p->activation_min, p->activation_max, small,
                      small && all_right};
   const int32_t off2 = (int32_t)(((uint32_t)p->input_offset & 0xffffu) | ((uint32_t)p->input_offset << 16));
