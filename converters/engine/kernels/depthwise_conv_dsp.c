@@ -332,37 +332,40 @@ typedef struct {
  * the input's zero point where y or a column is outside the input (x + input_offset = 0 adds nothing, as TFLM's
  * padding). row: the row's channel c, NULL outside the input. Left of k0 the first column is outside, from k1
  * on the second (pad <= 1 < 3: the filter's padding). */
-__attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *row, int32_t m) {
+__attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *row, int32_t m, int32_t groups) {
   const int32_t zp4 = r->zp4, depth = r->depth, width = r->width, pairs = r->pairs, dup = m < 2;
   int32_t *dst = slots + 4 * m;
   if (!row) {
-    for (int32_t k = 0; k < pairs; ++k) put_pair(dst + 20 * k, zp4, zp4, dup);
+    for (int32_t k = 0; k < pairs * groups; ++k) put_pair(dst + 20 * k, zp4, zp4, dup);
     return;
   }
-  for (int32_t k = 0; k < r->k0; ++k) {
-    const int32_t b = 2 * k + 1 - r->pad;
-    put_pair(dst + 20 * k, zp4, (uint32_t)b < (uint32_t)width ? word(row + b * depth) : zp4, dup);
-  }
-  const int8_t *src = row + (2 * r->k0 - r->pad) * depth;
-  int32_t *d = dst + 20 * r->k0, *const e = dst + 20 * r->k1;
-  if (dup) {
-    for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 1);
-  } else {
-    for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 0);
-  }
-  for (int32_t k = r->k1; k < pairs; ++k) {
-    const int32_t a = 2 * k - r->pad;
-    put_pair(dst + 20 * k, (uint32_t)a < (uint32_t)width ? word(row + a * depth) : zp4, zp4, dup);
+  for (int32_t g = 0; g < groups; ++g, row += 4, dst += 20 * pairs) {
+    for (int32_t k = 0; k < r->k0; ++k) {
+      const int32_t b = 2 * k + 1 - r->pad;
+      put_pair(dst + 20 * k, zp4, (uint32_t)b < (uint32_t)width ? word(row + b * depth) : zp4, dup);
+    }
+    const int8_t *src = row + (2 * r->k0 - r->pad) * depth;
+    int32_t *d = dst + 20 * r->k0, *const e = dst + 20 * r->k1;
+    if (dup) {
+      for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 1);
+    } else {
+      for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 0);
+    }
+    for (int32_t k = r->k1; k < pairs; ++k) {
+      const int32_t a = 2 * k - r->pad;
+      put_pair(dst + 20 * k, (uint32_t)a < (uint32_t)width ? word(row + a * depth) : zp4, zp4, dup);
+    }
   }
 }
 
-/* The 3 x 3 path (dilation 1, stride_width 1 or 2) over channels 0..depth & ~3: four channels at a time
- * (outermost), each input row prepared once (prep_row), every output pixel of a row from the slots (border
- * pixels too: the slots hold the zero point outside the input). */
+/* The 3 x 3 path (dilation 1, stride_width 1 or 2) over channels 0..depth & ~3: as many groups of four channels
+ * at a time as the slots hold (outermost), each input row of them prepared once (prep_row), then every output
+ * pixel of a row from the slots (border pixels too: the slots hold the zero point outside the input). */
 static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int32_t pairs = ((out->width - 1) * p->stride_width >> 1) + 2, odd = p->stride_width == 1;
   const int32_t row_bytes = out->width * out->depth, in_row = in->width * in->depth, sh = p->stride_height;
+  const int32_t groups = out->depth >> 2, chunk = BISUP_DW_PAIRS_MAX / pairs;
   const uint32_t bytes = 0x01010101u;
   pass_3x3 q = {2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
                 (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL, out->depth, NULL};
@@ -373,26 +376,30 @@ static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *
                 in->width, p->pad_width};
   for (int32_t b = 0; b < out->batches; ++b) {
     const int8_t *image = input + offset4(in, b, 0, 0, 0);
-    for (int32_t c = 0; c + 4 <= out->depth; c += 4) {
-      const int32_t *w = p->filter_pairs + 9 * c;
-      int8_t *o = output + offset4(out, b, 0, 0, c);
+    for (int32_t g0 = 0; g0 < groups; g0 += chunk) {
+      const int32_t n = groups - g0 < chunk ? groups - g0 : chunk;
+      int8_t *o_row = output + offset4(out, b, 0, 0, 4 * g0);
       /* y0: the window's first row, m0 its slot; next: the next input row to prepare, m its slot */
       int32_t y0 = -p->pad_height, m0 = (y0 + 3) % 3, next = y0, m = m0;
-      for (int32_t oy = 0; oy < out->height; ++oy, o += row_bytes) {
+      for (int32_t oy = 0; oy < out->height; ++oy, o_row += row_bytes) {
         if (next < y0) {
           next = y0;
           m = m0;
         }
         for (; next < y0 + 3; ++next, m = m == 2 ? 0 : m + 1) {
-          prep_row(&r, next >= 0 && next < in->height ? image + next * in_row + c : NULL, m);
+          prep_row(&r, next >= 0 && next < in->height ? image + next * in_row + 4 * g0 : NULL, m, n);
         }
-        q.end = o + row_bytes;
-        if (twos) { /* stride 1: pairs of pixels, then the last even one alone (an odd width) */
-          q.end2 = o + twos;
-          row2_3x3(slots + 4 * m0, w, o, &q);
-          if (twos != row_bytes) row_3x3(slots + 4 * m0 + 20 * (out->width >> 1), w, o + twos, out->depth, &q, 0);
-        } else {
-          row_3x3(slots + 4 * m0, w, o, out->depth, &q, odd);
+        for (int32_t g = 0; g < n; ++g) {
+          const int32_t *w = p->filter_pairs + 36 * (g0 + g), *x = slots + 4 * m0 + 20 * pairs * g;
+          int8_t *o = o_row + 4 * g;
+          q.end = o + row_bytes;
+          if (twos) { /* stride 1: pairs of pixels, then the last even one alone (an odd width) */
+            q.end2 = o + twos;
+            row2_3x3(x, w, o, &q);
+            if (twos != row_bytes) row_3x3(x + 20 * (out->width >> 1), w, o + twos, out->depth, &q, 0);
+          } else {
+            row_3x3(x, w, o, out->depth, &q, odd);
+          }
         }
         y0 += sh;
         m0 = (m0 + sh) % 3;
