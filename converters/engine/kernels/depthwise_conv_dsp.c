@@ -11,16 +11,18 @@
  * start from the bias: TFLM's sum(w * (x + input_offset)) + bias, in TFLM's int32. Pixels loop over the taps inside
  * the input only (TFLM's padding: the others add nothing). The last depth % 4 channels go one by one.
  *
- * A 3 x 3 filter (with filter_pairs and interior_bias from the lowering, up to BISUP_DW_DSP_WINDOW_DEPTH channels,
- * a layer whose requantization takes the short form below) has its own path: every window of nine taps read at
- * x + fy row + fx col (interior pixels in place, border pixels from a copy of their window that holds the input's
- * zero point outside the input), the sums starting from interior_bias so that the taps need no input_offset, the
- * filter's int16 pairs (filter_pairs) read in order, the requantization bisup_kernel_requantize_short.
+ * A 3 x 3 filter (dilation 1, stride_width 1 or 2, filter_pairs from the lowering, which gives them only where the
+ * short requantization below holds) has its own path. Each input row is widened once (prep_row) into int16 pairs
+ * of adjacent columns (P_k: columns 2k, 2k + 1 of a channel, the input's zero point outside the input, as TFLM's
+ * padding adds nothing), so one SMLAD multiplies two taps of a channel by the (w0, w1) pair of filter_pairs; the
+ * pixel whose window starts at an odd column takes the top half of P_k (SMLATB) and P_k+1 crossed with (w2, w1)
+ * (SMLADX). Sums start from interior_bias (taps need no input_offset), doubled for the requantization's SMMULR.
+ * Stride-1 rows go two pixels at a time (row2_3x3: every load feeds both), the others one (row_3x3).
  *
  * Requantization: when every accumulator of the layer, after its channel's left shift, is below 2^30 in magnitude
  * (checked once per call from the biases, the tap count and the shifts; true of real models), srdhm is one SMMULR of
  * twice the accumulator (floor((2ab + 2^31) / 2^32) = floor((ab + 2^30) / 2^31), as in mbqm_fast) and the rounding
- * divide is mbqm_fast's; otherwise mbqm_fast itself. No scratch memory but the border window.
+ * divide is mbqm_fast's; otherwise mbqm_fast itself. No scratch memory but the 3 x 3 path's slots (3.2 KB).
  */
 #include "bisup_kernel_internal.h"
 
@@ -187,27 +189,17 @@ typedef struct {
   "ldr    %[d0], [%[q], #12]\n\t"                                                                                \
   "cmp    %[o], %[d0]\n\t"
 
-/* Four channels of a row of output pixels, the first even (x: its pair of columns, row 0's slot), each stored at
- * o, o + step, ...: stride 2 (odd = 0), every pixel even, the next pair of columns; stride 1 (odd = 1), an even
- * and an odd pixel on each pair. */
+/* Four channels of a row of even output pixels (stride 2; or one pixel), x at the first one's pair of columns in
+ * row 0's slot, the next pixel's at the next pair, each stored at o, o + step, ... until o reaches q->end. */
 BISUP_KERNEL_SPECIALISED void row_3x3(const int32_t *x, const int32_t *w, int8_t *o, int32_t step,
-                                      const pass_3x3 *q, int odd) {
+                                      const pass_3x3 *q) {
   int32_t a0, a1, a2, a3, d0, d1, w0, w1;
-#define BISUP_DW_OPERANDS                                                                                          \
-  : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [d0] "=&r"(d0), [d1] "=&r"(d1),               \
-    [w0] "=&r"(w0), [w1] "=&r"(w1), [x] "+r"(x), [o] "+r"(o)                                                       \
-  : [w] "r"(w), [q] "r"(q), [step] "r"(step)                                                                       \
-  : "cc", "memory"
-  if (odd) {
-    __asm__ volatile("1:\n\t" BISUP_DW_PIXEL_ASM("smlad ", "smlabb") "beq    2f\n\t"
-                     BISUP_DW_PIXEL_ASM("smlatb", "smladx") "add    %[x], %[x], #80\n\t"
-                     "bne    1b\n"
-                     "2:" BISUP_DW_OPERANDS);
-  } else {
-    __asm__ volatile("1:\n\t" BISUP_DW_PIXEL_ASM("smlad ", "smlabb") "add    %[x], %[x], #80\n\t"
-                     "bne    1b" BISUP_DW_OPERANDS);
-  }
-#undef BISUP_DW_OPERANDS
+  __asm__ volatile("1:\n\t" BISUP_DW_PIXEL_ASM("smlad ", "smlabb") "add    %[x], %[x], #80\n\t"
+                   "bne    1b"
+                   : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [d0] "=&r"(d0), [d1] "=&r"(d1),
+                     [w0] "=&r"(w0), [w1] "=&r"(w1), [x] "+r"(x), [o] "+r"(o)
+                   : [w] "r"(w), [q] "r"(q), [step] "r"(step)
+                   : "cc", "memory");
 }
 
 /* row2_3x3's product of one pair of channels (c, c + 1: the accumulators A0, A1 of the even pixel, B0, B1 of
@@ -396,9 +388,9 @@ static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *
           if (twos) { /* stride 1: pairs of pixels, then the last even one alone (an odd width) */
             q.end2 = o + twos;
             row2_3x3(x, w, o, &q);
-            if (twos != row_bytes) row_3x3(x + 20 * (out->width >> 1), w, o + twos, out->depth, &q, 0);
+            if (twos != row_bytes) row_3x3(x + 20 * (out->width >> 1), w, o + twos, out->depth, &q);
           } else {
-            row_3x3(x, w, o, out->depth, &q, odd);
+            row_3x3(x, w, o, out->depth, &q); /* stride 2, or a single pixel */
           }
         }
         y0 += sh;
