@@ -239,51 +239,56 @@ BISUP_KERNEL_SPECIALISED void row_3x3(const int32_t *x, const int32_t *w, int8_t
   "ssub8  r10, lr, " R "\n\t"                                                                                     \
   "sel    " R ", " R ", lr\n\t"
 
-/* Four channels of a stride-1 row's pixels two at a time, an even one (its first window column 2k: x, as row_3x3)
- * and the odd one after it, until o reaches q->end2: each load of an int16 pair and of weights (LDRD) feeds both
- * pixels, fourteen registers (every one but sp and pc) where GCC's inline asm would give thirteen: 72 instructions
- * for the 72 products of the two pixels instead of 96, about 149 in all for the pair instead of 176. The caller
- * gives at least one pair. o and q live on the stack (pushed with r2, r3). */
+/* The stride-2 counterpart of BISUP_DW2_MAC, channels c, c + 1 of one window row: the even pixel A takes P_k
+ * (x + XA) with W01 (w + WA) and the bottom of P_k+1 (x + XB) with W21 (w + WB), the next one B P_k+1 with W01 and
+ * the bottom of P_k+2 (x + XC) with W21: three loads of pairs and two of weights for both pixels. */
+#define BISUP_DW2S_MAC(XA, XB, XC, WA, WB, A0, A1, B0, B1)                                                       \
+  "ldrd   r10, r11, [r0, #" XA "]\n\t"                                                                           \
+  "ldrd   r12, lr, [r1, #" WA "]\n\t"                                                                            \
+  "smlad  " A0 ", r10, r12, " A0 "\n\tsmlad  " A1 ", r11, lr, " A1 "\n\t"                                         \
+  "ldrd   r10, r11, [r0, #" XB "]\n\t"                                                                           \
+  "smlad  " B0 ", r10, r12, " B0 "\n\tsmlad  " B1 ", r11, lr, " B1 "\n\t"                                         \
+  "ldrd   r12, lr, [r1, #" WB "]\n\t"                                                                            \
+  "smlabb " A0 ", r10, r12, " A0 "\n\tsmlabb " A1 ", r11, lr, " A1 "\n\t"                                         \
+  "ldrd   r10, r11, [r0, #" XC "]\n\t"                                                                           \
+  "smlabb " B0 ", r10, r12, " B0 "\n\tsmlabb " B1 ", r11, lr, " B1 "\n\t"
+
+/* Four channels of a row's pixels two at a time (x as row_3x3's for the first; STEP bytes on for the next pair)
+ * until o reaches q->end2, TAPS their products: each load of int16 pairs and of weights (LDRD) feeds both pixels,
+ * with fourteen registers (every one but sp and pc) where GCC's inline asm would give thirteen. Stride 1
+ * (row2_3x3): an even pixel and the odd one after it, 72 instructions for their 72 products instead of 96, about
+ * 149 in all instead of 176; stride 2 (row2s_3x3): two even pixels, 78 for the products. The caller gives at least
+ * one pair. o and q live on the stack (pushed with r2, r3). */
 #define BISUP_DW2_ARG __attribute__((unused)) /* read by the asm, in r0..r3 */
-__attribute__((naked, noinline)) static void row2_3x3(BISUP_DW2_ARG const int32_t *x, BISUP_DW2_ARG const int32_t *w,
-                                                      BISUP_DW2_ARG int8_t *o, BISUP_DW2_ARG const pass_3x3 *q) {
-  __asm__ volatile(
-      "push   {r2-r11, lr}\n"
-      "1:\n\t"
-      "ldrd   r2, r3, [r1]\n\t"
-      "ldrd   r4, r5, [r1, #8]\n\t"
-      "mov    r6, r2\n\t"
-      "mov    r7, r3\n\t"
-      "mov    r8, r4\n\t"
-      "mov    r9, r5\n\t"
-      BISUP_DW2_ROW("0", "8", "80", "88", "16", "24", "32", "40")
-      BISUP_DW2_ROW("16", "24", "96", "104", "48", "56", "64", "72")
-      BISUP_DW2_ROW("32", "40", "112", "120", "80", "88", "96", "104")
-      "ldr    r11, [sp, #4]\n\t"
-      "ldr    r10, [r11]\n\t"
-      BISUP_DW2_REQUANT("112", "r2", "r6") BISUP_DW2_REQUANT("120", "r3", "r7")
-      BISUP_DW2_REQUANT("128", "r4", "r8") BISUP_DW2_REQUANT("136", "r5", "r9")
-      "bfi    r2, r3, #8, #8\n\t"
-      "bfi    r2, r4, #16, #8\n\t"
-      "bfi    r2, r5, #24, #8\n\t"
-      "bfi    r6, r7, #8, #8\n\t"
-      "bfi    r6, r8, #16, #8\n\t"
-      "bfi    r6, r9, #24, #8\n\t"
-      "ldrd   r12, lr, [r11, #4]\n\t"
-      BISUP_DW2_CLAMP("r2") BISUP_DW2_CLAMP("r6")
-      "ldr    r10, [sp]\n\t"
-      "ldr    r12, [r11, #16]\n\t"
-      "str    r2, [r10]\n\t"
-      "str    r6, [r10, r12]\n\t"
-      "add    r10, r10, r12, lsl #1\n\t"
-      "str    r10, [sp]\n\t"
-      "ldr    r12, [r11, #20]\n\t"
-      "add    r0, r0, #80\n\t"
-      "cmp    r10, r12\n\t"
-      "bne    1b\n\t"
-      "add    sp, sp, #8\n\t"
-      "pop    {r4-r11, pc}");
-}
+#define BISUP_DW2_FUNCTION(NAME, TAPS, STEP)                                                                      \
+  __attribute__((naked, noinline)) static void NAME(BISUP_DW2_ARG const int32_t *x, BISUP_DW2_ARG const int32_t *w, \
+                                                    BISUP_DW2_ARG int8_t *o, BISUP_DW2_ARG const pass_3x3 *q) {     \
+    __asm__ volatile("push   {r2-r11, lr}\n1:\n\t"                                                                 \
+                     "ldrd   r2, r3, [r1]\n\tldrd   r4, r5, [r1, #8]\n\t"                                          \
+                     "mov    r6, r2\n\tmov    r7, r3\n\tmov    r8, r4\n\tmov    r9, r5\n\t" TAPS                    \
+                     "ldr    r11, [sp, #4]\n\tldr    r10, [r11]\n\t"                                               \
+                     BISUP_DW2_REQUANT("112", "r2", "r6") BISUP_DW2_REQUANT("120", "r3", "r7")                    \
+                     BISUP_DW2_REQUANT("128", "r4", "r8") BISUP_DW2_REQUANT("136", "r5", "r9")                    \
+                     "bfi    r2, r3, #8, #8\n\tbfi    r2, r4, #16, #8\n\tbfi    r2, r5, #24, #8\n\t"              \
+                     "bfi    r6, r7, #8, #8\n\tbfi    r6, r8, #16, #8\n\tbfi    r6, r9, #24, #8\n\t"              \
+                     "ldrd   r12, lr, [r11, #4]\n\t" BISUP_DW2_CLAMP("r2") BISUP_DW2_CLAMP("r6")                  \
+                     "ldr    r10, [sp]\n\tldr    r12, [r11, #16]\n\t"                                              \
+                     "str    r2, [r10]\n\tstr    r6, [r10, r12]\n\t"                                               \
+                     "add    r10, r10, r12, lsl #1\n\tstr    r10, [sp]\n\t"                                        \
+                     "ldr    r12, [r11, #20]\n\tadd    r0, r0, #" STEP "\n\tcmp    r10, r12\n\tbne    1b\n\t"      \
+                     "add    sp, sp, #8\n\tpop    {r4-r11, pc}");                                                  \
+  }
+BISUP_DW2_FUNCTION(row2_3x3,
+                   BISUP_DW2_ROW("0", "8", "80", "88", "16", "24", "32", "40")
+                   BISUP_DW2_ROW("16", "24", "96", "104", "48", "56", "64", "72")
+                   BISUP_DW2_ROW("32", "40", "112", "120", "80", "88", "96", "104"), "80")
+BISUP_DW2_FUNCTION(row2s_3x3,
+                   BISUP_DW2S_MAC("0", "80", "160", "16", "32", "r2", "r3", "r6", "r7")
+                   BISUP_DW2S_MAC("8", "88", "168", "24", "40", "r4", "r5", "r8", "r9")
+                   BISUP_DW2S_MAC("16", "96", "176", "48", "64", "r2", "r3", "r6", "r7")
+                   BISUP_DW2S_MAC("24", "104", "184", "56", "72", "r4", "r5", "r8", "r9")
+                   BISUP_DW2S_MAC("32", "112", "192", "80", "96", "r2", "r3", "r6", "r7")
+                   BISUP_DW2S_MAC("40", "120", "200", "88", "104", "r4", "r5", "r8", "r9"), "160")
 
 /* Per pair of window columns k, five slots of four words: slot m holds an input row y with y mod 3 = m, slots 3
  * and 4 the rows of slots 0 and 1 again, so that the rows of every window are three slots in a row. */
@@ -355,13 +360,14 @@ __attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *
  * pixel of a row from the slots (border pixels too: the slots hold the zero point outside the input). */
 static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
-  const int32_t pairs = ((out->width - 1) * p->stride_width >> 1) + 2, odd = p->stride_width == 1;
+  const int32_t sw = p->stride_width, pairs = ((out->width - 1) * sw >> 1) + 2, odd = sw == 1;
   const int32_t row_bytes = out->width * out->depth, in_row = in->width * in->depth, sh = p->stride_height;
   const int32_t groups = out->depth >> 2, chunk = BISUP_DW_PAIRS_MAX / pairs;
   const uint32_t bytes = 0x01010101u;
   pass_3x3 q = {2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
                 (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL, out->depth, NULL};
-  const int32_t twos = odd ? (out->width >> 1) * 2 * out->depth : 0; /* bytes of a row row2_3x3 writes */
+  const int32_t twos = (out->width >> 1) * 2 * out->depth; /* bytes of a row row2 writes */
+  void (*const row2)(const int32_t *, const int32_t *, int8_t *, const pass_3x3 *) = odd ? row2_3x3 : row2s_3x3;
   int32_t k1 = (in->width + p->pad_width) >> 1, k0 = (p->pad_width + 1) >> 1;
   k1 = k1 < pairs ? k1 : pairs;
   prep_3x3 r = {(int32_t)((uint32_t)(uint8_t)-p->input_offset * bytes), k0 < k1 ? k0 : k1, k1, pairs, in->depth,
@@ -385,12 +391,12 @@ static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *
           const int32_t *w = p->filter_pairs + 36 * (g0 + g), *x = slots + 4 * m0 + 20 * pairs * g;
           int8_t *o = o_row + 4 * g;
           q.end = o + row_bytes;
-          if (twos) { /* stride 1: pairs of pixels, then the last even one alone (an odd width) */
+          if (twos) { /* pairs of pixels, then the last one alone (an odd width) */
             q.end2 = o + twos;
-            row2_3x3(x, w, o, &q);
-            if (twos != row_bytes) row_3x3(x + 20 * (out->width >> 1), w, o + twos, out->depth, &q);
+            row2(x, w, o, &q);
+            if (twos != row_bytes) row_3x3(x + 20 * sw * (out->width >> 1), w, o + twos, out->depth, &q);
           } else {
-            row_3x3(x, w, o, out->depth, &q); /* stride 2, or a single pixel */
+            row_3x3(x, w, o, out->depth, &q); /* a single pixel */
           }
         }
         y0 += sh;
