@@ -265,7 +265,7 @@ BISUP_KERNEL_SPECIALISED void row_3x3(const int32_t *x, const int32_t *w, int8_t
                                                     BISUP_DW2_ARG int8_t *o, BISUP_DW2_ARG const pass_3x3 *q) {     \
     __asm__ volatile("push   {r2-r11, lr}\n1:\n\t"                                                                 \
                      "ldrd   r2, r3, [r1]\n\tldrd   r4, r5, [r1, #8]\n\t"                                          \
-                     "mov    r6, r2\n\tmov    r7, r3\n\tmov    r8, r4\n\tmov    r9, r5\n\t" TAPS                    \
+                     "ldrd   r6, r7, [r1]\n\tldrd   r8, r9, [r1, #8]\n\t" TAPS                                     \
                      "ldr    r11, [sp, #4]\n\tldr    r10, [r11]\n\t"                                               \
                      BISUP_DW2_REQUANT("112", "r2", "r6") BISUP_DW2_REQUANT("120", "r3", "r7")                    \
                      BISUP_DW2_REQUANT("128", "r4", "r8") BISUP_DW2_REQUANT("136", "r5", "r9")                    \
@@ -323,12 +323,13 @@ typedef struct {
   int32_t zp4;          /* the input's zero point in each byte */
   int32_t k0, k1;       /* the pairs [k0, k1) have both columns inside the input */
   int32_t pairs, depth, width, pad;
+  int32_t last;         /* pair k1's first column is the input's last (width + pad odd) */
 } prep_3x3;
 
 /* Input row y of channels c..c+3 into slot m = y mod 3 (and its copy), pair k from columns 2k - pad, 2k + 1 - pad:
  * the input's zero point where y or a column is outside the input (x + input_offset = 0 adds nothing, as TFLM's
- * padding). row: the row's channel c, NULL outside the input. Left of k0 the first column is outside, from k1
- * on the second (pad <= 1 < 3: the filter's padding). */
+ * padding). row: the row's channel c, NULL outside the input. Left of k0 (pad 1: pair 0) the first column is
+ * outside, from k1 on the second, from k1 + 1 on both (pad <= 1: a 3 x 3 filter's). */
 __attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *row, int32_t m, int32_t groups) {
   const int32_t zp4 = r->zp4, depth = r->depth, width = r->width, pairs = r->pairs, dup = m < 2;
   int32_t *dst = slots + 4 * m;
@@ -337,10 +338,7 @@ __attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *
     return;
   }
   for (int32_t g = 0; g < groups; ++g, row += 4, dst += 20 * pairs) {
-    for (int32_t k = 0; k < r->k0; ++k) {
-      const int32_t b = 2 * k + 1 - r->pad;
-      put_pair(dst + 20 * k, zp4, (uint32_t)b < (uint32_t)width ? word(row + b * depth) : zp4, dup);
-    }
+    if (r->k0) put_pair(dst, zp4, word(row), dup); /* pad 1: columns -1 (outside) and 0 */
     const int8_t *src = row + (2 * r->k0 - r->pad) * depth;
     int32_t *d = dst + 20 * r->k0, *const e = dst + 20 * r->k1;
     if (dup) {
@@ -348,10 +346,8 @@ __attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *
     } else {
       for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 0);
     }
-    for (int32_t k = r->k1; k < pairs; ++k) {
-      const int32_t a = 2 * k - r->pad;
-      put_pair(dst + 20 * k, (uint32_t)a < (uint32_t)width ? word(row + a * depth) : zp4, zp4, dup);
-    }
+    int32_t xa = r->last ? word(row + (width - 1) * depth) : zp4; /* pair k1's first column: width - 1 or width */
+    for (int32_t k = r->k1; k < pairs; ++k, xa = zp4) put_pair(dst + 20 * k, xa, zp4, dup);
   }
 }
 
@@ -371,7 +367,7 @@ static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *
   int32_t k1 = (in->width + p->pad_width) >> 1, k0 = (p->pad_width + 1) >> 1;
   k1 = k1 < pairs ? k1 : pairs;
   prep_3x3 r = {(int32_t)((uint32_t)(uint8_t)-p->input_offset * bytes), k0 < k1 ? k0 : k1, k1, pairs, in->depth,
-                in->width, p->pad_width};
+                in->width, p->pad_width, (in->width + p->pad_width) & 1};
   for (int32_t b = 0; b < out->batches; ++b) {
     const int8_t *image = input + offset4(in, b, 0, 0, 0);
     for (int32_t g0 = 0; g0 < groups; g0 += chunk) {
@@ -424,7 +420,8 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
   /* filter_pairs: the lowering gives them only where the short requantization holds (every shift a right shift,
    * every doubled sum inside int32), which the general path below checks for itself */
   if (p->filter_pairs && p->filter_height == 3 && p->filter_width == 3 && p->interior_bias &&
-      p->dilation_height == 1 && p->dilation_width == 1 && p->stride_width <= 2 && pairs <= BISUP_DW_PAIRS_MAX) {
+      p->dilation_height == 1 && p->dilation_width == 1 && p->stride_width <= 2 && p->pad_width <= 1 &&
+      pairs <= BISUP_DW_PAIRS_MAX) {
     depthwise_3x3(p, input, output);
     c0 = out->depth & ~3;
     if (c0 == out->depth) return 1;
