@@ -132,6 +132,7 @@ typedef struct {
   const int8_t *end; /* the output row's end (this group's channels of the pixel after its last) */
   int32_t step;      /* bytes from an output pixel to the next */
   const int8_t *end2; /* row2_3x3's end: after the row's last pair of pixels */
+  int32_t clamp;     /* the activation range is not all of int8 (row2_3x3 skips the clamp otherwise) */
 } pass_3x3;
 
 /* Window row R of four channels: the pairs P_k (columns 2k, 2k+1 of each channel, at x + 16 R) and P_k+1 (80
@@ -271,7 +272,8 @@ BISUP_KERNEL_SPECIALISED void row_3x3(const int32_t *x, const int32_t *w, int8_t
                      BISUP_DW2_REQUANT("128", "r4", "r8") BISUP_DW2_REQUANT("136", "r5", "r9")                    \
                      "bfi    r2, r3, #8, #8\n\tbfi    r2, r4, #16, #8\n\tbfi    r2, r5, #24, #8\n\t"              \
                      "bfi    r6, r7, #8, #8\n\tbfi    r6, r8, #16, #8\n\tbfi    r6, r9, #24, #8\n\t"              \
-                     "ldrd   r12, lr, [r11, #4]\n\t" BISUP_DW2_CLAMP("r2") BISUP_DW2_CLAMP("r6")                  \
+                     "ldr    r3, [r11, #24]\n\tcbz    r3, 2f\n\tldrd   r12, lr, [r11, #4]\n\t"               \
+                     BISUP_DW2_CLAMP("r2") BISUP_DW2_CLAMP("r6") "2:\n\t"                                      \
                      "ldr    r10, [sp]\n\tldr    r12, [r11, #16]\n\t"                                              \
                      "str    r2, [r10]\n\tstr    r6, [r10, r12]\n\t"                                               \
                      "add    r10, r10, r12, lsl #1\n\tstr    r10, [sp]\n\t"                                        \
@@ -361,7 +363,8 @@ static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *
   const int32_t groups = out->depth >> 2, chunk = BISUP_DW_PAIRS_MAX / pairs;
   const uint32_t bytes = 0x01010101u;
   pass_3x3 q = {2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
-                (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL, out->depth, NULL};
+                (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL, out->depth, NULL,
+                p->activation_min != -128 || p->activation_max != 127};
   const int32_t twos = (out->width >> 1) * 2 * out->depth; /* bytes of a row row2 writes */
   void (*const row2)(const int32_t *, const int32_t *, int8_t *, const pass_3x3 *) = odd ? row2_3x3 : row2s_3x3;
   int32_t k1 = (in->width + p->pad_width) >> 1, k0 = (p->pad_width + 1) >> 1;
