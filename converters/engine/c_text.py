@@ -40,18 +40,21 @@ def wrap32(values: np.ndarray) -> np.ndarray:
 
 
 def dsp_3x3_blocks(taps: np.ndarray, interior_bias: np.ndarray, multipliers: list[tuple[int, int]]) -> np.ndarray:
-    """The DSP 3 x 3 depthwise kernel's words (depthwise_conv_dsp.c), 30 per group of four channels 4g..4g+3:
-    2 x interior_bias (4), then per tap the doubled filter's channels 4g, 4g+2 and 4g+1, 4g+3 as int16 pairs, low
-    half first (18), then (multiplier, -shift - 1) per channel (8). The doubling is the requantization's (its
-    SMMULR takes twice the sum); the kernel takes these only where every doubled sum fits int32."""
+    """The DSP 3 x 3 depthwise kernel's words (depthwise_conv_dsp.c), 36 per group of four channels 4g..4g+3:
+    2 x interior_bias (4); per filter row, the doubled filter's (w0, w1) of each channel (4), then its (w2, w1) (4),
+    as int16 pairs, low half first (24); then (multiplier, -shift - 1) per channel (8). The doubling is the
+    requantization's (its SMMULR takes twice the sum); the lowering gives these only where every shift is a right
+    shift and every doubled sum fits int32 (the kernel does not check it again)."""
     oc = taps.shape[1]
     groups = oc // 4
     doubled = (2 * taps[:, : groups * 4].astype(np.int64)) & 0xFFFF
-    g = doubled.reshape(9, groups, 4).transpose(1, 0, 2)  # [group][tap][4 channels]
-    pairs = np.stack([g[..., 0] | g[..., 2] << 16, g[..., 1] | g[..., 3] << 16], axis=-1).reshape(groups, 18)
+    g = doubled.reshape(3, 3, groups, 4).transpose(2, 0, 1, 3)  # [group][row][column][4 channels]
+    w01 = g[:, :, 0] | g[:, :, 1] << 16  # [group][row][4 channels]
+    w21 = g[:, :, 2] | g[:, :, 1] << 16
+    rows = np.concatenate([w01, w21], axis=2).reshape(groups, 24)
     bias2 = (2 * interior_bias[: groups * 4].astype(np.int64)).reshape(groups, 4)
     requant = np.array([[m, -s - 1] for m, s in multipliers[: groups * 4]], np.int64).reshape(groups, 8)
-    return wrap32(np.concatenate([bias2, pairs, requant], axis=1))
+    return wrap32(np.concatenate([bias2, rows, requant], axis=1))
 
 
 def struct(ctype: str, name: str, **fields: object) -> str:

@@ -181,8 +181,11 @@ class _Builder:
         folded = (self.g.data(bias).astype(np.int64) if bias is not None else 0) - self.g.zero_point(x) * sums
         defs.append(c_array("int32_t", f"{name}_interior_bias", wrap32(folded)))
         pairs = "NULL"
-        if oc == c and c >= 4 and (fh, fw) == (3, 3):  # the DSP kernel's blocks, defined only where it runs
-            multipliers = self.multipliers(x, w, y, channels=oc)
+        multipliers = self.multipliers(x, w, y, channels=oc)
+        # the DSP 3 x 3 path's requantization (its short form) holds: right shifts, |2 x sum| < 2^31
+        bias_max = int(np.abs(self.g.data(bias).astype(np.int64)).max(initial=0)) if bias is not None else 0
+        short = all(-31 <= s <= -1 and m != -(1 << 31) for m, s in multipliers) and bias_max + 255 * 128 * 9 < 1 << 30
+        if oc == c and c >= 4 and (fh, fw) == (3, 3) and short:  # the DSP kernel's blocks, defined where it runs
             words = dsp_3x3_blocks(self.g.data(w).reshape(9, oc), folded, multipliers)
             defs.append(f"#if BISUP_KERNEL_DW_PAIRS_USED\n{c_array('int32_t', f'{name}_filter_pairs', words)}"
                         "\n#endif")

@@ -60,9 +60,9 @@ typedef struct {
   /* Per output channel, bias + input_offset x the sum of the channel's taps (wrapped to int32): the accumulator's
    * start for a window wholly inside the input. May be NULL (then every pixel takes the general path). */
   const int32_t *interior_bias;
-  /* A 3 x 3 filter, depth multiplier 1, for the DSP kernel: per group of 4 channels 4g..4g+3, 30 words: twice
-   * their interior_bias (4); per tap t, the doubled filter's channels 4g, 4g+2 and 4g+1, 4g+3 as int16 pairs, low
-   * half first (18); (multiplier, -shift - 1) of each channel (8). NULL elsewhere: the generated code gives
+  /* A 3 x 3 filter, depth multiplier 1, for the DSP kernel: per group of 4 channels 4g..4g+3, 36 words: twice
+   * their interior_bias (4); per filter row, the doubled filter's (w0, w1) of each channel (4), then its (w2, w1)
+   * (4), as int16 pairs, low half first (24); (multiplier, -shift - 1) of each channel (8). NULL elsewhere: the generated code gives
    * BISUP_KERNEL_DW_PAIRS(its array), which is NULL where no kernel reads it. */
   const int32_t *filter_pairs;
 } bisup_kernel_depthwise_params;

@@ -11,16 +11,18 @@
  * start from the bias: TFLM's sum(w * (x + input_offset)) + bias, in TFLM's int32. Pixels loop over the taps inside
  * the input only (TFLM's padding: the others add nothing). The last depth % 4 channels go one by one.
  *
- * A 3 x 3 filter (with filter_pairs and interior_bias from the lowering, up to BISUP_DW_DSP_WINDOW_DEPTH channels,
- * a layer whose requantization takes the short form below) has its own path: every window of nine taps read at
- * x + fy row + fx col (interior pixels in place, border pixels from a copy of their window that holds the input's
- * zero point outside the input), the sums starting from interior_bias so that the taps need no input_offset, the
- * filter's int16 pairs (filter_pairs) read in order, the requantization bisup_kernel_requantize_short.
+ * A 3 x 3 filter (dilation 1, stride_width 1 or 2, filter_pairs from the lowering, which gives them only where the
+ * short requantization below holds) has its own path. Each input row is widened once (prep_row) into int16 pairs
+ * of adjacent columns (P_k: columns 2k, 2k + 1 of a channel, the input's zero point outside the input, as TFLM's
+ * padding adds nothing), so one SMLAD multiplies two taps of a channel by the (w0, w1) pair of filter_pairs; the
+ * pixel whose window starts at an odd column takes the top half of P_k (SMLATB) and P_k+1 crossed with (w2, w1)
+ * (SMLADX). Sums start from interior_bias (taps need no input_offset), doubled for the requantization's SMMULR.
+ * Stride-1 rows go two pixels at a time (row2_3x3: every load feeds both), the others one (row_3x3).
  *
  * Requantization: when every accumulator of the layer, after its channel's left shift, is below 2^30 in magnitude
  * (checked once per call from the biases, the tap count and the shifts; true of real models), srdhm is one SMMULR of
  * twice the accumulator (floor((2ab + 2^31) / 2^32) = floor((ab + 2^30) / 2^31), as in mbqm_fast) and the rounding
- * divide is mbqm_fast's; otherwise mbqm_fast itself. No scratch memory but the border window.
+ * divide is mbqm_fast's; otherwise mbqm_fast itself. No scratch memory but the 3 x 3 path's slots (3.2 KB).
  */
 #include "bisup_kernel_internal.h"
 
@@ -28,7 +30,6 @@
 #include <arm_acle.h>
 #include <string.h>
 
-#define BISUP_DW_DSP_WINDOW_DEPTH 256 /* the 3 x 3 path's copy of a border window: 2.3 KB of static RAM */
 
 static inline int32_t word(const int8_t *p) {
   int32_t v;
@@ -121,170 +122,285 @@ static void pixel_taps(const bisup_kernel_depthwise_params *p, const requant *r,
   }
 }
 
-/* One tap of four channels in taps_3x3: the input word at ADDR, the filter pairs at w (then w += 8). */
-#define BISUP_DW_TAP_ASM(ADDR)                    \
-  "ldr    %[v], " ADDR "\n\t"                     \
-  "ldrd   %[wa], %[wb], [%[w]], #8\n\t"           \
-  "sxtb16 %[e], %[v]\n\t"                         \
-  "sxtb16 %[v], %[v], ror #8\n\t"                 \
-  "smlabb %[a0], %[e], %[wa], %[a0]\n\t"          \
-  "smlatt %[a2], %[e], %[wa], %[a2]\n\t"          \
-  "smlabb %[a1], %[v], %[wb], %[a1]\n\t"          \
-  "smlatt %[a3], %[v], %[wb], %[a3]\n\t"
+/* Pairs of window columns the 3 x 3 path holds (out_w <= 78 at stride 1, 39 at stride 2): 3.2 KB of static RAM. */
+#define BISUP_DW_PAIRS_MAX 40
 
-/* One channel's requantization in pixel_3x3: A = 2 acc (the doubled sums), the next pair of the group's words
- * (multiplier, e1 = -shift - 1) from w, offset21 = 2 output_offset + 1 in v: bisup_kernel_requantize_short with
- * its doubling done by the weights and the start, and its clamp to all of int8. */
-#define BISUP_DW_REQUANT_ASM(A)                 \
-  "ldrd   %[wa], %[wb], [%[w]], #8\n\t"         \
-  "smmulr " A ", " A ", %[wa]\n\t"              \
-  "add    " A ", " A ", " A ", asr #31\n\t"     \
-  "asr    " A ", " A ", %[wb]\n\t"              \
-  "add    " A ", " A ", %[v]\n\t"               \
-  "ssat   " A ", #8, " A ", asr #1\n\t"
-
-/* The four bytes' clamp to [lo, hi] (lo4, hi4 in q: the bounds in each byte) where the activation range is not all
- * of int8: SSUB8 sets each byte's GE flag, SEL keeps the larger, then the smaller. */
-#define BISUP_DW_CLAMP_ASM                      \
-  "ldrd   %[wa], %[wb], [%[q], #8]\n\t"         \
-  "ssub8  %[v], %[a0], %[wa]\n\t"               \
-  "sel    %[a0], %[a0], %[wa]\n\t"              \
-  "ssub8  %[v], %[wb], %[a0]\n\t"               \
-  "sel    %[a0], %[a0], %[wb]\n\t"
-
-/* What pixel_3x3 reads from memory besides its operands (fourteen registers would not leave GCC enough). */
+/* What the row asm reads from memory besides its operands (thirteen registers are all GCC can give). */
 typedef struct {
-  int32_t row, offset21, lo4, hi4; /* lo4 / hi4: activation_min / max in each byte */
-  const int8_t *end;               /* the output pixel's last group of four channels, plus 4 */
+  int32_t offset21;  /* 2 output_offset + 1 */
+  int32_t lo4, hi4;  /* activation_min / max in each byte */
+  const int8_t *end; /* the output row's end (this group's channels of the pixel after its last) */
+  int32_t step;      /* bytes from an output pixel to the next */
+  const int8_t *end2; /* row2_3x3's end: after the row's last pair of pixels */
+  int32_t clamp;     /* the activation range is not all of int8 (row2_3x3 skips the clamp otherwise) */
 } pass_3x3;
 
-/* The pixel's groups of four channels, the asm loop (volatile: it returns nothing but its stores): each starts from
- * the group's doubled interior_bias, adds the nine taps (tap (fy, fx) at x + fy row + fx col, c + 4g), each a LDR,
- * two SXTB16, a LDRD of the doubled weights and four SMLAxy, requantizes the four sums and stores them as one word.
- * 113 instructions for 36 multiply-accumulates (118 with the clamp); GCC's C around the taps took 144.
- * filter_pairs' 30 words per group: the doubled interior_bias (4), the doubled filter pairs (18), (multiplier, e1)
- * per channel (8). */
-BISUP_KERNEL_SPECIALISED void groups_3x3(const int8_t *x, int32_t col, const int32_t *w, int8_t *o,
-                                         const pass_3x3 *q, int clamp) {
-  int32_t a0, a1, a2, a3, v, e, wa, wb;
-#define BISUP_DW_PIXEL_ASM(CLAMP)                                                                                 \
-  __asm__ volatile("1:\n\t"                                                                                       \
-          "ldrd   %[a0], %[a1], [%[w]], #8\n\t"                                                                   \
-          "ldrd   %[a2], %[a3], [%[w]], #8\n\t"                                                                   \
-          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
-          "ldr    %[v], [%[q]]\n\t"                                                                               \
-          "add    %[x], %[x], %[v]\n\t"                                                                           \
-          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
-          "ldr    %[v], [%[q]]\n\t"                                                                               \
-          "add    %[x], %[x], %[v]\n\t"                                                                           \
-          BISUP_DW_TAP_ASM("[%[x]]") BISUP_DW_TAP_ASM("[%[x], %[col]]") BISUP_DW_TAP_ASM("[%[x], %[col], lsl #1]")  \
-          "ldr    %[v], [%[q]]\n\t"                                                                               \
-          "sub    %[x], %[x], %[v], lsl #1\n\t"                                                                   \
-          "add    %[x], %[x], #4\n\t"                                                                             \
-          "ldr    %[v], [%[q], #4]\n\t"                                                                           \
-          BISUP_DW_REQUANT_ASM("%[a0]") BISUP_DW_REQUANT_ASM("%[a1]") BISUP_DW_REQUANT_ASM("%[a2]")               \
-          BISUP_DW_REQUANT_ASM("%[a3]")                                                                           \
-          "bfi    %[a0], %[a1], #8, #8\n\t"                                                                       \
-          "bfi    %[a0], %[a2], #16, #8\n\t"                                                                      \
-          "bfi    %[a0], %[a3], #24, #8\n\t"                                                                      \
-          CLAMP                                                                                                   \
-          "str    %[a0], [%[o]], #4\n\t"                                                                          \
-          "ldr    %[v], [%[q], #16]\n\t"                                                                          \
-          "cmp    %[o], %[v]\n\t"                                                                                 \
-          "bne    1b"                                                                                             \
-          : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [x] "+r"(x), [w] "+r"(w), [o] "+r"(o), \
-            [v] "=&r"(v), [e] "=&r"(e), [wa] "=&r"(wa), [wb] "=&r"(wb)                                            \
-          : [col] "r"(col), [q] "r"(q)                                                                            \
-          : "cc", "memory")
-  if (clamp) {
-    BISUP_DW_PIXEL_ASM(BISUP_DW_CLAMP_ASM);
-  } else {
-    BISUP_DW_PIXEL_ASM("");
-  }
-#undef BISUP_DW_PIXEL_ASM
+/* Window row R of four channels: the pairs P_k (columns 2k, 2k+1 of each channel, at x + 16 R) and P_k+1 (80
+ * bytes on), the row's weights W01 = (w0, w1) and W21 = (w2, w1) of each channel (at w + 16 + 32 R). PAIR multiplies
+ * P_k: an even pixel (its first column 2k) both halves with SMLAD (x0 w0 + x1 w1), an odd one (first column 2k + 1)
+ * the top half with SMLATB (x1 w0). NEXT multiplies P_k+1: even, its bottom half with SMLABB (x2 w2); odd, both
+ * halves crossed with SMLADX (x2 w1 + x3 w2). */
+#define BISUP_DW_ROW_ASM(PAIR, NEXT, X0, X1, X2, X3, W0, W1, W2, W3)                                               \
+  "ldrd   %[d0], %[d1], [%[x], #" X0 "]\n\t"                                                                     \
+  "ldrd   %[w0], %[w1], [%[w], #" W0 "]\n\t"                                                                     \
+  PAIR "  %[a0], %[d0], %[w0], %[a0]\n\t" PAIR "  %[a1], %[d1], %[w1], %[a1]\n\t"                                \
+  "ldrd   %[d0], %[d1], [%[x], #" X1 "]\n\t"                                                                     \
+  "ldrd   %[w0], %[w1], [%[w], #" W1 "]\n\t"                                                                     \
+  PAIR "  %[a2], %[d0], %[w0], %[a2]\n\t" PAIR "  %[a3], %[d1], %[w1], %[a3]\n\t"                                \
+  "ldrd   %[d0], %[d1], [%[x], #" X2 "]\n\t"                                                                     \
+  "ldrd   %[w0], %[w1], [%[w], #" W2 "]\n\t"                                                                     \
+  NEXT "  %[a0], %[d0], %[w0], %[a0]\n\t" NEXT "  %[a1], %[d1], %[w1], %[a1]\n\t"                                \
+  "ldrd   %[d0], %[d1], [%[x], #" X3 "]\n\t"                                                                     \
+  "ldrd   %[w0], %[w1], [%[w], #" W3 "]\n\t"                                                                     \
+  NEXT "  %[a2], %[d0], %[w0], %[a2]\n\t" NEXT "  %[a3], %[d1], %[w1], %[a3]\n\t"
+
+/* One channel's requantization: A = 2 acc (the doubled sums), (multiplier, e1 = -shift - 1) at w + W, offset21 in
+ * d0: bisup_kernel_requantize_short with its doubling done by the weights and the start, clamped to int8. */
+#define BISUP_DW_REQUANT_ASM(A, W)              \
+  "ldrd   %[w0], %[w1], [%[w], #" W "]\n\t"     \
+  "smmulr " A ", " A ", %[w0]\n\t"              \
+  "add    " A ", " A ", " A ", asr #31\n\t"     \
+  "asr    " A ", " A ", %[w1]\n\t"              \
+  "add    " A ", " A ", %[d0]\n\t"              \
+  "ssat   " A ", #8, " A ", asr #1\n\t"
+
+/* Four channels of one output pixel, stored as one word at o, then o += step: the sums start from the doubled
+ * interior_bias, add the three window rows, are requantized, packed and clamped to [lo, hi] (SSUB8 sets each
+ * byte's GE flag, SEL keeps the larger, then the smaller). w: the group's 36 words of filter_pairs. 83
+ * instructions for 36 multiply-accumulates. */
+#define BISUP_DW_PIXEL_ASM(PAIR, NEXT)                                                                             \
+  "ldrd   %[a0], %[a1], [%[w]]\n\t"                                                                              \
+  "ldrd   %[a2], %[a3], [%[w], #8]\n\t"                                                                          \
+  BISUP_DW_ROW_ASM(PAIR, NEXT, "0", "8", "80", "88", "16", "24", "32", "40")                                     \
+  BISUP_DW_ROW_ASM(PAIR, NEXT, "16", "24", "96", "104", "48", "56", "64", "72")                                  \
+  BISUP_DW_ROW_ASM(PAIR, NEXT, "32", "40", "112", "120", "80", "88", "96", "104")                                \
+  "ldr    %[d0], [%[q]]\n\t"                                                                                     \
+  BISUP_DW_REQUANT_ASM("%[a0]", "112") BISUP_DW_REQUANT_ASM("%[a1]", "120")                                      \
+  BISUP_DW_REQUANT_ASM("%[a2]", "128") BISUP_DW_REQUANT_ASM("%[a3]", "136")                                      \
+  "bfi    %[a0], %[a1], #8, #8\n\t"                                                                              \
+  "bfi    %[a0], %[a2], #16, #8\n\t"                                                                             \
+  "bfi    %[a0], %[a3], #24, #8\n\t"                                                                             \
+  "ldrd   %[w0], %[w1], [%[q], #4]\n\t"                                                                          \
+  "ssub8  %[d1], %[a0], %[w0]\n\t"                                                                               \
+  "sel    %[a0], %[a0], %[w0]\n\t"                                                                               \
+  "ssub8  %[d1], %[w1], %[a0]\n\t"                                                                               \
+  "sel    %[a0], %[a0], %[w1]\n\t"                                                                               \
+  "str    %[a0], [%[o]]\n\t"                                                                                     \
+  "add    %[o], %[o], %[step]\n\t"                                                                               \
+  "ldr    %[d0], [%[q], #12]\n\t"                                                                                \
+  "cmp    %[o], %[d0]\n\t"
+
+/* Four channels of a row of even output pixels (stride 2; or one pixel), x at the first one's pair of columns in
+ * row 0's slot, the next pixel's at the next pair, each stored at o, o + step, ... until o reaches q->end. */
+BISUP_KERNEL_SPECIALISED void row_3x3(const int32_t *x, const int32_t *w, int8_t *o, int32_t step,
+                                      const pass_3x3 *q) {
+  int32_t a0, a1, a2, a3, d0, d1, w0, w1;
+  __asm__ volatile("1:\n\t" BISUP_DW_PIXEL_ASM("smlad ", "smlabb") "add    %[x], %[x], #80\n\t"
+                   "bne    1b"
+                   : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), [d0] "=&r"(d0), [d1] "=&r"(d1),
+                     [w0] "=&r"(w0), [w1] "=&r"(w1), [x] "+r"(x), [o] "+r"(o)
+                   : [w] "r"(w), [q] "r"(q), [step] "r"(step)
+                   : "cc", "memory");
 }
 
-/* Every channel of an output pixel of a 3 x 3 filter (filter_pairs, a layer passing the short requantization), its
- * tap (fy, fx) at x + fy q->row + fx col: groups_3x3, then the last depth % 4 channels one by one. clamp: the
- * activation range is not all of int8. */
-BISUP_KERNEL_SPECIALISED void pixel_3x3(const bisup_kernel_depthwise_params *p, const int8_t *x, int32_t col,
-                                        int8_t *restrict o, pass_3x3 *q, int clamp) {
-  const int32_t depth = p->output.depth, c4 = depth & ~3;
-  if (c4 > 0) {
-    q->end = o + c4;
-    groups_3x3(x, col, p->filter_pairs, o, q, clamp);
+/* row2_3x3's product of one pair of channels (c, c + 1: the accumulators A0, A1 of the even pixel, B0, B1 of
+ * the odd one) and one pair of window columns: their int16 pairs from x + XO (r10, r11), the two channels' weight
+ * words from w + WO (r12, lr), E for the even pixel and O for the odd one (BISUP_DW_ROW_ASM's PAIR and NEXT). */
+#define BISUP_DW2_MAC(XO, WO, E, O, A0, A1, B0, B1)                                                               \
+  "ldrd   r10, r11, [r0, #" XO "]\n\t"                                                                           \
+  "ldrd   r12, lr, [r1, #" WO "]\n\t"                                                                            \
+  E "  " A0 ", r10, r12, " A0 "\n\t" E "  " A1 ", r11, lr, " A1 "\n\t"                                            \
+  O "  " B0 ", r10, r12, " B0 "\n\t" O "  " B1 ", r11, lr, " B1 "\n\t"
+
+/* One window row of row2_3x3 (x + 16 R, w + 16 + 32 R): P_k, then P_k+1, each for channels 0, 1 and 2, 3. */
+#define BISUP_DW2_ROW(X0, X1, X2, X3, W0, W1, W2, W3)                                                             \
+  BISUP_DW2_MAC(X0, W0, "smlad ", "smlatb", "r2", "r3", "r6", "r7")                                              \
+  BISUP_DW2_MAC(X1, W1, "smlad ", "smlatb", "r4", "r5", "r8", "r9")                                              \
+  BISUP_DW2_MAC(X2, W2, "smlabb", "smladx", "r2", "r3", "r6", "r7")                                              \
+  BISUP_DW2_MAC(X3, W3, "smlabb", "smladx", "r4", "r5", "r8", "r9")
+
+/* Channel i of both pixels (A, B): (multiplier, e1) from w + W, offset21 in r10, as BISUP_DW_REQUANT_ASM. */
+#define BISUP_DW2_REQUANT(W, A, B)                                                                                \
+  "ldrd   r12, lr, [r1, #" W "]\n\t"                                                                             \
+  "smmulr " A ", " A ", r12\n\t"                                                                                  \
+  "smmulr " B ", " B ", r12\n\t"                                                                                  \
+  "add    " A ", " A ", " A ", asr #31\n\t"                                                                       \
+  "add    " B ", " B ", " B ", asr #31\n\t"                                                                       \
+  "asr    " A ", " A ", lr\n\t"                                                                                   \
+  "asr    " B ", " B ", lr\n\t"                                                                                   \
+  "add    " A ", " A ", r10\n\t"                                                                                  \
+  "add    " B ", " B ", r10\n\t"                                                                                  \
+  "ssat   " A ", #8, " A ", asr #1\n\t"                                                                           \
+  "ssat   " B ", #8, " B ", asr #1\n\t"
+
+/* The four bytes of R clamped to [lo4, hi4] (r12, lr), as BISUP_DW_PIXEL_ASM. */
+#define BISUP_DW2_CLAMP(R)                                                                                        \
+  "ssub8  r10, " R ", r12\n\t"                                                                                    \
+  "sel    " R ", " R ", r12\n\t"                                                                                  \
+  "ssub8  r10, lr, " R "\n\t"                                                                                     \
+  "sel    " R ", " R ", lr\n\t"
+
+/* The stride-2 counterpart of BISUP_DW2_MAC, channels c, c + 1 of one window row: the even pixel A takes P_k
+ * (x + XA) with W01 (w + WA) and the bottom of P_k+1 (x + XB) with W21 (w + WB), the next one B P_k+1 with W01 and
+ * the bottom of P_k+2 (x + XC) with W21: three loads of pairs and two of weights for both pixels. */
+#define BISUP_DW2S_MAC(XA, XB, XC, WA, WB, A0, A1, B0, B1)                                                       \
+  "ldrd   r10, r11, [r0, #" XA "]\n\t"                                                                           \
+  "ldrd   r12, lr, [r1, #" WA "]\n\t"                                                                            \
+  "smlad  " A0 ", r10, r12, " A0 "\n\tsmlad  " A1 ", r11, lr, " A1 "\n\t"                                         \
+  "ldrd   r10, r11, [r0, #" XB "]\n\t"                                                                           \
+  "smlad  " B0 ", r10, r12, " B0 "\n\tsmlad  " B1 ", r11, lr, " B1 "\n\t"                                         \
+  "ldrd   r12, lr, [r1, #" WB "]\n\t"                                                                            \
+  "smlabb " A0 ", r10, r12, " A0 "\n\tsmlabb " A1 ", r11, lr, " A1 "\n\t"                                         \
+  "ldrd   r10, r11, [r0, #" XC "]\n\t"                                                                           \
+  "smlabb " B0 ", r10, r12, " B0 "\n\tsmlabb " B1 ", r11, lr, " B1 "\n\t"
+
+/* Four channels of a row's pixels two at a time (x as row_3x3's for the first; STEP bytes on for the next pair)
+ * until o reaches q->end2, TAPS their products: each load of int16 pairs and of weights (LDRD) feeds both pixels,
+ * with fourteen registers (every one but sp and pc) where GCC's inline asm would give thirteen. Stride 1
+ * (row2_3x3): an even pixel and the odd one after it, 72 instructions for their 72 products instead of 96, about
+ * 149 in all instead of 176; stride 2 (row2s_3x3): two even pixels, 78 for the products. The caller gives at least
+ * one pair. o and q live on the stack (pushed with r2, r3). */
+#define BISUP_DW2_ARG __attribute__((unused)) /* read by the asm, in r0..r3 */
+#define BISUP_DW2_FUNCTION(NAME, TAPS, STEP)                                                                      \
+  __attribute__((naked, noinline)) static void NAME(BISUP_DW2_ARG const int32_t *x, BISUP_DW2_ARG const int32_t *w, \
+                                                    BISUP_DW2_ARG int8_t *o, BISUP_DW2_ARG const pass_3x3 *q) {     \
+    __asm__ volatile("push   {r2-r11, lr}\n1:\n\t"                                                                 \
+                     "ldrd   r2, r3, [r1]\n\tldrd   r4, r5, [r1, #8]\n\t"                                          \
+                     "ldrd   r6, r7, [r1]\n\tldrd   r8, r9, [r1, #8]\n\t" TAPS                                     \
+                     "ldr    r11, [sp, #4]\n\tldr    r10, [r11]\n\t"                                               \
+                     BISUP_DW2_REQUANT("112", "r2", "r6") BISUP_DW2_REQUANT("120", "r3", "r7")                    \
+                     BISUP_DW2_REQUANT("128", "r4", "r8") BISUP_DW2_REQUANT("136", "r5", "r9")                    \
+                     "bfi    r2, r3, #8, #8\n\tbfi    r2, r4, #16, #8\n\tbfi    r2, r5, #24, #8\n\t"              \
+                     "bfi    r6, r7, #8, #8\n\tbfi    r6, r8, #16, #8\n\tbfi    r6, r9, #24, #8\n\t"              \
+                     "ldr    r3, [r11, #24]\n\tcbz    r3, 2f\n\tldrd   r12, lr, [r11, #4]\n\t"               \
+                     BISUP_DW2_CLAMP("r2") BISUP_DW2_CLAMP("r6") "2:\n\t"                                      \
+                     "ldr    r10, [sp]\n\tldr    r12, [r11, #16]\n\t"                                              \
+                     "str    r2, [r10]\n\tstr    r6, [r10, r12]\n\t"                                               \
+                     "add    r10, r10, r12, lsl #1\n\tstr    r10, [sp]\n\t"                                        \
+                     "ldr    r12, [r11, #20]\n\tadd    r0, r0, #" STEP "\n\tcmp    r10, r12\n\tbne    1b\n\t"      \
+                     "add    sp, sp, #8\n\tpop    {r4-r11, pc}");                                                  \
   }
-  for (int32_t c = c4; c < depth; ++c) {
-    int32_t a = p->interior_bias[c];
-    for (int32_t t = 0; t < 9; ++t) a += p->filter[t * depth + c] * x[(t / 3) * q->row + (t % 3) * col + c];
-    o[c] = bisup_kernel_requantize_short(a, p->multiplier[c], ~p->shift[c], q->offset21, p->activation_min,
-                                         p->activation_max, !clamp);
+BISUP_DW2_FUNCTION(row2_3x3,
+                   BISUP_DW2_ROW("0", "8", "80", "88", "16", "24", "32", "40")
+                   BISUP_DW2_ROW("16", "24", "96", "104", "48", "56", "64", "72")
+                   BISUP_DW2_ROW("32", "40", "112", "120", "80", "88", "96", "104"), "80")
+BISUP_DW2_FUNCTION(row2s_3x3,
+                   BISUP_DW2S_MAC("0", "80", "160", "16", "32", "r2", "r3", "r6", "r7")
+                   BISUP_DW2S_MAC("8", "88", "168", "24", "40", "r4", "r5", "r8", "r9")
+                   BISUP_DW2S_MAC("16", "96", "176", "48", "64", "r2", "r3", "r6", "r7")
+                   BISUP_DW2S_MAC("24", "104", "184", "56", "72", "r4", "r5", "r8", "r9")
+                   BISUP_DW2S_MAC("32", "112", "192", "80", "96", "r2", "r3", "r6", "r7")
+                   BISUP_DW2S_MAC("40", "120", "200", "88", "104", "r4", "r5", "r8", "r9"), "160")
+
+/* Per pair of window columns k, five slots of four words: slot m holds an input row y with y mod 3 = m, slots 3
+ * and 4 the rows of slots 0 and 1 again, so that the rows of every window are three slots in a row. */
+static int32_t slots[BISUP_DW_PAIRS_MAX * 20];
+
+/* The pair of columns a, b's words of four channels into dst (and dst + 12, dup) as int16 pairs, a in the bottom
+ * half: channel i's in dst[i]. PKHBT / PKHTB pair the columns' halves, SXTB16 widens, STRD stores two. */
+static inline void put_pair(int32_t *dst, int32_t xa, int32_t xb, int dup) {
+  int32_t lo, hi, v0, v1;
+  __asm__ volatile("pkhbt  %[lo], %[xa], %[xb], lsl #16\n\t"
+          "pkhtb  %[hi], %[xb], %[xa], asr #16\n\t"
+          "sxtb16 %[v0], %[lo]\n\t"
+          "sxtb16 %[v1], %[lo], ror #8\n\t"
+          "strd   %[v0], %[v1], [%[d]]\n\t"
+          "sxtb16 %[lo], %[hi]\n\t"
+          "sxtb16 %[hi], %[hi], ror #8\n\t"
+          "strd   %[lo], %[hi], [%[d], #8]"
+          : [lo] "=&r"(lo), [hi] "=&r"(hi), [v0] "=&r"(v0), [v1] "=&r"(v1)
+          : [xa] "r"(xa), [xb] "r"(xb), [d] "r"(dst)
+          : "memory");
+  if (dup) {
+    __asm__ volatile("strd   %[v0], %[v1], [%[d], #48]\n\t"
+            "strd   %[lo], %[hi], [%[d], #56]"
+            :
+            : [v0] "r"(v0), [v1] "r"(v1), [lo] "r"(lo), [hi] "r"(hi), [d] "r"(dst)
+            : "memory");
   }
 }
 
-/* Output pixel (b, oy, ox)'s 3 x 3 window into win ([3][3][depth]), the input's zero point for taps outside the
- * input (x + input_offset = 0: they add nothing, as TFLM's padding). */
-static void window_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int32_t b, int32_t oy,
-                       int32_t ox, int8_t *win) {
-  const bisup_kernel_shape *in = &p->input;
-  const int32_t y0 = oy * p->stride_height - p->pad_height, x0 = ox * p->stride_width - p->pad_width;
-  for (int32_t fy = 0; fy < 3; ++fy) {
-    const int32_t y = y0 + fy * p->dilation_height;
-    for (int32_t fx = 0; fx < 3; ++fx, win += in->depth) {
-      const int32_t x = x0 + fx * p->dilation_width;
-      if (y >= 0 && y < in->height && x >= 0 && x < in->width) {
-        memcpy(win, input + offset4(in, b, y, x, 0), (size_t)in->depth);
-      } else {
-        memset(win, -p->input_offset, (size_t)in->depth);
-      }
+/* What prep_row needs of the layer, computed once. */
+typedef struct {
+  int32_t zp4;          /* the input's zero point in each byte */
+  int32_t k0, k1;       /* the pairs [k0, k1) have both columns inside the input */
+  int32_t pairs, depth, width, pad;
+  int32_t last;         /* pair k1's first column is the input's last (width + pad odd) */
+} prep_3x3;
+
+/* Input row y of channels c..c+3 into slot m = y mod 3 (and its copy), pair k from columns 2k - pad, 2k + 1 - pad:
+ * the input's zero point where y or a column is outside the input (x + input_offset = 0 adds nothing, as TFLM's
+ * padding). row: the row's channel c, NULL outside the input. Left of k0 (pad 1: pair 0) the first column is
+ * outside, from k1 on the second, from k1 + 1 on both (pad <= 1: a 3 x 3 filter's). */
+__attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *row, int32_t m, int32_t groups) {
+  const int32_t zp4 = r->zp4, depth = r->depth, width = r->width, pairs = r->pairs, dup = m < 2;
+  int32_t *dst = slots + 4 * m;
+  if (!row) {
+    for (int32_t k = 0; k < pairs * groups; ++k) put_pair(dst + 20 * k, zp4, zp4, dup);
+    return;
+  }
+  for (int32_t g = 0; g < groups; ++g, row += 4, dst += 20 * pairs) {
+    if (r->k0) put_pair(dst, zp4, word(row), dup); /* pad 1: columns -1 (outside) and 0 */
+    const int8_t *src = row + (2 * r->k0 - r->pad) * depth;
+    int32_t *d = dst + 20 * r->k0, *const e = dst + 20 * r->k1;
+    if (dup) {
+      for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 1);
+    } else {
+      for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 0);
     }
+    int32_t xa = r->last ? word(row + (width - 1) * depth) : zp4; /* pair k1's first column: width - 1 or width */
+    for (int32_t k = r->k1; k < pairs; ++k, xa = zp4) put_pair(dst + 20 * k, xa, zp4, dup);
   }
 }
 
-static int8_t win[9 * BISUP_DW_DSP_WINDOW_DEPTH];
-
-/* The output pixels of row (b, oy) outside [skip0, skip1) (the interior run, if skip0 < skip1), each from a copy
- * of its window (window_3x3): the border pixels. One call a row, so that its pixel_3x3 is inlined once. */
-BISUP_KERNEL_SPECIALISED void border_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output,
-                                         int32_t b, int32_t oy, int32_t skip0, int32_t skip1, pass_3x3 *q, int clamp) {
-  q->row = 3 * p->input.depth;
-  for (int32_t ox = 0; ox < p->output.width; ++ox) {
-    if (ox == skip0 && skip0 < skip1) {
-      ox = skip1 - 1;
-      continue;
-    }
-    window_3x3(p, input, b, oy, ox, win);
-    pixel_3x3(p, win, p->input.depth, output + offset4(&p->output, b, oy, ox, 0), q, clamp);
-  }
-}
-
-/* The 3 x 3 path over every output pixel: a row's run of interior pixels reads the input in place, with pointers
- * stepped from pixel to pixel (its addresses computed once a row: about 30 instructions a pixel less), its border
- * pixels a copy of their window (border_3x3). */
-BISUP_KERNEL_SPECIALISED void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input,
-                                            int8_t *output, int clamp) {
+/* The 3 x 3 path (dilation 1, stride_width 1 or 2) over channels 0..depth & ~3: as many groups of four channels
+ * at a time as the slots hold (outermost), each input row of them prepared once (prep_row), then every output
+ * pixel of a row from the slots (border pixels too: the slots hold the zero point outside the input). */
+static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
-  const int32_t row = p->dilation_height * in->width * in->depth, col = p->dilation_width * in->depth;
-  const int32_t step = p->stride_width * in->depth, depth = out->depth;
+  const int32_t sw = p->stride_width, pairs = ((out->width - 1) * sw >> 1) + 2, odd = sw == 1;
+  const int32_t row_bytes = out->width * out->depth, in_row = in->width * in->depth, sh = p->stride_height;
+  const int32_t groups = out->depth >> 2, chunk = BISUP_DW_PAIRS_MAX / pairs;
   const uint32_t bytes = 0x01010101u;
-  pass_3x3 q = {row, 2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
-                (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL};
-  int32_t y_lo, y_hi, x_lo, x_hi;
-  bisup_kernel_interior_range(out->height, p->stride_height, p->pad_height, p->dilation_height, 3, in->height,
-                              &y_lo, &y_hi);
-  bisup_kernel_interior_range(out->width, p->stride_width, p->pad_width, p->dilation_width, 3, in->width, &x_lo,
-                              &x_hi);
+  pass_3x3 q = {2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
+                (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL, out->depth, NULL,
+                p->activation_min != -128 || p->activation_max != 127};
+  const int32_t twos = (out->width >> 1) * 2 * out->depth; /* bytes of a row row2 writes */
+  void (*const row2)(const int32_t *, const int32_t *, int8_t *, const pass_3x3 *) = odd ? row2_3x3 : row2s_3x3;
+  int32_t k1 = (in->width + p->pad_width) >> 1, k0 = (p->pad_width + 1) >> 1;
+  k1 = k1 < pairs ? k1 : pairs;
+  prep_3x3 r = {(int32_t)((uint32_t)(uint8_t)-p->input_offset * bytes), k0 < k1 ? k0 : k1, k1, pairs, in->depth,
+                in->width, p->pad_width, (in->width + p->pad_width) & 1};
   for (int32_t b = 0; b < out->batches; ++b) {
-    for (int32_t oy = 0; oy < out->height; ++oy) {
-      const int interior = oy >= y_lo && oy < y_hi && x_lo < x_hi;
-      if (interior) {
-        const int8_t *x = input + offset4(in, b, oy * p->stride_height - p->pad_height,
-                                          x_lo * p->stride_width - p->pad_width, 0);
-        int8_t *o = output + offset4(out, b, oy, x_lo, 0), *o_end = o + (x_hi - x_lo) * depth;
-        q.row = row;
-        for (; o != o_end; x += step, o += depth) pixel_3x3(p, x, col, o, &q, clamp);
+    const int8_t *image = input + offset4(in, b, 0, 0, 0);
+    for (int32_t g0 = 0; g0 < groups; g0 += chunk) {
+      const int32_t n = groups - g0 < chunk ? groups - g0 : chunk;
+      int8_t *o_row = output + offset4(out, b, 0, 0, 4 * g0);
+      /* y0: the window's first row, m0 its slot; next: the next input row to prepare, m its slot */
+      int32_t y0 = -p->pad_height, m0 = (y0 + 3) % 3, next = y0, m = m0;
+      for (int32_t oy = 0; oy < out->height; ++oy, o_row += row_bytes) {
+        if (next < y0) {
+          next = y0;
+          m = m0;
+        }
+        for (; next < y0 + 3; ++next, m = m == 2 ? 0 : m + 1) {
+          prep_row(&r, next >= 0 && next < in->height ? image + next * in_row + 4 * g0 : NULL, m, n);
+        }
+        for (int32_t g = 0; g < n; ++g) {
+          const int32_t *w = p->filter_pairs + 36 * (g0 + g), *x = slots + 4 * m0 + 20 * pairs * g;
+          int8_t *o = o_row + 4 * g;
+          q.end = o + row_bytes;
+          if (twos) { /* pairs of pixels, then the last one alone (an odd width) */
+            q.end2 = o + twos;
+            row2(x, w, o, &q);
+            if (twos != row_bytes) row_3x3(x + 20 * sw * (out->width >> 1), w, o + twos, out->depth, &q);
+          } else {
+            row_3x3(x, w, o, out->depth, &q); /* a single pixel */
+          }
+        }
+        y0 += sh;
+        m0 = (m0 + sh) % 3;
       }
-      border_3x3(p, input, output, b, oy, interior ? x_lo : 0, interior ? x_hi : 0, &q, clamp);
     }
   }
 }
@@ -302,6 +418,17 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int32_t taps = p->filter_height * p->filter_width, zp = -p->input_offset;
   if (p->depth_multiplier != 1 || in->depth < 4 || zp < -128 || zp > 127) return 0;
+  const int32_t pairs = ((out->width - 1) * p->stride_width >> 1) + 2;
+  int32_t c0 = 0; /* the channels from c0 on take the general path below */
+  /* filter_pairs: the lowering gives them only where the short requantization holds (every shift a right shift,
+   * every doubled sum inside int32), which the general path below checks for itself */
+  if (p->filter_pairs && p->filter_height == 3 && p->filter_width == 3 && p->interior_bias &&
+      p->dilation_height == 1 && p->dilation_width == 1 && p->stride_width <= 2 && p->pad_width <= 1 &&
+      pairs <= BISUP_DW_PAIRS_MAX) {
+    depthwise_3x3(p, input, output);
+    c0 = out->depth & ~3;
+    if (c0 == out->depth) return 1;
+  }
   /* |x + offset| <= 255, |w| <= 128: the accumulators' bound, shifted left by the largest left shift. */
   int32_t bias_max = 0, left = 0, all_right = 1;
   for (int32_t c = 0; c < out->depth; ++c) {
@@ -313,15 +440,6 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
   }
   const int64_t bound = ((int64_t)bias_max + (int64_t)255 * 128 * taps) << (left < 31 ? left : 31);
   const int small = bound < ((int64_t)1 << 30);
-  if (small && all_right && p->filter_height == 3 && p->filter_width == 3 && p->filter_pairs && p->interior_bias &&
-      in->depth <= BISUP_DW_DSP_WINDOW_DEPTH) {
-    if (p->activation_min == -128 && p->activation_max == 127) {
-      depthwise_3x3(p, input, output, 0);
-    } else {
-      depthwise_3x3(p, input, output, 1);
-    }
-    return 1;
-  }
   const requant r = {p->multiplier, p->shift, p->output_offset, p->activation_min, p->activation_max, small,
                      small && all_right};
   const int32_t off2 = (int32_t)(((uint32_t)p->input_offset & 0xffffu) | ((uint32_t)p->input_offset << 16));
@@ -336,11 +454,11 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
         int32_t fx0, fx1;
         valid_taps(x0, p->dilation_width, p->filter_width, in->width, &fx0, &fx1);
         if (fy0 >= fy1 || fx0 >= fx1) { /* no tap inside the input: the bias alone */
-          for (int32_t c = 0; c < out->depth; ++c) o[c] = output_of(&r, bias_of(p, c), c);
+          for (int32_t c = c0; c < out->depth; ++c) o[c] = output_of(&r, bias_of(p, c), c);
           continue;
         }
         const int8_t *x = input + offset4(in, b, y0 + fy0 * p->dilation_height, x0 + fx0 * p->dilation_width, 0);
-        pixel_taps(p, &r, off2, x, o, fy0, fy1, fx0, fx1, 0);
+        pixel_taps(p, &r, off2, x, o, fy0, fy1, fx0, fx1, c0);
       }
     }
   }
