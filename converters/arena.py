@@ -20,8 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bisup.converters.errors import ConversionError
-from bisup.converters.tflm_probe import OK
+from bisup.converters.tflm_probe import OK, RUN_INPUTS, RUN_OUTPUTS
 
 ALIGNMENT = 16  # MicroArenaBufferAlignment()
 START_BYTES = 64 * 1024
@@ -76,17 +78,21 @@ class Prober:
 
     def probe(self, arena_bytes: int) -> ProbeResult:
         """Try one arena size; a crash or a timeout counts as failure, with its cause named."""
+        return self.ask(f"{arena_bytes}")
+
+    def ask(self, request: str, timeout_s: float | None = PROBE_TIMEOUT_S) -> ProbeResult:
+        """One protocol line to the worker (see ``tflm_probe``) and its answer; None waits as long as it takes."""
         worker = self._start()
         try:
-            worker.stdin.write(f"{arena_bytes}\n")
+            worker.stdin.write(f"{request}\n")
             worker.stdin.flush()
         except BrokenPipeError:
             return self._died()
-        ready, _, _ = select.select([worker.stdout], [], [], PROBE_TIMEOUT_S)
+        ready, _, _ = select.select([worker.stdout], [], [], timeout_s)
         if not ready:
             worker.kill()
             self.close()
-            return ProbeResult(False, f"TFLM probe timed out after {PROBE_TIMEOUT_S} s")
+            return ProbeResult(False, f"TFLM probe timed out after {timeout_s} s")
         answer = worker.stdout.readline().strip()
         if not answer:
             return self._died()
@@ -132,16 +138,21 @@ def _upper_bound(prober: Prober) -> int:
 def minimum_arena(model_path: Path) -> int:
     """Smallest 16-byte multiple with which TFLM allocates and invokes the model."""
     with Prober(model_path) as prober:
-        good = _upper_bound(prober)
-        bad = 0
-        while good - bad > ALIGNMENT:
-            middle = (bad + good) // 2 // ALIGNMENT * ALIGNMENT
-            if middle <= bad:
-                break
-            if prober.probe(middle).ok:
-                good = middle
-            else:
-                bad = middle
+        return _search(prober)
+
+
+def _search(prober: Prober) -> int:
+    """The binary search of ``minimum_arena`` with an open prober."""
+    good = _upper_bound(prober)
+    bad = 0
+    while good - bad > ALIGNMENT:
+        middle = (bad + good) // 2 // ALIGNMENT * ALIGNMENT
+        if middle <= bad:
+            break
+        if prober.probe(middle).ok:
+            good = middle
+        else:
+            bad = middle
     return good
 
 
@@ -151,3 +162,20 @@ def minimum_arena_of(flatbuffer: bytes) -> int:
         handle.write(flatbuffer)
         handle.flush()
         return minimum_arena(Path(handle.name))
+
+
+def minimum_arena_and_outputs(flatbuffer: bytes, x_int8: np.ndarray, outputs: int) -> tuple[int, list[np.ndarray]]:
+    """``minimum_arena_of`` the model, then its outputs on every row of ``x_int8`` with the ``recommended`` arena,
+    by output position, computed by the search's worker: the oracle evaluation then runs in that process, beside
+    the exporter's Keras and LiteRT work, instead of after them in this one (and this process never loads TFLM)."""
+    with tempfile.TemporaryDirectory(prefix="bisup-tflm-") as work:
+        (Path(work) / "model.tflite").write_bytes(flatbuffer)
+        np.save(Path(work) / RUN_INPUTS, np.ascontiguousarray(x_int8))
+        with Prober(Path(work) / "model.tflite") as prober:
+            minimum = _search(prober)
+            answer = prober.ask(f"run {recommended(minimum)} {outputs} {work}", timeout_s=None)
+        if not answer.ok:
+            raise ConversionError(f"TFLM could not run the model with a {recommended(minimum):,} B arena: "
+                                  f"{answer.detail}")
+        with np.load(Path(work) / RUN_OUTPUTS) as saved:
+            return minimum, [saved[f"arr_{position}"] for position in range(outputs)]

@@ -33,7 +33,7 @@ from bisup.converters import (
 )
 from bisup.converters.artefacts import BoardProfile, ExportReport, dumps
 from bisup.converters.errors import ConversionError
-from bisup.converters.runners import LiteRTRunner, TflmRunner
+from bisup.converters.runners import LiteRTRunner
 from bisup.converters.runners import quantize as quantize_input
 from bisup.converters.signature import CONFIDENCE, SCORES
 from bisup.export import fit
@@ -77,18 +77,20 @@ def _measure(supervised: keras.Model, model: bytes, info: tflite_model.ModelInfo
              progress: Progress) -> tuple[int, dict]:
     """TFLM's minimum arena and the evaluation's metrics, measured side by side.
 
-    The arena search runs in a worker process, so a thread waits for it while Keras and LiteRT compute their
-    outputs; TFLM then runs with the recommended arena, as before (its outputs do not depend on it, but it must
-    work). LiteRT stays in this thread: beside TFLM, whose calls hold the GIL, it only waited its turn."""
+    The arena search and then the TFLM oracle run (with the recommended arena: its outputs do not depend on it,
+    but it must work) go to a worker process, which a thread waits for while Keras and LiteRT compute their
+    outputs here: on two cores the oracle no longer waits for them. LiteRT stays in this thread: beside TFLM,
+    whose calls hold the GIL, it only waited its turn."""
     progress("measuring the minimum tensor arena with TFLM (binary search, probes in a worker process)")
-    progress(f"evaluating {len(x)} samples alongside: float (Keras), int8 (TFLM oracle), int8 (LiteRT)")
+    progress(f"evaluating {len(x)} samples alongside: float (Keras), int8 (TFLM oracle, in the worker), int8 (LiteRT)")
     x_q = quantize_input(x, info.inputs[0])
+    positions = info.output_positions
     with ThreadPoolExecutor(max_workers=1) as pool:
-        search = pool.submit(arena.minimum_arena_of, model)
+        oracle = pool.submit(arena.minimum_arena_and_outputs, model, x_q, max(positions.values()) + 1)
         float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
         litert = _litert(model, x_q)
-        minimum = search.result()
-    tflm = TflmRunner(model, info, arena.recommended(minimum)).run(x_q)
+        minimum, rows = oracle.result()
+    tflm = {name: rows[position] for name, position in positions.items()}
     metrics = fidelity.compare(float_out, tflm, y)
     metrics["tflm_vs_litert_bitexact"] = {kernels: fidelity.bitexact_fraction(tflm, outputs)
                                           for kernels, outputs in litert.items()}
