@@ -62,6 +62,7 @@ class Converted:
     metrics: dict
     temperature: float = 1.0
     samples: dict = field(default_factory=dict)
+    flash_ahead: dict = field(default_factory=dict)  # see _flash_ahead
 
 
 def _quiet(message: str) -> None:
@@ -104,11 +105,13 @@ def convert(
     eval_path: str | Path | None = None,
     progress: Progress = _quiet,
     temperature_value: float | None = None,
+    flash_for: BoardProfile | None = None,
 ) -> Converted:
     """Convert and measure; raise ConversionError or DataError with a one-line reason.
 
     ``temperature_value`` None picks the supervisor temperature from the calibration set
-    (see ``bisup.converters.temperature``); a number forces it.
+    (see ``bisup.converters.temperature``); a number forces it. ``flash_for`` names the board ``write`` will
+    get, so that its C engine is compiled while the evaluation runs (see ``_flash_ahead``).
     """
     progress(f"loading {model_path}")
     model = graph.load_model(model_path)
@@ -134,11 +137,30 @@ def convert(
     info = tflite_model.read(flatbuffer)
     coverage.check_graph(info)
 
-    minimum, metrics = _measure(supervised, flatbuffer, info, eval_x, eval_y, progress)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(_flash_ahead, flatbuffer, flash_for) if flash_for is not None else None
+        minimum, metrics = _measure(supervised, flatbuffer, info, eval_x, eval_y, progress)
+        flash_ahead = ahead.result() if ahead is not None else {}
     samples = {"calibration": len(calib_x), "evaluation": len(eval_x), "evaluation_set": str(eval_path or calib_path),
                "on_calibration": eval_path is None}
     return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, arena.recommended(minimum), metrics,
-                     chosen, samples)
+                     chosen, samples, flash_ahead)
+
+
+def _flash_ahead(model: bytes, board: BoardProfile) -> dict:
+    """``engine.measure_flash`` of the C engine generated for ``board``, keyed by (arch, source, header).
+
+    gcc runs in subprocesses, so on two cores it compiles while Keras, LiteRT and the TFLM worker evaluate,
+    instead of after them; ``_engine`` takes the figures when it generates the same source for the same arch.
+    Any failure leaves it empty, and ``_engine`` compiles (and reports the failure) as before."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="bisup-engine-") as work:
+            generated = engine.write(model, work, board.arena_ram_budget)
+            return {(board.arch, generated.source, generated.header): engine.measure_flash(work, board.arch)}
+    except Exception:  # noqa: BLE001 - only an early start: the sequential path reports it
+        return {}
 
 
 def _temperature(model: keras.Model, calib_x: np.ndarray, kind: str) -> float:
@@ -222,7 +244,8 @@ def _engine(converted: Converted, board: BoardProfile, out: Path, progress: Prog
                 | _figures_beyond_budget(converted.model, board))
     progress(f"compiling model_infer.c and the kernels with arm-none-eabi-gcc -Os to measure flash ({board.arch})")
     figures = engine.summary(generated, converted.arena_bytes, len(converted.model))
-    return (figures | _latency(figures["macs"], board) | engine.measure_flash(out, board.arch)
+    flash = converted.flash_ahead.get((board.arch, generated.source, generated.header))
+    return (figures | _latency(figures["macs"], board) | (flash or engine.measure_flash(out, board.arch))
             | engine.kernel_set(board.arch))
 
 
@@ -257,7 +280,7 @@ def export(
     engine_choice: str | None = None,
 ) -> ExportReport:
     """Convert, write the artefacts for ``board``, and return the report (see ``write``)."""
-    converted = convert(model_path, calib_path, supervisor, eval_path, progress, temperature_value)
+    converted = convert(model_path, calib_path, supervisor, eval_path, progress, temperature_value, board)
     return write(converted, board, out_dir, symbol, progress, engine_choice)
 
 
