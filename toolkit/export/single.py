@@ -164,10 +164,16 @@ def _flash_ahead(model: bytes, board: BoardProfile) -> dict:
 
 
 def _temperature(model: keras.Model, calib_x: np.ndarray, kind: str) -> float:
-    source = graph.logits_source(model, calib_x[:32])
-    if source is None:
+    """The temperature from the logits on the calibration set. A model with no softmax to cut is predicted once:
+    the first 32 rows of that prediction tell logits from probabilities (``graph.logits_source``), where a
+    separate prediction of those rows cost a second trace of the model."""
+    cut = graph.logits_model(model)
+    if cut is not None:
+        return temperature.choose(np.asarray(cut.predict(calib_x, verbose=0, batch_size=256)), kind)
+    logits = np.asarray(model.predict(calib_x, verbose=0, batch_size=256))
+    if graph.logits_source(model, calib_x[:32], logits[:32]) is None:
         return 1.0
-    return temperature.choose(np.asarray(source.predict(calib_x, verbose=0, batch_size=256)), kind)
+    return temperature.choose(logits, kind)
 
 
 def _quant(tensor: tflite_model.Tensor, position: int | None = None) -> dict:
