@@ -10,6 +10,8 @@ import atexit
 import shutil
 import subprocess
 import tempfile
+import threading
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 
 from bisup.converters.engine.emit import Generated
@@ -96,9 +98,9 @@ def _compile(sources: list[Path], cpu: str, out_dir: Path, work: Path) -> list[P
     return objects
 
 
-# Kernel objects being compiled ahead, by (cpu, source): what the object depends on (``_kernel_text``) when gcc
-# started, the gcc process, and the object it writes.
-_AHEAD: dict[tuple[str, Path], tuple[bytes, subprocess.Popen[bytes], Path]] = {}
+# Kernel objects being compiled ahead, by (cpu, source): what the object depends on (``_kernel_text``) when it was
+# queued, gcc's exit code to come, and the object it writes.
+_AHEAD: dict[tuple[str, Path], tuple[bytes, Future[int], Path]] = {}
 
 
 def _kernel_text(source: Path) -> bytes:
@@ -107,23 +109,34 @@ def _kernel_text(source: Path) -> bytes:
 
 
 def compile_kernels_ahead(arch: str) -> None:
-    """Start gcc on every kernel for ``arch``'s core in the background, for the next ``measure_flash``.
+    """Start compiling every kernel for ``arch``'s core in the background, for the next ``measure_flash``.
 
     The kernels' objects do not depend on the model: an export starts them before it loads TensorFlow, whose
-    import keeps one core busy and leaves the other idle, so the flash measurement then compiles only the
-    model's own C. An object is taken only if the kernels are unchanged since its gcc started; whatever
-    is not taken is discarded when the process ends."""
+    import keeps one core busy and leaves the other idle. One gcc at a time, so that they take that idle core
+    rather than a share of TensorFlow's. An object is taken only if the kernels are unchanged since it was
+    queued; whatever is not taken is discarded when the process ends."""
     if shutil.which("arm-none-eabi-gcc") is None:
         return
     cpu = _CPUS.get(arch, "cortex-m4")
     work = Path(tempfile.mkdtemp(prefix="bisup-kernels-"))
     atexit.register(_discard, work)
+    jobs = []
     for index, source in enumerate(kernel_sources()):
         if (cpu, source) not in _AHEAD:
-            obj = work / f"{index}_{source.stem}.o"
-            gcc = subprocess.Popen(["arm-none-eabi-gcc", *_flags(cpu, KERNELS_DIR), "-c", str(source), "-o", str(obj)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            _AHEAD[(cpu, source)] = (_kernel_text(source), gcc, obj)
+            obj, done = work / f"{index}_{source.stem}.o", Future()
+            jobs.append((["arm-none-eabi-gcc", *_flags(cpu, KERNELS_DIR), "-c", str(source), "-o", str(obj)], done))
+            _AHEAD[(cpu, source)] = (_kernel_text(source), done, obj)
+    threading.Thread(target=_compile_in_turn, args=(jobs,), daemon=True, name="bisup-kernels-ahead").start()
+
+
+def _compile_in_turn(jobs: list[tuple[list[str], Future[int]]]) -> None:
+    """Run each queued gcc to its end, one after the other, skipping those cancelled at exit."""
+    for argv, done in jobs:
+        if done.set_running_or_notify_cancel():
+            try:
+                done.set_result(subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode)
+            except OSError as exc:
+                done.set_exception(exc)
 
 
 def _take_ahead(cpu: str, source: Path) -> Path | None:
@@ -131,16 +144,20 @@ def _take_ahead(cpu: str, source: Path) -> Path | None:
     ahead = _AHEAD.pop((cpu, source), None)
     if ahead is None:
         return None
-    text, gcc, obj = ahead
-    return obj if gcc.wait() == 0 and text == _kernel_text(source) else None
+    text, done, obj = ahead
+    try:
+        built = done.result() == 0
+    except (CancelledError, OSError):
+        built = False
+    return obj if built and text == _kernel_text(source) else None
 
 
 def _discard(work: Path) -> None:
-    """At exit: stop the ahead compilers nobody took and remove their objects."""
-    for key, (_, gcc, obj) in list(_AHEAD.items()):
+    """At exit: cancel the ahead compiles nobody took (the running one finishes) and remove their objects."""
+    for key, (_, done, obj) in list(_AHEAD.items()):
         if obj.parent == work:
-            gcc.kill()
-            gcc.wait()
+            if not done.cancel():
+                done.exception()  # wait for a running gcc; its outcome no longer matters
             del _AHEAD[key]
     shutil.rmtree(work, ignore_errors=True)
 
