@@ -46,9 +46,27 @@ class Prober:
     signal, and the next probe starts a fresh one, so every probe still runs in a process of its own kind.
     """
 
-    def __init__(self, model_path: Path):
+    def __init__(self, model_path: Path | None = None):
         self._model_path = model_path
         self._worker: subprocess.Popen[str] | None = None
+        self._waiting = False  # a worker started early, before its model existed
+
+    def start(self) -> Prober:
+        """Start the worker now, before the model exists: it loads Python, numpy and tflite-micro (while the
+        exporter converts) and then waits for ``use``."""
+        self._start()
+        return self
+
+    def use(self, model_path: Path) -> None:
+        """Probe ``model_path`` from now on; a worker started early reads it as its first line."""
+        self._model_path = model_path
+        if self._worker is not None and self._waiting:
+            self._waiting = False
+            try:
+                self._worker.stdin.write(f"{model_path}\n")
+                self._worker.stdin.flush()
+            except BrokenPipeError:
+                pass  # the next probe finds it dead and starts another
 
     def __enter__(self) -> Prober:
         return self
@@ -71,7 +89,8 @@ class Prober:
 
     def _start(self) -> subprocess.Popen[str]:
         if self._worker is None:
-            cmd = [sys.executable, "-m", "bisup.converters.tflm_probe", str(self._model_path)]
+            self._waiting = self._model_path is None
+            cmd = [sys.executable, "-m", "bisup.converters.tflm_probe", str(self._model_path or "-")]
             self._worker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                             stderr=subprocess.DEVNULL, text=True, bufsize=1)
         return self._worker
@@ -164,14 +183,17 @@ def minimum_arena_of(flatbuffer: bytes) -> int:
         return minimum_arena(Path(handle.name))
 
 
-def minimum_arena_and_outputs(flatbuffer: bytes, x_int8: np.ndarray, outputs: int) -> tuple[int, list[np.ndarray]]:
+def minimum_arena_and_outputs(flatbuffer: bytes, x_int8: np.ndarray, outputs: int,
+                              early: Prober | None = None) -> tuple[int, list[np.ndarray]]:
     """``minimum_arena_of`` the model, then its outputs on every row of ``x_int8`` with the ``recommended`` arena,
     by output position, computed by the search's worker: the oracle evaluation then runs in that process, beside
-    the exporter's Keras and LiteRT work, instead of after them in this one (and this process never loads TFLM)."""
+    the exporter's Keras and LiteRT work, instead of after them in this one (and this process never loads TFLM).
+    ``early``, a prober started before the model existed (``Prober.start``), spares the worker's start-up."""
     with tempfile.TemporaryDirectory(prefix="bisup-tflm-") as work:
         (Path(work) / "model.tflite").write_bytes(flatbuffer)
         np.save(Path(work) / RUN_INPUTS, np.ascontiguousarray(x_int8))
-        with Prober(Path(work) / "model.tflite") as prober:
+        with early or Prober() as prober:
+            prober.use(Path(work) / "model.tflite")
             minimum = _search(prober)
             answer = prober.ask(f"run {recommended(minimum)} {outputs} {work}", timeout_s=None)
         if not answer.ok:

@@ -2,8 +2,9 @@
 
 Run as ``python -m bisup.converters.tflm_probe MODEL ARENA_BYTES`` for one probe: it prints ``OK`` and
 exits 0 on success, prints the reason and exits 1 on failure. Run as ``python -m bisup.converters.tflm_probe
-MODEL`` to serve many probes: it reads one arena size per line on stdin and answers one line each (``OK``
-or the reason), so a search pays Python's and tflite-micro's start-up once rather than once per probe. A line
+MODEL`` (or ``-``, with MODEL's path as the first line of stdin) to serve many probes: it reads one arena
+size per line on stdin and answers one line each (``OK`` or the reason), so a search pays Python's and
+tflite-micro's start-up once rather than once per probe. A line
 ``run ARENA_BYTES OUTPUTS FOLDER`` runs every int8 row of ``FOLDER/inputs.npy`` through the model (the export's
 oracle evaluation, right after its arena search and beside the exporter's own work) and saves the ``OUTPUTS``
 outputs to ``FOLDER/outputs.npz`` as ``arr_0``, ``arr_1``, ... by output position, one flattened row per input.
@@ -82,8 +83,21 @@ def serve(model: bytes) -> int:
     return 0
 
 
+def _model_path(argument: str) -> str:
+    """The model's path: the argument, or for ``-`` (a worker started early, see ``arena.Prober.start``) the
+    first line on stdin, read after tflite-micro has loaded; empty when stdin closes first."""
+    if argument != "-":
+        return argument
+    from tflite_micro.python.tflite_micro import runtime  # noqa: F401 - loaded while the exporter converts
+
+    return sys.stdin.readline().rstrip("\n")
+
+
 def main(argv: list[str]) -> int:
-    with open(argv[0], "rb") as handle:
+    path = _model_path(argv[0])
+    if not path:
+        return 0
+    with open(path, "rb") as handle:
         model = handle.read()
     if len(argv) == 1:
         return serve(model)

@@ -75,19 +75,19 @@ def _litert(model: bytes, x_q: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _measure(supervised: keras.Model, model: bytes, info: tflite_model.ModelInfo, x: np.ndarray, y: np.ndarray | None,
-             progress: Progress) -> tuple[int, dict]:
+             progress: Progress, early: arena.Prober | None = None) -> tuple[int, dict]:
     """TFLM's minimum arena and the evaluation's metrics, measured side by side.
 
     The arena search and then the TFLM oracle run (with the recommended arena: its outputs do not depend on it,
-    but it must work) go to a worker process, which a thread waits for while Keras and LiteRT compute their
-    outputs here: on two cores the oracle no longer waits for them. LiteRT stays in this thread: beside TFLM,
-    whose calls hold the GIL, it only waited its turn."""
+    but it must work) go to a worker process (``early``, when started during the conversion), which a thread
+    waits for while Keras and LiteRT compute their outputs here: on two cores the oracle no longer waits for them.
+    LiteRT stays in this thread: beside TFLM, whose calls hold the GIL, it only waited its turn."""
     progress("measuring the minimum tensor arena with TFLM (binary search, probes in a worker process)")
     progress(f"evaluating {len(x)} samples alongside: float (Keras), int8 (TFLM oracle, in the worker), int8 (LiteRT)")
     x_q = quantize_input(x, info.inputs[0])
     positions = info.output_positions
     with ThreadPoolExecutor(max_workers=1) as pool:
-        oracle = pool.submit(arena.minimum_arena_and_outputs, model, x_q, max(positions.values()) + 1)
+        oracle = pool.submit(arena.minimum_arena_and_outputs, model, x_q, max(positions.values()) + 1, early)
         float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
         litert = _litert(model, x_q)
         minimum, rows = oracle.result()
@@ -133,14 +133,14 @@ def convert(
     progress(f"supervisor {supervisors.kind_of(layer)} at temperature {chosen:g}")
     supervised = graph.attach_supervisor(model, layer, calib_x[:32], chosen)
     progress(f"converting to full int8 with {min(len(calib_x), quantize.MAX_CALIBRATION_SAMPLES)} calibration samples")
-    flatbuffer = quantize.to_int8_tflite(supervised, calib_x)
-    info = tflite_model.read(flatbuffer)
-    coverage.check_graph(info)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(_flash_ahead, flatbuffer, flash_for) if flash_for is not None else None
-        minimum, metrics = _measure(supervised, flatbuffer, info, eval_x, eval_y, progress)
-        flash_ahead = ahead.result() if ahead is not None else {}
+    with arena.Prober().start() as early:  # the TFLM worker starts up on the core the conversion leaves idle
+        flatbuffer = quantize.to_int8_tflite(supervised, calib_x)
+        info = tflite_model.read(flatbuffer)
+        coverage.check_graph(info)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(_flash_ahead, flatbuffer, flash_for) if flash_for is not None else None
+            minimum, metrics = _measure(supervised, flatbuffer, info, eval_x, eval_y, progress, early)
+            flash_ahead = ahead.result() if ahead is not None else {}
     samples = {"calibration": len(calib_x), "evaluation": len(eval_x), "evaluation_set": str(eval_path or calib_path),
                "on_calibration": eval_path is None}
     return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, arena.recommended(minimum), metrics,
