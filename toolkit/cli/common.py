@@ -72,9 +72,10 @@ def trusted(command: Callable[..., None]) -> Callable[..., None]:
 
 
 # Packages TensorFlow and Keras import at start-up only to accept their types (scipy sparse matrices, pandas
-# frames, scikit-learn estimators), each behind an ``except ImportError``: about 1.5 s of a 4-5 s import, and no
-# command hands Keras such a type. A command that uses one itself (calibrate's LogisticRegression) imports it then.
-OPTIONAL_AT_IMPORT = ("sklearn", "scipy", "pandas")
+# frames, scikit-learn estimators) or for Keras's image-gallery plots (matplotlib), each behind an
+# ``except ImportError``: about 1.5 s of a 4-5 s import, and no command hands Keras such a type or asks it for
+# a plot. A command that uses one itself (calibrate's LogisticRegression) imports it then.
+OPTIONAL_AT_IMPORT = ("sklearn", "scipy", "pandas", "matplotlib")
 
 
 @contextmanager
