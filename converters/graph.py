@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import zipfile
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 import keras
 import numpy as np
@@ -107,14 +108,22 @@ def num_classes(model: keras.Model, path: str | Path) -> int:
     return units
 
 
-def logits_source(model: keras.Model, sample: np.ndarray) -> keras.Model | None:
+# Whether a model with no softmax to cut gives probabilities, by model: the export asks twice (the temperature,
+# then the supervisor), and each answer cost a Keras predict (the first one a trace of the model).
+_GIVES_PROBABILITIES: WeakKeyDictionary[keras.Model, bool] = WeakKeyDictionary()
+
+
+def logits_source(model: keras.Model, sample: np.ndarray, outputs: np.ndarray | None = None) -> keras.Model | None:
     """A model giving logits: the model cut before its softmax, the model itself when it already
-    gives logits, or None when it ends in probabilities we cannot undo."""
+    gives logits, or None when it ends in probabilities we cannot undo. ``outputs``, the model's
+    predictions on ``sample`` when the caller has them, spares predicting them here."""
     cut = logits_model(model)
     if cut is not None:
         return cut
-    raw = np.asarray(model.predict(sample, verbose=0))
-    return None if looks_like_probabilities(raw) else model
+    if model not in _GIVES_PROBABILITIES:
+        raw = np.asarray(model.predict(sample, verbose=0)) if outputs is None else outputs
+        _GIVES_PROBABILITIES[model] = looks_like_probabilities(raw)
+    return None if _GIVES_PROBABILITIES[model] else model
 
 
 def attach_supervisor(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import keras
 import numpy as np
@@ -54,6 +55,35 @@ def _export_saved_model(model: keras.Model, directory: str) -> None:
         tf.saved_model.save(module, directory, signatures={"serving_default": concrete})
 
 
+@contextmanager
+def _one_savedmodel_load() -> Iterator[None]:
+    """TensorFlow's converter loads the SavedModel twice: ``from_saved_model`` for its signatures, ``convert`` again
+    only for its graph debug info. Within the block the second load returns the first's object (loaded from the same
+    files, and only read), which saves a second load: about 0.7 s of MobileNet's conversion. The flatbuffer is
+    byte-identical (checked on the MLPerf Tiny models and the digits CNN). A TensorFlow without the private
+    ``lite._load`` converts as before."""
+    from tensorflow.lite.python import lite
+
+    original = getattr(lite, "_load", None)
+    if original is None:
+        yield
+        return
+    loaded: dict[tuple, object] = {}
+
+    def load_once(export_dir: str, tags: object = None, *args: object, **kwargs: object) -> object:
+        key = (str(export_dir), repr(sorted(tags)) if isinstance(tags, (set, list, tuple)) else repr(tags), args,
+               tuple(sorted(kwargs.items())))
+        if key not in loaded:
+            loaded[key] = original(export_dir, tags, *args, **kwargs)
+        return loaded[key]
+
+    lite._load = load_once
+    try:
+        yield
+    finally:
+        lite._load = original
+
+
 def _layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
     """Every layer of ``model``, nested models and the layers a wrapper (e.g. Bidirectional) holds included."""
     for layer in model.layers:
@@ -85,7 +115,7 @@ def to_int8_tflite(model: keras.Model, calib_x: np.ndarray) -> bytes:
     import tensorflow as tf
 
     check_convertible(model)
-    with tempfile.TemporaryDirectory(prefix="bisup-savedmodel-") as directory:
+    with tempfile.TemporaryDirectory(prefix="bisup-savedmodel-") as directory, _one_savedmodel_load():
         _export_saved_model(model, directory)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["serving_default"])
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -17,7 +17,8 @@ Modules, one job each, importing only the ones above them:
 - ``arena_plan``: the static arena's offsets from tensor lifetimes (``Plan``, ``plan_arena``).
 - ``emit``: the header and source text (``Names``, ``Generated``, ``generate``) and the files (``write``).
 - ``report``: the export report's figures (``summary``, ``layers``, ``total_macs``, ``peak``), flash measured with
-  the kernels in ``KERNELS_DIR`` (``kernel_sources``, ``measure_flash``) and TFLM's for comparison (``tflm_flash``).
+  the kernels in ``KERNELS_DIR`` (``kernel_sources``, ``measure_flash``; ``compile_kernels_ahead`` starts the
+  kernels' objects early) and TFLM's for comparison (``tflm_flash``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bisup.converters.engine.report import (
     KERNELS_DIR,
     TFLM_RUNTIME_BYTES,
     TFLM_RUNTIME_SOURCE,
+    compile_kernels_ahead,
     kernel_set,
     kernel_sources,
     layers,
@@ -67,6 +69,7 @@ __all__ = [
     "generate",
     "input_radius",
     "kernel_set",
+    "compile_kernels_ahead",
     "kernel_sources",
     "layers",
     "measure_flash",

@@ -6,6 +6,12 @@ board's core; TFLM's flash is the flatbuffer plus its documented runtime size (`
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 
 from bisup.converters.engine.emit import Generated
@@ -49,10 +55,6 @@ def measure_flash(out_dir: str | Path, arch: str, stems: tuple[str, ...] = ("mod
     one section per function) and linked from its inference functions with --gc-sections, as firmware links
     them, so kernels of other ops, other instruction sets and other shapes are not counted (the C library's
     memcpy is). Where the link fails, the sum of every object: an upper bound, and said so."""
-    import shutil
-    import subprocess
-    import tempfile
-
     cpu = _CPUS.get(arch, "cortex-m4")
     measured_for = cpu if arch in _CPUS else f"cortex-m4 (no {arch} toolchain here)"
     if shutil.which("arm-none-eabi-gcc") is None:
@@ -71,30 +73,93 @@ def measure_flash(out_dir: str | Path, arch: str, stems: tuple[str, ...] = ("mod
 def _link(objects: list[Path], cpu: str, entries: list[str], elf: Path) -> Path | None:
     """``objects`` linked from ``entries`` with --gc-sections; None if the toolchain cannot. Symbols defined
     by the firmware (a shared arena, the profile hook) are left unresolved: they take no flash here."""
-    import subprocess
-
     cmd = ["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", *_FLOAT_ABI.get(cpu, []), "--specs=nano.specs",
            "-nostartfiles", "-Wl,--gc-sections", "-Wl,--unresolved-symbols=ignore-all", f"-Wl,-e,{entries[0]}",
            *(f"-Wl,--undefined={entry}" for entry in entries[1:]), *map(str, objects), "-o", str(elf)]
     return elf if subprocess.run(cmd, capture_output=True).returncode == 0 else None
 
 
+def _flags(cpu: str, include: Path) -> list[str]:
+    return [f"-mcpu={cpu}", "-mthumb", *_FLOAT_ABI.get(cpu, []), "-Os", "-std=c99", "-ffunction-sections",
+            "-fdata-sections", f"-I{include}", f"-I{KERNELS_DIR}"]
+
+
 def _compile(sources: list[Path], cpu: str, out_dir: Path, work: Path) -> list[Path]:
     """Objects of ``sources`` for ``cpu``, compiled all at once: the compilers are independent, and on two
-    cores the kernels build beside the model's."""
-    import subprocess
-
-    objects = [work / f"{index}_{source.stem}.o" for index, source in enumerate(sources)]
-    flags = [f"-mcpu={cpu}", "-mthumb", *_FLOAT_ABI.get(cpu, []), "-Os", "-std=c99", "-ffunction-sections",
-             "-fdata-sections", f"-I{out_dir}", f"-I{KERNELS_DIR}"]
-    builds = [subprocess.Popen(["arm-none-eabi-gcc", *flags, "-c", str(source), "-o", str(obj)],
+    cores the kernels build beside the model's. Kernels compiled ahead (``compile_kernels_ahead``) are taken."""
+    objects = [_take_ahead(cpu, source) or work / f"{index}_{source.stem}.o" for index, source in enumerate(sources)]
+    builds = [subprocess.Popen(["arm-none-eabi-gcc", *_flags(cpu, out_dir), "-c", str(source), "-o", str(obj)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-              for source, obj in zip(sources, objects, strict=True)]
+              for source, obj in zip(sources, objects, strict=True) if obj.parent == work]
     for build in builds:
         _, errors = build.communicate()
         if build.returncode:
             raise subprocess.CalledProcessError(build.returncode, build.args, stderr=errors)
     return objects
+
+
+# Kernel objects being compiled ahead, by (cpu, source): what the object depends on (``_kernel_text``) when it was
+# queued, gcc's exit code to come, and the object it writes.
+_AHEAD: dict[tuple[str, Path], tuple[bytes, Future[int], Path]] = {}
+
+
+def _kernel_text(source: Path) -> bytes:
+    """What a kernel's object depends on: its source and the kernels' headers."""
+    return source.read_bytes() + b"".join(header.read_bytes() for header in sorted(KERNELS_DIR.glob("*.h")))
+
+
+def compile_kernels_ahead(arch: str) -> None:
+    """Start compiling every kernel for ``arch``'s core in the background, for the next ``measure_flash``.
+
+    The kernels' objects do not depend on the model: an export starts them before it loads TensorFlow, whose
+    import keeps one core busy and leaves the other idle. One gcc at a time, so that they take that idle core
+    rather than a share of TensorFlow's. An object is taken only if the kernels are unchanged since it was
+    queued; whatever is not taken is discarded when the process ends."""
+    if shutil.which("arm-none-eabi-gcc") is None:
+        return
+    cpu = _CPUS.get(arch, "cortex-m4")
+    work = Path(tempfile.mkdtemp(prefix="bisup-kernels-"))
+    atexit.register(_discard, work)
+    jobs = []
+    for index, source in enumerate(kernel_sources()):
+        if (cpu, source) not in _AHEAD:
+            obj, done = work / f"{index}_{source.stem}.o", Future()
+            jobs.append((["arm-none-eabi-gcc", *_flags(cpu, KERNELS_DIR), "-c", str(source), "-o", str(obj)], done))
+            _AHEAD[(cpu, source)] = (_kernel_text(source), done, obj)
+    threading.Thread(target=_compile_in_turn, args=(jobs,), daemon=True, name="bisup-kernels-ahead").start()
+
+
+def _compile_in_turn(jobs: list[tuple[list[str], Future[int]]]) -> None:
+    """Run each queued gcc to its end, one after the other, skipping those cancelled at exit."""
+    for argv, done in jobs:
+        if done.set_running_or_notify_cancel():
+            try:
+                done.set_result(subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode)
+            except OSError as exc:
+                done.set_exception(exc)
+
+
+def _take_ahead(cpu: str, source: Path) -> Path | None:
+    """The object compiled ahead for ``source``, if it built and the kernels have not changed since; else None."""
+    ahead = _AHEAD.pop((cpu, source), None)
+    if ahead is None:
+        return None
+    text, done, obj = ahead
+    try:
+        built = done.result() == 0
+    except (CancelledError, OSError):
+        built = False
+    return obj if built and text == _kernel_text(source) else None
+
+
+def _discard(work: Path) -> None:
+    """At exit: cancel the ahead compiles nobody took (the running one finishes) and remove their objects."""
+    for key, (_, done, obj) in list(_AHEAD.items()):
+        if obj.parent == work:
+            if not done.cancel():
+                done.exception()  # wait for a running gcc; its outcome no longer matters
+            del _AHEAD[key]
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def summary(generated: Generated, tflm_arena_bytes: int, model_bytes: int) -> dict:

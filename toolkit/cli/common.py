@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,14 +71,37 @@ def trusted(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+# Packages TensorFlow and Keras import at start-up only to accept their types (scipy sparse matrices, pandas
+# frames, scikit-learn estimators) or for Keras's image-gallery plots (matplotlib), each behind an
+# ``except ImportError``: about 1.5 s of a 4-5 s import, and no command hands Keras such a type or asks it for
+# a plot. A command that uses one itself (calibrate's LogisticRegression) imports it then.
+OPTIONAL_AT_IMPORT = ("sklearn", "scipy", "pandas", "matplotlib")
+
+
+@contextmanager
+def _absent(names: tuple[str, ...]) -> Iterator[None]:
+    """Within the block ``import NAME`` raises ImportError (a None in sys.modules), which an optional-dependency
+    guard takes as 'not installed'; after it the names import as usual. Names already imported are left alone."""
+    blocked = [name for name in names if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
 def quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up chatter (absl's pre-initialisation warning, the oneDNN and CPU notes:
-    TF_CPP_MIN_LOG_LEVEL does not reach them) captured, before any command uses it. An import that fails shows
-    what it printed."""
+    """Import TensorFlow and Keras with TensorFlow's C++ start-up chatter (absl's pre-initialisation warning, the
+    oneDNN and CPU notes: TF_CPP_MIN_LOG_LEVEL does not reach them) captured, and without their optional imports
+    (``OPTIONAL_AT_IMPORT``), before any command uses them. An import that fails shows what it printed."""
     from bisup.converters.quiet import capture_fd
 
     try:
-        with capture_fd(2) as captured:
+        with capture_fd(2) as captured, _absent(OPTIONAL_AT_IMPORT):
+            import keras  # noqa: F401
             import tensorflow  # noqa: F401
     except ImportError:
         sys.stderr.write(captured.text)

@@ -85,6 +85,9 @@ def export(model: Path, calib: Path, board: str, out_dir: Path, supervisor: str,
     profile = load_board(board)
     check_model(model)
     check_npz(calib, eval_path)
+    from bisup.converters.engine import compile_kernels_ahead
+
+    compile_kernels_ahead(profile.arch)  # gcc on the core TensorFlow's import leaves idle
     progress("loading TensorFlow")
     quiet_tensorflow()
     from bisup.cli.tables import export_table

@@ -33,7 +33,7 @@ from bisup.converters import (
 )
 from bisup.converters.artefacts import BoardProfile, ExportReport, dumps
 from bisup.converters.errors import ConversionError
-from bisup.converters.runners import LiteRTRunner, TflmRunner
+from bisup.converters.runners import LiteRTRunner
 from bisup.converters.runners import quantize as quantize_input
 from bisup.converters.signature import CONFIDENCE, SCORES
 from bisup.export import fit
@@ -62,6 +62,7 @@ class Converted:
     metrics: dict
     temperature: float = 1.0
     samples: dict = field(default_factory=dict)
+    flash_ahead: dict = field(default_factory=dict)  # see _flash_ahead
 
 
 def _quiet(message: str) -> None:
@@ -74,21 +75,23 @@ def _litert(model: bytes, x_q: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _measure(supervised: keras.Model, model: bytes, info: tflite_model.ModelInfo, x: np.ndarray, y: np.ndarray | None,
-             progress: Progress) -> tuple[int, dict]:
+             progress: Progress, early: arena.Prober | None = None) -> tuple[int, dict]:
     """TFLM's minimum arena and the evaluation's metrics, measured side by side.
 
-    The arena search runs in a worker process, so a thread waits for it while Keras and LiteRT compute their
-    outputs; TFLM then runs with the recommended arena, as before (its outputs do not depend on it, but it must
-    work). LiteRT stays in this thread: beside TFLM, whose calls hold the GIL, it only waited its turn."""
+    The arena search and then the TFLM oracle run (with the recommended arena: its outputs do not depend on it,
+    but it must work) go to a worker process (``early``, when started during the conversion), which a thread
+    waits for while Keras and LiteRT compute their outputs here: on two cores the oracle no longer waits for them.
+    LiteRT stays in this thread: beside TFLM, whose calls hold the GIL, it only waited its turn."""
     progress("measuring the minimum tensor arena with TFLM (binary search, probes in a worker process)")
-    progress(f"evaluating {len(x)} samples alongside: float (Keras), int8 (TFLM oracle), int8 (LiteRT)")
+    progress(f"evaluating {len(x)} samples alongside: float (Keras), int8 (TFLM oracle, in the worker), int8 (LiteRT)")
     x_q = quantize_input(x, info.inputs[0])
+    positions = info.output_positions
     with ThreadPoolExecutor(max_workers=1) as pool:
-        search = pool.submit(arena.minimum_arena_of, model)
+        oracle = pool.submit(arena.minimum_arena_and_outputs, model, x_q, max(positions.values()) + 1, early)
         float_out = {k: np.asarray(v) for k, v in supervised.predict(x, verbose=0, batch_size=256).items()}
         litert = _litert(model, x_q)
-        minimum = search.result()
-    tflm = TflmRunner(model, info, arena.recommended(minimum)).run(x_q)
+        minimum, rows = oracle.result()
+    tflm = {name: rows[position] for name, position in positions.items()}
     metrics = fidelity.compare(float_out, tflm, y)
     metrics["tflm_vs_litert_bitexact"] = {kernels: fidelity.bitexact_fraction(tflm, outputs)
                                           for kernels, outputs in litert.items()}
@@ -102,11 +105,13 @@ def convert(
     eval_path: str | Path | None = None,
     progress: Progress = _quiet,
     temperature_value: float | None = None,
+    flash_for: BoardProfile | None = None,
 ) -> Converted:
     """Convert and measure; raise ConversionError or DataError with a one-line reason.
 
     ``temperature_value`` None picks the supervisor temperature from the calibration set
-    (see ``bisup.converters.temperature``); a number forces it.
+    (see ``bisup.converters.temperature``); a number forces it. ``flash_for`` names the board ``write`` will
+    get, so that its C engine is compiled while the evaluation runs (see ``_flash_ahead``).
     """
     progress(f"loading {model_path}")
     model = graph.load_model(model_path)
@@ -128,22 +133,47 @@ def convert(
     progress(f"supervisor {supervisors.kind_of(layer)} at temperature {chosen:g}")
     supervised = graph.attach_supervisor(model, layer, calib_x[:32], chosen)
     progress(f"converting to full int8 with {min(len(calib_x), quantize.MAX_CALIBRATION_SAMPLES)} calibration samples")
-    flatbuffer = quantize.to_int8_tflite(supervised, calib_x)
-    info = tflite_model.read(flatbuffer)
-    coverage.check_graph(info)
-
-    minimum, metrics = _measure(supervised, flatbuffer, info, eval_x, eval_y, progress)
+    with arena.Prober().start() as early:  # the TFLM worker starts up on the core the conversion leaves idle
+        flatbuffer = quantize.to_int8_tflite(supervised, calib_x)
+        info = tflite_model.read(flatbuffer)
+        coverage.check_graph(info)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(_flash_ahead, flatbuffer, flash_for) if flash_for is not None else None
+            minimum, metrics = _measure(supervised, flatbuffer, info, eval_x, eval_y, progress, early)
+            flash_ahead = ahead.result() if ahead is not None else {}
     samples = {"calibration": len(calib_x), "evaluation": len(eval_x), "evaluation_set": str(eval_path or calib_path),
                "on_calibration": eval_path is None}
     return Converted(flatbuffer, info, supervisors.kind_of(layer), minimum, arena.recommended(minimum), metrics,
-                     chosen, samples)
+                     chosen, samples, flash_ahead)
+
+
+def _flash_ahead(model: bytes, board: BoardProfile) -> dict:
+    """``engine.measure_flash`` of the C engine generated for ``board``, keyed by (arch, source, header).
+
+    gcc runs in subprocesses, so on two cores it compiles while Keras, LiteRT and the TFLM worker evaluate,
+    instead of after them; ``_engine`` takes the figures when it generates the same source for the same arch.
+    Any failure leaves it empty, and ``_engine`` compiles (and reports the failure) as before."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="bisup-engine-") as work:
+            generated = engine.write(model, work, board.arena_ram_budget)
+            return {(board.arch, generated.source, generated.header): engine.measure_flash(work, board.arch)}
+    except Exception:  # noqa: BLE001 - only an early start: the sequential path reports it
+        return {}
 
 
 def _temperature(model: keras.Model, calib_x: np.ndarray, kind: str) -> float:
-    source = graph.logits_source(model, calib_x[:32])
-    if source is None:
+    """The temperature from the logits on the calibration set. A model with no softmax to cut is predicted once:
+    the first 32 rows of that prediction tell logits from probabilities (``graph.logits_source``), where a
+    separate prediction of those rows cost a second trace of the model."""
+    cut = graph.logits_model(model)
+    if cut is not None:
+        return temperature.choose(np.asarray(cut.predict(calib_x, verbose=0, batch_size=256)), kind)
+    logits = np.asarray(model.predict(calib_x, verbose=0, batch_size=256))
+    if graph.logits_source(model, calib_x[:32], logits[:32]) is None:
         return 1.0
-    return temperature.choose(np.asarray(source.predict(calib_x, verbose=0, batch_size=256)), kind)
+    return temperature.choose(logits, kind)
 
 
 def _quant(tensor: tflite_model.Tensor, position: int | None = None) -> dict:
@@ -220,7 +250,8 @@ def _engine(converted: Converted, board: BoardProfile, out: Path, progress: Prog
                 | _figures_beyond_budget(converted.model, board))
     progress(f"compiling model_infer.c and the kernels with arm-none-eabi-gcc -Os to measure flash ({board.arch})")
     figures = engine.summary(generated, converted.arena_bytes, len(converted.model))
-    return (figures | _latency(figures["macs"], board) | engine.measure_flash(out, board.arch)
+    flash = converted.flash_ahead.get((board.arch, generated.source, generated.header))
+    return (figures | _latency(figures["macs"], board) | (flash or engine.measure_flash(out, board.arch))
             | engine.kernel_set(board.arch))
 
 
@@ -255,7 +286,7 @@ def export(
     engine_choice: str | None = None,
 ) -> ExportReport:
     """Convert, write the artefacts for ``board``, and return the report (see ``write``)."""
-    converted = convert(model_path, calib_path, supervisor, eval_path, progress, temperature_value)
+    converted = convert(model_path, calib_path, supervisor, eval_path, progress, temperature_value, board)
     return write(converted, board, out_dir, symbol, progress, engine_choice)
 
 
