@@ -14,13 +14,12 @@ DSP ones, which only run there.
 from __future__ import annotations
 
 import shutil
-import struct
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as s
+from board_harness import C_DIR, run_harness
 from random_models import INT32, OP, _Model
 from test_engine import HARNESS, KERNELS, WARNINGS, run_c
 
@@ -195,7 +194,6 @@ def test_a_kernel_change_would_be_seen(cases, tmp_path):
     assert not np.array_equal(got_scores, scores), name
 
 
-HARNESS_DSP = Path(__file__).parent / "c" / "conv_dsp_harness.c"
 
 
 @pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
@@ -204,17 +202,7 @@ HARNESS_DSP = Path(__file__).parent / "c" / "conv_dsp_harness.c"
 def test_dsp_conv_bytes_equal_the_portable_ones(tmp_path, board):
     """tests/c/conv_dsp_harness.c: every output byte of the DSP CONV_2D against the portable product, on random
     layers aimed at its paths (a one-value error in a widened column changes bytes a model's scores may hide)."""
-    from bisup.hil import target
-
-    (tmp_path / "hil_config.h").write_text(target.config_header(f"qemu-{board}", 0, 0))  # board.c's
-    elf = target.compile_firmware(board, tmp_path, [HARNESS_DSP], 1024, [])
-    answer = b""
-    with target.qemu(board, elf) as link:
-        start = link.clock()
-        while len(answer) < 4 + 5 * 4:
-            assert link.clock() - start < 60.0, f"the harness answered {answer!r} in 60 s of QEMU's CPU"
-            answer += link.port.read(4 + 5 * 4 - len(answer))
-    assert answer[:4] == b"CDSP", answer
-    layers, checked, differ, first_layer, first_byte = struct.unpack("<5I", answer[4:])
+    layers, checked, differ, first_layer, first_byte = run_harness(board, C_DIR / "conv_dsp_harness.c", tmp_path,
+                                                                   b"CDSP", 5, budget_s=60.0)
     assert layers > 200 and checked > 500_000, (layers, checked)
     assert differ == 0, f"{differ} of {checked} bytes differ; first: layer {first_layer}, byte {first_byte}"

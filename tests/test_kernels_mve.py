@@ -11,39 +11,22 @@ for the M55 (Helium in) and the M0+ (Helium compiled out).
 from __future__ import annotations
 
 import shutil
-import struct
 import subprocess
-from pathlib import Path
 
 import pytest
-
-from bisup.hil import target
+from board_harness import C_DIR, run_harness
 
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain,
               pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
                                  reason="qemu-system-arm and arm-none-eabi-gcc are needed (CI installs them)")]
 
-HARNESS = Path(__file__).parent / "c" / "mve_requantize_harness.c"
+HARNESS = C_DIR / "mve_requantize_harness.c"
 BOARD = "mps3-an547"
 BUDGET_S = 120.0  # QEMU CPU seconds: the check runs a few hundred million instructions
 
 
-def run_harness(workdir: Path) -> tuple[int, int, tuple[int, ...]]:
-    (workdir / "hil_config.h").write_text(target.config_header(f"qemu-{BOARD}", 0, 0))  # board.c's
-    elf = target.compile_firmware(BOARD, workdir, [HARNESS], 1024, [])
-    answer = b""
-    with target.qemu(BOARD, elf) as link:
-        start = link.clock()
-        while len(answer) < 4 + 7 * 4:
-            assert link.clock() - start < BUDGET_S, f"the harness answered {answer!r} in {BUDGET_S:g} s of QEMU's CPU"
-            answer += link.port.read(4 + 7 * 4 - len(answer))
-    assert answer[:4] == b"MVEQ", answer
-    checked, differ, *first = struct.unpack("<7I", answer[4:])
-    return checked, differ, tuple(first)
-
-
 def test_helium_requantization_is_bit_exact_with_the_scalar_one(tmp_path):
-    checked, differ, first = run_harness(tmp_path)
+    checked, differ, *first = run_harness(BOARD, HARNESS, tmp_path, b"MVEQ", 7, BUDGET_S)
     assert checked > 2_000_000
     acc, multiplier, shift, want, got = (v - (1 << 32) if v >= 1 << 31 else v for v in first)
     assert differ == 0, (f"{differ} of {checked} differ; first: acc {acc}, multiplier {multiplier}, shift {shift}: "

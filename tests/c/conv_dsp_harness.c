@@ -15,6 +15,7 @@
 
 #include "bisup_kernel_internal.h"
 #include "board.h"
+#include "harness_random.h"
 
 #if !BISUP_KERNEL_DSP
 #error "this check is for a build with the DSP kernels (-mcpu=cortex-m4/m7/m33, not BISUP_KERNELS_PORTABLE)"
@@ -29,14 +30,6 @@
 static int8_t input[MAX_INPUT], filter[MAX_FILTER + 3], want[MAX_OUTPUT], got[MAX_OUTPUT];
 static int32_t bias[MAX_CHANNELS], multiplier[MAX_CHANNELS], shift[MAX_CHANNELS], sums[MAX_CHANNELS],
     folded[MAX_CHANNELS];
-
-static uint32_t next_random(uint32_t *state) { /* xorshift32 */
-  uint32_t x = *state;
-  x ^= x << 13;
-  x ^= x >> 17;
-  x ^= x << 5;
-  return *state = x;
-}
 
 static int32_t draw(uint32_t *state, int32_t lo, int32_t hi) { /* in [lo, hi] */
   return lo + (int32_t)(next_random(state) % (uint32_t)(hi - lo + 1));

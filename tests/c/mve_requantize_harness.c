@@ -11,6 +11,7 @@
 
 #include "bisup_kernel_internal.h"
 #include "board.h"
+#include "harness_random.h"
 
 #if !BISUP_KERNEL_MVE
 #error "this check is for a build with the Helium kernels (-mcpu=cortex-m55, not BISUP_KERNELS_PORTABLE)"
@@ -19,14 +20,6 @@
 #define EDGES 190
 static int32_t edges[EDGES];
 static uint32_t checked, differ, first[5];
-
-static uint32_t next_random(uint32_t *state) { /* xorshift32 */
-  uint32_t x = *state;
-  x ^= x << 13;
-  x ^= x >> 17;
-  x ^= x << 5;
-  return *state = x;
-}
 
 static int make_edges(void) {
   int n = 0;
