@@ -332,21 +332,30 @@ def _same_shape_binary(m: _Model, a: int, b: int, code: int) -> int:
     return y
 
 
-def kernel_path_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
+def kernel_path_model(seed: int, wide: bool = False) -> tuple[bytes, tuple[int, ...]]:
     """A model aimed at the kernels' specialised paths, which random_model rarely reaches: a depthwise layer with
     many channels (3 x 3 mostly; strides 1 and 2, odd sizes, SAME and VALID, channel counts not a multiple of 4,
     multipliers above 1, dilation), a residual ADD / SUB / MUL of equal shapes, then pooling (a 2 x 2 max pool, a
-    global average pool over the whole map, or MEAN) or none; the last tensor is the output, every byte of it."""
-    m = _Model(np.random.default_rng(10_000 + seed))
+    global average pool over the whole map, or MEAN) or none; the last tensor is the output, every byte of it.
+    ``wide``: a 3 x 3 depthwise on rows of 77-170 pixels, wider than the DSP 3 x 3 path's slots hold at once (78
+    output pixels at stride 1, 39 at stride 2), so that it runs tile by tile; seeds 0-7 take each stride (1, 2),
+    padding (SAME, VALID) and width parity (even, odd: SAME at stride 2 pads the left only on odd widths) once."""
+    m = _Model(np.random.default_rng((20_000 if wide else 10_000) + seed))
     rng = m.rng
-    shape = [1, int(rng.integers(1, 12)), int(rng.integers(1, 12)), int(rng.choice([1, 3, 4, 5, 8, 12, 17, 32]))]
+    if wide:
+        width = int(rng.integers(77, 171)) & ~1 | (seed >> 2 & 1)
+        shape = [1, int(rng.integers(3, 6)), width, int(rng.choice([4, 8, 12, 17]))]
+    else:
+        shape = [1, int(rng.integers(1, 12)), int(rng.integers(1, 12)), int(rng.choice([1, 3, 4, 5, 8, 12, 17, 32]))]
     x = inp = m.activation(shape)
     _, h, w, c = shape
-    fh, fw = (3, 3) if rng.random() < 0.7 else (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+    fh, fw = (3, 3) if wide or rng.random() < 0.7 else (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
     fh, fw = min(fh, h), min(fw, w)
     stride, padding = int(rng.integers(1, 3)), int(rng.integers(0, 2))
-    multiplier = 1 if rng.random() < 0.75 else int(rng.integers(2, 4))
-    dilation = 2 if rng.random() < 0.15 and h >= 2 * fh - 1 and w >= 2 * fw - 1 else 1
+    if wide:
+        stride, padding = 1 + seed % 2, seed >> 1 & 1
+    multiplier = 1 if wide or rng.random() < 0.75 else int(rng.integers(2, 4))
+    dilation = 2 if not wide and rng.random() < 0.15 and h >= 2 * fh - 1 and w >= 2 * fw - 1 else 1
     y = _depthwise(m, x, fh, fw, stride, padding, multiplier, dilation)
     if m.shape(y) == m.shape(x) and rng.random() < 0.7:  # a residual connection
         y = _same_shape_binary(m, x, y, int(rng.choice([OP.ADD, OP.SUB, OP.MUL])))

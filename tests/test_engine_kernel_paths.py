@@ -10,6 +10,7 @@ Cortex-M4, M7 and M33, where the DSP kernels run, and the M55. More models local
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -23,15 +24,16 @@ from bisup.converters import engine
 pytestmark = [pytest.mark.slow, pytest.mark.toolchain]
 
 MODELS = int(os.environ.get("BISUP_PATH_MODELS", "40"))
+WIDE = 8  # 3 x 3 depthwise rows wider than the DSP path's slots, tile by tile: every stride, padding, parity
 INPUTS = 8
 
 
 @pytest.fixture(scope="module")
 def cases() -> list[tuple[int, bytes, np.ndarray, tuple[np.ndarray, np.ndarray]]]:
-    """(seed, model, inputs, tflite-micro's outputs) for each model."""
+    """(seed, model, inputs, tflite-micro's outputs) for each model; the wide ones' seeds are MODELS on."""
     out = []
-    for seed in range(MODELS):
-        model, shape = kernel_path_model(seed)
+    for seed in range(MODELS + WIDE):
+        model, shape = kernel_path_model(seed - MODELS, wide=True) if seed >= MODELS else kernel_path_model(seed)
         x_q = np.random.default_rng(seed).integers(-128, 128, size=(INPUTS, *shape[1:]), dtype=np.int8)
         out.append((seed, model, x_q, run_tflm(model, x_q)))
     return out
@@ -44,6 +46,10 @@ def test_the_models_reach_the_paths(cases):
     assert calls.count("DEPTHWISE_CONV_2D") == len(cases)
     assert "ADD" in calls and "SUB" in calls and "MUL" in calls and "AVERAGE_POOL_2D" in calls
     assert "MAX_POOL_2D" in calls
+    wide = [tuple(re.search(rf"\.{name} = (\d+)", str(step.definitions)).group(1)
+                  for name in ("stride_width", "pad_width"))
+            for steps in ops[MODELS:] for step in steps if step.op == "DEPTHWISE_CONV_2D"]
+    assert set(wide) == {("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")}, wide
 
 
 def test_kernel_paths_are_byte_equal_to_tflm_on_the_host(cases, tmp_path):

@@ -122,7 +122,8 @@ static void pixel_taps(const bisup_kernel_depthwise_params *p, const requant *r,
   }
 }
 
-/* Pairs of window columns the 3 x 3 path holds (out_w <= 78 at stride 1, 39 at stride 2): 3.2 KB of static RAM. */
+/* Pairs of window columns the 3 x 3 path holds: 3.2 KB of static RAM, a tile of 78 output pixels at stride 1 (39 at
+ * stride 2); a wider row goes tile by tile. */
 #define BISUP_DW_PAIRS_MAX 40
 
 /* What the row asm reads from memory besides its operands (thirteen registers are all GCC can give). */
@@ -320,18 +321,21 @@ static inline void put_pair(int32_t *dst, int32_t xa, int32_t xb, int dup) {
   }
 }
 
-/* What prep_row needs of the layer, computed once. */
+/* What prep_row needs of the layer and the tile, computed once per tile. */
 typedef struct {
   int32_t zp4;          /* the input's zero point in each byte */
-  int32_t k0, k1;       /* the pairs [k0, k1) have both columns inside the input */
-  int32_t pairs, depth, width, pad;
+  int32_t k0, k1;       /* the tile's pairs [k0, k1) have both columns inside the input */
+  int32_t pairs, depth, width;
+  int32_t origin;       /* the input column of the tile's pair 0's first column (2 x its first pair - pad) */
+  int32_t left;         /* pair 0 is the input's left edge with pad 1: column -1 outside, 0 inside */
   int32_t last;         /* pair k1's first column is the input's last (width + pad odd) */
 } prep_3x3;
 
-/* Input row y of channels c..c+3 into slot m = y mod 3 (and its copy), pair k from columns 2k - pad, 2k + 1 - pad:
- * the input's zero point where y or a column is outside the input (x + input_offset = 0 adds nothing, as TFLM's
- * padding). row: the row's channel c, NULL outside the input. Left of k0 (pad 1: pair 0) the first column is
- * outside, from k1 on the second, from k1 + 1 on both (pad <= 1: a 3 x 3 filter's). */
+/* Input row y of channels c..c+3 into slot m = y mod 3 (and its copy), the tile's pair k from columns
+ * origin + 2k, origin + 2k + 1: the input's zero point where y or a column is outside the input
+ * (x + input_offset = 0 adds nothing, as TFLM's padding). row: the row's channel c, NULL outside the input. Left
+ * of k0 (the left edge, pad 1: pair 0) the first column is outside, from k1 on the second, from k1 + 1 on both
+ * (pad <= 1: a 3 x 3 filter's). */
 __attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *row, int32_t m, int32_t groups) {
   const int32_t zp4 = r->zp4, depth = r->depth, width = r->width, pairs = r->pairs, dup = m < 2;
   int32_t *dst = slots + 4 * m;
@@ -340,8 +344,8 @@ __attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *
     return;
   }
   for (int32_t g = 0; g < groups; ++g, row += 4, dst += 20 * pairs) {
-    if (r->k0) put_pair(dst, zp4, word(row), dup); /* pad 1: columns -1 (outside) and 0 */
-    const int8_t *src = row + (2 * r->k0 - r->pad) * depth;
+    if (r->left) put_pair(dst, zp4, word(row), dup); /* pad 1: columns -1 (outside) and 0 */
+    const int8_t *src = row + (2 * r->k0 + r->origin) * depth;
     int32_t *d = dst + 20 * r->k0, *const e = dst + 20 * r->k1;
     if (dup) {
       for (; d != e; d += 20, src += 2 * depth) put_pair(d, word(src), word(src + depth), 1);
@@ -353,29 +357,42 @@ __attribute__((noinline)) static void prep_row(const prep_3x3 *r, const int8_t *
   }
 }
 
-/* The 3 x 3 path (dilation 1, stride_width 1 or 2) over channels 0..depth & ~3: as many groups of four channels
- * at a time as the slots hold (outermost), each input row of them prepared once (prep_row), then every output
- * pixel of a row from the slots (border pixels too: the slots hold the zero point outside the input). */
-static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
+/* prep_row's view of output columns ox0 .. ox0 + width - 1 (ox0 x stride_width even, so the tile's pairs are the
+ * row's pairs from ox0 x stride_width / 2 on): which of them are inside the input, and where its edges fall. */
+static prep_3x3 tile_prep(const bisup_kernel_depthwise_params *p, int32_t ox0, int32_t pairs) {
+  const bisup_kernel_shape *in = &p->input;
+  const int32_t base = ox0 * p->stride_width >> 1, edge = (in->width + p->pad_width) >> 1; /* the row's k1 */
+  const int32_t first = (p->pad_width + 1) >> 1;                                             /* the row's k0 */
+  int32_t k1 = edge - base, k0 = first - base;
+  k1 = k1 < 0 ? 0 : (k1 < pairs ? k1 : pairs);
+  k0 = k0 < 0 ? 0 : (k0 < k1 ? k0 : k1);
+  const int32_t last = ((in->width + p->pad_width) & 1) && edge >= base && edge < base + pairs;
+  const prep_3x3 r = {(int32_t)((uint32_t)(uint8_t)-p->input_offset * 0x01010101u), k0, k1, pairs, in->depth,
+                      in->width, 2 * base - p->pad_width, base == 0 && first > 0 && k1 > 0, last};
+  return r;
+}
+
+/* The 3 x 3 path over output columns ox0 .. ox0 + width - 1 and channels 0..depth & ~3: as many groups of four
+ * channels at a time as the slots hold (outermost), each input row of them prepared once (prep_row), then every
+ * output pixel of the tile's row from the slots (border pixels too: the slots hold the zero point outside). */
+static void tile_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output, int32_t ox0,
+                     int32_t width) {
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
-  const int32_t sw = p->stride_width, pairs = ((out->width - 1) * sw >> 1) + 2, odd = sw == 1;
+  const int32_t sw = p->stride_width, pairs = ((width - 1) * sw >> 1) + 2, odd = sw == 1;
   const int32_t row_bytes = out->width * out->depth, in_row = in->width * in->depth, sh = p->stride_height;
-  const int32_t groups = out->depth >> 2, chunk = BISUP_DW_PAIRS_MAX / pairs;
+  const int32_t groups = out->depth >> 2, chunk = BISUP_DW_PAIRS_MAX / pairs, tile_bytes = width * out->depth;
   const uint32_t bytes = 0x01010101u;
   pass_3x3 q = {2 * p->output_offset + 1, (int32_t)((uint32_t)(uint8_t)p->activation_min * bytes),
                 (int32_t)((uint32_t)(uint8_t)p->activation_max * bytes), NULL, out->depth, NULL,
                 p->activation_min != -128 || p->activation_max != 127};
-  const int32_t twos = (out->width >> 1) * 2 * out->depth; /* bytes of a row row2 writes */
+  const int32_t twos = (width >> 1) * 2 * out->depth; /* bytes of a row row2 writes */
   void (*const row2)(const int32_t *, const int32_t *, int8_t *, const pass_3x3 *) = odd ? row2_3x3 : row2s_3x3;
-  int32_t k1 = (in->width + p->pad_width) >> 1, k0 = (p->pad_width + 1) >> 1;
-  k1 = k1 < pairs ? k1 : pairs;
-  prep_3x3 r = {(int32_t)((uint32_t)(uint8_t)-p->input_offset * bytes), k0 < k1 ? k0 : k1, k1, pairs, in->depth,
-                in->width, p->pad_width, (in->width + p->pad_width) & 1};
+  const prep_3x3 r = tile_prep(p, ox0, pairs);
   for (int32_t b = 0; b < out->batches; ++b) {
     const int8_t *image = input + offset4(in, b, 0, 0, 0);
     for (int32_t g0 = 0; g0 < groups; g0 += chunk) {
       const int32_t n = groups - g0 < chunk ? groups - g0 : chunk;
-      int8_t *o_row = output + offset4(out, b, 0, 0, 4 * g0);
+      int8_t *o_row = output + offset4(out, b, 0, ox0, 4 * g0);
       /* y0: the window's first row, m0 its slot; next: the next input row to prepare, m its slot */
       int32_t y0 = -p->pad_height, m0 = (y0 + 3) % 3, next = y0, m = m0;
       for (int32_t oy = 0; oy < out->height; ++oy, o_row += row_bytes) {
@@ -389,11 +406,11 @@ static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *
         for (int32_t g = 0; g < n; ++g) {
           const int32_t *w = p->filter_pairs + 36 * (g0 + g), *x = slots + 4 * m0 + 20 * pairs * g;
           int8_t *o = o_row + 4 * g;
-          q.end = o + row_bytes;
+          q.end = o + tile_bytes;
           if (twos) { /* pairs of pixels, then the last one alone (an odd width) */
             q.end2 = o + twos;
             row2(x, w, o, &q);
-            if (twos != row_bytes) row_3x3(x + 20 * sw * (out->width >> 1), w, o + twos, out->depth, &q);
+            if (twos != tile_bytes) row_3x3(x + 20 * sw * (width >> 1), w, o + twos, out->depth, &q);
           } else {
             row_3x3(x, w, o, out->depth, &q); /* a single pixel */
           }
@@ -402,6 +419,17 @@ static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *
         m0 = (m0 + sh) % 3;
       }
     }
+  }
+}
+
+/* The 3 x 3 path (dilation 1, stride_width 1 or 2) in tiles of as many output columns as the slots hold (78 at
+ * stride 1, 39 at stride 2; a tile starts at an even input column, so its pairs are the row's); the windows of
+ * neighbouring tiles share a pair, prepared once for each. */
+static void depthwise_3x3(const bisup_kernel_depthwise_params *p, const int8_t *input, int8_t *output) {
+  const int32_t sw = p->stride_width, width = p->output.width;
+  const int32_t tile = sw == 1 ? 2 * (BISUP_DW_PAIRS_MAX - 1) : BISUP_DW_PAIRS_MAX - 1;
+  for (int32_t ox0 = 0; ox0 < width; ox0 += tile) {
+    tile_3x3(p, input, output, ox0, width - ox0 < tile ? width - ox0 : tile);
   }
 }
 
@@ -418,13 +446,11 @@ int bisup_kernel_depthwise_conv2d_dsp(const bisup_kernel_depthwise_params *p, co
   const bisup_kernel_shape *in = &p->input, *out = &p->output;
   const int32_t taps = p->filter_height * p->filter_width, zp = -p->input_offset;
   if (p->depth_multiplier != 1 || in->depth < 4 || zp < -128 || zp > 127) return 0;
-  const int32_t pairs = ((out->width - 1) * p->stride_width >> 1) + 2;
   int32_t c0 = 0; /* the channels from c0 on take the general path below */
   /* filter_pairs: the lowering gives them only where the short requantization holds (every shift a right shift,
    * every doubled sum inside int32), which the general path below checks for itself */
   if (p->filter_pairs && p->filter_height == 3 && p->filter_width == 3 && p->interior_bias &&
-      p->dilation_height == 1 && p->dilation_width == 1 && p->stride_width <= 2 && p->pad_width <= 1 &&
-      pairs <= BISUP_DW_PAIRS_MAX) {
+      p->dilation_height == 1 && p->dilation_width == 1 && p->stride_width <= 2 && p->pad_width <= 1) {
     depthwise_3x3(p, input, output);
     c0 = out->depth & ~3;
     if (c0 == out->depth) return 1;
