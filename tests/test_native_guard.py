@@ -66,8 +66,7 @@ def test_sigterm_unwinds_the_child_so_its_cleanup_runs(tmp_path):
     """What ``bisup hil`` relies on to stop QEMU and remove its build folder when a CI job's timeout sends
     SIGTERM: the child's ``finally`` blocks run (a signal's default action would skip them)."""
     marker = tmp_path / "cleaned"
-    process = _guarded(f"print('working', flush=True)\n"
-                       f"            try:\n                time.sleep(60)\n"
+    process = _guarded(f"try:\n                print('working', flush=True)\n                time.sleep(60)\n"
                        f"            finally:\n                open({str(marker)!r}, 'w').close()")
     assert process.stdout.readline().strip() == "working"
     process.send_signal(signal.SIGTERM)

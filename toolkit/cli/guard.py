@@ -45,12 +45,18 @@ def crash_line(command: str, signum: int) -> str:
             "(BISUP_DEBUG=1 adds a Python stack dump).")
 
 
+_PASSED_ON = {signal.SIGTERM, signal.SIGHUP}
+
+
 def _wait(pid: int) -> int:
-    """The child's status; SIGTERM and SIGHUP are passed on, SIGINT reaches it from the terminal."""
+    """The child's status; SIGTERM and SIGHUP are passed on, SIGINT reaches it from the terminal. They were
+    blocked over the fork (``main``), so one sent before this point waits for the handler instead of killing
+    the parent and leaving the child running."""
     forward = lambda signum, frame: os.kill(pid, signum)  # noqa: E731
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGHUP, forward)
+    for signum in _PASSED_ON:
+        signal.signal(signum, forward)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)
     return os.waitpid(pid, 0)[1]
 
 
@@ -97,14 +103,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, _PASSED_ON)  # until each side has its handlers
     pid = os.fork()
     if pid == 0:
         if os.environ.get("BISUP_DEBUG"):
             import faulthandler
 
             faulthandler.enable()
-        signal.signal(signal.SIGTERM, _unwind)
-        signal.signal(signal.SIGHUP, _unwind)
+        for signum in _PASSED_ON:
+            signal.signal(signum, _unwind)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)
         _leave(_run(cli, args))
     status = _wait(pid)
     if os.WIFSIGNALED(status):
