@@ -48,6 +48,7 @@ from bisup.firmware_bridge.handler import RequestHandler
 from bisup.firmware_bridge.mqtt_link import (
     LEGACY_REQUESTS,
     Broker,
+    MqttError,
     check_deployment,
     connect,
     deployment_name,
@@ -99,6 +100,8 @@ class MqttWorker:
         self.client.on_connect = self._subscribe
         self.client.on_message = self._dispatch
         self.client.on_publish = self._published
+        self.client.on_subscribe = self._subscribed
+        self._listening = threading.Event()  # the broker acknowledged the subscriptions (SUBACK)
         self.served = self._refused_ids = 0
         self._lock = threading.Lock()
         self._awaiting: dict[int, mqtt.MQTTMessage] = {}  # answer mid -> the request to ack on its PUBACK
@@ -118,8 +121,11 @@ class MqttWorker:
         return [f"$share/{self.group}/{topic}" for topic in filters]
 
     def start(self, timeout_s: float = 10.0) -> MqttWorker:
-        """Connect; again with a smaller answer window if the broker allows fewer (paho cannot shrink an open one)."""
+        """Connect; again with a smaller answer window if the broker allows fewer (paho cannot shrink an open one).
+        Returns once the broker has acknowledged the subscriptions: a request published before that has no
+        subscriber and the broker drops it, so "started" must mean "listening"."""
         for _ in range(2):
+            self._listening.clear()
             connect(self.client, self.broker, clean_start=False, session_expiry_s=self.session_expiry_s,
                     timeout_s=timeout_s)
             if self._receive_maximum >= self.client.max_inflight_messages:
@@ -127,7 +133,16 @@ class MqttWorker:
             self.client.disconnect()
             self.client.loop_stop()
             self.client.max_inflight_messages_set(self._receive_maximum)
+        if not self._listening.wait(timeout_s):
+            self.client.disconnect()
+            self.client.loop_stop()
+            raise MqttError(f"the broker at {self.broker.host}:{self.broker.port} did not acknowledge the "
+                              f"bridge's subscriptions within {timeout_s:g} s; check its ACLs for the bridge user")
         return self
+
+    def _subscribed(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                    properties: Properties | None) -> None:
+        self._listening.set()
 
     def _subscribe(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags | None, reason_code: ReasonCode,
                    properties: Properties | None) -> None:

@@ -359,6 +359,26 @@ def test_requests_a_worker_cannot_answer_are_still_acked(mosquitto, setup):
         worker.stop()
 
 
+def test_a_started_worker_is_already_listening(mosquitto, setup, route):
+    """A request published the moment ``start`` returns is served: start waits for the broker's SUBACK (a request
+    with no subscriber yet is dropped by the broker, which once cost a test one of its six requests)."""
+    broker = Broker.from_url(mosquitto.url)
+    sender = make_client(broker, "eager")
+    connect(sender, broker)  # before the worker, so that its first publish follows start() at once
+    worker = start_workers(broker, _handler(setup), prefix="t8-")[0]
+    try:
+        for n in range(3):
+            sender.publish(request_topic("eager", route), p.encode(p.Ping(n)), qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while worker.served < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        worker.stop()
+    assert worker.served == 3
+
+
 def test_a_device_id_longer_than_hello_allows_is_refused_with_a_line(mosquitto, setup, route, caplog):
     """Every id becomes state and a metric label; a topic level may hold 65,535 characters (a 60,000-character
     id cost 600 KB per scrape). Refused requests are acked, and logged at the 1st, 2nd, 4th... refusal."""
