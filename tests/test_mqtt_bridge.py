@@ -289,6 +289,14 @@ def _ask(broker: Broker, route: str, body: bytes, properties: Properties | None 
     return got["payload"], got["props"]
 
 
+def _wait_served(worker, count: int, bound_s: float = 10.0) -> None:
+    """Until ``worker`` has acked ``count`` requests (``served`` counts acks, after the handler's count), or
+    ``bound_s`` has passed: a bound for a hang, not a speed test; the caller asserts the count."""
+    deadline = time.monotonic() + bound_s
+    while worker.served < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_bad_tensor_and_remote_outage_get_immediate_replies(mosquitto, setup, route):
     broker = Broker.from_url(mosquitto.url)
     bundle = setup[0]
@@ -349,9 +357,7 @@ def test_requests_a_worker_cannot_answer_are_still_acked(mosquitto, setup):
     try:
         for n in range(150):
             sender.publish(request_topic("flooder", "t6"), p.encode(p.Ping(n)), qos=1).wait_for_publish(5)
-        deadline = time.monotonic() + 60  # a bound for a hang, not a speed test: a loaded CI host took over 10 s
-        while worker.served < 150 and time.monotonic() < deadline:  # served counts acks, after the count
-            time.sleep(0.05)
+        _wait_served(worker, 150, bound_s=60)  # a loaded CI host took over 10 s
         assert broken.counts.get("internal_error", 0) == 150 and worker.served == 150
     finally:
         sender.disconnect()
@@ -369,9 +375,7 @@ def test_a_started_worker_is_already_listening(mosquitto, setup, route):
     try:
         for n in range(3):
             sender.publish(request_topic("eager", route), p.encode(p.Ping(n)), qos=1).wait_for_publish(5)
-        deadline = time.monotonic() + 10
-        while worker.served < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_served(worker, 3)
     finally:
         sender.disconnect()
         sender.loop_stop()
@@ -393,9 +397,7 @@ def test_a_device_id_longer_than_hello_allows_is_refused_with_a_line(mosquitto, 
                 sender.publish(request_topic("x" * 1000, route), p.encode(p.Stats(n, 10, 7, 3)),
                                qos=1).wait_for_publish(5)
             reply, _ = _ask(broker, route, p.encode(p.Ping(9)))  # another device is served as before
-        deadline = time.monotonic() + 10
-        while worker.served < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_served(worker, 6)
     finally:
         sender.disconnect()
         sender.loop_stop()
